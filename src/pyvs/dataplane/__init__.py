@@ -1,0 +1,11 @@
+"""The data plane: the XDP program, its maps, and the API that reads and writes them."""
+
+from pyvs.dataplane.dataplane import (
+    Dataplane,
+    DataplaneError,
+    attach_pass_program,
+    open_dataplane,
+    remove_pins,
+)
+
+__all__ = ["Dataplane", "DataplaneError", "attach_pass_program", "open_dataplane", "remove_pins"]

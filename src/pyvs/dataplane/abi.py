@@ -1,0 +1,108 @@
+"""The data plane ABI on the Python side: constants read from bpf/pyvs_abi.h, ctypes mirrors of its structs.
+
+The header is the one source; tests/bpf/test_abi.py holds these mirrors to the object's BTF.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+
+BPF_DIR = Path(__file__).parent / "bpf"
+HEADER = BPF_DIR / "pyvs_abi.h"
+
+
+def read_defines(path: Path = HEADER) -> dict[str, int]:
+    """Every `#define PYVS_NAME <integer>` of the header."""
+    defines: dict[str, int] = {}
+    for match in re.finditer(r"^#define\s+(PYVS_\w+)\s+(\d+)\b", path.read_text(), re.M):
+        defines[match.group(1)] = int(match.group(2))
+    return defines
+
+
+_D = read_defines()
+
+MAX_SERVICES = _D["PYVS_MAX_SERVICES"]
+MAX_REALS = _D["PYVS_MAX_REALS"]
+SCHED_TABLE_SIZE = _D["PYVS_SCHED_TABLE_SIZE"]
+CONN_TABLE_SIZE = _D["PYVS_CONN_TABLE_SIZE"]
+REAL_ACTIVE = _D["PYVS_REAL_ACTIVE"]
+CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
+STATE_COUNT = _D["PYVS_STATE_COUNT"]
+CNT_COUNT = _D["PYVS_CNT_COUNT"]
+
+SCHEDULER_IDS: dict[str, int] = {
+    name[len("PYVS_SCHED_") :].lower(): value for name, value in _D.items() if name.startswith("PYVS_SCHED_")
+    if name != "PYVS_SCHED_TABLE_SIZE"
+}
+SCHEDULER_NAMES: dict[int, str] = {value: name for name, value in SCHEDULER_IDS.items()}
+
+# State number -> IPVS state name (as ipvsadm -L -c prints it).
+STATE_NAMES: dict[int, str] = {
+    value: name[len("PYVS_STATE_") :]
+    for name, value in _D.items()
+    if name.startswith("PYVS_STATE_") and name != "PYVS_STATE_COUNT"
+}
+STATES: dict[str, int] = {name: value for value, name in STATE_NAMES.items()}
+# IPVS counts these TCP states in ActiveConn, every other one in InActConn.
+ACTIVE_STATES = frozenset(STATES[n] for n in ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "SYNACK"))
+
+# Counter number -> name, e.g. 8 -> "drop_no_real".
+COUNTER_NAMES: dict[int, str] = {
+    value: name[len("PYVS_CNT_") :].lower()
+    for name, value in _D.items()
+    if name.startswith("PYVS_CNT_") and name != "PYVS_CNT_COUNT"
+}
+
+
+class SvcKey(ctypes.Structure):
+    _fields_ = [("vip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8)]
+
+
+class Svc(ctypes.Structure):
+    _fields_ = [("index", ctypes.c_uint32), ("sched", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("table_base", ctypes.c_uint32), ("table_len", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class RealEntry(ctypes.Structure):
+    _fields_ = [("rip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("weight", ctypes.c_uint16),
+                ("svc_index", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("gen", ctypes.c_uint32),
+                ("ifindex", ctypes.c_uint32), ("dmac", ctypes.c_uint8 * 6), ("smac", ctypes.c_uint8 * 6)]
+
+
+class ConnKey(ctypes.Structure):
+    _fields_ = [("saddr", ctypes.c_uint32), ("daddr", ctypes.c_uint32), ("sport", ctypes.c_uint16),
+                ("dport", ctypes.c_uint16), ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
+class Conn(ctypes.Structure):
+    _fields_ = [("last_seen", ctypes.c_uint64), ("real", ctypes.c_uint32), ("gen", ctypes.c_uint32),
+                ("svc_index", ctypes.c_uint32), ("state", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
+class CountersEntry(ctypes.Structure):
+    _fields_ = [("conns", ctypes.c_uint64), ("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [("timeouts", ctypes.c_uint32 * STATE_COUNT), ("flags", ctypes.c_uint32)]
+
+
+# Mirror name -> C struct name, for the BTF check.
+MIRRORS: dict[str, type[ctypes.Structure]] = {
+    "pyvs_svc_key": SvcKey,
+    "pyvs_svc": Svc,
+    "pyvs_real": RealEntry,
+    "pyvs_conn_key": ConnKey,
+    "pyvs_conn": Conn,
+    "pyvs_counters": CountersEntry,
+    "pyvs_config": Config,
+}
+
+# IPVS's default timeout of each state, in seconds (ip_vs_proto_tcp.c, ip_vs_proto_udp.c).
+DEFAULT_TIMEOUTS: dict[str, int] = {
+    "NONE": 2, "ESTABLISHED": 900, "SYN_SENT": 120, "SYN_RECV": 60, "FIN_WAIT": 120, "TIME_WAIT": 120,
+    "CLOSE": 10, "CLOSE_WAIT": 60, "LAST_ACK": 30, "LISTEN": 120, "SYNACK": 120, "UDP": 300,
+}

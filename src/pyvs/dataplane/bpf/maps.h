@@ -1,0 +1,76 @@
+/* The maps of the XDP program; pinned by the control plane. */
+#ifndef PYVS_MAPS_H
+#define PYVS_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "pyvs_abi.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PYVS_MAX_SERVICES);
+	__type(key, struct pyvs_svc_key);
+	__type(value, struct pyvs_svc);
+} services SEC(".maps");
+
+/* VIP -> number of services on it; fragments to a VIP are dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PYVS_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PYVS_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct pyvs_real);
+} reals SEC(".maps");
+
+/* Two tables of real slots per service; svc.table_base says which one is live. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PYVS_MAX_SERVICES * 2 * PYVS_SCHED_TABLE_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+} sched_table SEC(".maps");
+
+/* Per-service position in its table (rr, wrr). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PYVS_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} sched_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PYVS_CONN_TABLE_SIZE);
+	__type(key, struct pyvs_conn_key);
+	__type(value, struct pyvs_conn);
+} conns SEC(".maps");
+
+/* Index: service slot, then PYVS_MAX_SERVICES + real slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PYVS_MAX_SERVICES + PYVS_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct pyvs_counters);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PYVS_CNT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pyvs_config);
+} config SEC(".maps");
+
+#endif

@@ -1,0 +1,112 @@
+/* The ABI shared by the XDP program and the Python control plane.
+ * One source: pyvs/dataplane/abi.py reads the #defines of this file, and a test
+ * checks its ctypes mirrors of the structs against the object's BTF. */
+#ifndef PYVS_ABI_H
+#define PYVS_ABI_H
+
+#include <linux/types.h>
+
+/* Sizes of the maps. */
+#define PYVS_MAX_SERVICES 1024
+#define PYVS_MAX_REALS 131072
+#define PYVS_SCHED_TABLE_SIZE 4096 /* slots of one scheduler table; each service has two */
+#define PYVS_CONN_TABLE_SIZE 262144
+
+/* Scheduler ids (svc.sched). */
+#define PYVS_SCHED_RR 0
+#define PYVS_SCHED_WRR 1
+
+/* Real flags. */
+#define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
+
+/* Config flags. */
+#define PYVS_CFG_EXPIRE_NODEST_CONN 1
+
+/* Connection states: IPVS's TCP state numbers, then one for UDP. */
+#define PYVS_STATE_NONE 0
+#define PYVS_STATE_ESTABLISHED 1
+#define PYVS_STATE_SYN_SENT 2
+#define PYVS_STATE_SYN_RECV 3
+#define PYVS_STATE_FIN_WAIT 4
+#define PYVS_STATE_TIME_WAIT 5
+#define PYVS_STATE_CLOSE 6
+#define PYVS_STATE_CLOSE_WAIT 7
+#define PYVS_STATE_LAST_ACK 8
+#define PYVS_STATE_LISTEN 9
+#define PYVS_STATE_SYNACK 10
+#define PYVS_STATE_UDP 11
+#define PYVS_STATE_COUNT 12
+
+/* Global counters (index into the counters map). */
+#define PYVS_CNT_RX 0              /* packets seen */
+#define PYVS_CNT_TX 1              /* forwarded with XDP_TX */
+#define PYVS_CNT_REDIRECT 2        /* forwarded with a redirect */
+#define PYVS_CNT_PASS 3            /* passed to the kernel: not service traffic */
+#define PYVS_CNT_CONN_NEW 4        /* new connections scheduled */
+#define PYVS_CNT_CONN_EXPIRED 5    /* stale entries found and rescheduled */
+#define PYVS_CNT_DROP_FRAGMENT 6   /* IP fragment to a VIP */
+#define PYVS_CNT_DROP_MALFORMED 7  /* truncated or inconsistent packet to a VIP */
+#define PYVS_CNT_DROP_NO_REAL 8    /* service has no real with weight > 0 */
+#define PYVS_CNT_DROP_REAL_GONE 9  /* connection whose real was deleted */
+#define PYVS_CNT_DROP_NO_MAC 10    /* real's MAC not resolved */
+#define PYVS_CNT_PASS_NO_CONN 11   /* TCP RST without a connection: left to the kernel */
+#define PYVS_CNT_COUNT 12
+
+struct pyvs_svc_key {
+	__u32 vip;   /* network order */
+	__u16 port;  /* network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct pyvs_svc {
+	__u32 index;      /* the service's slot: stats and scheduler state */
+	__u32 sched;      /* PYVS_SCHED_* */
+	__u32 flags;
+	__u32 table_base; /* first slot of the live table in sched_table */
+	__u32 table_len;  /* 0: no real can take new connections */
+	__u32 pad;
+};
+
+struct pyvs_real {
+	__u32 rip;        /* network order */
+	__u16 port;       /* network order */
+	__u16 weight;
+	__u32 svc_index;
+	__u32 flags;      /* PYVS_REAL_* */
+	__u32 gen;        /* bumped whenever the slot is given to another real */
+	__u32 ifindex;    /* egress interface; XDP_TX when it is the ingress one */
+	__u8 dmac[6];     /* the real's MAC; all zero when unresolved */
+	__u8 smac[6];     /* the egress interface's MAC */
+};
+
+struct pyvs_conn_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct pyvs_conn {
+	__u64 last_seen;  /* bpf_ktime_get_ns() of the last packet */
+	__u32 real;       /* slot in reals */
+	__u32 gen;        /* the real's gen when the connection was scheduled */
+	__u32 svc_index;
+	__u8 state;       /* PYVS_STATE_* */
+	__u8 pad[3];
+};
+
+struct pyvs_counters {
+	__u64 conns;
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct pyvs_config {
+	__u32 timeouts[PYVS_STATE_COUNT]; /* seconds, per state */
+	__u32 flags;                      /* PYVS_CFG_* */
+};
+
+#endif

@@ -1,0 +1,536 @@
+"""The Dataplane API: the only code that reads and writes the BPF maps.
+
+Rules, counters and connections live in maps pinned under a per-director bpffs
+directory, so pyvsadm works without a daemon and forwarding goes on with no Python
+running. A change is atomic per service: a service's new scheduler table is written
+into the half not in use, then one update of the service entry switches to it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from math import gcd
+from pathlib import Path
+
+from pyvs.dataplane import abi, libbpf
+from pyvs.dataplane.build import object_path
+from pyvs.dataplane.neighbours import ZERO_MAC, NextHop, NeighbourError, interface_index, resolve
+from pyvs.dataplane.pins import default_pin_dir
+from pyvs.model import (
+    Connection,
+    Counters,
+    ModelError,
+    Protocol,
+    Real,
+    Rules,
+    Service,
+    ServiceKey,
+    Timeouts,
+    validate_service,
+)
+
+log = logging.getLogger(__name__)
+
+MAP_NAMES = ("services", "vips", "reals", "sched_table", "sched_state", "conns", "stats", "counters", "config")
+PROGRAM_NAME = "pyvs_xdp"
+
+Resolver = Callable[[IPv4Address], NextHop]
+RealKey = tuple[IPv4Address, int]
+
+
+class DataplaneError(Exception):
+    """A data plane operation failed; nothing was changed unless the message says so."""
+
+
+def _ip_to_be(address: IPv4Address) -> int:
+    return int.from_bytes(address.packed, "little")  # network order bytes read as a native u32
+
+
+def _be_to_ip(value: int) -> IPv4Address:
+    return IPv4Address(value.to_bytes(4, "little"))
+
+
+def _port_to_be(port: int) -> int:
+    return socket.htons(port)
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes(int(part, 16) for part in mac.split(":"))
+
+
+def _mac_text(raw: Iterable[int]) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def svc_key(key: ServiceKey) -> abi.SvcKey:
+    return abi.SvcKey(vip=_ip_to_be(key.vip), port=_port_to_be(key.port), proto=int(key.proto))
+
+
+def _service_key(raw: abi.SvcKey) -> ServiceKey:
+    return ServiceKey(Protocol(raw.proto), _be_to_ip(raw.vip), socket.ntohs(raw.port))
+
+
+def wrr_sequence(weights: list[int]) -> list[int]:
+    """One period of IPVS's wrr choices (indexes into `weights`), as ip_vs_wrr.c steps them."""
+    positive = [w for w in weights if w > 0]
+    if not positive:
+        return []
+    step = 0
+    for w in positive:
+        step = gcd(step, w)
+    top = max(positive) - (step - 1)
+    sequence = []
+    current = top
+    while current > 0:
+        sequence.extend(i for i, w in enumerate(weights) if w >= current)
+        current -= step
+    return sequence
+
+
+def scheduler_table(scheduler: str, reals: list[Real]) -> list[int]:
+    """Indexes into `reals` in the order new connections take them."""
+    if scheduler == "wrr":
+        return wrr_sequence([r.weight for r in reals])
+    return [i for i, r in enumerate(reals) if r.weight > 0]
+
+
+@dataclass
+class _RealSlot:
+    slot: int
+    entry: abi.RealEntry
+
+
+class Dataplane:
+    """One director's data plane, reached through its pinned maps."""
+
+    def __init__(self, pin_dir: Path, fds: dict[str, int], resolver: Resolver = resolve):
+        self.pin_dir = pin_dir
+        self._fds = fds
+        self._resolver = resolver
+        self._ncpus = libbpf.num_possible_cpus()
+        self.conn_table_size = libbpf.map_info(fds["conns"]).max_entries
+        self._program: libbpf.BpfObject | None = None
+
+    # ---- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._program:
+            self._program.close()
+            self._program = None
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __enter__(self) -> Dataplane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def program(self) -> libbpf.BpfObject:
+        """The XDP program loaded against this data plane's maps."""
+        if self._program is None:
+            self._program = libbpf.BpfObject(str(object_path("xdp")), str(self.pin_dir))
+        return self._program
+
+    def program_fd(self) -> int:
+        return self.program().prog_fd(PROGRAM_NAME)
+
+    def attach(self, ifname: str, mode: str = "native") -> None:
+        """Attach the XDP program to `ifname` ("native" driver mode or "generic" skb mode)."""
+        flags = {"native": libbpf.XDP_FLAGS_DRV_MODE, "generic": libbpf.XDP_FLAGS_SKB_MODE}.get(mode)
+        if flags is None:
+            raise DataplaneError(f"unknown XDP mode '{mode}' (native or generic)")
+        try:
+            libbpf.xdp_attach(interface_index(ifname), self.program_fd(), flags)
+        except (libbpf.BpfError, NeighbourError) as exc:
+            raise DataplaneError(f"cannot attach XDP to {ifname} in {mode} mode: {exc}") from None
+
+    @staticmethod
+    def detach(ifname: str) -> None:
+        ifindex = interface_index(ifname)
+        for flags in (libbpf.XDP_FLAGS_DRV_MODE, libbpf.XDP_FLAGS_SKB_MODE):
+            if libbpf.xdp_query_id(ifindex, flags):
+                libbpf.xdp_detach(ifindex, flags)
+
+    def test_run(self, frame: bytes, repeat: int = 1) -> libbpf.TestRunResult:
+        """Run the XDP program on one frame (BPF_PROG_TEST_RUN) against the live maps."""
+        return libbpf.prog_test_run(self.program_fd(), frame, repeat)
+
+    # ---- reading --------------------------------------------------------------------------------
+
+    def _services(self) -> dict[ServiceKey, abi.Svc]:
+        fd = self._fds["services"]
+        result = {}
+        for key in libbpf.map_keys(fd, abi.SvcKey):
+            value = abi.Svc()
+            if libbpf.map_lookup(fd, key, value):
+                result[_service_key(key)] = value
+        return result
+
+    def _real_slots(self) -> list[_RealSlot]:
+        rows = libbpf.map_lookup_batch(self._fds["reals"], ctypes.c_uint32, abi.RealEntry, abi.MAX_REALS)
+        return [_RealSlot(int(k), v) for k, v in rows]
+
+    def read_rules(self) -> Rules:
+        services = self._services()
+        by_index = {svc.index: key for key, svc in services.items()}
+        rules = Rules({key: Service(key, abi.SCHEDULER_NAMES[svc.sched]) for key, svc in services.items()})
+        for real in self._real_slots():
+            entry = real.entry
+            key = by_index.get(entry.svc_index)
+            if entry.flags & abi.REAL_ACTIVE and key is not None:
+                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight)
+                rules.services[key].reals[item.key] = item
+        return rules
+
+    def read_timeouts(self) -> Timeouts:
+        cfg = self._config()
+        states = abi.STATES
+        return Timeouts(cfg.timeouts[states["ESTABLISHED"]], cfg.timeouts[states["FIN_WAIT"]],
+                        cfg.timeouts[states["UDP"]])
+
+    def set_timeouts(self, timeouts: Timeouts) -> None:
+        """Set the tcp, tcpfin and udp timeouts (seconds); 0 leaves one unchanged, as ipvsadm --set."""
+        cfg = self._config()
+        for state, value in (("ESTABLISHED", timeouts.tcp), ("FIN_WAIT", timeouts.tcpfin), ("UDP", timeouts.udp)):
+            if value < 0:
+                raise DataplaneError(f"timeout {value} is negative")
+            if value:
+                cfg.timeouts[abi.STATES[state]] = value
+        libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+
+    def set_expire_nodest_conn(self, on: bool) -> None:
+        cfg = self._config()
+        cfg.flags = (cfg.flags | abi.CFG_EXPIRE_NODEST_CONN) if on else (cfg.flags & ~abi.CFG_EXPIRE_NODEST_CONN)
+        libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+
+    def _config(self) -> abi.Config:
+        cfg = abi.Config()
+        libbpf.map_lookup(self._fds["config"], ctypes.c_uint32(0), cfg)
+        return cfg
+
+    def _stats_at(self, index: int) -> Counters:
+        values = (abi.CountersEntry * self._ncpus)()
+        libbpf.map_lookup(self._fds["stats"], ctypes.c_uint32(index), values)
+        return Counters(
+            conns=sum(v.conns for v in values), inpkts=sum(v.packets for v in values),
+            inbytes=sum(v.bytes for v in values),
+        )
+
+    def service_stats(self) -> dict[ServiceKey, Counters]:
+        return {key: self._stats_at(svc.index) for key, svc in self._services().items()}
+
+    def real_stats(self) -> dict[tuple[ServiceKey, RealKey], Counters]:
+        by_index = {svc.index: key for key, svc in self._services().items()}
+        result = {}
+        for real in self._real_slots():
+            key = by_index.get(real.entry.svc_index)
+            if real.entry.flags & abi.REAL_ACTIVE and key is not None:
+                rkey = (_be_to_ip(real.entry.rip), socket.ntohs(real.entry.port))
+                result[(key, rkey)] = self._stats_at(abi.MAX_SERVICES + real.slot)
+        return result
+
+    def counters(self) -> dict[str, int]:
+        """The global counters by name: rx, tx, pass, drop_* ..."""
+        result = {}
+        for index, name in sorted(abi.COUNTER_NAMES.items()):
+            values = (ctypes.c_uint64 * self._ncpus)()
+            libbpf.map_lookup(self._fds["counters"], ctypes.c_uint32(index), values)
+            result[name] = sum(values)
+        return result
+
+    def _live_connections(self) -> list[tuple[abi.ConnKey, abi.Conn, float]]:
+        """Unexpired connection entries with their seconds left."""
+        timeouts = self._config().timeouts
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        rows = libbpf.map_lookup_batch(self._fds["conns"], abi.ConnKey, abi.Conn, self.conn_table_size)
+        live = []
+        for key, value in rows:
+            state = value.state if value.state < abi.STATE_COUNT else abi.STATES["CLOSE"]
+            left = timeouts[state] - (now - value.last_seen) / 1e9
+            if left > 0:
+                live.append((key, value, left))
+        return live
+
+    def _owners(self) -> tuple[dict[int, ServiceKey], dict[int, abi.RealEntry]]:
+        by_index = {svc.index: key for key, svc in self._services().items()}
+        reals = {r.slot: r.entry for r in self._real_slots() if r.entry.flags & abi.REAL_ACTIVE}
+        return by_index, reals
+
+    def connections(self) -> list[Connection]:
+        by_index, reals = self._owners()
+        result = []
+        for key, value, left in self._live_connections():
+            real = reals.get(value.real)
+            if value.svc_index not in by_index or real is None or real.gen != value.gen:
+                continue
+            result.append(Connection(
+                Protocol(key.proto), _be_to_ip(key.saddr), socket.ntohs(key.sport), _be_to_ip(key.daddr),
+                socket.ntohs(key.dport), _be_to_ip(real.rip), socket.ntohs(real.port),
+                abi.STATE_NAMES.get(value.state, "ERR!"), left,
+            ))
+        return result
+
+    def conn_counts(self) -> dict[tuple[ServiceKey, RealKey], tuple[int, int]]:
+        """(ActiveConn, InActConn) per real, from the live connection entries."""
+        counts: dict[tuple[ServiceKey, RealKey], tuple[int, int]] = {}
+        for conn in self.connections():
+            key = (ServiceKey(conn.proto, conn.vip, conn.vport), (conn.rip, conn.rport))
+            active, inactive = counts.get(key, (0, 0))
+            if conn.proto is Protocol.TCP and abi.STATES.get(conn.state) in abi.ACTIVE_STATES:
+                active += 1
+            else:
+                inactive += 1
+            counts[key] = (active, inactive)
+        return counts
+
+    def real_next_hops(self) -> dict[tuple[ServiceKey, RealKey], NextHop]:
+        by_index, reals = self._owners()
+        return {
+            (by_index[e.svc_index], (_be_to_ip(e.rip), socket.ntohs(e.port))):
+                NextHop(e.ifindex, _mac_text(e.smac), _mac_text(e.dmac))
+            for e in reals.values() if e.svc_index in by_index
+        }
+
+    # ---- writing --------------------------------------------------------------------------------
+
+    def zero(self, key: ServiceKey | None = None) -> None:
+        """Zero the counters of one service and its reals, or of everything."""
+        services = self._services()
+        if key is not None and key not in services:
+            raise DataplaneError("No such service")
+        indexes = [svc.index for k, svc in services.items() if key is None or k == key]
+        for real in self._real_slots():
+            if real.entry.flags & abi.REAL_ACTIVE and real.entry.svc_index in indexes:
+                self._zero_stats(abi.MAX_SERVICES + real.slot)
+        for index in indexes:
+            self._zero_stats(index)
+
+    def _zero_stats(self, index: int) -> None:
+        libbpf.map_update(self._fds["stats"], ctypes.c_uint32(index), (abi.CountersEntry * self._ncpus)())
+
+    def apply(self, rules: Rules) -> None:
+        """Make the data plane forward exactly as `rules` say.
+
+        Everything is checked, and new reals resolved, before the first write: a rejected
+        rule set changes nothing. Established connections keep their real.
+        """
+        try:
+            for svc in rules.services.values():
+                validate_service(svc)
+        except ModelError as exc:
+            raise DataplaneError(str(exc)) from None
+        current = self._services()
+        slots = self._real_slots()
+        plan = _Plan(current, slots, rules, self._resolver)
+        for key in plan.removed_services:
+            libbpf.map_delete(self._fds["services"], svc_key(key))
+        for svc in rules.sorted_services():
+            self._write_service(svc, plan)
+        for slot in plan.freed_reals:
+            entry = plan.entries[slot]
+            entry.flags = 0
+            libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
+        self._write_vips(rules)
+
+    def refresh_macs(self) -> int:
+        """Resolve the MAC of every real again; returns how many changed."""
+        changed = 0
+        for real in self._real_slots():
+            entry = real.entry
+            if not entry.flags & abi.REAL_ACTIVE:
+                continue
+            hop = self._resolver(_be_to_ip(entry.rip))
+            if hop.dmac != ZERO_MAC and _mac_text(entry.dmac) != hop.dmac:
+                _set_hop(entry, hop)
+                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(real.slot), entry)
+                changed += 1
+        return changed
+
+    def _write_service(self, svc: Service, plan: _Plan) -> None:
+        reals = svc.sorted_reals()
+        real_slots = [plan.real_slot[(svc.key, r.key)] for r in reals]
+        for real, slot in zip(reals, real_slots, strict=True):
+            entry = plan.entries[slot]
+            if plan.real_changed.get(slot, False):
+                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
+        table = [real_slots[i] for i in scheduler_table(svc.scheduler, reals)]
+        old = plan.current.get(svc.key)
+        index = plan.service_index[svc.key]
+        sched = abi.SCHEDULER_IDS[svc.scheduler]
+        if old is not None and old.sched == sched and self._table(old) == table:
+            return
+        if old is None:
+            self._zero_stats(index)
+            libbpf.map_update(self._fds["sched_state"], ctypes.c_uint32(index), ctypes.c_uint32(0))
+        half = 1 if old is not None and old.table_base == _table_base(index, 0) else 0
+        base = _table_base(index, half)
+        if table:
+            keys = (ctypes.c_uint32 * len(table))(*range(base, base + len(table)))
+            values = (ctypes.c_uint32 * len(table))(*table)
+            libbpf.map_update_batch(self._fds["sched_table"], keys, values)
+        value = abi.Svc(index=index, sched=sched, table_base=base, table_len=len(table))
+        libbpf.map_update(self._fds["services"], svc_key(svc.key), value)
+
+    def _table(self, svc: abi.Svc) -> list[int]:
+        table = []
+        value = ctypes.c_uint32()
+        for slot in range(svc.table_base, svc.table_base + svc.table_len):
+            libbpf.map_lookup(self._fds["sched_table"], ctypes.c_uint32(slot), value)
+            table.append(value.value)
+        return table
+
+    def _write_vips(self, rules: Rules) -> None:
+        fd = self._fds["vips"]
+        wanted: dict[int, int] = {}
+        for key in rules.services:
+            vip = _ip_to_be(key.vip)
+            wanted[vip] = wanted.get(vip, 0) + 1
+        for vip, n in wanted.items():
+            libbpf.map_update(fd, ctypes.c_uint32(vip), ctypes.c_uint32(n))
+        for raw in libbpf.map_keys(fd, ctypes.c_uint32):
+            if raw.value not in wanted:
+                libbpf.map_delete(fd, raw)
+
+
+def _table_base(index: int, half: int) -> int:
+    return (index * 2 + half) * abi.SCHED_TABLE_SIZE
+
+
+def _set_hop(entry: abi.RealEntry, hop: NextHop) -> None:
+    entry.ifindex = hop.ifindex
+    entry.dmac[:] = list(_mac_bytes(hop.dmac))
+    entry.smac[:] = list(_mac_bytes(hop.smac))
+
+
+class _Plan:
+    """Slots for every service and real of a rule set, decided before anything is written."""
+
+    def __init__(self, current: dict[ServiceKey, abi.Svc], slots: list[_RealSlot], rules: Rules,
+                 resolver: Resolver):
+        self.current = current
+        self.removed_services = [key for key in current if key not in rules.services]
+        used_indexes = {svc.index for key, svc in current.items() if key in rules.services}
+        free_indexes = (i for i in range(abi.MAX_SERVICES) if i not in used_indexes)
+        self.service_index: dict[ServiceKey, int] = {}
+        for key in sorted(rules.services):
+            if key in current:
+                self.service_index[key] = current[key].index
+            else:
+                index = next(free_indexes, None)
+                if index is None:
+                    raise DataplaneError(f"too many services (the data plane holds {abi.MAX_SERVICES})")
+                self.service_index[key] = index
+
+        for svc in rules.services.values():
+            length = len(scheduler_table(svc.scheduler, svc.sorted_reals()))
+            if length > abi.SCHED_TABLE_SIZE:
+                raise DataplaneError(
+                    f"service {svc.key}: the {svc.scheduler} table needs {length} slots, more than "
+                    f"{abi.SCHED_TABLE_SIZE}; use fewer reals or weights with a larger common divisor"
+                )
+
+        self.entries = {s.slot: s.entry for s in slots}
+        existing: dict[tuple[int, IPv4Address, int], int] = {}
+        for s in slots:
+            if s.entry.flags & abi.REAL_ACTIVE:
+                existing[(s.entry.svc_index, _be_to_ip(s.entry.rip), socket.ntohs(s.entry.port))] = s.slot
+        old_index = {svc.index: key for key, svc in current.items()}
+        wanted: set[int] = set()
+        self.real_slot: dict[tuple[ServiceKey, RealKey], int] = {}
+        self.real_changed: dict[int, bool] = {}
+        new_reals: list[tuple[ServiceKey, Real]] = []
+        for svc in rules.sorted_services():
+            index = self.service_index[svc.key]
+            for real in svc.sorted_reals():
+                slot = existing.get((index, real.rip, real.port))
+                if slot is not None and old_index.get(index) == svc.key:
+                    self.real_slot[(svc.key, real.key)] = slot
+                    wanted.add(slot)
+                    entry = self.entries[slot]
+                    if entry.weight != real.weight:
+                        entry.weight = real.weight
+                        self.real_changed[slot] = True
+                else:
+                    new_reals.append((svc.key, real))
+        self.freed_reals = [slot for slot in existing.values() if slot not in wanted]
+        taken = set(existing.values())
+        free_slots = (i for i in range(abi.MAX_REALS) if i not in taken)
+        hops: dict[IPv4Address, NextHop] = {}
+        for key, real in new_reals:
+            slot = next(free_slots, None)
+            if slot is None:
+                raise DataplaneError(f"too many real servers (the data plane holds {abi.MAX_REALS})")
+            if real.rip not in hops:
+                try:
+                    hops[real.rip] = resolver(real.rip)
+                except NeighbourError as exc:
+                    raise DataplaneError(str(exc)) from None
+            entry = self.entries.get(slot) or abi.RealEntry()
+            entry.rip, entry.port, entry.weight = _ip_to_be(real.rip), _port_to_be(real.port), real.weight
+            entry.svc_index = self.service_index[key]
+            entry.flags = abi.REAL_ACTIVE
+            entry.gen = (entry.gen + 1) & 0xFFFFFFFF
+            _set_hop(entry, hops[real.rip])
+            if hops[real.rip].dmac == ZERO_MAC:
+                log.warning("real server %s: MAC address not resolved; its packets are dropped until it is",
+                            real.rip)
+            self.entries[slot] = entry
+            self.real_slot[(key, real.key)] = slot
+            self.real_changed[slot] = True
+
+
+def _write_default_config(fds: dict[str, int]) -> None:
+    cfg = abi.Config()
+    libbpf.map_lookup(fds["config"], ctypes.c_uint32(0), cfg)
+    if any(cfg.timeouts):
+        return
+    for name, seconds in abi.DEFAULT_TIMEOUTS.items():
+        cfg.timeouts[abi.STATES[name]] = seconds
+    libbpf.map_update(fds["config"], ctypes.c_uint32(0), cfg)
+
+
+def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resolve) -> Dataplane:
+    """Open the data plane pinned at `pin_dir` (default: per network namespace), creating it if absent."""
+    path = Path(pin_dir) if pin_dir else default_pin_dir()
+    try:
+        if all((path / name).exists() for name in MAP_NAMES):
+            fds = {name: libbpf.obj_get(str(path / name)) for name in MAP_NAMES}
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            with libbpf.BpfObject(str(object_path("xdp")), str(path)) as obj:
+                fds = {name: os.dup(obj.map_fd(name)) for name in MAP_NAMES}
+        _write_default_config(fds)
+    except OSError as exc:
+        raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
+    return Dataplane(path, fds, resolver)
+
+
+def remove_pins(pin_dir: str | Path) -> None:
+    """Remove a data plane's pinned maps (forwarding stops once no program uses them)."""
+    path = Path(pin_dir)
+    for name in MAP_NAMES:
+        (path / name).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def attach_pass_program(ifname: str, mode: str = "native") -> None:
+    """Attach the pass-through XDP program (for a veth peer that must run XDP for XDP_TX to arrive)."""
+    flags = libbpf.XDP_FLAGS_DRV_MODE if mode == "native" else libbpf.XDP_FLAGS_SKB_MODE
+    with libbpf.BpfObject(str(object_path("pass"))) as obj:
+        libbpf.xdp_attach(interface_index(ifname), obj.prog_fd("pyvs_pass"), flags)
+
+
+__all__ = ["Dataplane", "DataplaneError", "open_dataplane", "remove_pins", "attach_pass_program",
+           "wrr_sequence", "scheduler_table"]

@@ -1,0 +1,291 @@
+"""A thin ctypes binding to libbpf.so.1: objects, pins, map operations, XDP attach and test runs."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass
+from typing import Any
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+XDP_VERDICTS = {XDP_ABORTED: "XDP_ABORTED", XDP_DROP: "XDP_DROP", XDP_PASS: "XDP_PASS", XDP_TX: "XDP_TX",
+                XDP_REDIRECT: "XDP_REDIRECT"}
+
+BPF_ANY = 0
+
+
+class BpfError(OSError):
+    """A libbpf call failed; errno and the call are in the message."""
+
+
+def _load() -> ctypes.CDLL:
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:
+        raise BpfError(errno.ENOENT, f"libbpf is not installed ({exc}); install the libbpf1 package") from None
+
+
+_lib = _load()
+_vp, _cp, _u32, _u64, _int = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int
+
+
+def _sig(name: str, restype: Any, *argtypes: Any) -> Any:
+    fn = getattr(_lib, name)
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+    return fn
+
+
+class TestRunOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", _vp), ("data_out", _vp), ("data_size_in", _u32),
+                ("data_size_out", _u32), ("ctx_in", _vp), ("ctx_out", _vp), ("ctx_size_in", _u32),
+                ("ctx_size_out", _u32), ("retval", _u32), ("repeat", _int), ("duration", _u32),
+                ("flags", _u32), ("cpu", _u32), ("batch_size", _u32)]
+
+
+class XdpMd(ctypes.Structure):
+    _fields_ = [("data", _u32), ("data_end", _u32), ("data_meta", _u32), ("ingress_ifindex", _u32),
+                ("rx_queue_index", _u32), ("egress_ifindex", _u32)]
+
+
+class BatchOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("elem_flags", _u64), ("flags", _u64)]
+
+
+class MapInfo(ctypes.Structure):
+    _fields_ = [("type", _u32), ("id", _u32), ("key_size", _u32), ("value_size", _u32),
+                ("max_entries", _u32), ("map_flags", _u32), ("name", ctypes.c_char * 16),
+                ("rest", ctypes.c_uint8 * 128)]
+
+
+_open_file = _sig("bpf_object__open_file", _vp, _cp, _vp)
+_obj_load = _sig("bpf_object__load", _int, _vp)
+_obj_close = _sig("bpf_object__close", None, _vp)
+_find_map = _sig("bpf_object__find_map_by_name", _vp, _vp, _cp)
+_next_map = _sig("bpf_object__next_map", _vp, _vp, _vp)
+_map_name = _sig("bpf_map__name", _cp, _vp)
+_map_fd = _sig("bpf_map__fd", _int, _vp)
+_map_set_pin_path = _sig("bpf_map__set_pin_path", _int, _vp, _cp)
+_map_set_max_entries = _sig("bpf_map__set_max_entries", _int, _vp, _u32)
+_find_prog = _sig("bpf_object__find_program_by_name", _vp, _vp, _cp)
+_prog_fd = _sig("bpf_program__fd", _int, _vp)
+_obj_get = _sig("bpf_obj_get", _int, _cp)
+_obj_pin = _sig("bpf_obj_pin", _int, _int, _cp)
+_update = _sig("bpf_map_update_elem", _int, _int, _vp, _vp, _u64)
+_lookup = _sig("bpf_map_lookup_elem", _int, _int, _vp, _vp)
+_delete = _sig("bpf_map_delete_elem", _int, _int, _vp)
+_next_key = _sig("bpf_map_get_next_key", _int, _int, _vp, _vp)
+_lookup_batch = _sig("bpf_map_lookup_batch", _int, _int, _vp, _vp, _vp, _vp, ctypes.POINTER(_u32), _vp)
+_update_batch = _sig("bpf_map_update_batch", _int, _int, _vp, _vp, ctypes.POINTER(_u32), _vp)
+_xdp_attach = _sig("bpf_xdp_attach", _int, _int, _int, _u32, _vp)
+_xdp_detach = _sig("bpf_xdp_detach", _int, _int, _u32, _vp)
+_xdp_query_id = _sig("bpf_xdp_query_id", _int, _int, _int, ctypes.POINTER(_u32))
+_test_run = _sig("bpf_prog_test_run_opts", _int, _int, ctypes.POINTER(TestRunOpts))
+_num_cpus = _sig("libbpf_num_possible_cpus", _int)
+_obj_info = _sig("bpf_obj_get_info_by_fd", _int, _int, _vp, ctypes.POINTER(_u32))
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        code = -rc if rc != -1 else ctypes.get_errno()
+        raise BpfError(code, f"{what}: {os.strerror(code)}")
+    return rc
+
+
+def num_possible_cpus() -> int:
+    return _check(_num_cpus(), "libbpf_num_possible_cpus")
+
+
+class BpfObject:
+    """An ELF object opened by libbpf; maps are pinned (and reused) under `pin_dir` when given."""
+
+    def __init__(self, path: str, pin_dir: str | None = None, max_entries: dict[str, int] | None = None):
+        ctypes.set_errno(0)
+        self._obj = _open_file(path.encode(), None)
+        if not self._obj:
+            raise BpfError(ctypes.get_errno() or errno.EINVAL, f"cannot open BPF object {path}")
+        try:
+            for name, size in (max_entries or {}).items():
+                _check(_map_set_max_entries(self._map(name), size), f"set max_entries of {name}")
+            if pin_dir:
+                for name in self.map_names():
+                    _check(_map_set_pin_path(self._map(name), f"{pin_dir}/{name}".encode()), f"pin {name}")
+            _check(_obj_load(self._obj), f"load {path}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _map(self, name: str) -> int:
+        ptr = _find_map(self._obj, name.encode())
+        if not ptr:
+            raise BpfError(errno.ENOENT, f"no map {name} in the BPF object")
+        return int(ptr)
+
+    def map_names(self) -> list[str]:
+        names = []
+        ptr = _next_map(self._obj, None)
+        while ptr:
+            name = _map_name(ptr).decode()
+            if "." not in name:  # skip .rodata and other internal maps
+                names.append(name)
+            ptr = _next_map(self._obj, ptr)
+        return names
+
+    def map_fd(self, name: str) -> int:
+        return _check(_map_fd(self._map(name)), f"fd of map {name}")
+
+    def prog_fd(self, name: str) -> int:
+        ptr = _find_prog(self._obj, name.encode())
+        if not ptr:
+            raise BpfError(errno.ENOENT, f"no program {name} in the BPF object")
+        return _check(_prog_fd(ptr), f"fd of program {name}")
+
+    def close(self) -> None:
+        if self._obj:
+            _obj_close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def obj_get(path: str) -> int:
+    return _check(_obj_get(path.encode()), f"open pinned {path}")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    _check(_obj_pin(fd, path.encode()), f"pin {path}")
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    size = _u32(ctypes.sizeof(info))
+    _check(_obj_info(fd, ctypes.byref(info), ctypes.byref(size)), "map info")
+    return info
+
+
+def map_update(fd: int, key: ctypes._CData, value: ctypes._CData, flags: int = BPF_ANY) -> None:
+    _check(_update(fd, ctypes.byref(key), ctypes.byref(value), flags), "map update")
+
+
+def map_lookup(fd: int, key: ctypes._CData, value: ctypes._CData) -> bool:
+    """Fill `value`; False when the key is absent."""
+    rc = _lookup(fd, ctypes.byref(key), ctypes.byref(value))
+    if rc < 0 and (-rc == errno.ENOENT or ctypes.get_errno() == errno.ENOENT):
+        return False
+    _check(rc, "map lookup")
+    return True
+
+
+def map_delete(fd: int, key: ctypes._CData) -> bool:
+    rc = _delete(fd, ctypes.byref(key))
+    if rc < 0 and (-rc == errno.ENOENT or ctypes.get_errno() == errno.ENOENT):
+        return False
+    _check(rc, "map delete")
+    return True
+
+
+def map_keys(fd: int, key_type: type[ctypes.Structure] | Any) -> list[Any]:
+    keys = []
+    key = key_type()
+    next_key = key_type()
+    prev = None
+    while True:
+        rc = _next_key(fd, prev, ctypes.byref(next_key))
+        if rc < 0:
+            if -rc == errno.ENOENT or ctypes.get_errno() == errno.ENOENT:
+                return keys
+            _check(rc, "map next key")
+        keys.append(key_type.from_buffer_copy(next_key))
+        ctypes.memmove(ctypes.byref(key), ctypes.byref(next_key), ctypes.sizeof(key))
+        prev = ctypes.byref(key)
+
+
+def map_lookup_batch(fd: int, key_type: Any, value_type: Any, max_entries: int) -> list[tuple[Any, Any]]:
+    """Every (key, value) of a map, read a chunk at a time."""
+    chunk = min(max_entries, 65536) or 1
+    keys = (key_type * chunk)()
+    values = (value_type * chunk)()
+    in_batch = ctypes.create_string_buffer(max(ctypes.sizeof(key_type), 8))
+    out_batch = ctypes.create_string_buffer(max(ctypes.sizeof(key_type), 8))
+    opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
+    result: list[tuple[Any, Any]] = []
+    first = True
+    while True:
+        count = _u32(chunk)
+        rc = _lookup_batch(fd, None if first else in_batch, out_batch, keys, values, ctypes.byref(count),
+                           ctypes.byref(opts))
+        done = rc < 0 and (-rc == errno.ENOENT or ctypes.get_errno() == errno.ENOENT)
+        if rc < 0 and not done:
+            _check(rc, "map lookup batch")
+        result.extend((_copy(keys[i]), _copy(values[i])) for i in range(count.value))
+        if done:
+            return result
+        ctypes.memmove(in_batch, out_batch, len(out_batch))
+        first = False
+
+
+def _copy(item: Any) -> Any:
+    """Detach an array element from the reused batch buffer."""
+    return type(item).from_buffer_copy(item) if isinstance(item, ctypes.Structure | ctypes.Array) else item
+
+
+def map_update_batch(fd: int, keys: ctypes.Array[Any], values: ctypes.Array[Any]) -> None:
+    count = _u32(len(keys))
+    if count.value == 0:
+        return
+    opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
+    _check(_update_batch(fd, keys, values, ctypes.byref(count), ctypes.byref(opts)), "map update batch")
+
+
+def xdp_attach(ifindex: int, prog_fd: int, flags: int) -> None:
+    _check(_xdp_attach(ifindex, prog_fd, flags, None), f"attach XDP to ifindex {ifindex}")
+
+
+def xdp_detach(ifindex: int, flags: int) -> None:
+    _check(_xdp_detach(ifindex, flags, None), f"detach XDP from ifindex {ifindex}")
+
+
+def xdp_query_id(ifindex: int, flags: int) -> int:
+    prog_id = _u32(0)
+    _check(_xdp_query_id(ifindex, flags, ctypes.byref(prog_id)), f"query XDP of ifindex {ifindex}")
+    return prog_id.value
+
+
+@dataclass
+class TestRunResult:
+    verdict: int
+    data: bytes
+    duration_ns: int
+
+    @property
+    def verdict_name(self) -> str:
+        return XDP_VERDICTS.get(self.verdict, str(self.verdict))
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ingress_ifindex: int = 0) -> TestRunResult:
+    """Run an XDP program on one frame with BPF_PROG_TEST_RUN."""
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(len(data) + 512)
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts))
+    opts.data_in = ctypes.cast(data_in, _vp)
+    opts.data_size_in = len(data)
+    opts.data_out = ctypes.cast(data_out, _vp)
+    opts.data_size_out = len(data_out)
+    opts.repeat = repeat
+    ctx = XdpMd(data=0, data_end=len(data), ingress_ifindex=ingress_ifindex)
+    if ingress_ifindex:
+        opts.ctx_in = ctypes.cast(ctypes.byref(ctx), _vp)
+        opts.ctx_size_in = ctypes.sizeof(ctx)
+    _check(_test_run(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)

@@ -1,0 +1,82 @@
+"""Finding a real server on the director's segment: egress interface, its MAC, and the real's MAC."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from pyroute2 import IPRoute
+
+# Neighbour states whose link-layer address can be used.
+_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+class NeighbourError(RuntimeError):
+    """The real server cannot be reached by direct routing; the message says why."""
+
+
+@dataclass(frozen=True)
+class NextHop:
+    ifindex: int
+    smac: str  # the director's interface MAC
+    dmac: str  # the real's MAC, ZERO_MAC when not resolved
+
+
+def _route(ipr: IPRoute, rip: IPv4Address) -> tuple[int, str]:
+    try:
+        route = ipr.route("get", dst=str(rip))[0]
+    except Exception as exc:  # pyroute2 raises NetlinkError for unreachable
+        raise NeighbourError(f"real server {rip} is unreachable from the director ({exc})") from None
+    if route.get("type") == 2:  # RTN_LOCAL
+        raise NeighbourError(f"real server {rip} is an address of the director itself")
+    gateway = route.get_attr("RTA_GATEWAY")
+    if gateway:
+        raise NeighbourError(
+            f"real server {rip} is reached through the router {gateway}: direct routing needs "
+            "the real server on a network the director is directly attached to"
+        )
+    ifindex = route.get_attr("RTA_OIF")
+    link = ipr.get_links(ifindex)[0]
+    return ifindex, link.get_attr("IFLA_ADDRESS")
+
+
+def _neighbour_mac(ipr: IPRoute, rip: IPv4Address, ifindex: int) -> str | None:
+    for neigh in ipr.get_neighbours(family=socket.AF_INET, dst=str(rip), ifindex=ifindex):
+        mac = neigh.get_attr("NDA_LLADDR")
+        if mac and neigh["state"] & _USABLE:
+            return str(mac)
+    return None
+
+
+def _provoke_arp(rip: IPv4Address) -> None:
+    """Send one UDP datagram to the discard port: the kernel resolves the real's MAC to send it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(b"", (str(rip), 9))
+        except OSError:
+            pass
+
+
+def resolve(rip: IPv4Address, wait: float = 1.0) -> NextHop:
+    """Where frames for `rip` go; waits up to `wait` seconds for ARP to resolve its MAC."""
+    with IPRoute() as ipr:
+        ifindex, smac = _route(ipr, rip)
+        mac = _neighbour_mac(ipr, rip, ifindex)
+        if mac is None:
+            _provoke_arp(rip)
+            deadline = time.monotonic() + wait
+            while mac is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                mac = _neighbour_mac(ipr, rip, ifindex)
+        return NextHop(ifindex, smac, mac or ZERO_MAC)
+
+
+def interface_index(name: str) -> int:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise NeighbourError(f"no network interface named {name}")
+    return int(found[0])
