@@ -176,8 +176,15 @@ class Dataplane:
         return result
 
     def _real_slots(self) -> list[_RealSlot]:
-        rows = libbpf.map_lookup_batch(self._fds["reals"], ctypes.c_uint32, abi.RealEntry, abi.MAX_REALS)
-        return [_RealSlot(int(k), v) for k, v in rows]
+        """Slots ever used (active, or with a generation to keep)."""
+        keys, values, count = libbpf.map_lookup_batch(self._fds["reals"], ctypes.c_uint32, abi.RealEntry,
+                                                      abi.MAX_REALS)
+        words = memoryview(values).cast("B").cast("I")
+        stride = ctypes.sizeof(abi.RealEntry) // 4
+        flags_at, gen_at = abi.RealEntry.flags.offset // 4, abi.RealEntry.gen.offset // 4
+        used = [i for i, (f, g) in enumerate(zip(words[flags_at::stride], words[gen_at::stride], strict=True))
+                if (f or g) and i < count]
+        return [_RealSlot(keys[i], values[i]) for i in used]
 
     def read_rules(self) -> Rules:
         services = self._services()
@@ -251,9 +258,10 @@ class Dataplane:
         """Unexpired connection entries with their seconds left."""
         timeouts = self._config().timeouts
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        rows = libbpf.map_lookup_batch(self._fds["conns"], abi.ConnKey, abi.Conn, self.conn_table_size)
+        keys, values, count = libbpf.map_lookup_batch(self._fds["conns"], abi.ConnKey, abi.Conn,
+                                                      self.conn_table_size)
         live = []
-        for key, value in rows:
+        for key, value in zip(keys[:count], values[:count], strict=True):
             state = value.state if value.state < abi.STATE_COUNT else abi.STATES["CLOSE"]
             left = timeouts[state] - (now - value.last_seen) / 1e9
             if left > 0:

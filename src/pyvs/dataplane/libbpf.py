@@ -211,33 +211,30 @@ def map_keys(fd: int, key_type: type[ctypes.Structure] | Any) -> list[Any]:
         prev = ctypes.byref(key)
 
 
-def map_lookup_batch(fd: int, key_type: Any, value_type: Any, max_entries: int) -> list[tuple[Any, Any]]:
-    """Every (key, value) of a map, read a chunk at a time."""
-    chunk = min(max_entries, 65536) or 1
-    keys = (key_type * chunk)()
-    values = (value_type * chunk)()
-    in_batch = ctypes.create_string_buffer(max(ctypes.sizeof(key_type), 8))
-    out_batch = ctypes.create_string_buffer(max(ctypes.sizeof(key_type), 8))
+def map_lookup_batch(fd: int, key_type: Any, value_type: Any, max_entries: int) -> tuple[Any, Any, int]:
+    """Every key and value of a map, in two arrays filled from the start; returns (keys, values, count)."""
+    keys = (key_type * max_entries)()
+    values = (value_type * max_entries)()
+    key_size, value_size = ctypes.sizeof(key_type), ctypes.sizeof(value_type)
+    in_batch = ctypes.create_string_buffer(max(key_size, 8))
+    out_batch = ctypes.create_string_buffer(max(key_size, 8))
     opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
-    result: list[tuple[Any, Any]] = []
+    total = 0
     first = True
-    while True:
-        count = _u32(chunk)
-        rc = _lookup_batch(fd, None if first else in_batch, out_batch, keys, values, ctypes.byref(count),
-                           ctypes.byref(opts))
+    while total < max_entries:
+        count = _u32(max_entries - total)
+        rc = _lookup_batch(fd, None if first else in_batch, out_batch,
+                           ctypes.byref(keys, total * key_size), ctypes.byref(values, total * value_size),
+                           ctypes.byref(count), ctypes.byref(opts))
         done = rc < 0 and (-rc == errno.ENOENT or ctypes.get_errno() == errno.ENOENT)
         if rc < 0 and not done:
             _check(rc, "map lookup batch")
-        result.extend((_copy(keys[i]), _copy(values[i])) for i in range(count.value))
+        total += count.value
         if done:
-            return result
+            break
         ctypes.memmove(in_batch, out_batch, len(out_batch))
         first = False
-
-
-def _copy(item: Any) -> Any:
-    """Detach an array element from the reused batch buffer."""
-    return type(item).from_buffer_copy(item) if isinstance(item, ctypes.Structure | ctypes.Array) else item
+    return keys, values, total
 
 
 def map_update_batch(fd: int, keys: ctypes.Array[Any], values: ctypes.Array[Any]) -> None:

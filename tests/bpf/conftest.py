@@ -1,0 +1,40 @@
+"""Fixtures for BPF_PROG_TEST_RUN tests: a data plane pinned under a test-only path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+
+import pytest
+
+from pyvs.dataplane import Dataplane, open_dataplane, remove_pins
+from pyvs.dataplane.neighbours import ZERO_MAC, NextHop
+from pyvs.dataplane.pins import bpffs_root
+
+DIRECTOR_MAC = "02:00:00:00:00:0a"
+CLIENT_MAC = "02:00:00:00:00:01"
+# The segment's neighbour table: real server -> (MAC, egress ifindex; 0 = back out the ingress port).
+REALS = {
+    IPv4Address("198.18.2.11"): ("02:00:00:00:00:11", 0),
+    IPv4Address("198.18.2.12"): ("02:00:00:00:00:12", 0),
+    IPv4Address("198.18.2.13"): ("02:00:00:00:00:13", 0),
+    IPv4Address("198.18.2.14"): (ZERO_MAC, 0),  # never answers ARP
+    IPv4Address("198.18.2.15"): ("02:00:00:00:00:15", 7),  # behind another interface
+}
+
+
+def static_neighbours(rip: IPv4Address) -> NextHop:
+    mac, ifindex = REALS[rip]
+    return NextHop(ifindex, DIRECTOR_MAC, mac)
+
+
+@pytest.fixture
+def dataplane() -> Iterator[Dataplane]:
+    pin_dir = bpffs_root() / "pyvs" / f"pyvst-bpf-{os.getpid()}"
+    dp = open_dataplane(pin_dir, resolver=static_neighbours)
+    try:
+        yield dp
+    finally:
+        dp.close()
+        remove_pins(pin_dir)

@@ -1,0 +1,223 @@
+"""The XDP program, packet in, verdict and packet out (BPF_PROG_TEST_RUN)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from ipaddress import IPv4Address
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Raw
+
+from pyvs.dataplane import Dataplane
+from pyvs.dataplane.dataplane import wrr_sequence
+from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
+
+from .conftest import CLIENT_MAC, DIRECTOR_MAC, REALS
+
+VIP = IPv4Address("198.18.0.100")
+CLIENT = "198.18.1.2"
+RS1, RS2, RS3 = (IPv4Address(f"198.18.2.{n}") for n in (11, 12, 13))
+TCP80 = ServiceKey(Protocol.TCP, VIP, 80)
+UDP80 = ServiceKey(Protocol.UDP, VIP, 80)
+
+
+def service(key: ServiceKey, scheduler: str, *reals: tuple[IPv4Address, int]) -> Service:
+    svc = Service(key, scheduler)
+    for rip, weight in reals:
+        svc.reals[(rip, key.port)] = Real(rip, key.port, weight)
+    return svc
+
+
+def rules(*services: Service) -> Rules:
+    return Rules({svc.key: svc for svc in services})
+
+
+def frame(l4, dst: str = str(VIP), src: str = CLIENT, **ip) -> bytes:  # type: ignore[no-untyped-def]
+    return bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src=src, dst=dst, **ip) / l4)
+
+
+def syn(sport: int = 40000, dport: int = 80) -> bytes:
+    return frame(TCP(sport=sport, dport=dport, flags="S", seq=1000))
+
+
+def real_of(out: bytes) -> IPv4Address:
+    mac = Ether(out).dst
+    return next(ip for ip, (m, _) in REALS.items() if m == mac)
+
+
+def assert_forwarded(packet_in: bytes, packet_out: bytes, real: IPv4Address) -> None:
+    """Only the MACs change: destination = the real's, source = the director's."""
+    assert packet_out[:6] == bytes.fromhex(REALS[real][0].replace(":", ""))
+    assert packet_out[6:12] == bytes.fromhex(DIRECTOR_MAC.replace(":", ""))
+    assert packet_out[12:] == packet_in[12:]
+
+
+@pytest.fixture
+def two_reals(dataplane: Dataplane) -> Dataplane:
+    dataplane.apply(rules(service(TCP80, "rr", (RS1, 1), (RS2, 1)), service(UDP80, "rr", (RS1, 1), (RS2, 1))))
+    return dataplane
+
+
+def test_tcp_syn_to_a_service_is_sent_to_a_real_with_only_the_macs_rewritten(two_reals: Dataplane) -> None:
+    packet = syn()
+    result = two_reals.test_run(packet)
+    assert result.verdict_name == "XDP_TX"
+    assert_forwarded(packet, result.data, real_of(result.data))
+    assert two_reals.counters()["conn_new"] == 1
+
+
+def test_established_segment_follows_its_connection(two_reals: Dataplane) -> None:
+    first = two_reals.test_run(syn(sport=40001))
+    chosen = real_of(first.data)
+    for flags in ("A", "PA", "A"):
+        packet = frame(TCP(sport=40001, dport=80, flags=flags, seq=1001, ack=1) / Raw(b"GET / HTTP/1.0\r\n\r\n"))
+        result = two_reals.test_run(packet)
+        assert result.verdict_name == "XDP_TX"
+        assert_forwarded(packet, result.data, chosen)
+    [conn] = two_reals.connections()
+    assert conn.state == "ESTABLISHED" and conn.rip == chosen and conn.cport == 40001
+
+
+def test_udp_to_a_service_is_forwarded(two_reals: Dataplane) -> None:
+    packet = frame(UDP(sport=5353, dport=80) / Raw(b"hello"))
+    result = two_reals.test_run(packet)
+    assert result.verdict_name == "XDP_TX"
+    assert_forwarded(packet, result.data, real_of(result.data))
+    [conn] = two_reals.connections()
+    assert conn.proto is Protocol.UDP and conn.state == "UDP"
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        pytest.param(syn(dport=8080), id="vip-port-without-service"),
+        pytest.param(frame(UDP(sport=5353, dport=53)), id="vip-udp-port-without-service"),
+        pytest.param(frame(TCP(sport=1, dport=80, flags="S"), dst="198.18.0.1"), id="other-address"),
+        pytest.param(bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=str(VIP), psrc="198.18.0.1")),
+                     id="arp-who-has-vip"),
+        pytest.param(frame(Raw(b"\x08\x00\x00\x00\x00\x00\x00\x00"), proto=1), id="icmp-to-vip"),
+        pytest.param(bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC, type=0x86DD) / Raw(b"\x60" + bytes(60))),
+                     id="ipv6"),
+        pytest.param(bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC)) + b"\x45\x00", id="cut-inside-ip-header"),
+        pytest.param(frame(TCP(sport=1, dport=80), dst="198.18.0.1", frag=5), id="fragment-to-other-address"),
+    ],
+)
+def test_non_service_traffic_is_passed_untouched(two_reals: Dataplane, packet: bytes) -> None:
+    result = two_reals.test_run(packet)
+    assert result.verdict_name == "XDP_PASS"
+    assert result.data == packet
+    assert two_reals.connections() == []
+
+
+def test_ip_options_are_kept_and_forwarded(two_reals: Dataplane) -> None:
+    packet = frame(TCP(sport=40002, dport=80, flags="S"), options=[b"\x01\x01\x01\x00"])
+    assert IP(packet[14:]).ihl == 6
+    result = two_reals.test_run(packet)
+    assert result.verdict_name == "XDP_TX"
+    assert_forwarded(packet, result.data, real_of(result.data))
+
+
+@pytest.mark.parametrize("ip_fields", [{"frag": 185}, {"flags": "MF"}], ids=["non-first", "first-with-MF"])
+def test_fragments_to_a_vip_are_dropped_and_counted(two_reals: Dataplane, ip_fields: dict[str, object]) -> None:
+    packet = frame(UDP(sport=5353, dport=80) / Raw(bytes(64)), **ip_fields)
+    result = two_reals.test_run(packet)
+    assert result.verdict_name == "XDP_DROP"
+    assert two_reals.counters()["drop_fragment"] == 1
+    assert two_reals.connections() == []
+
+
+def test_truncated_frame_to_a_vip_is_dropped_and_counted(two_reals: Dataplane) -> None:
+    whole = frame(TCP(sport=40003, dport=80, flags="S") / Raw(bytes(100)))
+    for cut in (whole[:14 + 20 + 10], whole[:-1]):  # ports present but header cut; IP length larger than frame
+        result = two_reals.test_run(cut)
+        assert result.verdict_name == "XDP_DROP"
+    assert two_reals.counters()["drop_malformed"] == 2
+    assert two_reals.connections() == []
+
+
+def test_rr_alternates_exactly(two_reals: Dataplane) -> None:
+    chosen = [real_of(two_reals.test_run(syn(sport=41000 + i)).data) for i in range(100)]
+    assert Counter(chosen) == {RS1: 50, RS2: 50}
+    assert all(a != b for a, b in zip(chosen, chosen[1:], strict=False))
+
+
+def test_wrr_follows_the_ipvs_sequence(dataplane: Dataplane) -> None:
+    dataplane.apply(rules(service(TCP80, "wrr", (RS1, 4), (RS2, 3), (RS3, 2))))
+    chosen = [real_of(dataplane.test_run(syn(sport=42000 + i)).data) for i in range(18)]
+    names = {RS1: "A", RS2: "B", RS3: "C"}
+    assert "".join(names[r] for r in chosen) == "AABABCABC" * 2
+    assert wrr_sequence([4, 2, 2]) == [0, 0, 1, 2]
+
+
+def test_weight_zero_takes_no_new_connections_but_keeps_existing_ones(dataplane: Dataplane) -> None:
+    dataplane.apply(rules(service(TCP80, "rr", (RS1, 1), (RS2, 1))))
+    owners = {sport: real_of(dataplane.test_run(syn(sport=sport)).data) for sport in (43000, 43001)}
+    dataplane.apply(rules(service(TCP80, "rr", (RS1, 1), (RS2, 0))))
+    new = {real_of(dataplane.test_run(syn(sport=43100 + i)).data) for i in range(10)}
+    assert new == {RS1}
+    for sport, real in owners.items():
+        result = dataplane.test_run(frame(TCP(sport=sport, dport=80, flags="A")))
+        assert result.verdict_name == "XDP_TX" and real_of(result.data) == real
+
+
+def test_deleted_real_drops_its_connections_and_counts_them(dataplane: Dataplane) -> None:
+    dataplane.apply(rules(service(TCP80, "rr", (RS1, 1), (RS2, 1))))
+    owners = {sport: real_of(dataplane.test_run(syn(sport=sport)).data) for sport in (44000, 44001)}
+    dataplane.apply(rules(service(TCP80, "rr", (RS1, 1))))
+    gone = next(s for s, r in owners.items() if r == RS2)
+    kept = next(s for s, r in owners.items() if r == RS1)
+    assert dataplane.test_run(frame(TCP(sport=gone, dport=80, flags="A"))).verdict_name == "XDP_DROP"
+    assert dataplane.counters()["drop_real_gone"] == 1
+    assert real_of(dataplane.test_run(frame(TCP(sport=kept, dport=80, flags="A"))).data) == RS1
+    # With expire_nodest_conn the entry goes at its next packet, and a new SYN is scheduled again.
+    dataplane.set_expire_nodest_conn(True)
+    assert dataplane.test_run(frame(TCP(sport=gone, dport=80, flags="A"))).verdict_name == "XDP_DROP"
+    assert real_of(dataplane.test_run(syn(sport=gone)).data) == RS1
+
+
+def test_service_without_available_real_drops_and_counts(dataplane: Dataplane) -> None:
+    dataplane.apply(rules(service(TCP80, "rr", (RS1, 0))))
+    assert dataplane.test_run(syn()).verdict_name == "XDP_DROP"
+    assert dataplane.counters()["drop_no_real"] == 1
+
+
+def test_real_with_unresolved_mac_is_never_given_the_frame(dataplane: Dataplane) -> None:
+    dataplane.apply(rules(service(TCP80, "rr", (IPv4Address("198.18.2.14"), 1))))
+    assert dataplane.test_run(syn()).verdict_name == "XDP_DROP"
+    assert dataplane.counters()["drop_no_mac"] == 1
+
+
+def test_real_behind_another_interface_is_redirected(dataplane: Dataplane) -> None:
+    dataplane.apply(rules(service(TCP80, "rr", (IPv4Address("198.18.2.15"), 1))))
+    assert dataplane.test_run(syn()).verdict_name == "XDP_REDIRECT"
+    assert dataplane.counters()["redirect"] == 1
+
+
+def test_rst_without_connection_is_left_to_the_kernel(two_reals: Dataplane) -> None:
+    packet = frame(TCP(sport=45000, dport=80, flags="R"))
+    assert two_reals.test_run(packet).verdict_name == "XDP_PASS"
+    assert two_reals.connections() == []
+
+
+def test_tcp_states_follow_the_ipvs_input_only_table(two_reals: Dataplane) -> None:
+    states = []
+    for flags in ("S", "A", "FA", "A", "R"):
+        two_reals.test_run(frame(TCP(sport=46000, dport=80, flags=flags)))
+        states.append(two_reals.connections()[0].state)
+    assert states == ["SYN_RECV", "ESTABLISHED", "FIN_WAIT", "FIN_WAIT", "CLOSE"]
+    counts = two_reals.conn_counts()
+    assert list(counts.values()) == [(0, 1)]
+
+
+def test_counters_per_service_and_real(two_reals: Dataplane) -> None:
+    packets = [syn(sport=47000), syn(sport=47001), frame(TCP(sport=47000, dport=80, flags="A"))]
+    for packet in packets:
+        two_reals.test_run(packet)
+    stats = two_reals.service_stats()[TCP80]
+    assert (stats.conns, stats.inpkts, stats.inbytes) == (2, 3, sum(len(p) for p in packets))
+    per_real = two_reals.real_stats()
+    assert sum(c.conns for (key, _), c in per_real.items() if key == TCP80) == 2
+    two_reals.zero(TCP80)
+    assert two_reals.service_stats()[TCP80].inpkts == 0
