@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pyvs.dataplane import abi, libbpf
 from pyvs.dataplane.build import object_path
-from pyvs.dataplane.neighbours import ZERO_MAC, NextHop, NeighbourError, interface_index, resolve
+from pyvs.dataplane.neighbours import ZERO_MAC, NeighbourError, NextHop, interface_index, resolve
 from pyvs.dataplane.pins import default_pin_dir
 from pyvs.model import (
     Connection,
@@ -86,7 +86,7 @@ def wrr_sequence(weights: list[int]) -> list[int]:
     for w in positive:
         step = gcd(step, w)
     top = max(positive) - (step - 1)
-    sequence = []
+    sequence: list[int] = []
     current = top
     while current > 0:
         sequence.extend(i for i, w in enumerate(weights) if w >= current)
@@ -366,10 +366,9 @@ class Dataplane:
     def _write_service(self, svc: Service, plan: _Plan) -> None:
         reals = svc.sorted_reals()
         real_slots = [plan.real_slot[(svc.key, r.key)] for r in reals]
-        for real, slot in zip(reals, real_slots, strict=True):
-            entry = plan.entries[slot]
+        for slot in real_slots:
             if plan.real_changed.get(slot, False):
-                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
+                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), plan.entries[slot])
         table = [real_slots[i] for i in scheduler_table(svc.scheduler, reals)]
         old = plan.current.get(svc.key)
         index = plan.service_index[svc.key]

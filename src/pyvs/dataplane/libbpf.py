@@ -196,7 +196,7 @@ def map_delete(fd: int, key: ctypes._CData) -> bool:
 
 
 def map_keys(fd: int, key_type: type[ctypes.Structure] | Any) -> list[Any]:
-    keys = []
+    keys: list[Any] = []
     key = key_type()
     next_key = key_type()
     prev = None

@@ -1,0 +1,219 @@
+"""`pyvsadm`: ipvsadm's command line over the pyvs data plane.
+
+Exit status as ipvsadm: 0 on success, 2 for a command line it refuses, 1 for an operation
+the data plane refuses or cannot do. A refused command changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from ipaddress import IPv4Address
+from typing import Protocol, TextIO
+
+from pyvs import __version__
+from pyvs.admin.commands import CommandError, apply_command, merge_timeouts, restore
+from pyvs.admin.options import RULE_ACTIONS, Action, Command, UsageError, parse_args
+from pyvs.admin.printers import (
+    IPVS_VERSION,
+    Listing,
+    Names,
+    format_connections,
+    format_list,
+    format_save,
+    format_timeouts,
+)
+from pyvs.model import (
+    DEFAULT_SCHEDULER,
+    SUPPORTED_SCHEDULERS,
+    Connection,
+    Counters,
+    Rules,
+    ServiceKey,
+    Timeouts,
+)
+
+PROGRAM = "pyvsadm"
+PIN_DIR_ENV = "PYVS_PIN_DIR"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Dataplane(Protocol):
+    """The part of pyvs.dataplane.Dataplane that pyvsadm uses."""
+
+    conn_table_size: int
+
+    def read_rules(self) -> Rules: ...
+    def apply(self, rules: Rules) -> None: ...
+    def read_timeouts(self) -> Timeouts: ...
+    def set_timeouts(self, t: Timeouts) -> None: ...
+    def service_stats(self) -> dict[ServiceKey, Counters]: ...
+    def real_stats(self) -> dict[tuple[ServiceKey, tuple[IPv4Address, int]], Counters]: ...
+    def conn_counts(self) -> dict[tuple[ServiceKey, tuple[IPv4Address, int]], tuple[int, int]]: ...
+    def connections(self) -> list[Connection]: ...
+    def zero(self, key: ServiceKey | None = None) -> None: ...
+
+
+USAGE = f"""\
+Usage:
+  {PROGRAM} -A|E virtual-service [-s scheduler]
+  {PROGRAM} -D virtual-service
+  {PROGRAM} -C
+  {PROGRAM} -R
+  {PROGRAM} -S [-n]
+  {PROGRAM} -a|e virtual-service -r server-address [options]
+  {PROGRAM} -d virtual-service -r server-address
+  {PROGRAM} -L|l [virtual-service] [options]
+  {PROGRAM} -Z [virtual-service]
+  {PROGRAM} --set tcp tcpfin udp
+  {PROGRAM} -h
+
+Commands:
+Either long or short options are allowed.
+  --add-service     -A        add virtual service with options
+  --edit-service    -E        edit virtual service with options
+  --delete-service  -D        delete virtual service
+  --clear           -C        clear the whole table
+  --restore         -R        restore rules from stdin
+  --save            -S        save rules to stdout
+  --add-server      -a        add real server with options
+  --edit-server     -e        edit real server with options
+  --delete-server   -d        delete real server
+  --list            -L|-l     list the table
+  --zero            -Z        zero counters in a service or all services
+  --set tcp tcpfin udp        set connection timeout values
+  --help            -h        display this help message
+  --version         -v        display the version
+
+virtual-service:
+  --tcp-service|-t  service-address   service-address is host[:port]
+  --udp-service|-u  service-address   service-address is host[:port]
+
+Options:
+  --scheduler    -s scheduler         one of {"|".join(SUPPORTED_SCHEDULERS)},
+                                      the default scheduler is {DEFAULT_SCHEDULER}.
+  --real-server  -r server-address    server-address is host (and port)
+  --gatewaying   -g                   gatewaying (direct routing) (default)
+  --weight       -w weight            capacity of real server
+  --connection   -c                   output of current IPVS connections
+  --timeout                           output of timeout (tcp tcpfin udp)
+  --stats                             output of statistics information
+  --exact        -X                   expand numbers (display exact values)
+  --nosort                            disable sorting output of service/server entries
+  --sort                              does nothing, for backwards compatibility
+  --numeric      -n                   numeric output of addresses and ports
+
+pyvs forwards by direct routing only and refuses, changing nothing, the ipvsadm options
+it does not implement: -m -i --tun-*, -f -6 --sctp-service, -p -M --pe -o -b, -x -y,
+--rate --thresholds --persistent-conn --tun-info, the sync daemon options.
+"""
+
+
+def _version() -> str:
+    return f"{PROGRAM} v{__version__} (ipvsadm v1.31 interface, IPVS v{IPVS_VERSION} formats)\n"
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    """The errors that mean an operation failed (exit status 1); imported late, like the data plane."""
+    from pyvs.dataplane import DataplaneError
+
+    return (CommandError, OSError, DataplaneError)
+
+
+def _open_dataplane() -> AbstractContextManager[Dataplane]:
+    """The data plane of this network namespace, or the one pinned at $PYVS_PIN_DIR; closed on exit."""
+    from pyvs.dataplane import open_dataplane
+
+    return open_dataplane(os.environ.get(PIN_DIR_ENV) or None)
+
+
+def _known_service(dataplane: Dataplane, key: ServiceKey | None) -> Rules:
+    """The current rules; an error when `key` is given and not among them."""
+    rules = dataplane.read_rules()
+    if key is not None and key not in rules.services:
+        raise CommandError("No such service")
+    return rules
+
+
+def _list(dataplane: Dataplane, command: Command) -> str:
+    names = Names(command.numeric)
+    if command.connection:
+        return format_connections(dataplane.connections(), names)
+    if command.list_timeouts:
+        return format_timeouts(dataplane.read_timeouts())
+    rules = _known_service(dataplane, command.service)
+    listing = Listing(rules, dataplane.conn_table_size)
+    if command.stats:
+        listing.service_stats = dataplane.service_stats()
+        listing.real_stats = dataplane.real_stats()
+    else:
+        listing.conn_counts = dataplane.conn_counts()
+    return format_list(
+        listing, names, stats=command.stats, exact=command.exact, sort=command.sort, service=command.service
+    )
+
+
+def _run(dataplane: Dataplane, command: Command, stdin: TextIO) -> str:
+    """Carry out one command; return what it prints."""
+    action = command.action
+    if action is Action.LIST:
+        return _list(dataplane, command)
+    if action is Action.SAVE:
+        return format_save(dataplane.read_rules(), Names(command.numeric))
+    if action in RULE_ACTIONS:
+        dataplane.apply(apply_command(dataplane.read_rules(), command))
+    elif action is Action.RESTORE:
+        dataplane.apply(restore(dataplane.read_rules(), stdin.read()))
+    elif action is Action.ZERO:
+        _known_service(dataplane, command.service)
+        dataplane.zero(command.service)
+    elif action is Action.SET_TIMEOUTS and command.timeouts is not None:
+        dataplane.set_timeouts(merge_timeouts(dataplane.read_timeouts(), command.timeouts))
+    return ""
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    dataplane: Dataplane | None = None,
+) -> int:
+    """Run one pyvsadm invocation; `argv` excludes the program name. Returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    try:
+        # Without arguments ipvsadm lists the table.
+        command = parse_args(args) if args else Command(Action.LIST)
+    except UsageError as err:
+        stderr.write(f"{PROGRAM}: {err}\n")
+        if err.show_help:
+            stderr.write(f"Try `{PROGRAM} -h' or '{PROGRAM} --help' for more information.\n")
+        return EXIT_USAGE
+    if command.action is Action.HELP:
+        stdout.write(_version() + USAGE)
+        return EXIT_OK
+    if command.action is Action.VERSION:
+        stdout.write(_version())
+        return EXIT_OK
+    try:
+        with nullcontext(dataplane) if dataplane is not None else _open_dataplane() as opened:
+            stdout.write(_run(opened, command, stdin))
+    except UsageError as err:  # a bad line of --restore input
+        stderr.write(f"{PROGRAM}: {err}\n")
+        return EXIT_USAGE
+    except PermissionError as err:
+        stderr.write(f"{PROGRAM}: Permission denied (you must be root): {err}\n")
+        return EXIT_FAILED
+    except _failures() as err:
+        stderr.write(f"{PROGRAM}: {err}\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""ipvsadm's command line, parsed into a `Command`.
+
+Option names, the table of legal option/command pairs and the error wording follow
+ipvsadm 1.31 (ipvsadm.c). Options that the pyvs data plane does not implement are
+refused with a message that names them.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from ipaddress import IPv4Address
+
+from pyvs.model import (
+    MAX_WEIGHT,
+    ModelError,
+    Protocol,
+    ServiceKey,
+    Timeouts,
+    parse_ipv4,
+    parse_port,
+    validate_weight,
+)
+
+MAX_TIMEOUT = 86400 * 31  # ipvsadm's MAX_TIMEOUT: 31 days
+
+
+class UsageError(Exception):
+    """A command line ipvsadm would refuse before touching the kernel (exit status 2)."""
+
+    def __init__(self, message: str, show_help: bool = False) -> None:
+        super().__init__(message)
+        self.show_help = show_help  # add the "Try `pyvsadm -h'" line, as ipvsadm's tryhelp_exit
+
+
+class Action(Enum):
+    """An ipvsadm command; the value is its name in ipvsadm's messages (cmdnames[])."""
+
+    ADD_SERVICE = "add-service"
+    EDIT_SERVICE = "edit-service"
+    DELETE_SERVICE = "delete-service"
+    FLUSH = "flush"
+    LIST = "list"
+    ADD_SERVER = "add-server"
+    DELETE_SERVER = "delete-server"
+    EDIT_SERVER = "edit-server"
+    SET_TIMEOUTS = "set"
+    RESTORE = "restore"
+    SAVE = "save"
+    ZERO = "zero"
+    HELP = "help"
+    VERSION = "version"
+
+
+# Actions that change the rule set; the only ones allowed in --restore input.
+RULE_ACTIONS = frozenset(
+    {
+        Action.ADD_SERVICE,
+        Action.EDIT_SERVICE,
+        Action.DELETE_SERVICE,
+        Action.FLUSH,
+        Action.ADD_SERVER,
+        Action.EDIT_SERVER,
+        Action.DELETE_SERVER,
+    }
+)
+
+# The options pyvs implements, in ipvsadm's optnames[] order and with its names.
+OPTION_NAMES = (
+    "numeric",
+    "connection",
+    "service-address",
+    "scheduler",
+    "real-server",
+    "forwarding-method",
+    "weight",
+    "timeout",
+    "stats",
+    "nosort",
+    "exact",
+)
+
+# ipvsadm's commands_v_options, reduced to OPTION_NAMES (one character per option):
+# '+' compulsory, 'x' illegal, '1' at most one of the '1' options, ' ' optional.
+LEGALITY = {
+    Action.ADD_SERVICE: "xx+ xxxxxxx",
+    Action.EDIT_SERVICE: "xx+ xxxxxxx",
+    Action.DELETE_SERVICE: "xx+xxxxxxxx",
+    Action.FLUSH: "xxxxxxxxxxx",
+    Action.LIST: " 11xxxx1   ",
+    Action.ADD_SERVER: "xx+x+  xxxx",
+    Action.DELETE_SERVER: "xx+x+xxxxxx",
+    Action.EDIT_SERVER: "xx+x+  xxxx",
+    Action.SET_TIMEOUTS: "xxxxxxxxxxx",
+    Action.RESTORE: "xxxxxxxxxxx",
+    Action.SAVE: " xxxxxxxxxx",
+    Action.ZERO: "xx xxxxxxxx",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One parsed ipvsadm invocation."""
+
+    action: Action
+    service: ServiceKey | None = None
+    scheduler: str | None = None
+    real: tuple[IPv4Address, int] | None = None  # port already set to the service port (DR)
+    weight: int | None = None
+    timeouts: Timeouts | None = None  # --set values; 0 leaves a timeout unchanged
+    numeric: bool = False
+    connection: bool = False
+    list_timeouts: bool = False
+    stats: bool = False
+    exact: bool = False
+    sort: bool = True
+
+
+@dataclass(frozen=True)
+class _Spec:
+    short: str | None
+    long: str
+    takes_arg: bool
+    action: Action | None = None  # set for command options
+    unsupported: str | None = None  # why pyvs refuses it
+
+
+_DR_ONLY = "pyvs forwards by direct routing only"
+_NO_DAEMON = "pyvs has no connection sync daemon"
+_NO_PERSISTENCE = "persistence is not implemented by the pyvs data plane yet"
+_NO_THRESHOLDS = "connection thresholds are not implemented by pyvs"
+_SPECS = (
+    _Spec("A", "add-service", False, Action.ADD_SERVICE),
+    _Spec("E", "edit-service", False, Action.EDIT_SERVICE),
+    _Spec("D", "delete-service", False, Action.DELETE_SERVICE),
+    _Spec("C", "clear", False, Action.FLUSH),
+    _Spec("L", "list", False, Action.LIST),
+    _Spec("l", "list", False, Action.LIST),
+    _Spec("Z", "zero", False, Action.ZERO),
+    _Spec("a", "add-server", False, Action.ADD_SERVER),
+    _Spec("e", "edit-server", False, Action.EDIT_SERVER),
+    _Spec("d", "delete-server", False, Action.DELETE_SERVER),
+    _Spec(None, "set", False, Action.SET_TIMEOUTS),
+    _Spec("h", "help", False, Action.HELP),
+    _Spec("v", "version", False, Action.VERSION),
+    _Spec("R", "restore", False, Action.RESTORE),
+    _Spec("S", "save", False, Action.SAVE),
+    _Spec("t", "tcp-service", True),
+    _Spec("u", "udp-service", True),
+    _Spec("s", "scheduler", True),
+    _Spec("r", "real-server", True),
+    _Spec("g", "gatewaying", False),
+    _Spec("w", "weight", True),
+    _Spec("n", "numeric", False),
+    _Spec("c", "connection", False),
+    _Spec(None, "timeout", False),
+    _Spec(None, "stats", False),
+    _Spec(None, "nosort", False),
+    _Spec(None, "sort", False),
+    _Spec("X", "exact", False),
+    _Spec(None, "start-daemon", True, unsupported=_NO_DAEMON),
+    _Spec(None, "stop-daemon", True, unsupported=_NO_DAEMON),
+    _Spec(None, "daemon", False, unsupported=_NO_DAEMON),
+    _Spec(None, "mcast-interface", True, unsupported=_NO_DAEMON),
+    _Spec(None, "mcast-group", True, unsupported=_NO_DAEMON),
+    _Spec(None, "mcast-port", True, unsupported=_NO_DAEMON),
+    _Spec(None, "mcast-ttl", True, unsupported=_NO_DAEMON),
+    _Spec(None, "sync-maxlen", True, unsupported=_NO_DAEMON),
+    _Spec(None, "syncid", True, unsupported=_NO_DAEMON),
+    _Spec(None, "sctp-service", True, unsupported="pyvs balances TCP and UDP services only"),
+    _Spec("f", "fwmark-service", True, unsupported="pyvs has no firewall-mark services"),
+    _Spec("6", "ipv6", False, unsupported="pyvs has no firewall-mark services and no IPv6 yet"),
+    _Spec("m", "masquerading", False, unsupported=_DR_ONLY),
+    _Spec("i", "ipip", False, unsupported=_DR_ONLY),
+    _Spec(None, "tun-type", True, unsupported=_DR_ONLY),
+    _Spec(None, "tun-port", True, unsupported=_DR_ONLY),
+    _Spec(None, "tun-nocsum", False, unsupported=_DR_ONLY),
+    _Spec(None, "tun-csum", False, unsupported=_DR_ONLY),
+    _Spec(None, "tun-remcsum", False, unsupported=_DR_ONLY),
+    _Spec(None, "tun-info", False, unsupported=_DR_ONLY),
+    _Spec("p", "persistent", False, unsupported=_NO_PERSISTENCE),
+    _Spec("M", "netmask", True, unsupported=_NO_PERSISTENCE),
+    _Spec(None, "pe", True, unsupported="persistence engines are not implemented by pyvs"),
+    _Spec("o", "ops", False, unsupported="one-packet scheduling is not implemented by pyvs"),
+    _Spec("b", "sched-flags", True, unsupported="scheduler flags are not implemented by pyvs"),
+    _Spec("x", "u-threshold", True, unsupported=_NO_THRESHOLDS),
+    _Spec("y", "l-threshold", True, unsupported=_NO_THRESHOLDS),
+    _Spec(None, "thresholds", False, unsupported=_NO_THRESHOLDS),
+    _Spec(None, "rate", False, unsupported="rate estimation is not implemented by pyvs"),
+    _Spec(None, "persistent-conn", False, unsupported=_NO_PERSISTENCE),
+)
+_BY_SHORT = {spec.short: spec for spec in _SPECS if spec.short}
+_BY_LONG = {spec.long: spec for spec in _SPECS}
+# The option name of ipvsadm's messages, for options that are not plain long names.
+_OPTION_OF = {
+    "tcp-service": "service-address",
+    "udp-service": "service-address",
+    "real-server": "real-server",
+    "gatewaying": "forwarding-method",
+}
+
+
+def _unsupported(spec: _Spec, written: str) -> UsageError:
+    return UsageError(f"option '{written}' ({spec.long}) is not supported: {spec.unsupported}")
+
+
+def _tokens(argv: Sequence[str]) -> list[tuple[str, _Spec, str | None] | tuple[str, None, str]]:
+    """Split argv into (written option, spec, argument) and (text, None, text) for positionals."""
+    out: list[tuple[str, _Spec, str | None] | tuple[str, None, str]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            out.extend((rest, None, rest) for rest in argv[i:])
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            spec = _BY_LONG.get(name)
+            if spec is None:
+                raise UsageError(f"unknown option '--{name}'", show_help=True)
+            if spec.unsupported:
+                raise _unsupported(spec, f"--{name}")
+            if spec.takes_arg and not eq:
+                if i >= len(argv):
+                    raise UsageError(f"option '--{name}' needs an argument", show_help=True)
+                value, i = argv[i], i + 1
+            elif eq and not spec.takes_arg:
+                raise UsageError(f"option '--{name}' takes no argument", show_help=True)
+            out.append((f"--{name}", spec, value if spec.takes_arg else None))
+        elif arg.startswith("-") and len(arg) > 1:
+            cluster = arg[1:]
+            while cluster:
+                letter, cluster = cluster[0], cluster[1:]
+                spec = _BY_SHORT.get(letter)
+                if spec is None:
+                    raise UsageError(f"unknown option '-{letter}'", show_help=True)
+                if spec.unsupported:
+                    raise _unsupported(spec, f"-{letter}")
+                value = None
+                if spec.takes_arg:
+                    if cluster:
+                        value, cluster = cluster, ""
+                    elif i < len(argv):
+                        value, i = argv[i], i + 1
+                    else:
+                        raise UsageError(f"option '-{letter}' needs an argument", show_help=True)
+                out.append((f"-{letter}", spec, value))
+        else:
+            out.append((arg, None, arg))
+    return out
+
+
+def _host(text: str) -> IPv4Address:
+    """An IPv4 address, or a host name resolved to one (as ipvsadm's host_to_addr)."""
+    try:
+        return parse_ipv4(text)
+    except ModelError:
+        if not text or ":" in text or text.startswith("[") or text[-1].isdigit():
+            raise
+        try:
+            return IPv4Address(socket.gethostbyname(text))
+        except OSError:
+            raise ModelError(f"invalid IPv4 address or unknown host '{text}'") from None
+
+
+def _port(text: str, proto: Protocol) -> int:
+    if text.isdigit():
+        return parse_port(text)
+    try:
+        return socket.getservbyname(text, proto.name.lower())
+    except OSError:
+        raise ModelError(f"invalid port '{text}': not a number or a known service name") from None
+
+
+def _address(text: str, proto: Protocol, what: str) -> tuple[IPv4Address, int | None]:
+    """host[:port] as ipvsadm's parse_service; the port is None when absent."""
+    try:
+        if text.isdigit():
+            raise ModelError(f"'{text}' is not an address")
+        if text.startswith("[") or text.count(":") > 1:
+            raise ModelError(f"'{text}': IPv6 is not supported yet; use an IPv4 address")
+        host, sep, port = text.partition(":")
+        return _host(host), (_port(port, proto) if sep else None)
+    except ModelError as err:
+        raise UsageError(f"illegal {what} address[:port] specified: {err}") from None
+
+
+def _number(text: str) -> int | None:
+    """A decimal integer (as ipvsadm's string_to_number), or None."""
+    return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
+
+
+def _weight(text: str) -> int:
+    value = _number(text)
+    if value is None:
+        raise UsageError(f"illegal weight specified: '{text}' is not a number (0-{MAX_WEIGHT})")
+    try:
+        return validate_weight(value)
+    except ModelError as err:
+        raise UsageError(f"illegal weight specified: {err}") from None
+
+
+def _timeout(text: str) -> int:
+    value = _number(text)
+    if value is None or not 0 <= value <= MAX_TIMEOUT:
+        raise UsageError(f"invalid timeout value `{text}' specified (0-{MAX_TIMEOUT} seconds)")
+    return value
+
+
+def _check_legality(action: Action, given: set[str]) -> None:
+    """ipvsadm's generic_opt_check, with its messages."""
+    table = LEGALITY[action]
+    first_exclusive: str | None = None
+    for name, rule in zip(OPTION_NAMES, table, strict=True):
+        if name not in given:
+            if rule == "+":
+                raise UsageError(f"You need to supply the '{name}' option for the '{action.value}' command")
+            continue
+        if rule == "x":
+            raise UsageError(f"Illegal '{name}' option with the '{action.value}' command")
+        if rule == "1":
+            if first_exclusive is not None:
+                raise UsageError(
+                    f"The option '{name}' conflicts with the '{first_exclusive}' option "
+                    f"in the '{action.value}' command"
+                )
+            first_exclusive = name
+
+
+def parse_args(argv: Sequence[str]) -> Command:
+    """Parse one ipvsadm invocation (without the program name). Raises UsageError."""
+    action: Action | None = None
+    given: set[str] = set()
+    positionals: list[str] = []
+    values: dict[str, str] = {}
+    proto = Protocol.TCP
+    for written, spec, value in _tokens(argv):
+        if spec is None:
+            positionals.append(written)
+            continue
+        if spec.action is not None:
+            if action is not None:
+                raise UsageError("multiple commands specified")
+            action = spec.action
+            continue
+        if spec.long == "sort":
+            continue  # the default; a no-op kept for compatibility, as in ipvsadm
+        name = _OPTION_OF.get(spec.long, spec.long)
+        if name in given:
+            raise UsageError(f"multiple '{name}' options specified")
+        given.add(name)
+        if value is not None:
+            values[name] = value
+        if spec.long == "udp-service":
+            proto = Protocol.UDP
+    if action is None:
+        raise UsageError("no command specified", show_help=True)
+    if action in (Action.HELP, Action.VERSION):
+        return Command(action)
+
+    timeouts = None
+    if action is Action.SET_TIMEOUTS:
+        if len(positionals) < 3:
+            raise UsageError("--set option requires 3 timeout values")
+        timeouts = Timeouts(*(_timeout(text) for text in positionals[:3]))
+        positionals = positionals[3:]
+    if positionals:
+        raise UsageError(f"unexpected argument {positionals[0]}")
+
+    service = None
+    if "service-address" in values:
+        vip, vport = _address(values["service-address"], proto, "virtual server")
+        service = ServiceKey(proto, vip, vport or 0)
+    real = None
+    if "real-server" in values:
+        rip, _ = _address(values["real-server"], proto, "real server")
+        # Direct routing cannot change the port: ipvsadm sets the real port to the service port.
+        real = (rip, service.port if service else 0)
+    weight = _weight(values["weight"]) if "weight" in values else None
+
+    _check_legality(action, given)
+    if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0:
+        raise UsageError("Zero port specified for non-persistent service")
+    if action is Action.LIST and given & {"connection", "timeout"} and "stats" in given:
+        raise UsageError("options conflicts in the list command")
+    return Command(
+        action,
+        service=service,
+        scheduler=values.get("scheduler"),
+        real=real,
+        weight=weight,
+        timeouts=timeouts,
+        numeric="numeric" in given,
+        connection="connection" in given,
+        list_timeouts="timeout" in given,
+        stats="stats" in given,
+        exact="exact" in given,
+        sort="nosort" not in given,
+    )
+
+
+PROGRAM_NAMES = ("ipvsadm", "pyvsadm")
+
+
+def parse_restore(text: str) -> list[tuple[int, Command]]:
+    """Parse --restore input: one invocation per line, optionally led by the program name.
+
+    Blank lines and # comments are skipped. Only rule commands are allowed. Every error
+    names its line number.
+    """
+    commands = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            words = shlex.split(line, comments=True)
+            if words and words[0].rsplit("/", 1)[-1] in PROGRAM_NAMES:
+                words = words[1:]
+            if not words:
+                continue
+            command = parse_args(words)
+            if command.action not in RULE_ACTIONS:
+                raise UsageError(
+                    f"the '{command.action.value}' command is not allowed in restore input "
+                    "(only -A -E -D -C -a -e -d)"
+                )
+        except (UsageError, ValueError) as err:
+            raise UsageError(f"line {number}: {err}") from None
+        commands.append((number, command))
+    return commands

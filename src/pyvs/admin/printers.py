@@ -1,0 +1,203 @@
+"""ipvsadm 1.31's text output (list_all, print_title, print_service_entry, list_conn, -S).
+
+Column widths, trailing spaces and number rounding are ipvsadm's; each function returns
+the whole text and the caller writes it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from ipaddress import IPv4Address
+
+from pyvs.model import HOST_MASK, Connection, Counters, Protocol, Real, Rules, Service, ServiceKey, Timeouts
+
+IPVS_VERSION = "1.2.1"  # the kernel IPVS version ipvsadm shows in its header
+DEFAULT_CONN_TABLE_SIZE = 4096
+
+RealKey = tuple[IPv4Address, int]
+ServiceRealKey = tuple[ServiceKey, RealKey]
+
+
+def _reverse_dns(address: IPv4Address) -> str | None:
+    try:
+        return socket.gethostbyaddr(str(address))[0]
+    except OSError:
+        return None
+
+
+def _service_name(port: int, proto: Protocol) -> str | None:
+    try:
+        return socket.getservbyport(port, proto.name.lower())
+    except OSError:
+        return None
+
+
+class Names:
+    """How addresses and ports are written: numbers with -n, else host and service names
+    when known (ipvsadm's addrport_to_anyname). The lookups can be replaced for tests."""
+
+    def __init__(
+        self,
+        numeric: bool,
+        host_name: Callable[[IPv4Address], str | None] = _reverse_dns,
+        port_name: Callable[[int, Protocol], str | None] = _service_name,
+    ) -> None:
+        self.numeric = numeric
+        self._host_name = lru_cache(maxsize=None)(host_name)
+        self._port_name = lru_cache(maxsize=None)(port_name)
+
+    def endpoint(self, address: IPv4Address, port: int, proto: Protocol) -> str:
+        if self.numeric:
+            return f"{address}:{port}"
+        host = self._host_name(address) or str(address)
+        return f"{host}:{self._port_name(port, proto) or port}"
+
+
+NUMERIC = Names(numeric=True)
+
+
+@dataclass
+class Listing:
+    """What `-L` shows, as read from the data plane."""
+
+    rules: Rules
+    conn_table_size: int = DEFAULT_CONN_TABLE_SIZE
+    conn_counts: dict[ServiceRealKey, tuple[int, int]] = field(default_factory=dict)  # (active, inactive)
+    service_stats: dict[ServiceKey, Counters] = field(default_factory=dict)
+    real_stats: dict[ServiceRealKey, Counters] = field(default_factory=dict)
+
+
+def format_largenum(value: int, exact: bool = False) -> str:
+    """ipvsadm's print_largenum: 9 columns, K/M/G/T rounding down unless --exact."""
+    if exact:
+        digits = str(value)
+        return digits.rjust(9 if len(digits) <= 8 else len(digits) + 1)
+    if value < 10**8:
+        return f"{value:9d}"
+    for limit, divisor, unit in ((10**9, 10**3, "K"), (10**11, 10**6, "M"), (10**14, 10**9, "G")):
+        if value < limit:
+            return f"{value // divisor:8d}{unit}"
+    return f"{value // 10**12:8d}T"
+
+
+def format_header(conn_table_size: int) -> str:
+    return f"IP Virtual Server version {IPVS_VERSION} (size={conn_table_size})\n"
+
+
+def _title(stats: bool) -> str:
+    if stats:
+        columns = " ".join(f"{name:>8}" for name in ("Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"))
+        return f"{'Prot LocalAddress:Port':<33} {columns}\n  -> RemoteAddress:Port\n"
+    return (
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+    )
+
+
+def _services(rules: Rules, sort: bool) -> list[Service]:
+    return rules.sorted_services() if sort else list(rules.services.values())
+
+
+def _reals(svc: Service, sort: bool) -> list[Real]:
+    return svc.sorted_reals() if sort else list(svc.reals.values())
+
+
+def _counters(counters: Counters, exact: bool) -> str:
+    return "".join(
+        format_largenum(value, exact)
+        for value in (counters.conns, counters.inpkts, counters.outpkts, counters.inbytes, counters.outbytes)
+    )
+
+
+def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, exact: bool, sort: bool) -> str:
+    key = svc.key
+    name = f"{key.proto.label:<4} {names.endpoint(key.vip, key.port, key.proto)}"[:33]
+    if stats:
+        lines = [f"{name:<33}{_counters(listing.service_stats.get(key, Counters()), exact)}"]
+    else:
+        line = f"{name} {svc.scheduler}"
+        if svc.sched_flags:
+            line += f" ({','.join(svc.sched_flags)})"
+        if svc.persistent is not None:
+            line += f" persistent {svc.persistent}"
+            if svc.netmask != HOST_MASK:
+                line += f" mask {svc.netmask}"
+        lines = [line]
+    for real in _reals(svc, sort):
+        dest = names.endpoint(real.rip, real.port, key.proto)[:28]
+        if stats:
+            counters = listing.real_stats.get((key, real.key), Counters())
+            lines.append(f"  -> {dest:<28}{_counters(counters, exact)}")
+        else:
+            active, inactive = listing.conn_counts.get((key, real.key), (0, 0))
+            lines.append(
+                f"  -> {dest:<28} {real.forwarding.value:<7} {real.weight:<6} {active:<10} {inactive:<10}"
+            )
+    return "".join(line + "\n" for line in lines)
+
+
+def format_list(
+    listing: Listing,
+    names: Names = NUMERIC,
+    *,
+    stats: bool = False,
+    exact: bool = False,
+    sort: bool = True,
+    service: ServiceKey | None = None,
+) -> str:
+    """`-L` (all services, with the version header) or `-L -t VIP:port` (one, without it).
+
+    `service` must be in the rules.
+    """
+    if service is not None:
+        chosen = [listing.rules.services[service]]
+        head = ""
+    else:
+        chosen = _services(listing.rules, sort)
+        head = format_header(listing.conn_table_size)
+    body = "".join(_service_entry(svc, listing, names, stats, exact, sort) for svc in chosen)
+    return head + _title(stats) + body
+
+
+def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> str:
+    """`-S`: the rules as ipvsadm invocations that `-R` reads back."""
+    lines = []
+    for svc in _services(rules, sort):
+        key = svc.key
+        selector = f"{key.proto.option} {names.endpoint(key.vip, key.port, key.proto)}"
+        line = f"-A {selector} -s {svc.scheduler}"
+        if svc.persistent is not None:
+            line += f" -p {svc.persistent}"
+            if svc.netmask != HOST_MASK:
+                line += f" -M {svc.netmask}"
+        if svc.sched_flags:
+            line += f" -b {','.join(svc.sched_flags)}"
+        lines.append(line)
+        for real in _reals(svc, sort):
+            dest = names.endpoint(real.rip, real.port, key.proto)
+            lines.append(f"-a {selector} -r {dest} {real.forwarding.option} -w {real.weight}")
+    return "".join(line + "\n" for line in lines)
+
+
+def format_connections(connections: Iterable[Connection], names: Names = NUMERIC) -> str:
+    """`-L -c`: the connection table, in the order given."""
+    lines = [
+        "IPVS connection entries",
+        f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination",
+    ]
+    for conn in connections:
+        seconds = max(0, int(conn.expires))
+        expire = f"{seconds // 60:02d}:{seconds % 60:02d}"
+        source = names.endpoint(conn.client, conn.cport, conn.proto)
+        virtual = names.endpoint(conn.vip, conn.vport, conn.proto)
+        dest = names.endpoint(conn.rip, conn.rport, conn.proto)
+        lines.append(f"{conn.proto.label:<3} {expire:<6} {conn.state:<11} {source:<18} {virtual:<18} {dest}")
+    return "".join(line + "\n" for line in lines)
+
+
+def format_timeouts(timeouts: Timeouts) -> str:
+    """`-L --timeout`."""
+    return f"Timeout (tcp tcpfin udp): {timeouts.tcp} {timeouts.tcpfin} {timeouts.udp}\n"
