@@ -221,3 +221,12 @@ def test_counters_per_service_and_real(two_reals: Dataplane) -> None:
     assert sum(c.conns for (key, _), c in per_real.items() if key == TCP80) == 2
     two_reals.zero(TCP80)
     assert two_reals.service_stats()[TCP80].inpkts == 0
+
+
+def test_syn_on_a_closed_connection_is_scheduled_as_a_new_one(two_reals: Dataplane) -> None:
+    first = real_of(two_reals.test_run(syn(sport=48000)).data)
+    two_reals.test_run(frame(TCP(sport=48000, dport=80, flags="FA")))
+    again = real_of(two_reals.test_run(syn(sport=48000)).data)
+    assert again != first  # rr moved on: a new connection, not the old entry
+    assert two_reals.counters()["conn_replaced"] == 1
+    assert [c.state for c in two_reals.connections()] == ["SYN_RECV"]

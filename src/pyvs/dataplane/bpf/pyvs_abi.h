@@ -43,7 +43,7 @@
 #define PYVS_CNT_REDIRECT 2        /* forwarded with a redirect */
 #define PYVS_CNT_PASS 3            /* passed to the kernel: not service traffic */
 #define PYVS_CNT_CONN_NEW 4        /* new connections scheduled */
-#define PYVS_CNT_CONN_EXPIRED 5    /* stale entries found and rescheduled */
+#define PYVS_CNT_CONN_REPLACED 5   /* expired or closed entry replaced by a new connection */
 #define PYVS_CNT_DROP_FRAGMENT 6   /* IP fragment to a VIP */
 #define PYVS_CNT_DROP_MALFORMED 7  /* truncated or inconsistent packet to a VIP */
 #define PYVS_CNT_DROP_NO_REAL 8    /* service has no real with weight > 0 */

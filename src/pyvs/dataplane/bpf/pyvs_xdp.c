@@ -71,6 +71,13 @@ static __always_inline int expired(const struct pyvs_conn *conn, const struct py
 	return now - conn->last_seen > (__u64)cfg->timeouts[state] * NSEC_PER_SEC;
 }
 
+/* A SYN on a connection the client has closed starts a new one (IPVS's conn_reuse_mode). */
+static __always_inline int closed(const struct pyvs_conn *conn, int event)
+{
+	return event == EV_SYN && conn->state != PYVS_STATE_ESTABLISHED && conn->state != PYVS_STATE_SYN_RECV &&
+	       conn->state != PYVS_STATE_UDP;
+}
+
 SEC("xdp")
 int pyvs_xdp(struct xdp_md *ctx)
 {
@@ -120,8 +127,8 @@ int pyvs_xdp(struct xdp_md *ctx)
 	now = bpf_ktime_get_ns();
 
 	conn = bpf_map_lookup_elem(&conns, &ckey);
-	if (conn && (conn->svc_index != svc->index || expired(conn, cfg, now))) {
-		count(PYVS_CNT_CONN_EXPIRED);
+	if (conn && (conn->svc_index != svc->index || expired(conn, cfg, now) || closed(conn, event))) {
+		count(PYVS_CNT_CONN_REPLACED);
 		conn = NULL;
 	}
 	if (conn) {

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything pyvs needs on Debian 12, as root; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3 python3-venv python3-pip clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool
+              iproute2 iptables ethtool arptables curl)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# The commands on the PATH, as an installed ipvsadm would be.
+for cmd in pyvs pyvsadm; do
+  ln -sf "$PWD/.venv/bin/$cmd" "/usr/local/bin/$cmd"
+done
+
+# bpffs for the pinned maps (a fresh machine may have none mounted).
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

@@ -1,0 +1,434 @@
+"""Build, inspect and remove the lab cluster that a Topology describes.
+
+Every step of up() first looks at what is there and only changes what is missing, so
+up() finishes a partial lab and is a no-op on a healthy one. down() works from names
+and recorded PIDs alone, so it also cleans up after a crash.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+import pyvs
+from pyvs import netns, realserver
+from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology
+
+log = logging.getLogger(__name__)
+
+STATE_ROOT = Path("/run/pyvs/lab")
+WEBSERVER_MODULE = "pyvs.lab.webserver"
+RTNH_F_ONLINK = 4
+IFF_UP = 1
+SERVER_START_TIMEOUT = 10.0
+SERVER_STOP_TIMEOUT = 3.0
+
+
+class LabError(Exception):
+    """The lab cannot be built, inspected or removed."""
+
+
+def state_dir(topo: Topology) -> Path:
+    return STATE_ROOT / topo.prefix
+
+
+def _state_file(topo: Topology) -> Path:
+    return state_dir(topo) / "state.json"
+
+
+def _load_state(topo: Topology) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(_state_file(topo).read_text())
+        return data
+    except (FileNotFoundError, ValueError):
+        return {"servers": {}}
+
+
+def _save_state(topo: Topology, state: dict[str, Any]) -> None:
+    path = _state_file(topo)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2))
+
+
+# -- namespaces, links, bridge ----------------------------------------------------------------
+
+
+def _ns(topo: Topology, node_name: str) -> str:
+    return topo.node(node_name).netns
+
+
+def _index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def _require_index(ipr: IPRoute, ifname: str) -> int:
+    index = _index(ipr, ifname)
+    if index is None:
+        raise LabError(f"interface {ifname} is missing")
+    return index
+
+
+def _ensure_namespaces(topo: Topology, actions: list[str]) -> None:
+    for node in topo.nodes:
+        if not netns.exists(node.netns):
+            netns.create(node.netns)
+            actions.append(f"created netns {node.netns}")
+
+
+def _ensure_link(topo: Topology, link: Link, actions: list[str]) -> None:
+    a_ns, b_ns = _ns(topo, link.a.node), _ns(topo, link.b.node)
+    with IPRoute(netns=a_ns, flags=0) as ipr:
+        if _index(ipr, link.a.ifname) is not None:
+            return
+        with IPRoute(netns=b_ns, flags=0) as peer_ipr:  # a stale, unpaired peer name
+            stale = _index(peer_ipr, link.b.ifname)
+            if stale is not None:
+                peer_ipr.link("del", index=stale)
+        queues: dict[str, int] = {}
+        if link.queues:
+            queues = {"num_tx_queues": link.queues, "num_rx_queues": link.queues}
+        a_mac = {"address": link.a.mac} if link.a.mac else {}
+        b_mac = {"address": link.b.mac} if link.b.mac else {}
+        peer = {"ifname": link.b.ifname, "net_ns_fd": b_ns, **queues, **b_mac}
+        ipr.link("add", ifname=link.a.ifname, kind="veth", peer=peer, **queues, **a_mac)
+    actions.append(f"created veth {a_ns}:{link.a.ifname} <-> {b_ns}:{link.b.ifname}")
+
+
+def _ensure_bridge(topo: Topology, actions: list[str]) -> None:
+    bridge = topo.bridge
+    with IPRoute(netns=_ns(topo, bridge.node), flags=0) as ipr:
+        if _index(ipr, bridge.ifname) is None:
+            ipr.link("add", ifname=bridge.ifname, kind="bridge")
+            actions.append(f"created bridge {bridge.ifname}")
+        bridge_index = _require_index(ipr, bridge.ifname)
+        for port in bridge.ports:
+            index = _require_index(ipr, port)
+            if ipr.get_links(index)[0].get("IFLA_MASTER") != bridge_index:
+                ipr.link("set", index=index, master=bridge_index)
+                actions.append(f"added {port} to bridge {bridge.ifname}")
+
+
+def _ensure_tx_checksum_off(topo: Topology, port: Port, actions: list[str]) -> None:
+    ns = _ns(topo, port.node)
+    features = netns.run_in_netns(ns, ["ethtool", "-k", port.ifname]).stdout
+    if "tx-checksumming: off" not in features:
+        netns.run_in_netns(ns, ["ethtool", "-K", port.ifname, "tx", "off"])
+        actions.append(f"tx checksum offload off on {ns}:{port.ifname}")
+
+
+def _route_present(ipr: IPRoute, route: Route, oif: int | None) -> bool:
+    dst, _, plen = route.dst.partition("/")
+    dst_len = 0 if route.dst == "default" else int(plen or 32)
+    for existing in ipr.get_routes(family=socket.AF_INET, table=254):
+        if existing["dst_len"] != dst_len or (dst_len and existing.get("RTA_DST") != dst):
+            continue
+        same_gateway = existing.get("RTA_GATEWAY") == route.gateway
+        same_dev = oif is None or existing.get("RTA_OIF") == oif
+        return same_gateway and same_dev
+    return False
+
+
+def _ensure_node_network(topo: Topology, node: Node, actions: list[str]) -> None:
+    """Addresses, link state and routes of one node."""
+    with IPRoute(netns=node.netns, flags=0) as ipr:
+        ifnames = ["lo", *(p.ifname for p in topo.ports(node.name))]
+        if node.role is Role.SWITCH:
+            ifnames.append(topo.bridge.ifname)
+        for port in topo.ports(node.name):
+            index = _require_index(ipr, port.ifname)
+            if port.mac and ipr.get_links(index)[0].get("IFLA_ADDRESS") != port.mac:
+                ipr.link("set", index=index, address=port.mac)
+                actions.append(f"set MAC {port.mac} on {node.netns}:{port.ifname}")
+            present = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=2, index=index)}
+            for cidr in port.addresses:  # in order: the first one of a subnet is primary
+                if cidr not in present:
+                    address, plen = cidr.split("/")
+                    ipr.addr("add", index=index, address=address, prefixlen=int(plen))
+                    actions.append(f"added {cidr} to {node.netns}:{port.ifname}")
+        for ifname in ifnames:
+            index = _require_index(ipr, ifname)
+            if not ipr.get_links(index)[0]["flags"] & IFF_UP:
+                ipr.link("set", index=index, state="up")
+                actions.append(f"set {node.netns}:{ifname} up")
+        for route in node.routes:
+            oif = _require_index(ipr, route.dev) if route.dev else None
+            if _route_present(ipr, route, oif):
+                continue
+            spec: dict[str, Any] = {"dst": route.dst}
+            if route.gateway:
+                spec["gateway"] = route.gateway
+            if oif is not None:
+                spec["oif"] = oif
+            if route.onlink:
+                spec["flags"] = RTNH_F_ONLINK
+            ipr.route("replace", **spec)
+            actions.append(f"route {route.dst} via {route.gateway or route.dev} in {node.netns}")
+
+
+def _ensure_sysctls(node: Node, actions: list[str]) -> None:
+    with netns.in_netns(node.netns):
+        for key, value in node.sysctls:
+            if netns.read_sysctl(key) != value:
+                netns.write_sysctl(key, value)
+                actions.append(f"sysctl {key}={value} in {node.netns}")
+
+
+def dnat_rule(dnat: Dnat) -> list[str]:
+    """iptables arguments after the action (-A/-C/-D) for one DNAT spec."""
+    return [
+        "PREROUTING", "-t", "nat", "-d", f"{dnat.public_ip}/32", "-p", dnat.protocol,
+        "--dport", str(dnat.port), "-j", "DNAT", "--to-destination", f"{dnat.target_ip}:{dnat.target_port}",
+    ]  # fmt: skip
+
+
+def dnat_present(topo: Topology, dnat: Dnat) -> bool:
+    ns = _ns(topo, dnat.node)
+    return netns.run_in_netns(ns, ["iptables", "-C", *dnat_rule(dnat)], check=False).returncode == 0
+
+
+def _ensure_dnat(topo: Topology, actions: list[str]) -> None:
+    for dnat in topo.dnat:
+        if not dnat_present(topo, dnat):
+            netns.run_in_netns(_ns(topo, dnat.node), ["iptables", "-A", *dnat_rule(dnat)])
+            actions.append(f"DNAT {dnat.protocol} {dnat.public_ip}:{dnat.port} -> {dnat.target_ip}")
+
+
+def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
+    for node in topo.reals:
+        nic = topo.ports(node.name)[0].ifname
+        with netns.in_netns(node.netns):
+            changes = realserver.up(topo.vip, nic=nic)
+        actions.extend(f"{node.netns}: {change}" for change in changes)
+
+
+# -- server processes -------------------------------------------------------------------------
+
+
+def _server_argv(topo: Topology, node: Node) -> list[str]:
+    return [
+        sys.executable, "-m", WEBSERVER_MODULE, "--name", node.name, "--lab", topo.prefix,
+        "--port", str(topo.web_port), "--udp-port", str(topo.udp_echo_port),
+    ]  # fmt: skip
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")
+
+
+def _is_lab_server(pid: int, topo: Topology, name: str | None = None) -> bool:
+    """True if pid runs this lab's web server (for node name, if given), not a reused PID."""
+    argv = _cmdline(pid)
+    if WEBSERVER_MODULE not in argv:
+        return False
+    pairs = set(zip(argv, argv[1:], strict=False))
+    return ("--lab", topo.prefix) in pairs and (name is None or ("--name", name) in pairs)
+
+
+def _server_running(pid: int | None, topo: Topology, name: str) -> bool:
+    if pid is None or not _is_lab_server(pid, topo, name):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait_listening(ns: str, address: str, port: int, pid: int) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        with netns.in_netns(ns):
+            try:
+                socket.create_connection((address, port), timeout=0.5).close()
+                return
+            except OSError:
+                pass
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.05)
+    raise LabError(f"web server in {ns} (pid {pid}) did not come up on {address}:{port}")
+
+
+def _child_env() -> dict[str, str]:
+    """The environment for lab processes: pyvs importable even when not installed."""
+    env = dict(os.environ)
+    src = str(Path(pyvs.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _ensure_servers(topo: Topology, actions: list[str]) -> None:
+    state = _load_state(topo)
+    for node in topo.reals:
+        pid = state["servers"].get(node.name)
+        if _server_running(pid, topo, node.name):
+            continue
+        log_path = state_dir(topo) / f"{node.name}-web.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        pid = netns.spawn_in_netns(node.netns, _server_argv(topo, node), log_path=log_path, env=_child_env())
+        state["servers"][node.name] = pid
+        _save_state(topo, state)  # recorded at once: down() must find it even if we crash
+        _wait_listening(node.netns, topo.address_of(node.name), topo.web_port, pid)
+        actions.append(f"started web server in {node.netns} (pid {pid})")
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + SERVER_STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child: reap it
+                return
+        except ChildProcessError:
+            pass
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _lab_server_pids(topo: Topology) -> set[int]:
+    """Recorded PIDs plus any of this lab's servers whose PID was never recorded (a crash)."""
+    recorded = {int(pid) for pid in _load_state(topo)["servers"].values()}
+    running = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    return {pid for pid in recorded | running if _is_lab_server(pid, topo)}
+
+
+# -- director hook ----------------------------------------------------------------------------
+
+
+def _director_module() -> ModuleType | None:
+    """pyvs.lab.director (the data plane's part of the lab), if it exists."""
+    try:
+        return importlib.import_module("pyvs.lab.director")
+    except ModuleNotFoundError as exc:
+        if exc.name != "pyvs.lab.director":
+            log.warning("lab: director setup unavailable: %s", exc)
+        return None
+    except ImportError as exc:
+        log.warning("lab: director setup unavailable: %s", exc)
+        return None
+
+
+# -- public API -------------------------------------------------------------------------------
+
+
+def up(topo: Topology, keep_on_failure: bool = False) -> list[str]:
+    """Build the lab (or finish a partial one); returns what was changed, [] if it was complete.
+
+    On failure the lab is removed again unless keep_on_failure.
+    """
+    actions: list[str] = []
+    try:
+        _ensure_namespaces(topo, actions)
+        for link in topo.links:
+            _ensure_link(topo, link, actions)
+        _ensure_bridge(topo, actions)
+        # Native XDP forwards partial checksums as they are; a real wire carries full ones.
+        for port in topo.ports():
+            _ensure_tx_checksum_off(topo, port, actions)
+        for node in topo.nodes:
+            _ensure_node_network(topo, node, actions)
+            _ensure_sysctls(node, actions)
+        _ensure_dnat(topo, actions)
+        _ensure_realservers(topo, actions)
+        _ensure_servers(topo, actions)
+        director = _director_module()
+        if director is not None:
+            director.setup_director(topo)
+    except (OSError, NetlinkError, netns.NetnsError, realserver.RealServerError, LabError) as exc:
+        if not keep_on_failure:
+            down(topo)
+        kept = "kept for inspection" if keep_on_failure else "removed"
+        raise LabError(f"lab {topo.prefix} up failed: {exc} (the partial lab was {kept})") from exc
+    for action in actions:
+        log.debug("lab: %s", action)
+    return actions
+
+
+def down(topo: Topology) -> list[str]:
+    """Remove the lab: director setup, server processes, namespaces, state. Never fails halfway."""
+    actions: list[str] = []
+    director = _director_module()
+    if director is not None:
+        try:
+            director.teardown_director(topo)
+        except Exception as exc:  # noqa: BLE001 - teardown must go on whatever the data plane says
+            log.warning("lab: director teardown failed: %s", exc)
+    for pid in sorted(_lab_server_pids(topo)):
+        _stop(pid)
+        actions.append(f"stopped server pid {pid}")
+    for node in topo.nodes:
+        if not netns.exists(node.netns):
+            continue
+        if node.role is Role.REAL:  # its realserver state dies with the namespace
+            realserver.state_path(netns.netns_inode(node.netns)).unlink(missing_ok=True)
+        try:
+            netns.remove(node.netns)
+            actions.append(f"removed netns {node.netns}")
+        except OSError as exc:
+            log.warning("lab: cannot remove netns %s: %s", node.netns, exc)
+    for path in sorted(state_dir(topo).glob("*"), reverse=True):
+        path.unlink(missing_ok=True)
+    if state_dir(topo).exists():
+        state_dir(topo).rmdir()
+    for action in actions:
+        log.debug("lab: %s", action)
+    return actions
+
+
+def status(topo: Topology) -> dict[str, Any]:
+    """What exists: namespaces, interfaces with addresses, server processes, and overall health."""
+    healthy = True
+    nodes: dict[str, Any] = {}
+    for node in topo.nodes:
+        exists = netns.exists(node.netns)
+        interfaces: dict[str, Any] = {}
+        if exists:
+            with IPRoute(netns=node.netns, flags=0) as ipr:
+                for link in ipr.get_links():
+                    index = link["index"]
+                    interfaces[link.get("IFLA_IFNAME")] = {
+                        "up": bool(link["flags"] & IFF_UP),
+                        "addresses": [
+                            f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=2, index=index)
+                        ],
+                    }
+        for port in topo.ports(node.name):
+            have = interfaces.get(port.ifname)
+            if have is None or not have["up"] or not set(port.addresses) <= set(have["addresses"]):
+                healthy = False
+        healthy = healthy and exists
+        nodes[node.name] = {"netns": node.netns, "exists": exists, "interfaces": interfaces}
+    servers: dict[str, Any] = {}
+    recorded = _load_state(topo)["servers"]
+    for node in topo.reals:
+        pid = recorded.get(node.name)
+        running = _server_running(pid, topo, node.name)
+        healthy = healthy and running
+        servers[node.name] = {"pid": pid, "running": running}
+    return {"prefix": topo.prefix, "healthy": healthy, "nodes": nodes, "servers": servers}

@@ -1,0 +1,225 @@
+"""The lab cluster as data: namespaces, veth links, the switch, addresses, routes, services.
+
+lab.py builds whatever a Topology describes; nothing here touches the system.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    CLIENT = "client"
+    GATEWAY = "gateway"
+    DIRECTOR = "director"
+    REAL = "real"
+    SWITCH = "switch"
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str  # "default" or a CIDR
+    gateway: str | None = None
+    dev: str | None = None
+    onlink: bool = False
+
+
+@dataclass(frozen=True)
+class Node:
+    """One network namespace."""
+
+    name: str  # short name used on the command line: client, rs1, ...
+    role: Role
+    netns: str
+    routes: tuple[Route, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Port:
+    """One end of a veth pair: an interface in a node, with its addresses (CIDR)."""
+
+    node: str
+    ifname: str
+    addresses: tuple[str, ...] = ()
+    mac: str | None = None  # fixed, so that a re-created link keeps its neighbours' ARP entries valid
+
+
+@dataclass(frozen=True)
+class Link:
+    """A veth pair. tx checksum offload is turned off on both ends."""
+
+    a: Port
+    b: Port
+    queues: int | None = None  # rx/tx queue count of both ends; None: the kernel default
+
+
+@dataclass(frozen=True)
+class Bridge:
+    node: str
+    ifname: str
+    ports: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Dnat:
+    """Destination NAT on a node: public_ip:port -> target_ip:target_port."""
+
+    node: str
+    protocol: str  # "tcp" or "udp"
+    public_ip: str
+    port: int
+    target_ip: str
+    target_port: int
+
+
+@dataclass(frozen=True)
+class Service:
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    nodes: tuple[Node, ...]
+    links: tuple[Link, ...]
+    bridge: Bridge
+    dnat: tuple[Dnat, ...]
+    vip: str  # bare address
+    vip_prefixlen: int  # of the VIP on the director's NIC (reals always carry it as /32)
+    public_ip: str  # the gateway's client-facing address
+    services: tuple[Service, ...]
+    director_nic: Port  # the director's interface carrying VIP and DIP
+    director_switch_port: Port  # its peer in the switch namespace
+    web_port: int = 80
+    udp_echo_port: int = 80
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        names = ", ".join(n.name for n in self.nodes)
+        raise KeyError(f"no node {name!r} in the lab (nodes: {names})")
+
+    def nodes_with_role(self, role: Role) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.role is role)
+
+    @property
+    def reals(self) -> tuple[Node, ...]:
+        return self.nodes_with_role(Role.REAL)
+
+    @property
+    def director(self) -> Node:
+        return self.nodes_with_role(Role.DIRECTOR)[0]
+
+    @property
+    def gateway(self) -> Node:
+        return self.nodes_with_role(Role.GATEWAY)[0]
+
+    @property
+    def client(self) -> Node:
+        return self.nodes_with_role(Role.CLIENT)[0]
+
+    @property
+    def switch(self) -> Node:
+        return self.nodes_with_role(Role.SWITCH)[0]
+
+    def address_of(self, node: str) -> str:
+        """The node's first address, without prefix length (for a real: its RIP)."""
+        for port in self.ports(node):
+            if port.addresses:
+                return port.addresses[0].split("/")[0]
+        raise KeyError(f"node {node} has no address")
+
+    def ports(self, node: str | None = None) -> tuple[Port, ...]:
+        """All veth ends, or those of one node."""
+        ends = (end for link in self.links for end in (link.a, link.b))
+        return tuple(p for p in ends if node is None or p.node == node)
+
+    def port(self, node: str, ifname: str) -> Port:
+        for port in self.ports(node):
+            if port.ifname == ifname:
+                return port
+        raise KeyError(f"no interface {ifname} on node {node}")
+
+
+PREFIX_PATTERN = re.compile(r"pyvs[a-z0-9]{0,6}")  # "{prefix}-rs2" fits in 15 chars (IFNAMSIZ)
+
+
+def _rp_filter_off(*ifnames: str) -> tuple[tuple[str, str], ...]:
+    return tuple((f"net.ipv4.conf.{i}.rp_filter", "0") for i in ("all", "default", *ifnames))
+
+
+def check_prefix(prefix: str) -> str:
+    if not PREFIX_PATTERN.fullmatch(prefix):
+        raise ValueError(f"lab prefix {prefix!r} must be 'pyvs' plus up to 6 lowercase letters/digits")
+    return prefix
+
+
+def default_topology(prefix: str = "pyvs") -> Topology:
+    """The LVS-DR tutorial cluster in 198.18.0.0/15.
+
+    client 198.18.1.2 -- 198.18.1.1 gateway 198.18.0.1 --+-- switch (bridge) --+ director VIP 198.18.0.100,
+                                                                                |          DIP 198.18.2.10
+                                                                                + rs1 198.18.2.11
+                                                                                + rs2 198.18.2.12
+    """
+    check_prefix(prefix)
+
+    def ns(name: str) -> str:
+        return f"{prefix}-{name}"
+
+    vip, public_ip = "198.18.0.100", "198.18.1.1"
+    gateway_inside = "198.18.0.1"
+    rips = {"rs1": "198.18.2.11", "rs2": "198.18.2.12"}
+    default_via_gateway = Route("default", gateway=gateway_inside, dev="eth0", onlink=True)
+
+    nodes = (
+        Node("client", Role.CLIENT, ns("client"), routes=(Route("default", gateway=public_ip, dev="eth0"),)),
+        Node(
+            "gateway",
+            Role.GATEWAY,
+            ns("gateway"),
+            # The reals ARP for 198.18.0.1 from their RIP: the gateway needs a route back.
+            routes=(Route("198.18.2.0/24", dev="inside"),),
+            sysctls=(("net.ipv4.ip_forward", "1"), *_rp_filter_off("inside", "outside")),
+        ),
+        Node("director", Role.DIRECTOR, ns("director"), routes=(default_via_gateway,)),
+        *(Node(name, Role.REAL, ns(name), routes=(default_via_gateway,)) for name in rips),
+        Node("switch", Role.SWITCH, ns("switch")),
+    )
+
+    def switch_port(name: str) -> Port:
+        return Port("switch", f"{prefix}-{name}")
+
+    links = (
+        Link(Port("client", "eth0", ("198.18.1.2/24",)), Port("gateway", "outside", (f"{public_ip}/24",))),
+        Link(Port("gateway", "inside", (f"{gateway_inside}/24",)), switch_port("gw")),
+        Link(Port("director", "eth0", (f"{vip}/24", "198.18.2.10/24")), switch_port("dir")),
+        *(Link(Port(name, "eth0", (f"{rip}/24",)), switch_port(name)) for name, rip in rips.items()),
+    )
+    # Locally administered MACs 02:c6:12:00:<link>:<end> (c6:12 = 198.18).
+    links = tuple(
+        Link(replace(link.a, mac=f"02:c6:12:00:{n:02x}:01"), replace(link.b, mac=f"02:c6:12:00:{n:02x}:02"))
+        for n, link in enumerate(links, start=1)
+    )
+    director_nic, director_switch_port = links[2].a, links[2].b
+    bridge = Bridge("switch", f"{prefix}-br", tuple(link.b.ifname for link in links[1:]))
+    services = (Service("tcp", 80), Service("udp", 80))
+    dnat = tuple(Dnat("gateway", s.protocol, public_ip, s.port, vip, s.port) for s in services)
+    return Topology(
+        prefix=prefix,
+        nodes=nodes,
+        links=links,
+        bridge=bridge,
+        dnat=dnat,
+        vip=vip,
+        vip_prefixlen=24,
+        public_ip=public_ip,
+        services=services,
+        director_nic=director_nic,
+        director_switch_port=director_switch_port,
+    )

@@ -1,0 +1,56 @@
+"""Fixtures for lab tests: real namespaces, real kernels; everything is removed afterwards."""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Iterator
+
+import pytest
+
+from pyvs import netns
+from pyvs.lab import lab as lab_api
+from pyvs.lab.topology import Topology, default_topology
+
+LAB_PREFIX = "pyvst"
+
+
+@pytest.fixture(scope="session")
+def lab_topology() -> Topology:
+    return default_topology(prefix=LAB_PREFIX)
+
+
+@pytest.fixture(scope="session")
+def lab(lab_topology: Topology) -> Iterator[Topology]:
+    """The default lab cluster, up for the whole session and always torn down."""
+    atexit.register(lab_api.down, lab_topology)  # also if the session is interrupted
+    try:
+        lab_api.up(lab_topology)
+        yield lab_topology
+    finally:
+        lab_api.down(lab_topology)
+
+
+@pytest.fixture
+def throwaway_netns() -> Iterator[str]:
+    """A bare netns with a veth pair (eth0 198.18.3.2/24, default route) to play real server in."""
+    name = f"{LAB_PREFIX}-rsx"
+    _remove_netns(name)
+    netns.create(name)
+    atexit.register(_remove_netns, name)
+    try:
+        for argv in (
+            ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", f"{LAB_PREFIX}-rsxp"],
+            ["ip", "addr", "add", "198.18.3.2/24", "dev", "eth0"],
+            ["ip", "link", "set", "eth0", "up"],
+            ["ip", "link", "set", f"{LAB_PREFIX}-rsxp", "up"],
+            ["ip", "route", "add", "default", "via", "198.18.3.1", "dev", "eth0"],
+        ):
+            netns.run_in_netns(name, argv)
+        yield name
+    finally:
+        _remove_netns(name)
+
+
+def _remove_netns(name: str) -> None:
+    if netns.exists(name):
+        netns.remove(name)
