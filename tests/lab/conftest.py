@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,8 @@ from pyvs import netns
 from pyvs.lab import lab as lab_api
 from pyvs.lab.topology import Topology, default_topology
 
-LAB_PREFIX = "pyvst"
+# Parallel runs (several developers on one machine) each set their own prefix.
+LAB_PREFIX = os.environ.get("PYVS_TEST_LAB_PREFIX", "pyvst")
 
 
 @pytest.fixture(scope="session")

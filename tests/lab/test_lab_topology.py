@@ -15,6 +15,8 @@ from pyvs import netns, realserver
 from pyvs.lab import lab as lab_api
 from pyvs.lab.topology import Role, Topology, default_topology
 
+from .conftest import LAB_PREFIX
+
 VIP = "198.18.0.100"
 BENCHMARK_NET = ipaddress.IPv4Network("198.18.0.0/15")
 
@@ -153,7 +155,7 @@ def test_lab_exec_enters_with_setns_only(lab: Topology) -> None:
 
 
 def test_lab_up_finishes_a_partial_lab_and_down_cleans_up_after_a_crash() -> None:
-    topo = default_topology(prefix="pyvst2")
+    topo = default_topology(prefix=LAB_PREFIX + "2")
     try:
         lab_api.up(topo)
         # Break it: a real loses its NIC, another its server.
@@ -164,8 +166,8 @@ def test_lab_up_finishes_a_partial_lab_and_down_cleans_up_after_a_crash() -> Non
         assert not lab_api.status(topo)["healthy"]
 
         actions = lab_api.up(topo)
-        assert any("created veth pyvst2-rs2:eth0" in a for a in actions)
-        assert any("started web server in pyvst2-rs1" in a for a in actions)
+        assert any(f"created veth {LAB_PREFIX}2-rs2:eth0" in a for a in actions)
+        assert any(f"started web server in {LAB_PREFIX}2-rs1" in a for a in actions)
         assert lab_api.status(topo)["healthy"]
         assert curl(topo.director.netns, "http://198.18.2.12/") == "rs2\n"
 
@@ -173,7 +175,7 @@ def test_lab_up_finishes_a_partial_lab_and_down_cleans_up_after_a_crash() -> Non
         (lab_api.state_dir(topo) / "state.json").unlink()
     finally:
         lab_api.down(topo)
-    assert not [ns for ns in netns.list_netns() if ns.startswith("pyvst2-")]
+    assert not [ns for ns in netns.list_netns() if ns.startswith(f"{LAB_PREFIX}2-")]
     assert not Path(lab_api.state_dir(topo)).exists()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
