@@ -230,3 +230,17 @@ def test_syn_on_a_closed_connection_is_scheduled_as_a_new_one(two_reals: Datapla
     assert again != first  # rr moved on: a new connection, not the old entry
     assert two_reals.counters()["conn_replaced"] == 1
     assert [c.state for c in two_reals.connections()] == ["SYN_RECV"]
+
+
+def test_new_mac_of_a_real_is_followed_at_once(two_reals: Dataplane) -> None:
+    first = two_reals.test_run(syn(sport=49000))
+    real = real_of(first.data)
+    assert two_reals.set_real_mac(real, "02:00:00:00:00:99") == 2  # the TCP and the UDP service
+    result = two_reals.test_run(frame(TCP(sport=49000, dport=80, flags="A")))
+    assert result.verdict_name == "XDP_TX" and Ether(result.data).dst == "02:00:00:00:00:99"
+
+
+def test_flushing_a_real_removes_only_its_connections(two_reals: Dataplane) -> None:
+    owners = {sport: real_of(two_reals.test_run(syn(sport=sport)).data) for sport in (49100, 49101, 49102)}
+    assert two_reals.flush_connections(TCP80, (RS1, 80)) == list(owners.values()).count(RS1)
+    assert {c.rip for c in two_reals.connections()} == {RS2}

@@ -154,6 +154,16 @@ class Dataplane:
             raise DataplaneError(f"cannot attach XDP to {ifname} in {mode} mode: {exc}") from None
 
     @staticmethod
+    def xdp_mode(ifname: str) -> tuple[str, int] | None:
+        """("native" or "generic", program id) of the XDP program on `ifname`, None when there is none."""
+        ifindex = interface_index(ifname)
+        for mode, flags in (("native", libbpf.XDP_FLAGS_DRV_MODE), ("generic", libbpf.XDP_FLAGS_SKB_MODE)):
+            prog_id = libbpf.xdp_query_id(ifindex, flags)
+            if prog_id:
+                return mode, prog_id
+        return None
+
+    @staticmethod
     def detach(ifname: str) -> None:
         ifindex = interface_index(ifname)
         for flags in (libbpf.XDP_FLAGS_DRV_MODE, libbpf.XDP_FLAGS_SKB_MODE):
@@ -348,6 +358,31 @@ class Dataplane:
             entry.flags = 0
             libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
         self._write_vips(rules)
+
+    def set_real_mac(self, rip: IPv4Address, mac: str) -> int:
+        """Point every real with address `rip` at a new MAC (its NIC changed); returns how many entries changed."""
+        changed = 0
+        for real in self._real_slots():
+            entry = real.entry
+            if entry.flags & abi.REAL_ACTIVE and _be_to_ip(entry.rip) == rip and _mac_text(entry.dmac) != mac:
+                entry.dmac[:] = list(_mac_bytes(mac))
+                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(real.slot), entry)
+                changed += 1
+        return changed
+
+    def flush_connections(self, key: ServiceKey, real: RealKey) -> int:
+        """Delete the connection entries of one real of a service; returns how many."""
+        services = self._services()
+        if key not in services:
+            return 0
+        index = services[key].index
+        slots = {r.slot for r in self._real_slots() if r.entry.flags & abi.REAL_ACTIVE
+                 and r.entry.svc_index == index and (_be_to_ip(r.entry.rip), socket.ntohs(r.entry.port)) == real}
+        flushed = 0
+        for conn_key, value, _ in self._live_connections():
+            if value.svc_index == index and value.real in slots:
+                flushed += libbpf.map_delete(self._fds["conns"], conn_key)
+        return flushed
 
     def refresh_macs(self) -> int:
         """Resolve the MAC of every real again; returns how many changed."""
