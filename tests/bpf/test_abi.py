@@ -10,6 +10,7 @@ import pytest
 
 from pyvs.dataplane import abi
 from pyvs.dataplane.build import object_path
+from pyvs.model import ALL_SCHEDULERS
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_mirror_matches_btf(btf_structs: dict[str, dict[str, object]], c_name: s
 def test_constants_come_from_the_header() -> None:
     defines = abi.read_defines()
     assert abi.MAX_SERVICES == defines["PYVS_MAX_SERVICES"]
-    assert set(abi.SCHEDULER_IDS) == {"rr", "wrr"}
+    assert set(abi.SCHEDULER_IDS) == set(ALL_SCHEDULERS)
     assert abi.STATE_NAMES[abi.STATES["FIN_WAIT"]] == "FIN_WAIT"
     assert len(abi.COUNTER_NAMES) == defines["PYVS_CNT_COUNT"]
     assert set(abi.DEFAULT_TIMEOUTS) == set(abi.STATES)

@@ -33,9 +33,14 @@ STATE_COUNT = _D["PYVS_STATE_COUNT"]
 CNT_COUNT = _D["PYVS_CNT_COUNT"]
 
 SCHEDULER_IDS: dict[str, int] = {
-    name[len("PYVS_SCHED_") :].lower(): value for name, value in _D.items() if name.startswith("PYVS_SCHED_")
-    if name != "PYVS_SCHED_TABLE_SIZE"
+    name[len("PYVS_SCHED_") :].lower(): value
+    for name, value in _D.items()
+    if name.startswith("PYVS_SCHED_") and name != "PYVS_SCHED_TABLE_SIZE"
 }
+SVC_F_SCHED1 = _D["PYVS_SVC_F_SCHED1"]
+SVC_F_SCHED2 = _D["PYVS_SVC_F_SCHED2"]
+SVC_F_SCHED3 = _D["PYVS_SVC_F_SCHED3"]
+SVC_F_PERSISTENT = _D["PYVS_SVC_F_PERSISTENT"]
 SCHEDULER_NAMES: dict[int, str] = {value: name for name, value in SCHEDULER_IDS.items()}
 
 # State number -> IPVS state name (as ipvsadm -L -c prints it).
@@ -63,7 +68,12 @@ class SvcKey(ctypes.Structure):
 
 class Svc(ctypes.Structure):
     _fields_ = [("index", ctypes.c_uint32), ("sched", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("table_base", ctypes.c_uint32), ("table_len", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+                ("table_base", ctypes.c_uint32), ("table_len", ctypes.c_uint32),
+                ("persist_timeout", ctypes.c_uint32), ("netmask", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class RealConns(ctypes.Structure):
+    _fields_ = [("active", ctypes.c_int32), ("inactive", ctypes.c_int32)]
 
 
 class RealEntry(ctypes.Structure):
@@ -98,6 +108,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_conn_key": ConnKey,
     "pyvs_conn": Conn,
     "pyvs_counters": CountersEntry,
+    "pyvs_real_conns": RealConns,
     "pyvs_config": Config,
 }
 

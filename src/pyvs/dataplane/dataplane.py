@@ -38,7 +38,9 @@ from pyvs.model import (
 
 log = logging.getLogger(__name__)
 
-MAP_NAMES = ("services", "vips", "reals", "sched_table", "sched_state", "conns", "stats", "counters", "config")
+MAP_NAMES = (
+    "services", "vips", "reals", "sched_table", "sched_state", "real_conns", "conns", "stats", "counters", "config",
+)
 PROGRAM_NAME = "pyvs_xdp"
 
 Resolver = Callable[[IPv4Address], NextHop]

@@ -44,6 +44,14 @@ struct {
 	__type(value, __u32);
 } sched_state SEC(".maps");
 
+/* Live connection counts per real slot (lc, wlc, sed, nq, lblc, lblcr, ovf). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PYVS_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct pyvs_real_conns);
+} real_conns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, PYVS_CONN_TABLE_SIZE);

@@ -12,9 +12,26 @@
 #define PYVS_SCHED_TABLE_SIZE 4096 /* slots of one scheduler table; each service has two */
 #define PYVS_CONN_TABLE_SIZE 262144
 
-/* Scheduler ids (svc.sched). */
+/* Scheduler ids (svc.sched), one per IPVS scheduler. */
 #define PYVS_SCHED_RR 0
 #define PYVS_SCHED_WRR 1
+#define PYVS_SCHED_LC 2
+#define PYVS_SCHED_WLC 3
+#define PYVS_SCHED_SED 4
+#define PYVS_SCHED_NQ 5
+#define PYVS_SCHED_SH 6
+#define PYVS_SCHED_DH 7
+#define PYVS_SCHED_LBLC 8
+#define PYVS_SCHED_LBLCR 9
+#define PYVS_SCHED_FO 10
+#define PYVS_SCHED_OVF 11
+#define PYVS_SCHED_MH 12
+
+/* Service flags (svc.flags): ipvsadm -b's flag-1..3 (sh-fallback/mh-fallback, sh-port/mh-port), -p. */
+#define PYVS_SVC_F_SCHED1 1
+#define PYVS_SVC_F_SCHED2 2
+#define PYVS_SVC_F_SCHED3 4
+#define PYVS_SVC_F_PERSISTENT 8
 
 /* Real flags. */
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
@@ -62,10 +79,18 @@ struct pyvs_svc_key {
 struct pyvs_svc {
 	__u32 index;      /* the service's slot: stats and scheduler state */
 	__u32 sched;      /* PYVS_SCHED_* */
-	__u32 flags;
+	__u32 flags;      /* PYVS_SVC_F_* */
 	__u32 table_base; /* first slot of the live table in sched_table */
 	__u32 table_len;  /* 0: no real can take new connections */
+	__u32 persist_timeout; /* seconds, with PYVS_SVC_F_PERSISTENT */
+	__u32 netmask;    /* persistence granularity, network order */
 	__u32 pad;
+};
+
+/* Live connection counts of a real, as IPVS keeps activeconns/inactconns. */
+struct pyvs_real_conns {
+	__s32 active;
+	__s32 inactive;
 };
 
 struct pyvs_real {

@@ -7,6 +7,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "conn_state.h"
+#include "schedule.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 
@@ -44,22 +45,6 @@ static __always_inline void account(__u32 index, __u64 bytes, int new_conn)
 static __always_inline int is_vip(__u32 addr)
 {
 	return bpf_map_lookup_elem(&vips, &addr) != NULL;
-}
-
-/* Pick a real for a new connection: the next slot of the service's table. */
-static __always_inline __u32 *schedule(const struct pyvs_svc *svc)
-{
-	__u32 index = svc->index, slot;
-	__u32 *position;
-
-	if (svc->table_len == 0 || svc->table_len > PYVS_SCHED_TABLE_SIZE)
-		return NULL;
-	position = bpf_map_lookup_elem(&sched_state, &index);
-	if (!position)
-		return NULL;
-	slot = __sync_fetch_and_add(position, 1) % svc->table_len;
-	slot += svc->table_base;
-	return bpf_map_lookup_elem(&sched_table, &slot);
 }
 
 static __always_inline int expired(const struct pyvs_conn *conn, const struct pyvs_config *cfg, __u64 now)
@@ -144,7 +129,7 @@ int pyvs_xdp(struct xdp_md *ctx)
 	} else {
 		if (event == EV_RST)
 			return pass(PYVS_CNT_PASS_NO_CONN);
-		slot = schedule(svc);
+		slot = pick_real(svc, &pkt);
 		if (!slot)
 			return drop(PYVS_CNT_DROP_NO_REAL);
 		real_id = *slot;
