@@ -11,6 +11,9 @@ from ipaddress import IPv4Address, IPv4Network
 ALL_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "lblc", "lblcr", "fo", "ovf", "mh")
 # Schedulers the data plane implements today.
 SUPPORTED_SCHEDULERS = ("rr", "wrr")
+# ipvsadm -b flag names -> IPVS's IP_VS_SVC_F_SCHED1..3 (as bits 1, 2, 4).
+SCHED_FLAG_BITS = {"flag-1": 1, "sh-fallback": 1, "mh-fallback": 1, "flag-2": 2, "sh-port": 2, "mh-port": 2,
+                   "flag-3": 4}
 DEFAULT_SCHEDULER = "wlc"  # ipvsadm's DEF_SCHED
 DEFAULT_PERSISTENCE = 300  # seconds, ipvsadm's -p default
 MAX_WEIGHT = 65535
@@ -115,6 +118,7 @@ class Connection:
     rport: int
     state: str  # IPVS state name: ESTABLISHED, SYN_RECV, FIN_WAIT, CLOSE, TIME_WAIT, UDP, ...
     expires: float  # seconds left
+    template: bool = False  # a persistence template (client masked, port 0)
 
 
 @dataclass
@@ -197,6 +201,32 @@ def validate_scheduler(name: str) -> str:
     return name
 
 
+def sched_flag_bits(names: tuple[str, ...]) -> int:
+    bits = 0
+    for name in names:
+        bits |= SCHED_FLAG_BITS[name]
+    return bits
+
+
+def sched_flag_names(scheduler: str, bits: int) -> tuple[str, ...]:
+    """The names ipvsadm prints for a service's scheduler flags."""
+    named = scheduler in ("sh", "mh")
+    names = []
+    for bit, generic, suffix in ((1, "flag-1", "fallback"), (2, "flag-2", "port"), (4, "flag-3", None)):
+        if bits & bit:
+            names.append(f"{scheduler}-{suffix}" if named and suffix else generic)
+    return tuple(names)
+
+
+def validate_sched_flags(scheduler: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        if name not in SCHED_FLAG_BITS:
+            raise ModelError(f"invalid scheduler flag '{name}' (valid: {', '.join(SCHED_FLAG_BITS)})")
+        owner = name.split("-")[0]
+        if owner in ("sh", "mh") and owner != scheduler:
+            raise ModelError(f"scheduler flag '{name}' needs scheduler {owner}, not {scheduler}")
+
+
 def validate_weight(weight: int) -> int:
     if not 0 <= weight <= MAX_WEIGHT:
         raise ModelError(f"weight {weight} is out of range (0-{MAX_WEIGHT})")
@@ -207,8 +237,9 @@ def validate_service(svc: Service) -> None:
     validate_scheduler(svc.scheduler)
     if svc.key.port == 0 and svc.persistent is None:
         raise ModelError("port 0 is only valid for a persistent service (-p)")
-    if svc.persistent is not None:
-        raise ModelError("persistence (-p) is not implemented by the pyvs data plane yet")
+    if svc.persistent is not None and not 1 <= svc.persistent <= 2**31 - 1:
+        raise ModelError(f"persistence timeout {svc.persistent} is out of range (1-{2**31 - 1} seconds)")
+    validate_sched_flags(svc.scheduler, svc.sched_flags)
     for real in svc.reals.values():
         validate_real(svc, real)
 

@@ -125,3 +125,16 @@ def test_timeouts_set_and_listed(director: Dataplane) -> None:
     assert pyvsadm(director, "-L --timeout")[1] == "Timeout (tcp tcpfin udp): 900 120 300\n"
     assert pyvsadm(director, "--set 60 0 10")[0] == 0
     assert pyvsadm(director, "-L --timeout")[1] == "Timeout (tcp tcpfin udp): 60 120 10\n"
+
+
+def test_persistent_service_with_mask_and_flags_lists_and_saves_as_ipvsadm(director: Dataplane) -> None:
+    assert pyvsadm(director, "-A -t 198.18.0.100:443 -s wrr -p 600 -M 255.255.255.0")[0] == 0
+    assert pyvsadm(director, "-a -t 198.18.0.100:443 -r 198.18.2.11 -g -w 2")[0] == 0
+    listing = pyvsadm(director, "-L -n")[1]
+    assert "TCP  198.18.0.100:443 wrr persistent 600 mask 255.255.255.0\n" in listing
+    saved = pyvsadm(director, "-S -n")[1]
+    assert saved == ("-A -t 198.18.0.100:443 -s wrr -p 600 -M 255.255.255.0\n"
+                     "-a -t 198.18.0.100:443 -r 198.18.2.11:443 -g -w 2\n")
+    assert pyvsadm(director, "-C")[0] == 0
+    assert pyvsadm(director, "-R", stdin=saved)[0] == 0
+    assert pyvsadm(director, "-S -n")[1] == saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from ipaddress import IPv4Address
 
@@ -12,7 +13,7 @@ from scapy.packet import Raw
 
 from pyvs.dataplane import Dataplane
 from pyvs.dataplane.dataplane import wrr_sequence
-from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
+from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, Timeouts
 
 from .conftest import CLIENT_MAC, DIRECTOR_MAC, REALS
 
@@ -244,3 +245,54 @@ def test_flushing_a_real_removes_only_its_connections(two_reals: Dataplane) -> N
     owners = {sport: real_of(two_reals.test_run(syn(sport=sport)).data) for sport in (49100, 49101, 49102)}
     assert two_reals.flush_connections(TCP80, (RS1, 80)) == list(owners.values()).count(RS1)
     assert {c.rip for c in two_reals.connections()} == {RS2}
+
+
+def test_live_counts_follow_the_state_of_each_connection(two_reals: Dataplane) -> None:
+    real = real_of(two_reals.test_run(syn(sport=50000)).data)
+    key = (TCP80, (real, 80))
+    assert two_reals.live_counts()[key] == (1, 0)  # SYN_RECV is active, as IPVS counts it
+    two_reals.test_run(frame(TCP(sport=50000, dport=80, flags="A")))
+    assert two_reals.live_counts()[key] == (1, 0)
+    two_reals.test_run(frame(TCP(sport=50000, dport=80, flags="FA")))
+    assert two_reals.live_counts()[key] == (0, 1)  # FIN_WAIT is inactive
+    udp_real = real_of(two_reals.test_run(frame(UDP(sport=5353, dport=80))).data)
+    assert two_reals.live_counts()[(UDP80, (udp_real, 80))] == (0, 1)
+    assert sum(a + i for a, i in two_reals.live_counts().values()) == 2
+
+
+def test_sweeper_removes_expired_connections_and_their_counts(two_reals: Dataplane) -> None:
+    two_reals.set_timeouts(Timeouts(0, 0, 1))  # udp entries live 1 s
+    real = real_of(two_reals.test_run(frame(UDP(sport=5354, dport=80))).data)
+    assert two_reals.live_counts()[(UDP80, (real, 80))] == (0, 1)
+    deadline = time.monotonic() + 5
+    while two_reals.counters()["conn_swept"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert two_reals.counters()["conn_swept"] == 1
+    assert two_reals.live_counts()[(UDP80, (real, 80))] == (0, 0)
+    assert two_reals.connections() == []
+
+
+def test_persistence_sends_a_client_to_one_real_across_source_ports(dataplane: Dataplane) -> None:
+    svc = service(TCP80, "rr", (RS1, 1), (RS2, 1))
+    svc.persistent, svc.netmask = 300, IPv4Address("255.255.255.0")
+    dataplane.apply(rules(svc))
+    first = [real_of(dataplane.test_run(syn(sport=51000 + i)).data) for i in range(6)]
+    assert len(set(first)) == 1
+    neighbour = frame(TCP(sport=52000, dport=80, flags="S"), src="198.18.1.77")  # same /24: same template
+    assert real_of(dataplane.test_run(neighbour).data) == first[0]
+    other = frame(TCP(sport=52001, dport=80, flags="S"), src="198.18.3.9")
+    assert real_of(dataplane.test_run(other).data) != first[0]  # a new template, rr moved on
+    templates = [c for c in dataplane.connections() if c.template]
+    expected = {("198.18.1.0", 0, "NONE"), ("198.18.3.0", 0, "NONE")}
+    assert {(str(t.client), t.cport, t.state) for t in templates} == expected
+    assert dataplane.counters()["persist_hit"] == 6
+    read = dataplane.read_rules().services[TCP80]
+    assert (read.persistent, read.netmask) == (300, IPv4Address("255.255.255.0"))
+
+
+def test_port_zero_persistent_service_keeps_a_client_on_one_real_across_ports(dataplane: Dataplane) -> None:
+    svc = service(ServiceKey(Protocol.TCP, VIP, 0), "rr", (RS1, 1), (RS2, 1))
+    svc.persistent = 60
+    dataplane.apply(rules(svc))
+    chosen = {real_of(dataplane.test_run(syn(sport=53000 + port, dport=port)).data) for port in (80, 443, 8080)}
+    assert len(chosen) == 1

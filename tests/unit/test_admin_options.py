@@ -141,9 +141,6 @@ def test_refused_command_lines(argv: list[str], message: str) -> None:
             ["-A", "--sctp-service", "198.18.0.100:80"],
             "option '--sctp-service' (sctp-service) is not supported",
         ),
-        (["-A", "-t", "198.18.0.100:80", "-p", "300"], "option '-p' (persistent) is not supported"),
-        (["-A", "-t", "198.18.0.100:80", "-M", "255.255.255.0"], "option '-M' (netmask) is not supported"),
-        (["-A", "-t", "198.18.0.100:80", "-b", "sh-port"], "option '-b' (sched-flags) is not supported"),
         (["-A", "-t", "198.18.0.100:80", "-o"], "option '-o' (ops) is not supported"),
         (["-A", "-t", "198.18.0.100:80", "--pe", "sip"], "option '--pe' (pe) is not supported"),
         (
@@ -203,3 +200,31 @@ def test_restore_errors_name_the_line(text: str, message: str) -> None:
     with pytest.raises(UsageError) as err:
         parse_restore(text)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "persistent", "netmask", "flags"),
+    [
+        (["-A", "-t", "198.18.0.100:80", "-s", "rr", "-p"], 300, None, ()),
+        (["-A", "-t", "198.18.0.100:80", "-p", "600", "-s", "rr"], 600, None, ()),
+        (["-A", "-t", "198.18.0.100:80", "-p600"], 600, None, ()),
+        (["-A", "-t", "198.18.0.100:80", "--persistent=60", "-M", "255.255.255.0"], 60, "255.255.255.0", ()),
+        (["-A", "-t", "198.18.0.100:0", "-p", "-M", "24"], 300, "255.255.255.0", ()),
+        (["-E", "-t", "198.18.0.100:80", "-s", "sh", "-b", "sh-fallback,sh-port"], None, None,
+         ("sh-fallback", "sh-port")),
+    ],
+)
+def test_persistence_netmask_and_scheduler_flags(
+    argv: list[str], persistent: int | None, netmask: str | None, flags: tuple[str, ...]
+) -> None:
+    command = parse_args(argv)
+    assert command.persistent == persistent
+    assert (str(command.netmask) if command.netmask else None) == netmask
+    assert command.sched_flags == flags
+
+
+@pytest.mark.parametrize("argv", [["-a", "-t", "198.18.0.100:80", "-r", "198.18.2.11", "-p"],
+                                  ["-A", "-t", "198.18.0.100:80", "-p", "0"], ["-A", "-t", "198.18.0.100:80", "-M", "x"]])
+def test_persistence_options_are_checked(argv: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse_args(argv)

@@ -10,6 +10,7 @@ from pyvs.admin.options import Action, Command, parse_restore
 from pyvs.model import (
     ALL_SCHEDULERS,
     DEFAULT_SCHEDULER,
+    HOST_MASK,
     ModelError,
     Real,
     Rules,
@@ -47,6 +48,12 @@ def _validated(svc: Service) -> Service:
     return svc
 
 
+def _settings(key: ServiceKey, command: Command) -> Service:
+    """A service with the settings of an -A or -E command."""
+    return Service(key, _scheduler(command.scheduler), command.persistent, command.netmask or HOST_MASK,
+                   command.sched_flags)
+
+
 def _service(rules: Rules, key: ServiceKey, missing: str) -> Service:
     svc = rules.services.get(key)
     if svc is None:
@@ -66,11 +73,13 @@ def apply_command(rules: Rules, command: Command) -> Rules:
     if action is Action.ADD_SERVICE:
         if key in new.services:
             raise CommandError("Service already exists")
-        new.services[key] = _validated(Service(key, _scheduler(command.scheduler)))
+        new.services[key] = _validated(_settings(key, command))
     elif action is Action.EDIT_SERVICE:
         old = _service(new, key, "No such service")
         # As ipvsadm: -E sends every setting; what is not given goes back to its default.
-        new.services[key] = _validated(Service(key, _scheduler(command.scheduler), reals=old.reals))
+        svc = _settings(key, command)
+        svc.reals = old.reals
+        new.services[key] = _validated(svc)
     elif action is Action.DELETE_SERVICE:
         _service(new, key, "No such service")
         del new.services[key]

@@ -16,12 +16,14 @@ from enum import Enum
 from ipaddress import IPv4Address
 
 from pyvs.model import (
+    DEFAULT_PERSISTENCE,
     MAX_WEIGHT,
     ModelError,
     Protocol,
     ServiceKey,
     Timeouts,
     parse_ipv4,
+    parse_netmask,
     parse_port,
     validate_weight,
 )
@@ -75,6 +77,8 @@ OPTION_NAMES = (
     "connection",
     "service-address",
     "scheduler",
+    "persistent",
+    "netmask",
     "real-server",
     "forwarding-method",
     "weight",
@@ -82,23 +86,24 @@ OPTION_NAMES = (
     "stats",
     "nosort",
     "exact",
+    "sched-flags",
 )
 
 # ipvsadm's commands_v_options, reduced to OPTION_NAMES (one character per option):
 # '+' compulsory, 'x' illegal, '1' at most one of the '1' options, ' ' optional.
 LEGALITY = {
-    Action.ADD_SERVICE: "xx+ xxxxxxx",
-    Action.EDIT_SERVICE: "xx+ xxxxxxx",
-    Action.DELETE_SERVICE: "xx+xxxxxxxx",
-    Action.FLUSH: "xxxxxxxxxxx",
-    Action.LIST: " 11xxxx1   ",
-    Action.ADD_SERVER: "xx+x+  xxxx",
-    Action.DELETE_SERVER: "xx+x+xxxxxx",
-    Action.EDIT_SERVER: "xx+x+  xxxx",
-    Action.SET_TIMEOUTS: "xxxxxxxxxxx",
-    Action.RESTORE: "xxxxxxxxxxx",
-    Action.SAVE: " xxxxxxxxxx",
-    Action.ZERO: "xx xxxxxxxx",
+    Action.ADD_SERVICE: "xx+   xxxxxxx ",
+    Action.EDIT_SERVICE: "xx+   xxxxxxx ",
+    Action.DELETE_SERVICE: "xx+xxxxxxxxxxx",
+    Action.FLUSH: "xxxxxxxxxxxxxx",
+    Action.LIST: " 11xxxxxx1   x",
+    Action.ADD_SERVER: "xx+xxx+  xxxxx",
+    Action.DELETE_SERVER: "xx+xxx+xxxxxxx",
+    Action.EDIT_SERVER: "xx+xxx+  xxxxx",
+    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxx",
+    Action.RESTORE: "xxxxxxxxxxxxxx",
+    Action.SAVE: " xxxxxxxxxxxxx",
+    Action.ZERO: "xx xxxxxxxxxxx",
 }
 
 
@@ -111,6 +116,9 @@ class Command:
     scheduler: str | None = None
     real: tuple[IPv4Address, int] | None = None  # port already set to the service port (DR)
     weight: int | None = None
+    persistent: int | None = None  # -p timeout, None without -p
+    netmask: IPv4Address | None = None
+    sched_flags: tuple[str, ...] = ()
     timeouts: Timeouts | None = None  # --set values; 0 leaves a timeout unchanged
     numeric: bool = False
     connection: bool = False
@@ -127,11 +135,11 @@ class _Spec:
     takes_arg: bool
     action: Action | None = None  # set for command options
     unsupported: str | None = None  # why pyvs refuses it
+    optional_arg: bool = False  # -p [timeout]: takes the next word when it is a number
 
 
 _DR_ONLY = "pyvs forwards by direct routing only"
 _NO_DAEMON = "pyvs has no connection sync daemon"
-_NO_PERSISTENCE = "persistence is not implemented by the pyvs data plane yet"
 _NO_THRESHOLDS = "connection thresholds are not implemented by pyvs"
 _SPECS = (
     _Spec("A", "add-service", False, Action.ADD_SERVICE),
@@ -182,16 +190,16 @@ _SPECS = (
     _Spec(None, "tun-csum", False, unsupported=_DR_ONLY),
     _Spec(None, "tun-remcsum", False, unsupported=_DR_ONLY),
     _Spec(None, "tun-info", False, unsupported=_DR_ONLY),
-    _Spec("p", "persistent", False, unsupported=_NO_PERSISTENCE),
-    _Spec("M", "netmask", True, unsupported=_NO_PERSISTENCE),
+    _Spec("p", "persistent", False, optional_arg=True),
+    _Spec("M", "netmask", True),
     _Spec(None, "pe", True, unsupported="persistence engines are not implemented by pyvs"),
     _Spec("o", "ops", False, unsupported="one-packet scheduling is not implemented by pyvs"),
-    _Spec("b", "sched-flags", True, unsupported="scheduler flags are not implemented by pyvs"),
+    _Spec("b", "sched-flags", True),
     _Spec("x", "u-threshold", True, unsupported=_NO_THRESHOLDS),
     _Spec("y", "l-threshold", True, unsupported=_NO_THRESHOLDS),
     _Spec(None, "thresholds", False, unsupported=_NO_THRESHOLDS),
     _Spec(None, "rate", False, unsupported="rate estimation is not implemented by pyvs"),
-    _Spec(None, "persistent-conn", False, unsupported=_NO_PERSISTENCE),
+    _Spec(None, "persistent-conn", False, unsupported="listing persistent connections is not implemented yet"),
 )
 _BY_SHORT = {spec.short: spec for spec in _SPECS if spec.short}
 _BY_LONG = {spec.long: spec for spec in _SPECS}
@@ -225,6 +233,11 @@ def _tokens(argv: Sequence[str]) -> list[tuple[str, _Spec, str | None] | tuple[s
                 raise UsageError(f"unknown option '--{name}'", show_help=True)
             if spec.unsupported:
                 raise _unsupported(spec, f"--{name}")
+            if spec.optional_arg:
+                if not eq and i < len(argv) and argv[i].isdigit():
+                    value, i = argv[i], i + 1
+                out.append((f"--{name}", spec, value if eq or value else None))
+                continue
             if spec.takes_arg and not eq:
                 if i >= len(argv):
                     raise UsageError(f"option '--{name}' needs an argument", show_help=True)
@@ -242,7 +255,12 @@ def _tokens(argv: Sequence[str]) -> list[tuple[str, _Spec, str | None] | tuple[s
                 if spec.unsupported:
                     raise _unsupported(spec, f"-{letter}")
                 value = None
-                if spec.takes_arg:
+                if spec.optional_arg:
+                    if cluster:
+                        value, cluster = cluster, ""
+                    elif i < len(argv) and argv[i].isdigit():
+                        value, i = argv[i], i + 1
+                elif spec.takes_arg:
                     if cluster:
                         value, cluster = cluster, ""
                     elif i < len(argv):
@@ -303,6 +321,13 @@ def _weight(text: str) -> int:
         return validate_weight(value)
     except ModelError as err:
         raise UsageError(f"illegal weight specified: {err}") from None
+
+
+def _persistence(text: str) -> int:
+    value = _number(text)
+    if value is None or not 1 <= value <= MAX_TIMEOUT:
+        raise UsageError(f"invalid timeout value `{text}' specified (1-{MAX_TIMEOUT} seconds)")
+    return value
 
 
 def _timeout(text: str) -> int:
@@ -382,9 +407,19 @@ def parse_args(argv: Sequence[str]) -> Command:
         # Direct routing cannot change the port: ipvsadm sets the real port to the service port.
         real = (rip, service.port if service else 0)
     weight = _weight(values["weight"]) if "weight" in values else None
+    persistent = None
+    if "persistent" in given:
+        persistent = _persistence(values["persistent"]) if "persistent" in values else DEFAULT_PERSISTENCE
+    netmask = None
+    if "netmask" in values:
+        try:
+            netmask = parse_netmask(values["netmask"])
+        except ModelError as err:
+            raise UsageError(f"illegal virtual server netmask specified: {err}") from None
+    sched_flags = tuple(values["sched-flags"].split(",")) if "sched-flags" in values else ()
 
     _check_legality(action, given)
-    if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0:
+    if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0 and persistent is None:
         raise UsageError("Zero port specified for non-persistent service")
     if action is Action.LIST and given & {"connection", "timeout"} and "stats" in given:
         raise UsageError("options conflicts in the list command")
@@ -394,6 +429,9 @@ def parse_args(argv: Sequence[str]) -> Command:
         scheduler=values.get("scheduler"),
         real=real,
         weight=weight,
+        persistent=persistent,
+        netmask=netmask,
+        sched_flags=sched_flags,
         timeouts=timeouts,
         numeric="numeric" in given,
         connection="connection" in given,

@@ -29,6 +29,7 @@ SCHED_TABLE_SIZE = _D["PYVS_SCHED_TABLE_SIZE"]
 CONN_TABLE_SIZE = _D["PYVS_CONN_TABLE_SIZE"]
 REAL_ACTIVE = _D["PYVS_REAL_ACTIVE"]
 CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
+CONN_F_TEMPLATE = _D["PYVS_CONN_F_TEMPLATE"]
 STATE_COUNT = _D["PYVS_STATE_COUNT"]
 CNT_COUNT = _D["PYVS_CNT_COUNT"]
 
@@ -89,7 +90,8 @@ class ConnKey(ctypes.Structure):
 
 class Conn(ctypes.Structure):
     _fields_ = [("last_seen", ctypes.c_uint64), ("real", ctypes.c_uint32), ("gen", ctypes.c_uint32),
-                ("svc_index", ctypes.c_uint32), ("state", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+                ("svc_index", ctypes.c_uint32), ("timeout", ctypes.c_uint32), ("state", ctypes.c_uint8),
+                ("counted", ctypes.c_uint8), ("flags", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 5)]
 
 
 class CountersEntry(ctypes.Structure):

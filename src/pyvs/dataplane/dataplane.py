@@ -24,6 +24,7 @@ from pyvs.dataplane.build import object_path
 from pyvs.dataplane.neighbours import ZERO_MAC, NeighbourError, NextHop, interface_index, resolve
 from pyvs.dataplane.pins import default_pin_dir
 from pyvs.model import (
+    HOST_MASK,
     Connection,
     Counters,
     ModelError,
@@ -33,6 +34,8 @@ from pyvs.model import (
     Service,
     ServiceKey,
     Timeouts,
+    sched_flag_bits,
+    sched_flag_names,
     validate_service,
 )
 
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAP_NAMES = (
     "services", "vips", "reals", "sched_table", "sched_state", "real_conns", "conns", "stats", "counters", "config",
+    "sweeper",
 )
 PROGRAM_NAME = "pyvs_xdp"
 
@@ -151,6 +155,7 @@ class Dataplane:
         if flags is None:
             raise DataplaneError(f"unknown XDP mode '{mode}' (native or generic)")
         try:
+            start_sweeper(self.program())
             libbpf.xdp_attach(interface_index(ifname), self.program_fd(), flags)
         except (libbpf.BpfError, NeighbourError) as exc:
             raise DataplaneError(f"cannot attach XDP to {ifname} in {mode} mode: {exc}") from None
@@ -201,7 +206,7 @@ class Dataplane:
     def read_rules(self) -> Rules:
         services = self._services()
         by_index = {svc.index: key for key, svc in services.items()}
-        rules = Rules({key: Service(key, abi.SCHEDULER_NAMES[svc.sched]) for key, svc in services.items()})
+        rules = Rules({key: _service(key, svc) for key, svc in services.items()})
         for real in self._real_slots():
             entry = real.entry
             key = by_index.get(entry.svc_index)
@@ -295,7 +300,7 @@ class Dataplane:
             result.append(Connection(
                 Protocol(key.proto), _be_to_ip(key.saddr), socket.ntohs(key.sport), _be_to_ip(key.daddr),
                 socket.ntohs(key.dport), _be_to_ip(real.rip), socket.ntohs(real.port),
-                abi.STATE_NAMES.get(value.state, "ERR!"), left,
+                abi.STATE_NAMES.get(value.state, "ERR!"), left, template=bool(value.flags & abi.CONN_F_TEMPLATE),
             ))
         return result
 
@@ -303,6 +308,8 @@ class Dataplane:
         """(ActiveConn, InActConn) per real, from the live connection entries."""
         counts: dict[tuple[ServiceKey, RealKey], tuple[int, int]] = {}
         for conn in self.connections():
+            if conn.template:
+                continue
             key = (ServiceKey(conn.proto, conn.vip, conn.vport), (conn.rip, conn.rport))
             active, inactive = counts.get(key, (0, 0))
             if conn.proto is Protocol.TCP and abi.STATES.get(conn.state) in abi.ACTIVE_STATES:
@@ -311,6 +318,18 @@ class Dataplane:
                 inactive += 1
             counts[key] = (active, inactive)
         return counts
+
+    def live_counts(self) -> dict[tuple[ServiceKey, RealKey], tuple[int, int]]:
+        """(active, inactive) per real as the data plane keeps them for its schedulers."""
+        by_index, reals = self._owners()
+        result = {}
+        for slot, entry in reals.items():
+            if entry.svc_index in by_index:
+                counts = abi.RealConns()
+                libbpf.map_lookup(self._fds["real_conns"], ctypes.c_uint32(slot), counts)
+                key = (by_index[entry.svc_index], (_be_to_ip(entry.rip), socket.ntohs(entry.port)))
+                result[key] = (counts.active, counts.inactive)
+        return result
 
     def real_next_hops(self) -> dict[tuple[ServiceKey, RealKey], NextHop]:
         by_index, reals = self._owners()
@@ -404,13 +423,16 @@ class Dataplane:
         reals = svc.sorted_reals()
         real_slots = [plan.real_slot[(svc.key, r.key)] for r in reals]
         for slot in real_slots:
+            if slot in plan.new_slots:
+                libbpf.map_update(self._fds["real_conns"], ctypes.c_uint32(slot), abi.RealConns())
+                self._zero_stats(abi.MAX_SERVICES + slot)
             if plan.real_changed.get(slot, False):
                 libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), plan.entries[slot])
         table = [real_slots[i] for i in scheduler_table(svc.scheduler, reals)]
         old = plan.current.get(svc.key)
         index = plan.service_index[svc.key]
-        sched = abi.SCHEDULER_IDS[svc.scheduler]
-        if old is not None and old.sched == sched and self._table(old) == table:
+        value = _svc_value(svc, index)
+        if old is not None and _same_settings(old, value) and self._table(old) == table:
             return
         if old is None:
             self._zero_stats(index)
@@ -421,7 +443,7 @@ class Dataplane:
             keys = (ctypes.c_uint32 * len(table))(*range(base, base + len(table)))
             values = (ctypes.c_uint32 * len(table))(*table)
             libbpf.map_update_batch(self._fds["sched_table"], keys, values)
-        value = abi.Svc(index=index, sched=sched, table_base=base, table_len=len(table))
+        value.table_base, value.table_len = base, len(table)
         libbpf.map_update(self._fds["services"], svc_key(svc.key), value)
 
     def _table(self, svc: abi.Svc) -> list[int]:
@@ -443,6 +465,28 @@ class Dataplane:
         for raw in libbpf.map_keys(fd, ctypes.c_uint32):
             if raw.value not in wanted:
                 libbpf.map_delete(fd, raw)
+
+
+def _svc_value(svc: Service, index: int) -> abi.Svc:
+    flags = sched_flag_bits(svc.sched_flags) | (abi.SVC_F_PERSISTENT if svc.persistent is not None else 0)
+    return abi.Svc(index=index, sched=abi.SCHEDULER_IDS[svc.scheduler], flags=flags,
+                   persist_timeout=svc.persistent or 0, netmask=_ip_to_be(svc.netmask))
+
+
+def _same_settings(a: abi.Svc, b: abi.Svc) -> bool:
+    return (a.sched, a.flags, a.persist_timeout, a.netmask) == (b.sched, b.flags, b.persist_timeout, b.netmask)
+
+
+def _service(key: ServiceKey, raw: abi.Svc) -> Service:
+    scheduler = abi.SCHEDULER_NAMES[raw.sched]
+    persistent = raw.persist_timeout if raw.flags & abi.SVC_F_PERSISTENT else None
+    netmask = _be_to_ip(raw.netmask) if persistent is not None else HOST_MASK
+    return Service(key, scheduler, persistent, netmask, sched_flag_names(scheduler, raw.flags & 7))
+
+
+def start_sweeper(program: libbpf.BpfObject) -> None:
+    """Start (or restart) the timer that removes expired connections once a second."""
+    libbpf.prog_test_run(program.prog_fd("pyvs_start_sweeper"), bytes(64))
 
 
 def _table_base(index: int, half: int) -> int:
@@ -491,6 +535,7 @@ class _Plan:
         wanted: set[int] = set()
         self.real_slot: dict[tuple[ServiceKey, RealKey], int] = {}
         self.real_changed: dict[int, bool] = {}
+        self.new_slots: set[int] = set()
         new_reals: list[tuple[ServiceKey, Real]] = []
         for svc in rules.sorted_services():
             index = self.service_index[svc.key]
@@ -530,6 +575,7 @@ class _Plan:
             self.entries[slot] = entry
             self.real_slot[(key, real.key)] = slot
             self.real_changed[slot] = True
+            self.new_slots.add(slot)
 
 
 def _write_default_config(fds: dict[str, int]) -> None:
@@ -552,7 +598,8 @@ def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resol
             path.mkdir(parents=True, exist_ok=True)
             with libbpf.BpfObject(str(object_path("xdp")), str(path)) as obj:
                 fds = {name: os.dup(obj.map_fd(name)) for name in MAP_NAMES}
-        _write_default_config(fds)
+                _write_default_config(fds)
+                start_sweeper(obj)
     except OSError as exc:
         raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
     return Dataplane(path, fds, resolver)

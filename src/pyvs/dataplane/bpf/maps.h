@@ -81,4 +81,17 @@ struct {
 	__type(value, struct pyvs_config);
 } config SEC(".maps");
 
+/* The timer that sweeps expired connections once a second. */
+struct sweeper {
+	struct bpf_timer timer;
+	__u64 runs;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sweeper);
+} sweeper SEC(".maps");
+
 #endif

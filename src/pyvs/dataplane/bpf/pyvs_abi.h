@@ -36,6 +36,12 @@
 /* Real flags. */
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
 
+/* Connection entry flags, and where an entry is counted. */
+#define PYVS_CONN_F_TEMPLATE 1 /* a persistence template: client (masked), port 0 */
+#define PYVS_COUNTED_NONE 0
+#define PYVS_COUNTED_ACTIVE 1
+#define PYVS_COUNTED_INACTIVE 2
+
 /* Config flags. */
 #define PYVS_CFG_EXPIRE_NODEST_CONN 1
 
@@ -67,7 +73,9 @@
 #define PYVS_CNT_DROP_REAL_GONE 9  /* connection whose real was deleted */
 #define PYVS_CNT_DROP_NO_MAC 10    /* real's MAC not resolved */
 #define PYVS_CNT_PASS_NO_CONN 11   /* TCP RST without a connection: left to the kernel */
-#define PYVS_CNT_COUNT 12
+#define PYVS_CNT_CONN_SWEPT 12     /* expired entries removed by the sweeper */
+#define PYVS_CNT_PERSIST_HIT 13    /* new connections sent to a persistence template's real */
+#define PYVS_CNT_COUNT 14
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */
@@ -119,8 +127,11 @@ struct pyvs_conn {
 	__u32 real;       /* slot in reals */
 	__u32 gen;        /* the real's gen when the connection was scheduled */
 	__u32 svc_index;
+	__u32 timeout;    /* seconds; 0: the timeout of its state */
 	__u8 state;       /* PYVS_STATE_* */
-	__u8 pad[3];
+	__u8 counted;     /* PYVS_COUNTED_*: where the entry is counted in real_conns */
+	__u8 flags;       /* PYVS_CONN_F_* */
+	__u8 pad[5];
 };
 
 struct pyvs_counters {

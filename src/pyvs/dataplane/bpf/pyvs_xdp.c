@@ -50,10 +50,12 @@ static __always_inline int is_vip(__u32 addr)
 static __always_inline int expired(const struct pyvs_conn *conn, const struct pyvs_config *cfg, __u64 now)
 {
 	__u32 state = conn->state;
+	__u64 timeout;
 
 	if (state >= PYVS_STATE_COUNT)
 		return 1;
-	return now - conn->last_seen > (__u64)cfg->timeouts[state] * NSEC_PER_SEC;
+	timeout = conn->timeout ? conn->timeout : cfg->timeouts[state];
+	return now - conn->last_seen > timeout * NSEC_PER_SEC;
 }
 
 /* A SYN on a connection the client has closed starts a new one (IPVS's conn_reuse_mode). */
@@ -61,6 +63,135 @@ static __always_inline int closed(const struct pyvs_conn *conn, int event)
 {
 	return event == EV_SYN && conn->state != PYVS_STATE_ESTABLISHED && conn->state != PYVS_STATE_SYN_RECV &&
 	       conn->state != PYVS_STATE_UDP;
+}
+
+/* IPVS counts a TCP connection in ActiveConn in these states, everything else in InActConn. */
+static __always_inline __u8 conn_class(__u8 state)
+{
+	switch (state) {
+	case PYVS_STATE_ESTABLISHED:
+	case PYVS_STATE_SYN_SENT:
+	case PYVS_STATE_SYN_RECV:
+	case PYVS_STATE_SYNACK:
+		return PYVS_COUNTED_ACTIVE;
+	default:
+		return PYVS_COUNTED_INACTIVE;
+	}
+}
+
+static __always_inline void add_count(__u32 real_id, __u8 class, int delta)
+{
+	struct pyvs_real_conns *counts = bpf_map_lookup_elem(&real_conns, &real_id);
+
+	if (!counts)
+		return;
+	if (class == PYVS_COUNTED_ACTIVE)
+		__sync_fetch_and_add(&counts->active, delta);
+	else if (class == PYVS_COUNTED_INACTIVE)
+		__sync_fetch_and_add(&counts->inactive, delta);
+}
+
+/* Move the entry to the class of its state; a real's slot that changed hands is left alone. */
+static __always_inline void recount(struct pyvs_conn *conn, __u8 class)
+{
+	struct pyvs_real *real;
+	__u32 real_id = conn->real;
+
+	if (conn->counted == class)
+		return;
+	real = bpf_map_lookup_elem(&reals, &real_id);
+	if (real && real->gen == conn->gen) {
+		add_count(real_id, conn->counted, -1);
+		add_count(real_id, class, 1);
+	}
+	conn->counted = class;
+}
+
+/* The persistence template of a new connection: its real while the template lives, else a new pick. */
+static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const struct packet *pkt, __u16 vport,
+					      const struct pyvs_config *cfg, __u64 now, __u32 *template_real)
+{
+	struct pyvs_conn_key tkey = {};
+	struct pyvs_conn *tmpl, fresh = {};
+	struct pyvs_real *real;
+	__u32 *slot, real_id;
+
+	tkey.saddr = pkt->saddr & svc->netmask;
+	tkey.daddr = pkt->daddr;
+	tkey.dport = vport; /* 0 for a service on every port: one template across ports */
+	tkey.proto = pkt->proto;
+	tkey.pad[0] = PYVS_CONN_F_TEMPLATE;
+	tmpl = bpf_map_lookup_elem(&conns, &tkey);
+	if (tmpl && tmpl->svc_index == svc->index && !expired(tmpl, cfg, now)) {
+		real_id = tmpl->real;
+		real = bpf_map_lookup_elem(&reals, &real_id);
+		if (real && real->gen == tmpl->gen && (real->flags & PYVS_REAL_ACTIVE)) {
+			tmpl->last_seen = now;
+			*template_real = real_id;
+			count(PYVS_CNT_PERSIST_HIT);
+			return template_real;
+		}
+	}
+	slot = pick_real(svc, pkt);
+	if (!slot)
+		return NULL;
+	real_id = *slot;
+	real = bpf_map_lookup_elem(&reals, &real_id);
+	if (!real)
+		return NULL;
+	fresh.last_seen = now;
+	fresh.real = real_id;
+	fresh.gen = real->gen;
+	fresh.svc_index = svc->index;
+	fresh.timeout = svc->persist_timeout;
+	fresh.state = PYVS_STATE_NONE;
+	fresh.flags = PYVS_CONN_F_TEMPLATE;
+	bpf_map_update_elem(&conns, &tkey, &fresh, BPF_ANY);
+	return slot;
+}
+
+/* ---- the sweeper: once a second, expired entries leave the table and the counts ---- */
+
+struct sweep_ctx {
+	__u64 now;
+	struct pyvs_config *cfg;
+};
+
+static long sweep_one(void *map, struct pyvs_conn_key *key, struct pyvs_conn *conn, struct sweep_ctx *ctx)
+{
+	if (!expired(conn, ctx->cfg, ctx->now))
+		return 0;
+	recount(conn, PYVS_COUNTED_NONE);
+	bpf_map_delete_elem(map, key);
+	count(PYVS_CNT_CONN_SWEPT);
+	return 0;
+}
+
+static int sweep(void *map, __u32 *key, struct sweeper *sw)
+{
+	__u32 zero = 0;
+	struct sweep_ctx ctx = {.now = bpf_ktime_get_ns(), .cfg = bpf_map_lookup_elem(&config, &zero)};
+
+	if (ctx.cfg)
+		bpf_for_each_map_elem(&conns, sweep_one, &ctx, 0);
+	sw->runs += 1;
+	bpf_timer_start(&sw->timer, NSEC_PER_SEC, 0);
+	return 0;
+}
+
+/* Run once (BPF_PROG_TEST_RUN) by the control plane to start the sweeper; harmless when it runs. */
+SEC("xdp")
+int pyvs_start_sweeper(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct sweeper *sw = bpf_map_lookup_elem(&sweeper, &zero);
+
+	if (!sw)
+		return XDP_ABORTED;
+	bpf_timer_init(&sw->timer, &sweeper, 1 /* CLOCK_MONOTONIC */);
+	bpf_timer_set_callback(&sw->timer, sweep);
+	bpf_timer_start(&sw->timer, NSEC_PER_SEC, 0);
+	return XDP_PASS;
 }
 
 SEC("xdp")
@@ -76,7 +207,7 @@ int pyvs_xdp(struct xdp_md *ctx)
 	struct pyvs_svc *svc;
 	struct pyvs_real *real;
 	struct pyvs_config *cfg;
-	__u32 zero = 0, real_id, *slot;
+	__u32 zero = 0, real_id, template_real = 0, *slot;
 	__u64 now;
 	int event = EV_ACK, new_conn = 0;
 
@@ -96,8 +227,12 @@ int pyvs_xdp(struct xdp_md *ctx)
 	skey.port = pkt.dport;
 	skey.proto = pkt.proto;
 	svc = bpf_map_lookup_elem(&services, &skey);
-	if (!svc)
-		return pass(PYVS_CNT_PASS);
+	if (!svc) {
+		skey.port = 0; /* a persistent service on every port of the VIP */
+		svc = bpf_map_lookup_elem(&services, &skey);
+		if (!svc)
+			return pass(PYVS_CNT_PASS);
+	}
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return pass(PYVS_CNT_PASS);
@@ -114,6 +249,7 @@ int pyvs_xdp(struct xdp_md *ctx)
 	conn = bpf_map_lookup_elem(&conns, &ckey);
 	if (conn && (conn->svc_index != svc->index || expired(conn, cfg, now) || closed(conn, event))) {
 		count(PYVS_CNT_CONN_REPLACED);
+		recount(conn, PYVS_COUNTED_NONE);
 		conn = NULL;
 	}
 	if (conn) {
@@ -126,10 +262,14 @@ int pyvs_xdp(struct xdp_md *ctx)
 		}
 		conn->state = pkt.proto == IPPROTO_TCP ? tcp_next_state(conn->state, event) : PYVS_STATE_UDP;
 		conn->last_seen = now;
+		recount(conn, conn_class(conn->state));
 	} else {
 		if (event == EV_RST)
 			return pass(PYVS_CNT_PASS_NO_CONN);
-		slot = pick_real(svc, &pkt);
+		if (svc->flags & PYVS_SVC_F_PERSISTENT)
+			slot = persistent_pick(svc, &pkt, skey.port, cfg, now, &template_real);
+		else
+			slot = pick_real(svc, &pkt);
 		if (!slot)
 			return drop(PYVS_CNT_DROP_NO_REAL);
 		real_id = *slot;
@@ -141,7 +281,9 @@ int pyvs_xdp(struct xdp_md *ctx)
 		fresh.gen = real->gen;
 		fresh.svc_index = svc->index;
 		fresh.state = pkt.proto == IPPROTO_TCP ? tcp_next_state(PYVS_STATE_NONE, event) : PYVS_STATE_UDP;
+		fresh.counted = conn_class(fresh.state);
 		bpf_map_update_elem(&conns, &ckey, &fresh, BPF_ANY);
+		add_count(real_id, fresh.counted, 1);
 		count(PYVS_CNT_CONN_NEW);
 		new_conn = 1;
 	}
