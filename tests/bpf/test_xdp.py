@@ -11,11 +11,11 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from pyvs.dataplane import Dataplane
+from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane, remove_pins
 from pyvs.dataplane.dataplane import wrr_sequence
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, Timeouts
 
-from .conftest import CLIENT_MAC, DIRECTOR_MAC, REALS
+from .conftest import CLIENT_MAC, DIRECTOR_MAC, REALS, static_neighbours
 
 VIP = IPv4Address("198.18.0.100")
 CLIENT = "198.18.1.2"
@@ -296,3 +296,20 @@ def test_port_zero_persistent_service_keeps_a_client_on_one_real_across_ports(da
     dataplane.apply(rules(svc))
     chosen = {real_of(dataplane.test_run(syn(sport=53000 + port, dport=port)).data) for port in (80, 443, 8080)}
     assert len(chosen) == 1
+
+
+def test_connection_table_size_is_set_at_creation_and_kept(dataplane: Dataplane) -> None:
+    pin_dir = dataplane.pin_dir.parent / f"{dataplane.pin_dir.name}-small"
+    small = open_dataplane(pin_dir, resolver=static_neighbours, conn_table_size=1024)
+    try:
+        assert small.conn_table_size == 1024
+        with pytest.raises(DataplaneError, match="has 1024 entries"):
+            open_dataplane(pin_dir, conn_table_size=8192)
+        small.apply(rules(service(TCP80, "rr", (RS1, 1))))
+        for i in range(1300):  # more flows than entries: the least recently used are evicted
+            small.test_run(syn(sport=10000 + i))
+        assert len(small.connections()) <= 1024
+        assert small.test_run(syn(sport=20000)).verdict_name == "XDP_TX"
+    finally:
+        small.close()
+        remove_pins(pin_dir)

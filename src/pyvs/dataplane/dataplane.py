@@ -143,7 +143,8 @@ class Dataplane:
     def program(self) -> libbpf.BpfObject:
         """The XDP program loaded against this data plane's maps."""
         if self._program is None:
-            self._program = libbpf.BpfObject(str(object_path("xdp")), str(self.pin_dir))
+            self._program = libbpf.BpfObject(str(object_path("xdp")), str(self.pin_dir),
+                                             {"conns": self.conn_table_size})
         return self._program
 
     def program_fd(self) -> int:
@@ -588,15 +589,31 @@ def _write_default_config(fds: dict[str, int]) -> None:
     libbpf.map_update(fds["config"], ctypes.c_uint32(0), cfg)
 
 
-def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resolve) -> Dataplane:
-    """Open the data plane pinned at `pin_dir` (default: per network namespace), creating it if absent."""
+def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resolve,
+                   conn_table_size: int | None = None) -> Dataplane:
+    """Open the data plane pinned at `pin_dir` (default: per network namespace), creating it if absent.
+
+    `conn_table_size` sizes the connection table when the maps are created; asking an existing
+    data plane for another size is an error (the table would have to be rebuilt).
+    """
     path = Path(pin_dir) if pin_dir else default_pin_dir()
+    if conn_table_size is not None and not 1024 <= conn_table_size <= 1 << 26:
+        raise DataplaneError(f"connection table size {conn_table_size} is out of range (1024-{1 << 26})")
     try:
         if all((path / name).exists() for name in MAP_NAMES):
             fds = {name: libbpf.obj_get(str(path / name)) for name in MAP_NAMES}
+            size = libbpf.map_info(fds["conns"]).max_entries
+            if conn_table_size is not None and conn_table_size != size:
+                for fd in fds.values():
+                    os.close(fd)
+                raise DataplaneError(
+                    f"the connection table at {path} has {size} entries; to change its size remove the "
+                    "data plane first (pyvs director detach --remove-rules)"
+                )
         else:
             path.mkdir(parents=True, exist_ok=True)
-            with libbpf.BpfObject(str(object_path("xdp")), str(path)) as obj:
+            sizes = {"conns": conn_table_size} if conn_table_size else None
+            with libbpf.BpfObject(str(object_path("xdp")), str(path), sizes) as obj:
                 fds = {name: os.dup(obj.map_fd(name)) for name in MAP_NAMES}
                 _write_default_config(fds)
                 start_sweeper(obj)
