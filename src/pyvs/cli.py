@@ -5,21 +5,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import time
+import urllib.error
 from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pyvs import netns, realserver
+from pyvs.arp import doctor, takeover
+from pyvs.arp.packets import interface_mac, normalize_mac
+from pyvs.arp.watch import Event, GuardConfig, Watcher, open_pinned, pinned_neighbours
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane, remove_pins
 from pyvs.dataplane.neighbours import ZERO_MAC
+from pyvs.dataplane.pins import default_pin_dir
+from pyvs.director.config import DEFAULT_LISTEN, load_config
+from pyvs.director.daemon import daemon_alive, read_run_file, run_daemon, run_file
+from pyvs.director.keepalived import import_keepalived
+from pyvs.director.status import fetch_status, watch
 from pyvs.lab import lab
 from pyvs.lab.demo import run_demo
 from pyvs.lab.topology import Topology, check_prefix, default_topology
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+RELOAD_WAIT = 10.0  # seconds for the daemon to confirm a reload
 NODE_NAMES = tuple(node.name for node in default_topology().nodes)
 EXPECTED_ERRORS = (
     lab.LabError, realserver.RealServerError, netns.NetnsError, DataplaneError, NetlinkError, OSError, ValueError,
@@ -114,14 +129,21 @@ def cmd_lab_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_director_attach(args: argparse.Namespace) -> int:
-    with open_dataplane(args.pin_dir) as dp:
+    with open_dataplane(args.pin_dir, conn_table_size=args.conn_table_size) as dp:
+        if args.expire_nodest_conn is not None:
+            dp.set_expire_nodest_conn(args.expire_nodest_conn == "on")
         dp.attach(args.dev, args.mode)
         print(f"XDP ({args.mode}) attached to {args.dev}; maps pinned at {dp.pin_dir}")
+        vips = args.vip or sorted({key.vip for key in dp.read_rules().services})
+    if not args.no_announce:  # VIP takeover: the gateway and switches learn this director's MAC now
+        _print_actions(takeover.announce(vips, args.dev), "no VIP to announce (no --vip and no services yet)")
     return 0
 
 
 def cmd_director_detach(args: argparse.Namespace) -> int:
     Dataplane.detach(args.dev)
+    for action in takeover.withdraw(args.vip or None, args.dev):
+        print(action)
     if args.remove_rules:
         with open_dataplane(args.pin_dir) as dp:
             pin_dir = dp.pin_dir
@@ -146,6 +168,144 @@ def cmd_director_status(args: argparse.Namespace) -> int:
 def cmd_director_resolve(args: argparse.Namespace) -> int:
     with open_dataplane(args.pin_dir) as dp:
         print(f"{dp.refresh_macs()} real server MAC(s) updated")
+    return 0
+
+
+def _daemon_pin_dir(args: argparse.Namespace) -> Path:
+    if args.pin_dir:
+        return Path(args.pin_dir)
+    return default_pin_dir()
+
+
+def cmd_director_run(args: argparse.Namespace) -> int:
+    if args.validate:
+        config = load_config(args.config)
+        print(f"{config.path}: valid ({len(config.services)} services, "
+              f"{sum(len(s.reals) for s in config.services)} reals)")
+        return 0
+    logging.getLogger("pyvs").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for handler in logging.getLogger().handlers:  # one structured line per event, with its time
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    run_daemon(args.config, args.pin_dir)
+    return 0
+
+
+def cmd_director_reload(args: argparse.Namespace) -> int:
+    pin_dir = _daemon_pin_dir(args)
+    info = read_run_file(pin_dir)
+    if info is None or not daemon_alive(info):
+        raise UsageError(f"no director daemon is running for {pin_dir} (no live pid in {run_file(pin_dir)})")
+    if args.config and Path(args.config).resolve() != Path(info["config"]).resolve():
+        raise UsageError(f"the daemon (pid {info['pid']}) runs with {info['config']}, not {args.config}: "
+                         "edit that file, or restart the daemon with the other one")
+    load_config(info["config"])  # an invalid file is refused here, with file and line, before any signal
+    before = info.get("generation")
+    os.kill(int(info["pid"]), signal.SIGHUP)
+    deadline = time.monotonic() + RELOAD_WAIT
+    while time.monotonic() < deadline:
+        now = read_run_file(pin_dir) or {}
+        if now.get("generation") != before or now.get("last_reload", {}).get("at") != info["last_reload"]["at"]:
+            if now["last_reload"]["ok"]:
+                print(f"director (pid {info['pid']}) reloaded {info['config']}: generation {now['generation']}")
+                return 0
+            print(f"pyvs: reload failed: {now['last_reload']['error']}", file=sys.stderr)
+            return EXIT_FAILURE
+        time.sleep(0.05)
+    print(f"pyvs: the daemon (pid {info['pid']}) did not confirm the reload within {RELOAD_WAIT:g}s",
+          file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_director_import_keepalived(args: argparse.Namespace) -> int:
+    try:
+        text = Path(args.file).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    toml_text, warnings = import_keepalived(text, args.file)
+    for warning in warnings:
+        print(f"pyvs: not carried over: {warning}", file=sys.stderr)
+    print(toml_text, end="")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = args.url
+    if url is None:
+        info = read_run_file(_daemon_pin_dir(args))
+        url = (info or {}).get("status_url") or f"http://{DEFAULT_LISTEN}"
+    if args.json:
+        print(json.dumps(fetch_status(url), indent=2))
+        return 0
+    clear = args.watch and sys.stdout.isatty()
+
+    def show(lines: list[str], again: bool) -> None:
+        if clear:
+            print("\033[H\033[2J", end="")
+        elif again:
+            print()
+        print("\n".join(lines), flush=True)
+
+    try:
+        watch(url, args.interval, None if args.watch else 1, show)
+    except urllib.error.URLError as exc:
+        raise UsageError(f"no director daemon answers at {url}: {exc.reason}") from None
+    return 0
+
+
+# -- ARP: doctor, arpwatch --------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    try:
+        findings = doctor.run(args.dev, args.pin_dir, args.client_ip, args.wait)
+    except doctor.DoctorError as exc:
+        raise UsageError(str(exc)) from None
+    bad = [f for f in findings if f.status is not doctor.Status.OK]
+    if args.json:
+        print(json.dumps([{**f.__dict__, "status": str(f.status)} for f in findings], indent=2))
+    else:
+        _print_table([["status", "check", "subject", "finding", "fix"],
+                      *([str(f.status), f.check, f.subject, f.detail, f.fix] for f in findings)])
+        failed = sum(f.status is doctor.Status.FAIL for f in bad)
+        print(f"{len(findings)} checks: {len(findings) - len(bad)} ok, {failed} failed, {len(bad) - failed} warnings")
+    return EXIT_FAILURE if bad else 0
+
+
+class _Stopped(Exception):
+    """SIGTERM: stop watching, undo the pins, exit 0."""
+
+
+def _pin(value: str) -> tuple[IPv4Address, str | None]:
+    address, _, mac = value.partition("=")
+    try:
+        return IPv4Address(address), (normalize_mac(mac) if mac else None)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--pin {value!r}: {exc} (use IP or IP=MAC)") from None
+
+
+def cmd_arpwatch(args: argparse.Namespace) -> int:
+    def emit(event: Event) -> None:
+        print(event.json() if args.json else event.text(), flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped
+
+    interface_mac(args.dev)  # a missing NIC is refused before anything is set up
+    path, dp = open_pinned(args.pin_dir)
+    if dp is None and not args.vip:
+        raise UsageError(f"no complete data plane pinned at {path}: name the VIPs to guard with --vip")
+    signal.signal(signal.SIGTERM, stop)
+    config = GuardConfig(args.flip_window, args.flip_count, args.garp_limit)
+    try:
+        with pinned_neighbours(args.dev, dict(args.pin)) as pins:
+            watcher = Watcher(args.dev, dp, emit, set(args.vip) or None, args.defend, pins, args.probe_interval,
+                              config)
+            watcher.run(args.duration)
+    except (_Stopped, KeyboardInterrupt):
+        pass
+    finally:
+        if dp is not None:
+            dp.close()
     return 0
 
 
@@ -180,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is being done to stderr")
     commands = parser.add_subparsers(
-        dest="area", required=True, metavar="{lab,director,realserver}", help="what to act on"
+        dest="area", required=True, metavar="{lab,director,realserver,status,doctor,arpwatch}", help="what to act on"
     )
 
     prefix = Parser(add_help=False)
@@ -225,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     director_parser = commands.add_parser("director", help=director_help, description=director_help)
     director_commands = director_parser.add_subparsers(
         help="what to do with the data plane", dest="command_name", required=True,
-        metavar="{attach,detach,status,resolve}",
+        metavar="{attach,detach,status,resolve,run,reload,import-keepalived}",
     )  # fmt: skip
     pins = Parser(add_help=False)
     pins.add_argument("--pin-dir", default=None,
@@ -236,10 +396,42 @@ def build_parser() -> argparse.ArgumentParser:
                  "load the XDP program on a NIC; pyvsadm rules then apply to its traffic", pins, dev)  # fmt: skip
     attach.add_argument("--mode", choices=("native", "generic"), default="native",
                         help="XDP mode: native (driver) or generic (any device, slower); default native")
+    attach.add_argument("--conn-table-size", type=int, default=None,
+                        help="entries of the connection table when the maps are created (default 262144); "
+                             "full, it evicts the least recently used entry")
+    attach.add_argument("--expire-nodest-conn", choices=("on", "off"), default=None,
+                        help="on: a connection whose real was deleted is expired at its next packet "
+                             "(IPVS's expire_nodest_conn); off (default): its packets are dropped until it expires")
+    attach.add_argument("--vip", action="append", type=IPv4Address, default=[],
+                        help="a VIP to take over (repeatable; default: the VIPs of the rules): added to the NIC "
+                             "as /32 when missing, then announced with gratuitous ARP")
+    attach.add_argument("--no-announce", action="store_true", help="attach only: no VIP takeover")
     detach = add(director_commands, "detach", cmd_director_detach, "remove the XDP program from a NIC", pins, dev)
     detach.add_argument("--remove-rules", action="store_true", help="also remove the pinned maps (rules, counters)")
+    detach.add_argument("--vip", action="append", type=IPv4Address, default=[],
+                        help="withdraw only these VIPs (default: every VIP that attach added to the NIC)")
     add(director_commands, "status", cmd_director_status, "show reals' MACs and the data plane's counters", pins)
     add(director_commands, "resolve", cmd_director_resolve, "resolve the real servers' MACs again", pins)
+    run = add(director_commands, "run", cmd_director_run,
+              "run the director daemon: apply the config, health-check every real, keep the data plane in step "
+              "(SIGHUP reloads)", pins)  # fmt: skip
+    run.add_argument("--config", required=True, help="the daemon's TOML config file")
+    run.add_argument("--validate", action="store_true", help="only check the config file and exit")
+    reload = add(director_commands, "reload", cmd_director_reload,
+                 "check the running daemon's config file, then make the daemon apply what changed", pins)
+    reload.add_argument("--config", help="the config file (must be the one the daemon runs with; default: it)")
+    keepalived = add(director_commands, "import-keepalived", cmd_director_import_keepalived,
+                     "convert keepalived.conf's virtual_server blocks to a pyvs config (TOML on stdout, "
+                     "what cannot be carried over on stderr)")  # fmt: skip
+    keepalived.add_argument("file", help="the keepalived.conf to convert")
+
+    status_help = "live table of the director daemon: services, reals, health, rates, drops"
+    status_parser = add(commands, "status", cmd_status, status_help, pins)
+    status_parser.add_argument("--url", help="the daemon's status address (default: from its run file, "
+                                             f"else http://{DEFAULT_LISTEN})")
+    status_parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
+    status_parser.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    status_parser.add_argument("--json", action="store_true", help="print the daemon's JSON status once")
 
     rs_help = "configure this host (its current netns) as an LVS-DR real server"
     rs_parser = commands.add_parser("realserver", help=rs_help, description=rs_help)
@@ -256,6 +448,38 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add(rs_commands, "down", cmd_realserver_down, "undo exactly what 'pyvs realserver up' changed")
     add(rs_commands, "check", cmd_realserver_check, "verify the real-server settings; exit 1 if any is wrong", vip)
+    doctor_help = "verify the DR cluster from the director, on the wire; a table of findings with the fix"
+    doctor_parser = add(commands, "doctor", cmd_doctor, doctor_help, pins)
+    doctor_parser.add_argument("--dev", help="the director's NIC facing the reals (default: the one with the VIP)")
+    doctor_parser.add_argument("--client-ip", type=IPv4Address, default=doctor.DEFAULT_CLIENT_IP,
+                               help="source of the return-path probe, an address the reals reach through their "
+                                    f"router (default {doctor.DEFAULT_CLIENT_IP})")
+    doctor_parser.add_argument("--wait", type=float, default=doctor.PROBE_WAIT,
+                               help=f"seconds to wait for the probes' answers (default {doctor.PROBE_WAIT:g})")
+    doctor_parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+
+    watch_help = "ARP guard of the director's segment: VIP conflicts, MAC changes, floods; follows the reals' MACs"
+    watch_parser = add(commands, "arpwatch", cmd_arpwatch, watch_help, pins)
+    watch_parser.add_argument("--dev", required=True, help="the director's NIC on the segment")
+    watch_parser.add_argument("--vip", action="append", type=IPv4Address, default=[],
+                              help="a VIP to guard (repeatable; default: the VIPs of the rules)")
+    watch_parser.add_argument("--defend", action="store_true",
+                              help="re-announce the VIPs with gratuitous ARP when a VIP, the gateway or a pinned "
+                                   "address is contested")
+    watch_parser.add_argument("--pin", action="append", type=_pin, default=[], metavar="IP[=MAC]",
+                              help="pin an address (e.g. the gateway, a real) to a MAC (default: its current one) "
+                                   "as a permanent neighbour entry while watching; claims by other MACs are reported")
+    watch_parser.add_argument("--json", action="store_true", help="one JSON object per event")
+    watch_parser.add_argument("--probe-interval", type=float, default=0.5,
+                              help="seconds between ARP probes of the VIPs and reals (0: listen only; default 0.5)")
+    watch_parser.add_argument("--duration", type=float, help="stop after this many seconds (default: run until "
+                                                             "interrupted)")
+    watch_parser.add_argument("--flip-window", type=float, default=10.0, help="flip-flop window, seconds (default 10)")
+    watch_parser.add_argument("--flip-count", type=int, default=3,
+                              help="MAC changes within the window that make a flip-flop (default 3)")
+    watch_parser.add_argument("--garp-limit", type=int, default=10,
+                              help="gratuitous ARPs per second from one address before a flood is reported "
+                                   "(default 10)")
     return parser
 
 

@@ -9,8 +9,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 # Every IPVS scheduler name, in ipvsadm's man page order.
 ALL_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "lblc", "lblcr", "fo", "ovf", "mh")
-# Schedulers the data plane implements today.
-SUPPORTED_SCHEDULERS = ("rr", "wrr")
+# Schedulers the data plane implements: all of IPVS's.
+SUPPORTED_SCHEDULERS = ALL_SCHEDULERS
 # ipvsadm -b flag names -> IPVS's IP_VS_SVC_F_SCHED1..3 (as bits 1, 2, 4).
 SCHED_FLAG_BITS = {"flag-1": 1, "sh-fallback": 1, "mh-fallback": 1, "flag-2": 2, "sh-port": 2, "mh-port": 2,
                    "flag-3": 4}

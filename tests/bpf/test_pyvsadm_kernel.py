@@ -102,7 +102,7 @@ def test_save_clear_restore_round_trips_byte_exactly(director: Dataplane) -> Non
         "-a -t 198.18.0.100:80 -r 198.18.2.13 -w 70000",  # weight out of range
         "-a -t 198.18.0.100:80 -r 198.18.9.9 -g",  # not on the director's segment
         "-a -t 198.18.0.100:80 -r 198.18.2.13 -m",  # NAT is not supported
-        "-A -t 198.18.0.100:81 -s wlc",  # known but not implemented yet
+        "-A -t 198.18.0.100:81 -s sh -b mh-port",  # a flag of another scheduler
     ],
 )
 def test_rejected_command_leaves_the_rules_exactly_as_they_were(director: Dataplane, line: str) -> None:

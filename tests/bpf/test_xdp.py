@@ -12,8 +12,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane, remove_pins
-from pyvs.dataplane.dataplane import wrr_sequence
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, Timeouts
+from pyvs.schedulers.roundrobin import wrr_table
 
 from .conftest import CLIENT_MAC, DIRECTOR_MAC, REALS, static_neighbours
 
@@ -149,7 +149,7 @@ def test_wrr_follows_the_ipvs_sequence(dataplane: Dataplane) -> None:
     chosen = [real_of(dataplane.test_run(syn(sport=42000 + i)).data) for i in range(18)]
     names = {RS1: "A", RS2: "B", RS3: "C"}
     assert "".join(names[r] for r in chosen) == "AABABCABC" * 2
-    assert wrr_sequence([4, 2, 2]) == [0, 0, 1, 2]
+    assert wrr_table([4, 2, 2]) == [0, 0, 1, 2]
 
 
 def test_weight_zero_takes_no_new_connections_but_keeps_existing_ones(dataplane: Dataplane) -> None:
@@ -313,3 +313,14 @@ def test_connection_table_size_is_set_at_creation_and_kept(dataplane: Dataplane)
     finally:
         small.close()
         remove_pins(pin_dir)
+
+
+def test_deleting_a_service_ends_its_connections(dataplane: Dataplane) -> None:
+    dataplane.apply(rules(service(TCP80, "rr", (RS1, 1))))
+    assert dataplane.test_run(syn(sport=54000)).verdict_name == "XDP_TX"
+    ack = frame(TCP(sport=54000, dport=80, flags="A"))
+    dataplane.apply(Rules())
+    assert dataplane.test_run(ack).data == ack and dataplane.test_run(ack).verdict_name == "XDP_PASS"
+    dataplane.apply(rules(service(TCP80, "rr", (RS2, 1))))  # a new service in the same slot
+    assert real_of(dataplane.test_run(ack).data) == RS2
+    assert dataplane.counters()["conn_replaced"] >= 1

@@ -7,6 +7,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 
@@ -94,3 +95,20 @@ def test_connection_listing_shows_states_as_ipvsadm(lab: Topology) -> None:
     states = {line.split()[2] for line in listing[2:]}
     assert "FIN_WAIT" in states or "TIME_WAIT" in states or "CLOSE" in states
     assert "UDP" in states
+
+
+def test_wlc_splits_400_long_lived_connections_by_weight(rules_restored: Topology) -> None:
+    lab = rules_restored
+    pyvsadm(lab, "-E", "-t", VIP80, "-s", "wlc")
+    pyvsadm(lab, "-e", "-t", VIP80, "-r", "198.18.2.11:80", "-g", "-w", "3")
+    pyvsadm(lab, "-e", "-t", VIP80, "-r", "198.18.2.12:80", "-g", "-w", "1")
+    with ExitStack() as stack:
+        servers = Counter(
+            keepalive_get(stack.enter_context(http_connection(lab.client.netns, lab.public_ip))).server
+            for _ in range(400)
+        )
+        listing = pyvsadm(lab, "-L", "-n")
+    assert 285 <= servers["rs1"] <= 315 and servers["rs1"] + servers["rs2"] == 400, servers
+    tcp_part = listing.split("UDP  ")[0]
+    active = {line.split()[1]: int(line.split()[4]) for line in tcp_part.splitlines() if "Route" in line}
+    assert active["198.18.2.11:80"] >= 285  # the open connections are ActiveConn

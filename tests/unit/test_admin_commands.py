@@ -78,8 +78,8 @@ def test_apply_does_not_change_its_input() -> None:
             "-A -t 198.18.0.100:81 -s nosuch",
             "Scheduler or persistence engine not found: unknown scheduler 'nosuch'",
         ),
-        ("-A -t 198.18.0.100:81 -s mh", "scheduler 'mh' is not implemented"),
-        ("-E -t 198.18.0.100:80 -s lblc", "scheduler 'lblc' is not implemented"),
+        ("-A -t 198.18.0.100:81 -s rr -b mh-port", "scheduler flag 'mh-port' needs scheduler mh"),
+        ("-E -t 198.18.0.100:80 -s sh -b sh-port,bogus", "invalid scheduler flag 'bogus'"),
     ],
 )
 def test_refused_operations_change_nothing(line: str, message: str) -> None:
@@ -97,11 +97,9 @@ def test_unknown_scheduler_lists_the_valid_ones() -> None:
     assert "valid: rr, wrr" in str(err.value)
 
 
-@pytest.mark.skipif(DEFAULT_SCHEDULER in ("rr", "wrr"), reason="the default scheduler is implemented")
-def test_default_scheduler_not_implemented_says_so() -> None:
-    with pytest.raises(CommandError) as err:
-        run(Rules(), "-A -t 198.18.0.100:80")
-    assert f"'{DEFAULT_SCHEDULER}' is the default when -s is not given" in str(err.value)
+def test_default_scheduler_is_ipvsadms() -> None:
+    rules = run(Rules(), "-A -t 198.18.0.100:80")
+    assert [svc.scheduler for svc in rules.services.values()] == [DEFAULT_SCHEDULER] == ["wlc"]
 
 
 def saved_rules() -> Rules:

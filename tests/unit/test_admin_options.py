@@ -223,8 +223,11 @@ def test_persistence_netmask_and_scheduler_flags(
     assert command.sched_flags == flags
 
 
-@pytest.mark.parametrize("argv", [["-a", "-t", "198.18.0.100:80", "-r", "198.18.2.11", "-p"],
-                                  ["-A", "-t", "198.18.0.100:80", "-p", "0"], ["-A", "-t", "198.18.0.100:80", "-M", "x"]])
+@pytest.mark.parametrize("argv", [
+    ["-a", "-t", "198.18.0.100:80", "-r", "198.18.2.11", "-p"],
+    ["-A", "-t", "198.18.0.100:80", "-p", "0"],
+    ["-A", "-t", "198.18.0.100:80", "-M", "x"],
+])
 def test_persistence_options_are_checked(argv: list[str]) -> None:
     with pytest.raises(UsageError):
         parse_args(argv)

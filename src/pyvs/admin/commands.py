@@ -17,6 +17,7 @@ from pyvs.model import (
     Service,
     ServiceKey,
     Timeouts,
+    validate_real,
     validate_scheduler,
     validate_service,
 )
@@ -63,13 +64,20 @@ def _service(rules: Rules, key: ServiceKey, missing: str) -> Service:
 
 def apply_command(rules: Rules, command: Command) -> Rules:
     """The rule set after one rule command (-A -E -D -C -a -e -d). `rules` is not changed."""
+    new = rules.copy()
+    _apply(new, command)
+    return new
+
+
+def _apply(new: Rules, command: Command) -> None:
+    """Apply one rule command to `new` itself; on error `new` may be half changed (callers work on a copy)."""
     action = command.action
     if action is Action.FLUSH:
-        return Rules()
+        new.services.clear()
+        return
     key = command.service
     if key is None:
         raise ValueError(f"the '{action.value}' command needs a service")
-    new = rules.copy()
     if action is Action.ADD_SERVICE:
         if key in new.services:
             raise CommandError("Service already exists")
@@ -87,7 +95,6 @@ def apply_command(rules: Rules, command: Command) -> Rules:
         _apply_server(_service(new, key, "Service not defined"), command)
     else:
         raise ValueError(f"'{action.value}' is not a rule command")
-    return new
 
 
 def _apply_server(svc: Service, command: Command) -> None:
@@ -105,8 +112,12 @@ def _apply_server(svc: Service, command: Command) -> None:
     if command.action is Action.EDIT_SERVER and not exists:
         raise CommandError("No such destination")
     weight = DEFAULT_WEIGHT if command.weight is None else command.weight
-    svc.reals[real_key] = Real(real_key[0], real_key[1], weight)
-    _validated(svc)
+    real = Real(real_key[0], real_key[1], weight)
+    try:
+        validate_real(svc, real)
+    except ModelError as err:
+        raise CommandError(str(err)) from None
+    svc.reals[real_key] = real
 
 
 def restore(rules: Rules, text: str) -> Rules:
@@ -115,12 +126,13 @@ def restore(rules: Rules, text: str) -> Rules:
     The whole input is checked before anything is returned, so a bad line changes nothing.
     Raises UsageError for a line that does not parse, CommandError for one that is refused.
     """
+    new = rules.copy()
     for number, command in parse_restore(text):
         try:
-            rules = apply_command(rules, command)
+            _apply(new, command)
         except CommandError as err:
             raise CommandError(f"line {number}: {err}") from None
-    return rules
+    return new
 
 
 def merge_timeouts(current: Timeouts, wanted: Timeouts) -> Timeouts:

@@ -27,6 +27,8 @@ MAX_SERVICES = _D["PYVS_MAX_SERVICES"]
 MAX_REALS = _D["PYVS_MAX_REALS"]
 SCHED_TABLE_SIZE = _D["PYVS_SCHED_TABLE_SIZE"]
 CONN_TABLE_SIZE = _D["PYVS_CONN_TABLE_SIZE"]
+VIP_FILTER_SIZE = _D["PYVS_VIP_FILTER_SIZE"]
+VIP_F_ANY_PORT = _D["PYVS_VIP_F_ANY_PORT"]
 REAL_ACTIVE = _D["PYVS_REAL_ACTIVE"]
 CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
 CONN_F_TEMPLATE = _D["PYVS_CONN_F_TEMPLATE"]
@@ -90,8 +92,9 @@ class ConnKey(ctypes.Structure):
 
 class Conn(ctypes.Structure):
     _fields_ = [("last_seen", ctypes.c_uint64), ("real", ctypes.c_uint32), ("gen", ctypes.c_uint32),
-                ("svc_index", ctypes.c_uint32), ("timeout", ctypes.c_uint32), ("state", ctypes.c_uint8),
-                ("counted", ctypes.c_uint8), ("flags", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 5)]
+                ("svc_index", ctypes.c_uint32), ("svc_gen", ctypes.c_uint32), ("timeout", ctypes.c_uint32),
+                ("state", ctypes.c_uint8), ("counted", ctypes.c_uint8), ("flags", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 1)]
 
 
 class CountersEntry(ctypes.Structure):

@@ -9,6 +9,7 @@ into the half not in use, then one update of the service entry switches to it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import socket
@@ -16,7 +17,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from math import gcd
 from pathlib import Path
 
 from pyvs.dataplane import abi, libbpf
@@ -38,16 +38,18 @@ from pyvs.model import (
     sched_flag_names,
     validate_service,
 )
+from pyvs.schedulers import build_table
 
 log = logging.getLogger(__name__)
 
 MAP_NAMES = (
-    "services", "vips", "reals", "sched_table", "sched_state", "real_conns", "conns", "stats", "counters", "config",
-    "sweeper",
+    "services", "vips", "vip_filter", "svc_gens", "reals", "sched_table", "sched_state", "real_conns", "conns",
+    "stats", "counters", "config", "sweeper", "lblc_cache", "lblcr_cache", "lblcr_scratch", "sched_choice",
 )
 PROGRAM_NAME = "pyvs_xdp"
 
 Resolver = Callable[[IPv4Address], NextHop]
+CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; the time module does not name it
 RealKey = tuple[IPv4Address, int]
 
 
@@ -59,6 +61,7 @@ def _ip_to_be(address: IPv4Address) -> int:
     return int.from_bytes(address.packed, "little")  # network order bytes read as a native u32
 
 
+@functools.lru_cache(maxsize=65536)
 def _be_to_ip(value: int) -> IPv4Address:
     return IPv4Address(value.to_bytes(4, "little"))
 
@@ -81,30 +84,6 @@ def svc_key(key: ServiceKey) -> abi.SvcKey:
 
 def _service_key(raw: abi.SvcKey) -> ServiceKey:
     return ServiceKey(Protocol(raw.proto), _be_to_ip(raw.vip), socket.ntohs(raw.port))
-
-
-def wrr_sequence(weights: list[int]) -> list[int]:
-    """One period of IPVS's wrr choices (indexes into `weights`), as ip_vs_wrr.c steps them."""
-    positive = [w for w in weights if w > 0]
-    if not positive:
-        return []
-    step = 0
-    for w in positive:
-        step = gcd(step, w)
-    top = max(positive) - (step - 1)
-    sequence: list[int] = []
-    current = top
-    while current > 0:
-        sequence.extend(i for i, w in enumerate(weights) if w >= current)
-        current -= step
-    return sequence
-
-
-def scheduler_table(scheduler: str, reals: list[Real]) -> list[int]:
-    """Indexes into `reals` in the order new connections take them."""
-    if scheduler == "wrr":
-        return wrr_sequence([r.weight for r in reals])
-    return [i for i, r in enumerate(reals) if r.weight > 0]
 
 
 @dataclass
@@ -264,24 +243,27 @@ class Dataplane:
         return result
 
     def counters(self) -> dict[str, int]:
-        """The global counters by name: rx, tx, pass, drop_* ..."""
+        """The global counters by name: rx, tx, redirect, pass, conn_*, drop_* ..."""
         result = {}
         for index, name in sorted(abi.COUNTER_NAMES.items()):
             values = (ctypes.c_uint64 * self._ncpus)()
             libbpf.map_lookup(self._fds["counters"], ctypes.c_uint32(index), values)
             result[name] = sum(values)
+        # Every packet ends in exactly one of these; rx is their sum, not counted per packet.
+        result["rx"] = sum(v for k, v in result.items() if k in ("tx", "redirect", "pass", "pass_no_conn")
+                           or k.startswith("drop_"))
         return result
 
     def _live_connections(self) -> list[tuple[abi.ConnKey, abi.Conn, float]]:
         """Unexpired connection entries with their seconds left."""
         timeouts = self._config().timeouts
-        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)  # the program's bpf_ktime_get_coarse_ns()
         keys, values, count = libbpf.map_lookup_batch(self._fds["conns"], abi.ConnKey, abi.Conn,
                                                       self.conn_table_size)
         live = []
         for key, value in zip(keys[:count], values[:count], strict=True):
             state = value.state if value.state < abi.STATE_COUNT else abi.STATES["CLOSE"]
-            left = timeouts[state] - (now - value.last_seen) / 1e9
+            left = (value.timeout or timeouts[state]) - (now - value.last_seen) / 1e9
             if left > 0:
                 live.append((key, value, left))
         return live
@@ -363,18 +345,14 @@ class Dataplane:
         Everything is checked, and new reals resolved, before the first write: a rejected
         rule set changes nothing. Established connections keep their real.
         """
-        try:
-            for svc in rules.services.values():
-                validate_service(svc)
-        except ModelError as exc:
-            raise DataplaneError(str(exc)) from None
         current = self._services()
         slots = self._real_slots()
         plan = _Plan(current, slots, rules, self._resolver)
         for key in plan.removed_services:
             libbpf.map_delete(self._fds["services"], svc_key(key))
-        for svc in rules.sorted_services():
-            self._write_service(svc, plan)
+            self._bump_svc_gen(current[key].index)
+        for key in sorted(plan.changed_services):
+            self._write_service(rules.services[key], plan)
         for slot in plan.freed_reals:
             entry = plan.entries[slot]
             entry.flags = 0
@@ -429,13 +407,12 @@ class Dataplane:
                 self._zero_stats(abi.MAX_SERVICES + slot)
             if plan.real_changed.get(slot, False):
                 libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), plan.entries[slot])
-        table = [real_slots[i] for i in scheduler_table(svc.scheduler, reals)]
+        table = [real_slots[i] for i in build_table(svc.scheduler, reals, sched_flag_bits(svc.sched_flags))]
         old = plan.current.get(svc.key)
         index = plan.service_index[svc.key]
         value = _svc_value(svc, index)
-        if old is not None and _same_settings(old, value) and self._table(old) == table:
-            return
         if old is None:
+            self._bump_svc_gen(index)  # odd: the slot is taken, by a new incarnation
             self._zero_stats(index)
             libbpf.map_update(self._fds["sched_state"], ctypes.c_uint32(index), ctypes.c_uint32(0))
         half = 1 if old is not None and old.table_base == _table_base(index, 0) else 0
@@ -447,25 +424,28 @@ class Dataplane:
         value.table_base, value.table_len = base, len(table)
         libbpf.map_update(self._fds["services"], svc_key(svc.key), value)
 
-    def _table(self, svc: abi.Svc) -> list[int]:
-        table = []
-        value = ctypes.c_uint32()
-        for slot in range(svc.table_base, svc.table_base + svc.table_len):
-            libbpf.map_lookup(self._fds["sched_table"], ctypes.c_uint32(slot), value)
-            table.append(value.value)
-        return table
+    def _bump_svc_gen(self, index: int) -> None:
+        gen = ctypes.c_uint32()
+        libbpf.map_lookup(self._fds["svc_gens"], ctypes.c_uint32(index), gen)
+        libbpf.map_update(self._fds["svc_gens"], ctypes.c_uint32(index), ctypes.c_uint32((gen.value + 1) & 0xFFFFFFFF))
 
     def _write_vips(self, rules: Rules) -> None:
-        fd = self._fds["vips"]
-        wanted: dict[int, int] = {}
+        """The vips map (flags per VIP) and the pre-filter (VIPs per slot) for the rules' services."""
+        flags: dict[int, int] = {}
         for key in rules.services:
             vip = _ip_to_be(key.vip)
-            wanted[vip] = wanted.get(vip, 0) + 1
-        for vip, n in wanted.items():
-            libbpf.map_update(fd, ctypes.c_uint32(vip), ctypes.c_uint32(n))
-        for raw in libbpf.map_keys(fd, ctypes.c_uint32):
-            if raw.value not in wanted:
-                libbpf.map_delete(fd, raw)
+            flags[vip] = flags.get(vip, 0) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
+        fd = self._fds["vips"]
+        old = {raw.value for raw in libbpf.map_keys(fd, ctypes.c_uint32)}
+        for vip, value in flags.items():
+            libbpf.map_update(fd, ctypes.c_uint32(vip), ctypes.c_uint32(value))
+        slots: dict[int, int] = {}
+        for vip in flags:
+            slots[vip_filter_slot(vip)] = slots.get(vip_filter_slot(vip), 0) + 1
+        for slot in {vip_filter_slot(vip) for vip in old} | set(slots):
+            libbpf.map_update(self._fds["vip_filter"], ctypes.c_uint32(slot), ctypes.c_uint32(slots.get(slot, 0)))
+        for vip in old - set(flags):
+            libbpf.map_delete(fd, ctypes.c_uint32(vip))
 
 
 def _svc_value(svc: Service, index: int) -> abi.Svc:
@@ -490,6 +470,11 @@ def start_sweeper(program: libbpf.BpfObject) -> None:
     libbpf.prog_test_run(program.prog_fd("pyvs_start_sweeper"), bytes(64))
 
 
+def vip_filter_slot(vip: int) -> int:
+    """The pre-filter slot of a VIP (the u32 of its network-order bytes), as the program computes it."""
+    return (vip ^ (vip >> 16)) & (abi.VIP_FILTER_SIZE - 1)
+
+
 def _table_base(index: int, half: int) -> int:
     return (index * 2 + half) * abi.SCHED_TABLE_SIZE
 
@@ -501,7 +486,11 @@ def _set_hop(entry: abi.RealEntry, hop: NextHop) -> None:
 
 
 class _Plan:
-    """Slots for every service and real of a rule set, decided before anything is written."""
+    """Slots for every service and real of a rule set, decided before anything is written.
+
+    Only services that differ from what the maps hold are validated and rewritten, so one change
+    in a large rule set costs little.
+    """
 
     def __init__(self, current: dict[ServiceKey, abi.Svc], slots: list[_RealSlot], rules: Rules,
                  resolver: Resolver):
@@ -519,29 +508,26 @@ class _Plan:
                     raise DataplaneError(f"too many services (the data plane holds {abi.MAX_SERVICES})")
                 self.service_index[key] = index
 
-        for svc in rules.services.values():
-            length = len(scheduler_table(svc.scheduler, svc.sorted_reals()))
-            if length > abi.SCHED_TABLE_SIZE:
-                raise DataplaneError(
-                    f"service {svc.key}: the {svc.scheduler} table needs {length} slots, more than "
-                    f"{abi.SCHED_TABLE_SIZE}; use fewer reals or weights with a larger common divisor"
-                )
-
         self.entries = {s.slot: s.entry for s in slots}
-        existing: dict[tuple[int, IPv4Address, int], int] = {}
+        # (service slot, rip, port) in network order -> real slot, for the reals the maps hold
+        existing: dict[tuple[int, int, int], int] = {}
         for s in slots:
             if s.entry.flags & abi.REAL_ACTIVE:
-                existing[(s.entry.svc_index, _be_to_ip(s.entry.rip), socket.ntohs(s.entry.port))] = s.slot
+                existing[(s.entry.svc_index, s.entry.rip, s.entry.port)] = s.slot
         old_index = {svc.index: key for key, svc in current.items()}
         wanted: set[int] = set()
         self.real_slot: dict[tuple[ServiceKey, RealKey], int] = {}
         self.real_changed: dict[int, bool] = {}
         self.new_slots: set[int] = set()
+        self.changed_services: set[ServiceKey] = set()
         new_reals: list[tuple[ServiceKey, Real]] = []
-        for svc in rules.sorted_services():
+        for svc in rules.services.values():
             index = self.service_index[svc.key]
-            for real in svc.sorted_reals():
-                slot = existing.get((index, real.rip, real.port))
+            old = current.get(svc.key)
+            if old is None or not _same_settings(old, _svc_value(svc, index)):
+                self.changed_services.add(svc.key)
+            for real in svc.reals.values():
+                slot = existing.get((index, _ip_to_be(real.rip), _port_to_be(real.port)))
                 if slot is not None and old_index.get(index) == svc.key:
                     self.real_slot[(svc.key, real.key)] = slot
                     wanted.add(slot)
@@ -549,9 +535,29 @@ class _Plan:
                     if entry.weight != real.weight:
                         entry.weight = real.weight
                         self.real_changed[slot] = True
+                        self.changed_services.add(svc.key)
                 else:
                     new_reals.append((svc.key, real))
+                    self.changed_services.add(svc.key)
         self.freed_reals = [slot for slot in existing.values() if slot not in wanted]
+        for slot in self.freed_reals:
+            owner = old_index.get(self.entries[slot].svc_index)
+            if owner is not None and owner in rules.services:
+                self.changed_services.add(owner)
+
+        for key in self.changed_services:
+            svc = rules.services[key]
+            try:
+                validate_service(svc)
+            except ModelError as exc:
+                raise DataplaneError(str(exc)) from None
+            length = len(build_table(svc.scheduler, svc.sorted_reals(), sched_flag_bits(svc.sched_flags)))
+            if length > abi.SCHED_TABLE_SIZE:
+                raise DataplaneError(
+                    f"service {svc.key}: the {svc.scheduler} table needs {length} slots, more than "
+                    f"{abi.SCHED_TABLE_SIZE}; use fewer reals or weights with a larger common divisor"
+                )
+
         taken = set(existing.values())
         free_slots = (i for i in range(abi.MAX_REALS) if i not in taken)
         hops: dict[IPv4Address, NextHop] = {}
@@ -640,5 +646,4 @@ def attach_pass_program(ifname: str, mode: str = "native") -> None:
         libbpf.xdp_attach(interface_index(ifname), obj.prog_fd("pyvs_pass"), flags)
 
 
-__all__ = ["Dataplane", "DataplaneError", "open_dataplane", "remove_pins", "attach_pass_program",
-           "wrr_sequence", "scheduler_table"]
+__all__ = ["Dataplane", "DataplaneError", "open_dataplane", "remove_pins", "attach_pass_program"]

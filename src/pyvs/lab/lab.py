@@ -274,19 +274,37 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _ensure_servers(topo: Topology, actions: list[str]) -> None:
+def _ensure_server(topo: Topology, node: Node, actions: list[str]) -> None:
     state = _load_state(topo)
+    pid = state["servers"].get(node.name)
+    if _server_running(pid, topo, node.name):
+        return
+    log_path = state_dir(topo) / f"{node.name}-web.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pid = netns.spawn_in_netns(node.netns, _server_argv(topo, node), log_path=log_path, env=_child_env())
+    state["servers"][node.name] = pid
+    _save_state(topo, state)  # recorded at once: down() must find it even if we crash
+    _wait_listening(node.netns, topo.address_of(node.name), topo.web_port, pid)
+    actions.append(f"started web server in {node.netns} (pid {pid})")
+
+
+def _ensure_servers(topo: Topology, actions: list[str]) -> None:
     for node in topo.reals:
-        pid = state["servers"].get(node.name)
-        if _server_running(pid, topo, node.name):
-            continue
-        log_path = state_dir(topo) / f"{node.name}-web.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        pid = netns.spawn_in_netns(node.netns, _server_argv(topo, node), log_path=log_path, env=_child_env())
-        state["servers"][node.name] = pid
-        _save_state(topo, state)  # recorded at once: down() must find it even if we crash
-        _wait_listening(node.netns, topo.address_of(node.name), topo.web_port, pid)
-        actions.append(f"started web server in {node.netns} (pid {pid})")
+        _ensure_server(topo, node, actions)
+
+
+def stop_web_server(topo: Topology, name: str) -> None:
+    """Stop one real's web server (e.g. to fail its health check); start_web_server brings it back."""
+    state = _load_state(topo)
+    pid = state["servers"].pop(name, None)
+    if pid is not None and _is_lab_server(int(pid), topo, name):
+        _stop(int(pid))
+    _save_state(topo, state)
+
+
+def start_web_server(topo: Topology, name: str) -> None:
+    """Start one real's web server again (no-op when it runs) and wait until it listens."""
+    _ensure_server(topo, topo.node(name), [])
 
 
 def _stop(pid: int) -> None:
@@ -399,6 +417,19 @@ def down(topo: Topology) -> list[str]:
     for action in actions:
         log.debug("lab: %s", action)
     return actions
+
+
+def set_mac(topo: Topology, node: str, ifname: str, mac: str) -> None:
+    """Give a node's interface another MAC, as when its NIC is swapped; addresses and routes stay."""
+    with IPRoute(netns=_ns(topo, node), flags=0) as ipr:
+        ipr.link("set", index=_require_index(ipr, ifname), address=mac)  # veth takes a live change
+
+
+def remove_node(topo: Topology, node: str) -> None:
+    """Remove one node's namespace (its veth ends and their switch ports go with it)."""
+    ns = _ns(topo, node)
+    if netns.exists(ns):
+        netns.remove(ns)
 
 
 def status(topo: Topology) -> dict[str, Any]:

@@ -16,6 +16,7 @@ class Role(StrEnum):
     DIRECTOR = "director"
     REAL = "real"
     SWITCH = "switch"
+    ATTACKER = "attacker"  # a host on the segment that spoofs ARP (tests of pyvs arpwatch)
 
 
 @dataclass(frozen=True)
@@ -159,13 +160,14 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def default_topology(prefix: str = "pyvs") -> Topology:
+def default_topology(prefix: str = "pyvs", attacker: bool = False) -> Topology:
     """The LVS-DR tutorial cluster in 198.18.0.0/15.
 
     client 198.18.1.2 -- 198.18.1.1 gateway 198.18.0.1 --+-- switch (bridge) --+ director VIP 198.18.0.100,
                                                                                 |          DIP 198.18.2.10
                                                                                 + rs1 198.18.2.11
                                                                                 + rs2 198.18.2.12
+                                                                                + attacker 198.18.2.66 (attacker=True)
     """
     check_prefix(prefix)
 
@@ -190,6 +192,7 @@ def default_topology(prefix: str = "pyvs") -> Topology:
         Node("director", Role.DIRECTOR, ns("director"), routes=(default_via_gateway,)),
         *(Node(name, Role.REAL, ns(name), routes=(default_via_gateway,)) for name in rips),
         Node("switch", Role.SWITCH, ns("switch")),
+        *((Node("attacker", Role.ATTACKER, ns("attacker")),) if attacker else ()),
     )
 
     def switch_port(name: str) -> Port:
@@ -200,6 +203,7 @@ def default_topology(prefix: str = "pyvs") -> Topology:
         Link(Port("gateway", "inside", (f"{gateway_inside}/24",)), switch_port("gw")),
         Link(Port("director", "eth0", (f"{vip}/24", "198.18.2.10/24")), switch_port("dir")),
         *(Link(Port(name, "eth0", (f"{rip}/24",)), switch_port(name)) for name, rip in rips.items()),
+        *((Link(Port("attacker", "eth0", ("198.18.2.66/24",)), switch_port("atk")),) if attacker else ()),
     )
     # Locally administered MACs 02:c6:12:00:<link>:<end> (c6:12 = 198.18).
     links = tuple(

@@ -2,6 +2,7 @@
 
 GET /         -> "<name>\\n"
 GET /bytes/N  -> N bytes, streamed
+GET /status/N -> an answer with HTTP status N (e.g. 500, for health checks)
 every answer carries "X-Served-By: <name>"; UDP datagrams are answered "<name> <payload>".
 
 Run: python -m pyvs.lab.webserver --name rs1
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = b"x" * 65536
 BYTES_PATH = re.compile(r"/bytes/(\d+)")
+STATUS_PATH = re.compile(r"/status/([1-5]\d\d)")
 MAX_BYTES = 1 << 40
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # not exported by Python 3.11
 PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
@@ -43,6 +45,8 @@ def make_handler(name: str) -> type[BaseHTTPRequestHandler]:
                     self._send(400, b"too many bytes\n")
                 else:
                     self._stream(size)
+            elif match := STATUS_PATH.fullmatch(path):
+                self._send(int(match.group(1)), f"{name} status {match.group(1)}\n".encode())
             else:
                 self._send(404, b"not found\n")
 

@@ -13,13 +13,30 @@ struct {
 	__type(value, struct pyvs_svc);
 } services SEC(".maps");
 
-/* VIP -> number of services on it; fragments to a VIP are dropped. */
+/* VIP -> PYVS_VIP_F_* flags; fragments to a VIP are dropped. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PYVS_MAX_SERVICES);
 	__type(key, __u32);
 	__type(value, __u32);
 } vips SEC(".maps");
+
+/* vip_filter_slot(addr) -> number of VIPs in that slot: most packets that are not for a VIP
+ * leave after this array lookup, without a hash lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PYVS_VIP_FILTER_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+} vip_filter SEC(".maps");
+
+/* Service slot -> generation: odd while a service holds the slot, bumped when it is added or deleted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PYVS_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} svc_gens SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -11,6 +11,7 @@
 #define PYVS_MAX_REALS 131072
 #define PYVS_SCHED_TABLE_SIZE 4096 /* slots of one scheduler table; each service has two */
 #define PYVS_CONN_TABLE_SIZE 262144
+#define PYVS_VIP_FILTER_SIZE 65536 /* slots of the cheap "may be a VIP" pre-filter */
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
 #define PYVS_SCHED_RR 0
@@ -35,12 +36,16 @@
 
 /* Real flags. */
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
+#define PYVS_REAL_OVERLOAD 2 /* IPVS's IP_VS_DEST_F_OVERLOAD: no new connections (thresholds) */
 
 /* Connection entry flags, and where an entry is counted. */
 #define PYVS_CONN_F_TEMPLATE 1 /* a persistence template: client (masked), port 0 */
 #define PYVS_COUNTED_NONE 0
 #define PYVS_COUNTED_ACTIVE 1
 #define PYVS_COUNTED_INACTIVE 2
+
+/* vips map values: flags of a VIP. */
+#define PYVS_VIP_F_ANY_PORT 1 /* has a service on port 0 (every port) */
 
 /* Config flags. */
 #define PYVS_CFG_EXPIRE_NODEST_CONN 1
@@ -61,7 +66,7 @@
 #define PYVS_STATE_COUNT 12
 
 /* Global counters (index into the counters map). */
-#define PYVS_CNT_RX 0              /* packets seen */
+#define PYVS_CNT_RX 0              /* packets seen: not counted per packet, the sum of all the others */
 #define PYVS_CNT_TX 1              /* forwarded with XDP_TX */
 #define PYVS_CNT_REDIRECT 2        /* forwarded with a redirect */
 #define PYVS_CNT_PASS 3            /* passed to the kernel: not service traffic */
@@ -127,11 +132,12 @@ struct pyvs_conn {
 	__u32 real;       /* slot in reals */
 	__u32 gen;        /* the real's gen when the connection was scheduled */
 	__u32 svc_index;
+	__u32 svc_gen;    /* the service's generation when the connection was scheduled */
 	__u32 timeout;    /* seconds; 0: the timeout of its state */
 	__u8 state;       /* PYVS_STATE_* */
 	__u8 counted;     /* PYVS_COUNTED_*: where the entry is counted in real_conns */
 	__u8 flags;       /* PYVS_CONN_F_* */
-	__u8 pad[5];
+	__u8 pad[1];
 };
 
 struct pyvs_counters {

@@ -42,9 +42,49 @@ static __always_inline void account(__u32 index, __u64 bytes, int new_conn)
 	c->conns += new_conn;
 }
 
+/* The pre-filter's slot of an address (network order); pyvs.dataplane computes the same. */
+static __always_inline __u32 vip_filter_slot(__u32 addr)
+{
+	return (addr ^ (addr >> 16)) & (PYVS_VIP_FILTER_SIZE - 1);
+}
+
+/* False only when `addr` is certainly not a VIP: one array lookup, no hashing. */
+static __always_inline int may_be_vip(__u32 addr)
+{
+	__u32 slot = vip_filter_slot(addr);
+	__u32 *count = bpf_map_lookup_elem(&vip_filter, &slot);
+
+	return count && *count;
+}
+
 static __always_inline int is_vip(__u32 addr)
 {
-	return bpf_map_lookup_elem(&vips, &addr) != NULL;
+	return may_be_vip(addr) && bpf_map_lookup_elem(&vips, &addr) != NULL;
+}
+
+static __always_inline __u32 svc_gen(__u32 index)
+{
+	__u32 *gen = bpf_map_lookup_elem(&svc_gens, &index);
+
+	return gen ? *gen : 0;
+}
+
+/* The service of a packet: its VIP:port, else a service on every port of the VIP. */
+static __always_inline struct pyvs_svc *find_service(const struct packet *pkt, __u16 *vport)
+{
+	struct pyvs_svc_key key = {.vip = pkt->daddr, .port = pkt->dport, .proto = pkt->proto};
+	struct pyvs_svc *svc = bpf_map_lookup_elem(&services, &key);
+	__u32 *vip_flags;
+
+	*vport = pkt->dport;
+	if (svc)
+		return svc;
+	vip_flags = bpf_map_lookup_elem(&vips, &key.vip);
+	if (!vip_flags || !(*vip_flags & PYVS_VIP_F_ANY_PORT))
+		return NULL;
+	key.port = 0;
+	*vport = 0;
+	return bpf_map_lookup_elem(&services, &key);
 }
 
 static __always_inline int expired(const struct pyvs_conn *conn, const struct pyvs_config *cfg, __u64 now)
@@ -122,7 +162,7 @@ static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const 
 	tkey.proto = pkt->proto;
 	tkey.pad[0] = PYVS_CONN_F_TEMPLATE;
 	tmpl = bpf_map_lookup_elem(&conns, &tkey);
-	if (tmpl && tmpl->svc_index == svc->index && !expired(tmpl, cfg, now)) {
+	if (tmpl && tmpl->svc_index == svc->index && tmpl->svc_gen == svc_gen(svc->index) && !expired(tmpl, cfg, now)) {
 		real_id = tmpl->real;
 		real = bpf_map_lookup_elem(&reals, &real_id);
 		if (real && real->gen == tmpl->gen && (real->flags & PYVS_REAL_ACTIVE)) {
@@ -143,6 +183,7 @@ static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const 
 	fresh.real = real_id;
 	fresh.gen = real->gen;
 	fresh.svc_index = svc->index;
+	fresh.svc_gen = svc_gen(svc->index);
 	fresh.timeout = svc->persist_timeout;
 	fresh.state = PYVS_STATE_NONE;
 	fresh.flags = PYVS_CONN_F_TEMPLATE;
@@ -170,7 +211,7 @@ static long sweep_one(void *map, struct pyvs_conn_key *key, struct pyvs_conn *co
 static int sweep(void *map, __u32 *key, struct sweeper *sw)
 {
 	__u32 zero = 0;
-	struct sweep_ctx ctx = {.now = bpf_ktime_get_ns(), .cfg = bpf_map_lookup_elem(&config, &zero)};
+	struct sweep_ctx ctx = {.now = bpf_ktime_get_coarse_ns(), .cfg = bpf_map_lookup_elem(&config, &zero)};
 
 	if (ctx.cfg)
 		bpf_for_each_map_elem(&conns, sweep_one, &ctx, 0);
@@ -201,17 +242,16 @@ int pyvs_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 bytes = data_end - data;
 	struct packet pkt = {};
-	struct pyvs_svc_key skey = {};
 	struct pyvs_conn_key ckey = {};
 	struct pyvs_conn *conn, fresh = {};
 	struct pyvs_svc *svc;
 	struct pyvs_real *real;
 	struct pyvs_config *cfg;
-	__u32 zero = 0, real_id, template_real = 0, *slot;
+	__u32 zero = 0, real_id, svc_index, template_real = 0, *slot;
+	__u16 vport;
 	__u64 now;
 	int event = EV_ACK, new_conn = 0;
 
-	count(PYVS_CNT_RX);
 	switch (parse_packet(data, data_end, &pkt)) {
 	case PARSE_OK:
 		break;
@@ -222,21 +262,15 @@ int pyvs_xdp(struct xdp_md *ctx)
 	default:
 		return pass(PYVS_CNT_PASS);
 	}
-
-	skey.vip = pkt.daddr;
-	skey.port = pkt.dport;
-	skey.proto = pkt.proto;
-	svc = bpf_map_lookup_elem(&services, &skey);
-	if (!svc) {
-		skey.port = 0; /* a persistent service on every port of the VIP */
-		svc = bpf_map_lookup_elem(&services, &skey);
-		if (!svc)
-			return pass(PYVS_CNT_PASS);
-	}
+	if (!may_be_vip(pkt.daddr))
+		return pass(PYVS_CNT_PASS);
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return pass(PYVS_CNT_PASS);
 
+#ifdef PYVS_BENCH_NEW_FLOWS
+	pkt.saddr ^= bpf_get_prandom_u32(); /* benchmarks only: every packet starts a new flow */
+#endif
 	if (pkt.proto == IPPROTO_TCP)
 		event = tcp_event(pkt.tcp_flags);
 	ckey.saddr = pkt.saddr;
@@ -244,15 +278,17 @@ int pyvs_xdp(struct xdp_md *ctx)
 	ckey.sport = pkt.sport;
 	ckey.dport = pkt.dport;
 	ckey.proto = pkt.proto;
-	now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_coarse_ns();
 
+	/* An established flow needs no service lookup: its entry names the service and the real. */
 	conn = bpf_map_lookup_elem(&conns, &ckey);
-	if (conn && (conn->svc_index != svc->index || expired(conn, cfg, now) || closed(conn, event))) {
+	if (conn && (svc_gen(conn->svc_index) != conn->svc_gen || expired(conn, cfg, now) || closed(conn, event))) {
 		count(PYVS_CNT_CONN_REPLACED);
 		recount(conn, PYVS_COUNTED_NONE);
 		conn = NULL;
 	}
 	if (conn) {
+		svc_index = conn->svc_index;
 		real_id = conn->real;
 		real = bpf_map_lookup_elem(&reals, &real_id);
 		if (!real || !(real->flags & PYVS_REAL_ACTIVE) || real->gen != conn->gen) {
@@ -260,14 +296,24 @@ int pyvs_xdp(struct xdp_md *ctx)
 				bpf_map_delete_elem(&conns, &ckey);
 			return drop(PYVS_CNT_DROP_REAL_GONE);
 		}
-		conn->state = pkt.proto == IPPROTO_TCP ? tcp_next_state(conn->state, event) : PYVS_STATE_UDP;
-		conn->last_seen = now;
-		recount(conn, conn_class(conn->state));
+		if (pkt.proto == IPPROTO_TCP) {
+			__u8 state = tcp_next_state(conn->state, event);
+
+			if (state != conn->state) {
+				conn->state = state;
+				recount(conn, conn_class(state));
+			}
+		}
+		if (conn->last_seen != now)
+			conn->last_seen = now;
 	} else {
+		svc = find_service(&pkt, &vport);
+		if (!svc)
+			return pass(PYVS_CNT_PASS);
 		if (event == EV_RST)
 			return pass(PYVS_CNT_PASS_NO_CONN);
 		if (svc->flags & PYVS_SVC_F_PERSISTENT)
-			slot = persistent_pick(svc, &pkt, skey.port, cfg, now, &template_real);
+			slot = persistent_pick(svc, &pkt, vport, cfg, now, &template_real);
 		else
 			slot = pick_real(svc, &pkt);
 		if (!slot)
@@ -276,10 +322,12 @@ int pyvs_xdp(struct xdp_md *ctx)
 		real = bpf_map_lookup_elem(&reals, &real_id);
 		if (!real || !(real->flags & PYVS_REAL_ACTIVE))
 			return drop(PYVS_CNT_DROP_NO_REAL);
+		svc_index = svc->index;
 		fresh.last_seen = now;
 		fresh.real = real_id;
 		fresh.gen = real->gen;
-		fresh.svc_index = svc->index;
+		fresh.svc_index = svc_index;
+		fresh.svc_gen = svc_gen(svc_index);
 		fresh.state = pkt.proto == IPPROTO_TCP ? tcp_next_state(PYVS_STATE_NONE, event) : PYVS_STATE_UDP;
 		fresh.counted = conn_class(fresh.state);
 		bpf_map_update_elem(&conns, &ckey, &fresh, BPF_ANY);
@@ -292,7 +340,7 @@ int pyvs_xdp(struct xdp_md *ctx)
 		return drop(PYVS_CNT_DROP_NO_MAC);
 	__builtin_memcpy(pkt.eth->h_dest, real->dmac, ETH_ALEN);
 	__builtin_memcpy(pkt.eth->h_source, real->smac, ETH_ALEN);
-	account(svc->index, bytes, new_conn);
+	account(svc_index, bytes, new_conn);
 	account(PYVS_MAX_SERVICES + real_id, bytes, new_conn);
 	if (real->ifindex == 0 || real->ifindex == ctx->ingress_ifindex) {
 		count(PYVS_CNT_TX);

@@ -1,0 +1,1 @@
+"""pyvs benchmarks: ratios against baselines measured in the same run (python -m benchmarks ...)."""

@@ -1,0 +1,103 @@
+"""Control-plane costs: restoring a large rule file, changing one real in it, memory.
+
+    python -m benchmarks control [--services 1000] [--reals 100]
+
+Restores SERVICES x REALS rules with `pyvsadm -R` into a fresh data plane, times a one-real change
+(`pyvsadm -e ... -w 2`) at that size, reports the peak RSS of the Python process and the kernel memory
+of the connection table at 1e6 entries. The baseline is the data plane's own empty restore in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from pyvs.admin.cli import main as pyvsadm
+from pyvs.dataplane import Dataplane, open_dataplane, remove_pins
+from pyvs.dataplane.neighbours import NextHop
+from pyvs.dataplane.pins import bpffs_root
+
+HERE = Path(__file__).parent
+TARGETS = {"restore_s": 3.0, "one_real_change_s": 0.05, "peak_rss_mib": 200.0}
+
+
+def static_neighbour(rip: IPv4Address) -> NextHop:
+    return NextHop(0, "02:00:00:00:00:0a", f"02:00:00:00:{rip.packed[2]:02x}:{rip.packed[3]:02x}")
+
+
+def rule_file(services: int, reals: int) -> str:
+    lines = []
+    for s in range(services):
+        vip = IPv4Address(int(IPv4Address("198.18.16.0")) + s)
+        lines.append(f"-A -t {vip}:80 -s wrr")
+        for r in range(reals):
+            rip = IPv4Address(int(IPv4Address("198.19.0.0")) + r)
+            lines.append(f"-a -t {vip}:80 -r {rip}:80 -g -w {1 + r % 3}")
+    return "\n".join(lines) + "\n"
+
+
+def run(dp: Dataplane, line: str, stdin: str = "") -> float:
+    err = io.StringIO()
+    started = time.perf_counter()
+    code = pyvsadm(line.split(), stdin=io.StringIO(stdin), stdout=io.StringIO(), stderr=err, dataplane=dp)
+    elapsed = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"pyvsadm {line}: {err.getvalue()}")
+    return elapsed
+
+
+def conn_table_memory(entries: int) -> int:
+    """Bytes the kernel charges for a connection table of `entries` (memlock of the map)."""
+    pin_dir = bpffs_root() / "pyvs" / f"pyvsbench-mem-{os.getpid()}"
+    dp = open_dataplane(pin_dir, resolver=static_neighbour, conn_table_size=entries)
+    try:
+        fdinfo = Path(f"/proc/self/fdinfo/{dp._fds['conns']}").read_text()  # noqa: SLF001 (a benchmark looks inside)
+        return int(next(line.split()[1] for line in fdinfo.splitlines() if line.startswith("memlock:")))
+    finally:
+        dp.close()
+        remove_pins(pin_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks control", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--reals", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "control_plane.json")
+    args = parser.parse_args(argv)
+    text = rule_file(args.services, args.reals)
+    pin_dir = bpffs_root() / "pyvs" / f"pyvsbench-ctl-{os.getpid()}"
+    dp = open_dataplane(pin_dir, resolver=static_neighbour)
+    try:
+        empty = run(dp, "-R", "")
+        restore = run(dp, "-R", text)
+        vip, rip = "198.18.16.7", "198.19.0.42"
+        change = min(run(dp, f"-e -t {vip}:80 -r {rip}:80 -g -w {w}") for w in (5, 6, 7))
+        listed = run(dp, "-L -n")
+    finally:
+        dp.close()
+        remove_pins(pin_dir)
+    figures = {
+        "empty_restore_s": empty,
+        "restore_s": restore,
+        "one_real_change_s": change,
+        "list_s": listed,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "conn_table_1e6_mib": conn_table_memory(1 << 20) / 2**20,
+    }
+    lines = [f"{args.services} services x {args.reals} reals"]
+    for name, value in figures.items():
+        target = TARGETS.get(name)
+        verdict = "" if target is None else (" met" if value <= target else " MISSED") + f" (target <= {target})"
+        lines.append(f"{name:<22} {value:10.3f}{verdict}")
+    lines.append(f"restore / empty restore: {restore / max(empty, 1e-9):.0f}x")
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"services": args.services, "reals": args.reals, **figures}, indent=2))
+    return 0

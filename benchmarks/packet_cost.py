@@ -1,0 +1,158 @@
+"""Per-packet cost of the pyvs XDP program, by BPF_PROG_TEST_RUN, beside bare reference programs run alongside.
+
+    python -m benchmarks packet [--repeat N] [--runs N] [--reals 2,100,1000] [--conns 100000]
+
+Cases: established TCP, new TCP flow, established UDP, non-service pass-through; the references are an
+empty program, a bare MAC swap, and a bare LRU-hash hit / miss+insert of the 5-tuple. The kernel reports
+the average time of one repetition; each figure is the median of --runs runs (the spread is printed too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from pyvs.dataplane import Dataplane, libbpf, open_dataplane, remove_pins
+from pyvs.dataplane.build import build_object, object_path
+from pyvs.dataplane.neighbours import NextHop
+from pyvs.dataplane.pins import bpffs_root
+from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
+
+HERE = Path(__file__).parent
+VIP = IPv4Address("198.18.0.100")
+NEW_FLOWS = ("PYVS_BENCH_NEW_FLOWS",)
+
+
+@dataclass
+class Figure:
+    name: str
+    reals: int | None
+    median_ns: float
+    spread_ns: float  # max - min over the runs
+
+
+def frame(l4: TCP | UDP, src: str = "198.18.1.2", dst: str = str(VIP)) -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:0a") / IP(src=src, dst=dst) / l4)
+
+
+def measure(prog_fd: int, packet: bytes, repeat: int, runs: int) -> tuple[float, float]:
+    samples = [libbpf.prog_test_run(prog_fd, packet, repeat).duration_ns for _ in range(runs)]
+    return statistics.median(samples), max(samples) - min(samples)
+
+
+def static_neighbour(rip: IPv4Address) -> NextHop:
+    return NextHop(0, "02:00:00:00:00:0a", f"02:00:00:00:{rip.packed[2]:02x}:{rip.packed[3]:02x}")
+
+
+def rules_with(reals: int) -> Rules:
+    rules = Rules()
+    for proto in (Protocol.TCP, Protocol.UDP):
+        key = ServiceKey(proto, VIP, 80)
+        svc = Service(key, "rr")
+        for n in range(reals):
+            rip = IPv4Address(int(IPv4Address("198.18.4.0")) + 1 + n)
+            svc.reals[(rip, 80)] = Real(rip, 80, 1)
+        rules.services[key] = svc
+    return rules
+
+
+def client(n: int) -> tuple[str, int]:
+    """The n-th synthetic client: an address in 198.19.0.0/16 and a source port."""
+    return str(IPv4Address(int(IPv4Address("198.19.0.0")) + n % 65536)), 1024 + n // 65536
+
+
+def populate(dp: Dataplane, conns: int) -> None:
+    """`conns` established TCP connections, as the program itself records them."""
+    fd = dp.program_fd()
+    for n in range(conns):
+        src, sport = client(n)
+        libbpf.prog_test_run(fd, frame(TCP(sport=sport, dport=80, flags="S"), src=src))
+        libbpf.prog_test_run(fd, frame(TCP(sport=sport, dport=80, flags="A"), src=src))
+
+
+def bench_pyvs(reals: int, conns: int, repeat: int, runs: int) -> list[Figure]:
+    pin_dir = bpffs_root() / "pyvs" / f"pyvsbench-{os.getpid()}-{reals}"
+    dp = open_dataplane(pin_dir, resolver=static_neighbour)
+    try:
+        dp.apply(rules_with(reals))
+        populate(dp, conns)
+        libbpf.prog_test_run(dp.program_fd(), frame(UDP(sport=5353, dport=80)))
+        src, sport = client(conns // 2)
+        cases = {
+            "established TCP": (dp.program_fd(), frame(TCP(sport=sport, dport=80, flags="A"), src=src)),
+            "established UDP": (dp.program_fd(), frame(UDP(sport=5353, dport=80))),
+            "pass-through": (dp.program_fd(), frame(TCP(sport=1, dport=22, flags="A"), dst="198.18.0.1")),
+        }
+        figures = [Figure(name, reals, *measure(fd, packet, repeat, runs)) for name, (fd, packet) in cases.items()]
+        with libbpf.BpfObject(str(object_path("xdp", NEW_FLOWS)), str(pin_dir),
+                              {"conns": dp.conn_table_size}) as new_flows:
+            syn = frame(TCP(sport=40000, dport=80, flags="S"))
+            figures.append(Figure("new TCP flow", reals, *measure(new_flows.prog_fd("pyvs_xdp"), syn, repeat, runs)))
+        return figures
+    finally:
+        dp.close()
+        remove_pins(pin_dir)
+
+
+def bench_bare(repeat: int, runs: int) -> list[Figure]:
+    packet = frame(TCP(sport=40000, dport=80, flags="A"))
+    figures = []
+    with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c"))) as bare:
+        for name, prog in (("bare empty", "bare_empty"), ("bare MAC swap", "bare_macswap"),
+                           ("bare LRU hit", "bare_lru")):
+            figures.append(Figure(name, None, *measure(bare.prog_fd(prog), packet, repeat, runs)))
+    with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c", NEW_FLOWS))) as bare:
+        figures.append(Figure("bare LRU miss+insert", None, *measure(bare.prog_fd("bare_lru"), packet, repeat, runs)))
+    return figures
+
+
+TARGETS = (  # (pyvs case, reference, allowed ratio), at the largest real count
+    ("established TCP", "bare LRU hit", 1.2),
+    ("new TCP flow", "bare LRU miss+insert", 1.2),
+    ("pass-through", "bare MAC swap", 1.2),
+)
+
+
+def report(figures: list[Figure], largest: int) -> list[str]:
+    lines = [f"{'case':<24} {'reals':>6} {'ns/packet':>10} {'spread':>8}"]
+    lines += [f"{f.name:<24} {f.reals or '':>6} {f.median_ns:>10.1f} {f.spread_ns:>8.1f}" for f in figures]
+    lines.append("")
+    by_name = {(f.name, f.reals): f for f in figures}
+    for case, reference, limit in TARGETS:
+        ratio = by_name[(case, largest)].median_ns / max(by_name[(reference, None)].median_ns, 1)
+        verdict = "met" if ratio <= limit else "MISSED"
+        lines.append(f"{case} at {largest} reals / {reference}: {ratio:.2f}x (target <= {limit}x) {verdict}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks packet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=10_000_000, help="repetitions per run (default 1e7)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure; the median is kept (default 5)")
+    parser.add_argument("--reals", default="2,100,1000", help="real-server counts (default 2,100,1000)")
+    parser.add_argument("--conns", type=int, default=100_000, help="live connections in the table (default 1e5)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "packet_cost.json")
+    args = parser.parse_args(argv)
+    counts = [int(n) for n in args.reals.split(",")]
+    started = time.time()
+    figures = bench_bare(args.repeat, args.runs)
+    for reals in counts:
+        figures += bench_pyvs(reals, args.conns, args.repeat, args.runs)
+    lines = report(figures, max(counts))
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"started": started, "repeat": args.repeat, "runs": args.runs,
+                                    "conns": args.conns, "figures": [asdict(f) for f in figures],
+                                    "summary": lines}, indent=2))
+    print(f"\nwritten: {args.out}")
+    return 0

@@ -1,0 +1,399 @@
+"""The director daemon's config file (TOML): interfaces, services, reals, checks, sorry servers, notify.
+
+    [director]
+    interface = "eth0"              # optional: attach XDP here unless a program is already attached
+    status_listen = "127.0.0.1:9180"
+    notify = ["/usr/local/bin/lb-notify", "{event}", "{service}", "{real}"]
+
+    [[service]]
+    proto = "tcp"
+    vip = "198.18.0.100"
+    port = 80
+    scheduler = "rr"
+    sorry_server = "198.18.2.20"
+    check = { type = "http", path = "/", status = [200], interval = 1.0, timeout = 1.0, rise = 2, fall = 2 }
+
+    [[service.real]]
+    address = "198.18.2.11"
+    weight = 1
+
+Every error names the file and the line it comes from; a file with any error is refused whole.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from pyvs.model import (
+    MAX_WEIGHT,
+    ModelError,
+    Protocol,
+    ServiceKey,
+    parse_endpoint,
+    parse_ipv4,
+    validate_scheduler,
+)
+
+CHECK_TYPES = ("tcp", "http", "https", "command", "none")
+XDP_MODES = ("native", "generic")
+DEFAULT_LISTEN = "127.0.0.1:9180"
+STATUS_RANGE = re.compile(r"(\d{3})(?:-(\d{3}))?")
+
+RealKey = tuple[IPv4Address, int]
+
+
+class ConfigError(ValueError):
+    """The config file is invalid; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """How one real is checked. `port` None: the real's port."""
+
+    type: str = "tcp"
+    interval: float = 2.0
+    timeout: float = 2.0
+    retry_interval: float | None = None  # after a failure while up; None: interval
+    rise: int = 1
+    fall: int = 1
+    port: int | None = None
+    path: str = "/"
+    status: tuple[tuple[int, int], ...] = ((200, 299),)  # accepted status code ranges
+    digest: str | None = None  # MD5 hex of the body (keepalived's genhash)
+    regex: str | None = None
+    host: str | None = None  # Host header (default: the real's address)
+    tls_verify: bool = False
+    command: tuple[str, ...] = ()  # argv; {rip} and {port} are replaced
+
+    def accepts(self, status: int) -> bool:
+        return any(low <= status <= high for low, high in self.status)
+
+
+@dataclass(frozen=True)
+class RealSpec:
+    rip: IPv4Address
+    port: int
+    weight: int
+    check: CheckSpec
+    inhibit_on_failure: bool
+
+    @property
+    def key(self) -> RealKey:
+        return (self.rip, self.port)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    key: ServiceKey
+    scheduler: str
+    reals: tuple[RealSpec, ...]
+    sorry_server: RealKey | None = None
+    quorum: int = 1
+    hysteresis: int = 0
+    alpha: bool = False  # start with every real down until a check succeeds
+
+    def real(self, key: RealKey) -> RealSpec | None:
+        return next((r for r in self.reals if r.key == key), None)
+
+
+@dataclass(frozen=True)
+class DirectorConfig:
+    path: Path
+    services: tuple[ServiceSpec, ...]
+    interface: str | None = None
+    xdp_mode: str = "native"
+    status_listen: tuple[str, int] | None = ("127.0.0.1", 9180)
+    notify: tuple[str, ...] = ()
+    notify_timeout: float = 10.0
+    flush_on_failure: bool = True
+
+    def service(self, key: ServiceKey) -> ServiceSpec | None:
+        return next((s for s in self.services if s.key == key), None)
+
+
+class _Lines:
+    """Line numbers of tables and keys in the TOML text, for error messages (tomllib gives none)."""
+
+    HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\s\"]+?)\s*\]\]?\s*(#.*)?$")
+
+    def __init__(self, text: str):
+        self.lines = text.splitlines()
+        self.tables: dict[tuple[str, ...], int] = {}  # ("service", "2", "real", "0") -> line
+        counts: dict[tuple[str, ...], int] = {}
+        last_index: dict[tuple[str, ...], int] = {}
+        for number, line in enumerate(self.lines, start=1):
+            match = self.HEADER.match(line)
+            if not match:
+                continue
+            names = [n.strip().strip('"') for n in match.group(2).split(".")]
+            path: list[str] = []
+            for depth, name in enumerate(names):
+                path.append(name)
+                last = depth == len(names) - 1
+                if last and match.group(1) == "[[":
+                    index = counts.get(tuple(path), 0)
+                    counts[tuple(path)] = index + 1
+                    last_index[tuple(path)] = index
+                    path.append(str(index))
+                elif tuple(path) in last_index:
+                    path.append(str(last_index[tuple(path)]))
+            self.tables[tuple(path)] = number
+
+    def of(self, table: tuple[str, ...], key: str | None = None) -> int:
+        """The line of `key` in `table` (or of the table's header); 0 when unknown."""
+        while table and table not in self.tables:  # an inline table: look in the one that holds it
+            table = table[:-1]
+        start = self.tables.get(table, 0)
+        if key is None:
+            return start
+        following = sorted(n for n in self.tables.values() if n > start)
+        end = following[0] if following else len(self.lines) + 1
+        pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=|[{{,]\s*{re.escape(key)}\s*=")
+        for number in range(start + 1 if start else 1, end):
+            if pattern.search(self.lines[number - 1]):
+                return number
+        return start
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that point at the file and line."""
+
+    def __init__(self, config_path: Path, lines: _Lines, table: dict[str, Any], where: tuple[str, ...],
+                 label: str, allowed: tuple[str, ...]):
+        self.path, self.lines, self.table, self.where, self.label = config_path, lines, table, where, label
+        for key in table:
+            if key not in allowed:
+                self.fail(key, f"unknown setting '{key}' (known: {', '.join(allowed)})")
+
+    def fail(self, key: str | None, message: str) -> None:
+        line = self.lines.of(self.where, key)
+        raise ConfigError(f"{self.path}:{line}: {self.label}: {message}" if line else
+                          f"{self.path}: {self.label}: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        if key not in self.table:
+            if required:
+                self.fail(None, f"'{key}' is missing")
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            self.fail(key, f"'{key}' must be {names}, not {type(value).__name__} {value!r}")
+        return value
+
+    def number(self, key: str, default: float, minimum: float = 0.001) -> float:
+        value = float(self.get(key, (int, float), default))
+        if value < minimum:
+            self.fail(key, f"'{key}' must be at least {minimum}, not {value}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
+        value: int = self.get(key, int, default)
+        if not minimum <= value <= maximum:
+            self.fail(key, f"'{key}' must be between {minimum} and {maximum}, not {value}")
+        return value
+
+    def convert(self, key: str, parse: Callable[[Any], Any], default: Any = None, required: bool = False) -> Any:
+        if key not in self.table:
+            return self.get(key, object, default, required)
+        try:
+            return parse(self.table[key])
+        except (ModelError, ValueError, TypeError) as exc:
+            self.fail(key, f"'{key}': {exc}")
+        return None  # not reached
+
+
+DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_timeout", "flush_on_failure")
+SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "sorry_server", "quorum", "hysteresis", "alpha",
+                "inhibit_on_failure", "check", "real")
+REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
+CHECK_KEYS = ("type", "interval", "timeout", "retry_interval", "rise", "fall", "port", "path", "status", "digest",
+              "regex", "host", "tls_verify", "command")
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    """A command as a list of strings (run without a shell); a string is split like a shell would."""
+    if isinstance(value, str):
+        argv = shlex.split(value)
+    elif isinstance(value, list) and all(isinstance(a, str) for a in value):
+        argv = list(value)
+    else:
+        raise ValueError("a command is a list of strings (argv), e.g. [\"/usr/bin/check\", \"{rip}\"]")
+    if not argv:
+        raise ValueError("the command is empty")
+    return tuple(argv)
+
+
+def _status_ranges(value: Any) -> tuple[tuple[int, int], ...]:
+    items = value if isinstance(value, list) else [value]
+    ranges = []
+    for item in items:
+        match = STATUS_RANGE.fullmatch(str(item))
+        if isinstance(item, bool) or not match:
+            raise ValueError(f"status codes are numbers or ranges like \"200-299\", not {item!r}")
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if not 100 <= low <= high <= 599:
+            raise ValueError(f"status range {item!r} is not within 100-599")
+        ranges.append((low, high))
+    if not ranges:
+        raise ValueError("at least one status code is needed")
+    return tuple(ranges)
+
+
+def _listen(value: Any) -> tuple[str, int] | None:
+    if value in ("", "off", False):
+        return None
+    host, _, port = str(value).rpartition(":")
+    address, port_number = parse_endpoint(f"{host or '127.0.0.1'}:{port}")
+    return str(address), port_number
+
+
+def _digest(value: Any) -> str:
+    text = str(value).lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise ValueError("a digest is the 32 hex digits of the body's MD5 (keepalived's genhash)")
+    return text
+
+
+def _regex(value: Any) -> str:
+    try:
+        re.compile(str(value))
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    return str(value)
+
+
+def _check(reader: _Reader, base: CheckSpec) -> CheckSpec:
+    kind = reader.get("type", str, base.type)
+    if kind not in CHECK_TYPES:
+        reader.fail("type", f"unknown check type '{kind}' (known: {', '.join(CHECK_TYPES)})")
+    interval = reader.number("interval", base.interval)
+    timeout = reader.number("timeout", base.timeout)
+    if "interval" in reader.table and "timeout" not in reader.table:
+        timeout = min(timeout, interval)
+    retry = reader.get("retry_interval", (int, float), base.retry_interval)
+    port = reader.integer("port", base.port or 0, 0, 65535) or None
+    spec = CheckSpec(
+        type=kind, interval=interval, timeout=timeout,
+        retry_interval=None if retry is None else reader.number("retry_interval", retry),
+        rise=reader.integer("rise", base.rise, 1, 1000), fall=reader.integer("fall", base.fall, 1, 1000),
+        port=port, path=reader.get("path", str, base.path),
+        status=reader.convert("status", _status_ranges, base.status),
+        digest=reader.convert("digest", _digest, base.digest), regex=reader.convert("regex", _regex, base.regex),
+        host=reader.get("host", str, base.host), tls_verify=reader.get("tls_verify", bool, base.tls_verify),
+        command=reader.convert("command", _argv, base.command),
+    )  # fmt: skip
+    if not spec.path.startswith("/"):
+        reader.fail("path", f"'path' must start with '/', not {spec.path!r}")
+    if spec.type == "command" and not spec.command:
+        reader.fail("type", "a check of type 'command' needs 'command' (argv list)")
+    if spec.timeout > spec.interval:
+        reader.fail("timeout", f"'timeout' ({spec.timeout}s) is longer than 'interval' ({spec.interval}s)")
+    return spec
+
+
+def _sub(reader: _Reader, key: str, allowed: tuple[str, ...], label: str) -> _Reader:
+    table = reader.get(key, dict, {})
+    return _Reader(reader.path, reader.lines, table, (*reader.where, key), f"{reader.label}: {label}", allowed)
+
+
+def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool) -> RealSpec:
+    rip = reader.convert("address", parse_ipv4, required=True)
+    port = reader.integer("port", svc_key.port, 0, 65535)
+    if port != svc_key.port:
+        reader.fail("port", f"real port {port} differs from the service port {svc_key.port}: "
+                            "direct routing cannot change the port")
+    weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
+    real_check = _check(_sub(reader, "check", CHECK_KEYS, "check"), check) if "check" in reader.table else check
+    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit))
+
+
+def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int) -> ServiceSpec:
+    where = ("service", str(index))
+    reader = _Reader(path, lines, table, where, f"service #{index + 1}", SERVICE_KEYS)
+    proto = reader.get("proto", str, "tcp").upper()
+    if proto not in Protocol.__members__:
+        reader.fail("proto", f"unknown protocol '{proto.lower()}' (tcp or udp)")
+    vip = reader.convert("vip", parse_ipv4, required=True)
+    port = reader.integer("port", 0, 1, 65535) if "port" in table else reader.get("port", int, required=True)
+    key = ServiceKey(Protocol[proto], vip, port)
+    reader.label = f"service {proto.lower()} {key}"
+    scheduler = reader.convert("scheduler", validate_scheduler, "wrr")
+    check = _check(_sub(reader, "check", CHECK_KEYS, "check"), CheckSpec(port=None))
+    if key.proto is Protocol.UDP and check.type in ("tcp", "http", "https") and "check" not in table:
+        check = CheckSpec(type="none")
+    inhibit = reader.get("inhibit_on_failure", bool, False)
+    reals_table = reader.get("real", list, [])
+    reals: list[RealSpec] = []
+    for number, item in enumerate(reals_table):
+        label = f"{reader.label}: real #{number + 1}"
+        if not isinstance(item, dict):
+            reader.fail("real", f"real #{number + 1} must be a table")
+        real_reader = _Reader(path, lines, item, (*where, "real", str(number)), label, REAL_KEYS)
+        real = _real(real_reader, key, check, inhibit)
+        if any(r.key == real.key for r in reals):
+            real_reader.fail("address", f"real {real.rip}:{real.port} is listed twice")
+        reals.append(real)
+    sorry = reader.convert("sorry_server", lambda v: parse_endpoint(str(v), port))
+    if sorry is not None and sorry[1] != port:
+        reader.fail("sorry_server", f"sorry server port {sorry[1]} differs from the service port {port}: "
+                                    "direct routing cannot change the port")
+    if sorry is not None and any(r.key == sorry for r in reals):
+        reader.fail("sorry_server", "the sorry server is also one of the service's reals")
+    return ServiceSpec(
+        key, scheduler, tuple(reals), sorry, reader.integer("quorum", 1, 0, 1 << 30),
+        reader.integer("hysteresis", 0, 0, 1 << 30), reader.get("alpha", bool, False),
+    )
+
+
+def parse_config(text: str, path: Path | str = "<config>") -> DirectorConfig:
+    """Parse and validate a config text; raises ConfigError naming the file and line."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        where = f"{path}:{match.group(1)}" if match else str(path)
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    lines = _Lines(text)
+    top = _Reader(path, lines, data, (), "config", ("director", "service"))
+    director = _Reader(path, lines, top.get("director", dict, {}), ("director",), "[director]", DIRECTOR_KEYS)
+    mode = director.get("xdp_mode", str, "native")
+    if mode not in XDP_MODES:
+        director.fail("xdp_mode", f"unknown XDP mode '{mode}' (native or generic)")
+    notify = director.convert("notify", _argv, ())
+    services: list[ServiceSpec] = []
+    for index, table in enumerate(top.get("service", list, [])):
+        if not isinstance(table, dict):
+            top.fail("service", f"service #{index + 1} must be a table ([[service]])")
+        svc = _service(path, lines, table, index)
+        if any(s.key == svc.key for s in services):
+            raise ConfigError(f"{path}:{lines.of(('service', str(index)))}: service {svc.key.proto.label.lower()} "
+                              f"{svc.key} is defined twice")
+        services.append(svc)
+    return DirectorConfig(
+        path=path, services=tuple(services), interface=director.get("interface", str),
+        xdp_mode=mode, status_listen=director.convert("status_listen", _listen, _listen(DEFAULT_LISTEN)),
+        notify=notify, notify_timeout=director.number("notify_timeout", 10.0),
+        flush_on_failure=director.get("flush_on_failure", bool, True),
+    )  # fmt: skip
+
+
+def load_config(path: Path | str) -> DirectorConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file: {exc}") from None
+    return parse_config(text, path)

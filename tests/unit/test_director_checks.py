@@ -1,0 +1,135 @@
+"""Health checks against real servers on loopback: TCP, HTTP (status, digest, regex, Host), commands, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address
+
+from pyvs.director.checks import Health, ProbeResult, probe
+from pyvs.director.config import CheckSpec
+from pyvs.director.metrics import render
+from pyvs.director.notify import event_argv
+from pyvs.director.status import status_table
+
+LOOPBACK = IPv4Address("127.0.0.1")
+BODY = b"healthy rs1\n"
+
+
+async def _web(status: int, seen: list[bytes]) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(f"HTTP/1.0 {status} X\r\nContent-Length: {len(BODY)}\r\n\r\n".encode() + BODY)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def run(check: CheckSpec, port: int = 0,
+        server: Callable[[], Awaitable[asyncio.Server]] | None = None) -> tuple[ProbeResult, float]:
+    async def main() -> tuple[ProbeResult, float]:
+        listener = await server() if server else None
+        target = listener.sockets[0].getsockname()[1] if listener else port
+        started = time.monotonic()
+        result = await probe(check, LOOPBACK, target, asyncio.Semaphore(4))
+        if listener:
+            listener.close()
+        return result, time.monotonic() - started
+
+    return asyncio.run(main())
+
+
+def test_tcp_check_succeeds_on_a_listener_and_fails_on_a_closed_port() -> None:
+    ok, _ = run(CheckSpec(type="tcp"), server=lambda: _web(200, []))
+    assert ok == ProbeResult(True, ok.detail) and "connected" in ok.detail
+    closed, _ = run(CheckSpec(type="tcp"), port=1)
+    assert closed == ProbeResult(False, "tcp 127.0.0.1:1: Connection refused")
+
+
+def test_http_check_looks_at_status_digest_regex_and_sends_the_host_header() -> None:
+    seen: list[bytes] = []
+    good = CheckSpec(type="http", path="/health", host="www.example.com", regex=r"healthy rs\d",
+                     digest=hashlib.md5(BODY).hexdigest())  # noqa: S324
+    result, _ = run(good, server=lambda: _web(200, seen))
+    assert result.ok, result.detail
+    assert seen[0].startswith(b"GET /health HTTP/1.0\r\nHost: www.example.com\r\n")
+    result, _ = run(CheckSpec(type="http"), server=lambda: _web(500, []))
+    assert not result.ok and result.detail.endswith("status 500")
+    result, _ = run(CheckSpec(type="http", digest="0" * 32), server=lambda: _web(200, []))
+    assert not result.ok and "body digest" in result.detail
+    result, _ = run(CheckSpec(type="http", regex="sick"), server=lambda: _web(200, []))
+    assert result == ProbeResult(False, result.detail) and "does not match /sick/" in result.detail
+
+
+def test_a_server_that_accepts_but_never_answers_times_out() -> None:
+    async def silent() -> asyncio.Server:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(5)
+
+        return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+    result, took = run(CheckSpec(type="http", interval=1, timeout=0.3), server=silent)
+    assert not result.ok and result.detail.endswith("no answer within 0.3s")
+    assert took < 1.0
+
+
+def test_command_check_exit_code_output_and_a_hung_command_is_killed() -> None:
+    ok, _ = run(CheckSpec(type="command", command=(sys.executable, "-c", "import sys; sys.exit(sys.argv[1] != "
+                                                   "'127.0.0.1:8080')", "{rip}:{port}")), port=8080)
+    assert ok.ok, ok.detail
+    failed, _ = run(CheckSpec(type="command", command=(sys.executable, "-c", "print('disk full'); exit(3)")))
+    assert failed == ProbeResult(False, f"check command {sys.executable} exited 3: disk full")
+    hung, took = run(CheckSpec(type="command", interval=1, timeout=0.3, command=("sleep", "30")))
+    assert hung == ProbeResult(False, "check command sleep did not finish within 0.3s: killed")
+    assert took < 1.0
+    missing, _ = run(CheckSpec(type="command", command=("/nonexistent/check",)))
+    assert missing == ProbeResult(False, "check command /nonexistent/check: cannot run: No such file or directory")
+
+
+def test_rise_and_fall_count_results_in_a_row() -> None:
+    spec = CheckSpec(rise=2, fall=3)
+    health = Health(up=True)
+    ok, bad = ProbeResult(True, "ok"), ProbeResult(False, "bad")
+    assert [health.record(r, spec) for r in (bad, bad, ok, bad, bad, bad)] == [False] * 5 + [True]
+    assert not health.up and health.transitions == 1
+    assert [health.record(r, spec) for r in (ok, bad, ok, ok)] == [False, False, False, True]
+    assert health.up and health.transitions == 2 and health.checks == 10
+
+
+def _snapshot(conns: int, at: float) -> dict:  # type: ignore[type-arg]
+    real = {"address": "198.18.2.11", "port": 80, "role": "real", "weight": 1, "health": "down", "transitions": 1,
+            "active": 2, "inactive": 3, "conns": conns, "packets": conns * 10, "bytes": conns * 1000}
+    return {"pid": 1, "config": "d.toml", "generation": 2, "time": at, "last_reload": {"ok": True},
+            "counters": {"rx": 5, "drop_no_real": 4, "drop_fragment": 0},
+            "services": [{"name": "tcp/198.18.0.100:80", "scheduler": "rr", "quorum": False, "sorry_active": True,
+                          "conns": conns, "packets": conns * 10, "bytes": conns * 1000, "reals": [real]}]}
+
+
+def test_status_table_shows_health_and_rates_between_two_samples() -> None:
+    lines = status_table(_snapshot(30, 12.0), _snapshot(10, 10.0))
+    assert lines[0] == "pyvs director pid 1, config d.toml (generation 2)"
+    assert lines[1].split() == ["service", "/", "real", "health", "weight", "active", "inact", "conn/s", "pkt/s",
+                                "bytes/s", "conns"]
+    assert lines[2].split() == ["tcp/198.18.0.100:80", "rr", "LOST", "(sorry)", "10.0", "100.0", "10.0KB", "30"]
+    assert lines[3].split() == ["->", "198.18.2.11:80", "DOWN", "1", "2", "3", "10.0", "100.0", "10.0KB", "30"]
+    assert lines[4] == "drops: no_real 4"
+
+
+def test_metrics_carry_health_transitions_and_drop_reasons() -> None:
+    text = render(_snapshot(30, 1.0)).decode()
+    labels = 'real="198.18.2.11:80",role="real",service="tcp/198.18.0.100:80"'
+    assert f"pyvs_real_up{{{labels}}} 0.0" in text
+    assert f"pyvs_real_health_transitions_total{{{labels}}} 1.0" in text
+    assert f"pyvs_real_active_connections{{{labels}}} 2.0" in text
+    assert 'pyvs_drops_total{reason="no_real"} 4.0' in text
+    assert 'pyvs_service_sorry_active{service="tcp/198.18.0.100:80"} 1.0' in text
+
+
+def test_notify_argv_placeholders() -> None:
+    fields = {"event": "real_down", "service": "tcp/198.18.0.100:80", "real": "198.18.2.11:80", "state": "down"}
+    assert event_argv(["/bin/n", "{event}", "--real={real}"], fields) == ["/bin/n", "real_down",
+                                                                           "--real=198.18.2.11:80"]

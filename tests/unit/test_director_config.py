@@ -1,0 +1,113 @@
+"""The director's config file: what it accepts, and errors that name the file and line."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from pyvs.director.config import CheckSpec, ConfigError, load_config, parse_config
+from pyvs.model import Protocol
+
+GOOD = """
+[director]
+interface = "eth0"
+notify = ["/usr/local/bin/lb-notify", "{event}"]
+
+[[service]]
+vip = "198.18.0.100"
+port = 80
+scheduler = "rr"
+sorry_server = "198.18.2.20"
+inhibit_on_failure = true
+check = { type = "http", path = "/health", status = [200, "300-399"], interval = 1, timeout = 0.5, rise = 2 }
+
+[[service.real]]
+address = "198.18.2.11"
+
+[[service.real]]
+address = "198.18.2.12"
+weight = 3
+[service.real.check]
+type = "command"
+command = ["/usr/lib/check", "{rip}", "{port}"]
+
+[[service]]
+proto = "udp"
+vip = "198.18.0.100"
+port = 53
+
+[[service.real]]
+address = "198.18.2.11"
+"""
+
+
+def test_a_full_config_is_read_with_defaults_and_per_real_checks() -> None:
+    config = parse_config(GOOD, "director.toml")
+    web, dns = config.services
+    assert config.interface == "eth0" and config.notify == ("/usr/local/bin/lb-notify", "{event}")
+    assert config.status_listen == ("127.0.0.1", 9180)
+    assert web.key.proto is Protocol.TCP and web.scheduler == "rr"
+    assert web.sorry_server == (IPv4Address("198.18.2.20"), 80)
+    first, second = web.reals
+    assert first.inhibit_on_failure and first.weight == 1
+    assert first.check == CheckSpec(type="http", interval=1.0, timeout=0.5, rise=2, path="/health",
+                                    status=((200, 200), (300, 399)))
+    assert second.weight == 3 and second.check.type == "command"
+    assert second.check.command == ("/usr/lib/check", "{rip}", "{port}")
+    assert second.check.interval == 1.0  # inherited from the service's check
+    assert dns.key.proto is Protocol.UDP and dns.scheduler == "wrr"
+    assert dns.reals[0].check.type == "none"  # UDP reals are not TCP-checked unless asked
+
+
+@pytest.mark.parametrize(("change", "line", "message"), [
+    ('weight = 3', 'weight = "3"', ":19: service tcp 198.18.0.100:80: real #2: 'weight' must be int, not str"),
+    ('address = "198.18.2.12"', 'address = "198.18.2.312"', ":18: service tcp 198.18.0.100:80: real #2: 'address'"),
+    ('scheduler = "rr"', 'scheduler = "lcx"', ":9: service tcp 198.18.0.100:80: 'scheduler': unknown scheduler"),
+    ('rise = 2 }', 'rise = 0 }', ":12: service tcp 198.18.0.100:80: check: 'rise' must be between 1 and 1000"),
+    ('type = "command"', 'type = "ping"', ":21: service tcp 198.18.0.100:80: real #2: check: unknown check type"),
+    ('command = ["/usr/lib/check", "{rip}", "{port}"]', 'command = []',
+     ":22: service tcp 198.18.0.100:80: real #2: check: 'command': the command is empty"),
+    ('sorry_server = "198.18.2.20"', 'sorry_server = "198.18.2.20:8080"', ":10: service tcp 198.18.0.100:80: "
+     "sorry server port 8080 differs from the service port 80"),
+    ('interface = "eth0"', 'interfaces = "eth0"', ":3: [director]: unknown setting 'interfaces'"),
+    ('port = 53', 'port = 53\nport = 54', ":28: not valid TOML"),
+    ('address = "198.18.2.12"', 'address = "198.18.2.11"', ":18: service tcp 198.18.0.100:80: real #2: "
+     "real 198.18.2.11:80 is listed twice"),
+    ('vip = "198.18.0.100"\nport = 53', 'vip = "2001:db8::1"\nport = 53', ":26: service #2: 'vip': '2001:db8::1': "
+     "IPv6 is not supported yet"),
+])  # fmt: skip
+def test_an_invalid_file_is_refused_naming_file_line_and_reason(change: str, line: str, message: str) -> None:
+    assert change in GOOD
+    with pytest.raises(ConfigError) as caught:
+        parse_config(GOOD.replace(change, line, 1), "director.toml")
+    assert str(caught.value).startswith("director.toml" + message), str(caught.value)
+
+
+def test_a_timeout_longer_than_the_interval_is_refused() -> None:
+    text = GOOD.replace("interval = 1, timeout = 0.5", "interval = 1, timeout = 5")
+    with pytest.raises(ConfigError, match=r"director.toml:12: .*'timeout' \(5.0s\) is longer than 'interval'"):
+        parse_config(text, "director.toml")
+
+
+def test_a_missing_or_binary_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "absent.toml")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_config(binary)
+
+
+def test_a_service_defined_twice_is_refused() -> None:
+    text = GOOD + '\n[[service]]\nvip = "198.18.0.100"\nport = 80\nscheduler = "rr"\n'
+    with pytest.raises(ConfigError, match=r"director.toml:32: service tcp 198.18.0.100:80 is defined twice"):
+        parse_config(text, "director.toml")
+
+
+def test_status_listen_off_and_status_ranges() -> None:
+    config = parse_config('[director]\nstatus_listen = "off"\n')
+    assert config.status_listen is None and config.services == ()
+    check = CheckSpec(status=((200, 299), (302, 302)))
+    assert check.accepts(204) and check.accepts(302) and not check.accepts(500) and not check.accepts(301)
