@@ -156,7 +156,10 @@ def cmd_director_status(args: argparse.Namespace) -> int:
     with open_dataplane(args.pin_dir) as dp:
         counters = dp.counters()
         hops = dp.real_next_hops()
-        print(f"maps: {dp.pin_dir} (connection table size {dp.conn_table_size})")
+        usage = dp.conn_table_usage()
+        print(f"maps: {dp.pin_dir}")
+        print(f"connection table: {usage['entries']} of {usage['size']} entries, "
+              f"{usage['evicted']} evicted by the LRU when full")
     rows = [["service", "real", "mac", "via ifindex"]]
     rows += [[f"{key.proto.label} {key}", f"{rip}:{port}", hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
               str(hop.ifindex)] for (key, (rip, port)), hop in sorted(hops.items())]

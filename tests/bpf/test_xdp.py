@@ -309,6 +309,9 @@ def test_connection_table_size_is_set_at_creation_and_kept(dataplane: Dataplane)
         for i in range(1300):  # more flows than entries: the least recently used are evicted
             small.test_run(syn(sport=10000 + i))
         assert len(small.connections()) <= 1024
+        usage = small.conn_table_usage()
+        assert usage["size"] == 1024 and usage["entries"] <= 1024
+        assert usage["evicted"] == 1300 - usage["entries"] >= 276  # the full table's evictions are counted
         assert small.test_run(syn(sport=20000)).verdict_name == "XDP_TX"
     finally:
         small.close()

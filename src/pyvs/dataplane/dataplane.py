@@ -382,7 +382,24 @@ class Dataplane:
         for conn_key, value, _ in self._live_connections():
             if value.svc_index == index and value.real in slots:
                 flushed += libbpf.map_delete(self._fds["conns"], conn_key)
+        self._add_counter("conn_deleted", flushed)
         return flushed
+
+    def _add_counter(self, name: str, amount: int) -> None:
+        """Add to a global counter from the control plane (CPU 0's slot; rare, so a lost race costs little)."""
+        index = next(i for i, n in abi.COUNTER_NAMES.items() if n == name)
+        values = (ctypes.c_uint64 * self._ncpus)()
+        libbpf.map_lookup(self._fds["counters"], ctypes.c_uint32(index), values)
+        values[0] += amount
+        libbpf.map_update(self._fds["counters"], ctypes.c_uint32(index), values)
+
+    def conn_table_usage(self) -> dict[str, int]:
+        """Entries in the connection table (expired ones not swept yet included), its size, and how many
+        entries the LRU evicted to make room: added - removed - present."""
+        _, _, entries = libbpf.map_lookup_batch(self._fds["conns"], abi.ConnKey, abi.Conn, self.conn_table_size)
+        c = self.counters()
+        evicted = c["conn_inserted"] - c["conn_swept"] - c["conn_deleted"] - entries
+        return {"entries": entries, "size": self.conn_table_size, "evicted": max(evicted, 0)}
 
     def refresh_macs(self) -> int:
         """Resolve the MAC of every real again; returns how many changed."""

@@ -80,7 +80,9 @@
 #define PYVS_CNT_PASS_NO_CONN 11   /* TCP RST without a connection: left to the kernel */
 #define PYVS_CNT_CONN_SWEPT 12     /* expired entries removed by the sweeper */
 #define PYVS_CNT_PERSIST_HIT 13    /* new connections sent to a persistence template's real */
-#define PYVS_CNT_COUNT 14
+#define PYVS_CNT_CONN_INSERTED 14  /* entries added under a new key (connections and templates) */
+#define PYVS_CNT_CONN_DELETED 15   /* entries removed by expire_nodest_conn or the control plane */
+#define PYVS_CNT_COUNT 16
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */

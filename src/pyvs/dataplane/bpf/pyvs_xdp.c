@@ -187,6 +187,8 @@ static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const 
 	fresh.timeout = svc->persist_timeout;
 	fresh.state = PYVS_STATE_NONE;
 	fresh.flags = PYVS_CONN_F_TEMPLATE;
+	if (!tmpl)
+		count(PYVS_CNT_CONN_INSERTED);
 	bpf_map_update_elem(&conns, &tkey, &fresh, BPF_ANY);
 	return slot;
 }
@@ -250,7 +252,7 @@ int pyvs_xdp(struct xdp_md *ctx)
 	__u32 zero = 0, real_id, svc_index, template_real = 0, *slot;
 	__u16 vport;
 	__u64 now;
-	int event = EV_ACK, new_conn = 0;
+	int event = EV_ACK, new_conn = 0, replaced;
 
 	switch (parse_packet(data, data_end, &pkt)) {
 	case PARSE_OK:
@@ -282,6 +284,7 @@ int pyvs_xdp(struct xdp_md *ctx)
 
 	/* An established flow needs no service lookup: its entry names the service and the real. */
 	conn = bpf_map_lookup_elem(&conns, &ckey);
+	replaced = conn != NULL;
 	if (conn && (svc_gen(conn->svc_index) != conn->svc_gen || expired(conn, cfg, now) || closed(conn, event))) {
 		count(PYVS_CNT_CONN_REPLACED);
 		recount(conn, PYVS_COUNTED_NONE);
@@ -292,8 +295,8 @@ int pyvs_xdp(struct xdp_md *ctx)
 		real_id = conn->real;
 		real = bpf_map_lookup_elem(&reals, &real_id);
 		if (!real || !(real->flags & PYVS_REAL_ACTIVE) || real->gen != conn->gen) {
-			if (cfg->flags & PYVS_CFG_EXPIRE_NODEST_CONN)
-				bpf_map_delete_elem(&conns, &ckey);
+			if ((cfg->flags & PYVS_CFG_EXPIRE_NODEST_CONN) && bpf_map_delete_elem(&conns, &ckey) == 0)
+				count(PYVS_CNT_CONN_DELETED);
 			return drop(PYVS_CNT_DROP_REAL_GONE);
 		}
 		if (pkt.proto == IPPROTO_TCP) {
@@ -330,6 +333,8 @@ int pyvs_xdp(struct xdp_md *ctx)
 		fresh.svc_gen = svc_gen(svc_index);
 		fresh.state = pkt.proto == IPPROTO_TCP ? tcp_next_state(PYVS_STATE_NONE, event) : PYVS_STATE_UDP;
 		fresh.counted = conn_class(fresh.state);
+		if (!replaced)
+			count(PYVS_CNT_CONN_INSERTED);
 		bpf_map_update_elem(&conns, &ckey, &fresh, BPF_ANY);
 		add_count(real_id, fresh.counted, 1);
 		count(PYVS_CNT_CONN_NEW);
