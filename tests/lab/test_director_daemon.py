@@ -326,3 +326,30 @@ port = 8080
     time.sleep(1.0)
     assert request_loop.failures(since=out_at) == []
     assert set(request_loop.served(since=out_at)) == {"rs2"}
+
+
+def test_daemon_takes_the_vip_over_with_gratuitous_arp_when_it_starts(lab: Topology, tmp_path: Path) -> None:
+    # The gateway holds a stale MAC for the VIP (a previous director); the daemon's start must correct it.
+    stale = "02:00:5e:00:01:99"
+    run_in_netns(lab.gateway.netns, ["ip", "neigh", "replace", lab.vip, "lladdr", stale, "dev", "inside",
+                                     "nud", "stale"])
+    config = tmp_path / "director.toml"
+    config.write_text(config_text(lab, tmp_path / "notify.log").replace(
+        "[director]\n", f'[director]\ninterface = "{lab.director_nic.ifname}"\n'))
+    daemon = Daemon(lab, config, tmp_path / "daemon.log", tmp_path / "notify.log")
+
+    def gateway_mac() -> str:
+        out = run_in_netns(lab.gateway.netns, ["ip", "neigh", "show", lab.vip, "dev", "inside"]).stdout
+        return out.split("lladdr")[1].split()[0] if "lladdr" in out else ""
+
+    director_mac = lab.director_nic.mac
+    assert gateway_mac() == stale
+    try:
+        daemon.start()
+        wait_for(lambda: gateway_mac() == director_mac, 1.0, "the gateway learns the director's MAC for the VIP")
+        assert "vip_takeover" in daemon.log.read_text()
+        assert http_get(lab.client.netns, lab.public_ip).server in ("rs1", "rs2")
+    finally:
+        daemon.stop()
+    # The VIP was configured on the NIC by the admin (the lab), so a clean stop leaves it there.
+    assert lab.vip in run_in_netns(lab.director.netns, ["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout

@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pyvs.arp import takeover
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
 from pyvs.director import checks
 from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
@@ -364,6 +366,7 @@ class Director:
         if server is not None:
             server.close()
         await self.notifier.drain()
+        await self.in_dataplane_thread(self._withdraw)
         self._dataplane_thread.shutdown()
         info = read_run_file(self.dp.pin_dir)
         if info and info.get("pid") == os.getpid():
@@ -381,15 +384,28 @@ class Director:
             await self.in_dataplane_thread(self.reconcile)
 
     def _attach(self) -> None:
+        """Attach XDP to the configured interface (unless it is there) and take the VIPs over on it."""
         ifname = self.config.interface
         if not ifname:
             return
         attached = Dataplane.xdp_mode(ifname)
         if attached:
             log_event(logging.INFO, "xdp_present", interface=ifname, mode=attached[0], program=attached[1])
-            return
-        self.dp.attach(ifname, self.config.xdp_mode)
-        log_event(logging.INFO, "xdp_attached", interface=ifname, mode=self.config.xdp_mode)
+        else:
+            self.dp.attach(ifname, self.config.xdp_mode)
+            log_event(logging.INFO, "xdp_attached", interface=ifname, mode=self.config.xdp_mode)
+        # Gratuitous ARP: the gateway and the switches learn at once that the VIPs are here.
+        for action in takeover.announce(self._vips(), ifname):
+            log_event(logging.INFO, "vip_takeover", interface=ifname, action=action)
+
+    def _withdraw(self) -> None:
+        """On a clean stop, remove the VIPs that the takeover added (an admin-configured VIP stays)."""
+        if self.config.interface:
+            for action in takeover.withdraw(self._vips(), self.config.interface):
+                log_event(logging.INFO, "vip_withdrawn", interface=self.config.interface, action=action)
+
+    def _vips(self) -> list[IPv4Address]:
+        return sorted({svc.key.vip for svc in self.config.services})
 
 
 def run_daemon(config_path: Path | str, pin_dir: Path | str | None = None) -> None:
