@@ -26,6 +26,7 @@ from pyvs.admin.printers import (
     format_timeouts,
 )
 from pyvs.model import (
+    DEFAULT_PERSISTENCE,
     DEFAULT_SCHEDULER,
     SUPPORTED_SCHEDULERS,
     Connection,
@@ -94,6 +95,10 @@ virtual-service:
 Options:
   --scheduler    -s scheduler         one of {"|".join(SUPPORTED_SCHEDULERS)},
                                       the default scheduler is {DEFAULT_SCHEDULER}.
+  --persistent   -p [timeout]         persistent service (default timeout {DEFAULT_PERSISTENCE} seconds)
+  --netmask      -M netmask           persistent granularity mask
+  --sched-flags  -b flags             scheduler flags, comma-separated: sh-fallback, sh-port,
+                                      mh-fallback, mh-port, flag-1, flag-2, flag-3
   --real-server  -r server-address    server-address is host (and port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
   --weight       -w weight            capacity of real server
@@ -106,7 +111,7 @@ Options:
   --numeric      -n                   numeric output of addresses and ports
 
 pyvs forwards by direct routing only and refuses, changing nothing, the ipvsadm options
-it does not implement: -m -i --tun-*, -f -6 --sctp-service, -p -M --pe -o -b, -x -y,
+it does not implement: -m -i --tun-*, -f -6 --sctp-service, --pe -o, -x -y,
 --rate --thresholds --persistent-conn --tun-info, the sync daemon options.
 """
 
