@@ -351,5 +351,7 @@ def test_daemon_takes_the_vip_over_with_gratuitous_arp_when_it_starts(lab: Topol
         assert http_get(lab.client.netns, lab.public_ip).server in ("rs1", "rs2")
     finally:
         daemon.stop()
+        with in_netns(lab.director.netns), open_director(lab) as dp:
+            dp.apply(tutorial_rules(lab))
     # The VIP was configured on the NIC by the admin (the lab), so a clean stop leaves it there.
     assert lab.vip in run_in_netns(lab.director.netns, ["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
