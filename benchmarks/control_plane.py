@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import resource
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from pyvs.admin.cli import main as pyvsadm
-from pyvs.dataplane import Dataplane, open_dataplane, remove_pins
+from pyvs.dataplane import Dataplane, scratch_dataplane
 from pyvs.dataplane.neighbours import NextHop
-from pyvs.dataplane.pins import bpffs_root
 
 HERE = Path(__file__).parent
 TARGETS = {"restore_s": 3.0, "one_real_change_s": 0.05, "peak_rss_mib": 200.0}
@@ -54,14 +52,9 @@ def run(dp: Dataplane, line: str, stdin: str = "") -> float:
 
 def conn_table_memory(entries: int) -> int:
     """Bytes the kernel charges for a connection table of `entries` (memlock of the map)."""
-    pin_dir = bpffs_root() / "pyvs" / f"pyvsbench-mem-{os.getpid()}"
-    dp = open_dataplane(pin_dir, resolver=static_neighbour, conn_table_size=entries)
-    try:
+    with scratch_dataplane("pyvsbench-mem", static_neighbour, conn_table_size=entries) as dp:
         fdinfo = Path(f"/proc/self/fdinfo/{dp._fds['conns']}").read_text()  # noqa: SLF001 (a benchmark looks inside)
         return int(next(line.split()[1] for line in fdinfo.splitlines() if line.startswith("memlock:")))
-    finally:
-        dp.close()
-        remove_pins(pin_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,17 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "control_plane.json")
     args = parser.parse_args(argv)
     text = rule_file(args.services, args.reals)
-    pin_dir = bpffs_root() / "pyvs" / f"pyvsbench-ctl-{os.getpid()}"
-    dp = open_dataplane(pin_dir, resolver=static_neighbour)
-    try:
+    with scratch_dataplane("pyvsbench-ctl", static_neighbour) as dp:
         empty = run(dp, "-R", "")
         restore = run(dp, "-R", text)
         vip, rip = "198.18.16.7", "198.19.0.42"
         change = min(run(dp, f"-e -t {vip}:80 -r {rip}:80 -g -w {w}") for w in (5, 6, 7))
         listed = run(dp, "-L -n")
-    finally:
-        dp.close()
-        remove_pins(pin_dir)
     figures = {
         "empty_restore_s": empty,
         "restore_s": restore,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -21,10 +20,9 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from pyvs.dataplane import Dataplane, libbpf, open_dataplane, remove_pins
+from pyvs.dataplane import Dataplane, libbpf, scratch_dataplane
 from pyvs.dataplane.build import build_object, object_path
 from pyvs.dataplane.neighbours import NextHop
-from pyvs.dataplane.pins import bpffs_root
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
 
 HERE = Path(__file__).parent
@@ -80,9 +78,7 @@ def populate(dp: Dataplane, conns: int) -> None:
 
 
 def bench_pyvs(reals: int, conns: int, repeat: int, runs: int) -> list[Figure]:
-    pin_dir = bpffs_root() / "pyvs" / f"pyvsbench-{os.getpid()}-{reals}"
-    dp = open_dataplane(pin_dir, resolver=static_neighbour)
-    try:
+    with scratch_dataplane(f"pyvsbench-{reals}", static_neighbour) as dp:
         dp.apply(rules_with(reals))
         populate(dp, conns)
         libbpf.prog_test_run(dp.program_fd(), frame(UDP(sport=5353, dport=80)))
@@ -93,14 +89,11 @@ def bench_pyvs(reals: int, conns: int, repeat: int, runs: int) -> list[Figure]:
             "pass-through": (dp.program_fd(), frame(TCP(sport=1, dport=22, flags="A"), dst="198.18.0.1")),
         }
         figures = [Figure(name, reals, *measure(fd, packet, repeat, runs)) for name, (fd, packet) in cases.items()]
-        with libbpf.BpfObject(str(object_path("xdp", NEW_FLOWS)), str(pin_dir),
+        with libbpf.BpfObject(str(object_path("xdp", NEW_FLOWS)), str(dp.pin_dir),
                               {"conns": dp.conn_table_size}) as new_flows:
             syn = frame(TCP(sport=40000, dport=80, flags="S"))
             figures.append(Figure("new TCP flow", reals, *measure(new_flows.prog_fd("pyvs_xdp"), syn, repeat, runs)))
         return figures
-    finally:
-        dp.close()
-        remove_pins(pin_dir)
 
 
 def bench_bare(repeat: int, runs: int) -> list[Figure]:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from scapy.layers.inet import TCP
 
 from benchmarks.packet_cost import NEW_FLOWS, frame, measure, rules_with, static_neighbour
-from pyvs.dataplane import libbpf, open_dataplane, remove_pins
+from pyvs.dataplane import libbpf, scratch_dataplane
 from pyvs.dataplane.build import object_path
-from pyvs.dataplane.pins import bpffs_root
 from pyvs.model import ALL_SCHEDULERS
 
 HERE = Path(__file__).parent
@@ -32,13 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reals", type=int, default=100, help="reals of the service (default 100)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scheduler_cost.json")
     args = parser.parse_args(argv)
-    pin_dir = bpffs_root() / "pyvs" / f"pyvsbench-sched-{os.getpid()}"
-    dp = open_dataplane(pin_dir, resolver=static_neighbour)
     syn = frame(TCP(sport=40000, dport=80, flags="S"))
     ack = frame(TCP(sport=40000, dport=80, flags="A"))
     results: dict[str, dict[str, float]] = {}
-    try:
-        with libbpf.BpfObject(str(object_path("xdp", NEW_FLOWS)), str(pin_dir),
+    with scratch_dataplane("pyvsbench-sched", static_neighbour) as dp:
+        with libbpf.BpfObject(str(object_path("xdp", NEW_FLOWS)), str(dp.pin_dir),
                               {"conns": dp.conn_table_size}) as new_flows:
             for scheduler in ALL_SCHEDULERS:
                 rules = rules_with(args.reals)
@@ -52,9 +48,6 @@ def main(argv: list[str] | None = None) -> int:
                 new = measure(new_flows.prog_fd("pyvs_xdp"), syn, args.repeat, args.runs)[0]
                 results[scheduler] = {"established_ns": established, "new_flow_ns": new}
                 libbpf.prog_test_run(dp.program_fd(), frame(TCP(sport=40000, dport=80, flags="R")))
-    finally:
-        dp.close()
-        remove_pins(pin_dir)
     rr = results["rr"]
     lines = [f"{'scheduler':<9} {'established ns':>15} {'x rr':>6} {'new flow ns':>12} {'x rr':>6}"]
     for name, r in results.items():

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 import pytest
 
-from pyvs.dataplane import Dataplane, open_dataplane, remove_pins
+from pyvs.dataplane import Dataplane, scratch_dataplane
 from pyvs.dataplane.neighbours import ZERO_MAC, NextHop
-from pyvs.dataplane.pins import bpffs_root
 
 DIRECTOR_MAC = "02:00:00:00:00:0a"
 CLIENT_MAC = "02:00:00:00:00:01"
@@ -31,10 +29,5 @@ def static_neighbours(rip: IPv4Address) -> NextHop:
 
 @pytest.fixture
 def dataplane() -> Iterator[Dataplane]:
-    pin_dir = bpffs_root() / "pyvs" / f"pyvst-bpf-{os.getpid()}"
-    dp = open_dataplane(pin_dir, resolver=static_neighbours)
-    try:
+    with scratch_dataplane("pyvst-bpf", static_neighbours) as dp:
         yield dp
-    finally:
-        dp.close()
-        remove_pins(pin_dir)

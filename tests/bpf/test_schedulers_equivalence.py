@@ -19,10 +19,9 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 
-from pyvs.dataplane import Dataplane, abi, libbpf, open_dataplane, remove_pins
+from pyvs.dataplane import Dataplane, abi, libbpf, scratch_dataplane
 from pyvs.dataplane.build import object_path
 from pyvs.dataplane.neighbours import NextHop
-from pyvs.dataplane.pins import bpffs_root
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
 from pyvs.schedulers import SCHEDULERS, Flow, RealState, SchedFlag, Scheduler, build_table, new_scheduler
 
@@ -44,13 +43,8 @@ def neighbours(rip: IPv4Address) -> NextHop:
 
 @pytest.fixture
 def plane() -> Iterator[Dataplane]:
-    pin_dir = bpffs_root() / "pyvs" / f"pyvst-sched-{os.getpid()}"
-    dp = open_dataplane(pin_dir, resolver=neighbours)
-    try:
+    with scratch_dataplane("pyvst-sched", neighbours) as dp:
         yield dp
-    finally:
-        dp.close()
-        remove_pins(pin_dir)
 
 
 @dataclass

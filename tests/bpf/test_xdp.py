@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane, remove_pins
+from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane, scratch_dataplane
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, Timeouts
 from pyvs.schedulers.roundrobin import wrr_table
 
@@ -298,13 +298,11 @@ def test_port_zero_persistent_service_keeps_a_client_on_one_real_across_ports(da
     assert len(chosen) == 1
 
 
-def test_connection_table_size_is_set_at_creation_and_kept(dataplane: Dataplane) -> None:
-    pin_dir = dataplane.pin_dir.parent / f"{dataplane.pin_dir.name}-small"
-    small = open_dataplane(pin_dir, resolver=static_neighbours, conn_table_size=1024)
-    try:
+def test_connection_table_size_is_set_at_creation_and_kept() -> None:
+    with scratch_dataplane("pyvst-small", static_neighbours, conn_table_size=1024) as small:
         assert small.conn_table_size == 1024
         with pytest.raises(DataplaneError, match="has 1024 entries"):
-            open_dataplane(pin_dir, conn_table_size=8192)
+            open_dataplane(small.pin_dir, conn_table_size=8192)
         small.apply(rules(service(TCP80, "rr", (RS1, 1))))
         for i in range(1300):  # more flows than entries: the least recently used are evicted
             small.test_run(syn(sport=10000 + i))
@@ -313,9 +311,6 @@ def test_connection_table_size_is_set_at_creation_and_kept(dataplane: Dataplane)
         assert usage["size"] == 1024 and usage["entries"] <= 1024
         assert usage["evicted"] == 1300 - usage["entries"] >= 276  # the full table's evictions are counted
         assert small.test_run(syn(sport=20000)).verdict_name == "XDP_TX"
-    finally:
-        small.close()
-        remove_pins(pin_dir)
 
 
 def test_deleting_a_service_ends_its_connections(dataplane: Dataplane) -> None:

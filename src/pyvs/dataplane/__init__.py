@@ -6,6 +6,7 @@ from pyvs.dataplane.dataplane import (
     attach_pass_program,
     open_dataplane,
     remove_pins,
+    scratch_dataplane,
 )
 
-__all__ = ["Dataplane", "DataplaneError", "attach_pass_program", "open_dataplane", "remove_pins"]
+__all__ = ["Dataplane", "DataplaneError", "attach_pass_program", "open_dataplane", "remove_pins", "scratch_dataplane"]

@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from pyvs.dataplane import abi, libbpf
 from pyvs.dataplane.build import object_path
 from pyvs.dataplane.neighbours import ZERO_MAC, NeighbourError, NextHop, interface_index, resolve
-from pyvs.dataplane.pins import default_pin_dir
+from pyvs.dataplane.pins import bpffs_root, default_pin_dir
 from pyvs.model import (
     HOST_MASK,
     Connection,
@@ -645,6 +646,19 @@ def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resol
     return Dataplane(path, fds, resolver)
 
 
+@contextmanager
+def scratch_dataplane(name: str, resolver: Resolver = resolve,
+                      conn_table_size: int | None = None) -> Iterator[Dataplane]:
+    """A data plane pinned under <bpffs>/pyvs/<name>-<pid> and removed on exit (tests, benchmarks)."""
+    pin_dir = bpffs_root() / "pyvs" / f"{name}-{os.getpid()}"
+    dp = open_dataplane(pin_dir, resolver, conn_table_size)
+    try:
+        yield dp
+    finally:
+        dp.close()
+        remove_pins(pin_dir)
+
+
 def remove_pins(pin_dir: str | Path) -> None:
     """Remove a data plane's pinned maps (forwarding stops once no program uses them)."""
     path = Path(pin_dir)
@@ -663,4 +677,4 @@ def attach_pass_program(ifname: str, mode: str = "native") -> None:
         libbpf.xdp_attach(interface_index(ifname), obj.prog_fd("pyvs_pass"), flags)
 
 
-__all__ = ["Dataplane", "DataplaneError", "open_dataplane", "remove_pins", "attach_pass_program"]
+__all__ = ["Dataplane", "DataplaneError", "open_dataplane", "remove_pins", "scratch_dataplane", "attach_pass_program"]

@@ -286,3 +286,17 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ingress_ifindex: i
         opts.ctx_size_in = ctypes.sizeof(ctx)
     _check(_test_run(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
     return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
+
+
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+
+def prog_run_live_frames(prog_fd: int, frame: bytes, count: int, ingress_ifindex: int, batch_size: int = 64) -> None:
+    """Run an XDP program `count` times on copies of `frame` as live frames: XDP_TX sends them out of
+    `ingress_ifindex` (an interface of the calling thread's netns), as a packet generator."""
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    ctx = XdpMd(data=0, data_end=len(frame), ingress_ifindex=ingress_ifindex)
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.cast(data_in, _vp), data_size_in=len(frame),
+                       ctx_in=ctypes.cast(ctypes.byref(ctx), _vp), ctx_size_in=ctypes.sizeof(ctx), repeat=count,
+                       flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=batch_size)
+    _check(_test_run(prog_fd, ctypes.byref(opts)), "BPF_PROG_RUN (live frames)")

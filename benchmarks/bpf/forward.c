@@ -1,0 +1,85 @@
+/* Programs of the forwarding-rate benchmark (benchmarks/forwarding.py):
+ *   bench_generate  the traffic generator, run by BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: it gives each
+ *                   frame the next of 256 source ports and sends it with XDP_TX;
+ *   bench_forward   the bare DR forwarder on the director: a frame for the VIP gets the director's MAC as source
+ *                   and one of two reals' MACs (by source port) as destination, XDP_TX; nothing else;
+ *   bench_count     count-and-drop on a real: frames from the generator's address are counted and dropped,
+ *                   everything else (ARP, health checks) goes to the kernel. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "parse.h"
+
+#define FLOWS 256
+
+struct forward_config {
+	__u32 vip;        /* network order */
+	__u32 generator;  /* network order: the source address bench_count counts */
+	__u8 director_mac[ETH_ALEN];
+	__u8 real_macs[2][ETH_ALEN];
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct forward_config);
+} forward_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} packets SEC(".maps");
+
+SEC("xdp")
+int bench_generate(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct packet pkt = {};
+	__u32 zero = 0;
+	__u64 *sent = bpf_map_lookup_elem(&packets, &zero);
+	__u16 *sport;
+
+	if (!sent || parse_packet(data, data_end, &pkt) != PARSE_OK)
+		return XDP_DROP;
+	sport = (void *)pkt.iph + pkt.iph->ihl * 4;
+	if ((void *)(sport + 1) > data_end)
+		return XDP_DROP;
+	*sport = bpf_htons(1024 + (*sent & (FLOWS - 1)));
+	*sent += 1;
+	return XDP_TX;
+}
+
+SEC("xdp")
+int bench_forward(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	__u32 zero = 0;
+	struct forward_config *cfg = bpf_map_lookup_elem(&forward_config, &zero);
+
+	if (!cfg || parse_packet((void *)(long)ctx->data, (void *)(long)ctx->data_end, &pkt) != PARSE_OK ||
+	    pkt.daddr != cfg->vip)
+		return XDP_PASS;
+	__builtin_memcpy(pkt.eth->h_dest, cfg->real_macs[bpf_ntohs(pkt.sport) & 1], ETH_ALEN);
+	__builtin_memcpy(pkt.eth->h_source, cfg->director_mac, ETH_ALEN);
+	return XDP_TX;
+}
+
+SEC("xdp")
+int bench_count(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	__u32 zero = 0;
+	struct forward_config *cfg = bpf_map_lookup_elem(&forward_config, &zero);
+	__u64 *counted = bpf_map_lookup_elem(&packets, &zero);
+
+	if (!cfg || !counted || parse_packet((void *)(long)ctx->data, (void *)(long)ctx->data_end, &pkt) != PARSE_OK ||
+	    pkt.saddr != cfg->generator)
+		return XDP_PASS;
+	*counted += 1;
+	return XDP_DROP;
+}
+
+char LICENSE[] SEC("license") = "GPL";
