@@ -7,6 +7,7 @@ refused with a message that names them.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import socket
@@ -273,6 +274,7 @@ def _tokens(argv: Sequence[str]) -> list[tuple[str, _Spec, str | None] | tuple[s
     return out
 
 
+@functools.lru_cache(maxsize=65536)  # a saved rule file names each address many times
 def _host(text: str) -> IPv4Address:
     """An IPv4 address, or a host name resolved to one (as ipvsadm's host_to_addr)."""
     try:
@@ -454,7 +456,8 @@ def parse_restore(text: str) -> list[tuple[int, Command]]:
     commands = []
     for number, line in enumerate(text.splitlines(), start=1):
         try:
-            words = shlex.split(line, comments=True)
+            # shlex is slow; most saved rules have nothing for it to do
+            words = shlex.split(line, comments=True) if any(c in line for c in "'\"\\#") else line.split()
             if words and words[0].rsplit("/", 1)[-1] in PROGRAM_NAMES:
                 words = words[1:]
             if not words:

@@ -58,6 +58,7 @@ class DataplaneError(Exception):
     """A data plane operation failed; nothing was changed unless the message says so."""
 
 
+@functools.lru_cache(maxsize=65536)
 def _ip_to_be(address: IPv4Address) -> int:
     return int.from_bytes(address.packed, "little")  # network order bytes read as a native u32
 
@@ -71,6 +72,7 @@ def _port_to_be(port: int) -> int:
     return socket.htons(port)
 
 
+@functools.lru_cache(maxsize=4096)
 def _mac_bytes(mac: str) -> bytes:
     return bytes(int(part, 16) for part in mac.split(":"))
 
