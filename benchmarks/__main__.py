@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import control_plane, packet_cost, scheduler_cost
+from benchmarks import control_plane, forwarding, packet_cost, plot, proxies, scheduler_cost
 
-BENCHMARKS = {"packet": packet_cost.main, "control": control_plane.main, "schedulers": scheduler_cost.main}
+BENCHMARKS = {"packet": packet_cost.main, "control": control_plane.main, "schedulers": scheduler_cost.main,
+              "forwarding": forwarding.main, "proxies": proxies.main, "plot": plot.main}
 
 
 def main() -> int:

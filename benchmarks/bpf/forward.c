@@ -1,15 +1,30 @@
 /* Programs of the forwarding-rate benchmark (benchmarks/forwarding.py):
- *   bench_generate  the traffic generator, run by BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: it gives each
- *                   frame the next of 256 source ports and sends it with XDP_TX;
+ *   bench_generate  the traffic generator, run by BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: it writes the
+ *                   template frame into each buffer (the pages are recycled with whatever the path downstream
+ *                   wrote into them: rewritten MACs, decremented TTLs), gives it the next of 256 source ports
+ *                   and sends it with XDP_TX;
  *   bench_forward   the bare DR forwarder on the director: a frame for the VIP gets the director's MAC as source
  *                   and one of two reals' MACs (by source port) as destination, XDP_TX; nothing else;
- *   bench_count     count-and-drop on a real: frames from the generator's address are counted and dropped,
- *                   everything else (ARP, health checks) goes to the kernel. */
+ *   bench_count     count-and-drop on a real: frames from the generator's address that were forwarded to a real
+ *                   (destination MAC rewritten) are counted and dropped; everything else (ARP, health checks,
+ *                   frames the switch floods) goes to the kernel. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
 
 #define FLOWS 256
+#define FRAME_LEN 60 /* + FCS: the 64-byte minimum */
+
+struct frame {
+	__u8 data[FRAME_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct frame);
+} template SEC(".maps");
 
 struct forward_config {
 	__u32 vip;        /* network order */
@@ -33,6 +48,11 @@ struct {
 	__type(value, __u64);
 } packets SEC(".maps");
 
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
+}
+
 SEC("xdp")
 int bench_generate(struct xdp_md *ctx)
 {
@@ -40,9 +60,13 @@ int bench_generate(struct xdp_md *ctx)
 	struct packet pkt = {};
 	__u32 zero = 0;
 	__u64 *sent = bpf_map_lookup_elem(&packets, &zero);
+	struct frame *tmpl = bpf_map_lookup_elem(&template, &zero);
 	__u16 *sport;
 
-	if (!sent || parse_packet(data, data_end, &pkt) != PARSE_OK)
+	if (!sent || !tmpl || data + FRAME_LEN > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(data, tmpl->data, FRAME_LEN);
+	if (parse_packet(data, data_end, &pkt) != PARSE_OK)
 		return XDP_DROP;
 	sport = (void *)pkt.iph + pkt.iph->ihl * 4;
 	if ((void *)(sport + 1) > data_end)
@@ -76,7 +100,8 @@ int bench_count(struct xdp_md *ctx)
 	__u64 *counted = bpf_map_lookup_elem(&packets, &zero);
 
 	if (!cfg || !counted || parse_packet((void *)(long)ctx->data, (void *)(long)ctx->data_end, &pkt) != PARSE_OK ||
-	    pkt.saddr != cfg->generator)
+	    pkt.saddr != cfg->generator ||
+	    !(mac_equal(pkt.eth->h_dest, cfg->real_macs[0]) || mac_equal(pkt.eth->h_dest, cfg->real_macs[1])))
 		return XDP_PASS;
 	*counted += 1;
 	return XDP_DROP;

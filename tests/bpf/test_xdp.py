@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from ipaddress import IPv4Address
@@ -11,7 +12,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane, scratch_dataplane
+from pyvs.dataplane import Dataplane, DataplaneError, abi, libbpf, open_dataplane, scratch_dataplane
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, Timeouts
 from pyvs.schedulers.roundrobin import wrr_table
 
@@ -322,3 +323,22 @@ def test_deleting_a_service_ends_its_connections(dataplane: Dataplane) -> None:
     dataplane.apply(rules(service(TCP80, "rr", (RS2, 1))))  # a new service in the same slot
     assert real_of(dataplane.test_run(ack).data) == RS2
     assert dataplane.counters()["conn_replaced"] >= 1
+
+
+def test_entry_stamped_by_another_cpu_after_this_one_read_the_clock_is_not_expired(two_reals: Dataplane) -> None:
+    # CPUs race: one reads the clock, another stamps the entry later; "now - last_seen" must not wrap around.
+    real = real_of(two_reals.test_run(syn(sport=55000)).data)
+    fd = libbpf.obj_get(str(two_reals.pin_dir / "conns"))
+    try:
+        for key in libbpf.map_keys(fd, abi.ConnKey):
+            entry = abi.Conn()
+            libbpf.map_lookup(fd, key, entry)
+            entry.last_seen += 5 * 10**9  # stamped "in the future" as seen from this packet's clock read
+            libbpf.map_update(fd, key, entry)
+    finally:
+        os.close(fd)
+    result = two_reals.test_run(frame(TCP(sport=55000, dport=80, flags="A")))
+    assert real_of(result.data) == real
+    assert two_reals.counters()["conn_replaced"] == 0
+    time.sleep(1.5)  # the sweeper runs meanwhile and must keep the entry too
+    assert two_reals.counters()["conn_swept"] == 0 and len(two_reals.connections()) == 1

@@ -300,3 +300,12 @@ def prog_run_live_frames(prog_fd: int, frame: bytes, count: int, ingress_ifindex
                        ctx_in=ctypes.cast(ctypes.byref(ctx), _vp), ctx_size_in=ctypes.sizeof(ctx), repeat=count,
                        flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=batch_size)
     _check(_test_run(prog_fd, ctypes.byref(opts)), "BPF_PROG_RUN (live frames)")
+
+
+BPF_STATS_RUN_TIME = 0
+
+
+def enable_run_time_stats() -> int:
+    """Turn on the kernel's per-program run time and count (as kernel.bpf_stats_enabled=1) for as long as the
+    returned fd is open; close it to turn them off again."""
+    return _check(_sig("bpf_enable_stats", _int, _int)(BPF_STATS_RUN_TIME), "bpf_enable_stats")

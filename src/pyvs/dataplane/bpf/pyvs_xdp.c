@@ -94,6 +94,9 @@ static __always_inline int expired(const struct pyvs_conn *conn, const struct py
 
 	if (state >= PYVS_STATE_COUNT)
 		return 1;
+	/* Another CPU may have stamped the entry after this one read the clock: not expired. */
+	if ((__s64)(now - conn->last_seen) <= 0)
+		return 0;
 	timeout = conn->timeout ? conn->timeout : cfg->timeouts[state];
 	return now - conn->last_seen > timeout * NSEC_PER_SEC;
 }
