@@ -77,7 +77,6 @@ _map_set_max_entries = _sig("bpf_map__set_max_entries", _int, _vp, _u32)
 _find_prog = _sig("bpf_object__find_program_by_name", _vp, _vp, _cp)
 _prog_fd = _sig("bpf_program__fd", _int, _vp)
 _obj_get = _sig("bpf_obj_get", _int, _cp)
-_obj_pin = _sig("bpf_obj_pin", _int, _int, _cp)
 _update = _sig("bpf_map_update_elem", _int, _int, _vp, _vp, _u64)
 _lookup = _sig("bpf_map_lookup_elem", _int, _int, _vp, _vp)
 _delete = _sig("bpf_map_delete_elem", _int, _int, _vp)
@@ -161,10 +160,6 @@ class BpfObject:
 
 def obj_get(path: str) -> int:
     return _check(_obj_get(path.encode()), f"open pinned {path}")
-
-
-def obj_pin(fd: int, path: str) -> None:
-    _check(_obj_pin(fd, path.encode()), f"pin {path}")
 
 
 def map_info(fd: int) -> MapInfo:
