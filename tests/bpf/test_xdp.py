@@ -13,6 +13,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from pyvs.dataplane import Dataplane, DataplaneError, abi, libbpf, open_dataplane, scratch_dataplane
+from pyvs.dataplane.neighbours import ZERO_MAC, NextHop
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, Timeouts
 from pyvs.schedulers.roundrobin import wrr_table
 
@@ -342,3 +343,18 @@ def test_entry_stamped_by_another_cpu_after_this_one_read_the_clock_is_not_expir
     assert two_reals.counters()["conn_replaced"] == 0
     time.sleep(1.5)  # the sweeper runs meanwhile and must keep the entry too
     assert two_reals.counters()["conn_swept"] == 0 and len(two_reals.connections()) == 1
+
+
+def test_a_real_whose_mac_was_unknown_gets_frames_once_it_is_resolved() -> None:
+    neighbours = {RS1: ZERO_MAC}
+
+    def resolver(rip: IPv4Address) -> NextHop:
+        return NextHop(0, DIRECTOR_MAC, neighbours[rip])
+
+    with scratch_dataplane("pyvst-arp", resolver) as dp:
+        dp.apply(rules(service(TCP80, "rr", (RS1, 1))))
+        assert dp.test_run(syn()).verdict_name == "XDP_DROP"  # drop_no_mac
+        assert dp.refresh_macs(only_missing=True) == 0  # still unanswered
+        neighbours[RS1] = REALS[RS1][0]  # the real answers ARP now
+        assert dp.refresh_macs(only_missing=True) == 1
+        assert real_of(dp.test_run(syn(sport=40001)).data) == RS1

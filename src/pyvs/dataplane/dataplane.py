@@ -404,12 +404,13 @@ class Dataplane:
         evicted = c["conn_inserted"] - c["conn_swept"] - c["conn_deleted"] - entries
         return {"entries": entries, "size": self.conn_table_size, "evicted": max(evicted, 0)}
 
-    def refresh_macs(self) -> int:
-        """Resolve the MAC of every real again; returns how many changed."""
+    def refresh_macs(self, only_missing: bool = False) -> int:
+        """Resolve the MAC of every real again (only the unresolved ones with only_missing); returns how many
+        changed."""
         changed = 0
         for real in self._real_slots():
             entry = real.entry
-            if not entry.flags & abi.REAL_ACTIVE:
+            if not entry.flags & abi.REAL_ACTIVE or (only_missing and _mac_text(entry.dmac) != ZERO_MAC):
                 continue
             hop = self._resolver(_be_to_ip(entry.rip))
             if hop.dmac != ZERO_MAC and _mac_text(entry.dmac) != hop.dmac:

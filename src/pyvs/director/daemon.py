@@ -35,6 +35,7 @@ log = logging.getLogger("pyvs.director")
 
 RUN_DIR = Path("/run/pyvs/director")
 RETRY_APPLY = 5.0  # seconds before a failed apply is tried again
+RESOLVE_INTERVAL = 5.0  # seconds between attempts to resolve reals whose MAC is still unknown
 
 Target = tuple[ServiceKey, RealKey]
 T = TypeVar("T")
@@ -357,12 +358,14 @@ class Director:
                   status=f"{self.config.status_listen[0]}:{self.config.status_listen[1]}"
                   if self.config.status_listen else "off")
         keeper = loop.create_task(self._keep_in_step())
+        resolver = loop.create_task(self._resolve_missing_macs())
         await stop.wait()
         keeper.cancel()
+        resolver.cancel()
         for checked in self.reals.values():
             if checked.task:
                 checked.task.cancel()
-        await asyncio.gather(keeper, *(c.task for c in self.reals.values() if c.task), return_exceptions=True)
+        await asyncio.gather(keeper, resolver, *(c.task for c in self.reals.values() if c.task), return_exceptions=True)
         if server is not None:
             server.close()
         await self.notifier.drain()
@@ -372,6 +375,14 @@ class Director:
         if info and info.get("pid") == os.getpid():
             run_file(self.dp.pin_dir).unlink(missing_ok=True)
         log_event(logging.INFO, "stopped", note="the data plane keeps forwarding from its pinned maps")
+
+    async def _resolve_missing_macs(self) -> None:
+        """A real added before it answered ARP gets its frames once its MAC is known."""
+        while True:
+            await asyncio.sleep(RESOLVE_INTERVAL)
+            resolved = await self.in_dataplane_thread(lambda: self.dp.refresh_macs(only_missing=True))
+            if resolved:
+                log_event(logging.INFO, "mac_resolved", reals=resolved)
 
     async def _keep_in_step(self) -> None:
         while True:
