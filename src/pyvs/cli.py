@@ -339,7 +339,9 @@ def cmd_realserver_check(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        prog="pyvs", description="LVS Direct Routing with an XDP data plane: lab, director data plane, real servers."
+        prog="pyvs",
+        description="LVS Direct Routing with an XDP data plane: the lab, the director (data plane and daemon), "
+        "real servers, ARP checks."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is being done to stderr")
     commands = parser.add_subparsers(
