@@ -77,9 +77,9 @@ def director_rules(topo: Topology) -> Rules:
 
 
 def tcp_reals(topo: Topology) -> dict[str, int]:
-    """Node name -> weight of the TCP service's reals in the data plane."""
+    """Node name -> weight of the reals of the TCP service on port 80 in the data plane."""
     names = {topo.address_of(n.name): n.name for n in topo.reals}
-    svc = next(s for k, s in director_rules(topo).services.items() if k.proto.name == "TCP")
+    svc = next(s for k, s in director_rules(topo).services.items() if k.proto.name == "TCP" and k.port == 80)
     return {names.get(str(r.rip), str(r.rip)): r.weight for r in svc.reals.values()}
 
 
