@@ -8,6 +8,7 @@ kernel-backed tests in tests/bpf/test_pyvsadm_kernel.py (written by the lead).
 import io
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address as IP
 
@@ -41,6 +42,18 @@ class MemoryDataplane:
     def apply(self, rules: Rules) -> None:
         self.rules = rules.copy()
         self.applied += 1
+
+    def update(self, change: Callable[[Rules], Rules]) -> None:
+        self.apply(change(self.rules.copy()))
+
+    def update_service(self, key: ServiceKey, change: Callable[[Service | None], Service | None]) -> None:
+        rules = self.rules.copy()
+        service = change(rules.services.get(key))
+        if service is None:
+            rules.services.pop(key, None)
+        else:
+            rules.services[key] = service
+        self.apply(rules)
 
     def read_timeouts(self) -> Timeouts:
         return self.timeouts

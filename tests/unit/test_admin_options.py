@@ -183,6 +183,38 @@ def test_restore_input_format() -> None:
     assert parsed[1][1].weight == 2
 
 
+SAVED_LINES = [
+    "-A -t 198.18.0.100:80 -s wrr",
+    "-A -u 198.18.0.100:53 -s rr",
+    "-a -t 198.18.0.100:80 -r 198.18.2.11:80 -g -w 1",
+    "-a -u 198.18.0.100:53 -r 198.18.2.11:53 -g -w 0",
+    "-a -t 198.18.0.100:80 -r 198.18.2.11 -g",
+    "-a -t 198.18.0.100:80 -r 198.18.2.11:8080 -w 65535",
+    "-a -t 198.18.0.100:80 -r 198.18.2.11:80",
+    # values the general parser must judge (errors, names, defaults)
+    "-A -t 198.18.0.100:0 -s rr",
+    "-A -t 198.18.0.100:99999 -s rr",
+    "-A -t 198.18.0.300:80 -s rr",
+    "-a -t 198.18.0.100:80 -r 198.18.2.11:80 -g -w 65536",
+    "-a -t 198.18.0.100:80 -r 198.18.02.11:80 -g -w 1",
+    "-A -t 198.18.0.100:80 -s rr -p 60",
+    "-a -t 198.18.0.100:http -r 198.18.2.11 -g",
+]
+
+
+@pytest.mark.parametrize("line", SAVED_LINES)
+def test_restore_reads_saved_lines_as_the_general_parser_does(line: str) -> None:
+    try:
+        expected: Command | str = parse_args(line.split())
+    except UsageError as err:
+        expected = f"line 1: {err}"
+    try:
+        got: Command | str = parse_restore(line)[0][1]
+    except UsageError as err:
+        got = str(err)
+    assert got == expected
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

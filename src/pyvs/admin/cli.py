@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from ipaddress import IPv4Address
 from typing import Protocol, TextIO
@@ -32,6 +32,7 @@ from pyvs.model import (
     Connection,
     Counters,
     Rules,
+    Service,
     ServiceKey,
     Timeouts,
 )
@@ -48,6 +49,8 @@ class Dataplane(Protocol):
 
     def read_rules(self) -> Rules: ...
     def apply(self, rules: Rules) -> None: ...
+    def update(self, change: Callable[[Rules], Rules]) -> None: ...
+    def update_service(self, key: ServiceKey, change: Callable[[Service | None], Service | None]) -> None: ...
     def read_timeouts(self) -> Timeouts: ...
     def set_timeouts(self, t: Timeouts) -> None: ...
     def service_stats(self) -> dict[ServiceKey, Counters]: ...
@@ -167,10 +170,17 @@ def _run(dataplane: Dataplane, command: Command, stdin: TextIO) -> str:
         return _list(dataplane, command)
     if action is Action.SAVE:
         return format_save(dataplane.read_rules(), Names(command.numeric))
-    if action in RULE_ACTIONS:
-        dataplane.apply(apply_command(dataplane.read_rules(), command))
+    if action is Action.FLUSH:
+        dataplane.apply(Rules())
+    elif action in RULE_ACTIONS and command.service is not None:
+        # One service changes: read and write only that one, whatever the size of the rule set.
+        def change(current: Service | None, key: ServiceKey = command.service) -> Service | None:
+            return apply_command(Rules({key: current} if current is not None else {}), command).services.get(key)
+
+        dataplane.update_service(command.service, change)
     elif action is Action.RESTORE:
-        dataplane.apply(restore(dataplane.read_rules(), stdin.read()))
+        text = stdin.read()
+        dataplane.update(lambda rules: restore(rules, text))
     elif action is Action.ZERO:
         _known_service(dataplane, command.service)
         dataplane.zero(command.service)

@@ -6,7 +6,7 @@ The messages of refused operations are the ones ipvsadm prints for the kernel's 
 
 from __future__ import annotations
 
-from pyvs.admin.options import Action, Command, parse_restore
+from pyvs.admin.options import Action, Command, iter_restore
 from pyvs.model import (
     ALL_SCHEDULERS,
     DEFAULT_SCHEDULER,
@@ -127,7 +127,7 @@ def restore(rules: Rules, text: str) -> Rules:
     Raises UsageError for a line that does not parse, CommandError for one that is refused.
     """
     new = rules.copy()
-    for number, command in parse_restore(text):
+    for number, command in iter_restore(text):
         try:
             _apply(new, command)
         except CommandError as err:

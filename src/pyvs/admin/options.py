@@ -11,7 +11,7 @@ import functools
 import re
 import shlex
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address
@@ -453,8 +453,75 @@ def parse_restore(text: str) -> list[tuple[int, Command]]:
     Blank lines and # comments are skipped. Only rule commands are allowed. Every error
     names its line number.
     """
-    commands = []
+    return list(iter_restore(text))
+
+
+# The two line shapes `-S -n` writes, parsed without the general parser (a rule file has 1e5 of them).
+_IPV4 = r"(\d{1,3}(?:\.\d{1,3}){3})"
+_SAVED_ADD_SERVER = re.compile(rf"-a -([tu]) {_IPV4}:(\d{{1,5}}) -r {_IPV4}(?::\d{{1,5}})?(?: -g)?(?: -w (\d{{1,5}}))?")
+_SAVED_ADD_SERVICE = re.compile(rf"-A -([tu]) {_IPV4}:(\d{{1,5}}) -s ([a-z]+)")
+_PROTOCOLS = {"t": Protocol.TCP, "u": Protocol.UDP}
+
+
+class _SavedLines:
+    """Parses the common saved lines into the Command parse_args would give, or None for any other
+    line (or a value parse_args must judge, such as an out-of-range number)."""
+
+    def __init__(self) -> None:
+        self.addresses: dict[str, IPv4Address] = {}
+        self.services: dict[tuple[str, str, str], ServiceKey] = {}
+
+    def _service(self, proto: str, vip: str, port: str) -> ServiceKey | None:
+        key = self.services.get((proto, vip, port))
+        if key is None:
+            address = self._address(vip)
+            if address is None or not 0 < int(port) <= 65535:
+                return None
+            key = self.services[(proto, vip, port)] = ServiceKey(_PROTOCOLS[proto], address, int(port))
+        return key
+
+    def _address(self, text: str) -> IPv4Address | None:
+        address = self.addresses.get(text)
+        if address is None:
+            try:
+                address = self.addresses[text] = IPv4Address(text)
+            except ValueError:
+                return None
+        return address
+
+    def parse(self, line: str) -> Command | None:
+        if line.startswith("-a "):
+            match = _SAVED_ADD_SERVER.fullmatch(line)
+            if match is None:
+                return None
+            proto, vip, vport, rip, weight = match.groups()
+            service, real = self._service(proto, vip, vport), self._address(rip)
+            if service is None or real is None or (weight is not None and int(weight) > MAX_WEIGHT):
+                return None
+            return Command(Action.ADD_SERVER, service=service, real=(real, service.port),
+                           weight=None if weight is None else int(weight))
+        if line.startswith("-A "):
+            match = _SAVED_ADD_SERVICE.fullmatch(line)
+            if match is None:
+                return None
+            proto, vip, vport, scheduler = match.groups()
+            service = self._service(proto, vip, vport)
+            return None if service is None else Command(Action.ADD_SERVICE, service=service, scheduler=scheduler)
+        return None
+
+
+def iter_restore(text: str) -> Iterator[tuple[int, Command]]:
+    """parse_restore, one line at a time."""
+    saved = _SavedLines()
     for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        for name in PROGRAM_NAMES:
+            if line.startswith(name + " "):
+                line = line[len(name) + 1:].lstrip()
+        command = saved.parse(line)
+        if command is not None:
+            yield number, command
+            continue
         try:
             # shlex is slow; most saved rules have nothing for it to do
             words = shlex.split(line, comments=True) if any(c in line for c in "'\"\\#") else line.split()
@@ -470,5 +537,4 @@ def parse_restore(text: str) -> list[tuple[int, Command]]:
                 )
         except (UsageError, ValueError) as err:
             raise UsageError(f"line {number}: {err}") from None
-        commands.append((number, command))
-    return commands
+        yield number, command

@@ -25,6 +25,7 @@ _D = read_defines()
 
 MAX_SERVICES = _D["PYVS_MAX_SERVICES"]
 MAX_REALS = _D["PYVS_MAX_REALS"]
+MAX_REALS_PER_SERVICE = _D["PYVS_MAX_REALS_PER_SERVICE"]
 SCHED_TABLE_SIZE = _D["PYVS_SCHED_TABLE_SIZE"]
 CONN_TABLE_SIZE = _D["PYVS_CONN_TABLE_SIZE"]
 VIP_FILTER_SIZE = _D["PYVS_VIP_FILTER_SIZE"]
@@ -105,6 +106,14 @@ class Config(ctypes.Structure):
     _fields_ = [("timeouts", ctypes.c_uint32 * STATE_COUNT), ("flags", ctypes.c_uint32)]
 
 
+class SvcReals(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint32), ("slots", ctypes.c_uint32 * MAX_REALS_PER_SERVICE)]
+
+
+class SlotUsage(ctypes.Structure):
+    _fields_ = [("services", ctypes.c_uint64 * (MAX_SERVICES // 64)), ("reals", ctypes.c_uint64 * (MAX_REALS // 64))]
+
+
 # Mirror name -> C struct name, for the BTF check.
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_svc_key": SvcKey,
@@ -115,6 +124,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_counters": CountersEntry,
     "pyvs_real_conns": RealConns,
     "pyvs_config": Config,
+    "pyvs_svc_reals": SvcReals,
+    "pyvs_slot_usage": SlotUsage,
 }
 
 # IPVS's default timeout of each state, in seconds (ip_vs_proto_tcp.c, ip_vs_proto_udp.c).

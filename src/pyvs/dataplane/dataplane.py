@@ -9,6 +9,7 @@ into the half not in use, then one update of the service entry switches to it.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import logging
 import os
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 MAP_NAMES = (
     "services", "vips", "vip_filter", "svc_gens", "reals", "sched_table", "sched_state", "real_conns", "conns",
     "stats", "counters", "config", "sweeper", "lblc_cache", "lblcr_cache", "lblcr_scratch", "sched_choice",
+    "svc_reals", "slot_usage",
 )
 PROGRAM_NAME = "pyvs_xdp"
 
@@ -105,6 +107,7 @@ class Dataplane:
         self._ncpus = libbpf.num_possible_cpus()
         self.conn_table_size = libbpf.map_info(fds["conns"]).max_entries
         self._program: libbpf.BpfObject | None = None
+        self._lock_depth = 0
 
     # ---- lifetime -------------------------------------------------------------------------------
 
@@ -197,6 +200,67 @@ class Dataplane:
                 item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight)
                 rules.services[key].reals[item.key] = item
         return rules
+
+    def read_service(self, key: ServiceKey) -> Service | None:
+        """One service with its reals, read through the service's slot index (not every real)."""
+        raw = abi.Svc()
+        if not libbpf.map_lookup(self._fds["services"], svc_key(key), raw):
+            return None
+        svc = _service(key, raw)
+        for real in self._service_slots(raw.index):
+            entry = real.entry
+            if entry.flags & abi.REAL_ACTIVE:
+                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight)
+                svc.reals[item.key] = item
+        return svc
+
+    def _service_slots(self, index: int) -> list[_RealSlot]:
+        """The real slots of one service by its index; inactive ones (a change under way) included."""
+        listed = abi.SvcReals()
+        if not libbpf.map_lookup(self._fds["svc_reals"], ctypes.c_uint32(index), listed):
+            return []
+        result = []
+        for slot in listed.slots[:listed.count]:
+            entry = abi.RealEntry()
+            libbpf.map_lookup(self._fds["reals"], ctypes.c_uint32(slot), entry)
+            if entry.svc_index == index:
+                result.append(_RealSlot(slot, entry))
+        return result
+
+    def index_problems(self) -> list[str]:
+        """Where the control plane's index (svc_reals, slot_usage) disagrees with the maps the program
+        reads; empty when in step. A whole apply() repairs the usage bits."""
+        problems = []
+        services = self._services()
+        active: dict[int, set[int]] = {}
+        for real in self._real_slots():
+            if real.entry.flags & abi.REAL_ACTIVE:
+                active.setdefault(real.entry.svc_index, set()).add(real.slot)
+        usage = abi.SlotUsage()
+        libbpf.map_lookup(self._fds["slot_usage"], ctypes.c_uint32(0), usage)
+        indexes = {svc.index for svc in services.values()}
+        marked = set(range(abi.MAX_SERVICES)) - set(_clear_bits(usage.services, abi.MAX_SERVICES))
+        if marked != indexes:
+            problems.append(f"service slots marked taken {sorted(marked)}, in use {sorted(indexes)}")
+        used = set().union(*active.values()) if active else set()
+        marked = set(range(abi.MAX_REALS)) - set(_clear_bits(usage.reals, abi.MAX_REALS))
+        if marked != used:
+            problems.append(f"real slots marked taken but free {sorted(marked - used)[:10]}, "
+                            f"in use but not marked {sorted(used - marked)[:10]}")
+        listed_indexes = {k.value for k in libbpf.map_keys(self._fds["svc_reals"], ctypes.c_uint32)}
+        for key, svc in sorted(services.items()):
+            listed = {r.slot for r in self._service_slots(svc.index)}
+            if listed != active.get(svc.index, set()):
+                problems.append(f"service {key}: slots listed {sorted(listed)}, "
+                                f"active {sorted(active.get(svc.index, set()))}")
+        for index in sorted(listed_indexes - indexes):
+            problems.append(f"real slots listed for service slot {index}, which holds no service")
+        return problems
+
+    def _read_entry(self, slot: int) -> abi.RealEntry:
+        entry = abi.RealEntry()
+        libbpf.map_lookup(self._fds["reals"], ctypes.c_uint32(slot), entry)
+        return entry
 
     def read_timeouts(self) -> Timeouts:
         cfg = self._config()
@@ -342,25 +406,112 @@ class Dataplane:
     def _zero_stats(self, index: int) -> None:
         libbpf.map_update(self._fds["stats"], ctypes.c_uint32(index), (abi.CountersEntry * self._ncpus)())
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time (pyvsadm, the daemon): an exclusive flock on the pin directory,
+        held once per process however deeply the writes nest."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            yield
+        finally:
+            self._lock_depth = 0
+            os.close(fd)
+
+    def update(self, change: Callable[[Rules], Rules]) -> None:
+        """Read the rules, change them and apply the result, with no other writer in between."""
+        with self._writing():
+            self.apply(change(self.read_rules()))
+
+    def update_service(self, key: ServiceKey, change: Callable[[Service | None], Service | None]) -> None:
+        """Read one service (None: absent), change it and apply the result (None: delete it), with no
+        other writer in between. Costs what the service's reals cost, whatever the rule set's size."""
+        with self._writing():
+            self.apply_service(key, change(self.read_service(key)))
+
     def apply(self, rules: Rules) -> None:
         """Make the data plane forward exactly as `rules` say.
 
         Everything is checked, and new reals resolved, before the first write: a rejected
         rule set changes nothing. Established connections keep their real.
         """
-        current = self._services()
-        slots = self._real_slots()
-        plan = _Plan(current, slots, rules, self._resolver)
+        with self._writing():
+            current = self._services()
+            slots = self._real_slots()
+            # The slot usage is rebuilt from what the maps hold, so a whole apply also repairs it.
+            usage = abi.SlotUsage()
+            for svc in current.values():
+                _set_bit(usage.services, svc.index)
+            for real in slots:
+                if real.entry.flags & abi.REAL_ACTIVE:
+                    _set_bit(usage.reals, real.slot)
+            plan = _Plan(current, slots, rules, self._resolver, usage, lambda slot: abi.RealEntry())
+            self._carry_out(plan, rules, set(rules.services))
+
+    def apply_service(self, key: ServiceKey, service: Service | None) -> None:
+        """Make one service as `service` says (None: delete it), touching no other service.
+
+        The cost grows with the reals of this service, not with the whole rule set: this is
+        what pyvsadm's -A -E -D -a -e -d use. Checked before the first write, as apply().
+        """
+        if service is not None and service.key != key:
+            raise ValueError(f"service {service.key} given for {key}")
+        with self._writing():
+            raw = abi.Svc()
+            current = {key: raw} if libbpf.map_lookup(self._fds["services"], svc_key(key), raw) else {}
+            slots = self._service_slots(raw.index) if current else []
+            usage = abi.SlotUsage()
+            libbpf.map_lookup(self._fds["slot_usage"], ctypes.c_uint32(0), usage)
+            rules = Rules({key: service} if service is not None else {})
+            plan = _Plan(current, slots, rules, self._resolver, usage, self._read_entry)
+            vip_keys = None
+            if bool(current) != (service is not None):  # a service comes or goes: the VIP maps follow
+                vip_keys = {_service_key(k) for k in libbpf.map_keys(self._fds["services"], abi.SvcKey)}
+                vip_keys.discard(key)
+                if service is not None:
+                    vip_keys.add(key)
+            self._carry_out(plan, rules, vip_keys)
+
+    def _carry_out(self, plan: _Plan, rules: Rules, vip_keys: set[ServiceKey] | None) -> None:
+        """Write a checked plan. The slot index first lists every slot a service may use (old and
+        new), then the maps the program reads change, then the index keeps only what is left."""
+        for key in plan.changed_services:
+            self._write_svc_reals(plan.service_index[key], plan.slots_of(key) + plan.freed_of(key))
+        libbpf.map_update(self._fds["slot_usage"], ctypes.c_uint32(0), plan.usage_during)
         for key in plan.removed_services:
             libbpf.map_delete(self._fds["services"], svc_key(key))
-            self._bump_svc_gen(current[key].index)
+            self._bump_svc_gen(plan.current[key].index)
+        self._write_reals(plan)
         for key in sorted(plan.changed_services):
             self._write_service(rules.services[key], plan)
         for slot in plan.freed_reals:
             entry = plan.entries[slot]
             entry.flags = 0
             libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
-        self._write_vips(rules)
+        if vip_keys is not None:
+            self._write_vips(vip_keys)
+        for key in plan.changed_services:
+            if plan.freed_of(key):
+                self._write_svc_reals(plan.service_index[key], plan.slots_of(key))
+        reused = set(plan.service_index.values())
+        for key in plan.removed_services:
+            if plan.current[key].index not in reused:
+                libbpf.map_delete(self._fds["svc_reals"], ctypes.c_uint32(plan.current[key].index))
+        libbpf.map_update(self._fds["slot_usage"], ctypes.c_uint32(0), plan.usage_after)
+
+    def _write_svc_reals(self, index: int, slots: list[int]) -> None:
+        listed = abi.SvcReals()
+        listed.count = len(slots)
+        listed.slots[:len(slots)] = sorted(slots)
+        libbpf.map_update(self._fds["svc_reals"], ctypes.c_uint32(index), listed)
 
     def set_real_mac(self, rip: IPv4Address, mac: str) -> int:
         """Point every real with address `rip` at a new MAC (its NIC changed); returns how many entries changed."""
@@ -419,16 +570,24 @@ class Dataplane:
                 changed += 1
         return changed
 
-    def _write_service(self, svc: Service, plan: _Plan) -> None:
-        reals = svc.sorted_reals()
-        real_slots = [plan.real_slot[(svc.key, r.key)] for r in reals]
-        for slot in real_slots:
-            if slot in plan.new_slots:
+    def _write_reals(self, plan: _Plan) -> None:
+        """The real entries of the plan that are new or changed, in one batch; a slot that served
+        another real before starts with zero counts and counters."""
+        slots = sorted(plan.real_changed)
+        if not slots:
+            return
+        keys = (ctypes.c_uint32 * len(slots))(*slots)
+        values = (abi.RealEntry * len(slots))(*(plan.entries[slot] for slot in slots))
+        for slot in slots:
+            if slot in plan.new_slots and plan.entries[slot].gen > 1:
                 libbpf.map_update(self._fds["real_conns"], ctypes.c_uint32(slot), abi.RealConns())
                 self._zero_stats(abi.MAX_SERVICES + slot)
-            if plan.real_changed.get(slot, False):
-                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), plan.entries[slot])
-        table = [real_slots[i] for i in build_table(svc.scheduler, reals, sched_flag_bits(svc.sched_flags))]
+        libbpf.map_update_batch(self._fds["reals"], keys, values)
+
+    def _write_service(self, svc: Service, plan: _Plan) -> None:
+        """The service's new scheduler table in the half not in use, then the service entry."""
+        real_slots, positions = plan.tables[svc.key]
+        table = [real_slots[i] for i in positions]
         old = plan.current.get(svc.key)
         index = plan.service_index[svc.key]
         value = _svc_value(svc, index)
@@ -450,10 +609,10 @@ class Dataplane:
         libbpf.map_lookup(self._fds["svc_gens"], ctypes.c_uint32(index), gen)
         libbpf.map_update(self._fds["svc_gens"], ctypes.c_uint32(index), ctypes.c_uint32((gen.value + 1) & 0xFFFFFFFF))
 
-    def _write_vips(self, rules: Rules) -> None:
-        """The vips map (flags per VIP) and the pre-filter (VIPs per slot) for the rules' services."""
+    def _write_vips(self, keys: Iterable[ServiceKey]) -> None:
+        """The vips map (flags per VIP) and the pre-filter (VIPs per slot) for these services."""
         flags: dict[int, int] = {}
-        for key in rules.services:
+        for key in keys:
             vip = _ip_to_be(key.vip)
             flags[vip] = flags.get(vip, 0) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
         fd = self._fds["vips"]
@@ -510,15 +669,16 @@ class _Plan:
     """Slots for every service and real of a rule set, decided before anything is written.
 
     Only services that differ from what the maps hold are validated and rewritten, so one change
-    in a large rule set costs little.
+    in a large rule set costs little. `current` and `slots` are what the maps hold of the services
+    concerned (all of them, or one); `usage` says which slots are taken in the whole data plane.
     """
 
     def __init__(self, current: dict[ServiceKey, abi.Svc], slots: list[_RealSlot], rules: Rules,
-                 resolver: Resolver):
+                 resolver: Resolver, usage: abi.SlotUsage, read_entry: Callable[[int], abi.RealEntry]):
         self.current = current
         self.removed_services = [key for key in current if key not in rules.services]
-        used_indexes = {svc.index for key, svc in current.items() if key in rules.services}
-        free_indexes = (i for i in range(abi.MAX_SERVICES) if i not in used_indexes)
+        removed_indexes = {current[key].index for key in self.removed_services}
+        free_indexes = iter(sorted(set(_clear_bits(usage.services, abi.MAX_SERVICES)) | removed_indexes))
         self.service_index: dict[ServiceKey, int] = {}
         for key in sorted(rules.services):
             if key in current:
@@ -566,13 +726,21 @@ class _Plan:
             if owner is not None and owner in rules.services:
                 self.changed_services.add(owner)
 
+        # service -> (sorted reals, scheduler table as positions in that list), built once
+        sorted_reals: dict[ServiceKey, list[Real]] = {}
+        positions: dict[ServiceKey, list[int]] = {}
         for key in self.changed_services:
             svc = rules.services[key]
             try:
                 validate_service(svc)
             except ModelError as exc:
                 raise DataplaneError(str(exc)) from None
-            length = len(build_table(svc.scheduler, svc.sorted_reals(), sched_flag_bits(svc.sched_flags)))
+            if len(svc.reals) > abi.MAX_REALS_PER_SERVICE:
+                raise DataplaneError(f"service {svc.key}: {len(svc.reals)} real servers, more than "
+                                     f"{abi.MAX_REALS_PER_SERVICE} in one service")
+            sorted_reals[key] = svc.sorted_reals()
+            positions[key] = build_table(svc.scheduler, sorted_reals[key], sched_flag_bits(svc.sched_flags))
+            length = len(positions[key])
             if length > abi.SCHED_TABLE_SIZE:
                 raise DataplaneError(
                     f"service {svc.key}: the {svc.scheduler} table needs {length} slots, more than "
@@ -580,30 +748,83 @@ class _Plan:
                 )
 
         taken = set(existing.values())
-        free_slots = (i for i in range(abi.MAX_REALS) if i not in taken)
-        hops: dict[IPv4Address, NextHop] = {}
+        free_slots = (i for i in _clear_bits(usage.reals, abi.MAX_REALS) if i not in taken)
+        # rip -> an entry with its next hop filled in, copied for each new real at that address
+        hops: dict[IPv4Address, abi.RealEntry] = {}
         for key, real in new_reals:
             slot = next(free_slots, None)
             if slot is None:
                 raise DataplaneError(f"too many real servers (the data plane holds {abi.MAX_REALS})")
-            if real.rip not in hops:
+            template = hops.get(real.rip)
+            if template is None:
                 try:
-                    hops[real.rip] = resolver(real.rip)
+                    hop = resolver(real.rip)
                 except NeighbourError as exc:
                     raise DataplaneError(str(exc)) from None
-            entry = self.entries.get(slot) or abi.RealEntry()
-            entry.rip, entry.port, entry.weight = _ip_to_be(real.rip), _port_to_be(real.port), real.weight
+                template = hops[real.rip] = abi.RealEntry(rip=_ip_to_be(real.rip), flags=abi.REAL_ACTIVE)
+                _set_hop(template, hop)
+                if hop.dmac == ZERO_MAC:
+                    log.warning("real server %s: MAC address not resolved; its packets are dropped until it is",
+                                real.rip)
+            old_entry = self.entries.get(slot) or read_entry(slot)
+            entry = abi.RealEntry.from_buffer_copy(template)
+            entry.port, entry.weight = _port_to_be(real.port), real.weight
             entry.svc_index = self.service_index[key]
-            entry.flags = abi.REAL_ACTIVE
-            entry.gen = (entry.gen + 1) & 0xFFFFFFFF
-            _set_hop(entry, hops[real.rip])
-            if hops[real.rip].dmac == ZERO_MAC:
-                log.warning("real server %s: MAC address not resolved; its packets are dropped until it is",
-                            real.rip)
+            entry.gen = (old_entry.gen + 1) & 0xFFFFFFFF
             self.entries[slot] = entry
             self.real_slot[(key, real.key)] = slot
             self.real_changed[slot] = True
             self.new_slots.add(slot)
+
+        # Slot usage while the change is written (old and new taken) and after it.
+        self.usage_during = abi.SlotUsage.from_buffer_copy(usage)
+        for index in self.service_index.values():
+            _set_bit(self.usage_during.services, index)
+        for slot in self.new_slots:
+            _set_bit(self.usage_during.reals, slot)
+        self.usage_after = abi.SlotUsage.from_buffer_copy(self.usage_during)
+        for key in self.removed_services:
+            if current[key].index not in self.service_index.values():
+                _clear_bit(self.usage_after.services, current[key].index)
+        for slot in self.freed_reals:
+            _clear_bit(self.usage_after.reals, slot)
+
+        self.tables = {
+            key: ([self.real_slot[(key, r.key)] for r in reals], positions[key]) for key, reals in sorted_reals.items()
+        }
+        self._slots_of: dict[ServiceKey, list[int]] = {}
+        for (owner, _), slot in self.real_slot.items():
+            self._slots_of.setdefault(owner, []).append(slot)
+        self._freed_of: dict[int, list[int]] = {}
+        for slot in self.freed_reals:
+            self._freed_of.setdefault(self.entries[slot].svc_index, []).append(slot)
+
+    def slots_of(self, key: ServiceKey) -> list[int]:
+        """The real slots of a service after the change."""
+        return self._slots_of.get(key, [])
+
+    def freed_of(self, key: ServiceKey) -> list[int]:
+        """The slots this change takes from a service."""
+        return self._freed_of.get(self.current[key].index, []) if key in self.current else []
+
+
+def _set_bit(words: ctypes.Array[ctypes.c_uint64], bit: int) -> None:
+    words[bit >> 6] |= 1 << (bit & 63)
+
+
+def _clear_bit(words: ctypes.Array[ctypes.c_uint64], bit: int) -> None:
+    words[bit >> 6] &= ~(1 << (bit & 63)) & 0xFFFFFFFFFFFFFFFF
+
+
+def _clear_bits(words: ctypes.Array[ctypes.c_uint64], size: int) -> Iterator[int]:
+    """The positions of the clear bits, in order."""
+    full = 0xFFFFFFFFFFFFFFFF
+    for w, word in enumerate(words):
+        if word == full:
+            continue
+        for b in range(64):
+            if not word >> b & 1 and w * 64 + b < size:
+                yield w * 64 + b
 
 
 def _write_default_config(fds: dict[str, int]) -> None:

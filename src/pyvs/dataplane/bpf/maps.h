@@ -98,6 +98,23 @@ struct {
 	__type(value, struct pyvs_config);
 } config SEC(".maps");
 
+/* Control plane only (the program never reads them): service slot -> its real slots, and the
+ * slots taken, so that one service is read and rewritten without scanning every real. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, PYVS_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct pyvs_svc_reals);
+} svc_reals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pyvs_slot_usage);
+} slot_usage SEC(".maps");
+
 /* The timer that sweeps expired connections once a second. */
 struct sweeper {
 	struct bpf_timer timer;

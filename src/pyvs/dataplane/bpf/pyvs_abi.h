@@ -12,6 +12,7 @@
 #define PYVS_SCHED_TABLE_SIZE 4096 /* slots of one scheduler table; each service has two */
 #define PYVS_CONN_TABLE_SIZE 262144
 #define PYVS_VIP_FILTER_SIZE 65536 /* slots of the cheap "may be a VIP" pre-filter */
+#define PYVS_MAX_REALS_PER_SERVICE 4096
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
 #define PYVS_SCHED_RR 0
@@ -118,6 +119,18 @@ struct pyvs_real {
 	__u32 ifindex;    /* egress interface; XDP_TX when it is the ingress one */
 	__u8 dmac[6];     /* the real's MAC; all zero when unresolved */
 	__u8 smac[6];     /* the egress interface's MAC */
+};
+
+/* Control plane only: the real slots of one service (every active real of it is among them). */
+struct pyvs_svc_reals {
+	__u32 count;
+	__u32 slots[PYVS_MAX_REALS_PER_SERVICE];
+};
+
+/* Control plane only: which service and real slots are taken, one bit each. */
+struct pyvs_slot_usage {
+	__u64 services[PYVS_MAX_SERVICES / 64];
+	__u64 reals[PYVS_MAX_REALS / 64];
 };
 
 struct pyvs_conn_key {
