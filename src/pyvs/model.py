@@ -67,7 +67,7 @@ class ServiceKey:
         return f"{self.vip}:{self.port}"
 
 
-@dataclass(order=True)
+@dataclass(order=True, slots=True)
 class Real:
     rip: IPv4Address
     port: int

@@ -690,14 +690,15 @@ class _Plan:
                 self.service_index[key] = index
 
         self.entries = {s.slot: s.entry for s in slots}
-        # (service slot, rip, port) in network order -> real slot, for the reals the maps hold
+        # (service slot, rip, port) as ints -> real slot, for the reals the maps hold (ints hash fast)
         existing: dict[tuple[int, int, int], int] = {}
         for s in slots:
             if s.entry.flags & abi.REAL_ACTIVE:
-                existing[(s.entry.svc_index, s.entry.rip, s.entry.port)] = s.slot
+                existing[(s.entry.svc_index, socket.ntohl(s.entry.rip), socket.ntohs(s.entry.port))] = s.slot
         old_index = {svc.index: key for key, svc in current.items()}
         wanted: set[int] = set()
-        self.real_slot: dict[tuple[ServiceKey, RealKey], int] = {}
+        # service -> (rip as int, port) -> real slot, after the change
+        self.real_slot: dict[ServiceKey, dict[tuple[int, int], int]] = {}
         self.real_changed: dict[int, bool] = {}
         self.new_slots: set[int] = set()
         self.changed_services: set[ServiceKey] = set()
@@ -707,10 +708,13 @@ class _Plan:
             old = current.get(svc.key)
             if old is None or not _same_settings(old, _svc_value(svc, index)):
                 self.changed_services.add(svc.key)
+            same_service = old_index.get(index) == svc.key
+            slots_here = self.real_slot[svc.key] = {}
             for real in svc.reals.values():
-                slot = existing.get((index, _ip_to_be(real.rip), _port_to_be(real.port)))
-                if slot is not None and old_index.get(index) == svc.key:
-                    self.real_slot[(svc.key, real.key)] = slot
+                rid = (int(real.rip), real.port)
+                slot = existing.get((index, *rid)) if same_service else None
+                if slot is not None:
+                    slots_here[rid] = slot
                     wanted.add(slot)
                     entry = self.entries[slot]
                     if entry.weight != real.weight:
@@ -750,18 +754,18 @@ class _Plan:
         taken = set(existing.values())
         free_slots = (i for i in _clear_bits(usage.reals, abi.MAX_REALS) if i not in taken)
         # rip -> an entry with its next hop filled in, copied for each new real at that address
-        hops: dict[IPv4Address, abi.RealEntry] = {}
+        hops: dict[int, abi.RealEntry] = {}
         for key, real in new_reals:
             slot = next(free_slots, None)
             if slot is None:
                 raise DataplaneError(f"too many real servers (the data plane holds {abi.MAX_REALS})")
-            template = hops.get(real.rip)
+            template = hops.get(int(real.rip))
             if template is None:
                 try:
                     hop = resolver(real.rip)
                 except NeighbourError as exc:
                     raise DataplaneError(str(exc)) from None
-                template = hops[real.rip] = abi.RealEntry(rip=_ip_to_be(real.rip), flags=abi.REAL_ACTIVE)
+                template = hops[int(real.rip)] = abi.RealEntry(rip=_ip_to_be(real.rip), flags=abi.REAL_ACTIVE)
                 _set_hop(template, hop)
                 if hop.dmac == ZERO_MAC:
                     log.warning("real server %s: MAC address not resolved; its packets are dropped until it is",
@@ -772,7 +776,7 @@ class _Plan:
             entry.svc_index = self.service_index[key]
             entry.gen = (old_entry.gen + 1) & 0xFFFFFFFF
             self.entries[slot] = entry
-            self.real_slot[(key, real.key)] = slot
+            self.real_slot[key][(int(real.rip), real.port)] = slot
             self.real_changed[slot] = True
             self.new_slots.add(slot)
 
@@ -790,18 +794,16 @@ class _Plan:
             _clear_bit(self.usage_after.reals, slot)
 
         self.tables = {
-            key: ([self.real_slot[(key, r.key)] for r in reals], positions[key]) for key, reals in sorted_reals.items()
+            key: ([self.real_slot[key][(int(r.rip), r.port)] for r in reals], positions[key])
+            for key, reals in sorted_reals.items()
         }
-        self._slots_of: dict[ServiceKey, list[int]] = {}
-        for (owner, _), slot in self.real_slot.items():
-            self._slots_of.setdefault(owner, []).append(slot)
         self._freed_of: dict[int, list[int]] = {}
         for slot in self.freed_reals:
             self._freed_of.setdefault(self.entries[slot].svc_index, []).append(slot)
 
     def slots_of(self, key: ServiceKey) -> list[int]:
         """The real slots of a service after the change."""
-        return self._slots_of.get(key, [])
+        return list(self.real_slot.get(key, {}).values())
 
     def freed_of(self, key: ServiceKey) -> list[int]:
         """The slots this change takes from a service."""
