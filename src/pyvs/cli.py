@@ -20,7 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyvs import netns, realserver
 from pyvs.arp import doctor, takeover
 from pyvs.arp.packets import interface_mac, normalize_mac
-from pyvs.arp.watch import Event, GuardConfig, Watcher, open_pinned, pinned_neighbours
+from pyvs.arp.watch import Event, GuardConfig, Watcher, open_pinned, pinned_neighbours, serve_metrics
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane, remove_pins
 from pyvs.dataplane.neighbours import ZERO_MAC
 from pyvs.dataplane.pins import default_pin_dir
@@ -31,6 +31,7 @@ from pyvs.director.status import fetch_status, watch
 from pyvs.lab import lab
 from pyvs.lab.demo import run_demo
 from pyvs.lab.topology import Topology, check_prefix, default_topology
+from pyvs.model import ModelError, parse_endpoint
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -286,6 +287,16 @@ def _pin(value: str) -> tuple[IPv4Address, str | None]:
         raise argparse.ArgumentTypeError(f"--pin {value!r}: {exc} (use IP or IP=MAC)") from None
 
 
+def _listen_address(value: str) -> tuple[str, int]:
+    """HOST:PORT (or :PORT for 127.0.0.1) for a metrics listener."""
+    host, _, port = value.rpartition(":")
+    try:
+        address, number = parse_endpoint(f"{host or '127.0.0.1'}:{port}")
+    except ModelError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc} (use HOST:PORT)") from None
+    return str(address), number
+
+
 def cmd_arpwatch(args: argparse.Namespace) -> int:
     def emit(event: Event) -> None:
         print(event.json() if args.json else event.text(), flush=True)
@@ -303,7 +314,12 @@ def cmd_arpwatch(args: argparse.Namespace) -> int:
         with pinned_neighbours(args.dev, dict(args.pin)) as pins:
             watcher = Watcher(args.dev, dp, emit, set(args.vip) or None, args.defend, pins, args.probe_interval,
                               config)
-            watcher.run(args.duration)
+            server = serve_metrics(watcher.guard, *args.metrics) if args.metrics else None
+            try:
+                watcher.run(args.duration)
+            finally:
+                if server is not None:
+                    server.shutdown()
     except (_Stopped, KeyboardInterrupt):
         pass
     finally:
@@ -475,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="pin an address (e.g. the gateway, a real) to a MAC (default: its current one) "
                                    "as a permanent neighbour entry while watching; claims by other MACs are reported")
     watch_parser.add_argument("--json", action="store_true", help="one JSON object per event")
+    watch_parser.add_argument("--metrics", type=_listen_address, metavar="HOST:PORT",
+                              help="serve the guard's counters as Prometheus metrics at http://HOST:PORT/metrics "
+                                   "(pyvs_arp_frames_total, pyvs_arp_events_total{event}, pyvs_arp_actions_total)")
     watch_parser.add_argument("--probe-interval", type=float, default=0.5,
                               help="seconds between ARP probes of the VIPs and reals (0: listen only; default 0.5)")
     watch_parser.add_argument("--duration", type=float, help="stop after this many seconds (default: run until "

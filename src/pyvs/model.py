@@ -73,6 +73,9 @@ class Real:
     port: int
     weight: int = 1
     forwarding: Forwarding = field(default=Forwarding.ROUTE, compare=False)
+    # The last non-zero weight, as the data plane keeps it (IPVS's dest->last_weight: mh builds its table
+    # from it, so draining a real to 0 leaves the others' slots where they are). None: not known.
+    last_weight: int | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[IPv4Address, int]:

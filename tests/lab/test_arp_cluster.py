@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 
@@ -29,6 +30,18 @@ from pyvs.lab.traffic import http_get
 from pyvs.netns import in_netns, run_in_netns, write_sysctl
 
 EVENT_LATENCY = 1.0  # the issue's bound: an event within 1 s of the cause
+METRICS = "127.0.0.1:9188"
+
+
+def guard_metrics(topo: Topology) -> str:
+    """What `pyvs arpwatch --metrics` serves, read from inside the director."""
+    with in_netns(topo.director.netns), urlopen(f"http://{METRICS}/metrics", timeout=5) as response:  # noqa: S310
+        return response.read().decode()  # type: ignore[no-any-return]
+
+
+def metric_value(text: str, name: str) -> float:
+    [value] = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
 
 
 def pyvs(topo: Topology, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -162,12 +175,16 @@ def test_rs2_without_the_vip_on_lo_fails_the_dr_path_of_rs2_only(lab: Topology) 
 
 def test_a_real_answering_arp_for_the_vip_is_named_by_doctor_and_raises_a_conflict_within_1s(lab: Topology) -> None:
     rs1_mac = mac_of(lab, "rs1")
-    with arpwatch(lab) as watch:
+    with arpwatch(lab, "--metrics", METRICS) as watch:
+        assert 'pyvs_arp_events_total{event="vip_conflict"} 0.0' in guard_metrics(lab)
         started = time.time()
         with vip_on_nic_with_arp_ignore_0(lab, "rs1"):
             event = watch.expect("vip_conflict", ip=lab.vip, mac=rs1_mac)
             code, findings = doctor(lab)
+            metrics = guard_metrics(lab)
         summary = watch.stop()
+    assert metric_value(metrics, 'pyvs_arp_events_total{event="vip_conflict"}') >= 1
+    assert "pyvs_arp_frames_total" in metrics and 'pyvs_arp_actions_total{action="probes_sent"}' in metrics
     assert event["time"] - started < EVENT_LATENCY
     assert code == 1
     [arp] = [f for f in failing(findings) if f["check"] == "arp"]

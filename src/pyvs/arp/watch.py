@@ -12,10 +12,11 @@ talks. It reports structured events:
 - flip_flop: an address changed MAC `flip_count` times within `flip_window` seconds;
 - garp_flood: more than `garp_limit` gratuitous ARPs from one address within a second;
 - vip_announced: the defence re-announced the VIPs with gratuitous ARP;
-and counters (a summary event when it stops). Defence, when on: a contested VIP or an impersonated gateway or
-pinned address gets the VIPs re-announced at once and twice more within a second (a GARP overrides the
-neighbour caches' one-second lock time, and a second round outlasts a short burst). Pins are installed as
-permanent neighbour entries of the director, which no ARP can change, and removed when the guard stops.
+and counters (a summary event when it stops; with --metrics also served to Prometheus while it runs).
+Defence, when on: a contested VIP or an impersonated gateway or pinned address gets the VIPs re-announced at
+once and twice more within a second (a GARP overrides the neighbour caches' one-second lock time, and a second
+round outlasts a short burst). Pins are installed as permanent neighbour entries of the director, which no ARP
+can change, and removed when the guard stops.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pyroute2 import IPRoute
 
 from pyvs.arp.packets import (
@@ -58,6 +63,9 @@ NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PR
 REANNOUNCE_AFTER = (0.0, 0.5, 1.0)  # seconds after a contest
 REANNOUNCE_GAP = 0.2  # never two announcements closer than this
 RULES_REFRESH = 2.0
+# The kinds of event the guard counts (pyvs_arp_events_total shows each, 0 until seen).
+EVENT_KINDS = ("vip_conflict", "mac_change", "gateway_impersonation", "real_mac_change", "pinned_mac_violation",
+               "flip_flop", "garp_flood")
 REPORT_GAP = 1.0  # the same conflict is reported at most once a second
 DEFENDED = ("vip_conflict", "pinned_mac_violation", "gateway_impersonation")
 
@@ -335,3 +343,35 @@ class Watcher:
             finally:
                 self.emit(Event("summary", self.ifname, self.mac, counters=dict(self.guard.counters)))
         return self.guard.counters
+
+
+class GuardCollector(Collector):
+    """The guard's counters as Prometheus metrics (read at each scrape, nothing kept twice)."""
+
+    def __init__(self, guard: Guard):
+        self.guard = guard
+
+    def collect(self) -> Iterator[Metric]:
+        counters = dict(self.guard.counters)
+        frames = CounterMetricFamily("pyvs_arp_frames", "ARP frames seen on the segment")
+        frames.add_metric([], counters.pop("arp_frames", 0))
+        yield frames
+        actions = CounterMetricFamily("pyvs_arp_actions", "What the guard did: probes sent, VIPs announced, "
+                                      "real MACs updated in the data plane", labels=["action"])
+        for action in ("probes_sent", "vip_announced", "real_mac_updates"):
+            actions.add_metric([action], counters.pop(action, 0))
+        yield actions
+        events = CounterMetricFamily("pyvs_arp_events", "Events the guard reported, by kind", labels=["event"])
+        for kind in EVENT_KINDS:
+            events.add_metric([kind], counters.pop(kind, 0))
+        for kind, value in sorted(counters.items()):
+            events.add_metric([kind], value)
+        yield events
+
+
+def serve_metrics(guard: Guard, host: str, port: int) -> WSGIServer:
+    """Serve /metrics on host:port in a thread; shut it down with .shutdown()."""
+    registry = CollectorRegistry()
+    registry.register(GuardCollector(guard))
+    server, _ = start_http_server(port, host, registry)
+    return server

@@ -83,7 +83,8 @@ class RealConns(ctypes.Structure):
 class RealEntry(ctypes.Structure):
     _fields_ = [("rip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("weight", ctypes.c_uint16),
                 ("svc_index", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("gen", ctypes.c_uint32),
-                ("ifindex", ctypes.c_uint32), ("dmac", ctypes.c_uint8 * 6), ("smac", ctypes.c_uint8 * 6)]
+                ("ifindex", ctypes.c_uint32), ("dmac", ctypes.c_uint8 * 6), ("smac", ctypes.c_uint8 * 6),
+                ("last_weight", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
 
 
 class ConnKey(ctypes.Structure):

@@ -197,7 +197,8 @@ class Dataplane:
             entry = real.entry
             key = by_index.get(entry.svc_index)
             if entry.flags & abi.REAL_ACTIVE and key is not None:
-                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight)
+                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
+                            last_weight=entry.last_weight)
                 rules.services[key].reals[item.key] = item
         return rules
 
@@ -210,7 +211,8 @@ class Dataplane:
         for real in self._service_slots(raw.index):
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE:
-                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight)
+                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
+                            last_weight=entry.last_weight)
                 svc.reals[item.key] = item
         return svc
 
@@ -703,6 +705,7 @@ class _Plan:
         self.new_slots: set[int] = set()
         self.changed_services: set[ServiceKey] = set()
         new_reals: list[tuple[ServiceKey, Real]] = []
+        last_weights: dict[ServiceKey, dict[tuple[int, int], int]] = {}
         for svc in rules.services.values():
             index = self.service_index[svc.key]
             old = current.get(svc.key)
@@ -710,6 +713,7 @@ class _Plan:
                 self.changed_services.add(svc.key)
             same_service = old_index.get(index) == svc.key
             slots_here = self.real_slot[svc.key] = {}
+            last_here = last_weights[svc.key] = {}
             for real in svc.reals.values():
                 rid = (int(real.rip), real.port)
                 slot = existing.get((index, *rid)) if same_service else None
@@ -717,11 +721,13 @@ class _Plan:
                     slots_here[rid] = slot
                     wanted.add(slot)
                     entry = self.entries[slot]
-                    if entry.weight != real.weight:
-                        entry.weight = real.weight
+                    last_here[rid] = real.weight or entry.last_weight  # IPVS keeps it when the weight goes to 0
+                    if entry.weight != real.weight or entry.last_weight != last_here[rid]:
+                        entry.weight, entry.last_weight = real.weight, last_here[rid]
                         self.real_changed[slot] = True
                         self.changed_services.add(svc.key)
                 else:
+                    last_here[rid] = real.weight
                     new_reals.append((svc.key, real))
                     self.changed_services.add(svc.key)
         self.freed_reals = [slot for slot in existing.values() if slot not in wanted]
@@ -743,7 +749,11 @@ class _Plan:
                 raise DataplaneError(f"service {svc.key}: {len(svc.reals)} real servers, more than "
                                      f"{abi.MAX_REALS_PER_SERVICE} in one service")
             sorted_reals[key] = svc.sorted_reals()
-            positions[key] = build_table(svc.scheduler, sorted_reals[key], sched_flag_bits(svc.sched_flags))
+            table_reals = sorted_reals[key]
+            if svc.scheduler == "mh":
+                table_reals = [Real(r.rip, r.port, r.weight, last_weight=last_weights[key][(int(r.rip), r.port)])
+                               for r in table_reals]
+            positions[key] = build_table(svc.scheduler, table_reals, sched_flag_bits(svc.sched_flags))
             length = len(positions[key])
             if length > abi.SCHED_TABLE_SIZE:
                 raise DataplaneError(
@@ -772,7 +782,7 @@ class _Plan:
                                 real.rip)
             old_entry = self.entries.get(slot) or read_entry(slot)
             entry = abi.RealEntry.from_buffer_copy(template)
-            entry.port, entry.weight = _port_to_be(real.port), real.weight
+            entry.port, entry.weight, entry.last_weight = _port_to_be(real.port), real.weight, real.weight
             entry.svc_index = self.service_index[key]
             entry.gen = (old_entry.gen + 1) & 0xFFFFFFFF
             self.entries[slot] = entry

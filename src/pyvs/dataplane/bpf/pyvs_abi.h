@@ -119,6 +119,8 @@ struct pyvs_real {
 	__u32 ifindex;    /* egress interface; XDP_TX when it is the ingress one */
 	__u8 dmac[6];     /* the real's MAC; all zero when unresolved */
 	__u8 smac[6];     /* the egress interface's MAC */
+	__u16 last_weight; /* control plane only: the last non-zero weight (IPVS builds mh tables from it) */
+	__u16 pad;
 };
 
 /* Control plane only: the real slots of one service (every active real of it is among them). */
