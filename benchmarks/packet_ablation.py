@@ -30,7 +30,7 @@ TX_COUNT = ("\t\tcount(PYVS_CNT_TX);\n", "")
 TIMEOUT = ("expired(conn, cfg, now) || ", "")
 SVC_GEN = ("svc_gen(conn->svc_index) != conn->svc_gen || ", "")
 TCP_STATE = ("\t\tif (pkt.proto == IPPROTO_TCP) {\n\t\t\t__u8 state", "\t\tif (0) {\n\t\t\t__u8 state")
-CLOCK = ("\tnow = bpf_ktime_get_coarse_ns();\n", "\tnow = 1;\n")
+CLOCK = ("\tnow = clock_now();\n", "\tnow = 1;\n")
 LIVE_COUNT = ("\t\tadd_count(real_id, fresh.counted, 1);\n", "")
 NEW_COUNTS = ("\t\tif (!replaced)\n\t\t\tcount(PYVS_CNT_CONN_INSERTED);\n", "")
 

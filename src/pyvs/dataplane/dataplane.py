@@ -318,7 +318,8 @@ class Dataplane:
             values = (ctypes.c_uint64 * self._ncpus)()
             libbpf.map_lookup(self._fds["counters"], ctypes.c_uint32(index), values)
             result[name] = sum(values)
-        # Every packet ends in exactly one of these; rx is their sum, not counted per packet.
+        # Every packet to a VIP ends in exactly one of these; rx is their sum, not counted per packet.
+        # Traffic that is not for a VIP is passed uncounted (the NIC's own counters have it).
         result["rx"] = sum(v for k, v in result.items() if k in ("tx", "redirect", "pass", "pass_no_conn")
                            or k.startswith("drop_"))
         return result

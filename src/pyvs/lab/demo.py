@@ -40,7 +40,7 @@ def run_demo(topo: Topology, say: Callable[[str], None], requests: int = 10) -> 
     for key, c in sorted(stats.items()):
         say(f"  {key.proto.label} {key}: {c.conns} connections, {c.inpkts} packets in, {c.inbytes} bytes in, "
             "0 out (replies never reach the director)")
-    say(f"  forwarded with XDP_TX: {counters['tx']}, passed to the kernel: {counters['pass']}, "
+    say(f"  forwarded with XDP_TX: {counters['tx']}, to a VIP port without a service: {counters['pass']}, "
         f"dropped: {sum(v for k, v in counters.items() if k.startswith('drop_'))}")
     received = client_bytes.rx - before_client.rx
     sent_by_director = port.rx - before_port.rx

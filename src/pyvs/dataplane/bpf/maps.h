@@ -115,10 +115,13 @@ struct {
 	__type(value, struct pyvs_slot_usage);
 } slot_usage SEC(".maps");
 
-/* The timer that sweeps expired connections once a second. */
+/* The timer that keeps the packet path's clock (every PYVS_CLOCK_TICK_NS) and sweeps expired
+ * connections once a second. */
 struct sweeper {
 	struct bpf_timer timer;
-	__u64 runs;
+	__u64 runs;  /* sweeps done */
+	__u64 now;   /* bpf_ktime_get_coarse_ns() at the last tick: read by every packet, cheaper than the helper */
+	__u64 ticks;
 };
 
 struct {

@@ -70,7 +70,7 @@
 #define PYVS_CNT_RX 0              /* packets seen: not counted per packet, the sum of all the others */
 #define PYVS_CNT_TX 1              /* forwarded with XDP_TX */
 #define PYVS_CNT_REDIRECT 2        /* forwarded with a redirect */
-#define PYVS_CNT_PASS 3            /* passed to the kernel: not service traffic */
+#define PYVS_CNT_PASS 3            /* TCP/UDP to a VIP with no service on that port: passed to the kernel */
 #define PYVS_CNT_CONN_NEW 4        /* new connections scheduled */
 #define PYVS_CNT_CONN_REPLACED 5   /* expired or closed entry replaced by a new connection */
 #define PYVS_CNT_DROP_FRAGMENT 6   /* IP fragment to a VIP */

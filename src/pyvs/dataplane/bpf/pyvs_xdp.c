@@ -10,6 +10,8 @@
 #include "schedule.h"
 
 #define NSEC_PER_SEC 1000000000ULL
+#define PYVS_CLOCK_TICK_NS 10000000ULL /* 10 ms; the coarse clock itself moves in 4 ms jiffies */
+#define PYVS_TICKS_PER_SWEEP (NSEC_PER_SEC / PYVS_CLOCK_TICK_NS)
 
 static __always_inline void count(__u32 id)
 {
@@ -213,16 +215,30 @@ static long sweep_one(void *map, struct pyvs_conn_key *key, struct pyvs_conn *co
 	return 0;
 }
 
-static int sweep(void *map, __u32 *key, struct sweeper *sw)
+/* The timer's callback: every tick the clock, every PYVS_TICKS_PER_SWEEP ticks a sweep. */
+static int tick(void *map, __u32 *key, struct sweeper *sw)
 {
 	__u32 zero = 0;
 	struct sweep_ctx ctx = {.now = bpf_ktime_get_coarse_ns(), .cfg = bpf_map_lookup_elem(&config, &zero)};
 
-	if (ctx.cfg)
-		bpf_for_each_map_elem(&conns, sweep_one, &ctx, 0);
-	sw->runs += 1;
-	bpf_timer_start(&sw->timer, NSEC_PER_SEC, 0);
+	sw->now = ctx.now;
+	sw->ticks += 1;
+	if (sw->ticks % PYVS_TICKS_PER_SWEEP == 0) {
+		if (ctx.cfg)
+			bpf_for_each_map_elem(&conns, sweep_one, &ctx, 0);
+		sw->runs += 1;
+	}
+	bpf_timer_start(&sw->timer, PYVS_CLOCK_TICK_NS, 0);
 	return 0;
+}
+
+/* The packet path's clock: the last tick's time (the helper only until the timer has ticked). */
+static __always_inline __u64 clock_now(void)
+{
+	__u32 zero = 0;
+	struct sweeper *sw = bpf_map_lookup_elem(&sweeper, &zero);
+
+	return sw && sw->now ? sw->now : bpf_ktime_get_coarse_ns();
 }
 
 /* Run once (BPF_PROG_TEST_RUN) by the control plane to start the sweeper; harmless when it runs. */
@@ -234,9 +250,10 @@ int pyvs_start_sweeper(struct xdp_md *ctx)
 
 	if (!sw)
 		return XDP_ABORTED;
+	sw->now = bpf_ktime_get_coarse_ns();
 	bpf_timer_init(&sw->timer, &sweeper, 1 /* CLOCK_MONOTONIC */);
-	bpf_timer_set_callback(&sw->timer, sweep);
-	bpf_timer_start(&sw->timer, NSEC_PER_SEC, 0);
+	bpf_timer_set_callback(&sw->timer, tick);
+	bpf_timer_start(&sw->timer, PYVS_CLOCK_TICK_NS, 0);
 	return XDP_PASS;
 }
 
@@ -257,21 +274,22 @@ int pyvs_xdp(struct xdp_md *ctx)
 	__u64 now;
 	int event = EV_ACK, new_conn = 0, replaced;
 
+	/* Traffic that is not for a VIP is the kernel's: passed as it is and not counted (the NIC counts it). */
 	switch (parse_packet(data, data_end, &pkt)) {
 	case PARSE_OK:
 		break;
 	case PARSE_FRAGMENT:
-		return is_vip(pkt.daddr) ? drop(PYVS_CNT_DROP_FRAGMENT) : pass(PYVS_CNT_PASS);
+		return is_vip(pkt.daddr) ? drop(PYVS_CNT_DROP_FRAGMENT) : XDP_PASS;
 	case PARSE_TRUNCATED:
-		return is_vip(pkt.daddr) ? drop(PYVS_CNT_DROP_MALFORMED) : pass(PYVS_CNT_PASS);
+		return is_vip(pkt.daddr) ? drop(PYVS_CNT_DROP_MALFORMED) : XDP_PASS;
 	default:
-		return pass(PYVS_CNT_PASS);
+		return XDP_PASS;
 	}
 	if (!may_be_vip(pkt.daddr))
-		return pass(PYVS_CNT_PASS);
+		return XDP_PASS;
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
-		return pass(PYVS_CNT_PASS);
+		return XDP_PASS;
 
 #ifdef PYVS_BENCH_NEW_FLOWS
 	pkt.saddr ^= bpf_get_prandom_u32(); /* benchmarks only: every packet starts a new flow */
@@ -283,7 +301,7 @@ int pyvs_xdp(struct xdp_md *ctx)
 	ckey.sport = pkt.sport;
 	ckey.dport = pkt.dport;
 	ckey.proto = pkt.proto;
-	now = bpf_ktime_get_coarse_ns();
+	now = clock_now();
 
 	/* An established flow needs no service lookup: its entry names the service and the real. */
 	conn = bpf_map_lookup_elem(&conns, &ckey);
