@@ -358,3 +358,13 @@ def test_a_real_whose_mac_was_unknown_gets_frames_once_it_is_resolved() -> None:
         neighbours[RS1] = REALS[RS1][0]  # the real answers ARP now
         assert dp.refresh_macs(only_missing=True) == 1
         assert real_of(dp.test_run(syn(sport=40001)).data) == RS1
+
+
+def test_the_timer_keeps_the_packet_paths_clock(dataplane: Dataplane) -> None:
+    # Packets read the coarse clock from the timer's map value; it must tick (every 10 ms) and be the real time.
+    now, ticks, _ = dataplane.clock()
+    time.sleep(0.2)
+    later, later_ticks, _ = dataplane.clock()
+    assert later_ticks - ticks >= 5
+    coarse = time.clock_gettime_ns(6)  # CLOCK_MONOTONIC_COARSE, the clock the timer stores
+    assert 0 < later - now and abs(coarse - later) < 50_000_000

@@ -375,10 +375,21 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         if dev is None:
             raise DoctorError("no VIP is an address of this host: name the NIC facing the reals with --dev")
         findings += _director_findings(dp, dev, vips)
+        clock_before = dp.clock()
         dp_macs = {rip: hop.dmac for (_, (rip, _)), hop in hops.items()}
         wire, arp_macs = _wire_checks(dev, rules.services, dp_macs, vips, client_ip, wait)
         after = dp.counters()
+        findings.append(_timer_finding(clock_before, dp.clock(), dev))
     return [*findings, *_mac_findings(dp_macs, arp_macs), *_drop_findings(before, after), *wire]
+
+
+def _timer_finding(before: tuple[int, int, int], after: tuple[int, int, int], dev: str) -> Finding:
+    """The data plane's timer keeps the packet path's clock and sweeps expired connections."""
+    if after[1] > before[1]:
+        return Finding(Status.OK, "director", "timer", f"ticking ({after[1] - before[1]} ticks during the check, "
+                       f"{after[2]} sweeps of expired connections so far)")
+    return Finding(Status.FAIL, "director", "timer", "stopped: the packet path's clock stands still and no "
+                   "connection expires", f"pyvs director attach --dev {dev} (starts it again)")
 
 
 @dataclass

@@ -115,6 +115,13 @@ class SlotUsage(ctypes.Structure):
     _fields_ = [("services", ctypes.c_uint64 * (MAX_SERVICES // 64)), ("reals", ctypes.c_uint64 * (MAX_REALS // 64))]
 
 
+class Sweeper(ctypes.Structure):
+    """The timer's map value (the timer itself reads back as zeros)."""
+
+    _fields_ = [("timer", ctypes.c_uint64 * 2), ("runs", ctypes.c_uint64), ("now", ctypes.c_uint64),
+                ("ticks", ctypes.c_uint64)]
+
+
 # Mirror name -> C struct name, for the BTF check.
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_svc_key": SvcKey,
@@ -127,6 +134,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_config": Config,
     "pyvs_svc_reals": SvcReals,
     "pyvs_slot_usage": SlotUsage,
+    "sweeper": Sweeper,
 }
 
 # IPVS's default timeout of each state, in seconds (ip_vs_proto_tcp.c, ip_vs_proto_udp.c).

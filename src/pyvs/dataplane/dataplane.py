@@ -311,6 +311,13 @@ class Dataplane:
                 result[(key, rkey)] = self._stats_at(abi.MAX_SERVICES + real.slot)
         return result
 
+    def clock(self) -> tuple[int, int, int]:
+        """The packet path's clock (coarse ns at the timer's last tick), the ticks and the sweeps so far.
+        The ticks advance every 10 ms while the timer runs; when they stop, nothing expires."""
+        value = abi.Sweeper()
+        libbpf.map_lookup(self._fds["sweeper"], ctypes.c_uint32(0), value)
+        return value.now, value.ticks, value.runs
+
     def counters(self) -> dict[str, int]:
         """The global counters by name: rx, tx, redirect, pass, conn_*, drop_* ..."""
         result = {}
