@@ -22,7 +22,7 @@ from scapy.layers.inet import TCP
 
 from benchmarks.packet_cost import HERE, NEW_FLOWS, client, frame, populate, rules_with, static_neighbour
 from pyvs.dataplane import libbpf, scratch_dataplane
-from pyvs.dataplane.build import BPF_DIR, build_object
+from pyvs.dataplane.build import BPF_DIR, CACHE_DIR, build_object
 
 SVC_STATS = ("\taccount(svc_index, bytes, new_conn);\n", "")
 REAL_STATS = ("\taccount(PYVS_MAX_SERVICES + real_id, bytes, new_conn);\n", "")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conns", type=int, default=100_000)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "packet_ablation.json")
     args = parser.parse_args(argv)
-    workdir = Path("/var/cache/pyvs/ablation")
+    workdir = CACHE_DIR / "ablation"
     workdir.mkdir(parents=True, exist_ok=True)
     for header in BPF_DIR.glob("*.h"):  # the variants include the program's headers from their own directory
         (workdir / header.name).write_text(header.read_text())

@@ -31,7 +31,7 @@ from pyvs.director.status import fetch_status, watch
 from pyvs.lab import lab
 from pyvs.lab.demo import run_demo
 from pyvs.lab.topology import Topology, check_prefix, default_topology
-from pyvs.model import ModelError, parse_endpoint
+from pyvs.model import ModelError, parse_listen
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -289,12 +289,10 @@ def _pin(value: str) -> tuple[IPv4Address, str | None]:
 
 def _listen_address(value: str) -> tuple[str, int]:
     """HOST:PORT (or :PORT for 127.0.0.1) for a metrics listener."""
-    host, _, port = value.rpartition(":")
     try:
-        address, number = parse_endpoint(f"{host or '127.0.0.1'}:{port}")
+        return parse_listen(value)
     except ModelError as exc:
         raise argparse.ArgumentTypeError(f"{value!r}: {exc} (use HOST:PORT)") from None
-    return str(address), number
 
 
 def cmd_arpwatch(args: argparse.Namespace) -> int:

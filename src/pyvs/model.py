@@ -180,6 +180,13 @@ def parse_ipv4(text: str) -> IPv4Address:
         raise ModelError(f"invalid IPv4 address '{text}'") from None
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """A listen address `HOST:PORT`, or `:PORT` for 127.0.0.1."""
+    host, _, port = text.rpartition(":")
+    address, number = parse_endpoint(f"{host or '127.0.0.1'}:{port}")
+    return str(address), number
+
+
 def parse_endpoint(text: str, default_port: int | None = None) -> tuple[IPv4Address, int]:
     """Parse `host[:port]`; without a port, `default_port` is used (an error when None)."""
     if text.startswith("["):

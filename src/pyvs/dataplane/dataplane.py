@@ -223,8 +223,7 @@ class Dataplane:
             return []
         result = []
         for slot in listed.slots[:listed.count]:
-            entry = abi.RealEntry()
-            libbpf.map_lookup(self._fds["reals"], ctypes.c_uint32(slot), entry)
+            entry = self._read_entry(slot)
             if entry.svc_index == index:
                 result.append(_RealSlot(slot, entry))
         return result

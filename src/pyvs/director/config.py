@@ -38,6 +38,7 @@ from pyvs.model import (
     ServiceKey,
     parse_endpoint,
     parse_ipv4,
+    parse_listen,
     validate_scheduler,
 )
 
@@ -252,9 +253,7 @@ def _status_ranges(value: Any) -> tuple[tuple[int, int], ...]:
 def _listen(value: Any) -> tuple[str, int] | None:
     if value in ("", "off", False):
         return None
-    host, _, port = str(value).rpartition(":")
-    address, port_number = parse_endpoint(f"{host or '127.0.0.1'}:{port}")
-    return str(address), port_number
+    return parse_listen(str(value))
 
 
 def _digest(value: Any) -> str:
