@@ -25,7 +25,7 @@ from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane, remove_pin
 from pyvs.dataplane.neighbours import ZERO_MAC
 from pyvs.dataplane.pins import default_pin_dir
 from pyvs.director.config import DEFAULT_LISTEN, load_config
-from pyvs.director.daemon import daemon_alive, read_run_file, run_daemon, run_file
+from pyvs.director.daemon import DirectorError, daemon_alive, read_run_file, run_daemon, run_file
 from pyvs.director.keepalived import import_keepalived
 from pyvs.director.status import fetch_status, watch
 from pyvs.lab import lab
@@ -38,7 +38,8 @@ EXIT_USAGE = 2
 RELOAD_WAIT = 10.0  # seconds for the daemon to confirm a reload
 NODE_NAMES = tuple(node.name for node in default_topology().nodes)
 EXPECTED_ERRORS = (
-    lab.LabError, realserver.RealServerError, netns.NetnsError, DataplaneError, NetlinkError, OSError, ValueError,
+    lab.LabError, realserver.RealServerError, netns.NetnsError, DataplaneError, DirectorError, NetlinkError, OSError,
+    ValueError,
 )
 
 
