@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
+from pathlib import Path
 
 from pyvs.director.checks import Health, ProbeResult, probe
 from pyvs.director.config import CheckSpec
@@ -133,3 +134,14 @@ def test_notify_argv_placeholders() -> None:
     fields = {"event": "real_down", "service": "tcp/198.18.0.100:80", "real": "198.18.2.11:80", "state": "down"}
     assert event_argv(["/bin/n", "{event}", "--real={real}"], fields) == ["/bin/n", "real_down",
                                                                            "--real=198.18.2.11:80"]
+
+
+def test_a_command_check_runs_as_the_configured_user_and_refuses_an_unsafe_script(tmp_path: Path) -> None:
+    as_nobody = ("/bin/sh", "-c", 'test "$(id -u)" = "$(id -u nobody)"')
+    assert run(CheckSpec(type="command", command=as_nobody, user="nobody"))[0].ok
+    assert not run(CheckSpec(type="command", command=as_nobody))[0].ok  # as root
+    unsafe = tmp_path / "check"
+    unsafe.write_text("#!/bin/sh\nexit 0\n")
+    unsafe.chmod(0o777)  # changed after the config was loaded: refused at the run
+    result, _ = run(CheckSpec(type="command", command=(str(unsafe),)))
+    assert not result.ok and "is writable by a user other than root" in result.detail
