@@ -118,6 +118,11 @@ def test_status_table_shows_health_and_rates_between_two_samples() -> None:
     assert lines[2].split() == ["tcp/198.18.0.100:80", "rr", "LOST", "(sorry)", "10.0", "100.0", "10.0KB", "30"]
     assert lines[3].split() == ["->", "198.18.2.11:80", "DOWN", "1", "2", "3", "10.0", "100.0", "10.0KB", "30"]
     assert lines[4] == "drops: no_real 4"
+    other = {"name": "tcp/198.18.0.100:9000", "scheduler": "wlc", "conns": 7,
+             "reals": [{"address": "198.18.2.13", "port": 9000, "weight": 3}]}
+    lines = status_table({**_snapshot(30, 12.0), "other_services": [other]})
+    assert lines[4].split() == ["tcp/198.18.0.100:9000", "wlc", "not", "the", "daemon's", "(left", "alone)", "7"]
+    assert lines[5].split() == ["->", "198.18.2.13:9000", "-", "3"]
 
 
 def test_metrics_carry_health_transitions_and_drop_reasons() -> None:

@@ -187,6 +187,22 @@ def daemon_alive(info: dict[str, Any]) -> bool:
     return b"director" in cmdline and b"run" in cmdline
 
 
+def service_owners(pin_dir: Path, keys: list[ServiceKey]) -> list[tuple[ServiceKey, str]]:
+    """Who owns each service of the data plane: the running daemon (its config has it) or not."""
+    info = read_run_file(pin_dir)
+    alive = info is not None and daemon_alive(info)
+    owned = set(info.get("services", [])) if info is not None and alive else set()
+    rows = []
+    for key in sorted(keys):
+        if not alive:
+            rows.append((key, "pyvsadm (no daemon runs)"))
+        elif service_name(key) in owned:
+            rows.append((key, f"daemon (pid {info['pid'] if info else '?'})"))
+        else:
+            rows.append((key, "pyvsadm (not the daemon's)"))
+    return rows
+
+
 @dataclass
 class _Checked:
     spec: RealSpec
