@@ -231,6 +231,7 @@ class Director:
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()  # one pass of writes at a time: its bookkeeping follows its writes
         self._newly_down: set[Target] = set()
         self._commands: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -307,6 +308,10 @@ class Director:
         """Write the daemon's services whose desired state changed (every one, compared with the data plane,
         when `full`), delete those it no longer has; a newly failed real is first set to weight 0 and its
         flows flushed. Computed here, on the event loop; written in the data plane thread."""
+        async with self._write_lock:
+            return await self._reconcile(full)
+
+    async def _reconcile(self, full: bool) -> bool:
         newly_down, self._newly_down = self._newly_down, set()
         desired = self.desired_rules().services
         quiesced: dict[ServiceKey, Service] = {}
@@ -336,7 +341,7 @@ class Director:
                 self.applied.pop(key, None)
             else:
                 self.applied[key] = want
-        self._log_report(report)
+        self._log_report(report, first={key for key in todo if key not in expected})
         error = "; ".join(f"{service_name(k)}: {e}" for k, e in sorted(report.errors.items()))
         if error:
             log_event(logging.ERROR, "apply_failed", error=error)
@@ -345,7 +350,7 @@ class Director:
         self.apply_error = error
         return not error
 
-    def _log_report(self, report: WriteReport) -> None:
+    def _log_report(self, report: WriteReport, first: set[ServiceKey]) -> None:
         for (key, real), flows in sorted(report.flushed.items()):
             log_event(logging.INFO, "flows_flushed", service=service_name(key), real=real_name(real), flows=flows)
         for key, changes in sorted(report.drift.items()):
@@ -354,8 +359,9 @@ class Director:
         for key in report.created:
             log_event(logging.INFO, "service_created", service=service_name(key))
         for key, changes in sorted(report.updated.items()):
-            if key not in report.drift:
-                log_event(logging.DEBUG, "service_updated", service=service_name(key), changes="; ".join(changes))
+            if key not in report.drift:  # the first write since the start is news; later ones follow health
+                log_event(logging.INFO if key in first else logging.DEBUG, "service_updated",
+                          service=service_name(key), changes="; ".join(changes))
         for key in report.removed:
             log_event(logging.INFO, "service_removed", service=service_name(key), reason="no longer in the config")
 
