@@ -381,19 +381,50 @@ address = "{topo.address_of('rs2')}"
 """
 
 
-def test_reload_takes_a_new_vip_over_lets_it_go_and_never_touches_a_hand_made_service(
+def pyvsadm(topo: Topology, *args: str) -> str:
+    return run_in_netns(topo.director.netns, [sys.executable, "-m", "pyvs.admin.cli", *args]).stdout
+
+
+def test_a_service_made_with_pyvsadm_survives_the_daemons_start_health_changes_and_reloads(
     lab: Topology, tmp_path: Path
 ) -> None:
+    config = tmp_path / "director.toml"
+    config.write_text(config_text(lab, tmp_path / "notify.log"))
+    daemon = Daemon(lab, config, tmp_path / "daemon.log", tmp_path / "notify.log")
+    hand, later = f"{lab.vip}:9000", f"{lab.vip}:9001"
+    try:
+        pyvsadm(lab, "-A", "-t", hand, "-s", "rr")  # made by hand before the daemon starts
+        pyvsadm(lab, "-a", "-t", hand, "-r", f"{lab.address_of('rs1')}:9000", "-g")
+        daemon.start()
+        pyvsadm(lab, "-A", "-u", later, "-s", "wlc")  # and while it runs
+        assert f"event=service_left_alone service=tcp/{hand}" in daemon.log.read_text()
+        assert [s["name"] for s in status(lab)["other_services"]] == [f"tcp/{hand}", f"udp/{later}"]
+        code, out, _ = pyvs_cli(lab, "director", "status", "--pin-dir", str(pin_dir(lab)))
+        assert code == 0 and f"TCP {hand}" in out and "pyvsadm (not the daemon's)" in out
+        assert f"TCP {lab.vip}:80" in out and f"daemon (pid {daemon.pid})" in out
+
+        lab_api.stop_web_server(lab, "rs1")  # the daemon writes its own service: only that one
+        wait_for(lambda: "rs1" not in tcp_reals(lab), 3, "rs1 leaves the pool")
+        config.write_text(config_text(lab, tmp_path / "notify.log", rs2_weight=2))
+        code, _, err = pyvs_cli(lab, "director", "reload", "--pin-dir", str(pin_dir(lab)))
+        assert code == 0, err
+        listing = pyvsadm(lab, "-L", "-n")
+        assert f"TCP  {hand} rr" in listing and f"UDP  {later} wlc" in listing
+        assert f"{lab.address_of('rs1')}:9000" in listing
+    finally:
+        daemon.stop()
+        lab_api.start_web_server(lab, "rs1")
+        with in_netns(lab.director.netns), open_director(lab) as dp:
+            dp.apply(tutorial_rules(lab))
+
+
+def test_reload_takes_a_new_vip_over_and_lets_it_go(lab: Topology, tmp_path: Path) -> None:
     ifname = lab.director_nic.ifname
     base = config_text(lab, tmp_path / "notify.log").replace("[director]\n", f'[director]\ninterface = "{ifname}"\n')
     config = tmp_path / "director.toml"
     config.write_text(base)
     daemon = Daemon(lab, config, tmp_path / "daemon.log", tmp_path / "notify.log")
-    hand = f"{lab.vip}:9000"
     stale = "02:00:5e:00:01:98"
-
-    def pyvsadm(*args: str) -> str:
-        return run_in_netns(lab.director.netns, [sys.executable, "-m", "pyvs.admin.cli", *args]).stdout
 
     def gateway_mac() -> str:
         out = run_in_netns(lab.gateway.netns, ["ip", "neigh", "show", NEW_VIP, "dev", "inside"]).stdout
@@ -411,15 +442,7 @@ def test_reload_takes_a_new_vip_over_lets_it_go_and_never_touches_a_hand_made_se
                                      "nud", "stale"])
     assert NEW_VIP not in nic_addresses(lab)
     try:
-        pyvsadm("-A", "-t", hand, "-s", "rr")  # made by hand before the daemon starts: it must survive
-        pyvsadm("-a", "-t", hand, "-r", f"{lab.address_of('rs1')}:9000", "-g")
         daemon.start()
-        assert f"TCP  {hand} rr" in pyvsadm("-L", "-n")
-        assert f"event=service_left_alone service=tcp/{hand}" in daemon.log.read_text()
-        assert [s["name"] for s in status(lab)["other_services"]] == [f"tcp/{hand}"]
-        code, out, _ = pyvs_cli(lab, "director", "status", "--pin-dir", str(pin_dir(lab)))
-        assert code == 0 and f"TCP {hand}" in out and "pyvsadm (not the daemon's)" in out
-
         config.write_text(base + new_vip_service(lab))
         reloaded = time.monotonic()
         code, out, err = pyvs_cli(lab, "director", "reload", "--pin-dir", str(pin_dir(lab)))
@@ -437,7 +460,6 @@ def test_reload_takes_a_new_vip_over_lets_it_go_and_never_touches_a_hand_made_se
         assert not new_vip_answers()
         assert lab.vip in nic_addresses(lab)  # configured by the admin (the lab): kept
         assert f"event=service_removed service=tcp/{NEW_VIP}:80" in daemon.log.read_text()
-        assert f"TCP  {hand} rr" in pyvsadm("-L", "-n")
         assert http_get(lab.client.netns, lab.public_ip).server in ("rs1", "rs2")
     finally:
         daemon.stop()
