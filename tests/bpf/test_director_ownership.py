@@ -18,7 +18,7 @@ import pytest
 from pyvs.dataplane import Dataplane, open_dataplane, scratch_dataplane
 from pyvs.dataplane.neighbours import ZERO_MAC, NeighbourError, NextHop
 from pyvs.director.config import load_config
-from pyvs.director.daemon import DataplaneSnapshot, Director, read_run_file
+from pyvs.director.daemon import DataplaneSnapshot, Director, DirectorError, read_run_file
 from pyvs.model import Protocol, Real, Service, ServiceKey
 
 from .conftest import static_neighbours
@@ -246,3 +246,21 @@ def test_the_mac_resolver_survives_an_unroutable_real(dp: Dataplane, tmp_path: P
 
     asyncio.run(scenario())
     assert "event=mac_resolve_failed" in caplog.text and "event=mac_resolved" in caplog.text
+
+
+def test_a_daemon_that_cannot_bind_its_status_address_changes_nothing(dp: Dataplane, admin: Dataplane,
+                                                                      tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        config = tmp_path / "director.toml"
+        config.write_text(config_text(tmp_path, director=f'status_listen = "127.0.0.1:{busy}"'))
+
+        async def scenario() -> None:
+            _, running = start(config, dp)
+            with pytest.raises(DirectorError, match=f"cannot listen on 127.0.0.1:{busy}"):
+                await running
+
+        asyncio.run(scenario())
+    assert admin.read_service(OWNED) is None and read_run_file(dp.pin_dir) is None

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import pwd
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
+
 from pyvs.director.checks import Health, ProbeResult, probe
 from pyvs.director.config import CheckSpec
 from pyvs.director.metrics import render
-from pyvs.director.notify import event_argv
+from pyvs.director.notify import Notifier, event_argv
 from pyvs.director.status import status_table
 
 LOOPBACK = IPv4Address("127.0.0.1")
@@ -150,3 +155,28 @@ def test_a_command_check_runs_as_the_configured_user_and_refuses_an_unsafe_scrip
     unsafe.chmod(0o777)  # changed after the config was loaded: refused at the run
     result, _ = run(CheckSpec(type="command", command=(str(unsafe),)))
     assert not result.ok and "is writable by a user other than root" in result.detail
+
+
+def test_notify_runs_as_the_configured_user_and_refuses_an_unsafe_script(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    shared = Path(tempfile.mkdtemp(prefix="pyvsd-notify-", dir="/tmp"))
+    try:
+        shared.chmod(0o1777)  # the user may write its answer here
+        unsafe = tmp_path / "notify"
+        unsafe.write_text("#!/bin/sh\ntouch \"$0.ran\"\n")
+        unsafe.chmod(0o777)
+
+        async def notify_all() -> None:
+            as_nobody = Notifier(["/bin/sh", "-c", 'id -u > "$0/uid"', str(shared)], timeout=5, user="nobody")
+            as_nobody.notify("real_down")
+            refused = Notifier([str(unsafe)], timeout=5)
+            refused.notify("real_down")
+            await as_nobody.drain(5)
+            await refused.drain(5)
+
+        asyncio.run(notify_all())
+        assert (shared / "uid").read_text().strip() == str(pwd.getpwnam("nobody").pw_uid)
+        assert not Path(f"{unsafe}.ran").exists()
+        assert "event=notify_refused" in caplog.text and "is writable by a user other than root" in caplog.text
+    finally:
+        shutil.rmtree(shared)
