@@ -270,6 +270,28 @@ struct sweep_ctx {
 	__u32 swept_counter;
 };
 
+/* Move an entry's count to another parity; false when its real's slot changed hands. */
+static __always_inline int move_count(const struct pyvs_conn *conn, __u8 to)
+{
+	struct pyvs_real_conns *counts;
+	__u32 real_id = conn->real;
+	__u8 from = conn->parity;
+
+	if (!same_real(conn))
+		return 0;
+	counts = bpf_map_lookup_elem(&real_conns, &real_id);
+	if (!counts)
+		return 1;
+	if (conn->counted == PYVS_COUNTED_ACTIVE) {
+		__sync_fetch_and_add(&counts->active[from & 3], -1);
+		__sync_fetch_and_add(&counts->active[to & 3], 1);
+	} else {
+		__sync_fetch_and_add(&counts->inactive[from & 3], -1);
+		__sync_fetch_and_add(&counts->inactive[to & 3], 1);
+	}
+	return 1;
+}
+
 /* A live connection placed by a template keeps the template alive (IPVS's n_control). */
 static __always_inline void keep_template(const struct pyvs_conn_key *key, const struct pyvs_config *cfg, __u64 now)
 {
@@ -308,12 +330,8 @@ static long sweep_one(void *map, struct pyvs_conn_key *key, struct pyvs_conn *co
 	}
 	ctx->live += 1;
 	if (conn->parity != ctx->parity) {
-		if (same_real(conn)) {
-			add_count(conn->real, conn->parity, conn->counted, -1);
-			add_count(conn->real, ctx->parity, conn->counted, 1);
-		} else {
-			conn->counted = PYVS_COUNTED_NONE;
-		}
+		if (conn->counted != PYVS_COUNTED_NONE && !move_count(conn, ctx->parity))
+			conn->counted = PYVS_COUNTED_NONE; /* its real's slot changed hands */
 		conn->parity = ctx->parity;
 	}
 	if (conn->flags & PYVS_CONN_F_PERSISTED)
