@@ -137,7 +137,7 @@ def test_veths_have_tx_checksum_offload_off(lab: Topology) -> None:
 def test_lab_up_twice_is_idempotent(lab: Topology) -> None:
     assert lab_api.up(lab) == []
     code, out, err = pyvs_cli(None, "lab", "up", "--prefix", lab.prefix)
-    assert (code, out.strip(), err) == (0, f"lab {lab.prefix} is already up", "")
+    assert (code, out.strip(), err) == (0, f"lab {lab.prefix} is up: nothing to repair", "")
     assert lab_api.status(lab)["healthy"]
     code, out, _ = pyvs_cli(None, "lab", "status", "--prefix", lab.prefix)
     assert code == 0 and "healthy" in out and "rs1 web" in out

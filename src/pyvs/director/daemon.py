@@ -29,11 +29,11 @@ from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
 from pyvs.director import checks
 from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
 from pyvs.director.notify import Notifier
+from pyvs.director.runfile import RUN_DIR, daemon_alive, read_run_file, run_file  # noqa: F401 - re-exported
 from pyvs.model import Real, Rules, Service, ServiceKey
 
 log = logging.getLogger("pyvs.director")
 
-RUN_DIR = Path("/run/pyvs/director")
 RETRY_APPLY = 5.0  # seconds before a failed apply is tried again
 RESOLVE_INTERVAL = 5.0  # seconds between attempts to resolve reals whose MAC is still unknown
 
@@ -56,27 +56,6 @@ def service_name(key: ServiceKey) -> str:
 
 def real_name(key: RealKey) -> str:
     return f"{key[0]}:{key[1]}"
-
-
-def run_file(pin_dir: Path) -> Path:
-    """Where a daemon driving the data plane at pin_dir records its PID, config and status address."""
-    return RUN_DIR / f"{pin_dir.name}.json"
-
-
-def read_run_file(pin_dir: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(run_file(pin_dir).read_text())
-    except (OSError, ValueError):
-        return None
-    return data
-
-
-def daemon_alive(info: dict[str, Any]) -> bool:
-    try:
-        cmdline = Path(f"/proc/{int(info['pid'])}/cmdline").read_bytes()
-    except (OSError, KeyError, ValueError):
-        return False
-    return b"director" in cmdline and b"run" in cmdline
 
 
 @dataclass
@@ -198,8 +177,8 @@ class Director:
         if not changed:
             return
         state = "up" if health.up else "down"
-        log_event(logging.WARNING, f"real_{state}", service=service_name(target[0]), real=real_name(target[1]),
-                  reason=result.detail, transitions=health.transitions)
+        log_event(logging.INFO if health.up else logging.WARNING, f"real_{state}", service=service_name(target[0]),
+                  real=real_name(target[1]), reason=result.detail, transitions=health.transitions)
         self.notifier.notify(f"real_{state}", service_name(target[0]), real_name(target[1]), state)
         if not health.up:
             self._newly_down.add(target)
@@ -347,11 +326,12 @@ class Director:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        # The status port first: a daemon that cannot bind it exits before it touches the rules or the VIPs.
+        server = await serve_status(self) if self.config.status_listen else None
         await self.in_dataplane_thread(self._attach)
         await self.in_dataplane_thread(self.reconcile)
         for target, checked in self.reals.items():
             self._start_check(target, checked)
-        server = await serve_status(self) if self.config.status_listen else None
         self._write_run_file()
         log_event(logging.INFO, "started", config=self.config.path, pin_dir=self.dp.pin_dir,
                   services=len(self.config.services), reals=len(self.reals),
