@@ -40,6 +40,9 @@ def filesystem_type(path: Path) -> str:
 def check_pin_dir(path: str | Path) -> Path:
     """`path` if it is (or would be created) on a bpffs; a PinDirError naming the problem otherwise."""
     pin_dir = Path(path)
+    absolute = Path(os.path.abspath(pin_dir))
+    if any(absolute == root or root in absolute.parents for root in BPFFS_MOUNTS):
+        return pin_dir  # pyvs mounts its bpffs there when it is not yet
     fstype = filesystem_type(pin_dir)
     if fstype != BPF_FSTYPE:
         raise PinDirError(
