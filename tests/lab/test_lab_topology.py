@@ -171,11 +171,19 @@ def test_lab_up_finishes_a_partial_lab_and_down_cleans_up_after_a_crash() -> Non
         assert lab_api.status(topo)["healthy"]
         assert curl(topo.director.netns, "http://198.18.2.12/") == "rs2\n"
 
+        # pyvsadm in the director, as the README shows it, pins there and nowhere else.
+        code, _, err = pyvs_cli(None, "lab", "exec", "--prefix", topo.prefix, "director", "--",
+                                sys.executable, "-m", "pyvs.admin.cli", "-L", "-n")
+        assert code == 0, err
+
         # A crash loses the state file: down() must still find everything.
         (lab_api.state_dir(topo) / "state.json").unlink()
     finally:
         lab_api.down(topo)
     assert not [ns for ns in netns.list_netns() if ns.startswith(f"{LAB_PREFIX}2-")]
+    from pyvs.dataplane.pins import bpffs_root
+
+    assert not [p for p in (bpffs_root() / "pyvs").iterdir() if p.name.startswith(f"{LAB_PREFIX}2-")]
     assert not Path(lab_api.state_dir(topo)).exists()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():

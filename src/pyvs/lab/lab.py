@@ -481,8 +481,11 @@ def _real_problems(topo: Topology) -> list[str]:
         if not netns.exists(node.netns):
             continue
         nic = topo.ports(node.name)[0].ifname
-        with netns.in_netns(node.netns):
-            wrong = [f.name for f in realserver.check(topo.vip, nic=nic) if not f.ok]
+        try:
+            with netns.in_netns(node.netns):
+                wrong = [f.name for f in realserver.check(topo.vip, nic=nic) if not f.ok]
+        except realserver.RealServerError as exc:
+            wrong = [str(exc)]
         if wrong:
             problems.append(f"{node.name} is not set up as a real server ({', '.join(wrong)})")
         if not netns.exists(topo.director.netns):
