@@ -138,7 +138,7 @@ def test_every_option_not_carried_over_is_reported_with_its_line(converted: tupl
     expected = [
         "keepalived.conf:2: global_defs: not converted",
         "keepalived.conf:6: vrrp_instance: not converted",
-        "keepalived.conf:52: persistence_timeout: persistence is not implemented",
+        "keepalived.conf:52: persistence_timeout: the daemon's config has no persistence setting yet",
         "keepalived.conf:60: url: pyvs checks one url per real",
         "keepalived.conf:73: misc_path: pyvs runs the command without a shell",
         "keepalived.conf:78: DNS_CHECK: this checker is not implemented by pyvs",

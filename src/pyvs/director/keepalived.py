@@ -164,7 +164,8 @@ class _Converter:
             elif key == "real_server":
                 continue
             elif key in ("persistence_timeout", "persistence_granularity", "persistence_engine"):
-                self.warn(child, "persistence is not implemented by the pyvs data plane yet; not carried over")
+                self.warn(child, "the daemon's config has no persistence setting yet (the data plane has it: "
+                                 "pyvsadm -E -t VIP:PORT -p SECONDS); not carried over")
             elif key in ("quorum_up", "quorum_down"):
                 self.warn(child, "use [director] notify: it runs for quorum_up/quorum_down events too")
             else:
