@@ -115,8 +115,9 @@ def director_problems(topo: Topology) -> list[str]:
 
 
 def teardown_director(topo: Topology) -> None:
-    """Detach XDP and remove the director's pinned maps."""
+    """Detach XDP and remove the pinned maps of the director and of any node where pyvsadm made some."""
     if exists(topo.director.netns):
         with in_netns(topo.director.netns):
             Dataplane.detach(topo.director_nic.ifname)
-    remove_pins(pin_dir(topo))
+    for node in topo.nodes:
+        remove_pins(bpffs_root() / "pyvs" / node.netns)
