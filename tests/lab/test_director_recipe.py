@@ -63,3 +63,48 @@ def test_the_recipe_runs_in_the_lab_as_written(lab: Topology, daemon: Daemon) ->
     wait_for(lambda: health(lab)["tcp rs1"], 10, "rs1 up again")
     assert "notify_failed" not in daemon.log.read_text()
     assert "real_down" in daemon.log.read_text() and "real_up" in daemon.log.read_text()
+
+
+def test_a_daemon_that_cannot_bind_its_status_port_changes_nothing(lab: Topology, tmp_path: Path) -> None:
+    """The port is taken: the daemon exits with one line before it touches the rules or takes a VIP over."""
+    import socket
+
+    from pyvs.lab.director import open_director
+    from pyvs.netns import in_netns
+
+    config = tmp_path / "other.toml"
+    config.write_text('[director]\ninterface = "eth0"\nstatus_listen = "127.0.0.1:9180"\n\n'
+                      '[[service]]\nproto = "tcp"\nvip = "198.18.0.101"\nport = 8080\n\n'
+                      '[[service.real]]\naddress = "198.18.2.11"\n')
+    with in_netns(lab.director.netns), open_director(lab) as dp:
+        before = dp.read_rules()
+    with in_netns(lab.director.netns):
+        taken = socket.socket()
+    with taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 9180))
+        taken.listen()
+        code, _, err = pyvs_in_director(lab, "director", "run", "--config", str(config))
+    assert code == 1 and err.count("\n") == 1 and "9180" in err, err
+    with in_netns(lab.director.netns), open_director(lab) as dp:
+        assert dp.read_rules() == before
+    addresses = run_in_netns(lab.director.netns, ["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
+    assert "198.18.0.101" not in addresses
+
+
+def test_detach_with_vip_withdraws_that_vip_and_keeps_forwarding(lab: Topology) -> None:
+    from pyvs.lab.traffic import http_get
+
+    try:
+        code, out, err = pyvs_in_director(lab, "director", "attach", "--dev", "eth0", "--vip", "198.18.0.101")
+        assert code == 0, err
+        assert "198.18.0.101" in run_in_netns(lab.director.netns, ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+        code, out, err = pyvs_in_director(lab, "director", "detach", "--dev", "eth0", "--vip", "198.18.0.101")
+        assert code == 0, err
+        shown = run_in_netns(lab.director.netns, ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+        assert "198.18.0.101" not in shown and "198.18.0.100" in shown
+        xdp = run_in_netns(lab.director.netns, ["ip", "-d", "link", "show", "dev", "eth0"]).stdout
+        assert "xdp" in xdp, "XDP stays attached"
+        assert http_get(lab.client.netns, lab.public_ip, "/").server in ("rs1", "rs2")
+    finally:
+        lab_api.up(lab)
