@@ -26,6 +26,7 @@ from pyvs.director.config import CheckSpec
 PREFIX = os.environ.get("PYVS_TEST_LAB_PREFIX", "pyvsd")
 NETNS = f"{PREFIX}-bench"
 FIRST_PORT = 20000
+RESULTS = Path(__file__).resolve().parent / "results" / "healthcheck.json"
 LOOPBACK = "127.0.0.1"
 
 
@@ -132,13 +133,22 @@ def bench(reals: int, seconds: float) -> None:
             os.kill(listener, signal.SIGKILL)
             os.waitpid(listener, 0)
         netns.remove(NETNS)
-    for name, data in (("baseline (blocking connect loop)", floor), ("director check engine", engine)):
+    lines = []
+    figures: dict[str, dict[str, float]] = {}
+    for key, name, data in (("baseline", "baseline (blocking connect loop)", floor),
+                            ("engine", "director check engine", engine)):
         probes = data["ok"] + data["failed"]
-        print(f"{name}: {probes:.0f} TCP checks in {data['wall']:.1f}s ({probes / data['wall']:.0f}/s), "
-              f"{data['failed']:.0f} failed, CPU {data['cpu']:.2f}s = {100 * data['cpu'] / data['wall']:.1f}% of "
-              f"one core, {1e6 * data['cpu'] / max(probes, 1):.0f} us per check")
+        figures[key] = {**data, "core_percent": 100 * data["cpu"] / data["wall"],
+                        "us_per_check": 1e6 * data["cpu"] / max(probes, 1)}
+        lines.append(f"{name}: {probes:.0f} TCP checks in {data['wall']:.1f}s ({probes / data['wall']:.0f}/s), "
+                     f"{data['failed']:.0f} failed, CPU {data['cpu']:.2f}s = {figures[key]['core_percent']:.1f}% of "
+                     f"one core, {figures[key]['us_per_check']:.0f} us per check")
     ratio = (engine["cpu"] / max(engine["ok"] + engine["failed"], 1)) / (floor["cpu"] / max(floor["ok"], 1))
-    print(f"ratio: the check engine costs {ratio:.2f}x the blocking baseline per check")
+    lines.append(f"ratio: the check engine costs {ratio:.2f}x the blocking baseline per check")
+    print("\n".join(lines))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"reals": reals, "seconds": seconds, **figures, "ratio": ratio, "summary": lines},
+                                  indent=2))
 
 
 def main() -> None:

@@ -94,5 +94,5 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"services": args.services, "reals": args.reals, "runs": runs, "spread": spread,
-                                         **figures}, indent=2))
+                                         **figures, "summary": lines}, indent=2))
     return 0

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         lines.append(f"{name:<9} {r['established_ns']:>15.1f} {r['established_ns'] / rr['established_ns']:>6.2f} "
                      f"{r['new_flow_ns']:>12.1f} {r['new_flow_ns'] / rr['new_flow_ns']:>6.2f}")
-    print(f"{args.reals} reals, weights 1-4, median of {args.runs} runs of {args.repeat}\n" + "\n".join(lines))
+    lines.insert(0, f"{args.reals} reals, weights 1-4, median of {args.runs} runs of {args.repeat}")
+    print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"reals": args.reals, "repeat": args.repeat, "results": results}, indent=2))
+    args.out.write_text(json.dumps({"reals": args.reals, "repeat": args.repeat, "results": results,
+                                    "summary": lines}, indent=2))
     return 0

@@ -137,7 +137,7 @@ def test_veths_have_tx_checksum_offload_off(lab: Topology) -> None:
 def test_lab_up_twice_is_idempotent(lab: Topology) -> None:
     assert lab_api.up(lab) == []
     code, out, err = pyvs_cli(None, "lab", "up", "--prefix", lab.prefix)
-    assert (code, out.strip(), err) == (0, f"lab {lab.prefix} is already up", "")
+    assert (code, out.strip(), err) == (0, f"lab {lab.prefix} is up: nothing to repair", "")
     assert lab_api.status(lab)["healthy"]
     code, out, _ = pyvs_cli(None, "lab", "status", "--prefix", lab.prefix)
     assert code == 0 and "healthy" in out and "rs1 web" in out
@@ -171,11 +171,19 @@ def test_lab_up_finishes_a_partial_lab_and_down_cleans_up_after_a_crash() -> Non
         assert lab_api.status(topo)["healthy"]
         assert curl(topo.director.netns, "http://198.18.2.12/") == "rs2\n"
 
+        # pyvsadm run on another node, as the README shows it, pins a data plane there: down removes it too.
+        code, _, err = pyvs_cli(None, "lab", "exec", "--prefix", topo.prefix, "client", "--",
+                                sys.executable, "-m", "pyvs.admin.cli", "-A", "-t", "198.18.0.100:80")
+        assert code == 0 and "no XDP program is attached" in err, err
+
         # A crash loses the state file: down() must still find everything.
         (lab_api.state_dir(topo) / "state.json").unlink()
     finally:
         lab_api.down(topo)
     assert not [ns for ns in netns.list_netns() if ns.startswith(f"{LAB_PREFIX}2-")]
+    from pyvs.dataplane.pins import bpffs_root
+
+    assert not [p for p in (bpffs_root() / "pyvs").iterdir() if p.name.startswith(f"{LAB_PREFIX}2-")]
     assert not Path(lab_api.state_dir(topo)).exists()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():

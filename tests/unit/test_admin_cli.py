@@ -212,8 +212,8 @@ def fake_dataplane_module(monkeypatch: pytest.MonkeyPatch) -> Opened:
 
     def open_dataplane(pin_dir: str | None = None) -> MemoryDataplane:
         opened.pin_dirs.append(pin_dir)
-        if pin_dir == "/broken":
-            raise FakeDataplaneError("cannot open pinned maps under /broken")
+        if str(pin_dir) == "/sys/fs/bpf/broken":
+            raise FakeDataplaneError("cannot open pinned maps under /sys/fs/bpf/broken")
         plane = MemoryDataplane()
         opened.planes.append(plane)
         return plane
@@ -227,10 +227,10 @@ def test_pin_dir_comes_from_the_environment(
     fake_dataplane_module: Opened, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(cli.PIN_DIR_ENV, raising=False)
-    assert run(None, "-S")[0] == 0
+    assert run(None, "-C")[0] == 0  # a write opens (or creates) the data plane; a read of nothing opens nothing
     monkeypatch.setenv(cli.PIN_DIR_ENV, "/sys/fs/bpf/pyvs-test")
-    assert run(None, "-S")[0] == 0
-    assert fake_dataplane_module.pin_dirs == [None, "/sys/fs/bpf/pyvs-test"]
+    assert run(None, "-C")[0] == 0
+    assert [p and str(p) for p in fake_dataplane_module.pin_dirs] == [None, "/sys/fs/bpf/pyvs-test"]
     assert all(plane.closed for plane in fake_dataplane_module.planes)  # what pyvsadm opens, it closes
 
 
@@ -242,5 +242,5 @@ def test_an_injected_dataplane_is_left_open(dp: MemoryDataplane) -> None:
 def test_dataplane_errors_exit_1(
     fake_dataplane_module: list[str | None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(cli.PIN_DIR_ENV, "/broken")
-    assert run(None, "-L", "-n") == (1, "", "pyvsadm: cannot open pinned maps under /broken\n")
+    monkeypatch.setenv(cli.PIN_DIR_ENV, "/sys/fs/bpf/broken")
+    assert run(None, "-C") == (1, "", "pyvsadm: cannot open pinned maps under /sys/fs/bpf/broken\n")

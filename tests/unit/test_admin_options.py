@@ -263,3 +263,24 @@ def test_persistence_netmask_and_scheduler_flags(
 def test_persistence_options_are_checked(argv: list[str]) -> None:
     with pytest.raises(UsageError):
         parse_args(argv)
+
+
+def test_host_names_ending_in_a_digit_are_resolved_as_ipvsadm_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = {"web01": "198.18.2.11", "webtwo": "198.18.2.12"}
+
+    def lookup(name: str) -> str:
+        if name not in hosts:
+            raise OSError(f"unknown host {name}")
+        return hosts[name]
+
+    monkeypatch.setattr("pyvs.admin.options.socket.gethostbyname", lookup)
+    from pyvs.admin.options import _host
+
+    _host.cache_clear()
+    try:
+        assert parse_args(["-a", "-t", "198.18.0.100:443", "-r", "web01:443", "-g"]).real == (IP("198.18.2.11"), 443)
+        assert parse_args(["-a", "-t", "198.18.0.100:443", "-r", "webtwo:443", "-g"]).real == (IP("198.18.2.12"), 443)
+        with pytest.raises(UsageError, match="invalid IPv4 address"):
+            parse_args(["-a", "-t", "198.18.0.100:443", "-r", "198.18.2.300:443"])  # numbers are never looked up
+    finally:
+        _host.cache_clear()

@@ -63,7 +63,7 @@ def test_every_command_and_option_has_help() -> None:
 
 def test_lab_demo_is_registered() -> None:
     args = cli.build_parser().parse_args(["lab", "demo", "--prefix", "pyvst"])
-    assert args.handler is cli.cmd_lab_demo
+    assert args.handler == "lab:cmd_demo"
 
 
 def test_bad_prefix_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,10 +6,9 @@ the data plane refuses or cannot do. A refused command changes nothing.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from ipaddress import IPv4Address
 from typing import Protocol, TextIO
 
@@ -113,6 +112,9 @@ Options:
   --sort                              does nothing, for backwards compatibility
   --numeric      -n                   numeric output of addresses and ports
 
+pyvs's own option: --pin-dir DIR   the data plane pinned at DIR (default: $PYVS_PIN_DIR, else
+                                   /sys/fs/bpf/pyvs/<this netns's name or 'default'>)
+
 pyvs forwards by direct routing only and refuses, changing nothing, the ipvsadm options
 it does not implement: -m -i --tun-*, -f -6 --sctp-service, --pe -o, -x -y,
 --rate --thresholds --persistent-conn --tun-info, the sync daemon options.
@@ -126,15 +128,84 @@ def _version() -> str:
 def _failures() -> tuple[type[Exception], ...]:
     """The errors that mean an operation failed (exit status 1); imported late, like the data plane."""
     from pyvs.dataplane import DataplaneError
+    from pyvs.pindir import PinDirError
 
-    return (CommandError, OSError, DataplaneError)
+    return (CommandError, OSError, DataplaneError, PinDirError)
 
 
-def _open_dataplane() -> AbstractContextManager[Dataplane]:
-    """The data plane of this network namespace, or the one pinned at $PYVS_PIN_DIR; closed on exit."""
+def _open_dataplane(pin_dir: str | None) -> AbstractContextManager[Dataplane]:
+    """The data plane of this network namespace, or the one pinned at --pin-dir/$PYVS_PIN_DIR; closed on exit."""
     from pyvs.dataplane import open_dataplane
+    from pyvs.pindir import chosen_pin_dir
 
-    return open_dataplane(os.environ.get(PIN_DIR_ENV) or None)
+    return open_dataplane(chosen_pin_dir(pin_dir))
+
+
+class _NoDataplane:
+    """What a namespace without pins holds: nothing. Read-only commands list it, as ipvsadm does, creating nothing."""
+
+    def __init__(self) -> None:
+        from pyvs.dataplane.abi import CONN_TABLE_SIZE
+
+        self.conn_table_size = CONN_TABLE_SIZE
+
+    def read_rules(self) -> Rules:
+        return Rules()
+
+    def read_timeouts(self) -> Timeouts:
+        return Timeouts()
+
+    def service_stats(self) -> dict[ServiceKey, Counters]:
+        return {}
+
+    def real_stats(self) -> dict[tuple[ServiceKey, tuple[IPv4Address, int]], Counters]:
+        return {}
+
+    def conn_counts(self) -> dict[tuple[ServiceKey, tuple[IPv4Address, int]], tuple[int, int]]:
+        return {}
+
+    def connections(self) -> list[Connection]:
+        return []
+
+
+READ_ONLY = (Action.LIST, Action.SAVE)
+NOT_FORWARDING = (
+    f"{PROGRAM}: note: no XDP program is attached in this network namespace, so these rules forward nothing yet; "
+    "attach it with `pyvs director attach --dev NIC` (in the lab: `pyvs lab exec director -- pyvsadm ...`)\n"
+)
+
+
+def _xdp_attached_here() -> bool:
+    """True when some interface of this network namespace runs an XDP program."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            xdp = link.get_attr("IFLA_XDP")
+            if xdp is not None and (xdp.get_attr("IFLA_XDP_PROG_ID") or xdp.get_attr("IFLA_XDP_ATTACHED")):
+                return True
+    return False
+
+
+def _pin_dir_option(args: list[str]) -> tuple[list[str], str | None]:
+    """Take pyvs's own --pin-dir DIR (or --pin-dir=DIR) out of ipvsadm's arguments."""
+    rest: list[str] = []
+    pin_dir: str | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--pin-dir":
+            if i + 1 >= len(args):
+                raise UsageError("option --pin-dir needs a directory")
+            pin_dir = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--pin-dir="):
+            pin_dir = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, pin_dir
 
 
 def _known_service(dataplane: Dataplane, key: ServiceKey | None) -> Rules:
@@ -202,6 +273,7 @@ def main(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     try:
+        args, pin_dir = _pin_dir_option(args)
         # Without arguments ipvsadm lists the table.
         command = parse_args(args) if args else Command(Action.LIST)
     except UsageError as err:
@@ -216,8 +288,19 @@ def main(
         stdout.write(_version())
         return EXIT_OK
     try:
-        with nullcontext(dataplane) if dataplane is not None else _open_dataplane() as opened:
+        if dataplane is not None:
+            stdout.write(_run(dataplane, command, stdin))
+            return EXIT_OK
+        if command.action in READ_ONLY:
+            from pyvs.pindir import existing_pin_dir
+
+            if existing_pin_dir(pin_dir) is None:  # nothing pinned here: list nothing, create nothing
+                stdout.write(_run(_NoDataplane(), command, stdin))  # type: ignore[arg-type]
+                return EXIT_OK
+        with _open_dataplane(pin_dir) as opened:
             stdout.write(_run(opened, command, stdin))
+        if (command.action in RULE_ACTIONS or command.action is Action.RESTORE) and not _xdp_attached_here():
+            stderr.write(NOT_FORWARDING)
     except UsageError as err:  # a bad line of --restore input
         stderr.write(f"{PROGRAM}: {err}\n")
         return EXIT_USAGE

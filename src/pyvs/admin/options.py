@@ -280,7 +280,7 @@ def _host(text: str) -> IPv4Address:
     try:
         return parse_ipv4(text)
     except ModelError:
-        if not text or ":" in text or text.startswith("[") or text[-1].isdigit():
+        if not text or ":" in text or text.startswith("[") or all(c.isdigit() or c == "." for c in text):
             raise
         try:
             return IPv4Address(socket.gethostbyname(text))

@@ -426,7 +426,7 @@ def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IP
             if arp.sender_ip in dp_macs and arp.sender_mac != director_mac:
                 arp_macs.setdefault(arp.sender_ip, arp.sender_mac)
 
-        for svc in services.values():
+        for _, svc in sorted(services.items()):  # a stable order: TCP before UDP, by address
             proto = IPPROTO_TCP if svc.key.proto is Protocol.TCP else IPPROTO_UDP
             for rip, rport in sorted(svc.reals):
                 known = dp_macs.get(rip, ZERO_MAC)

@@ -38,11 +38,11 @@ from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
 from pyvs.director import checks
 from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
 from pyvs.director.notify import Notifier
+from pyvs.director.runfile import RUN_DIR, daemon_alive, read_run_file, run_file  # noqa: F401 - re-exported
 from pyvs.model import Counters, Real, Rules, Service, ServiceKey
 
 log = logging.getLogger("pyvs.director")
 
-RUN_DIR = Path("/run/pyvs/director")
 RETRY_APPLY = 5.0  # seconds before a failed apply is tried again
 RESOLVE_INTERVAL = 5.0  # seconds between attempts to resolve reals whose MAC is still unknown
 RESTART_DELAY = 1.0  # seconds before a failed background task is started again (times its recent failures)
@@ -163,28 +163,7 @@ class DataplaneSnapshot:
 
     @classmethod
     def read(cls, dp: Dataplane) -> DataplaneSnapshot:
-        return cls(dp.read_rules(), dp.service_stats(), dp.real_stats(), dp.conn_counts(), dp.counters())
-
-
-def run_file(pin_dir: Path) -> Path:
-    """Where a daemon driving the data plane at pin_dir records its PID, config and status address."""
-    return RUN_DIR / f"{pin_dir.name}.json"
-
-
-def read_run_file(pin_dir: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(run_file(pin_dir).read_text())
-    except (OSError, ValueError):
-        return None
-    return data
-
-
-def daemon_alive(info: dict[str, Any]) -> bool:
-    try:
-        cmdline = Path(f"/proc/{int(info['pid'])}/cmdline").read_bytes()
-    except (OSError, KeyError, ValueError):
-        return False
-    return b"director" in cmdline and b"run" in cmdline
+        return cls(dp.read_rules(), dp.service_stats(), dp.real_stats(), dp.live_counts(), dp.counters())
 
 
 def service_owners(pin_dir: Path, keys: list[ServiceKey]) -> list[tuple[ServiceKey, str]]:
@@ -373,7 +352,7 @@ class Director:
         if not changed:
             return
         state = "up" if health.up else "down"
-        log_event(logging.WARNING if not health.up else logging.INFO, f"real_{state}", service=service_name(target[0]),
+        log_event(logging.INFO if health.up else logging.WARNING, f"real_{state}", service=service_name(target[0]),
                   real=real_name(target[1]), reason=result.detail, transitions=health.transitions)
         self.notifier.notify(f"real_{state}", service_name(target[0]), real_name(target[1]), state)
         if not health.up:

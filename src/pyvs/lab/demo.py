@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from pyvs.dataplane import DataplaneError
 from pyvs.lab import lab
 from pyvs.lab.director import open_director
 from pyvs.lab.topology import Topology
@@ -12,8 +13,23 @@ from pyvs.lab.traffic import director_port_bytes, http_get, link_bytes, udp_ask
 from pyvs.netns import in_netns
 
 
+class DemoError(Exception):
+    """A step of the demo failed; the message names the step."""
+
+
 def run_demo(topo: Topology, say: Callable[[str], None], requests: int = 10) -> None:
-    lab.up(topo)
+    """Run the demo; a failing step raises DemoError naming the step and the cause in one line."""
+    try:
+        lab.up(topo)
+    except lab.LabError as exc:
+        raise DemoError(str(exc)) from exc
+    try:
+        _traffic(topo, say, requests)
+    except (OSError, TimeoutError, DataplaneError) as exc:
+        raise DemoError(f"the demo's traffic failed: {exc}") from exc
+
+
+def _traffic(topo: Topology, say: Callable[[str], None], requests: int) -> None:
     client = topo.client.netns
     say(f"lab {topo.prefix}: client {topo.address_of('client')} -> gateway {topo.public_ip} "
         f"(DNAT to VIP {topo.vip}) -> director -> {', '.join(n.name for n in topo.reals)}")
@@ -21,10 +37,16 @@ def run_demo(topo: Topology, say: Callable[[str], None], requests: int = 10) -> 
     before_client = link_bytes(client, "eth0")
     served: Counter[str] = Counter()
     for n in range(1, requests + 1):
-        reply = http_get(client, topo.public_ip, "/")
+        try:
+            reply = http_get(client, topo.public_ip, "/")
+        except OSError as exc:
+            raise OSError(f"GET http://{topo.public_ip}/ #{n} from the client: {exc}") from exc
         served[reply.server] += 1
         say(f"  GET http://{topo.public_ip}/  #{n:<2} answered by {reply.server}")
-    udp = udp_ask(client, topo.public_ip, b"ping")
+    try:
+        udp = udp_ask(client, topo.public_ip, b"ping")
+    except OSError as exc:
+        raise OSError(f"UDP {topo.public_ip}:80 from the client: {exc}") from exc
     say(f"  UDP {topo.public_ip}:80 'ping'   answered: {udp!r}")
     say("split: " + ", ".join(f"{name} {count}" for name, count in sorted(served.items())))
     size = 1024 * 1024

@@ -377,7 +377,7 @@ def up(topo: Topology, keep_on_failure: bool = False) -> list[str]:
         _ensure_servers(topo, actions)
         director = _director_module()
         if director is not None:
-            director.setup_director(topo)
+            actions.extend(director.setup_director(topo))
     except (OSError, NetlinkError, netns.NetnsError, realserver.RealServerError, LabError) as exc:
         if not keep_on_failure:
             down(topo)
@@ -462,4 +462,38 @@ def status(topo: Topology) -> dict[str, Any]:
         running = _server_running(pid, topo, node.name)
         healthy = healthy and running
         servers[node.name] = {"pid": pid, "running": running}
-    return {"prefix": topo.prefix, "healthy": healthy, "nodes": nodes, "servers": servers}
+    problems = [f"netns {n['netns']} is missing" for n in nodes.values() if not n["exists"]]
+    problems += [f"{name}'s web server is not running" for name, srv in servers.items() if not srv["running"]]
+    if not problems and not healthy:
+        problems.append("an interface is down or lacks its addresses")
+    problems += _real_problems(topo)
+    director = _director_module()
+    if director is not None:
+        problems += director.director_problems(topo)
+    healthy = healthy and not problems
+    return {"prefix": topo.prefix, "healthy": healthy, "problems": problems, "nodes": nodes, "servers": servers}
+
+
+def _real_problems(topo: Topology) -> list[str]:
+    """Each real must answer on RIP:80 (from the director) and hold the VIP as a DR real server."""
+    problems: list[str] = []
+    for node in topo.reals:
+        if not netns.exists(node.netns):
+            continue
+        nic = topo.ports(node.name)[0].ifname
+        try:
+            with netns.in_netns(node.netns):
+                wrong = [f.name for f in realserver.check(topo.vip, nic=nic) if not f.ok]
+        except realserver.RealServerError as exc:
+            wrong = [str(exc)]
+        if wrong:
+            problems.append(f"{node.name} is not set up as a real server ({', '.join(wrong)})")
+        if not netns.exists(topo.director.netns):
+            continue
+        address = topo.address_of(node.name)
+        try:
+            with netns.in_netns(topo.director.netns):
+                socket.create_connection((address, topo.web_port), timeout=1.0).close()
+        except OSError as exc:
+            problems.append(f"{node.name} does not answer on {address}:{topo.web_port}: {exc.strerror or exc}")
+    return problems

@@ -1,0 +1,5 @@
+import sys
+
+from pyvs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,206 @@
+"""`pyvs director ...`: the XDP data plane of this host and the daemon that drives it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, pin_dir_arg, print_actions, print_table
+from pyvs.director.config import DirectorConfig, load_config
+from pyvs.director.runfile import daemon_alive, read_run_file, run_file
+
+RELOAD_WAIT = 10.0  # seconds for the daemon to confirm a reload
+
+
+def require_nic(dev: str) -> str:
+    """`dev` if this network namespace has it; a one-line error otherwise."""
+    try:
+        socket.if_nametoindex(dev)
+    except OSError:
+        raise CommandFailed(f"no network interface {dev!r} in this network namespace "
+                            "(`ip link` lists them)") from None
+    return dev
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from pyvs.arp import takeover
+    from pyvs.dataplane import open_dataplane
+
+    require_nic(args.dev)
+    with open_dataplane(pin_dir_arg(args), conn_table_size=args.conn_table_size) as dp:
+        if args.expire_nodest_conn is not None:
+            dp.set_expire_nodest_conn(args.expire_nodest_conn == "on")
+        if args.sloppy_tcp is not None:
+            dp.set_sloppy_tcp(args.sloppy_tcp == "on")
+        dp.attach(args.dev, args.mode)
+        print(f"XDP ({args.mode}) attached to {args.dev}; maps pinned at {dp.pin_dir}")
+        vips = args.vip or sorted({key.vip for key in dp.read_rules().services})
+    if not args.no_announce:  # VIP takeover: the gateway and switches learn this director's MAC now
+        print_actions(takeover.announce(vips, args.dev), "no VIP to announce (no --vip and no services yet)")
+    return 0
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    from pyvs.arp import takeover
+    from pyvs.dataplane import Dataplane, open_dataplane, remove_pins
+
+    require_nic(args.dev)
+    if args.vip and not args.remove_rules:  # withdraw these VIPs only: forwarding goes on for the others
+        print_actions(takeover.withdraw(args.vip, args.dev), "none of these VIPs was added by attach")
+        return 0
+    Dataplane.detach(args.dev)
+    for action in takeover.withdraw(args.vip or None, args.dev):
+        print(action)
+    if args.remove_rules:
+        with open_dataplane(pin_dir_arg(args)) as dp:
+            pin_dir = dp.pin_dir
+        remove_pins(pin_dir)
+    print(f"XDP detached from {args.dev}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pyvs.dataplane import open_dataplane
+    from pyvs.dataplane.neighbours import ZERO_MAC
+    from pyvs.pindir import existing_pin_dir
+
+    pin_dir = existing_pin_dir(args.pin_dir)
+    if pin_dir is None:
+        raise CommandFailed("no data plane here yet: `pyvs director attach --dev NIC` creates one "
+                            "(or --pin-dir / PYVS_PIN_DIR names another)")
+    from pyvs.director.daemon import service_owners
+
+    with open_dataplane(pin_dir) as dp:
+        counters = dp.counters()
+        hops = dp.real_next_hops()
+        usage = dp.conn_table_usage()
+        switches = dp.switches()
+        owners = service_owners(dp.pin_dir, list(dp.read_rules().services))
+        print(f"maps: {dp.pin_dir}")
+        for line in table_usage_lines(usage):
+            print(line)
+        print("switches: " + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in switches.items()))
+    rows = [["service", "real", "mac", "via ifindex"]]
+    rows += [[f"{key.proto.label} {key}", f"{rip}:{port}", hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
+              str(hop.ifindex)] for (key, (rip, port)), hop in sorted(hops.items())]
+    print_table(rows)
+    print_table([["service", "owner"], *([f"{key.proto.label} {key}", owner] for key, owner in owners)])
+    print_table([["counter", "value"], *([name, str(value)] for name, value in counters.items())])
+    return 0
+
+
+TABLE_WARN_SHARE = 0.8  # warn when the connection table is this full of live entries
+
+
+def table_usage_lines(usage: dict[str, int | float]) -> list[str]:
+    """The connection tables as `pyvs director status` prints them, with a warning when nearly full."""
+    lines = [f"connection table: {usage['entries']} of {usage['size']} entries, "
+             f"{usage['evicted']} evicted by the LRU when full",
+             f"half-open table: {usage['half_open']} of {usage['half_open_size']} entries, "
+             f"{usage['half_open_evicted']} evicted (SYNs whose handshake did not complete in time)",
+             f"new connections: {usage['new_per_second']}/s over the last sweep pass"]
+    if usage["size"] and usage["entries"] >= TABLE_WARN_SHARE * usage["size"]:
+        lines.append(f"WARNING: the connection table is {usage['entries'] / usage['size']:.0%} full; when full, "
+                     "the LRU evicts established connections: recreate the data plane with a larger "
+                     "--conn-table-size")
+    return lines
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from pyvs.dataplane import open_dataplane
+
+    with open_dataplane(pin_dir_arg(args)) as dp:
+        print(f"{dp.refresh_macs()} real server MAC(s) updated")
+    return 0
+
+
+def runnable_problems(config: DirectorConfig) -> list[str]:
+    """What keeps a valid file from working on this host: programs that are not there, a missing NIC."""
+    problems: list[str] = []
+
+    def program(argv: tuple[str, ...], what: str) -> None:
+        if argv and shutil.which(argv[0]) is None:
+            problems.append(f"{what}: {argv[0]} is not an executable here")
+
+    program(config.notify, "notify")
+    for svc in config.services:
+        for real in svc.reals:
+            if real.check.type == "command":
+                program(real.check.command, f"service {svc.key.proto.label.lower()}/{svc.key}: real "
+                                            f"{real.rip}:{real.port}: check")
+    if config.interface:
+        try:
+            socket.if_nametoindex(config.interface)
+        except OSError:
+            problems.append(f"interface {config.interface!r} is not in this network namespace")
+    return problems
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.validate:
+        config = load_config(args.config)
+        problems = runnable_problems(config)
+        counts = f"{len(config.services)} service(s), {sum(len(s.reals) for s in config.services)} real(s)"
+        if problems:
+            for problem in problems:
+                print(f"pyvs: {config.path}: {problem}", file=sys.stderr)
+            print(f"{config.path}: valid ({counts}) but not runnable here: {len(problems)} problem(s)")
+            return EXIT_FAILURE
+        print(f"{config.path}: valid ({counts})")
+        return 0
+    from pyvs.director.daemon import run_daemon
+
+    logging.getLogger("pyvs").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for handler in logging.getLogger().handlers:  # one structured line per event, with its time
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    run_daemon(args.config, pin_dir_arg(args))
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from pyvs.cli.status import daemon_pin_dir
+
+    pin_dir = daemon_pin_dir(args)
+    info = read_run_file(pin_dir)
+    if info is None or not daemon_alive(info):
+        raise UsageError(f"no director daemon is running for {pin_dir} (no live pid in {run_file(pin_dir)})")
+    if args.config and Path(args.config).resolve() != Path(info["config"]).resolve():
+        raise UsageError(f"the daemon (pid {info['pid']}) runs with {info['config']}, not {args.config}: "
+                         "edit that file, or restart the daemon with the other one")
+    load_config(info["config"])  # an invalid file is refused here, with file and line, before any signal
+    before = info.get("generation")
+    os.kill(int(info["pid"]), signal.SIGHUP)
+    deadline = time.monotonic() + RELOAD_WAIT
+    while time.monotonic() < deadline:
+        now = read_run_file(pin_dir) or {}
+        if now.get("generation") != before or now.get("last_reload", {}).get("at") != info["last_reload"]["at"]:
+            if now["last_reload"]["ok"]:
+                print(f"director (pid {info['pid']}) reloaded {info['config']}: generation {now['generation']}")
+                return 0
+            print(f"pyvs: reload failed: {now['last_reload']['error']}", file=sys.stderr)
+            return EXIT_FAILURE
+        time.sleep(0.05)
+    print(f"pyvs: the daemon (pid {info['pid']}) did not confirm the reload within {RELOAD_WAIT:g}s",
+          file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_import_keepalived(args: argparse.Namespace) -> int:
+    from pyvs.director.keepalived import import_keepalived
+
+    try:
+        text = Path(args.file).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    toml_text, warnings = import_keepalived(text, args.file)
+    for warning in warnings:
+        print(f"pyvs: not carried over: {warning}", file=sys.stderr)
+    print(toml_text, end="")
+    return 0

@@ -1,0 +1,79 @@
+"""`pyvs lab ...`: the cluster in network namespaces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pyvs import netns
+from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, print_actions, print_table
+from pyvs.lab import lab
+from pyvs.lab.topology import Topology, default_topology
+
+
+def _topology(args: argparse.Namespace) -> Topology:
+    return default_topology(prefix=args.prefix)
+
+
+def _prefix_option(topo: Topology) -> str:
+    return "" if topo.prefix == "pyvs" else f" --prefix {topo.prefix}"
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    topo = _topology(args)
+    print_actions(lab.up(topo, keep_on_failure=args.keep_on_failure), f"lab {topo.prefix} is up: nothing to repair")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    topo = _topology(args)
+    print_actions(lab.down(topo), f"lab {topo.prefix} is not up")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    topo = _topology(args)
+    report: dict[str, Any] = lab.status(topo)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["healthy"] else EXIT_FAILURE
+    print(f"lab {report['prefix']}: {'healthy' if report['healthy'] else 'NOT healthy'}")
+    rows = [["node", "netns", "state", "interfaces"]]
+    for name, node in report["nodes"].items():
+        ifaces = "; ".join(
+            f"{ifname} {' '.join(info['addresses'])}".strip() + ("" if info["up"] else " (down)")
+            for ifname, info in node["interfaces"].items()
+            if ifname != "lo"
+        )
+        rows.append([name, node["netns"], "present" if node["exists"] else "missing", ifaces])
+    for name, server in report["servers"].items():
+        running = "running" if server["running"] else "NOT running"
+        rows.append([f"{name} web", "", running, f"pid {server['pid']}"])
+    print_table(rows)
+    for problem in report["problems"]:
+        print(f"problem: {problem}")
+    if report["problems"]:
+        print(f"fix: pyvs lab up{_prefix_option(topo)} (it repairs all of the above and says what it did)")
+    return 0 if report["healthy"] else EXIT_FAILURE
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("lab exec needs a command after the node name, e.g. pyvs lab exec rs1 -- ip addr")
+    netns.exec_in_netns(_topology(args).node(args.node).netns, command)
+    return EXIT_FAILURE  # not reached: exec replaced this process
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Bring the lab up with the director's XDP data plane and show traffic flowing."""
+    from pyvs.lab.demo import DemoError, run_demo
+
+    topo = _topology(args)
+    try:
+        run_demo(topo, lambda line: print(line, flush=True), requests=args.requests)
+    except DemoError as exc:
+        raise CommandFailed(f"{exc}; see `pyvs lab status{_prefix_option(topo)}`, "
+                            f"and `pyvs lab up{_prefix_option(topo)}` repairs the lab") from None
+    return 0

@@ -1,0 +1,103 @@
+"""pyvsadm where no director runs: read-only commands create nothing; writes work but say nothing forwards yet."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyvs.dataplane import remove_pins
+from pyvs.dataplane.pins import bpffs_root
+from pyvs.netns import create, exists, remove, run_in_netns
+
+PREFIX = os.environ.get("PYVS_TEST_LAB_PREFIX", "pyvst")
+NETNS = f"{PREFIX}-out{os.getpid() % 10000}"
+EMPTY_LISTING = (
+    "IP Virtual Server version 1.2.1 (size=262144)\n"
+    "Prot LocalAddress:Port Scheduler Flags\n"
+    "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+)
+
+
+@pytest.fixture
+def bare_netns() -> Iterator[Path]:
+    """A fresh namespace with no data plane; yields where its pins would be. Everything is removed after."""
+    pin_dir = bpffs_root() / "pyvs" / NETNS
+    create(NETNS)
+    try:
+        yield pin_dir
+    finally:
+        remove_pins(pin_dir)
+        if exists(NETNS):
+            remove(NETNS)
+
+
+def pyvsadm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_in_netns(NETNS, [sys.executable, "-m", "pyvs.admin.cli", *args], check=False,
+                        env={**os.environ, **(env or {})})
+
+
+def pyvs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_in_netns(NETNS, [sys.executable, "-m", "pyvs.cli", *args], check=False,
+                        env={**os.environ, **(env or {})})
+
+
+def test_read_only_commands_print_the_empty_table_and_create_nothing(bare_netns: Path) -> None:
+    listed = pyvsadm("-L", "-n")
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, EMPTY_LISTING, "")
+    saved = pyvsadm("-S", "-n")
+    assert (saved.returncode, saved.stdout, saved.stderr) == (0, "", "")
+    timeouts = pyvsadm("-L", "--timeout")
+    assert timeouts.stdout == "Timeout (tcp tcpfin udp): 900 120 300\n"
+    missing = pyvsadm("-L", "-n", "-t", "198.18.0.100:80")
+    assert (missing.returncode, missing.stderr) == (1, "pyvsadm: No such service\n")
+    assert not bare_netns.exists()
+
+
+def test_a_write_works_and_says_once_that_nothing_forwards_yet(bare_netns: Path) -> None:
+    added = pyvsadm("-A", "-t", "198.18.0.100:80", "-s", "rr")
+    assert added.returncode == 0, added.stderr
+    lines = added.stderr.splitlines()
+    assert len(lines) == 1 and "no XDP program is attached" in lines[0] and "pyvs director attach" in lines[0]
+    assert bare_netns.is_dir()
+    listed = pyvsadm("-L", "-n")
+    assert "TCP  198.18.0.100:80 rr" in listed.stdout and listed.stderr == ""
+    restored = pyvsadm("-R", env={})
+    assert restored.returncode == 0 and len(restored.stderr.splitlines()) == 1
+
+
+def test_pin_dir_option_and_environment(bare_netns: Path) -> None:
+    other = bpffs_root() / "pyvs" / f"{NETNS}-other"
+    try:
+        added = pyvsadm("--pin-dir", str(other), "-A", "-u", "198.18.0.100:53")
+        assert added.returncode == 0, added.stderr
+        assert (other / "services").exists() and not bare_netns.exists()
+        assert "UDP  198.18.0.100:53 wlc" in pyvsadm("--pin-dir", str(other), "-L", "-n").stdout
+        assert "UDP  198.18.0.100:53 wlc" in pyvsadm("-L", "-n", env={"PYVS_PIN_DIR": str(other)}).stdout
+        status = pyvs("director", "status", env={"PYVS_PIN_DIR": str(other)})
+        assert status.returncode == 0, status.stderr
+        assert f"maps: {other}" in status.stdout
+    finally:
+        remove_pins(other)
+
+
+def test_a_pin_dir_outside_bpffs_is_refused_in_one_line_and_not_created(bare_netns: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "pyvs-pins"
+    for result in (pyvsadm("--pin-dir", str(outside), "-A", "-t", "198.18.0.100:80"),
+                   pyvs("director", "status", "--pin-dir", str(outside)),
+                   pyvs("director", "status", env={"PYVS_PIN_DIR": str(outside)})):
+        assert result.returncode == 1, result
+        assert len(result.stderr.splitlines()) == 1 and "not on a bpffs" in result.stderr, result.stderr
+        assert "libbpf" not in result.stderr
+    assert not outside.exists()
+
+
+def test_director_status_without_a_data_plane_says_how_to_make_one(bare_netns: Path) -> None:
+    status = pyvs("director", "status")
+    assert status.returncode == 1
+    assert status.stderr.startswith("pyvs: no data plane here yet: `pyvs director attach --dev NIC`")
+    assert not bare_netns.exists()

@@ -1,0 +1,82 @@
+"""Figures in the READMEs come from the results files the benchmarks write.
+
+Two markers, HTML comments that do not show when the README is rendered:
+
+    1.4 ms<!-- = control_plane.json:one_real_change_s:.1f*1000 -->
+        the number just before the marker (a short unit may sit between) is the value at that path of
+        benchmarks/results/control_plane.json (dots walk into objects), times the scale, in that format;
+    <!-- results: forwarding.json -->   (the line before a fenced block)
+        the block's lines, without its `$ command` lines, are the file's "summary", the table the benchmark
+        printed when it wrote the file.
+
+`python -m tests.docs_figures` rewrites both kinds from the results files after a benchmark run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DOCS = (REPO / "README.md", REPO / "benchmarks" / "README.md")
+FIGURE = re.compile(r"(?P<shown>\d[\d.,]*)(?P<unit>\s?[^\s<\d]{0,3})"
+                    r"<!-- = (?P<file>[\w.-]+):(?P<path>[\w.-]+):(?P<format>[^\s*]*)(?:\*(?P<scale>[\d.e+-]+))? -->")
+RESULTS_BLOCK = re.compile(r"^<!-- results: (?P<file>[\w.-]+) -->\n```[^\n]*\n(?P<body>.*?)^```", re.M | re.S)
+
+
+def _value(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def _load(name: str) -> Any:
+    return json.loads((RESULTS / name).read_text())
+
+
+def figure_text(match: re.Match[str]) -> str:
+    """What the number before a figure marker should read."""
+    value = float(_value(_load(match["file"]), match["path"])) * float(match["scale"] or 1)
+    return format(value, match["format"])
+
+
+def block_text(name: str, body: str) -> str:
+    """A results block as the file's summary would print it, keeping the block's `$ command` lines."""
+    commands = [line for line in body.splitlines() if line.startswith("$ ")]
+    summary = [line.rstrip() for line in _load(name)["summary"]]
+    return "".join(line + "\n" for line in commands + summary)
+
+
+def problems(path: Path) -> list[str]:
+    """Every figure or results block of one document that differs from the results files."""
+    text = path.read_text()
+    found: list[str] = []
+    for match in FIGURE.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        want = figure_text(match)
+        if match["shown"] != want:
+            found.append(f"{path.name}:{line}: shows {match['shown']}, {match['file']} says {want}")
+    for match in RESULTS_BLOCK.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        if match["body"] != block_text(match["file"], match["body"]):
+            found.append(f"{path.name}:{line}: the block is not the summary in {match['file']}")
+    return found
+
+
+def rewrite(path: Path) -> None:
+    text = path.read_text()
+    text = FIGURE.sub(lambda m: figure_text(m) + m.group(0)[len(m["shown"]):], text)
+    text = RESULTS_BLOCK.sub(lambda m: m.group(0).replace(m["body"], block_text(m["file"], m["body"]), 1), text)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    for doc in DOCS:
+        rewrite(doc)
+    left = [problem for doc in DOCS for problem in problems(doc)]
+    print("\n".join(left) or "figures and results blocks match benchmarks/results", file=sys.stderr)
+    sys.exit(1 if left else 0)
