@@ -25,7 +25,7 @@ from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane, remove_pin
 from pyvs.dataplane.neighbours import ZERO_MAC
 from pyvs.dataplane.pins import default_pin_dir
 from pyvs.director.config import DEFAULT_LISTEN, load_config
-from pyvs.director.daemon import daemon_alive, read_run_file, run_daemon, run_file
+from pyvs.director.daemon import DirectorError, daemon_alive, read_run_file, run_daemon, run_file, service_owners
 from pyvs.director.keepalived import import_keepalived
 from pyvs.director.status import fetch_status, watch
 from pyvs.lab import lab
@@ -38,7 +38,8 @@ EXIT_USAGE = 2
 RELOAD_WAIT = 10.0  # seconds for the daemon to confirm a reload
 NODE_NAMES = tuple(node.name for node in default_topology().nodes)
 EXPECTED_ERRORS = (
-    lab.LabError, realserver.RealServerError, netns.NetnsError, DataplaneError, NetlinkError, OSError, ValueError,
+    lab.LabError, realserver.RealServerError, netns.NetnsError, DataplaneError, DirectorError, NetlinkError, OSError,
+    ValueError,
 )
 
 
@@ -158,6 +159,7 @@ def cmd_director_status(args: argparse.Namespace) -> int:
         counters = dp.counters()
         hops = dp.real_next_hops()
         usage = dp.conn_table_usage()
+        owners = service_owners(dp.pin_dir, list(dp.read_rules().services))
         print(f"maps: {dp.pin_dir}")
         print(f"connection table: {usage['entries']} of {usage['size']} entries, "
               f"{usage['evicted']} evicted by the LRU when full")
@@ -165,6 +167,7 @@ def cmd_director_status(args: argparse.Namespace) -> int:
     rows += [[f"{key.proto.label} {key}", f"{rip}:{port}", hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
               str(hop.ifindex)] for (key, (rip, port)), hop in sorted(hops.items())]
     _print_table(rows)
+    _print_table([["service", "owner"], *([f"{key.proto.label} {key}", owner] for key, owner in owners)])
     _print_table([["counter", "value"], *([name, str(value)] for name, value in counters.items())])
     return 0
 

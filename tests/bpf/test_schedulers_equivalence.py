@@ -110,10 +110,12 @@ class Harness:
 
     def send(self, flow: Flow, write_counts: bool = True) -> tuple[int | None, int | None]:
         """(data plane's choice, reference's choice) for the SYN of `flow`."""
-        if write_counts:
+        if write_counts:  # in the current pass parity, which the sweeper does not zero during this pass
+            parity = self.dp.sweep_stats().parity
             for (vip, i), slot in self.slots.items():
                 active, inactive = self.counts[(vip, i)]
-                libbpf.map_update(self.fds["real_conns"], ctypes.c_uint32(slot), abi.RealConns(active, inactive))
+                libbpf.map_update(self.fds["real_conns"], ctypes.c_uint32(slot),
+                                  abi.RealConns.counted(active, inactive, parity))
         expected = self.reference[flow.daddr].pick(self.states(flow.daddr), flow)
         packet = frame(TCP(sport=flow.sport, dport=80, flags="S", seq=1), dst=str(flow.daddr), src=str(flow.saddr))
         result = self.dp.test_run(packet)
@@ -129,7 +131,7 @@ class Harness:
         for i in range(len(self.setup.weights)):
             value = abi.RealConns()
             libbpf.map_lookup(self.fds["real_conns"], ctypes.c_uint32(self.slots[(vip, i)]), value)
-            result.append((value.active, value.inactive))
+            result.append(value.live(self.dp.sweep_stats().parity))
         return result
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from ipaddress import IPv4Address
@@ -12,7 +11,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from pyvs.dataplane import Dataplane, DataplaneError, abi, libbpf, open_dataplane, scratch_dataplane
+from pyvs.dataplane import Dataplane, DataplaneError, libbpf, open_dataplane, scratch_dataplane
 from pyvs.dataplane.neighbours import ZERO_MAC, NextHop
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, Timeouts
 from pyvs.schedulers.roundrobin import wrr_table
@@ -219,7 +218,8 @@ def test_counters_per_service_and_real(two_reals: Dataplane) -> None:
     for packet in packets:
         two_reals.test_run(packet)
     stats = two_reals.service_stats()[TCP80]
-    assert (stats.conns, stats.inpkts, stats.inbytes) == (2, 3, sum(len(p) for p in packets))
+    # Bytes are the IP packets', as IPVS counts them (it was the Ethernet frames' before).
+    assert (stats.conns, stats.inpkts, stats.inbytes) == (2, 3, sum(len(Ether(p)[IP]) for p in packets))
     per_real = two_reals.real_stats()
     assert sum(c.conns for (key, _), c in per_real.items() if key == TCP80) == 2
     two_reals.zero(TCP80)
@@ -306,9 +306,11 @@ def test_connection_table_size_is_set_at_creation_and_kept() -> None:
         with pytest.raises(DataplaneError, match="has 1024 entries"):
             open_dataplane(small.pin_dir, conn_table_size=8192)
         small.apply(rules(service(TCP80, "rr", (RS1, 1))))
-        for i in range(1300):  # more flows than entries: the least recently used are evicted
+        for i in range(1300):  # more connections than entries: the least recently used are evicted
             small.test_run(syn(sport=10000 + i))
+            small.test_run(frame(TCP(sport=10000 + i, dport=80, flags="A")))
         assert len(small.connections()) <= 1024
+        small.wait_passes(2)  # the usage is what the sweeper's last pass counted, not a scan
         usage = small.conn_table_usage()
         assert usage["size"] == 1024 and usage["entries"] <= 1024
         assert usage["evicted"] == 1300 - usage["entries"] >= 276  # the full table's evictions are counted
@@ -319,25 +321,22 @@ def test_deleting_a_service_ends_its_connections(dataplane: Dataplane) -> None:
     dataplane.apply(rules(service(TCP80, "rr", (RS1, 1))))
     assert dataplane.test_run(syn(sport=54000)).verdict_name == "XDP_TX"
     ack = frame(TCP(sport=54000, dport=80, flags="A"))
+    assert real_of(dataplane.test_run(ack).data) == RS1
     dataplane.apply(Rules())
     assert dataplane.test_run(ack).data == ack and dataplane.test_run(ack).verdict_name == "XDP_PASS"
     dataplane.apply(rules(service(TCP80, "rr", (RS2, 1))))  # a new service in the same slot
-    assert real_of(dataplane.test_run(ack).data) == RS2
-    assert dataplane.counters()["conn_replaced"] >= 1
+    # The old entry is not used; an ACK starts no connection (IPVS's rule; it was scheduled to RS2 before).
+    assert dataplane.test_run(ack).verdict_name == "XDP_PASS"
+    assert dataplane.counters()["conn_replaced"] >= 1 and dataplane.counters()["pass_miss_ack"] == 1
+    assert real_of(dataplane.test_run(syn(sport=54000)).data) == RS2
 
 
 def test_entry_stamped_by_another_cpu_after_this_one_read_the_clock_is_not_expired(two_reals: Dataplane) -> None:
     # CPUs race: one reads the clock, another stamps the entry later; "now - last_seen" must not wrap around.
     real = real_of(two_reals.test_run(syn(sport=55000)).data)
-    fd = libbpf.obj_get(str(two_reals.pin_dir / "conns"))
-    try:
-        for key in libbpf.map_keys(fd, abi.ConnKey):
-            entry = abi.Conn()
-            libbpf.map_lookup(fd, key, entry)
-            entry.last_seen += 5 * 10**9  # stamped "in the future" as seen from this packet's clock read
-            libbpf.map_update(fd, key, entry)
-    finally:
-        os.close(fd)
+    for fd, key, entry in list(two_reals.table_entries("half_open")):
+        entry.last_seen += 5 * 10**9  # stamped "in the future" as seen from this packet's clock read
+        libbpf.map_update(fd, key, entry)
     result = two_reals.test_run(frame(TCP(sport=55000, dport=80, flags="A")))
     assert real_of(result.data) == real
     assert two_reals.counters()["conn_replaced"] == 0

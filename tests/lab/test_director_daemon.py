@@ -355,3 +355,117 @@ def test_daemon_takes_the_vip_over_with_gratuitous_arp_when_it_starts(lab: Topol
             dp.apply(tutorial_rules(lab))
     # The VIP was configured on the NIC by the admin (the lab), so a clean stop leaves it there.
     assert lab.vip in run_in_netns(lab.director.netns, ["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
+
+
+NEW_VIP = "198.18.0.101"
+
+
+def nic_addresses(topo: Topology) -> str:
+    return run_in_netns(topo.director.netns, ["ip", "-o", "-4", "addr", "show", "dev", topo.director_nic.ifname]).stdout
+
+
+def new_vip_service(topo: Topology) -> str:
+    return f"""
+[[service]]
+proto = "tcp"
+vip = "{NEW_VIP}"
+port = 80
+scheduler = "rr"
+check = {{ type = "tcp", interval = {INTERVAL}, timeout = {INTERVAL} }}
+
+[[service.real]]
+address = "{topo.address_of('rs1')}"
+
+[[service.real]]
+address = "{topo.address_of('rs2')}"
+"""
+
+
+def pyvsadm(topo: Topology, *args: str) -> str:
+    return run_in_netns(topo.director.netns, [sys.executable, "-m", "pyvs.admin.cli", *args]).stdout
+
+
+def test_a_service_made_with_pyvsadm_survives_the_daemons_start_health_changes_and_reloads(
+    lab: Topology, tmp_path: Path
+) -> None:
+    config = tmp_path / "director.toml"
+    config.write_text(config_text(lab, tmp_path / "notify.log"))
+    daemon = Daemon(lab, config, tmp_path / "daemon.log", tmp_path / "notify.log")
+    hand, later = f"{lab.vip}:9000", f"{lab.vip}:9001"
+    try:
+        pyvsadm(lab, "-A", "-t", hand, "-s", "rr")  # made by hand before the daemon starts
+        pyvsadm(lab, "-a", "-t", hand, "-r", f"{lab.address_of('rs1')}:9000", "-g")
+        daemon.start()
+        pyvsadm(lab, "-A", "-u", later, "-s", "wlc")  # and while it runs
+        assert f"event=service_left_alone service=tcp/{hand}" in daemon.log.read_text()
+        assert [s["name"] for s in status(lab)["other_services"]] == [f"tcp/{hand}", f"udp/{later}"]
+        code, out, _ = pyvs_cli(lab, "director", "status", "--pin-dir", str(pin_dir(lab)))
+        assert code == 0 and f"TCP {hand}" in out and "pyvsadm (not the daemon's)" in out
+        assert f"TCP {lab.vip}:80" in out and f"daemon (pid {daemon.pid})" in out
+
+        lab_api.stop_web_server(lab, "rs1")  # the daemon writes its own service: only that one
+        wait_for(lambda: "rs1" not in tcp_reals(lab), 3, "rs1 leaves the pool")
+        config.write_text(config_text(lab, tmp_path / "notify.log", rs2_weight=2))
+        code, _, err = pyvs_cli(lab, "director", "reload", "--pin-dir", str(pin_dir(lab)))
+        assert code == 0, err
+        listing = pyvsadm(lab, "-L", "-n")
+        assert f"TCP  {hand} rr" in listing and f"UDP  {later} wlc" in listing
+        assert f"{lab.address_of('rs1')}:9000" in listing
+    finally:
+        daemon.stop()
+        lab_api.start_web_server(lab, "rs1")
+        with in_netns(lab.director.netns), open_director(lab) as dp:
+            dp.apply(tutorial_rules(lab))
+
+
+def test_reload_takes_a_new_vip_over_and_lets_it_go(lab: Topology, tmp_path: Path) -> None:
+    ifname = lab.director_nic.ifname
+    base = config_text(lab, tmp_path / "notify.log").replace("[director]\n", f'[director]\ninterface = "{ifname}"\n')
+    config = tmp_path / "director.toml"
+    config.write_text(base)
+    daemon = Daemon(lab, config, tmp_path / "daemon.log", tmp_path / "notify.log")
+    stale = "02:00:5e:00:01:98"
+
+    def gateway_mac() -> str:
+        out = run_in_netns(lab.gateway.netns, ["ip", "neigh", "show", NEW_VIP, "dev", "inside"]).stdout
+        return out.split("lladdr")[1].split()[0] if "lladdr" in out else ""
+
+    def new_vip_answers() -> bool:
+        try:
+            return http_get(lab.client.netns, NEW_VIP, timeout=0.5).server in ("rs1", "rs2")
+        except OSError:
+            return False
+
+    for node in ("rs1", "rs2"):  # the reals accept the new VIP (ARP for it is already suppressed on them)
+        run_in_netns(lab.node(node).netns, ["ip", "addr", "replace", f"{NEW_VIP}/32", "dev", "lo"])
+    run_in_netns(lab.gateway.netns, ["ip", "neigh", "replace", NEW_VIP, "lladdr", stale, "dev", "inside",
+                                     "nud", "stale"])
+    assert NEW_VIP not in nic_addresses(lab)
+    try:
+        daemon.start()
+        config.write_text(base + new_vip_service(lab))
+        reloaded = time.monotonic()
+        code, out, err = pyvs_cli(lab, "director", "reload", "--pin-dir", str(pin_dir(lab)))
+        assert code == 0, err
+        assert f"{NEW_VIP}/32" in nic_addresses(lab)
+        wait_for(lambda: gateway_mac() == lab.director_nic.mac, 1.0, "gratuitous ARP for the new VIP")
+        wait_for(new_vip_answers, max(0.1, 2.0 - (time.monotonic() - reloaded)), "the new VIP answers within 2 s")
+        assert "vip_takeover" in daemon.log.read_text()
+
+        config.write_text(base)
+        code, out, err = pyvs_cli(lab, "director", "reload", "--pin-dir", str(pin_dir(lab)))
+        assert code == 0, err
+        assert NEW_VIP not in nic_addresses(lab)  # let go: this director no longer answers ARP for it
+        run_in_netns(lab.gateway.netns, ["ip", "neigh", "del", NEW_VIP, "dev", "inside"], check=False)
+        assert not new_vip_answers()
+        assert lab.vip in nic_addresses(lab)  # configured by the admin (the lab): kept
+        assert f"event=service_removed service=tcp/{NEW_VIP}:80" in daemon.log.read_text()
+        assert http_get(lab.client.netns, lab.public_ip).server in ("rs1", "rs2")
+    finally:
+        daemon.stop()
+        for node in ("rs1", "rs2"):
+            run_in_netns(lab.node(node).netns, ["ip", "addr", "del", f"{NEW_VIP}/32", "dev", "lo"], check=False)
+        run_in_netns(lab.gateway.netns, ["ip", "neigh", "del", NEW_VIP, "dev", "inside"], check=False)
+        with in_netns(lab.director.netns), open_director(lab) as dp:
+            dp.apply(tutorial_rules(lab))
+    assert NEW_VIP not in nic_addresses(lab)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import pwd
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
 
 from pyvs.director.checks import Health, ProbeResult, probe
 from pyvs.director.config import CheckSpec
 from pyvs.director.metrics import render
-from pyvs.director.notify import event_argv
+from pyvs.director.notify import Notifier, event_argv
 from pyvs.director.status import status_table
 
 LOOPBACK = IPv4Address("127.0.0.1")
@@ -117,6 +123,11 @@ def test_status_table_shows_health_and_rates_between_two_samples() -> None:
     assert lines[2].split() == ["tcp/198.18.0.100:80", "rr", "LOST", "(sorry)", "10.0", "100.0", "10.0KB", "30"]
     assert lines[3].split() == ["->", "198.18.2.11:80", "DOWN", "1", "2", "3", "10.0", "100.0", "10.0KB", "30"]
     assert lines[4] == "drops: no_real 4"
+    other = {"name": "tcp/198.18.0.100:9000", "scheduler": "wlc", "conns": 7,
+             "reals": [{"address": "198.18.2.13", "port": 9000, "weight": 3}]}
+    lines = status_table({**_snapshot(30, 12.0), "other_services": [other]})
+    assert lines[4].split() == ["tcp/198.18.0.100:9000", "wlc", "not", "the", "daemon's", "(left", "alone)", "7"]
+    assert lines[5].split() == ["->", "198.18.2.13:9000", "-", "3"]
 
 
 def test_metrics_carry_health_transitions_and_drop_reasons() -> None:
@@ -133,3 +144,39 @@ def test_notify_argv_placeholders() -> None:
     fields = {"event": "real_down", "service": "tcp/198.18.0.100:80", "real": "198.18.2.11:80", "state": "down"}
     assert event_argv(["/bin/n", "{event}", "--real={real}"], fields) == ["/bin/n", "real_down",
                                                                            "--real=198.18.2.11:80"]
+
+
+def test_a_command_check_runs_as_the_configured_user_and_refuses_an_unsafe_script(tmp_path: Path) -> None:
+    as_nobody = ("/bin/sh", "-c", 'test "$(id -u)" = "$(id -u nobody)"')
+    assert run(CheckSpec(type="command", command=as_nobody, user="nobody"))[0].ok
+    assert not run(CheckSpec(type="command", command=as_nobody))[0].ok  # as root
+    unsafe = tmp_path / "check"
+    unsafe.write_text("#!/bin/sh\nexit 0\n")
+    unsafe.chmod(0o777)  # changed after the config was loaded: refused at the run
+    result, _ = run(CheckSpec(type="command", command=(str(unsafe),)))
+    assert not result.ok and "is writable by a user other than root" in result.detail
+
+
+def test_notify_runs_as_the_configured_user_and_refuses_an_unsafe_script(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    shared = Path(tempfile.mkdtemp(prefix="pyvsd-notify-", dir="/tmp"))
+    try:
+        shared.chmod(0o1777)  # the user may write its answer here
+        unsafe = tmp_path / "notify"
+        unsafe.write_text("#!/bin/sh\ntouch \"$0.ran\"\n")
+        unsafe.chmod(0o777)
+
+        async def notify_all() -> None:
+            as_nobody = Notifier(["/bin/sh", "-c", 'id -u > "$0/uid"', str(shared)], timeout=5, user="nobody")
+            as_nobody.notify("real_down")
+            refused = Notifier([str(unsafe)], timeout=5)
+            refused.notify("real_down")
+            await as_nobody.drain(5)
+            await refused.drain(5)
+
+        asyncio.run(notify_all())
+        assert (shared / "uid").read_text().strip() == str(pwd.getpwnam("nobody").pw_uid)
+        assert not Path(f"{unsafe}.ran").exists()
+        assert "event=notify_refused" in caplog.text and "is writable by a user other than root" in caplog.text
+    finally:
+        shutil.rmtree(shared)

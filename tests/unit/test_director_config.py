@@ -111,3 +111,104 @@ def test_status_listen_off_and_status_ranges() -> None:
     assert config.status_listen is None and config.services == ()
     check = CheckSpec(status=((200, 299), (302, 302)))
     assert check.accepts(204) and check.accepts(302) and not check.accepts(500) and not check.accepts(301)
+
+
+PERSISTENT = """
+[[service]]
+vip = "198.18.0.100"
+port = 0
+scheduler = "mh"
+scheduler_flags = ["mh-port", "flag-1"]
+persistence_timeout = 600
+persistence_granularity = "255.255.255.0"
+[[service.real]]
+address = "198.18.2.11"
+port = 0
+"""
+
+
+def test_persistence_netmask_scheduler_flags_and_port_0_are_carried_to_the_service() -> None:
+    svc = parse_config(PERSISTENT).services[0]
+    assert (svc.key.port, svc.persistent, str(svc.netmask)) == (0, 600, "255.255.255.0")
+    assert svc.sched_flags == ("mh-fallback", "mh-port")  # the names the data plane reads back
+    settings = svc.service()
+    assert (settings.scheduler, settings.persistent, settings.sched_flags) == ("mh", 600, ("mh-fallback", "mh-port"))
+    assert parse_config(PERSISTENT.replace("persistence_timeout = 600", "persistence_timeout = true")) \
+        .services[0].persistent == 300  # ipvsadm's -p without a value
+
+
+@pytest.mark.parametrize(("change", "line", "message"), [
+    ("persistence_timeout = 600", "persistence_timeout = 0",
+     ":7: service tcp 198.18.0.100:0: persistence timeout 0 is out of range"),
+    ("persistence_timeout = 600\n", "", ":7: service tcp 198.18.0.100:0: 'persistence_granularity' needs "
+     "'persistence_timeout'"),
+    ('scheduler = "mh"', 'scheduler = "sh"', ":6: service tcp 198.18.0.100:0: scheduler flag 'mh-port' needs "
+     "scheduler mh, not sh"),
+    ('"255.255.255.0"', '"255.0.255.0"', ":8: service tcp 198.18.0.100:0: 'persistence_granularity': invalid netmask"),
+])  # fmt: skip
+def test_bad_persistence_or_flags_are_refused_with_the_line(change: str, line: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(PERSISTENT.replace(change, line, 1), "director.toml")
+    assert str(caught.value).startswith("director.toml" + message), str(caught.value)
+
+
+def test_port_0_needs_persistence() -> None:
+    text = PERSISTENT.replace("persistence_timeout = 600\n", "").replace('persistence_granularity = "255.255.255.0"\n',
+                                                                         "")
+    with pytest.raises(ConfigError, match=r":4: service tcp 198.18.0.100:0: port 0 is only valid for a persistent"):
+        parse_config(text, "director.toml")
+
+
+def script(path: Path, mode: int) -> Path:
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(mode)
+    return path
+
+
+def commands_config(check: Path, notify: Path, user: str = "") -> str:
+    return (f'[director]\nnotify = ["{notify}", "{{event}}"]\n{user}\n[[service]]\nvip = "198.18.0.100"\nport = 80\n'
+            f'check = {{ type = "command", command = ["{check}", "{{rip}}"] }}\n'
+            '[[service.real]]\naddress = "198.18.2.11"\n')
+
+
+def test_a_command_anyone_but_root_can_change_is_refused(tmp_path: Path) -> None:
+    safe = script(tmp_path / "check", 0o755)
+    config = tmp_path / "director.toml"
+    config.write_text(commands_config(safe, safe))
+    assert load_config(config).services[0].reals[0].check.command[0] == str(safe)
+    assert parse_config(commands_config(tmp_path / "absent", safe)).services  # parse alone looks at no file
+
+    writable = script(tmp_path / "writable", 0o757)
+    config.write_text(commands_config(writable, safe))
+    with pytest.raises(ConfigError, match=rf"director.toml:7: service tcp 198.18.0.100:80: check: 'command': "
+                                          rf"{writable}: {writable} is writable by a user other than root"):
+        load_config(config)
+    config.write_text(commands_config(safe, writable))
+    with pytest.raises(ConfigError, match=r"director.toml:2: \[director\]: 'notify': .* is writable by a user other"):
+        load_config(config)
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # not sticky: anyone may replace the script
+    config.write_text(commands_config(script(shared / "check", 0o755), safe))
+    with pytest.raises(ConfigError, match=rf"directory {shared} is writable by a user other than root"):
+        load_config(config)
+    shared.chmod(0o1777)  # sticky, as /tmp: others cannot replace root's file
+    assert load_config(config).services
+
+    link = tmp_path / "link"
+    link.symlink_to(writable)
+    config.write_text(commands_config(link, safe))
+    with pytest.raises(ConfigError, match=rf"{writable} is writable by a user other than root"):
+        load_config(config)
+    config.write_text(commands_config(tmp_path / "absent", safe))
+    with pytest.raises(ConfigError, match=r"'command': .*absent: No such file or directory"):
+        load_config(config)
+
+
+def test_commands_may_run_as_another_user(tmp_path: Path) -> None:
+    safe = script(tmp_path / "check", 0o755)
+    config = parse_config(commands_config(safe, safe, 'user = "nobody"'))
+    assert config.user == "nobody" and config.services[0].reals[0].check.user == "nobody"
+    with pytest.raises(ConfigError, match=r":3: \[director\]: 'user': unknown user 'pyvs-nosuchuser'"):
+        parse_config(commands_config(safe, safe, 'user = "pyvs-nosuchuser"'), "director.toml")

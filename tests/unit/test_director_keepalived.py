@@ -61,9 +61,11 @@ virtual_server 198.18.0.100 80 {
 
 virtual_server 198.18.0.100 443 {
     delay_loop 10
-    lb_algo rr
+    lb_algo sh
     lb_kind DR
     persistence_timeout 50
+    persistence_granularity 255.255.255.0
+    sh-port
     virtualhost www.example.com
     real_server 198.18.2.11 443 {
         SSL_GET {
@@ -125,6 +127,8 @@ def test_virtual_servers_become_services_the_config_reader_accepts(converted: tu
                                   path="/health", status=((200, 200),),
                                   digest="9b3a0c85a887a256d6939da88aabd8cd")
     assert rs2.check == CheckSpec(type="tcp", interval=6.0, timeout=3.0, retry_interval=1.0, fall=2, port=8080)
+    assert (tls.persistent, str(tls.netmask), tls.sched_flags) == (50, "255.255.255.0", ("sh-port",))
+    assert (web.persistent, str(web.netmask), web.sched_flags) == (None, "255.255.255.255", ())
     assert tls.reals[0].check.type == "https" and tls.reals[0].check.host == "www.example.com"
     assert tls.reals[0].check.status == ((200, 299),)
     assert dns.key.proto.name == "UDP"
@@ -138,14 +142,13 @@ def test_every_option_not_carried_over_is_reported_with_its_line(converted: tupl
     expected = [
         "keepalived.conf:2: global_defs: not converted",
         "keepalived.conf:6: vrrp_instance: not converted",
-        "keepalived.conf:52: persistence_timeout: persistence is not implemented",
-        "keepalived.conf:60: url: pyvs checks one url per real",
-        "keepalived.conf:73: misc_path: pyvs runs the command without a shell",
-        "keepalived.conf:78: DNS_CHECK: this checker is not implemented by pyvs",
-        "keepalived.conf:77: real_server: 198.18.2.12 has no supported checker",
-        "keepalived.conf:86: lb_kind: NAT: pyvs forwards by direct routing only; virtual_server 198.18.0.101 80 "
+        "keepalived.conf:62: url: pyvs checks one url per real",
+        "keepalived.conf:75: misc_path: pyvs runs the command without a shell",
+        "keepalived.conf:80: DNS_CHECK: this checker is not implemented by pyvs",
+        "keepalived.conf:79: real_server: 198.18.2.12 has no supported checker",
+        "keepalived.conf:88: lb_kind: NAT: pyvs forwards by direct routing only; virtual_server 198.18.0.101 80 "
         "skipped",
-        "keepalived.conf:91: virtual_server: 'fwmark 1' skipped",
+        "keepalived.conf:93: virtual_server: 'fwmark 1' skipped",
     ]
     for start in expected:
         assert any(w.startswith(start) for w in warnings), (start, warnings)
@@ -178,4 +181,4 @@ def test_the_command_prints_toml_on_stdout_and_warnings_on_stderr(tmp_path: Path
     result = subprocess.run([sys.executable, "-m", "pyvs.cli", "director", "import-keepalived", str(source)],
                             capture_output=True, text=True, check=True)
     assert parse_config(result.stdout).services[0].key.port == 80
-    assert result.stderr.count("pyvs: not carried over: ") == 9
+    assert result.stderr.count("pyvs: not carried over: ") == 8

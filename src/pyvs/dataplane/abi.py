@@ -28,11 +28,19 @@ MAX_REALS = _D["PYVS_MAX_REALS"]
 MAX_REALS_PER_SERVICE = _D["PYVS_MAX_REALS_PER_SERVICE"]
 SCHED_TABLE_SIZE = _D["PYVS_SCHED_TABLE_SIZE"]
 CONN_TABLE_SIZE = _D["PYVS_CONN_TABLE_SIZE"]
+CONN_SHARD_TARGET = _D["PYVS_CONN_SHARD_TARGET"]
+MAX_CONN_SHARDS = _D["PYVS_MAX_CONN_SHARDS"]
+HALF_OPEN_DIVISOR = _D["PYVS_HALF_OPEN_DIVISOR"]
+COUNT_PARITIES = _D["PYVS_COUNT_PARITIES"]
+PARITY_SLOTS = _D["PYVS_PARITY_SLOTS"]
+PASS_TICKS = _D["PYVS_PASS_TICKS"]
 VIP_FILTER_SIZE = _D["PYVS_VIP_FILTER_SIZE"]
 VIP_F_ANY_PORT = _D["PYVS_VIP_F_ANY_PORT"]
 REAL_ACTIVE = _D["PYVS_REAL_ACTIVE"]
 CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
+CFG_SLOPPY_TCP = _D["PYVS_CFG_SLOPPY_TCP"]
 CONN_F_TEMPLATE = _D["PYVS_CONN_F_TEMPLATE"]
+CONN_F_PERSISTED = _D["PYVS_CONN_F_PERSISTED"]
 STATE_COUNT = _D["PYVS_STATE_COUNT"]
 CNT_COUNT = _D["PYVS_CNT_COUNT"]
 
@@ -77,7 +85,22 @@ class Svc(ctypes.Structure):
 
 
 class RealConns(ctypes.Structure):
-    _fields_ = [("active", ctypes.c_int32), ("inactive", ctypes.c_int32)]
+    """Counts per pass parity; a real's live count is the current plus the previous parity."""
+
+    _fields_ = [("active", ctypes.c_int32 * PARITY_SLOTS), ("inactive", ctypes.c_int32 * PARITY_SLOTS)]
+
+    @classmethod
+    def counted(cls, active: int, inactive: int, parity: int) -> RealConns:
+        """Counts that a real holds in one parity (the others zero)."""
+        value = cls()
+        value.active[parity] = active
+        value.inactive[parity] = inactive
+        return value
+
+    def live(self, parity: int) -> tuple[int, int]:
+        """(active, inactive) as the program reads them when `parity` is the current one."""
+        prev = (parity - 1) % COUNT_PARITIES
+        return self.active[parity] + self.active[prev], self.inactive[parity] + self.inactive[prev]
 
 
 class RealEntry(ctypes.Structure):
@@ -96,7 +119,7 @@ class Conn(ctypes.Structure):
     _fields_ = [("last_seen", ctypes.c_uint64), ("real", ctypes.c_uint32), ("gen", ctypes.c_uint32),
                 ("svc_index", ctypes.c_uint32), ("svc_gen", ctypes.c_uint32), ("timeout", ctypes.c_uint32),
                 ("state", ctypes.c_uint8), ("counted", ctypes.c_uint8), ("flags", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8 * 1)]
+                ("parity", ctypes.c_uint8)]
 
 
 class CountersEntry(ctypes.Structure):
@@ -104,7 +127,8 @@ class CountersEntry(ctypes.Structure):
 
 
 class Config(ctypes.Structure):
-    _fields_ = [("timeouts", ctypes.c_uint32 * STATE_COUNT), ("flags", ctypes.c_uint32)]
+    _fields_ = [("timeouts", ctypes.c_uint32 * STATE_COUNT), ("flags", ctypes.c_uint32),
+                ("conn_shards", ctypes.c_uint32), ("pass_ticks", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
 class SvcReals(ctypes.Structure):
@@ -115,11 +139,21 @@ class SlotUsage(ctypes.Structure):
     _fields_ = [("services", ctypes.c_uint64 * (MAX_SERVICES // 64)), ("reals", ctypes.c_uint64 * (MAX_REALS // 64))]
 
 
+class SweepStats(ctypes.Structure):
+    _fields_ = [("runs", ctypes.c_uint64), ("now", ctypes.c_uint64), ("ticks", ctypes.c_uint64),
+                ("epoch", ctypes.c_uint32), ("parity", ctypes.c_uint32), ("shard", ctypes.c_uint32),
+                ("zeroed", ctypes.c_uint32), ("pass_tick", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("last_step_ns", ctypes.c_uint64), ("max_step_ns", ctypes.c_uint64), ("entries", ctypes.c_uint64),
+                ("half_open", ctypes.c_uint64), ("scanning_entries", ctypes.c_uint64),
+                ("scanning_half_open", ctypes.c_uint64), ("pass_ended", ctypes.c_uint64),
+                ("prev_pass_ended", ctypes.c_uint64), ("new_conns", ctypes.c_uint64),
+                ("prev_new_conns", ctypes.c_uint64)]
+
+
 class Sweeper(ctypes.Structure):
     """The timer's map value (the timer itself reads back as zeros)."""
 
-    _fields_ = [("timer", ctypes.c_uint64 * 2), ("runs", ctypes.c_uint64), ("now", ctypes.c_uint64),
-                ("ticks", ctypes.c_uint64)]
+    _fields_ = [("timer", ctypes.c_uint64 * 2), ("stats", SweepStats)]
 
 
 # Mirror name -> C struct name, for the BTF check.
@@ -134,6 +168,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_config": Config,
     "pyvs_svc_reals": SvcReals,
     "pyvs_slot_usage": SlotUsage,
+    "pyvs_sweep_stats": SweepStats,
     "sweeper": Sweeper,
 }
 

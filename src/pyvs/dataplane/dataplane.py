@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 MAP_NAMES = (
     "services", "vips", "vip_filter", "svc_gens", "reals", "sched_table", "sched_state", "real_conns", "conns",
-    "stats", "counters", "config", "sweeper", "lblc_cache", "lblcr_cache", "lblcr_scratch", "sched_choice",
+    "half_open", "stats", "counters", "config", "sweeper", "lblc_cache", "lblcr_cache", "lblcr_scratch", "sched_choice",
     "svc_reals", "slot_usage",
 )
 PROGRAM_NAME = "pyvs_xdp"
@@ -105,7 +105,10 @@ class Dataplane:
         self._fds = fds
         self._resolver = resolver
         self._ncpus = libbpf.num_possible_cpus()
-        self.conn_table_size = libbpf.map_info(fds["conns"]).max_entries
+        self._shard_fds: dict[tuple[str, int], int] = {}
+        self.conn_shards = self._config().conn_shards
+        self.conn_table_size = self.conn_shards * self._shard_size("conns")
+        self.half_open_size = self.conn_shards * self._shard_size("half_open")
         self._program: libbpf.BpfObject | None = None
         self._lock_depth = 0
 
@@ -115,9 +118,10 @@ class Dataplane:
         if self._program:
             self._program.close()
             self._program = None
-        for fd in self._fds.values():
+        for fd in (*self._fds.values(), *self._shard_fds.values()):
             os.close(fd)
         self._fds = {}
+        self._shard_fds = {}
 
     def __enter__(self) -> Dataplane:
         return self
@@ -128,12 +132,36 @@ class Dataplane:
     def program(self) -> libbpf.BpfObject:
         """The XDP program loaded against this data plane's maps."""
         if self._program is None:
-            self._program = libbpf.BpfObject(str(object_path("xdp")), str(self.pin_dir),
-                                             {"conns": self.conn_table_size})
+            self._program = libbpf.BpfObject(str(object_path("xdp")), str(self.pin_dir))
         return self._program
 
     def program_fd(self) -> int:
         return self.program().prog_fd(PROGRAM_NAME)
+
+    def _shard_fd(self, table: str, index: int) -> int | None:
+        """The fd of shard `index` of "conns" or "half_open" (None when the shard does not exist)."""
+        fd = self._shard_fds.get((table, index))
+        if fd is None:
+            map_id = ctypes.c_uint32()
+            if not libbpf.map_lookup(self._fds[table], ctypes.c_uint32(index), map_id):
+                return None
+            fd = self._shard_fds[(table, index)] = libbpf.map_fd_by_id(map_id.value)
+        return fd
+
+    def _shard_size(self, table: str) -> int:
+        fd = self._shard_fd(table, 0) if self.conn_shards else None
+        return libbpf.map_info(fd).max_entries if fd is not None else 0
+
+    def table_entries(self, table: str) -> Iterator[tuple[int, abi.ConnKey, abi.Conn]]:
+        """Every entry of a sharded table (expired ones not swept yet included), with its shard's fd."""
+        size = self._shard_size(table)
+        for index in range(self.conn_shards):
+            fd = self._shard_fd(table, index)
+            if fd is None:
+                continue
+            keys, values, count = libbpf.map_lookup_batch(fd, abi.ConnKey, abi.Conn, size)
+            for i in range(count):
+                yield fd, keys[i], values[i]
 
     def attach(self, ifname: str, mode: str = "native") -> None:
         """Attach the XDP program to `ifname` ("native" driver mode or "generic" skb mode)."""
@@ -280,9 +308,31 @@ class Dataplane:
         libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
 
     def set_expire_nodest_conn(self, on: bool) -> None:
+        self._set_flag(abi.CFG_EXPIRE_NODEST_CONN, on)
+
+    def set_sloppy_tcp(self, on: bool) -> None:
+        """IPVS's sloppy_tcp: with it any TCP packet but RST may start a connection, not only a SYN."""
+        self._set_flag(abi.CFG_SLOPPY_TCP, on)
+
+    def switches(self) -> dict[str, bool]:
+        """The data plane's switches (as IPVS's sysctls): expire_nodest_conn, sloppy_tcp."""
+        flags = self._config().flags
+        return {"expire_nodest_conn": bool(flags & abi.CFG_EXPIRE_NODEST_CONN),
+                "sloppy_tcp": bool(flags & abi.CFG_SLOPPY_TCP)}
+
+    def set_pass_ticks(self, ticks: int) -> None:
+        """Clock ticks (10 ms) per sweep pass: how often every entry is recounted (tests shorten it)."""
+        if not 1 <= ticks <= 100_000:
+            raise DataplaneError(f"pass ticks {ticks} out of range (1-100000)")
         cfg = self._config()
-        cfg.flags = (cfg.flags | abi.CFG_EXPIRE_NODEST_CONN) if on else (cfg.flags & ~abi.CFG_EXPIRE_NODEST_CONN)
+        cfg.pass_ticks = ticks
         libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+
+    def _set_flag(self, flag: int, on: bool) -> None:
+        with self._writing():
+            cfg = self._config()
+            cfg.flags = (cfg.flags | flag) if on else (cfg.flags & ~flag)
+            libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
 
     def _config(self) -> abi.Config:
         cfg = abi.Config()
@@ -310,12 +360,25 @@ class Dataplane:
                 result[(key, rkey)] = self._stats_at(abi.MAX_SERVICES + real.slot)
         return result
 
-    def clock(self) -> tuple[int, int, int]:
-        """The packet path's clock (coarse ns at the timer's last tick), the ticks and the sweeps so far.
-        The ticks advance every 10 ms while the timer runs; when they stop, nothing expires."""
+    def sweep_stats(self) -> abi.SweepStats:
         value = abi.Sweeper()
         libbpf.map_lookup(self._fds["sweeper"], ctypes.c_uint32(0), value)
-        return value.now, value.ticks, value.runs
+        return value.stats
+
+    def clock(self) -> tuple[int, int, int]:
+        """The packet path's clock (coarse ns at the timer's last tick), the ticks and the sweep passes so far.
+        The ticks advance every 10 ms while the timer runs; when they stop, nothing expires."""
+        st = self.sweep_stats()
+        return st.now, st.ticks, st.runs
+
+    def wait_passes(self, passes: int = 2, timeout: float = 30.0) -> None:
+        """Wait until the sweeper has completed `passes` more passes (every count is then true to the tables)."""
+        target = self.sweep_stats().runs + passes
+        deadline = time.monotonic() + timeout
+        while self.sweep_stats().runs < target:
+            if time.monotonic() > deadline:
+                raise DataplaneError(f"the sweeper did not complete {passes} passes in {timeout:g} s")
+            time.sleep(0.01)
 
     def counters(self) -> dict[str, int]:
         """The global counters by name: rx, tx, redirect, pass, conn_*, drop_* ..."""
@@ -326,22 +389,21 @@ class Dataplane:
             result[name] = sum(values)
         # Every packet to a VIP ends in exactly one of these; rx is their sum, not counted per packet.
         # Traffic that is not for a VIP is passed uncounted (the NIC's own counters have it).
-        result["rx"] = sum(v for k, v in result.items() if k in ("tx", "redirect", "pass", "pass_no_conn")
-                           or k.startswith("drop_"))
+        result["rx"] = sum(v for k, v in result.items() if k in ("tx", "redirect") or k.startswith(("pass", "drop_")))
         return result
 
-    def _live_connections(self) -> list[tuple[abi.ConnKey, abi.Conn, float]]:
-        """Unexpired connection entries with their seconds left."""
+    def _live_connections(self) -> list[tuple[int, abi.ConnKey, abi.Conn, float]]:
+        """Unexpired entries of both tables (connections, half-open ones, templates) with their shard's fd and
+        seconds left."""
         timeouts = self._config().timeouts
         now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)  # the program's bpf_ktime_get_coarse_ns()
-        keys, values, count = libbpf.map_lookup_batch(self._fds["conns"], abi.ConnKey, abi.Conn,
-                                                      self.conn_table_size)
         live = []
-        for key, value in zip(keys[:count], values[:count], strict=True):
-            state = value.state if value.state < abi.STATE_COUNT else abi.STATES["CLOSE"]
-            left = (value.timeout or timeouts[state]) - (now - value.last_seen) / 1e9
-            if left > 0:
-                live.append((key, value, left))
+        for table in ("conns", "half_open"):
+            for fd, key, value in self.table_entries(table):
+                state = value.state if value.state < abi.STATE_COUNT else abi.STATES["CLOSE"]
+                left = (value.timeout or timeouts[state]) - (now - value.last_seen) / 1e9
+                if left > 0:
+                    live.append((fd, key, value, left))
         return live
 
     def _owners(self) -> tuple[dict[int, ServiceKey], dict[int, abi.RealEntry]]:
@@ -352,7 +414,7 @@ class Dataplane:
     def connections(self) -> list[Connection]:
         by_index, reals = self._owners()
         result = []
-        for key, value, left in self._live_connections():
+        for _, key, value, left in self._live_connections():
             real = reals.get(value.real)
             if value.svc_index not in by_index or real is None or real.gen != value.gen:
                 continue
@@ -379,15 +441,17 @@ class Dataplane:
         return counts
 
     def live_counts(self) -> dict[tuple[ServiceKey, RealKey], tuple[int, int]]:
-        """(active, inactive) per real as the data plane keeps them for its schedulers."""
+        """(active, inactive) per real as the data plane keeps them for its schedulers: the current and the
+        previous pass parity, as the program reads them. No table scan."""
         by_index, reals = self._owners()
+        parity = self.sweep_stats().parity
         result = {}
         for slot, entry in reals.items():
             if entry.svc_index in by_index:
                 counts = abi.RealConns()
                 libbpf.map_lookup(self._fds["real_conns"], ctypes.c_uint32(slot), counts)
                 key = (by_index[entry.svc_index], (_be_to_ip(entry.rip), socket.ntohs(entry.port)))
-                result[key] = (counts.active, counts.inactive)
+                result[key] = counts.live(parity)
         return result
 
     def real_next_hops(self) -> dict[tuple[ServiceKey, RealKey], NextHop]:
@@ -542,9 +606,9 @@ class Dataplane:
         slots = {r.slot for r in self._real_slots() if r.entry.flags & abi.REAL_ACTIVE
                  and r.entry.svc_index == index and (_be_to_ip(r.entry.rip), socket.ntohs(r.entry.port)) == real}
         flushed = 0
-        for conn_key, value, _ in self._live_connections():
+        for fd, conn_key, value, _ in self._live_connections():
             if value.svc_index == index and value.real in slots:
-                flushed += libbpf.map_delete(self._fds["conns"], conn_key)
+                flushed += libbpf.map_delete(fd, conn_key)
         self._add_counter("conn_deleted", flushed)
         return flushed
 
@@ -556,13 +620,19 @@ class Dataplane:
         values[0] += amount
         libbpf.map_update(self._fds["counters"], ctypes.c_uint32(index), values)
 
-    def conn_table_usage(self) -> dict[str, int]:
-        """Entries in the connection table (expired ones not swept yet included), its size, and how many
-        entries the LRU evicted to make room: added - removed - present."""
-        _, _, entries = libbpf.map_lookup_batch(self._fds["conns"], abi.ConnKey, abi.Conn, self.conn_table_size)
+    def conn_table_usage(self) -> dict[str, int | float]:
+        """What the sweeper's last pass found, without a scan: live entries of the connection table and of the
+        half-open table with their sizes, how many entries the LRU evicted to make room (added - removed -
+        present), and new connections per second over the last pass."""
+        st = self.sweep_stats()
         c = self.counters()
-        evicted = c["conn_inserted"] - c["conn_swept"] - c["conn_deleted"] - entries
-        return {"entries": entries, "size": self.conn_table_size, "evicted": max(evicted, 0)}
+        evicted = c["conn_inserted"] - c["conn_swept"] - c["conn_deleted"] - st.entries
+        half_evicted = c["half_open_new"] - c["half_open_promoted"] - c["half_open_swept"] - st.half_open
+        seconds = (st.pass_ended - st.prev_pass_ended) / 1e9 if st.prev_pass_ended else 0.0
+        rate = (st.new_conns - st.prev_new_conns) / seconds if seconds > 0 else 0.0
+        return {"entries": st.entries, "size": self.conn_table_size, "evicted": max(evicted, 0),
+                "half_open": st.half_open, "half_open_size": self.half_open_size,
+                "half_open_evicted": max(half_evicted, 0), "new_per_second": round(rate, 1), "passes": st.runs}
 
     def refresh_macs(self, only_missing: bool = False) -> int:
         """Resolve the MAC of every real again (only the unresolved ones with only_missing); returns how many
@@ -846,13 +916,48 @@ def _clear_bits(words: ctypes.Array[ctypes.c_uint64], size: int) -> Iterator[int
                 yield w * 64 + b
 
 
-def _write_default_config(fds: dict[str, int]) -> None:
+def table_shape(size: int) -> tuple[int, int, int]:
+    """(shards, entries per shard, half-open entries per shard) of a connection table of `size` entries: shards
+    a power of two, each at most CONN_SHARD_TARGET entries where MAX_CONN_SHARDS allow."""
+    shards = 1
+    while shards < abi.MAX_CONN_SHARDS and size > shards * abi.CONN_SHARD_TARGET:
+        shards *= 2
+    per_shard = -(-size // shards)
+    return shards, per_shard, max(per_shard // abi.HALF_OPEN_DIVISOR, 64 * libbpf.num_possible_cpus())
+
+
+def _create_shards(size: int) -> dict[str, list[int]]:
+    """New shards (map fds) of conns and half_open for a connection table of `size` entries."""
+    shards, per_shard, half_per_shard = table_shape(size)
+    key_size, value_size = ctypes.sizeof(abi.ConnKey), ctypes.sizeof(abi.Conn)
+    created: dict[str, list[int]] = {"conns": [], "half_open": []}
+    try:
+        for table, entries, flags in (("conns", per_shard, 0),
+                                      ("half_open", half_per_shard, libbpf.BPF_F_NO_COMMON_LRU)):
+            for index in range(shards):
+                created[table].append(libbpf.map_create(libbpf.BPF_MAP_TYPE_LRU_HASH, f"pyvs_{table[:4]}{index}",
+                                                        key_size, value_size, entries, flags))
+    except OSError:
+        _close_shards(created)
+        raise
+    return created
+
+
+def _close_shards(shards: dict[str, list[int]]) -> None:
+    for fd in (fd for fds in shards.values() for fd in fds):
+        os.close(fd)
+
+
+def _install_tables(fds: dict[str, int], shards: dict[str, list[int]]) -> None:
+    """Put the shards in their maps of maps, then write the config that tells the program they are there."""
+    for table, shard_fds in shards.items():
+        for index, fd in enumerate(shard_fds):
+            libbpf.map_update(fds[table], ctypes.c_uint32(index), ctypes.c_int(fd))
     cfg = abi.Config()
-    libbpf.map_lookup(fds["config"], ctypes.c_uint32(0), cfg)
-    if any(cfg.timeouts):
-        return
     for name, seconds in abi.DEFAULT_TIMEOUTS.items():
         cfg.timeouts[abi.STATES[name]] = seconds
+    cfg.conn_shards = len(shards["conns"])
+    cfg.pass_ticks = abi.PASS_TICKS
     libbpf.map_update(fds["config"], ctypes.c_uint32(0), cfg)
 
 
@@ -869,24 +974,27 @@ def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resol
     try:
         if all((path / name).exists() for name in MAP_NAMES):
             fds = {name: libbpf.obj_get(str(path / name)) for name in MAP_NAMES}
-            size = libbpf.map_info(fds["conns"]).max_entries
-            if conn_table_size is not None and conn_table_size != size:
-                for fd in fds.values():
-                    os.close(fd)
-                raise DataplaneError(
-                    f"the connection table at {path} has {size} entries; to change its size remove the "
-                    "data plane first (pyvs director detach --remove-rules)"
-                )
         else:
             path.mkdir(parents=True, exist_ok=True)
-            sizes = {"conns": conn_table_size} if conn_table_size else None
-            with libbpf.BpfObject(str(object_path("xdp")), str(path), sizes) as obj:
-                fds = {name: os.dup(obj.map_fd(name)) for name in MAP_NAMES}
-                _write_default_config(fds)
-                start_sweeper(obj)
+            shards = _create_shards(conn_table_size or abi.CONN_TABLE_SIZE)
+            try:
+                with libbpf.BpfObject(str(object_path("xdp")), str(path), inner_map_fds={
+                        "conns": shards["conns"][0], "half_open": shards["half_open"][0]}) as obj:
+                    fds = {name: os.dup(obj.map_fd(name)) for name in MAP_NAMES}
+                    _install_tables(fds, shards)
+                    start_sweeper(obj)
+            finally:
+                _close_shards(shards)
     except OSError as exc:
         raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
-    return Dataplane(path, fds, resolver)
+    dp = Dataplane(path, fds, resolver)
+    if conn_table_size is not None and table_shape(conn_table_size)[:2] != table_shape(dp.conn_table_size)[:2]:
+        dp.close()
+        raise DataplaneError(
+            f"the connection table at {path} has {dp.conn_table_size} entries; to change its size remove the "
+            "data plane first (pyvs director detach --remove-rules)"
+        )
+    return dp
 
 
 @contextmanager

@@ -74,6 +74,9 @@ _map_name = _sig("bpf_map__name", _cp, _vp)
 _map_fd = _sig("bpf_map__fd", _int, _vp)
 _map_set_pin_path = _sig("bpf_map__set_pin_path", _int, _vp, _cp)
 _map_set_max_entries = _sig("bpf_map__set_max_entries", _int, _vp, _u32)
+_map_set_inner_map_fd = _sig("bpf_map__set_inner_map_fd", _int, _vp, _int)
+_map_create = _sig("bpf_map_create", _int, _u32, _cp, _u32, _u32, _u32, _vp)
+_map_get_fd_by_id = _sig("bpf_map_get_fd_by_id", _int, _u32)
 _find_prog = _sig("bpf_object__find_program_by_name", _vp, _vp, _cp)
 _prog_fd = _sig("bpf_program__fd", _int, _vp)
 _obj_get = _sig("bpf_obj_get", _int, _cp)
@@ -105,7 +108,9 @@ def num_possible_cpus() -> int:
 class BpfObject:
     """An ELF object opened by libbpf; maps are pinned (and reused) under `pin_dir` when given."""
 
-    def __init__(self, path: str, pin_dir: str | None = None, max_entries: dict[str, int] | None = None):
+    def __init__(self, path: str, pin_dir: str | None = None, max_entries: dict[str, int] | None = None,
+                 inner_map_fds: dict[str, int] | None = None):
+        """`max_entries` resizes maps; `inner_map_fds` gives maps of maps an inner map of the size they hold."""
         ctypes.set_errno(0)
         self._obj = _open_file(path.encode(), None)
         if not self._obj:
@@ -113,6 +118,8 @@ class BpfObject:
         try:
             for name, size in (max_entries or {}).items():
                 _check(_map_set_max_entries(self._map(name), size), f"set max_entries of {name}")
+            for name, fd in (inner_map_fds or {}).items():
+                _check(_map_set_inner_map_fd(self._map(name), fd), f"set the inner map of {name}")
             if pin_dir:
                 for name in self.map_names():
                     _check(_map_set_pin_path(self._map(name), f"{pin_dir}/{name}".encode()), f"pin {name}")
@@ -160,6 +167,27 @@ class BpfObject:
 
 def obj_get(path: str) -> int:
     return _check(_obj_get(path.encode()), f"open pinned {path}")
+
+
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_F_NO_COMMON_LRU = 1 << 1
+
+
+class MapCreateOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("btf_fd", _u32), ("btf_key_type_id", _u32), ("btf_value_type_id", _u32),
+                ("btf_vmlinux_value_type_id", _u32), ("inner_map_fd", _u32), ("map_flags", _u32),
+                ("map_extra", _u64), ("numa_node", _u32), ("map_ifindex", _u32)]
+
+
+def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int, flags: int = 0) -> int:
+    """A new map's fd (the map lives while an fd or a map of maps holds it)."""
+    opts = MapCreateOpts(sz=ctypes.sizeof(MapCreateOpts), map_flags=flags)
+    return _check(_map_create(map_type, name.encode(), key_size, value_size, max_entries, ctypes.byref(opts)),
+                  f"create map {name}")
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _check(_map_get_fd_by_id(map_id), f"open map id {map_id}")
 
 
 def map_info(fd: int) -> MapInfo:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from pyvs.director.config import CheckSpec
+from pyvs.director.config import CheckSpec, ScriptError, check_script_security, user_ids
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,26 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def command_identity(user: str | None) -> dict[str, object]:
+    """The subprocess arguments that run a command as `user` (its uid, gid and no extra groups)."""
+    if user is None:
+        return {}
+    uid, gid = user_ids(user)
+    return {"user": uid, "group": gid, "extra_groups": []}
+
+
 async def _command(spec: CheckSpec, rip: IPv4Address, port: int, limit: asyncio.Semaphore) -> ProbeResult:
     argv = [arg.replace("{rip}", str(rip)).replace("{port}", str(port)) for arg in spec.command]
     async with limit:
         try:
+            check_script_security(argv[0])  # again at each run: the file may have changed since the load
+            identity = command_identity(spec.user)
+        except (ScriptError, ValueError) as exc:
+            return ProbeResult(False, f"check command {argv[0]}: cannot run: {exc}")
+        try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True, **identity,  # type: ignore[arg-type]
             )  # fmt: skip
         except OSError as exc:
             return ProbeResult(False, f"check command {argv[0]}: cannot run: {exc.strerror}")

@@ -9,7 +9,10 @@
     proto = "tcp"
     vip = "198.18.0.100"
     port = 80
-    scheduler = "rr"
+    scheduler = "sh"
+    scheduler_flags = ["sh-port"]       # ipvsadm -b
+    persistence_timeout = 600           # ipvsadm -p (seconds)
+    persistence_granularity = "255.255.255.0"   # ipvsadm -M
     sorry_server = "198.18.2.20"
     check = { type = "http", path = "/", status = [200], interval = 1.0, timeout = 1.0, rise = 2, fall = 2 }
 
@@ -17,13 +20,19 @@
     address = "198.18.2.11"
     weight = 1
 
-Every error names the file and the line it comes from; a file with any error is refused whole.
+Every error names the file and the line it comes from; a file with any error is refused whole. A command
+(check or notify) must be a file that only root can change (keepalived's enable_script_security):
+load_config checks it, and the daemon checks again before each run.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shlex
+import shutil
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,14 +41,21 @@ from pathlib import Path
 from typing import Any
 
 from pyvs.model import (
+    DEFAULT_PERSISTENCE,
+    HOST_MASK,
     MAX_WEIGHT,
     ModelError,
     Protocol,
+    Service,
     ServiceKey,
     parse_endpoint,
     parse_ipv4,
     parse_listen,
+    parse_netmask,
+    sched_flag_bits,
+    sched_flag_names,
     validate_scheduler,
+    validate_service,
 )
 
 CHECK_TYPES = ("tcp", "http", "https", "command", "none")
@@ -72,6 +88,7 @@ class CheckSpec:
     host: str | None = None  # Host header (default: the real's address)
     tls_verify: bool = False
     command: tuple[str, ...] = ()  # argv; {rip} and {port} are replaced
+    user: str | None = None  # run the command as this user (None: as the daemon, root)
 
     def accepts(self, status: int) -> bool:
         return any(low <= status <= high for low, high in self.status)
@@ -99,9 +116,16 @@ class ServiceSpec:
     quorum: int = 1
     hysteresis: int = 0
     alpha: bool = False  # start with every real down until a check succeeds
+    persistent: int | None = None  # ipvsadm -p: persistence timeout in seconds
+    netmask: IPv4Address = HOST_MASK  # ipvsadm -M: persistence granularity
+    sched_flags: tuple[str, ...] = ()  # ipvsadm -b, in the names ipvsadm prints
 
     def real(self, key: RealKey) -> RealSpec | None:
         return next((r for r in self.reals if r.key == key), None)
+
+    def service(self) -> Service:
+        """The service's settings as the data plane holds them (no reals yet)."""
+        return Service(self.key, self.scheduler, self.persistent, self.netmask, self.sched_flags)
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,8 @@ class DirectorConfig:
     notify: tuple[str, ...] = ()
     notify_timeout: float = 10.0
     flush_on_failure: bool = True
+    user: str | None = None  # check and notify commands run as this user
+    drift_check: float = 10.0  # seconds between comparisons of the daemon's services with the data plane; 0: off
 
     def service(self, key: ServiceKey) -> ServiceSpec | None:
         return next((s for s in self.services if s.key == key), None)
@@ -212,12 +238,70 @@ class _Reader:
         return None  # not reached
 
 
-DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_timeout", "flush_on_failure")
-SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "sorry_server", "quorum", "hysteresis", "alpha",
-                "inhibit_on_failure", "check", "real")
+DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_timeout", "flush_on_failure", "user",
+                 "drift_check")
+SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
+                "persistence_granularity", "sorry_server", "quorum", "hysteresis", "alpha", "inhibit_on_failure",
+                "check", "real")
 REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
 CHECK_KEYS = ("type", "interval", "timeout", "retry_interval", "rise", "fall", "port", "path", "status", "digest",
-              "regex", "host", "tls_verify", "command")
+              "regex", "host", "tls_verify", "command", "user")
+
+
+class ScriptError(ValueError):
+    """A command that must not be run: missing, or writable by someone other than root."""
+
+
+def _writable_by_others(info: os.stat_result) -> bool:
+    if info.st_uid != 0:
+        return True
+    if info.st_mode & stat.S_IWOTH:
+        return True
+    return bool(info.st_mode & stat.S_IWGRP and info.st_gid != 0)
+
+
+def script_path(program: str) -> Path:
+    """The file a command's argv[0] runs (searched in PATH when it has no '/')."""
+    found = program if "/" in program else shutil.which(program)
+    if found is None:
+        raise ScriptError("not found in PATH")
+    return Path(os.path.abspath(found))
+
+
+def check_script_security(program: str) -> Path:
+    """Refuse a command that anyone but root could change (keepalived's enable_script_security): the file,
+    the file a symlink points at, and every directory above either must be root's and writable by root
+    only (a sticky directory, like /tmp, may be world-writable: others cannot replace root's entries).
+    The messages say what is wrong, without the command's name."""
+    path = script_path(program)
+    try:
+        real = path.resolve(strict=True)
+    except OSError as exc:
+        raise ScriptError(exc.strerror or str(exc)) from None
+    if not real.is_file():
+        raise ScriptError(f"{real} is not a file")
+    for file in dict.fromkeys((path, real)):
+        info = file.stat()
+        if not file.is_symlink() and _writable_by_others(info):
+            raise ScriptError(f"{file} is writable by a user other than root (owner uid {info.st_uid}, mode "
+                              f"{stat.filemode(info.st_mode)}): refused as keepalived's enable_script_security "
+                              f"would; chown root:root {file}; chmod go-w {file}")
+        for directory in file.parents:
+            info = directory.stat()
+            if _writable_by_others(info) and not (info.st_uid == 0 and info.st_mode & stat.S_ISVTX):
+                raise ScriptError(f"directory {directory} is writable by a user other than root (owner uid "
+                                  f"{info.st_uid}, mode {stat.filemode(info.st_mode)}): refused, anyone who can "
+                                  f"write there can replace {file}")
+    return path
+
+
+def user_ids(name: str) -> tuple[int, int]:
+    """(uid, gid) of a user name."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"unknown user '{name}'") from None
+    return entry.pw_uid, entry.pw_gid
 
 
 def _argv(value: Any) -> tuple[str, ...]:
@@ -256,6 +340,30 @@ def _listen(value: Any) -> tuple[str, int] | None:
     return parse_listen(str(value))
 
 
+def _user(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a user name is a string")
+    user_ids(value)
+    return value
+
+
+def _flags(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError('scheduler flags are a list of names, e.g. ["sh-port", "sh-fallback"]')
+    return tuple(i.strip() for i in items if i.strip())
+
+
+def _persistence(value: Any) -> int | None:
+    if value is True:
+        return DEFAULT_PERSISTENCE
+    if value is False:
+        return None
+    if not isinstance(value, int):
+        raise ValueError(f"a number of seconds (or true: {DEFAULT_PERSISTENCE}), not {value!r}")
+    return value
+
+
 def _digest(value: Any) -> str:
     text = str(value).lower()
     if not re.fullmatch(r"[0-9a-f]{32}", text):
@@ -290,6 +398,7 @@ def _check(reader: _Reader, base: CheckSpec) -> CheckSpec:
         digest=reader.convert("digest", _digest, base.digest), regex=reader.convert("regex", _regex, base.regex),
         host=reader.get("host", str, base.host), tls_verify=reader.get("tls_verify", bool, base.tls_verify),
         command=reader.convert("command", _argv, base.command),
+        user=reader.convert("user", _user, base.user),
     )  # fmt: skip
     if not spec.path.startswith("/"):
         reader.fail("path", f"'path' must start with '/', not {spec.path!r}")
@@ -298,6 +407,21 @@ def _check(reader: _Reader, base: CheckSpec) -> CheckSpec:
     if spec.timeout > spec.interval:
         reader.fail("timeout", f"'timeout' ({spec.timeout}s) is longer than 'interval' ({spec.interval}s)")
     return spec
+
+
+def _secure(program: str) -> Path:
+    try:
+        return check_script_security(program)
+    except ScriptError as exc:
+        raise ScriptError(f"{program}: {exc}") from None
+
+
+def _check_command(reader: _Reader, check: CheckSpec) -> None:
+    where = _sub(reader, "check", CHECK_KEYS, "check") if "check" in reader.table else reader
+    try:
+        _secure(check.command[0])
+    except ScriptError as exc:
+        where.fail("command" if "command" in where.table else None, f"'command': {exc}")
 
 
 def _sub(reader: _Reader, key: str, allowed: tuple[str, ...], label: str) -> _Reader:
@@ -316,18 +440,32 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool)
     return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit))
 
 
-def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int) -> ServiceSpec:
+def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check_scripts: bool,
+             user: str | None) -> ServiceSpec:
     where = ("service", str(index))
     reader = _Reader(path, lines, table, where, f"service #{index + 1}", SERVICE_KEYS)
     proto = reader.get("proto", str, "tcp").upper()
     if proto not in Protocol.__members__:
         reader.fail("proto", f"unknown protocol '{proto.lower()}' (tcp or udp)")
     vip = reader.convert("vip", parse_ipv4, required=True)
-    port = reader.integer("port", 0, 1, 65535) if "port" in table else reader.get("port", int, required=True)
+    port = reader.integer("port", 0, 0, 65535) if "port" in table else reader.get("port", int, required=True)
     key = ServiceKey(Protocol[proto], vip, port)
     reader.label = f"service {proto.lower()} {key}"
     scheduler = reader.convert("scheduler", validate_scheduler, "wrr")
-    check = _check(_sub(reader, "check", CHECK_KEYS, "check"), CheckSpec(port=None))
+    persistent = reader.convert("persistence_timeout", _persistence)
+    netmask = reader.convert("persistence_granularity", lambda v: parse_netmask(str(v)), HOST_MASK)
+    if "persistence_granularity" in table and persistent is None:
+        reader.fail("persistence_granularity", "'persistence_granularity' needs 'persistence_timeout' "
+                                               "(ipvsadm's -M goes with -p)")
+    flags = reader.convert("scheduler_flags", _flags, ())
+    try:
+        validate_service(Service(key, scheduler, persistent, netmask, flags))
+    except ModelError as exc:
+        setting = ("scheduler_flags" if "flag" in str(exc) else "persistence_timeout" if "persistence" in str(exc)
+                   else "port")
+        reader.fail(setting, str(exc))
+    flags = sched_flag_names(scheduler, sched_flag_bits(flags))  # as the data plane reads them back
+    check = _check(_sub(reader, "check", CHECK_KEYS, "check"), CheckSpec(port=None, user=user))
     if key.proto is Protocol.UDP and check.type in ("tcp", "http", "https") and "check" not in table:
         check = CheckSpec(type="none")
     inhibit = reader.get("inhibit_on_failure", bool, False)
@@ -339,6 +477,8 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int) -> Se
             reader.fail("real", f"real #{number + 1} must be a table")
         real_reader = _Reader(path, lines, item, (*where, "real", str(number)), label, REAL_KEYS)
         real = _real(real_reader, key, check, inhibit)
+        if check_scripts and real.check.type == "command":
+            _check_command(real_reader if "check" in item else reader, real.check)
         if any(r.key == real.key for r in reals):
             real_reader.fail("address", f"real {real.rip}:{real.port} is listed twice")
         reals.append(real)
@@ -351,11 +491,13 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int) -> Se
     return ServiceSpec(
         key, scheduler, tuple(reals), sorry, reader.integer("quorum", 1, 0, 1 << 30),
         reader.integer("hysteresis", 0, 0, 1 << 30), reader.get("alpha", bool, False),
+        persistent, netmask, flags,
     )
 
 
-def parse_config(text: str, path: Path | str = "<config>") -> DirectorConfig:
-    """Parse and validate a config text; raises ConfigError naming the file and line."""
+def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool = False) -> DirectorConfig:
+    """Parse and validate a config text; raises ConfigError naming the file and line. With check_scripts,
+    every command (check, notify) must be a file only root can change."""
     path = Path(path)
     try:
         data = tomllib.loads(text)
@@ -370,11 +512,14 @@ def parse_config(text: str, path: Path | str = "<config>") -> DirectorConfig:
     if mode not in XDP_MODES:
         director.fail("xdp_mode", f"unknown XDP mode '{mode}' (native or generic)")
     notify = director.convert("notify", _argv, ())
+    user = director.convert("user", _user)
+    if check_scripts and notify:
+        director.convert("notify", lambda v: _secure(_argv(v)[0]))
     services: list[ServiceSpec] = []
     for index, table in enumerate(top.get("service", list, [])):
         if not isinstance(table, dict):
             top.fail("service", f"service #{index + 1} must be a table ([[service]])")
-        svc = _service(path, lines, table, index)
+        svc = _service(path, lines, table, index, check_scripts, user)
         if any(s.key == svc.key for s in services):
             raise ConfigError(f"{path}:{lines.of(('service', str(index)))}: service {svc.key.proto.label.lower()} "
                               f"{svc.key} is defined twice")
@@ -383,7 +528,8 @@ def parse_config(text: str, path: Path | str = "<config>") -> DirectorConfig:
         path=path, services=tuple(services), interface=director.get("interface", str),
         xdp_mode=mode, status_listen=director.convert("status_listen", _listen, _listen(DEFAULT_LISTEN)),
         notify=notify, notify_timeout=director.number("notify_timeout", 10.0),
-        flush_on_failure=director.get("flush_on_failure", bool, True),
+        flush_on_failure=director.get("flush_on_failure", bool, True), user=user,
+        drift_check=director.number("drift_check", 10.0, minimum=0.0),
     )  # fmt: skip
 
 
@@ -395,4 +541,4 @@ def load_config(path: Path | str) -> DirectorConfig:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file: {exc}") from None
-    return parse_config(text, path)
+    return parse_config(text, path, check_scripts=True)

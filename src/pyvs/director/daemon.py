@@ -2,8 +2,17 @@
 
 The rules it applies are derived from the config and the health checks: a real that is up carries its
 weight; a real that is down is removed, or kept with weight 0 when inhibit_on_failure; when a service
-loses its quorum (by default: no real up) its sorry server takes the traffic. Everything goes through
-Dataplane.apply, which writes only what differs, so established flows keep their real.
+loses its quorum (by default: no real up) its sorry server takes the traffic.
+
+The daemon owns the services of its config and only those: it writes them one at a time with
+Dataplane.update_service (a service added by hand with pyvsadm is never touched, also not at start). A
+hand edit of one of its own services is drift: found at the next write of that service or by the periodic
+comparison (`drift_check` seconds), logged with what differs, and the config's state is written again.
+
+Threads: everything the daemon decides (desired rules, health, quorum, status documents) is computed on
+the event loop; the one data plane thread only reads and writes the maps (and the NIC's addresses). Every
+background task is supervised: a failure is logged and the task restarted; a task that keeps failing
+makes the daemon exit non-zero (systemd restarts it), never a silent half-daemon.
 
 The data plane's state outlives the daemon (pinned maps): on start the daemon adopts it, taking each
 real's health from what the data plane shows, so a restart changes nothing that is in step.
@@ -17,9 +26,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,13 +38,16 @@ from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
 from pyvs.director import checks
 from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
 from pyvs.director.notify import Notifier
-from pyvs.model import Real, Rules, Service, ServiceKey
+from pyvs.model import Counters, Real, Rules, Service, ServiceKey
 
 log = logging.getLogger("pyvs.director")
 
 RUN_DIR = Path("/run/pyvs/director")
 RETRY_APPLY = 5.0  # seconds before a failed apply is tried again
 RESOLVE_INTERVAL = 5.0  # seconds between attempts to resolve reals whose MAC is still unknown
+RESTART_DELAY = 1.0  # seconds before a failed background task is started again (times its recent failures)
+FAILURE_WINDOW = 60.0  # a task failing more than MAX_RESTARTS times within this many seconds ends the daemon
+MAX_RESTARTS = 5
 
 Target = tuple[ServiceKey, RealKey]
 T = TypeVar("T")
@@ -56,6 +68,102 @@ def service_name(key: ServiceKey) -> str:
 
 def real_name(key: RealKey) -> str:
     return f"{key[0]}:{key[1]}"
+
+
+class DirectorError(RuntimeError):
+    """The daemon cannot start or cannot go on; the message says why."""
+
+
+def service_diff(current: Service | None, expected: Service | None) -> list[str]:
+    """What differs between a service in the data plane and what it should be, in words."""
+    if current is None:
+        return ["service deleted"]
+    if expected is None:
+        return ["service present"]
+    changes = []
+    for name, now, then in (("scheduler", current.scheduler, expected.scheduler),
+                            ("persistence", current.persistent, expected.persistent),
+                            ("netmask", current.netmask, expected.netmask),
+                            ("flags", ",".join(current.sched_flags), ",".join(expected.sched_flags))):
+        if now != then:
+            changes.append(f"{name} {now or '-'} (expected {then or '-'})")
+    for key in sorted(set(current.reals) | set(expected.reals)):
+        now_real, then_real = current.reals.get(key), expected.reals.get(key)
+        if then_real is None:
+            changes.append(f"real {real_name(key)} added")
+        elif now_real is None:
+            changes.append(f"real {real_name(key)} removed")
+        elif now_real.weight != then_real.weight:
+            changes.append(f"real {real_name(key)} weight {now_real.weight} (expected {then_real.weight})")
+    return changes
+
+
+@dataclass
+class WriteReport:
+    """What one pass of writes did, for the event loop to log and remember."""
+
+    created: list[ServiceKey] = field(default_factory=list)
+    updated: dict[ServiceKey, list[str]] = field(default_factory=dict)
+    removed: list[ServiceKey] = field(default_factory=list)
+    drift: dict[ServiceKey, list[str]] = field(default_factory=dict)
+    flushed: dict[Target, int] = field(default_factory=dict)
+    errors: dict[ServiceKey, str] = field(default_factory=dict)
+
+
+def write_services(dp: Dataplane, todo: dict[ServiceKey, Service | None], expected: dict[ServiceKey, Service],
+                   quiesced: dict[ServiceKey, Service], flush: list[Target]) -> WriteReport:
+    """Data plane I/O only (the data plane thread): write each service of `todo` (None: delete it), reading
+    it again under the writers' lock. `expected` is what the daemon last wrote: a service that differs from
+    it was changed by someone else (drift). `quiesced` services are written first and the flows of the
+    `flush` targets deleted (a newly failed real is set to weight 0 and flushed before it goes)."""
+    report = WriteReport()
+    expected = dict(expected)
+    for key, svc in quiesced.items():
+        try:
+            dp.apply_service(key, svc)
+            expected[key] = svc
+        except Exception as exc:  # noqa: BLE001 - one service's failure must not stop the others
+            report.errors[key] = str(exc) or type(exc).__name__
+    for key, real in flush:
+        if key not in report.errors:
+            report.flushed[(key, real)] = dp.flush_connections(key, real)
+    for key, want in todo.items():
+
+        def change(current: Service | None, key: ServiceKey = key, want: Service | None = want) -> Service | None:
+            if key in expected and current != expected[key]:
+                report.drift[key] = service_diff(current, expected[key])
+            if current == want:
+                return current
+            if want is None:
+                report.removed.append(key)
+            elif current is None:
+                report.created.append(key)
+            else:
+                report.updated[key] = service_diff(current, want)
+            return want
+
+        try:
+            current = dp.read_service(key)
+            if current != want or expected.get(key, want) != want:
+                dp.update_service(key, change)  # reads it again, under the writers' lock
+        except Exception as exc:  # noqa: BLE001
+            report.errors[key] = str(exc) or type(exc).__name__
+    return report
+
+
+@dataclass
+class DataplaneSnapshot:
+    """The data plane reads a status document is built from (read in the data plane thread)."""
+
+    rules: Rules
+    service_stats: dict[ServiceKey, Counters]
+    real_stats: dict[tuple[ServiceKey, RealKey], Counters]
+    conns: dict[tuple[ServiceKey, RealKey], tuple[int, int]]
+    counters: dict[str, int]
+
+    @classmethod
+    def read(cls, dp: Dataplane) -> DataplaneSnapshot:
+        return cls(dp.read_rules(), dp.service_stats(), dp.real_stats(), dp.conn_counts(), dp.counters())
 
 
 def run_file(pin_dir: Path) -> Path:
@@ -79,6 +187,22 @@ def daemon_alive(info: dict[str, Any]) -> bool:
     return b"director" in cmdline and b"run" in cmdline
 
 
+def service_owners(pin_dir: Path, keys: list[ServiceKey]) -> list[tuple[ServiceKey, str]]:
+    """Who owns each service of the data plane: the running daemon (its config has it) or not."""
+    info = read_run_file(pin_dir)
+    alive = info is not None and daemon_alive(info)
+    owned = set(info.get("services", [])) if info is not None and alive else set()
+    rows = []
+    for key in sorted(keys):
+        if not alive:
+            rows.append((key, "pyvsadm (no daemon runs)"))
+        elif service_name(key) in owned:
+            rows.append((key, f"daemon (pid {info['pid'] if info else '?'})"))
+        else:
+            rows.append((key, "pyvsadm (not the daemon's)"))
+    return rows
+
+
 @dataclass
 class _Checked:
     spec: RealSpec
@@ -92,23 +216,32 @@ class Director:
     def __init__(self, config: DirectorConfig, dp: Dataplane):
         self.config = config
         self.dp = dp
-        self.notifier = Notifier(config.notify, config.notify_timeout)
+        self.notifier = Notifier(config.notify, config.notify_timeout, config.user)
         self.reals: dict[Target, _Checked] = {}
         self.quorum: dict[ServiceKey, bool] = {}
+        self.applied: dict[ServiceKey, Service] = {}  # what the daemon last wrote (or found in step), per service
         self.generation = 1
         self.started = time.time()
         self.last_reload: dict[str, Any] = {"ok": True, "error": "", "at": self.started}
         self.apply_error = ""
+        self.exit_reason = ""
+        self.resolve_interval = RESOLVE_INTERVAL
+        self.server: asyncio.Server | None = None
+        self._failed: set[ServiceKey] = set()  # services whose last write failed: written again
         self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()  # one pass of writes at a time: its bookkeeping follows its writes
         self._newly_down: set[Target] = set()
         self._commands: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._dataplane_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
 
     # ---- desired state ---------------------------------------------------------------------------
 
     def adopt(self, config: DirectorConfig, current: Rules) -> None:
-        """Initial health of every real from what the data plane shows (no service yet: up, unless alpha)."""
+        """Initial health of every real from what the data plane shows (no service yet: up, unless alpha).
+        Services of the data plane that are not in the config are left alone, and said so."""
         for svc in config.services:
             present = current.services.get(svc.key)
             for real in svc.reals:
@@ -121,6 +254,11 @@ class Director:
             sorry_on = present is not None and svc.sorry_server in present.reals
             weight, count = self._live_weight(svc)
             self.quorum[svc.key] = not sorry_on and count > 0 and weight >= svc.quorum
+            if present is not None:
+                log_event(logging.INFO, "service_adopted", service=service_name(svc.key), reals=len(present.reals))
+        for key in sorted(set(current.services) - {svc.key for svc in config.services}):
+            log_event(logging.INFO, "service_left_alone", service=service_name(key),
+                      reason="not in the config: the daemon does not touch it (pyvsadm -D removes it)")
 
     def _live_weight(self, svc: ServiceSpec) -> tuple[int, int]:
         """(sum of the weights of the live reals, how many are live)."""
@@ -145,10 +283,11 @@ class Director:
             self.notifier.notify(event, service_name(svc.key), sorry, "up" if has else "down")
 
     def desired_rules(self, quiesce: set[Target] | frozenset[Target] = frozenset()) -> Rules:
-        """The rules the data plane should have now; reals in `quiesce` are kept with weight 0."""
+        """The rules the data plane should have now for the daemon's services (no other service);
+        reals in `quiesce` are kept with weight 0."""
         rules = Rules()
         for svc in self.config.services:
-            service = Service(svc.key, svc.scheduler)
+            service = svc.service()
             if not self.quorum.get(svc.key, True) and svc.sorry_server is not None:
                 rip, port = svc.sorry_server
                 service.reals[svc.sorry_server] = Real(rip, port, 1)
@@ -165,30 +304,66 @@ class Director:
 
     # ---- keeping the data plane in step ----------------------------------------------------------
 
-    def reconcile(self) -> bool:
-        """Apply the desired rules; a newly failed real is first set to weight 0 and its flows flushed.
+    async def reconcile(self, full: bool = False) -> bool:
+        """Write the daemon's services whose desired state changed (every one, compared with the data plane,
+        when `full`), delete those it no longer has; a newly failed real is first set to weight 0 and its
+        flows flushed. Computed here, on the event loop; written in the data plane thread."""
+        async with self._write_lock:
+            return await self._reconcile(full)
 
-        Runs in the data plane thread (resolving a new real's MAC may wait for ARP).
-        """
+    async def _reconcile(self, full: bool) -> bool:
         newly_down, self._newly_down = self._newly_down, set()
-        quiesced = self.desired_rules(quiesce=newly_down) if newly_down and self.config.flush_on_failure else None
-        desired = self.desired_rules()
+        desired = self.desired_rules().services
+        quiesced: dict[ServiceKey, Service] = {}
+        flush: list[Target] = []
+        if newly_down and self.config.flush_on_failure:
+            with_zero = self.desired_rules(quiesce=newly_down).services
+            flush = sorted(t for t in newly_down if t[0] in with_zero)
+            quiesced = {t[0]: with_zero[t[0]] for t in flush}
+        todo: dict[ServiceKey, Service | None] = {
+            key: svc for key, svc in desired.items() if full or key in self._failed or self.applied.get(key) != svc
+        }
+        for key in self.applied.keys() - desired.keys():
+            todo[key] = None
+        expected = {key: self.applied[key] for key in todo if key in self.applied}
+        if not todo and not quiesced:
+            return not self.apply_error
         try:
-            if quiesced is not None:
-                self.dp.apply(quiesced)
-                for key, real in sorted(newly_down):
-                    flushed = self.dp.flush_connections(key, real)
-                    log_event(logging.INFO, "flows_flushed", service=service_name(key), real=real_name(real),
-                              flows=flushed)
-            self.dp.apply(desired)
-        except Exception as exc:  # noqa: BLE001 - the daemon must keep checking; the next change retries
-            self.apply_error = str(exc) or type(exc).__name__
-            log_event(logging.ERROR, "apply_failed", error=self.apply_error)
-            return False
-        if self.apply_error:
+            report = await self.in_dataplane_thread(lambda: write_services(self.dp, todo, expected, quiesced, flush))
+        except Exception as exc:  # noqa: BLE001 - the daemon must keep checking; the keeper retries
+            report = WriteReport(errors={key: str(exc) or type(exc).__name__ for key in todo})
+        for key, want in todo.items():
+            if key in report.errors:
+                self._failed.add(key)
+                continue
+            self._failed.discard(key)
+            if want is None:
+                self.applied.pop(key, None)
+            else:
+                self.applied[key] = want
+        self._log_report(report, first={key for key in todo if key not in expected})
+        error = "; ".join(f"{service_name(k)}: {e}" for k, e in sorted(report.errors.items()))
+        if error:
+            log_event(logging.ERROR, "apply_failed", error=error)
+        elif self.apply_error:
             log_event(logging.INFO, "apply_recovered")
-        self.apply_error = ""
-        return True
+        self.apply_error = error
+        return not error
+
+    def _log_report(self, report: WriteReport, first: set[ServiceKey]) -> None:
+        for (key, real), flows in sorted(report.flushed.items()):
+            log_event(logging.INFO, "flows_flushed", service=service_name(key), real=real_name(real), flows=flows)
+        for key, changes in sorted(report.drift.items()):
+            log_event(logging.WARNING, "drift", service=service_name(key), changes="; ".join(changes),
+                      action="the config's state is written again")
+        for key in report.created:
+            log_event(logging.INFO, "service_created", service=service_name(key))
+        for key, changes in sorted(report.updated.items()):
+            if key not in report.drift:  # the first write since the start is news; later ones follow health
+                log_event(logging.INFO if key in first else logging.DEBUG, "service_updated",
+                          service=service_name(key), changes="; ".join(changes))
+        for key in report.removed:
+            log_event(logging.INFO, "service_removed", service=service_name(key), reason="no longer in the config")
 
     async def in_dataplane_thread(self, call: Callable[[], T]) -> T:
         """Run a data plane call in the one thread that touches the maps (never in the event loop)."""
@@ -198,8 +373,8 @@ class Director:
         if not changed:
             return
         state = "up" if health.up else "down"
-        log_event(logging.WARNING, f"real_{state}", service=service_name(target[0]), real=real_name(target[1]),
-                  reason=result.detail, transitions=health.transitions)
+        log_event(logging.WARNING if not health.up else logging.INFO, f"real_{state}", service=service_name(target[0]),
+                  real=real_name(target[1]), reason=result.detail, transitions=health.transitions)
         self.notifier.notify(f"real_{state}", service_name(target[0]), real_name(target[1]), state)
         if not health.up:
             self._newly_down.add(target)
@@ -210,35 +385,104 @@ class Director:
 
     def _start_check(self, target: Target, checked: _Checked) -> None:
         assert self._commands is not None
-        spec = checked.spec
+        spec, commands = checked.spec, self._commands
 
         def on_result(result: checks.ProbeResult, health: checks.Health, changed: bool) -> None:
             self._on_result(target, result, health, changed)
 
-        checked.task = asyncio.get_running_loop().create_task(
-            checks.check_loop(spec.check, spec.rip, spec.port, checked.health, on_result, self._commands),
-            name=f"check {service_name(target[0])} {real_name(target[1])}",
+        checked.task = self.spawn(
+            f"check {service_name(target[0])} {real_name(target[1])}",
+            lambda: checks.check_loop(spec.check, spec.rip, spec.port, checked.health, on_result, commands),
         )
+
+    # ---- supervision -----------------------------------------------------------------------------
+
+    def spawn(self, name: str, run: Callable[[], Awaitable[None]], restart: bool = True) -> asyncio.Task[None]:
+        """Start a background task, supervised and referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(self._supervise(name, run, restart), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]], restart: bool) -> None:
+        failures: list[float] = []
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged, then restarted or the daemon ends
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("event=task_failed task=%s error=%s", json.dumps(name), json.dumps(error), exc_info=exc)
+                if not restart:
+                    return
+                now = time.monotonic()
+                failures = [t for t in failures if now - t < FAILURE_WINDOW] + [now]
+                if len(failures) > MAX_RESTARTS:
+                    self.fail(f"task '{name}' failed {len(failures)} times within {FAILURE_WINDOW:g}s, "
+                              f"last: {error}")
+                    return
+                await asyncio.sleep(RESTART_DELAY * len(failures))
+                log_event(logging.WARNING, "task_restarted", task=name, failures=len(failures))
+
+    def fail(self, reason: str) -> None:
+        """End the daemon with an error (exit status 1): better than going on half working."""
+        if not self.exit_reason:
+            self.exit_reason = reason
+            log_event(logging.CRITICAL, "daemon_failing", reason=reason)
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     # ---- reload ----------------------------------------------------------------------------------
 
     def request_reload(self) -> None:
         """SIGHUP: reload in the event loop, one at a time."""
-        asyncio.get_running_loop().create_task(self._reload_once())
+        self.spawn("reload", self._reload_once, restart=False)
 
     async def _reload_once(self) -> None:
         async with self._reload_lock:
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception as exc:
+                self._refuse_reload(f"reload failed: {type(exc).__name__}: {exc}")
+                raise
+
+    def _refuse_reload(self, error: str) -> bool:
+        self.last_reload = {"ok": False, "error": error, "at": time.time()}
+        log_event(logging.ERROR, "reload_refused", error=error)
+        self._write_run_file()
+        return False
+
+    def _director_changes(self, new: DirectorConfig) -> str:
+        """Why the [director] section of `new` cannot be applied while running ('' when it can)."""
+        old = self.config
+        for name, before, after in (("interface", old.interface, new.interface),
+                                    ("xdp_mode", old.xdp_mode, new.xdp_mode)):
+            if before != after:
+                return (f"{new.path}: [director] {name} changed ({before or 'none'} -> {after or 'none'}): the "
+                        f"daemon does not move its XDP program and VIPs while it runs; restart it to apply this "
+                        f"(nothing was changed)")
+        return ""
 
     async def reload(self) -> bool:
-        """Load the config file again; an invalid one changes nothing. Only the difference is applied."""
+        """Load the config file again; an invalid one changes nothing. Only the difference is applied; the
+        VIPs of new services are taken over, those no service uses any more are let go."""
         try:
             new = load_config(self.config.path)
         except ConfigError as exc:
-            self.last_reload = {"ok": False, "error": str(exc), "at": time.time()}
-            log_event(logging.ERROR, "reload_refused", error=exc)
-            self._write_run_file()
-            return False
+            return self._refuse_reload(str(exc))
+        if problem := self._director_changes(new):
+            return self._refuse_reload(problem)
+        server = self.server
+        if new.status_listen != self.config.status_listen:
+            try:
+                server = await self._serve(new) if new.status_listen else None
+            except DirectorError as exc:
+                return self._refuse_reload(f"{new.path}: [director] status_listen: {exc} (nothing was changed)")
+        old_vips = set(self._vips())
         old_targets = set(self.reals)
         kept = started = 0
         wanted: dict[Target, RealSpec] = {(svc.key, r.key): r for svc in new.services for r in svc.reals}
@@ -246,6 +490,7 @@ class Director:
             checked = self.reals.pop(target)
             if checked.task:
                 checked.task.cancel()
+        self._newly_down &= set(wanted)
         for svc in new.services:
             for real in svc.reals:
                 target = (svc.key, real.key)
@@ -264,27 +509,53 @@ class Director:
         for key in list(self.quorum):
             if new.service(key) is None:
                 del self.quorum[key]
+        if server is not self.server:
+            if self.server is not None:
+                self.server.close()
+            self.server = server
         self.config = new
-        self.notifier = Notifier(new.notify, new.notify_timeout)
+        self.notifier = Notifier(new.notify, new.notify_timeout, new.user)
         for svc in new.services:
             self.quorum.setdefault(svc.key, True)
             self._update_quorum(svc)
         self.generation += 1
-        ok = await self.in_dataplane_thread(self.reconcile)
+        ok = await self.reconcile(full=True)
+        new_vips = set(self._vips())
+        if self.config.interface and (new_vips != old_vips):
+            ifname = self.config.interface
+            added, gone = sorted(new_vips - old_vips), sorted(old_vips - new_vips)
+            await self.in_dataplane_thread(lambda: self._move_vips(ifname, added, gone))
         self.last_reload = {"ok": ok, "error": self.apply_error, "at": time.time()}
         log_event(logging.INFO, "reloaded", config=new.path, generation=self.generation, services=len(new.services),
                   reals=len(wanted), checks_kept=kept, checks_started=started, removed=len(old_targets - set(wanted)))
         self._write_run_file()
         return ok
 
+    def _move_vips(self, ifname: str, added: list[IPv4Address], gone: list[IPv4Address]) -> None:
+        """Data plane thread: take the new VIPs over (address, gratuitous ARP); let go of the VIPs the config
+        no longer has, unless a service of the data plane (one added by hand) still uses them."""
+        if added:
+            for action in takeover.announce(added, ifname):
+                log_event(logging.INFO, "vip_takeover", interface=ifname, action=action)
+        if gone:
+            used = {key.vip for key in self.dp.read_rules().services}
+            for vip in sorted(set(gone) & used):
+                log_event(logging.INFO, "vip_kept", interface=ifname, vip=vip,
+                          reason="a service not in the config still uses it")
+            for action in takeover.withdraw(sorted(set(gone) - used), ifname):
+                log_event(logging.INFO, "vip_withdrawn", interface=ifname, action=action)
+
     # ---- status ----------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    async def status_snapshot(self) -> dict[str, Any]:
+        """The status document: data plane reads in its thread, the rest here on the event loop."""
+        snapshot = await self.in_dataplane_thread(lambda: DataplaneSnapshot.read(self.dp))
+        return self.status(snapshot)
+
+    def status(self, snapshot: DataplaneSnapshot) -> dict[str, Any]:
         """Everything the status endpoint, the metrics and `pyvs status` show."""
-        rules = self.dp.read_rules()
-        service_stats = self.dp.service_stats()
-        real_stats = self.dp.real_stats()
-        conns = self.dp.conn_counts()
+        rules, service_stats, real_stats, conns = snapshot.rules, snapshot.service_stats, snapshot.real_stats, \
+            snapshot.conns
         services = []
         for svc in self.config.services:
             applied = rules.services.get(svc.key)
@@ -311,24 +582,39 @@ class Director:
                 })  # fmt: skip
             services.append({
                 "proto": svc.key.proto.label.lower(), "vip": str(svc.key.vip), "port": svc.key.port,
-                "name": service_name(svc.key), "scheduler": svc.scheduler, "quorum": self.quorum.get(svc.key, True),
+                "name": service_name(svc.key), "scheduler": svc.scheduler, "owner": "daemon",
+                "persistence_timeout": svc.persistent, "sched_flags": list(svc.sched_flags),
+                "quorum": self.quorum.get(svc.key, True),
                 "sorry_active": bool(applied and svc.sorry_server in applied.reals),
                 "conns": stats.conns if stats else 0, "packets": stats.inpkts if stats else 0,
                 "bytes": stats.inbytes if stats else 0, "reals": reals,
+            })  # fmt: skip
+        owned = {svc.key for svc in self.config.services}
+        others = []
+        for other in rules.sorted_services():
+            if other.key in owned:
+                continue
+            counted = service_stats.get(other.key)
+            others.append({
+                "proto": other.key.proto.label.lower(), "vip": str(other.key.vip), "port": other.key.port,
+                "name": service_name(other.key), "scheduler": other.scheduler, "owner": "other",
+                "reals": [{"address": str(r.rip), "port": r.port, "weight": r.weight} for r in other.sorted_reals()],
+                "conns": counted.conns if counted else 0, "packets": counted.inpkts if counted else 0,
+                "bytes": counted.inbytes if counted else 0,
             })  # fmt: skip
         return {
             "pid": os.getpid(), "config": str(self.config.path), "pin_dir": str(self.dp.pin_dir),
             "generation": self.generation, "started": self.started, "time": time.time(),
             "last_reload": self.last_reload, "apply_error": self.apply_error, "services": services,
-            "counters": self.dp.counters(),
+            "other_services": others, "counters": snapshot.counters,
         }  # fmt: skip
 
     def _write_run_file(self) -> None:
-        listen = self.config.status_listen
+        listen = self.config.status_listen if self.server is not None else None
         info = {
             "pid": os.getpid(), "config": str(self.config.path), "pin_dir": str(self.dp.pin_dir),
             "status_url": f"http://{listen[0]}:{listen[1]}" if listen else None, "generation": self.generation,
-            "last_reload": self.last_reload,
+            "last_reload": self.last_reload, "services": [service_name(svc.key) for svc in self.config.services],
         }  # fmt: skip
         path = run_file(self.dp.pin_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -338,39 +624,57 @@ class Director:
 
     # ---- main loop -------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def _serve(self, config: DirectorConfig) -> asyncio.Server:
         from pyvs.director.status import serve_status  # the status server needs the Director type
 
+        assert config.status_listen is not None
+        host, port = config.status_listen
+        try:
+            return await serve_status(self, host, port)
+        except OSError as exc:
+            raise DirectorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (or until a background task keeps failing: DirectorError)."""
         loop = asyncio.get_running_loop()
         self._commands = checks.command_limit()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+        # The status address first: a daemon that cannot serve it exits before it changes anything.
+        self.server = await self._serve(self.config) if self.config.status_listen else None
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        await self.in_dataplane_thread(self._attach)
-        await self.in_dataplane_thread(self.reconcile)
-        for target, checked in self.reals.items():
-            self._start_check(target, checked)
-        server = await serve_status(self) if self.config.status_listen else None
-        self._write_run_file()
-        log_event(logging.INFO, "started", config=self.config.path, pin_dir=self.dp.pin_dir,
-                  services=len(self.config.services), reals=len(self.reals),
-                  status=f"{self.config.status_listen[0]}:{self.config.status_listen[1]}"
-                  if self.config.status_listen else "off")
-        keeper = loop.create_task(self._keep_in_step())
-        resolver = loop.create_task(self._resolve_missing_macs())
-        await stop.wait()
-        keeper.cancel()
-        resolver.cancel()
-        for checked in self.reals.values():
-            if checked.task:
-                checked.task.cancel()
-        await asyncio.gather(keeper, resolver, *(c.task for c in self.reals.values() if c.task), return_exceptions=True)
-        if server is not None:
-            server.close()
+        try:
+            await self.in_dataplane_thread(self._attach)
+            await self.reconcile(full=True)
+            for target, checked in self.reals.items():
+                self._start_check(target, checked)
+            self._write_run_file()
+            log_event(logging.INFO, "started", config=self.config.path, pin_dir=self.dp.pin_dir,
+                      services=len(self.config.services), reals=len(self.reals),
+                      status=f"{self.config.status_listen[0]}:{self.config.status_listen[1]}"
+                      if self.config.status_listen else "off")
+            self.spawn("keeper", self._keep_in_step)
+            self.spawn("mac-resolver", self._resolve_missing_macs)
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self._shutdown()
+        if self.exit_reason:
+            raise DirectorError(self.exit_reason)
+
+    async def _shutdown(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.server is not None:
+            self.server.close()
         await self.notifier.drain()
-        await self.in_dataplane_thread(self._withdraw)
-        self._dataplane_thread.shutdown()
+        try:
+            await self.in_dataplane_thread(self._withdraw)
+        finally:
+            self._dataplane_thread.shutdown()
         info = read_run_file(self.dp.pin_dir)
         if info and info.get("pid") == os.getpid():
             run_file(self.dp.pin_dir).unlink(missing_ok=True)
@@ -379,20 +683,28 @@ class Director:
     async def _resolve_missing_macs(self) -> None:
         """A real added before it answered ARP gets its frames once its MAC is known."""
         while True:
-            await asyncio.sleep(RESOLVE_INTERVAL)
-            resolved = await self.in_dataplane_thread(lambda: self.dp.refresh_macs(only_missing=True))
+            await asyncio.sleep(self.resolve_interval)
+            try:
+                resolved = await self.in_dataplane_thread(lambda: self.dp.refresh_macs(only_missing=True))
+            except Exception as exc:  # noqa: BLE001 - e.g. a real no longer routable: try again later
+                log_event(logging.WARNING, "mac_resolve_failed", error=f"{type(exc).__name__}: {exc}")
+                continue
             if resolved:
                 log_event(logging.INFO, "mac_resolved", reals=resolved)
 
     async def _keep_in_step(self) -> None:
+        """Write health changes as they come; retry failed writes; compare with the data plane every
+        drift_check seconds (a hand edit of the daemon's services is reported and undone)."""
         while True:
+            wait = RETRY_APPLY if self.apply_error else (self.config.drift_check or None)
+            full = False
             try:
-                async with asyncio.timeout(RETRY_APPLY if self.apply_error else None):
+                async with asyncio.timeout(wait):
                     await self._dirty.wait()
             except TimeoutError:
-                pass
+                full = True
             self._dirty.clear()
-            await self.in_dataplane_thread(self.reconcile)
+            await self.reconcile(full=full)
 
     def _attach(self) -> None:
         """Attach XDP to the configured interface (unless it is there) and take the VIPs over on it."""

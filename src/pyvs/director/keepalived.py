@@ -1,10 +1,11 @@
 """Convert keepalived.conf's virtual_server blocks into the pyvs director config (TOML).
 
-Carried over: lb_algo/lvs_sched, lb_kind/lvs_method DR, protocol, weight, inhibit_on_failure, sorry_server,
-quorum, hysteresis, alpha, virtualhost, delay_loop, connect_timeout, retry/nb_get_retry, delay_before_retry,
-connect_port, TCP_CHECK, HTTP_GET and SSL_GET (url path, status_code, digest, virtualhost, regex) and
-MISC_CHECK (misc_path as argv, misc_timeout). Every other option is reported with its line, never dropped
-silently.
+Carried over: lb_algo/lvs_sched, the scheduler flags (flag-1..3, sh-port, sh-fallback, mh-port, mh-fallback),
+lb_kind/lvs_method DR, protocol, persistence_timeout, persistence_granularity, weight, inhibit_on_failure,
+sorry_server, quorum, hysteresis, alpha, virtualhost, delay_loop, connect_timeout, retry/nb_get_retry,
+delay_before_retry, connect_port, TCP_CHECK, HTTP_GET and SSL_GET (url path, status_code, digest, virtualhost,
+regex) and MISC_CHECK (misc_path as argv, misc_timeout). Every other option is reported with its line, never
+dropped silently.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyvs.model import SUPPORTED_SCHEDULERS, ModelError, parse_ipv4
+from pyvs.model import SCHED_FLAG_BITS, SUPPORTED_SCHEDULERS, ModelError, parse_ipv4, parse_netmask
 
 DEFAULT_DELAY_LOOP = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_PERSISTENCE_TIMEOUT = 360  # keepalived's default when persistence_timeout has no value (6 min)
 CHECKERS = {"TCP_CHECK": "tcp", "HTTP_GET": "http", "SSL_GET": "https", "MISC_CHECK": "command"}
 UNSUPPORTED_CHECKERS = ("SMTP_CHECK", "DNS_CHECK", "UDP_CHECK", "PING_CHECK", "FILE_CHECK", "BFD_CHECK")
 TIMING = ("delay_loop", "connect_timeout", "retry", "nb_get_retry", "delay_before_retry")
@@ -163,8 +165,17 @@ class _Converter:
                     service["sorry_server"] = args[0]
             elif key == "real_server":
                 continue
-            elif key in ("persistence_timeout", "persistence_granularity", "persistence_engine"):
-                self.warn(child, "persistence is not implemented by the pyvs data plane yet; not carried over")
+            elif key == "persistence_timeout":
+                service["persistence_timeout"] = int(self.number(child)) if args else DEFAULT_PERSISTENCE_TIMEOUT
+            elif key == "persistence_granularity":
+                try:
+                    service["persistence_granularity"] = str(parse_netmask(args[0] if args else ""))
+                except ModelError as exc:
+                    self.warn(child, f"{exc}; not carried over")
+            elif key in SCHED_FLAG_BITS:
+                service.setdefault("scheduler_flags", []).append(key)
+            elif key == "persistence_engine":
+                self.warn(child, "persistence engines (--pe) are not implemented by pyvs; not carried over")
             elif key in ("quorum_up", "quorum_down"):
                 self.warn(child, "use [director] notify: it runs for quorum_up/quorum_down events too")
             else:
@@ -174,6 +185,9 @@ class _Converter:
         if service["scheduler"] not in SUPPORTED_SCHEDULERS:
             self.warn(vs, f"lb_algo {service['scheduler']} is not implemented by the pyvs data plane yet: "
                           f"pyvs refuses this config until it is (available: {', '.join(SUPPORTED_SCHEDULERS)})")
+        if "persistence_granularity" in service and "persistence_timeout" not in service:
+            self.warn(vs, "persistence_granularity without persistence_timeout has no effect; not carried over")
+            del service["persistence_granularity"]
         reals = [r for rs in vs.all("real_server") if (r := self.real(rs, port, timing, default_host)) is not None]
         checks = [r.pop("check") for r in reals]
         if checks and all(c == checks[0] for c in checks):

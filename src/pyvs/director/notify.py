@@ -1,7 +1,9 @@
 """Notifications: a command run on each state change (keepalived's notify_up/notify_down), argv only.
 
 The argv may carry {event}, {service}, {real} and {state}; the same values are in the environment
-as PYVS_EVENT, PYVS_SERVICE, PYVS_REAL and PYVS_STATE. A command that runs too long is killed.
+as PYVS_EVENT, PYVS_SERVICE, PYVS_REAL and PYVS_STATE. A command that runs too long is killed. A command
+that someone other than root could change is not run (checked before each run); with `user`, it runs as
+that user.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
+
+from pyvs.director.config import ScriptError, check_script_security, user_ids
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +31,10 @@ def event_argv(template: Sequence[str], fields: dict[str, str]) -> list[str]:
 class Notifier:
     """Runs the notify command for each event, in the background, each bounded by `timeout`."""
 
-    def __init__(self, argv: Sequence[str], timeout: float):
+    def __init__(self, argv: Sequence[str], timeout: float, user: str | None = None):
         self.argv = tuple(argv)
         self.timeout = timeout
+        self.user = user
         self._running: set[asyncio.Task[None]] = set()
 
     def notify(self, event: str, service: str = "", real: str = "", state: str = "") -> None:
@@ -42,10 +47,19 @@ class Notifier:
 
     async def _run(self, argv: list[str], fields: dict[str, str]) -> None:
         env = dict(os.environ, **{f"PYVS_{name.upper()}": value for name, value in fields.items()})
+        identity: dict[str, object] = {}
+        try:
+            check_script_security(argv[0])
+            if self.user is not None:
+                uid, gid = user_ids(self.user)
+                identity = {"user": uid, "group": gid, "extra_groups": []}
+        except (ScriptError, ValueError) as exc:
+            log.error("event=notify_refused command=%s error=%r", argv[0], str(exc))
+            return
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
+                stderr=asyncio.subprocess.DEVNULL, env=env, start_new_session=True, **identity,  # type: ignore[arg-type]
             )  # fmt: skip
         except OSError as exc:
             log.error("event=notify_failed command=%s error=%r", argv[0], exc.strerror)

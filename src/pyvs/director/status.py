@@ -31,10 +31,10 @@ async def answer(director: Director, path: str) -> bytes:
     path = path.split("?", 1)[0]
     try:
         if path in ("/", "/status"):
-            body = json.dumps(await director.in_dataplane_thread(director.status), indent=2).encode()
+            body = json.dumps(await director.status_snapshot(), indent=2).encode()
             return _response("200 OK", "application/json", body)
         if path == "/metrics":
-            snapshot = await director.in_dataplane_thread(director.status)
+            snapshot = await director.status_snapshot()
             return _response("200 OK", metrics.CONTENT_TYPE, metrics.render(snapshot))
     except Exception as exc:  # noqa: BLE001 - a failed read is the client's answer, not the daemon's end
         log.exception("status request %s failed", path)
@@ -42,9 +42,7 @@ async def answer(director: Director, path: str) -> bytes:
     return _response("404 Not Found", "text/plain", b"not found: try /status or /metrics\n")
 
 
-async def serve_status(director: Director) -> asyncio.Server:
-    assert director.config.status_listen is not None
-    host, port = director.config.status_listen
+async def serve_status(director: Director, host: str, port: int) -> asyncio.Server:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -118,6 +116,11 @@ def status_table(current: dict[str, Any], previous: dict[str, Any] | None = None
                          _rate(real["conns"], _was(old, "conns"), seconds),
                          _rate(real["packets"], _was(old, "packets"), seconds),
                          _bytes_rate(real["bytes"], _was(old, "bytes"), seconds), str(real["conns"])])
+    for svc in current.get("other_services", []):  # in the data plane, not in the daemon's config
+        rows.append([f"{svc['name']} {svc['scheduler']}", "not the daemon's (left alone)", "", "", "", "", "", "",
+                     str(svc["conns"])])
+        rows.extend([f"  -> {real['address']}:{real['port']}", "-", str(real["weight"]), "", "", "", "", "", ""]
+                    for real in svc["reals"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     drops = {k[len("drop_"):]: v for k, v in current["counters"].items() if k.startswith("drop_") and v}

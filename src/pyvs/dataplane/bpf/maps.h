@@ -69,12 +69,38 @@ struct {
 	__type(value, struct pyvs_real_conns);
 } real_conns SEC(".maps");
 
-struct {
+/* The connection table, in shards (config.conn_shards, a power of two) so that the sweeper visits one
+ * shard per step. The control plane creates the shards; the two templates give their kind and size. */
+struct conn_shard {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, PYVS_CONN_TABLE_SIZE);
-	__type(key, struct pyvs_conn_key);
-	__type(value, struct pyvs_conn);
+	__uint(max_entries, PYVS_CONN_SHARD_TARGET);
+	__uint(key_size, sizeof(struct pyvs_conn_key));
+	__uint(value_size, sizeof(struct pyvs_conn));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, PYVS_MAX_CONN_SHARDS);
+	__type(key, __u32);
+	__array(values, struct conn_shard);
 } conns SEC(".maps");
+
+/* Half-open TCP entries (a SYN seen, the handshake's ACK not yet): a SYN flood churns this table only.
+ * Per-CPU LRU lists: a flood on one CPU evicts that CPU's entries. */
+struct half_open_shard {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, PYVS_CONN_SHARD_TARGET / PYVS_HALF_OPEN_DIVISOR);
+	__uint(key_size, sizeof(struct pyvs_conn_key));
+	__uint(value_size, sizeof(struct pyvs_conn));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, PYVS_MAX_CONN_SHARDS);
+	__type(key, __u32);
+	__array(values, struct half_open_shard);
+} half_open SEC(".maps");
 
 /* Index: service slot, then PYVS_MAX_SERVICES + real slot. */
 struct {
@@ -115,13 +141,11 @@ struct {
 	__type(value, struct pyvs_slot_usage);
 } slot_usage SEC(".maps");
 
-/* The timer that keeps the packet path's clock (every PYVS_CLOCK_TICK_NS) and sweeps expired
- * connections once a second. */
+/* The timer that keeps the packet path's clock (every PYVS_CLOCK_TICK_NS) and sweeps the tables, one
+ * shard per step: expired entries leave, every live entry is counted again (see pyvs_xdp.c). */
 struct sweeper {
 	struct bpf_timer timer;
-	__u64 runs;  /* sweeps done */
-	__u64 now;   /* bpf_ktime_get_coarse_ns() at the last tick: read by every packet, cheaper than the helper */
-	__u64 ticks;
+	struct pyvs_sweep_stats stats;
 };
 
 struct {
@@ -130,5 +154,38 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sweeper);
 } sweeper SEC(".maps");
+
+/* The sweeper's state, or NULL before the control plane created it. */
+static __always_inline struct pyvs_sweep_stats *sweep_stats(void)
+{
+	__u32 zero = 0;
+	struct sweeper *sw = bpf_map_lookup_elem(&sweeper, &zero);
+
+	return sw ? &sw->stats : NULL;
+}
+
+/* The packet path's clock: the last tick's time (the helper only until the timer has ticked). */
+static __always_inline __u64 clock_now(const struct pyvs_sweep_stats *st)
+{
+	return st && st->now ? st->now : bpf_ktime_get_coarse_ns();
+}
+
+/* A real's live counts: the current pass parity plus the previous one (the third is being zeroed). */
+static __always_inline void real_live_counts(__u32 slot, __s64 *active, __s64 *inactive)
+{
+	struct pyvs_real_conns *c = bpf_map_lookup_elem(&real_conns, &slot);
+	struct pyvs_sweep_stats *st = sweep_stats();
+	__u32 cur = st ? st->parity : 0, prev;
+
+	*active = 0;
+	*inactive = 0;
+	if (!c)
+		return;
+	if (cur >= PYVS_COUNT_PARITIES)
+		cur = 0;
+	prev = cur == 0 ? PYVS_COUNT_PARITIES - 1 : cur - 1;
+	*active = (__s64)c->active[cur & 3] + c->active[prev & 3];
+	*inactive = (__s64)c->inactive[cur & 3] + c->inactive[prev & 3];
+}
 
 #endif

@@ -25,6 +25,7 @@ struct packet {
 	struct iphdr *iph;
 	__u32 saddr, daddr;
 	__u16 sport, dport;
+	__u16 tot_len;  /* the IP packet's length, host order: what IPVS counts as bytes */
 	__u8 proto;
 	__u8 tcp_flags;
 };
@@ -52,10 +53,14 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 		return PARSE_OTHER_L4;
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return PARSE_FRAGMENT;
-	if ((void *)iph + bpf_ntohs(iph->tot_len) > data_end)
+	pkt->tot_len = bpf_ntohs(iph->tot_len);
+	if ((void *)iph + pkt->tot_len > data_end)
 		return PARSE_TRUNCATED;
 	ihl_len = iph->ihl * 4;
 	l4 = (void *)iph + ihl_len;
+	/* The total length must hold the headers it claims (a shorter one is malformed, not short data). */
+	if (pkt->tot_len < ihl_len + (iph->protocol == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)))
+		return PARSE_TRUNCATED;
 	if (iph->protocol == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 

@@ -10,7 +10,13 @@
 #define PYVS_MAX_SERVICES 1024
 #define PYVS_MAX_REALS 131072
 #define PYVS_SCHED_TABLE_SIZE 4096 /* slots of one scheduler table; each service has two */
-#define PYVS_CONN_TABLE_SIZE 262144
+#define PYVS_CONN_TABLE_SIZE 262144 /* default entries of the connection table, all shards together */
+#define PYVS_CONN_SHARD_TARGET 16384 /* entries of one shard at most (one sweep step) when it can be */
+#define PYVS_MAX_CONN_SHARDS 4096
+#define PYVS_HALF_OPEN_DIVISOR 4 /* the half-open table has 1/4 of the connection table's entries */
+#define PYVS_COUNT_PARITIES 3 /* real_conns keeps a count per sweep pass parity (see the sweeper) */
+#define PYVS_PARITY_SLOTS 4   /* the arrays have one slot more, so that an index masked with 3 is in bounds */
+#define PYVS_PASS_TICKS 50 /* clock ticks (10 ms) per sweep pass: every entry is looked at twice a second */
 #define PYVS_VIP_FILTER_SIZE 65536 /* slots of the cheap "may be a VIP" pre-filter */
 #define PYVS_MAX_REALS_PER_SERVICE 4096
 
@@ -41,6 +47,7 @@
 
 /* Connection entry flags, and where an entry is counted. */
 #define PYVS_CONN_F_TEMPLATE 1 /* a persistence template: client (masked), port 0 */
+#define PYVS_CONN_F_PERSISTED 2 /* a connection placed by a template: keeps it alive (IPVS's n_control) */
 #define PYVS_COUNTED_NONE 0
 #define PYVS_COUNTED_ACTIVE 1
 #define PYVS_COUNTED_INACTIVE 2
@@ -50,6 +57,7 @@
 
 /* Config flags. */
 #define PYVS_CFG_EXPIRE_NODEST_CONN 1
+#define PYVS_CFG_SLOPPY_TCP 2 /* IPVS's sloppy_tcp: a TCP packet other than SYN may start a connection */
 
 /* Connection states: IPVS's TCP state numbers, then one for UDP. */
 #define PYVS_STATE_NONE 0
@@ -78,12 +86,19 @@
 #define PYVS_CNT_DROP_NO_REAL 8    /* service has no real with weight > 0 */
 #define PYVS_CNT_DROP_REAL_GONE 9  /* connection whose real was deleted */
 #define PYVS_CNT_DROP_NO_MAC 10    /* real's MAC not resolved */
-#define PYVS_CNT_PASS_NO_CONN 11   /* TCP RST without a connection: left to the kernel */
+#define PYVS_CNT_PASS_MISS_RST 11  /* TCP RST without a connection: left to the kernel */
 #define PYVS_CNT_CONN_SWEPT 12     /* expired entries removed by the sweeper */
 #define PYVS_CNT_PERSIST_HIT 13    /* new connections sent to a persistence template's real */
 #define PYVS_CNT_CONN_INSERTED 14  /* entries added under a new key (connections and templates) */
 #define PYVS_CNT_CONN_DELETED 15   /* entries removed by expire_nodest_conn or the control plane */
-#define PYVS_CNT_COUNT 16
+#define PYVS_CNT_PASS_MISS_ACK 16  /* TCP ACK or data segment without a connection (not sloppy): the kernel's */
+#define PYVS_CNT_PASS_MISS_FIN 17  /* TCP FIN without a connection (not sloppy): the kernel's */
+#define PYVS_CNT_HALF_OPEN_NEW 18  /* SYNs that made a half-open entry */
+#define PYVS_CNT_HALF_OPEN_PROMOTED 19 /* half-open entries moved to the connection table by the client's ACK */
+#define PYVS_CNT_HALF_OPEN_SWEPT 20 /* expired half-open entries removed by the sweeper */
+#define PYVS_CNT_INSERT_FAILED 21  /* a table insert failed (the packet is still forwarded) */
+#define PYVS_CNT_REDIRECT_FAILED 22 /* the redirect helper refused the interface: dropped */
+#define PYVS_CNT_COUNT 23
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */
@@ -103,10 +118,12 @@ struct pyvs_svc {
 	__u32 pad;
 };
 
-/* Live connection counts of a real, as IPVS keeps activeconns/inactconns. */
+/* Live connection counts of a real, as IPVS keeps activeconns/inactconns: one pair per pass parity.
+ * An entry is counted in the parity it carries; the real's count is the sum over the current and the
+ * previous parity (the sweeper zeroes the third one and recounts every entry into the current one). */
 struct pyvs_real_conns {
-	__s32 active;
-	__s32 inactive;
+	__s32 active[PYVS_PARITY_SLOTS];
+	__s32 inactive[PYVS_PARITY_SLOTS];
 };
 
 struct pyvs_real {
@@ -154,7 +171,7 @@ struct pyvs_conn {
 	__u8 state;       /* PYVS_STATE_* */
 	__u8 counted;     /* PYVS_COUNTED_*: where the entry is counted in real_conns */
 	__u8 flags;       /* PYVS_CONN_F_* */
-	__u8 pad[1];
+	__u8 parity;      /* the pass parity the entry is counted in (real_conns) */
 };
 
 struct pyvs_counters {
@@ -166,6 +183,32 @@ struct pyvs_counters {
 struct pyvs_config {
 	__u32 timeouts[PYVS_STATE_COUNT]; /* seconds, per state */
 	__u32 flags;                      /* PYVS_CFG_* */
+	__u32 conn_shards;                /* shards of conns and half_open (a power of two); 0: not set up */
+	__u32 pass_ticks;                 /* clock ticks per sweep pass */
+	__u32 pad;
+};
+
+/* The sweeper's state and what its last pass found (read by the control plane). */
+struct pyvs_sweep_stats {
+	__u64 runs;          /* passes completed */
+	__u64 now;           /* bpf_ktime_get_coarse_ns() at the last tick: the packet path's clock */
+	__u64 ticks;
+	__u32 epoch;         /* current pass; its parity is epoch % PYVS_COUNT_PARITIES */
+	__u32 parity;
+	__u32 shard;         /* next shard to sweep in this pass */
+	__u32 zeroed;        /* real slots of the next parity zeroed so far in this pass */
+	__u32 pass_tick;     /* ticks since this pass began */
+	__u32 pad;
+	__u64 last_step_ns;  /* the last tick's work */
+	__u64 max_step_ns;   /* the longest tick's work since the sweeper started */
+	__u64 entries;       /* live entries of conns counted in the last pass (templates included) */
+	__u64 half_open;     /* live entries of half_open counted in the last pass */
+	__u64 scanning_entries;   /* the same, in the pass under way */
+	__u64 scanning_half_open;
+	__u64 pass_ended;         /* time (coarse ns) the last pass ended, and the one before */
+	__u64 prev_pass_ended;
+	__u64 new_conns;          /* counter conn_new, summed over the CPUs, when the last pass ended */
+	__u64 prev_new_conns;
 };
 
 #endif

@@ -1,6 +1,16 @@
 /* pyvs XDP program: the LVS-DR director's packet path.
  * A TCP/UDP packet to a VIP:port with a service is given to a real server by
- * rewriting only its MAC addresses; everything else goes to the kernel. */
+ * rewriting only its MAC addresses; everything else goes to the kernel.
+ *
+ * Connection entries live in two sharded tables: half_open holds TCP flows whose client has sent a SYN
+ * and nothing else yet; conns holds the rest (and persistence templates). A TCP packet without an entry
+ * starts a connection only if it is a SYN (IPVS's rule; any packet but RST with sloppy_tcp). A SYN flood
+ * churns half_open only, so it evicts no established connection.
+ *
+ * Counts: every entry is counted in real_conns under the pass parity it carries. The sweeper visits one
+ * shard of each table per step; a pass visits them all, removes the expired entries and moves every live
+ * one into the current parity, while the parity after it is zeroed. What the LRU evicted, a race lost or a
+ * crashed writer left behind is thus gone from the counts within two passes (one second by default). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "pyvs_abi.h"
@@ -11,7 +21,6 @@
 
 #define NSEC_PER_SEC 1000000000ULL
 #define PYVS_CLOCK_TICK_NS 10000000ULL /* 10 ms; the coarse clock itself moves in 4 ms jiffies */
-#define PYVS_TICKS_PER_SWEEP (NSEC_PER_SEC / PYVS_CLOCK_TICK_NS)
 
 static __always_inline void count(__u32 id)
 {
@@ -124,32 +133,84 @@ static __always_inline __u8 conn_class(__u8 state)
 	}
 }
 
-static __always_inline void add_count(__u32 real_id, __u8 class, int delta)
+/* An entry's count lives in real_conns[real].{active,inactive}[parity]. */
+static __always_inline void add_count(__u32 real_id, __u8 parity, __u8 class, int delta)
 {
 	struct pyvs_real_conns *counts = bpf_map_lookup_elem(&real_conns, &real_id);
 
 	if (!counts)
 		return;
 	if (class == PYVS_COUNTED_ACTIVE)
-		__sync_fetch_and_add(&counts->active, delta);
+		__sync_fetch_and_add(&counts->active[parity & 3], delta);
 	else if (class == PYVS_COUNTED_INACTIVE)
-		__sync_fetch_and_add(&counts->inactive, delta);
+		__sync_fetch_and_add(&counts->inactive[parity & 3], delta);
+}
+
+/* Does the real the entry was scheduled to still hold its slot? */
+static __always_inline int same_real(const struct pyvs_conn *conn)
+{
+	__u32 real_id = conn->real;
+	struct pyvs_real *real = bpf_map_lookup_elem(&reals, &real_id);
+
+	return real && real->gen == conn->gen;
 }
 
 /* Move the entry to the class of its state; a real's slot that changed hands is left alone. */
 static __always_inline void recount(struct pyvs_conn *conn, __u8 class)
 {
-	struct pyvs_real *real;
-	__u32 real_id = conn->real;
-
 	if (conn->counted == class)
 		return;
-	real = bpf_map_lookup_elem(&reals, &real_id);
-	if (real && real->gen == conn->gen) {
-		add_count(real_id, conn->counted, -1);
-		add_count(real_id, class, 1);
+	if (same_real(conn)) {
+		add_count(conn->real, conn->parity, conn->counted, -1);
+		add_count(conn->real, conn->parity, class, 1);
 	}
 	conn->counted = class;
+}
+
+/* The shard of a table that holds `key` (conn_shards is a power of two; 0 gives no shard). */
+static __always_inline __u32 shard_of(const struct pyvs_conn_key *key, const struct pyvs_config *cfg)
+{
+	__u32 h = key->saddr ^ key->daddr ^ (((__u32)key->sport << 16) | key->dport) ^ key->proto ^
+		  ((__u32)key->pad[0] << 8);
+
+	h ^= h >> 16;
+	h *= 0x45d9f3b;
+	h ^= h >> 16;
+	return h & (cfg->conn_shards - 1);
+}
+
+static __always_inline void *conn_shard(const struct pyvs_conn_key *key, const struct pyvs_config *cfg)
+{
+	__u32 index = shard_of(key, cfg);
+
+	return bpf_map_lookup_elem(&conns, &index);
+}
+
+static __always_inline void *half_open_shard(const struct pyvs_conn_key *key, const struct pyvs_config *cfg)
+{
+	__u32 index = shard_of(key, cfg);
+
+	return bpf_map_lookup_elem(&half_open, &index);
+}
+
+/* An entry that must not be used: its service changed hands, it expired, or a SYN reopens it. */
+static __always_inline int stale(const struct pyvs_conn *conn, const struct pyvs_config *cfg, __u64 now, int event)
+{
+	return svc_gen(conn->svc_index) != conn->svc_gen || expired(conn, cfg, now) || closed(conn, event);
+}
+
+/* A new entry, counted in the current parity by the caller. */
+static __always_inline void new_entry(struct pyvs_conn *entry, __u32 real_id, const struct pyvs_real *real,
+				      __u32 svc_index, __u8 state, __u8 parity, __u64 now)
+{
+	entry->last_seen = now;
+	entry->real = real_id;
+	entry->gen = real->gen;
+	entry->svc_index = svc_index;
+	entry->svc_gen = svc_gen(svc_index);
+	entry->state = state;
+	entry->counted = conn_class(state);
+	entry->parity = parity;
 }
 
 /* The persistence template of a new connection: its real while the template lives, else a new pick. */
@@ -160,13 +221,17 @@ static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const 
 	struct pyvs_conn *tmpl, fresh = {};
 	struct pyvs_real *real;
 	__u32 *slot, real_id;
+	void *shard;
 
 	tkey.saddr = pkt->saddr & svc->netmask;
 	tkey.daddr = pkt->daddr;
 	tkey.dport = vport; /* 0 for a service on every port: one template across ports */
 	tkey.proto = pkt->proto;
 	tkey.pad[0] = PYVS_CONN_F_TEMPLATE;
-	tmpl = bpf_map_lookup_elem(&conns, &tkey);
+	shard = conn_shard(&tkey, cfg);
+	if (!shard)
+		return NULL;
+	tmpl = bpf_map_lookup_elem(shard, &tkey);
 	if (tmpl && tmpl->svc_index == svc->index && tmpl->svc_gen == svc_gen(svc->index) && !expired(tmpl, cfg, now)) {
 		real_id = tmpl->real;
 		real = bpf_map_lookup_elem(&reals, &real_id);
@@ -184,61 +249,182 @@ static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const 
 	real = bpf_map_lookup_elem(&reals, &real_id);
 	if (!real)
 		return NULL;
-	fresh.last_seen = now;
-	fresh.real = real_id;
-	fresh.gen = real->gen;
-	fresh.svc_index = svc->index;
-	fresh.svc_gen = svc_gen(svc->index);
+	new_entry(&fresh, real_id, real, svc->index, PYVS_STATE_NONE, 0, now);
+	fresh.counted = PYVS_COUNTED_NONE;
 	fresh.timeout = svc->persist_timeout;
-	fresh.state = PYVS_STATE_NONE;
 	fresh.flags = PYVS_CONN_F_TEMPLATE;
-	if (!tmpl)
+	if (tmpl && bpf_map_delete_elem(shard, &tkey) == 0)
+		count(PYVS_CNT_CONN_DELETED);
+	if (bpf_map_update_elem(shard, &tkey, &fresh, BPF_NOEXIST) == 0)
 		count(PYVS_CNT_CONN_INSERTED);
-	bpf_map_update_elem(&conns, &tkey, &fresh, BPF_ANY);
 	return slot;
 }
 
-/* ---- the sweeper: once a second, expired entries leave the table and the counts ---- */
+/* ---- the sweeper: one shard of each table per step, a pass over all of them every pass_ticks ---- */
 
 struct sweep_ctx {
 	__u64 now;
 	struct pyvs_config *cfg;
+	__u64 live;
+	__u32 parity;
+	__u32 swept_counter;
 };
+
+/* A live connection placed by a template keeps the template alive (IPVS's n_control). */
+static __always_inline void keep_template(const struct pyvs_conn_key *key, const struct pyvs_config *cfg, __u64 now)
+{
+	struct pyvs_svc_key skey = {.vip = key->daddr, .port = key->dport, .proto = key->proto};
+	struct pyvs_conn_key tkey = {};
+	struct pyvs_conn *tmpl;
+	struct pyvs_svc *svc = bpf_map_lookup_elem(&services, &skey);
+	void *shard;
+
+	if (!svc) {
+		skey.port = 0;
+		svc = bpf_map_lookup_elem(&services, &skey);
+	}
+	if (!svc || !(svc->flags & PYVS_SVC_F_PERSISTENT))
+		return;
+	tkey.saddr = key->saddr & svc->netmask;
+	tkey.daddr = key->daddr;
+	tkey.dport = skey.port;
+	tkey.proto = key->proto;
+	tkey.pad[0] = PYVS_CONN_F_TEMPLATE;
+	shard = conn_shard(&tkey, cfg);
+	if (!shard)
+		return;
+	tmpl = bpf_map_lookup_elem(shard, &tkey);
+	if (tmpl && !expired(tmpl, cfg, now))
+		tmpl->last_seen = now;
+}
 
 static long sweep_one(void *map, struct pyvs_conn_key *key, struct pyvs_conn *conn, struct sweep_ctx *ctx)
 {
-	if (!expired(conn, ctx->cfg, ctx->now))
+	if (expired(conn, ctx->cfg, ctx->now)) {
+		recount(conn, PYVS_COUNTED_NONE);
+		if (bpf_map_delete_elem(map, key) == 0)
+			count(ctx->swept_counter);
 		return 0;
-	recount(conn, PYVS_COUNTED_NONE);
-	bpf_map_delete_elem(map, key);
-	count(PYVS_CNT_CONN_SWEPT);
+	}
+	ctx->live += 1;
+	if (conn->parity != ctx->parity) {
+		if (same_real(conn)) {
+			add_count(conn->real, conn->parity, conn->counted, -1);
+			add_count(conn->real, ctx->parity, conn->counted, 1);
+		} else {
+			conn->counted = PYVS_COUNTED_NONE;
+		}
+		conn->parity = ctx->parity;
+	}
+	if (conn->flags & PYVS_CONN_F_PERSISTED)
+		keep_template(key, ctx->cfg, ctx->now);
 	return 0;
 }
 
-/* The timer's callback: every tick the clock, every PYVS_TICKS_PER_SWEEP ticks a sweep. */
+struct zero_ctx {
+	__u32 first;
+	__u32 parity;
+};
+
+static long zero_one(__u32 i, struct zero_ctx *z)
+{
+	__u32 slot = z->first + i, p = z->parity;
+	struct pyvs_real_conns *c = bpf_map_lookup_elem(&real_conns, &slot);
+
+	if (!c)
+		return 1;
+	c->active[p & 3] = 0;
+	c->inactive[p & 3] = 0;
+	return 0;
+}
+
+static __always_inline __u64 counter_sum(__u32 id)
+{
+	__u64 sum = 0, *value;
+	__u32 cpu;
+
+	for (cpu = 0; cpu < 512; cpu++) {
+		value = bpf_map_lookup_percpu_elem(&counters, &id, cpu);
+		if (!value)
+			break;
+		sum += *value;
+	}
+	return sum;
+}
+
+static __always_inline void sweep_shard(void *outer, __u32 index, struct sweep_ctx *ctx)
+{
+	void *shard = bpf_map_lookup_elem(outer, &index);
+
+	ctx->live = 0;
+	if (shard)
+		bpf_for_each_map_elem(shard, sweep_one, ctx, 0);
+}
+
+static __always_inline void end_pass(struct pyvs_sweep_stats *st, __u64 now)
+{
+	st->entries = st->scanning_entries;
+	st->half_open = st->scanning_half_open;
+	st->scanning_entries = 0;
+	st->scanning_half_open = 0;
+	st->prev_pass_ended = st->pass_ended;
+	st->pass_ended = now;
+	st->prev_new_conns = st->new_conns;
+	st->new_conns = counter_sum(PYVS_CNT_CONN_NEW);
+	st->runs += 1;
+	st->epoch += 1;
+	st->parity = st->parity + 1 >= PYVS_COUNT_PARITIES ? 0 : st->parity + 1; /* zeroed during the pass */
+	st->shard = 0;
+	st->zeroed = 0;
+	st->pass_tick = 0;
+}
+
+/* One step: zero a slice of the parity that comes next, and every `interval` ticks sweep one shard. */
+static __always_inline void sweep_step(struct pyvs_sweep_stats *st, struct pyvs_config *cfg, __u64 now)
+{
+	__u32 shards = cfg->conn_shards, pass_ticks = cfg->pass_ticks ? cfg->pass_ticks : PYVS_PASS_TICKS;
+	__u32 interval = pass_ticks > shards ? pass_ticks / shards : 1;
+	__u32 steps = shards * interval, chunk = (PYVS_MAX_REALS + steps - 1) / steps;
+	struct zero_ctx z = {.first = st->zeroed, .parity = st->parity + 1 >= PYVS_COUNT_PARITIES ? 0 : st->parity + 1};
+	struct sweep_ctx ctx = {.now = now, .cfg = cfg, .parity = st->parity};
+
+	if (st->zeroed < PYVS_MAX_REALS) {
+		if (chunk > PYVS_MAX_REALS - st->zeroed)
+			chunk = PYVS_MAX_REALS - st->zeroed;
+		bpf_loop(chunk, zero_one, &z, 0);
+		st->zeroed += chunk;
+	}
+	st->pass_tick += 1;
+	if (st->shard < shards && st->pass_tick % interval == 0) {
+		ctx.swept_counter = PYVS_CNT_CONN_SWEPT;
+		sweep_shard(&conns, st->shard, &ctx);
+		st->scanning_entries += ctx.live;
+		ctx.swept_counter = PYVS_CNT_HALF_OPEN_SWEPT;
+		sweep_shard(&half_open, st->shard, &ctx);
+		st->scanning_half_open += ctx.live;
+		st->shard += 1;
+	}
+	if (st->shard >= shards && st->zeroed >= PYVS_MAX_REALS)
+		end_pass(st, now);
+}
+
+/* The timer's callback: every tick the clock and a sweep step. */
 static int tick(void *map, __u32 *key, struct sweeper *sw)
 {
+	struct pyvs_sweep_stats *st = &sw->stats;
 	__u32 zero = 0;
-	struct sweep_ctx ctx = {.now = bpf_ktime_get_coarse_ns(), .cfg = bpf_map_lookup_elem(&config, &zero)};
+	struct pyvs_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	__u64 started = bpf_ktime_get_ns();
 
-	sw->now = ctx.now;
-	sw->ticks += 1;
-	if (sw->ticks % PYVS_TICKS_PER_SWEEP == 0) {
-		if (ctx.cfg)
-			bpf_for_each_map_elem(&conns, sweep_one, &ctx, 0);
-		sw->runs += 1;
-	}
+	st->now = bpf_ktime_get_coarse_ns();
+	st->ticks += 1;
+	if (cfg && cfg->conn_shards)
+		sweep_step(st, cfg, st->now);
+	st->last_step_ns = bpf_ktime_get_ns() - started;
+	if (st->last_step_ns > st->max_step_ns)
+		st->max_step_ns = st->last_step_ns;
 	bpf_timer_start(&sw->timer, PYVS_CLOCK_TICK_NS, 0);
 	return 0;
-}
-
-/* The packet path's clock: the last tick's time (the helper only until the timer has ticked). */
-static __always_inline __u64 clock_now(void)
-{
-	__u32 zero = 0;
-	struct sweeper *sw = bpf_map_lookup_elem(&sweeper, &zero);
-
-	return sw && sw->now ? sw->now : bpf_ktime_get_coarse_ns();
 }
 
 /* Run once (BPF_PROG_TEST_RUN) by the control plane to start the sweeper; harmless when it runs. */
@@ -250,11 +436,48 @@ int pyvs_start_sweeper(struct xdp_md *ctx)
 
 	if (!sw)
 		return XDP_ABORTED;
-	sw->now = bpf_ktime_get_coarse_ns();
+	sw->stats.now = bpf_ktime_get_coarse_ns();
 	bpf_timer_init(&sw->timer, &sweeper, 1 /* CLOCK_MONOTONIC */);
 	bpf_timer_set_callback(&sw->timer, tick);
 	bpf_timer_start(&sw->timer, PYVS_CLOCK_TICK_NS, 0);
 	return XDP_PASS;
+}
+
+/* ---- the packet path ---- */
+
+/* A TCP packet of a half-open entry: still the handshake (SYN again, RST), or the client's ACK (or FIN,
+ * data) that moves it to the connection table. Returns the entry the packet now belongs to. */
+static __always_inline struct pyvs_conn *half_open_step(void *half_shard, void *main_shard, struct pyvs_conn_key *ckey,
+						       struct pyvs_conn *half, int event, __u64 now)
+{
+	__u8 state = tcp_next_state(half->state, event);
+	struct pyvs_conn fresh;
+	struct pyvs_conn *conn;
+	long rc;
+
+	if (state == PYVS_STATE_SYN_RECV) {
+		half->state = state;
+		if (half->last_seen != now)
+			half->last_seen = now;
+		return half;
+	}
+	fresh = *half;
+	fresh.state = state;
+	fresh.last_seen = now;
+	recount(&fresh, conn_class(state));
+	rc = bpf_map_update_elem(main_shard, ckey, &fresh, BPF_NOEXIST);
+	if (rc == 0) {
+		count(PYVS_CNT_CONN_INSERTED);
+		count(PYVS_CNT_HALF_OPEN_PROMOTED);
+		bpf_map_delete_elem(half_shard, ckey);
+		return bpf_map_lookup_elem(main_shard, ckey);
+	}
+	recount(&fresh, PYVS_COUNTED_NONE); /* another CPU promoted it first: use its entry */
+	conn = bpf_map_lookup_elem(main_shard, ckey);
+	if (conn)
+		return conn;
+	count(PYVS_CNT_INSERT_FAILED);
+	return half;
 }
 
 SEC("xdp")
@@ -262,17 +485,20 @@ int pyvs_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u64 bytes = data_end - data;
 	struct packet pkt = {};
 	struct pyvs_conn_key ckey = {};
-	struct pyvs_conn *conn, fresh = {};
+	struct pyvs_conn *conn, *half = NULL, fresh = {};
+	struct pyvs_sweep_stats *st;
 	struct pyvs_svc *svc;
 	struct pyvs_real *real;
 	struct pyvs_config *cfg;
 	__u32 zero = 0, real_id, svc_index, template_real = 0, *slot;
 	__u16 vport;
 	__u64 now;
-	int event = EV_ACK, new_conn = 0, replaced;
+	__u8 parity, state;
+	void *main_shard, *half_shard = NULL, *table;
+	int event = EV_ACK, new_conn = 0, action;
+	long rc;
 
 	/* Traffic that is not for a VIP is the kernel's: passed as it is and not counted (the NIC counts it). */
 	switch (parse_packet(data, data_end, &pkt)) {
@@ -301,28 +527,46 @@ int pyvs_xdp(struct xdp_md *ctx)
 	ckey.sport = pkt.sport;
 	ckey.dport = pkt.dport;
 	ckey.proto = pkt.proto;
-	now = clock_now();
+	st = sweep_stats();
+	now = clock_now(st);
+	parity = st ? st->parity : 0;
+	main_shard = conn_shard(&ckey, cfg);
+	if (!main_shard)
+		return XDP_PASS; /* the control plane has not made the tables yet */
 
 	/* An established flow needs no service lookup: its entry names the service and the real. */
-	conn = bpf_map_lookup_elem(&conns, &ckey);
-	replaced = conn != NULL;
-	if (conn && (svc_gen(conn->svc_index) != conn->svc_gen || expired(conn, cfg, now) || closed(conn, event))) {
+	conn = bpf_map_lookup_elem(main_shard, &ckey);
+	if (conn && stale(conn, cfg, now, event)) {
 		count(PYVS_CNT_CONN_REPLACED);
 		recount(conn, PYVS_COUNTED_NONE);
+		if (bpf_map_delete_elem(main_shard, &ckey) == 0)
+			count(PYVS_CNT_CONN_DELETED);
 		conn = NULL;
+	}
+	if (!conn && pkt.proto == IPPROTO_TCP) {
+		half_shard = half_open_shard(&ckey, cfg);
+		half = half_shard ? bpf_map_lookup_elem(half_shard, &ckey) : NULL;
+		if (half && stale(half, cfg, now, event)) {
+			recount(half, PYVS_COUNTED_NONE);
+			if (bpf_map_delete_elem(half_shard, &ckey) == 0)
+				count(PYVS_CNT_HALF_OPEN_SWEPT);
+			half = NULL;
+		}
+		if (half)
+			conn = half_open_step(half_shard, main_shard, &ckey, half, event, now);
 	}
 	if (conn) {
 		svc_index = conn->svc_index;
 		real_id = conn->real;
 		real = bpf_map_lookup_elem(&reals, &real_id);
 		if (!real || !(real->flags & PYVS_REAL_ACTIVE) || real->gen != conn->gen) {
-			if ((cfg->flags & PYVS_CFG_EXPIRE_NODEST_CONN) && bpf_map_delete_elem(&conns, &ckey) == 0)
+			if ((cfg->flags & PYVS_CFG_EXPIRE_NODEST_CONN) &&
+			    bpf_map_delete_elem(conn == half ? half_shard : main_shard, &ckey) == 0)
 				count(PYVS_CNT_CONN_DELETED);
 			return drop(PYVS_CNT_DROP_REAL_GONE);
 		}
-		if (pkt.proto == IPPROTO_TCP) {
-			__u8 state = tcp_next_state(conn->state, event);
-
+		if (pkt.proto == IPPROTO_TCP && conn != half) {
+			state = tcp_next_state(conn->state, event);
 			if (state != conn->state) {
 				conn->state = state;
 				recount(conn, conn_class(state));
@@ -334,8 +578,11 @@ int pyvs_xdp(struct xdp_md *ctx)
 		svc = find_service(&pkt, &vport);
 		if (!svc)
 			return pass(PYVS_CNT_PASS);
+		/* IPVS's miss rules: only a SYN starts a TCP connection (any packet but RST with sloppy_tcp). */
 		if (event == EV_RST)
-			return pass(PYVS_CNT_PASS_NO_CONN);
+			return pass(PYVS_CNT_PASS_MISS_RST);
+		if (pkt.proto == IPPROTO_TCP && event != EV_SYN && !(cfg->flags & PYVS_CFG_SLOPPY_TCP))
+			return pass(event == EV_FIN ? PYVS_CNT_PASS_MISS_FIN : PYVS_CNT_PASS_MISS_ACK);
 		if (svc->flags & PYVS_SVC_F_PERSISTENT)
 			slot = persistent_pick(svc, &pkt, vport, cfg, now, &template_real);
 		else
@@ -347,33 +594,46 @@ int pyvs_xdp(struct xdp_md *ctx)
 		if (!real || !(real->flags & PYVS_REAL_ACTIVE))
 			return drop(PYVS_CNT_DROP_NO_REAL);
 		svc_index = svc->index;
-		fresh.last_seen = now;
-		fresh.real = real_id;
-		fresh.gen = real->gen;
-		fresh.svc_index = svc_index;
-		fresh.svc_gen = svc_gen(svc_index);
-		fresh.state = pkt.proto == IPPROTO_TCP ? tcp_next_state(PYVS_STATE_NONE, event) : PYVS_STATE_UDP;
-		fresh.counted = conn_class(fresh.state);
-		if (!replaced)
-			count(PYVS_CNT_CONN_INSERTED);
-		bpf_map_update_elem(&conns, &ckey, &fresh, BPF_ANY);
-		add_count(real_id, fresh.counted, 1);
-		count(PYVS_CNT_CONN_NEW);
-		new_conn = 1;
+		state = pkt.proto == IPPROTO_TCP ? tcp_next_state(PYVS_STATE_NONE, event) : PYVS_STATE_UDP;
+		new_entry(&fresh, real_id, real, svc_index, state, parity, now);
+		if (svc->flags & PYVS_SVC_F_PERSISTENT)
+			fresh.flags = PYVS_CONN_F_PERSISTED;
+		table = event == EV_SYN && half_shard ? half_shard : main_shard;
+		rc = bpf_map_update_elem(table, &ckey, &fresh, BPF_NOEXIST);
+		if (rc == 0) {
+			add_count(real_id, parity, fresh.counted, 1);
+			count(table == main_shard ? PYVS_CNT_CONN_INSERTED : PYVS_CNT_HALF_OPEN_NEW);
+			count(PYVS_CNT_CONN_NEW);
+			new_conn = 1;
+		} else {
+			/* Another CPU inserted the flow first: follow its entry; else the table refused it. */
+			conn = bpf_map_lookup_elem(table, &ckey);
+			if (conn) {
+				real_id = conn->real;
+				real = bpf_map_lookup_elem(&reals, &real_id);
+				if (!real)
+					return drop(PYVS_CNT_DROP_NO_REAL);
+			} else {
+				count(PYVS_CNT_INSERT_FAILED);
+			}
+		}
 	}
 
 	if (!(real->dmac[0] | real->dmac[1] | real->dmac[2] | real->dmac[3] | real->dmac[4] | real->dmac[5]))
 		return drop(PYVS_CNT_DROP_NO_MAC);
 	__builtin_memcpy(pkt.eth->h_dest, real->dmac, ETH_ALEN);
 	__builtin_memcpy(pkt.eth->h_source, real->smac, ETH_ALEN);
-	account(svc_index, bytes, new_conn);
-	account(PYVS_MAX_SERVICES + real_id, bytes, new_conn);
+	account(svc_index, pkt.tot_len, new_conn);
+	account(PYVS_MAX_SERVICES + real_id, pkt.tot_len, new_conn);
 	if (real->ifindex == 0 || real->ifindex == ctx->ingress_ifindex) {
 		count(PYVS_CNT_TX);
 		return XDP_TX;
 	}
+	action = bpf_redirect(real->ifindex, 0);
+	if (action != XDP_REDIRECT)
+		return drop(PYVS_CNT_REDIRECT_FAILED);
 	count(PYVS_CNT_REDIRECT);
-	return bpf_redirect(real->ifindex, 0);
+	return action;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -20,7 +20,7 @@ struct pyvs_locality_key {
 };
 
 struct pyvs_lblc_entry {
-	__u64 lastuse; /* bpf_ktime_get_ns() */
+	__u64 lastuse; /* the packet path's clock (clock_now) */
 	__u32 real;    /* slot in reals */
 	__u32 gen;     /* the real's gen when cached */
 };

@@ -37,7 +37,6 @@ struct candidate {
 static __always_inline int read_real(__u32 slot, struct candidate *c)
 {
 	struct pyvs_real *real = bpf_map_lookup_elem(&reals, &slot);
-	struct pyvs_real_conns *conns = bpf_map_lookup_elem(&real_conns, &slot);
 
 	if (!real)
 		return 0;
@@ -46,8 +45,7 @@ static __always_inline int read_real(__u32 slot, struct candidate *c)
 	c->flags = real->flags;
 	c->gen = real->gen;
 	c->svc_index = real->svc_index;
-	c->active = conns ? conns->active : 0;
-	c->inactive = conns ? conns->inactive : 0;
+	real_live_counts(slot, &c->active, &c->inactive);
 	return 1;
 }
 
@@ -351,10 +349,10 @@ static __always_inline __u32 pick_lblc(const struct pyvs_svc *svc, const struct 
 {
 	struct pyvs_locality_key key = { .svc_index = svc->index, .daddr = pkt->daddr };
 	struct pyvs_lblc_entry *en = bpf_map_lookup_elem(&lblc_cache, &key), fresh = {};
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now(sweep_stats());
 	struct candidate c;
 
-	if (en && now - en->lastuse >= LOCALITY_EXPIRATION_NS)
+	if (en && (__s64)(now - en->lastuse) >= (__s64)LOCALITY_EXPIRATION_NS)
 		en = NULL;
 	if (en) {
 		en->lastuse = now;
@@ -441,12 +439,12 @@ static __always_inline __u32 pick_lblcr(const struct pyvs_svc *svc, const struct
 {
 	struct pyvs_locality_key key = { .svc_index = svc->index, .daddr = pkt->daddr };
 	struct pyvs_lblcr_entry *en = bpf_map_lookup_elem(&lblcr_cache, &key), *fresh;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = clock_now(sweep_stats());
 	struct candidate c, least;
 	__u32 zero = 0;
 	int have, most;
 
-	if (en && now - en->lastuse >= LOCALITY_EXPIRATION_NS)
+	if (en && (__s64)(now - en->lastuse) >= (__s64)LOCALITY_EXPIRATION_NS)
 		en = NULL;
 	if (!en) {
 		fresh = bpf_map_lookup_elem(&lblcr_scratch, &zero);
@@ -461,7 +459,7 @@ static __always_inline __u32 pick_lblcr(const struct pyvs_svc *svc, const struct
 	}
 	en->lastuse = now;
 	have = set_min(svc, en, &least);
-	if (en->size > 1 && now - en->lastmod > LOCALITY_EXPIRATION_NS) {
+	if (en->size > 1 && (__s64)(now - en->lastmod) > (__s64)LOCALITY_EXPIRATION_NS) {
 		most = set_max(svc, en);
 		if (most >= 0)
 			set_erase(en, most, now);
