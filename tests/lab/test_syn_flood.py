@@ -8,8 +8,9 @@ times: the attacker host floods VIP:80 with 409,600 SYNs (100x the table) from s
 source a new one; in odd rounds each source sends one SYN, in even rounds two in a row (the second finds the entry
 the first made, as an established flow's packets do, so the kernel LRU's reference bit cannot tell them apart).
 After each flood every connection makes a request again and must be answered by its real: no reset, no timeout, no
-other real. Once the flood's half-open entries have expired (SYN_RECV timeout shortened to 1 s), the counts the
-schedulers read (Dataplane.live_counts) must equal a count of the table (Dataplane.conn_counts).
+other real. Once the flood's half-open entries have expired (SYN_RECV timeout shortened to 1 s; the sweeper's last
+pass found none live) and two sweep passes later, the counts the schedulers read (Dataplane.live_counts) must equal
+a count of the tables (Dataplane.conn_counts).
 
 The reals drop the flood the director forwards to them with an XDP program (their kernels' SYN cookies are not under
 test, and cost CPU this 2-core machine does not have). Broken connections are replaced by new ones so that every
@@ -56,7 +57,7 @@ ROUNDS = 10
 REPEATS = (1, 2)  # SYNs per spoofed source, in a row, by round: one each, then each twice (the LRU's reference bit)
 SCHEDULER = "wlc"
 HALF_OPEN_TIMEOUT = 1  # seconds, SYN_RECV (default 60)
-COUNTS_DEADLINE = HALF_OPEN_TIMEOUT + 3.0  # seconds after the requests for live_counts to equal conn_counts
+EXPIRY_SLACK = 5.0  # seconds beyond HALF_OPEN_TIMEOUT after the flood for the half-open table to empty
 FLOOD_DEADLINE = 30.0  # seconds for the director to count FLOOD packets
 CHUNK = 1 << 16  # frames per BPF_PROG_RUN call
 REPLY_DEADLINE = 5.0  # seconds for all the connections' answers
@@ -221,18 +222,19 @@ def set_state_timeout(dp: Dataplane, state: str, seconds: int) -> None:
         os.close(fd)
 
 
-def counts_settle(dp: Dataplane, deadline: float) -> tuple[bool, Counts, Counts]:
-    """Wait until live_counts() equals conn_counts() (missing = (0, 0)); returns (equal, live, table)."""
-    while True:
-        live_raw, table_raw = dp.live_counts(), dp.conn_counts()
-        keys = {*live_raw, *table_raw}
-        live = {k: live_raw.get(k, (0, 0)) for k in keys}
-        table = {k: table_raw.get(k, (0, 0)) for k in keys}
-        if live == table:
-            return True, live, table
-        if time.monotonic() > deadline:
-            return False, live, table
-        time.sleep(0.25)
+def counts_after_expiry(dp: Dataplane, flood_end: float) -> tuple[int, bool, Counts, Counts]:
+    """Once the flood's half-open entries have expired (the sweeper's last pass found none live), and two more
+    sweep passes later: (half-open entries still live, whether live_counts() equals conn_counts() (a missing
+    real = (0, 0)), live counts, table counts)."""
+    deadline = flood_end + HALF_OPEN_TIMEOUT + EXPIRY_SLACK
+    while (half_open := int(dp.conn_table_usage()["half_open"])) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    dp.wait_passes(2)  # every count is then true to the tables
+    live_raw, table_raw = dp.live_counts(), dp.conn_counts()
+    keys = {*live_raw, *table_raw}
+    live = {k: live_raw.get(k, (0, 0)) for k in keys}
+    table = {k: table_raw.get(k, (0, 0)) for k in keys}
+    return half_open, live == table, live, table
 
 
 # -- the lab ------------------------------------------------------------------------------------------------
@@ -269,26 +271,35 @@ class Round:
     seen: int  # packets the director counted
     at_reals: int  # flood frames the director forwarded to the reals
     flood_s: float
-    evicted: int  # the director's estimate: inserted - swept - deleted - present
+    evicted: dict[str, int]  # the director's estimates (added - removed - present) by table
     held: int  # established connections with a known real before the flood
     broken: dict[str, int]  # outcome ("reset", "timeout", "moved to rs2", ...) -> connections
     unanswered: int  # replacements that got no answer
+    half_open: int  # half-open entries live when the counts were compared
     counts_equal: bool
     live: Counts
     table: Counts
 
     def line(self, n: int) -> str:
         broken = sum(self.broken.values())
+        evicted = ", ".join(f"{v:,} from {k}" for k, v in self.evicted.items())
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.broken.items())) or "-"
         counts = "equal" if self.counts_equal else f"DIFFER live {self._fmt(self.live)} table {self._fmt(self.table)}"
         return (f"round {n}: {self.seen:,} SYNs ({self.repeat} per source) at the director, {self.sent:,} sent, "
-                f"{self.at_reals:,} forwarded, in {self.flood_s:.1f} s; {self.evicted:,} evicted; "
-                f"broken {broken}/{self.held} ({detail}); unanswered replacements {self.unanswered}; counts {counts}")
+                f"{self.at_reals:,} forwarded, in {self.flood_s:.1f} s; evicted {evicted}; "
+                f"broken {broken}/{self.held} ({detail}); unanswered replacements {self.unanswered}; "
+                f"then {self.half_open} half-open, counts {counts}")
 
     @staticmethod
     def _fmt(counts: Counts) -> str:
         return " ".join(f"{svc.proto.name} {rip}:{port}={a}/{i}" for (svc, (rip, port)), (a, i)
                         in sorted(counts.items(), key=str))
+
+
+def evictions(dp: Dataplane) -> dict[str, int]:
+    """Entries the LRU evicted so far, by table (connections, half-open ones)."""
+    usage = dp.conn_table_usage()
+    return {table: int(usage[key]) for table, key in (("conns", "evicted"), ("half_open", "half_open_evicted"))}
 
 
 def replace(topo: Topology, conns: list[Conn], indexes: list[int]) -> int:
@@ -319,11 +330,14 @@ def test_syn_flood_of_100x_the_table_evicts_no_established_connection() -> None:
             for conn, real in zip(conns, first, strict=True):
                 conn.real = real
             log.info("flood test: %d connections held, %s", len(conns), Counter(first))
+            dp.wait_passes(1)  # the sweeper has seen them: the first eviction estimate starts true
             for n in range(ROUNDS):
-                evicted_before = dp.conn_table_usage().get("evicted", 0)
+                evicted_before = evictions(dp)
                 repeat = REPEATS[n % len(REPEATS)]
                 sent, seen, at_reals, seconds = generator.flood(dp, FLOOD, repeat)
-                evicted = dp.conn_table_usage().get("evicted", 0) - evicted_before
+                flood_end = time.monotonic()
+                dp.wait_passes(1)  # the eviction estimate reads what the sweeper's last pass found
+                evicted = {k: v - evicted_before.get(k, 0) for k, v in evictions(dp).items()}
                 outcomes = ask_all(conns)
                 held = sum(bool(conn.real) for conn in conns)
                 broken = Counter(f"moved to {outcome}" if outcome in REALS else outcome
@@ -332,9 +346,9 @@ def test_syn_flood_of_100x_the_table_evicts_no_established_connection() -> None:
                 # Every round holds CONNECTIONS: the broken ones are replaced.
                 unanswered = replace(topo, conns, [i for i, (conn, outcome) in enumerate(zip(conns, outcomes,
                                                    strict=True)) if outcome != conn.real or not conn.real])
-                equal, live, table = counts_settle(dp, time.monotonic() + COUNTS_DEADLINE)
+                half_open, equal, live, table = counts_after_expiry(dp, flood_end)
                 rounds.append(Round(repeat, sent, seen, at_reals, seconds, evicted, held, dict(broken), unanswered,
-                                    equal, live, table))
+                                    half_open, equal, live, table))
                 log.info("flood test: %s", rounds[-1].line(n + 1))
         finally:
             for conn in conns:
@@ -344,4 +358,5 @@ def test_syn_flood_of_100x_the_table_evicts_no_established_connection() -> None:
     print(report)
     assert all(r.seen >= FLOOD for r in rounds), f"the generator fell short of {FLOOD:,} SYNs:\n{report}"
     assert not any(r.broken for r in rounds), f"established connections broke:\n{report}"
+    assert not any(r.half_open for r in rounds), f"the flood's half-open entries did not expire:\n{report}"
     assert all(r.counts_equal for r in rounds), f"the schedulers' counts differ from the table:\n{report}"
