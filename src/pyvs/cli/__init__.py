@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="XDP mode: native (driver) or generic (any device, slower); default native")
     attach.add_argument("--conn-table-size", type=int, default=None,
                         help="entries of the connection table when the maps are created (1024 to 67108864, "
-                             "default 262144); full, it evicts the least recently used entry. Half-open TCP entries (SYN "
-                             "seen, handshake not complete) have a table of their own, a quarter of that size")
+                             "default 262144); full, it evicts the least recently used entry. Half-open TCP entries "
+                             "(SYN seen, handshake not complete) have a table of their own, a quarter of that size")
     attach.add_argument("--expire-nodest-conn", choices=("on", "off"), default=None,
                         help="on: a connection whose real was deleted is expired at its next packet "
                              "(IPVS's expire_nodest_conn); off (default): its packets are dropped until it expires")
