@@ -23,7 +23,6 @@ import atexit
 import ctypes
 import errno
 import logging
-import os
 import resource
 import selectors
 import socket
@@ -39,7 +38,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Padding
 
-from pyvs.dataplane import Dataplane, abi, attach_pass_program, libbpf, open_dataplane
+from pyvs.dataplane import Dataplane, attach_pass_program, libbpf, open_dataplane
 from pyvs.dataplane.build import build_object
 from pyvs.lab import lab as lab_api
 from pyvs.lab.director import pin_dir, teardown_director, tutorial_rules
@@ -210,18 +209,6 @@ def ask_all(conns: list[Conn]) -> list[str]:
 # -- the director's counts ----------------------------------------------------------------------------------
 
 
-def set_state_timeout(dp: Dataplane, state: str, seconds: int) -> None:
-    """One state's timeout in the data plane's config (set_timeouts covers only tcp, tcpfin, udp, as ipvsadm)."""
-    fd = libbpf.obj_get(str(dp.pin_dir / "config"))
-    try:
-        cfg = abi.Config()
-        libbpf.map_lookup(fd, ctypes.c_uint32(0), cfg)
-        cfg.timeouts[abi.STATES[state]] = seconds
-        libbpf.map_update(fd, ctypes.c_uint32(0), cfg)
-    finally:
-        os.close(fd)
-
-
 def counts_after_expiry(dp: Dataplane, flood_end: float) -> tuple[int, bool, Counts, Counts]:
     """Once the flood's half-open entries have expired (the sweeper's last pass found none live), and two more
     sweep passes later: (half-open entries still live, whether live_counts() equals conn_counts() (a missing
@@ -321,7 +308,7 @@ def test_syn_flood_of_100x_the_table_evicts_no_established_connection() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 * CONNECTIONS + 256), hard))
     rounds: list[Round] = []
     with flood_lab() as (topo, dp):
-        set_state_timeout(dp, "SYN_RECV", HALF_OPEN_TIMEOUT)
+        dp.set_state_timeout("SYN_RECV", HALF_OPEN_TIMEOUT)
         generator = Generator(topo)
         conns = open_connections(topo, CONNECTIONS)
         try:

@@ -307,6 +307,17 @@ class Dataplane:
                 cfg.timeouts[abi.STATES[state]] = value
         libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
 
+    def set_state_timeout(self, state: str, seconds: int) -> None:
+        """The timeout of one connection state by IPVS's name (SYN_RECV, CLOSE, ...); --set covers three only."""
+        if state not in abi.STATES:
+            raise DataplaneError(f"no connection state {state!r} (one of {', '.join(abi.STATES)})")
+        if not 1 <= seconds <= 2**31 - 1:
+            raise DataplaneError(f"timeout {seconds} out of range (1-{2**31 - 1} s)")
+        with self._writing():
+            cfg = self._config()
+            cfg.timeouts[abi.STATES[state]] = seconds
+            libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+
     def set_expire_nodest_conn(self, on: bool) -> None:
         self._set_flag(abi.CFG_EXPIRE_NODEST_CONN, on)
 
