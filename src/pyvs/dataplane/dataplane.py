@@ -961,9 +961,9 @@ def _close_shards(shards: dict[str, list[int]]) -> None:
 
 def _install_tables(fds: dict[str, int], shards: dict[str, list[int]]) -> None:
     """Put the shards in their maps of maps, then write the config that tells the program they are there."""
-    for table, shard_fds in shards.items():
-        for index, fd in enumerate(shard_fds):
-            libbpf.map_update(fds[table], ctypes.c_uint32(index), ctypes.c_int(fd))
+    for table, shard_fds in shards.items():  # one batch each: every update of a map of maps waits for RCU
+        libbpf.map_update_batch(fds[table], (ctypes.c_uint32 * len(shard_fds))(*range(len(shard_fds))),
+                                (ctypes.c_int * len(shard_fds))(*shard_fds))
     cfg = abi.Config()
     for name, seconds in abi.DEFAULT_TIMEOUTS.items():
         cfg.timeouts[abi.STATES[name]] = seconds

@@ -140,6 +140,8 @@ class DirectorConfig:
     flush_on_failure: bool = True
     user: str | None = None  # check and notify commands run as this user
     drift_check: float = 10.0  # seconds between comparisons of the daemon's services with the data plane; 0: off
+    sloppy_tcp: bool | None = None  # the data plane's sloppy_tcp switch; None: left as it is
+    expire_nodest_conn: bool | None = None
 
     def service(self, key: ServiceKey) -> ServiceSpec | None:
         return next((s for s in self.services if s.key == key), None)
@@ -239,7 +241,7 @@ class _Reader:
 
 
 DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_timeout", "flush_on_failure", "user",
-                 "drift_check")
+                 "drift_check", "sloppy_tcp", "expire_nodest_conn")
 SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "sorry_server", "quorum", "hysteresis", "alpha", "inhibit_on_failure",
                 "check", "real")
@@ -530,6 +532,8 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         notify=notify, notify_timeout=director.number("notify_timeout", 10.0),
         flush_on_failure=director.get("flush_on_failure", bool, True), user=user,
         drift_check=director.number("drift_check", 10.0, minimum=0.0),
+        sloppy_tcp=director.get("sloppy_tcp", bool, None),
+        expire_nodest_conn=director.get("expire_nodest_conn", bool, None),
     )  # fmt: skip
 
 

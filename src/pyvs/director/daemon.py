@@ -158,12 +158,15 @@ class DataplaneSnapshot:
     rules: Rules
     service_stats: dict[ServiceKey, Counters]
     real_stats: dict[tuple[ServiceKey, RealKey], Counters]
-    conns: dict[tuple[ServiceKey, RealKey], tuple[int, int]]
+    conns: dict[tuple[ServiceKey, RealKey], tuple[int, int]]  # the schedulers' counts: no table scan
     counters: dict[str, int]
+    tables: dict[str, int | float]
+    switches: dict[str, bool]
 
     @classmethod
     def read(cls, dp: Dataplane) -> DataplaneSnapshot:
-        return cls(dp.read_rules(), dp.service_stats(), dp.real_stats(), dp.live_counts(), dp.counters())
+        return cls(dp.read_rules(), dp.service_stats(), dp.real_stats(), dp.live_counts(), dp.counters(),
+                   dp.conn_table_usage(), dp.switches())
 
 
 def service_owners(pin_dir: Path, keys: list[ServiceKey]) -> list[tuple[ServiceKey, str]]:
@@ -498,6 +501,7 @@ class Director:
             self.quorum.setdefault(svc.key, True)
             self._update_quorum(svc)
         self.generation += 1
+        await self.in_dataplane_thread(self._set_switches)
         ok = await self.reconcile(full=True)
         new_vips = set(self._vips())
         if self.config.interface and (new_vips != old_vips):
@@ -585,7 +589,8 @@ class Director:
             "pid": os.getpid(), "config": str(self.config.path), "pin_dir": str(self.dp.pin_dir),
             "generation": self.generation, "started": self.started, "time": time.time(),
             "last_reload": self.last_reload, "apply_error": self.apply_error, "services": services,
-            "other_services": others, "counters": snapshot.counters,
+            "other_services": others, "counters": snapshot.counters, "tables": snapshot.tables,
+            "switches": snapshot.switches,
         }  # fmt: skip
 
     def _write_run_file(self) -> None:
@@ -685,8 +690,16 @@ class Director:
             self._dirty.clear()
             await self.reconcile(full=full)
 
+    def _set_switches(self) -> None:
+        """The data plane's switches the config sets (the others are left as they are)."""
+        if self.config.sloppy_tcp is not None:
+            self.dp.set_sloppy_tcp(self.config.sloppy_tcp)
+        if self.config.expire_nodest_conn is not None:
+            self.dp.set_expire_nodest_conn(self.config.expire_nodest_conn)
+
     def _attach(self) -> None:
         """Attach XDP to the configured interface (unless it is there) and take the VIPs over on it."""
+        self._set_switches()
         ifname = self.config.interface
         if not ifname:
             return

@@ -73,6 +73,21 @@ class SnapshotCollector(Collector):
                 events.add_metric([name], value)
         yield drops
         yield events
+        tables = self.status.get("tables")
+        if tables:
+            entries = GaugeMetricFamily("pyvs_conn_table_entries", "Live entries the sweeper's last pass counted",
+                                        labels=["table"])
+            size = GaugeMetricFamily("pyvs_conn_table_size", "Entries a table holds", labels=["table"])
+            evicted = CounterMetricFamily("pyvs_conn_table_evicted", "Entries the LRU evicted to make room",
+                                          labels=["table"])
+            for table, (n, total, out) in {"connections": ("entries", "size", "evicted"),
+                                           "half_open": ("half_open", "half_open_size", "half_open_evicted")}.items():
+                entries.add_metric([table], tables[n])
+                size.add_metric([table], tables[total])
+                evicted.add_metric([table], tables[out])
+            rate = GaugeMetricFamily("pyvs_new_connections_per_second", "New connections per second, last sweep pass")
+            rate.add_metric([], tables["new_per_second"])
+            yield from (entries, size, evicted, rate)
         reload_ok = GaugeMetricFamily("pyvs_director_last_reload_ok", "1 when the last reload was applied")
         reload_ok.add_metric([], int(self.status["last_reload"]["ok"]))
         generation = GaugeMetricFamily("pyvs_director_config_generation", "Config generation (1 + reloads)")
