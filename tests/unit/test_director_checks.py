@@ -180,3 +180,13 @@ def test_notify_runs_as_the_configured_user_and_refuses_an_unsafe_script(tmp_pat
         assert "event=notify_refused" in caplog.text and "is writable by a user other than root" in caplog.text
     finally:
         shutil.rmtree(shared)
+
+
+def test_metrics_carry_the_connection_tables_as_the_sweeper_counted_them() -> None:
+    tables = {"entries": 900, "size": 1024, "evicted": 12, "half_open": 40, "half_open_size": 256,
+              "half_open_evicted": 409000, "new_per_second": 35.5, "passes": 9, "nearly_full": 1}
+    text = render({**_snapshot(30, 1.0), "tables": tables}).decode()
+    assert 'pyvs_conn_table_entries{table="connections"} 900.0' in text
+    assert 'pyvs_conn_table_size{table="half_open"} 256.0' in text
+    assert 'pyvs_conn_table_evicted_total{table="half_open"} 409000.0' in text
+    assert "pyvs_new_connections_per_second 35.5" in text

@@ -212,3 +212,10 @@ def test_commands_may_run_as_another_user(tmp_path: Path) -> None:
     assert config.user == "nobody" and config.services[0].reals[0].check.user == "nobody"
     with pytest.raises(ConfigError, match=r":3: \[director\]: 'user': unknown user 'pyvs-nosuchuser'"):
         parse_config(commands_config(safe, safe, 'user = "pyvs-nosuchuser"'), "director.toml")
+
+
+def test_the_data_planes_switches_are_set_or_left_alone() -> None:
+    config = parse_config(GOOD.replace('interface = "eth0"', 'interface = "eth0"\nsloppy_tcp = true'), "d.toml")
+    assert config.sloppy_tcp is True and config.expire_nodest_conn is None
+    with pytest.raises(ConfigError, match="sloppy_tcp"):
+        parse_config(GOOD.replace('interface = "eth0"', 'interface = "eth0"\nsloppy_tcp = "yes"'), "d.toml")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pyvs.director import daemon
+from pyvs.director import daemon, runfile
 from pyvs.director.config import parse_config
 from pyvs.director.daemon import Director, DirectorError
 
@@ -20,7 +20,7 @@ def test_a_failing_task_is_restarted_and_one_that_keeps_failing_ends_the_daemon(
 ) -> None:
     caplog.set_level(logging.INFO, logger="pyvs.director")
     monkeypatch.setattr(daemon, "RESTART_DELAY", 0.01)
-    monkeypatch.setattr(daemon, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(runfile, "RUN_DIR", tmp_path)
     # No service, no interface: the daemon never touches a data plane here; only its name is used.
     director = Director(parse_config('[director]\nstatus_listen = "off"\n'),
                         SimpleNamespace(pin_dir=tmp_path / "pyvsd-unit"))  # type: ignore[arg-type]

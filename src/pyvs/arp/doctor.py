@@ -380,14 +380,26 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         wire, arp_macs = _wire_checks(dev, rules.services, dp_macs, vips, client_ip, wait)
         after = dp.counters()
         findings.append(_timer_finding(clock_before, dp.clock(), dev))
+        findings.append(table_finding(dp.conn_table_usage()))
     return [*findings, *_mac_findings(dp_macs, arp_macs), *_drop_findings(before, after), *wire]
+
+
+def table_finding(usage: dict[str, int | float]) -> Finding:
+    """How full the connection table is, as the sweeper's last pass counted it."""
+    share = usage["entries"] / usage["size"] if usage["size"] else 0.0
+    detail = (f"{usage['entries']} of {usage['size']} entries live ({share:.0%}), {usage['evicted']} evicted; "
+              f"half-open {usage['half_open']} of {usage['half_open_size']}")
+    if usage["nearly_full"]:
+        return Finding(Status.WARN, "director", "connection table", f"{detail}: nearly full, the LRU will evict "
+                       "established connections", "recreate the data plane with a larger --conn-table-size")
+    return Finding(Status.OK, "director", "connection table", detail)
 
 
 def _timer_finding(before: tuple[int, int, int], after: tuple[int, int, int], dev: str) -> Finding:
     """The data plane's timer keeps the packet path's clock and sweeps expired connections."""
     if after[1] > before[1]:
         return Finding(Status.OK, "director", "timer", f"ticking ({after[1] - before[1]} ticks during the check, "
-                       f"{after[2]} sweeps of expired connections so far)")
+                       f"{after[2]} sweep passes so far)")
     return Finding(Status.FAIL, "director", "timer", "stopped: the packet path's clock stands still and no "
                    "connection expires", f"pyvs director attach --dev {dev} (starts it again)")
 

@@ -96,9 +96,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-TABLE_WARN_SHARE = 0.8  # warn when the connection table is this full of live entries
-
-
 def table_usage_lines(usage: dict[str, int | float]) -> list[str]:
     """The connection tables as `pyvs director status` prints them, with a warning when nearly full."""
     lines = [f"connection table: {usage['entries']} of {usage['size']} entries, "
@@ -106,7 +103,7 @@ def table_usage_lines(usage: dict[str, int | float]) -> list[str]:
              f"half-open table: {usage['half_open']} of {usage['half_open_size']} entries, "
              f"{usage['half_open_evicted']} evicted (SYNs whose handshake did not complete in time)",
              f"new connections: {usage['new_per_second']}/s over the last sweep pass"]
-    if usage["size"] and usage["entries"] >= TABLE_WARN_SHARE * usage["size"]:
+    if usage["nearly_full"]:
         lines.append(f"WARNING: the connection table is {usage['entries'] / usage['size']:.0%} full; when full, "
                      "the LRU evicts established connections: recreate the data plane with a larger "
                      "--conn-table-size")
@@ -145,8 +142,10 @@ def runnable_problems(config: DirectorConfig) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.validate:
-        config = load_config(args.config)
+        config = load_config(args.config, check_scripts=False)
         problems = runnable_problems(config)
+        if not problems:
+            load_config(args.config)  # the programs exist: now whether only root can change them
         counts = f"{len(config.services)} service(s), {sum(len(s.reals) for s in config.services)} real(s)"
         if problems:
             for problem in problems:

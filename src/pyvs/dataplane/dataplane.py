@@ -54,6 +54,7 @@ PROGRAM_NAME = "pyvs_xdp"
 Resolver = Callable[[IPv4Address], NextHop]
 CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; the time module does not name it
 RealKey = tuple[IPv4Address, int]
+CONN_TABLE_WARN_SHARE = 0.8  # a connection table this full of live entries is reported as nearly full
 
 
 class DataplaneError(Exception):
@@ -643,7 +644,8 @@ class Dataplane:
         rate = (st.new_conns - st.prev_new_conns) / seconds if seconds > 0 else 0.0
         return {"entries": st.entries, "size": self.conn_table_size, "evicted": max(evicted, 0),
                 "half_open": st.half_open, "half_open_size": self.half_open_size,
-                "half_open_evicted": max(half_evicted, 0), "new_per_second": round(rate, 1), "passes": st.runs}
+                "half_open_evicted": max(half_evicted, 0), "new_per_second": round(rate, 1), "passes": st.runs,
+                "nearly_full": int(st.entries >= CONN_TABLE_WARN_SHARE * self.conn_table_size)}
 
     def refresh_macs(self, only_missing: bool = False) -> int:
         """Resolve the MAC of every real again (only the unresolved ones with only_missing); returns how many

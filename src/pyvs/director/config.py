@@ -537,7 +537,8 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
     )  # fmt: skip
 
 
-def load_config(path: Path | str) -> DirectorConfig:
+def load_config(path: Path | str, check_scripts: bool = True) -> DirectorConfig:
+    """Read a config file; with check_scripts, check and notify programs must be files only root can change."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -545,4 +546,4 @@ def load_config(path: Path | str) -> DirectorConfig:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file: {exc}") from None
-    return parse_config(text, path, check_scripts=True)
+    return parse_config(text, path, check_scripts=check_scripts)
