@@ -16,6 +16,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from pyvs.dataplane import Dataplane, abi, libbpf, scratch_dataplane
+from pyvs.model import ALL_SCHEDULERS
 
 from .conftest import CLIENT_MAC, DIRECTOR_MAC, static_neighbours
 from .test_xdp import RS1, RS2, RS3, TCP80, UDP80, real_of, rules, service
@@ -235,9 +236,9 @@ def test_a_syn_makes_a_half_open_entry_that_the_clients_ack_moves_to_the_connect
     assert small.live_counts()[(TCP80, (real, 80))] == (1, 0)
 
 
-@pytest.mark.parametrize("scheduler", ["rr", "wlc", "sh", "mh"])
+@pytest.mark.parametrize("scheduler", ALL_SCHEDULERS)
 def test_a_syn_flood_evicts_no_established_connection(small: Dataplane, scheduler: str) -> None:
-    small.apply(rules(service(TCP80, scheduler, (RS1, 1), (RS2, 1))))
+    small.apply(rules(service(TCP80, scheduler, (RS1, 1000), (RS2, 1000))))  # ovf: room for 1000 each
     owners = {i: connect(small, i, sport=46000) for i in range(100)}
     template = bytearray(tcp("198.19.0.1", 1024, "S"))
     for flood_round in range(3):
@@ -248,7 +249,8 @@ def test_a_syn_flood_evicts_no_established_connection(small: Dataplane, schedule
         for i, real in owners.items():
             result = small.test_run(tcp(client(i), 46000, "PA", b"GET / HTTP/1.1\r\n\r\n"))
             assert result.verdict_name == "XDP_TX" and real_of(result.data) == real, f"round {flood_round}, {i}"
-    assert small.counters()["half_open_new"] >= 100 * 1024
+    counters = small.counters()  # ovf refuses most of the flood once its reals' active counts pass their weights
+    assert counters["half_open_new"] + counters["drop_no_real"] >= 100 * 1024
     assert len(list(small.table_entries("conns"))) == 100  # the flood never reached the connection table
 
 
