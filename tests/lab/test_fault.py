@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -49,6 +50,7 @@ def fault_prefix() -> str:
 
 @pytest.fixture(scope="module")
 def fault_lab() -> Iterator[Topology]:
+    assert shutil.which("wrk"), "wrk is missing: scripts/setup.sh installs it"
     topo = default_topology(prefix=fault_prefix(), attacker=True)
     atexit.register(lab_api.down, topo)  # also if the session is interrupted
     lab_api.down(topo)  # leftovers of an earlier, killed run
