@@ -283,6 +283,7 @@ def test_faults_under_load(fault_lab: Topology, tmp_path: Path) -> None:
         run_in_netns(lab.gateway.netns, ["iptables", "-A", *dnat])
         daemon.start()
         wait_for(lambda: tcp_reals(lab) == {"rs1": 1, "rs2": 1}, 5, "both reals in the daemon's service")
+        assert hand_made(lab) == load.hand, "the daemon's start changed the hand-made service"
         thread.start()
         wait_for(lambda: set(loop.served()) == {"rs1", "rs2"}, 5, "both reals serve")
 
