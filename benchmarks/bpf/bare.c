@@ -1,6 +1,9 @@
 /* Reference programs for the benchmarks: the least a DR director must do per packet.
  * bare_macswap parses like pyvs and swaps the MACs; bare_lru adds one LRU-hash lookup (and
- * insert on a miss) of the 5-tuple. With -DPYVS_BENCH_NEW_FLOWS every packet is a new flow. */
+ * insert on a miss) of the 5-tuple; bare_lru_percpu does the same in an LRU hash with per-CPU lists
+ * (BPF_F_NO_COMMON_LRU, as pyvs's half-open table). With -DPYVS_BENCH_NEW_FLOWS every packet is a new flow.
+ * bench_handshake drives another program (tail call through `handshake_target`) with a TCP handshake per
+ * two repetitions: a SYN from a new random source, then that source's ACK. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
@@ -17,6 +20,34 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, __u32);
 } flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+} flows_percpu SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} handshake_target SEC(".maps");
+
+struct handshake {
+	__u64 seq;
+	__u32 saddr;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct handshake);
+} handshake_state SEC(".maps");
 
 static __always_inline void swap_macs(struct ethhdr *eth)
 {
@@ -44,8 +75,7 @@ int bare_macswap(struct xdp_md *ctx)
 	return XDP_TX;
 }
 
-SEC("xdp")
-int bare_lru(struct xdp_md *ctx)
+static __always_inline int lru_forward(struct xdp_md *ctx, void *flows)
 {
 	struct packet pkt = {};
 	struct flow_key key = {};
@@ -61,11 +91,46 @@ int bare_lru(struct xdp_md *ctx)
 	key.sport = pkt.sport;
 	key.dport = pkt.dport;
 	key.proto = pkt.proto;
-	real = bpf_map_lookup_elem(&flows, &key);
+	real = bpf_map_lookup_elem(flows, &key);
 	if (!real)
-		bpf_map_update_elem(&flows, &key, &one, BPF_ANY);
+		bpf_map_update_elem(flows, &key, &one, BPF_ANY);
 	swap_macs(pkt.eth);
 	return XDP_TX;
+}
+
+SEC("xdp")
+int bare_lru(struct xdp_md *ctx)
+{
+	return lru_forward(ctx, &flows);
+}
+
+SEC("xdp")
+int bare_lru_percpu(struct xdp_md *ctx)
+{
+	return lru_forward(ctx, &flows_percpu);
+}
+
+SEC("xdp")
+int bench_handshake(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct packet pkt = {};
+	__u32 zero = 0;
+	struct handshake *hs = bpf_map_lookup_elem(&handshake_state, &zero);
+	__u8 *flags;
+
+	if (!hs || parse_packet(data, data_end, &pkt) != PARSE_OK || pkt.proto != IPPROTO_TCP)
+		return XDP_ABORTED;
+	flags = (__u8 *)pkt.iph + pkt.iph->ihl * 4 + 13;
+	if ((void *)(flags + 1) > data_end)
+		return XDP_ABORTED;
+	if (!(hs->seq & 1))
+		hs->saddr = bpf_get_prandom_u32();
+	hs->seq += 1;
+	pkt.iph->saddr = hs->saddr;
+	*flags = hs->seq & 1 ? 0x02 /* SYN */ : 0x10 /* ACK */;
+	bpf_tail_call(ctx, &handshake_target, 0);
+	return XDP_ABORTED;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -5,6 +5,9 @@
  *                   and sends it with XDP_TX;
  *   bench_forward   the bare DR forwarder on the director: a frame for the VIP gets the director's MAC as source
  *                   and one of two reals' MACs (by source port) as destination, XDP_TX; nothing else;
+ *   bench_forward_lru  the bare forwarder that also keeps a connection table: the flow's 5-tuple is looked up in an
+ *                   LRU hash (common LRU lists, as pyvs's connection table) and inserted with its real on a miss;
+ *                   the real's MAC comes from the entry;
  *   bench_count     count-and-drop on a real: frames from the generator's address that were forwarded to a real
  *                   (destination MAC rewritten) are counted and dropped; everything else (ARP, health checks,
  *                   frames the switch floods) goes to the kernel. */
@@ -48,6 +51,19 @@ struct {
 	__type(value, __u64);
 } packets SEC(".maps");
 
+struct flow_key {
+	__u32 saddr, daddr;
+	__u16 sport, dport;
+	__u8 proto, pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+} flows SEC(".maps");
+
 static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 {
 	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
@@ -87,6 +103,34 @@ int bench_forward(struct xdp_md *ctx)
 	    pkt.daddr != cfg->vip)
 		return XDP_PASS;
 	__builtin_memcpy(pkt.eth->h_dest, cfg->real_macs[bpf_ntohs(pkt.sport) & 1], ETH_ALEN);
+	__builtin_memcpy(pkt.eth->h_source, cfg->director_mac, ETH_ALEN);
+	return XDP_TX;
+}
+
+SEC("xdp")
+int bench_forward_lru(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	struct flow_key key = {};
+	__u32 zero = 0, real, *entry;
+	struct forward_config *cfg = bpf_map_lookup_elem(&forward_config, &zero);
+
+	if (!cfg || parse_packet((void *)(long)ctx->data, (void *)(long)ctx->data_end, &pkt) != PARSE_OK ||
+	    pkt.daddr != cfg->vip)
+		return XDP_PASS;
+	key.saddr = pkt.saddr;
+	key.daddr = pkt.daddr;
+	key.sport = pkt.sport;
+	key.dport = pkt.dport;
+	key.proto = pkt.proto;
+	entry = bpf_map_lookup_elem(&flows, &key);
+	if (entry) {
+		real = *entry & 1;
+	} else {
+		real = bpf_ntohs(pkt.sport) & 1;
+		bpf_map_update_elem(&flows, &key, &real, BPF_ANY);
+	}
+	__builtin_memcpy(pkt.eth->h_dest, cfg->real_macs[real], ETH_ALEN);
 	__builtin_memcpy(pkt.eth->h_source, cfg->director_mac, ETH_ALEN);
 	return XDP_TX;
 }
