@@ -33,7 +33,7 @@ from pyvs.dataplane import Dataplane, abi, libbpf, scratch_dataplane
 
 HERE = Path(__file__).parent
 STEP_TARGET_NS = 1_000_000  # issue 9: no single run of the sweeper holds a CPU for more than 1 ms at 1e6 entries
-TICK_S = 0.010
+TICK_S = 0.0025
 
 
 @dataclass
@@ -130,7 +130,7 @@ def sample(dp: Dataplane, passes: int) -> tuple[dict[int, int], int, float]:
         steps[st.ticks] = st.last_step_ns  # the last reading of a tick: after its step ended
         if st.runs >= target or time.monotonic() > deadline:
             break
-        time.sleep(0.002)
+        time.sleep(0.001)
     steps.pop(start.ticks, None)  # began before the window
     return steps, st.ticks - start.ticks, time.monotonic() - started
 

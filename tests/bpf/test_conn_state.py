@@ -22,7 +22,7 @@ from .conftest import CLIENT_MAC, DIRECTOR_MAC, static_neighbours
 from .test_xdp import RS1, RS2, RS3, TCP80, UDP80, real_of, rules, service
 
 VIP = "198.18.0.100"
-FAST_PASS_TICKS = 10  # a sweep pass every 100 ms, so that a test waits for passes briefly
+FAST_PASS_TICKS = 40  # a sweep pass every 100 ms, so that a test waits for passes briefly
 
 
 def tcp(src: str, sport: int, flags: str, payload: bytes = b"", dport: int = 80) -> bytes:

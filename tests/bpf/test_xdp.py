@@ -360,7 +360,7 @@ def test_a_real_whose_mac_was_unknown_gets_frames_once_it_is_resolved() -> None:
 
 
 def test_the_timer_keeps_the_packet_paths_clock(dataplane: Dataplane) -> None:
-    # Packets read the coarse clock from the timer's map value; it must tick (every 10 ms) and be the real time.
+    # Packets read the coarse clock from the timer's map value; it must tick (every 2.5 ms) and be the real time.
     now, ticks, _ = dataplane.clock()
     time.sleep(0.2)
     later, later_ticks, _ = dataplane.clock()

@@ -333,7 +333,7 @@ class Dataplane:
                 "sloppy_tcp": bool(flags & abi.CFG_SLOPPY_TCP)}
 
     def set_pass_ticks(self, ticks: int) -> None:
-        """Clock ticks (10 ms) per sweep pass: how often every entry is recounted (tests shorten it)."""
+        """Clock ticks (2.5 ms) per sweep pass: how often every entry is recounted (tests shorten it)."""
         if not 1 <= ticks <= 100_000:
             raise DataplaneError(f"pass ticks {ticks} out of range (1-100000)")
         cfg = self._config()
@@ -379,7 +379,7 @@ class Dataplane:
 
     def clock(self) -> tuple[int, int, int]:
         """The packet path's clock (coarse ns at the timer's last tick), the ticks and the sweep passes so far.
-        The ticks advance every 10 ms while the timer runs; when they stop, nothing expires."""
+        The ticks advance every 2.5 ms while the timer runs; when they stop, nothing expires."""
         st = self.sweep_stats()
         return st.now, st.ticks, st.runs
 

@@ -11,12 +11,12 @@
 #define PYVS_MAX_REALS 131072
 #define PYVS_SCHED_TABLE_SIZE 4096 /* slots of one scheduler table; each service has two */
 #define PYVS_CONN_TABLE_SIZE 262144 /* default entries of the connection table, all shards together */
-#define PYVS_CONN_SHARD_TARGET 4096 /* entries of one shard at most (one sweep step: ~0.4 ms) when it can be */
+#define PYVS_CONN_SHARD_TARGET 2048 /* entries of one shard at most (one sweep step: ~0.2 ms) when it can be */
 #define PYVS_MAX_CONN_SHARDS 4096
 #define PYVS_HALF_OPEN_DIVISOR 4 /* the half-open table has 1/4 of the connection table's entries */
 #define PYVS_COUNT_PARITIES 3 /* real_conns keeps a count per sweep pass parity (see the sweeper) */
 #define PYVS_PARITY_SLOTS 4   /* the arrays have one slot more, so that an index masked with 3 is in bounds */
-#define PYVS_PASS_TICKS 100 /* clock ticks (10 ms) per sweep pass, at least one tick per shard */
+#define PYVS_PASS_TICKS 400 /* clock ticks (2.5 ms) per sweep pass, at least one tick per shard */
 #define PYVS_VIP_FILTER_SIZE 65536 /* slots of the cheap "may be a VIP" pre-filter */
 #define PYVS_MAX_REALS_PER_SERVICE 4096
 

@@ -20,7 +20,7 @@
 #include "schedule.h"
 
 #define NSEC_PER_SEC 1000000000ULL
-#define PYVS_CLOCK_TICK_NS 10000000ULL /* 10 ms; the coarse clock itself moves in 4 ms jiffies */
+#define PYVS_CLOCK_TICK_NS 2500000ULL /* 2.5 ms: the clock (the coarse clock itself moves in 4 ms jiffies) and a sweep step */
 
 static __always_inline void count(__u32 id)
 {
