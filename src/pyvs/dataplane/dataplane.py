@@ -299,13 +299,16 @@ class Dataplane:
 
     def set_timeouts(self, timeouts: Timeouts) -> None:
         """Set the tcp, tcpfin and udp timeouts (seconds); 0 leaves one unchanged, as ipvsadm --set."""
-        cfg = self._config()
-        for state, value in (("ESTABLISHED", timeouts.tcp), ("FIN_WAIT", timeouts.tcpfin), ("UDP", timeouts.udp)):
+        changes = (("ESTABLISHED", timeouts.tcp), ("FIN_WAIT", timeouts.tcpfin), ("UDP", timeouts.udp))
+        for _, value in changes:
             if value < 0:
                 raise DataplaneError(f"timeout {value} is negative")
-            if value:
-                cfg.timeouts[abi.STATES[state]] = value
-        libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+        with self._writing():
+            cfg = self._config()
+            for state, value in changes:
+                if value:
+                    cfg.timeouts[abi.STATES[state]] = value
+            libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
 
     def set_state_timeout(self, state: str, seconds: int) -> None:
         """The timeout of one connection state by IPVS's name (SYN_RECV, CLOSE, ...); --set covers three only."""
@@ -335,9 +338,10 @@ class Dataplane:
         """Clock ticks (10 ms) per sweep pass: how often every entry is recounted (tests shorten it)."""
         if not 1 <= ticks <= 100_000:
             raise DataplaneError(f"pass ticks {ticks} out of range (1-100000)")
-        cfg = self._config()
-        cfg.pass_ticks = ticks
-        libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+        with self._writing():
+            cfg = self._config()
+            cfg.pass_ticks = ticks
+            libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
 
     def _set_flag(self, flag: int, on: bool) -> None:
         with self._writing():
@@ -477,15 +481,16 @@ class Dataplane:
 
     def zero(self, key: ServiceKey | None = None) -> None:
         """Zero the counters of one service and its reals, or of everything."""
-        services = self._services()
-        if key is not None and key not in services:
-            raise DataplaneError("No such service")
-        indexes = [svc.index for k, svc in services.items() if key is None or k == key]
-        for real in self._real_slots():
-            if real.entry.flags & abi.REAL_ACTIVE and real.entry.svc_index in indexes:
-                self._zero_stats(abi.MAX_SERVICES + real.slot)
-        for index in indexes:
-            self._zero_stats(index)
+        with self._writing():
+            services = self._services()
+            if key is not None and key not in services:
+                raise DataplaneError("No such service")
+            indexes = [svc.index for k, svc in services.items() if key is None or k == key]
+            for real in self._real_slots():
+                if real.entry.flags & abi.REAL_ACTIVE and real.entry.svc_index in indexes:
+                    self._zero_stats(abi.MAX_SERVICES + real.slot)
+            for index in indexes:
+                self._zero_stats(index)
 
     def _zero_stats(self, index: int) -> None:
         libbpf.map_update(self._fds["stats"], ctypes.c_uint32(index), (abi.CountersEntry * self._ncpus)())
@@ -511,15 +516,31 @@ class Dataplane:
             os.close(fd)
 
     def update(self, change: Callable[[Rules], Rules]) -> None:
-        """Read the rules, change them and apply the result, with no other writer in between."""
+        """Read the rules, change them and apply the result, with no other writer in between. The change is
+        tried once before the lock to resolve its new reals there (`change` must have no side effects)."""
+        resolver = self._prefetch(lambda: change(self.read_rules()))
         with self._writing():
-            self.apply(change(self.read_rules()))
+            self._apply(change(self.read_rules()), resolver)
 
     def update_service(self, key: ServiceKey, change: Callable[[Service | None], Service | None]) -> None:
         """Read one service (None: absent), change it and apply the result (None: delete it), with no
         other writer in between. Costs what the service's reals cost, whatever the rule set's size."""
+        def attempt() -> Rules:
+            svc = change(self.read_service(key))
+            return Rules({key: svc} if svc is not None else {})
+        resolver = self._prefetch(attempt)
         with self._writing():
-            self.apply_service(key, change(self.read_service(key)))
+            self._apply_service(key, change(self.read_service(key)), resolver)
+
+    def _prefetch(self, rules: Callable[[], Rules]) -> Resolver:
+        """The resolver for a change: its new reals resolved before the lock when the change can be computed
+        now (it is computed again under the lock; a failure now is the one reported then)."""
+        if self._lock_depth:
+            return self._resolver  # already under the lock: nothing gained
+        try:
+            return self._prefetch_hops(rules())
+        except Exception:  # noqa: BLE001 - the same change under the lock raises it to the caller
+            return self._resolver
 
     def apply(self, rules: Rules) -> None:
         """Make the data plane forward exactly as `rules` say.
@@ -527,6 +548,9 @@ class Dataplane:
         Everything is checked, and new reals resolved, before the first write: a rejected
         rule set changes nothing. Established connections keep their real.
         """
+        self._apply(rules, self._prefetch(lambda: rules))
+
+    def _apply(self, rules: Rules, resolver: Resolver) -> None:
         with self._writing():
             current = self._services()
             slots = self._real_slots()
@@ -537,7 +561,7 @@ class Dataplane:
             for real in slots:
                 if real.entry.flags & abi.REAL_ACTIVE:
                     _set_bit(usage.reals, real.slot)
-            plan = _Plan(current, slots, rules, self._resolver, usage, lambda slot: abi.RealEntry())
+            plan = _Plan(current, slots, rules, resolver, usage, lambda slot: abi.RealEntry())
             self._carry_out(plan, rules, set(rules.services))
 
     def apply_service(self, key: ServiceKey, service: Service | None) -> None:
@@ -548,6 +572,11 @@ class Dataplane:
         """
         if service is not None and service.key != key:
             raise ValueError(f"service {service.key} given for {key}")
+        self._apply_service(key, service, self._prefetch(lambda: Rules({key: service} if service else {})))
+
+    def _apply_service(self, key: ServiceKey, service: Service | None, resolver: Resolver) -> None:
+        if service is not None and service.key != key:
+            raise ValueError(f"service {service.key} given for {key}")
         with self._writing():
             raw = abi.Svc()
             current = {key: raw} if libbpf.map_lookup(self._fds["services"], svc_key(key), raw) else {}
@@ -555,7 +584,7 @@ class Dataplane:
             usage = abi.SlotUsage()
             libbpf.map_lookup(self._fds["slot_usage"], ctypes.c_uint32(0), usage)
             rules = Rules({key: service} if service is not None else {})
-            plan = _Plan(current, slots, rules, self._resolver, usage, self._read_entry)
+            plan = _Plan(current, slots, rules, resolver, usage, self._read_entry)
             vip_keys = None
             if bool(current) != (service is not None):  # a service comes or goes: the VIP maps follow
                 vip_keys = {_service_key(k) for k in libbpf.map_keys(self._fds["services"], abi.SvcKey)}
@@ -597,30 +626,39 @@ class Dataplane:
         listed.slots[:len(slots)] = sorted(slots)
         libbpf.map_update(self._fds["svc_reals"], ctypes.c_uint32(index), listed)
 
-    def set_real_mac(self, rip: IPv4Address, mac: str) -> int:
-        """Point every real with address `rip` at a new MAC (its NIC changed); returns how many entries changed."""
+    def set_real_mac(self, rip: IPv4Address, mac: str, old_mac: str | None = None) -> int:
+        """Point every active real with address `rip` at a new MAC (its NIC changed); with `old_mac`, only those
+        still sending to `old_mac`. Only the MAC changes: each entry is re-read under the writers' lock, so a
+        real deleted or a slot reused meanwhile is left as it is. Returns how many entries changed."""
+        new = list(_mac_bytes(mac))
         changed = 0
-        for real in self._real_slots():
-            entry = real.entry
-            if entry.flags & abi.REAL_ACTIVE and _be_to_ip(entry.rip) == rip and _mac_text(entry.dmac) != mac:
-                entry.dmac[:] = list(_mac_bytes(mac))
+        with self._writing():
+            for real in self._real_slots():
+                entry = self._read_entry(real.slot)  # under the lock: what the maps hold now
+                if not entry.flags & abi.REAL_ACTIVE or _be_to_ip(entry.rip) != rip or _mac_text(entry.dmac) == mac:
+                    continue
+                if old_mac is not None and _mac_text(entry.dmac) != old_mac:
+                    continue
+                entry.dmac[:] = new
                 libbpf.map_update(self._fds["reals"], ctypes.c_uint32(real.slot), entry)
                 changed += 1
         return changed
 
     def flush_connections(self, key: ServiceKey, real: RealKey) -> int:
         """Delete the connection entries of one real of a service; returns how many."""
-        services = self._services()
-        if key not in services:
-            return 0
-        index = services[key].index
-        slots = {r.slot for r in self._real_slots() if r.entry.flags & abi.REAL_ACTIVE
-                 and r.entry.svc_index == index and (_be_to_ip(r.entry.rip), socket.ntohs(r.entry.port)) == real}
-        flushed = 0
-        for fd, conn_key, value, _ in self._live_connections():
-            if value.svc_index == index and value.real in slots:
-                flushed += libbpf.map_delete(fd, conn_key)
-        self._add_counter("conn_deleted", flushed)
+        with self._writing():
+            services = self._services()
+            if key not in services:
+                return 0
+            index = services[key].index
+            slots = {r.slot for r in self._real_slots()
+                     if r.entry.flags & abi.REAL_ACTIVE and r.entry.svc_index == index
+                     and (_be_to_ip(r.entry.rip), socket.ntohs(r.entry.port)) == real}
+            flushed = 0
+            for fd, conn_key, value, _ in self._live_connections():
+                if value.svc_index == index and value.real in slots:
+                    flushed += libbpf.map_delete(fd, conn_key)
+            self._add_counter("conn_deleted", flushed)
         return flushed
 
     def _add_counter(self, name: str, amount: int) -> None:
@@ -645,20 +683,59 @@ class Dataplane:
                 "half_open": st.half_open, "half_open_size": self.half_open_size,
                 "half_open_evicted": max(half_evicted, 0), "new_per_second": round(rate, 1), "passes": st.runs}
 
-    def refresh_macs(self, only_missing: bool = False) -> int:
+    def refresh_macs(self, only_missing: bool = False,
+                     unresolved: Callable[[IPv4Address, str], None] | None = None) -> int:
         """Resolve the MAC of every real again (only the unresolved ones with only_missing); returns how many
-        changed."""
-        changed = 0
+        entries changed. Resolution (up to a second per silent real) happens before the writers' lock; a real
+        that cannot be resolved is skipped and told to `unresolved` (default: logged). Under the lock only the
+        next hop of an entry that still holds the same real (address, generation) changes."""
+        wanted: dict[int, abi.RealEntry] = {}
         for real in self._real_slots():
             entry = real.entry
-            if not entry.flags & abi.REAL_ACTIVE or (only_missing and _mac_text(entry.dmac) != ZERO_MAC):
-                continue
-            hop = self._resolver(_be_to_ip(entry.rip))
-            if hop.dmac != ZERO_MAC and _mac_text(entry.dmac) != hop.dmac:
+            if entry.flags & abi.REAL_ACTIVE and not (only_missing and _mac_text(entry.dmac) != ZERO_MAC):
+                wanted[real.slot] = entry
+        hops: dict[int, NextHop] = {}
+        for rip in sorted({entry.rip for entry in wanted.values()}):
+            try:
+                hops[rip] = self._resolver(_be_to_ip(rip))
+            except NeighbourError as exc:
+                if unresolved is None:
+                    log.warning("real server %s: %s", _be_to_ip(rip), exc)
+                else:
+                    unresolved(_be_to_ip(rip), str(exc))
+        changed = 0
+        with self._writing():
+            for slot, seen in wanted.items():
+                hop = hops.get(seen.rip)
+                if hop is None or hop.dmac == ZERO_MAC:
+                    continue
+                entry = self._read_entry(slot)
+                now = (_mac_text(entry.dmac), entry.ifindex, _mac_text(entry.smac))
+                if (not entry.flags & abi.REAL_ACTIVE or (entry.rip, entry.gen) != (seen.rip, seen.gen)
+                        or now == (hop.dmac, hop.ifindex, hop.smac)):
+                    continue
                 _set_hop(entry, hop)
-                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(real.slot), entry)
+                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
                 changed += 1
         return changed
+
+    def _prefetch_hops(self, rules: Rules) -> Resolver:
+        """A resolver for a plan: the next hops of the rules' new real addresses resolved now, before the
+        writers' lock (ARP for a silent real takes up to a second); anything else is resolved when asked."""
+        known = {e.rip for e in (r.entry for r in self._real_slots()) if e.flags & abi.REAL_ACTIVE}
+        hops: dict[IPv4Address, NextHop] = {}
+        for svc in rules.services.values():
+            for real in svc.reals.values():
+                if _ip_to_be(real.rip) not in known and real.rip not in hops:
+                    try:
+                        hops[real.rip] = self._resolver(real.rip)
+                    except NeighbourError:
+                        pass  # the plan asks again, and reports it, if the real is still new under the lock
+
+        def resolver(rip: IPv4Address) -> NextHop:
+            hop = hops.get(rip)
+            return hop if hop is not None else self._resolver(rip)
+        return resolver
 
     def _write_reals(self, plan: _Plan) -> None:
         """The real entries of the plan that are new or changed, in one batch; a slot that served

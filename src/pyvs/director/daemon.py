@@ -664,7 +664,9 @@ class Director:
         while True:
             await asyncio.sleep(self.resolve_interval)
             try:
-                resolved = await self.in_dataplane_thread(lambda: self.dp.refresh_macs(only_missing=True))
+                resolved = await self.in_dataplane_thread(lambda: self.dp.refresh_macs(
+                    only_missing=True, unresolved=lambda rip, error: log_event(
+                        logging.WARNING, "mac_resolve_failed", real=str(rip), error=error)))
             except Exception as exc:  # noqa: BLE001 - e.g. a real no longer routable: try again later
                 log_event(logging.WARNING, "mac_resolve_failed", error=f"{type(exc).__name__}: {exc}")
                 continue
