@@ -51,8 +51,7 @@ from pyvs.arp.packets import (
     parse_arp,
 )
 from pyvs.arp.takeover import gratuitous_frames
-from pyvs.dataplane import Dataplane, open_dataplane
-from pyvs.dataplane.dataplane import MAP_NAMES
+from pyvs.dataplane import Dataplane, pinned_dataplane
 from pyvs.dataplane.neighbours import NeighbourError, interface_index, resolve
 from pyvs.dataplane.pins import default_pin_dir
 
@@ -196,9 +195,7 @@ class Guard:
 def open_pinned(pin_dir: str | Path | None) -> tuple[Path, Dataplane | None]:
     """The data plane pinned at pin_dir (default: this netns's), None when there is none (never creates one)."""
     path = Path(pin_dir) if pin_dir else default_pin_dir()
-    if not all((path / name).exists() for name in MAP_NAMES):
-        return path, None
-    return path, open_dataplane(path)
+    return path, pinned_dataplane(pin_dir)
 
 
 # -- the guard on a NIC -------------------------------------------------------------------------------

@@ -4,9 +4,12 @@ from pyvs.dataplane.dataplane import (
     Dataplane,
     DataplaneError,
     attach_pass_program,
+    migrate,
     open_dataplane,
+    pinned_dataplane,
     remove_pins,
     scratch_dataplane,
 )
 
-__all__ = ["Dataplane", "DataplaneError", "attach_pass_program", "open_dataplane", "remove_pins", "scratch_dataplane"]
+__all__ = ["Dataplane", "DataplaneError", "attach_pass_program", "migrate", "open_dataplane", "pinned_dataplane",
+           "remove_pins", "scratch_dataplane"]

@@ -9,6 +9,7 @@ into the half not in use, then one update of the service entry switches to it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import functools
 import logging
@@ -22,8 +23,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from pyvs.dataplane import abi, libbpf
-from pyvs.dataplane.build import object_path
+from pyvs.dataplane.build import BuildError, object_path
 from pyvs.dataplane.neighbours import ZERO_MAC, NeighbourError, NextHop, interface_index, resolve
+from pyvs.dataplane.pinmeta import META_NAME, MIGRATE_HINT, PinCheck, check_pins, write_meta
 from pyvs.dataplane.pins import bpffs_root, default_pin_dir
 from pyvs.model import (
     HOST_MASK,
@@ -50,6 +52,7 @@ MAP_NAMES = (
     "svc_reals", "slot_usage",
 )
 PROGRAM_NAME = "pyvs_xdp"
+PYVS_PROGRAMS = (PROGRAM_NAME, "pyvs_pass")  # the kernel keeps the first 15 characters of a program's name
 
 Resolver = Callable[[IPv4Address], NextHop]
 CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; the time module does not name it
@@ -163,11 +166,21 @@ class Dataplane:
             for i in range(count):
                 yield fd, keys[i], values[i]
 
-    def attach(self, ifname: str, mode: str = "native") -> None:
-        """Attach the XDP program to `ifname` ("native" driver mode or "generic" skb mode)."""
+    def attach(self, ifname: str, mode: str = "native", force: bool = False) -> None:
+        """Attach the XDP program to `ifname` ("native" driver mode or "generic" skb mode). An XDP program that is
+        not pyvs's is never replaced unless `force`: chain programs with a dispatcher instead (README)."""
         flags = {"native": libbpf.XDP_FLAGS_DRV_MODE, "generic": libbpf.XDP_FLAGS_SKB_MODE}.get(mode)
         if flags is None:
             raise DataplaneError(f"unknown XDP mode '{mode}' (native or generic)")
+        try:
+            found = self.xdp_program(ifname)
+        except NeighbourError as exc:
+            raise DataplaneError(str(exc)) from None
+        if found is not None and found[2] not in PYVS_PROGRAMS and not force:
+            raise DataplaneError(
+                f"{ifname} already runs the XDP program {found[2] or '(unnamed)'} (id {found[1]}, {found[0]}), which "
+                "is not pyvs's: pyvs does not replace it (chain both with libxdp's dispatcher, see README, or "
+                "use --force to replace it)")
         try:
             start_sweeper(self.program())
             libbpf.xdp_attach(interface_index(ifname), self.program_fd(), flags)
@@ -185,15 +198,58 @@ class Dataplane:
         return None
 
     @staticmethod
-    def detach(ifname: str) -> None:
+    def xdp_program(ifname: str) -> tuple[str, int, str] | None:
+        """(mode, program id, program name) of the XDP program on `ifname`, None when there is none."""
+        found = Dataplane.xdp_mode(ifname)
+        return None if found is None else (*found, libbpf.prog_name(found[1]))
+
+    @staticmethod
+    def detach(ifname: str, force: bool = False) -> str | None:
+        """Remove pyvs's XDP program from `ifname` (any program with `force`); another program stays, and its
+        name is returned."""
         ifindex = interface_index(ifname)
         for flags in (libbpf.XDP_FLAGS_DRV_MODE, libbpf.XDP_FLAGS_SKB_MODE):
-            if libbpf.xdp_query_id(ifindex, flags):
-                libbpf.xdp_detach(ifindex, flags)
+            prog_id = libbpf.xdp_query_id(ifindex, flags)
+            if not prog_id:
+                continue
+            name = libbpf.prog_name(prog_id)
+            if name not in PYVS_PROGRAMS and not force:
+                log.warning("%s runs the XDP program %s (id %d), not pyvs's: left attached", ifname, name, prog_id)
+                return name or "(unnamed)"
+            libbpf.xdp_detach(ifindex, flags)
+        return None
 
     def test_run(self, frame: bytes, repeat: int = 1) -> libbpf.TestRunResult:
         """Run the XDP program on one frame (BPF_PROG_TEST_RUN) against the live maps."""
         return libbpf.prog_test_run(self.program_fd(), frame, repeat)
+
+    def _check_shards(self) -> None:
+        """The connection tables' shards hold this version's keys and values (they are made by Python, not the
+        object, so the pin check cannot see them)."""
+        want = (ctypes.sizeof(abi.ConnKey), ctypes.sizeof(abi.Conn))
+        for table in ("conns", "half_open"):
+            fd = self._shard_fd(table, 0) if self.conn_shards else None
+            if fd is None:
+                raise DataplaneError(f"the data plane at {self.pin_dir} has no {table} table: {MIGRATE_HINT}")
+            info = libbpf.map_info(fd)
+            if (info.key_size, info.value_size) != want:
+                raise DataplaneError(f"the data plane pinned at {self.pin_dir} was made by another version of pyvs "
+                                     f"({table}: key/value {info.key_size}/{info.value_size}, expected "
+                                     f"{want[0]}/{want[1]}): {MIGRATE_HINT}")
+
+    def _default_config(self) -> None:
+        """Write the default timeouts and pass length where the config holds none (a data plane whose creation
+        was cut short, or made by a version that lacked a state): an entry with a zero timeout expires at once."""
+        if all(self._config().timeouts[abi.STATES[n]] for n in abi.DEFAULT_TIMEOUTS) and self._config().pass_ticks:
+            return
+        with self._writing():
+            cfg = self._config()
+            for name, seconds in abi.DEFAULT_TIMEOUTS.items():
+                if not cfg.timeouts[abi.STATES[name]]:
+                    cfg.timeouts[abi.STATES[name]] = seconds
+            cfg.pass_ticks = cfg.pass_ticks or abi.PASS_TICKS
+            libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+            log.warning("data plane at %s: default timeouts written where none were set", self.pin_dir)
 
     # ---- reading --------------------------------------------------------------------------------
 
@@ -1049,33 +1105,75 @@ def _install_tables(fds: dict[str, int], shards: dict[str, list[int]]) -> None:
     libbpf.map_update(fds["config"], ctypes.c_uint32(0), cfg)
 
 
+def expected_shapes() -> dict[str, tuple[int, int, int]]:
+    """(type, key size, value size) of every map of this version's object."""
+    return libbpf.map_shapes(str(object_path("xdp")))
+
+
+def pin_state(path: Path, check_netns: bool) -> PinCheck:
+    """What is pinned at `path`: absent, stale, mismatched or ok (see pinmeta)."""
+    return check_pins(path, MAP_NAMES, expected_shapes(), check_netns)
+
+
+def _create(path: Path, conn_table_size: int) -> None:
+    """Create the data plane at `path` all at once: everything is pinned in a directory beside it, which is
+    then renamed to `path`; a crash leaves no half-made data plane, and of two creators one wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(f"{path.name}_new_{os.getpid()}")  # bpffs names have no dots
+    remove_pins(building)
+    building.mkdir()
+    try:
+        shards = _create_shards(conn_table_size)
+        try:
+            with libbpf.BpfObject(str(object_path("xdp")), str(building), inner_map_fds={
+                    "conns": shards["conns"][0], "half_open": shards["half_open"][0]}) as obj:
+                fds = {name: obj.map_fd(name) for name in MAP_NAMES}
+                _install_tables(fds, shards)
+                write_meta(building)
+                start_sweeper(obj)
+        finally:
+            _close_shards(shards)
+        try:
+            os.rename(building, path)  # replaces an empty directory, never one with pins
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    finally:
+        remove_pins(building)
+
+
 def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resolve,
-                   conn_table_size: int | None = None) -> Dataplane:
+                   conn_table_size: int | None = None, check: bool = True) -> Dataplane:
     """Open the data plane pinned at `pin_dir` (default: per network namespace), creating it if absent.
 
-    `conn_table_size` sizes the connection table when the maps are created; asking an existing
+    Pins made by another version of pyvs are refused (`check=False` opens them anyway, for migrate);
+    at the default directory, pins of a namespace that no longer exists are removed and a new data plane
+    is created. `conn_table_size` sizes the connection table when the maps are created; asking an existing
     data plane for another size is an error (the table would have to be rebuilt).
     """
     path = Path(pin_dir) if pin_dir else default_pin_dir()
     if conn_table_size is not None and not 1024 <= conn_table_size <= 1 << 26:
         raise DataplaneError(f"connection table size {conn_table_size} is out of range (1024-{1 << 26})")
     try:
-        if all((path / name).exists() for name in MAP_NAMES):
-            fds = {name: libbpf.obj_get(str(path / name)) for name in MAP_NAMES}
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            shards = _create_shards(conn_table_size or abi.CONN_TABLE_SIZE)
-            try:
-                with libbpf.BpfObject(str(object_path("xdp")), str(path), inner_map_fds={
-                        "conns": shards["conns"][0], "half_open": shards["half_open"][0]}) as obj:
-                    fds = {name: os.dup(obj.map_fd(name)) for name in MAP_NAMES}
-                    _install_tables(fds, shards)
-                    start_sweeper(obj)
-            finally:
-                _close_shards(shards)
-    except OSError as exc:
+        state = pin_state(path, check_netns=not pin_dir)
+        if state.state == "stale":
+            log.warning("the pins at %s were made in a network namespace that no longer exists: removed", path)
+            remove_pins(path)
+        if state.state == "mismatch" and check:
+            raise DataplaneError(state.message(path))
+        if state.state in ("absent", "stale"):
+            _create(path, conn_table_size or abi.CONN_TABLE_SIZE)
+        fds = {name: libbpf.obj_get(str(path / name)) for name in MAP_NAMES}
+    except (OSError, BuildError) as exc:
         raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
     dp = Dataplane(path, fds, resolver)
+    try:
+        if check:
+            dp._check_shards()
+        dp._default_config()
+    except BaseException:
+        dp.close()
+        raise
     if conn_table_size is not None and table_shape(conn_table_size)[:2] != table_shape(dp.conn_table_size)[:2]:
         dp.close()
         raise DataplaneError(
@@ -1083,6 +1181,72 @@ def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resol
             "data plane first (pyvs director detach --remove-rules)"
         )
     return dp
+
+
+READ_MAPS = ("services", "reals", "svc_reals", "slot_usage", "svc_gens", "config")  # what read_rules needs
+
+
+def migrate(pin_dir: str | Path | None, saved: str | None = None, resolver: Resolver = resolve) -> Rules:
+    """Recreate the data plane at `pin_dir` with this version's layout, keeping its rules: read them from the old
+    maps where their layout still reads (timeouts, switches and table size kept too), or from `saved` (the text of
+    a `pyvsadm -S -n`). pyvs's XDP program is attached again where it was. Returns the rules restored."""
+    from pyvs.admin.commands import CommandError, restore
+    from pyvs.admin.options import UsageError
+
+    path = Path(pin_dir) if pin_dir else default_pin_dir()
+    try:
+        state = pin_state(path, check_netns=False)
+    except (OSError, BuildError) as exc:
+        raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
+    if state.state == "absent":
+        raise DataplaneError(f"no data plane is pinned at {path}: nothing to migrate")
+    timeouts: Timeouts | None = None
+    switches: dict[str, bool] = {}
+    size: int | None = None
+    if saved is not None:
+        try:
+            rules = restore(Rules(), saved)
+        except (CommandError, UsageError) as exc:
+            raise DataplaneError(f"the saved rules do not restore: {exc}") from None
+    else:
+        unreadable = [p for p in state.problems if any(f"map {name}:" in p for name in READ_MAPS)]
+        unreadable += [f"map {n} missing" for n in READ_MAPS if not (path / n).exists()]
+        if unreadable:
+            raise DataplaneError(
+                f"this version cannot read the rules at {path} ({'; '.join(unreadable)}): with the old version save "
+                "them (`pyvsadm -S -n > FILE`), then run `pyvs director migrate --from FILE`")
+        with open_dataplane(path, resolver, check=False) as old:
+            rules, timeouts, switches = old.read_rules(), old.read_timeouts(), old.switches()
+            size = old.conn_table_size or None
+    attached = [(name, found[0]) for name in _interfaces()
+                if (found := Dataplane.xdp_program(name)) is not None and found[2] == PROGRAM_NAME]
+    remove_pins(path)
+    with open_dataplane(path, resolver, size) as dp:
+        dp.apply(rules)
+        if timeouts is not None:
+            dp.set_timeouts(timeouts)
+        for name, on in switches.items():
+            dp._set_flag(abi.CFG_EXPIRE_NODEST_CONN if name == "expire_nodest_conn" else abi.CFG_SLOPPY_TCP, on)
+        for ifname, mode in attached:
+            dp.attach(ifname, mode, force=True)
+    return rules
+
+
+def _interfaces() -> list[str]:
+    return [name for _, name in socket.if_nameindex()]
+
+
+def pinned_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resolve) -> Dataplane | None:
+    """The data plane pinned at `pin_dir` (default: this namespace's), None when there is none or only a stale
+    one; never creates anything (read-only commands)."""
+    path = Path(pin_dir) if pin_dir else default_pin_dir()
+    try:
+        state = pin_state(path, check_netns=not pin_dir)
+    except (OSError, BuildError) as exc:
+        raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
+    if state.state in ("absent", "stale"):
+        return None
+    return open_dataplane(path, resolver)
 
 
 @contextmanager
@@ -1101,7 +1265,7 @@ def scratch_dataplane(name: str, resolver: Resolver = resolve,
 def remove_pins(pin_dir: str | Path) -> None:
     """Remove a data plane's pinned maps (forwarding stops once no program uses them)."""
     path = Path(pin_dir)
-    for name in MAP_NAMES:
+    for name in (*MAP_NAMES, META_NAME):
         (path / name).unlink(missing_ok=True)
     try:
         path.rmdir()
@@ -1116,4 +1280,5 @@ def attach_pass_program(ifname: str, mode: str = "native") -> None:
         libbpf.xdp_attach(interface_index(ifname), obj.prog_fd("pyvs_pass"), flags)
 
 
-__all__ = ["Dataplane", "DataplaneError", "open_dataplane", "remove_pins", "scratch_dataplane", "attach_pass_program"]
+__all__ = ["Dataplane", "DataplaneError", "open_dataplane", "pinned_dataplane", "remove_pins", "scratch_dataplane",
+           "attach_pass_program"]
