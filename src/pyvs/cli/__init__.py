@@ -219,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     watch_parser.add_argument("--flip-window", type=float, default=10.0, help="flip-flop window, seconds (default 10)")
     watch_parser.add_argument("--flip-count", type=int, default=3,
                               help="MAC changes within the window that make a flip-flop (default 3)")
+    watch_parser.add_argument("--follow-real-macs", action="store_true",
+                              help="let the data plane follow a real's new MAC once verified (unicast ARP probes: the "
+                                   "new MAC answers, the old one is silent); default: report the claim only")
+    watch_parser.add_argument("--verify-time", type=float, default=0.5,
+                              help="seconds the old and new MAC have to answer a verification (default 0.5)")
     watch_parser.add_argument("--garp-limit", type=int, default=10,
                               help="gratuitous ARPs per second from one address before a flood is reported "
                                    "(default 10)")
