@@ -42,6 +42,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import ndmsg
 
 from pyvs.arp.packets import (
     ANY_IP,
@@ -49,23 +50,21 @@ from pyvs.arp.packets import (
     ARP_REQUEST,
     ETH_P_ARP,
     PACKET_OUTGOING,
-    ZERO_MAC,
     Arp,
     arp_probe,
     interface_mac,
-    normalize_mac,
     packet_socket,
     parse_arp,
 )
 from pyvs.arp.takeover import gratuitous_frames
 from pyvs.dataplane import Dataplane, pinned_dataplane
-from pyvs.dataplane.neighbours import NeighbourError, interface_index, resolve
+from pyvs.dataplane.neighbours import NUD_USABLE, NeighbourError, interface_index, resolve
 from pyvs.dataplane.pins import default_pin_dir
+from pyvs.mac import ZERO_MAC, normalize_mac
 
 log = logging.getLogger(__name__)
 
-NUD_PERMANENT = 0x80
-NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
+NUD_PERMANENT = ndmsg.NUD_PERMANENT
 REANNOUNCE_AFTER = (0.0, 0.5, 1.0)  # seconds after a contest
 REANNOUNCE_GAP = 0.2  # never two announcements closer than this
 RULES_REFRESH = 2.0

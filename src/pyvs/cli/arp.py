@@ -40,7 +40,7 @@ class _Stopped(Exception):
 
 
 def pin_option(value: str) -> tuple[IPv4Address, str | None]:
-    from pyvs.arp.packets import normalize_mac
+    from pyvs.mac import normalize_mac
 
     address, _, mac = value.partition("=")
     try:
