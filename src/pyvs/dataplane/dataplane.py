@@ -4,100 +4,49 @@ Rules, counters and connections live in maps pinned under a per-director bpffs
 directory, so pyvsadm works without a daemon and forwarding goes on with no Python
 running. A change is atomic per service: a service's new scheduler table is written
 into the half not in use, then one update of the service entry switches to it.
+The planning of a change is in plan.py, the struct codec in codec.py, the pins and
+programs' lifecycle (open_dataplane, ...) in lifecycle.py.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
-import functools
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from pyvs.dataplane import abi, libbpf
-from pyvs.dataplane.build import BuildError, object_path
-from pyvs.dataplane.neighbours import ZERO_MAC, NeighbourError, NextHop, interface_index, resolve
-from pyvs.dataplane.pinmeta import META_NAME, MIGRATE_HINT, PinCheck, check_pins, write_meta
-from pyvs.dataplane.pins import bpffs_root, default_pin_dir
-from pyvs.model import (
-    HOST_MASK,
-    Connection,
-    Counters,
-    ModelError,
-    Protocol,
-    Real,
-    Rules,
-    Service,
-    ServiceKey,
-    Timeouts,
-    sched_flag_bits,
-    sched_flag_names,
-    validate_service,
+from pyvs.dataplane.base import PROGRAM_NAME, PYVS_PROGRAMS, DataplaneError, Resolver, start_sweeper
+from pyvs.dataplane.build import object_path
+from pyvs.dataplane.codec import (
+    RealSlot,
+    be_to_ip,
+    clear_bits,
+    ip_to_be,
+    service_from,
+    service_key,
+    set_bit,
+    set_hop,
+    svc_key,
+    svc_value,
+    table_base,
+    vip_filter_slot,
 )
-from pyvs.schedulers import build_table
+from pyvs.dataplane.neighbours import NeighbourError, NextHop, interface_index, resolve
+from pyvs.dataplane.pinmeta import MIGRATE_HINT
+from pyvs.dataplane.plan import Plan
+from pyvs.mac import ZERO_MAC, mac_bytes, mac_text
+from pyvs.model import Connection, Counters, Protocol, Real, RealKey, Rules, Service, ServiceKey, Timeouts
 
 log = logging.getLogger(__name__)
 
-MAP_NAMES = (
-    "services", "vips", "vip_filter", "svc_gens", "reals", "sched_table", "sched_state", "real_conns", "conns",
-    "half_open", "stats", "counters", "config", "sweeper", "lblc_cache", "lblcr_cache", "lblcr_scratch", "sched_choice",
-    "svc_reals", "slot_usage",
-)
-PROGRAM_NAME = "pyvs_xdp"
-PYVS_PROGRAMS = (PROGRAM_NAME, "pyvs_pass")  # the kernel keeps the first 15 characters of a program's name
-
-Resolver = Callable[[IPv4Address], NextHop]
 CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; the time module does not name it
-RealKey = tuple[IPv4Address, int]
-
-
-class DataplaneError(Exception):
-    """A data plane operation failed; nothing was changed unless the message says so."""
-
-
-@functools.lru_cache(maxsize=65536)
-def _ip_to_be(address: IPv4Address) -> int:
-    return int.from_bytes(address.packed, "little")  # network order bytes read as a native u32
-
-
-@functools.lru_cache(maxsize=65536)
-def _be_to_ip(value: int) -> IPv4Address:
-    return IPv4Address(value.to_bytes(4, "little"))
-
-
-def _port_to_be(port: int) -> int:
-    return socket.htons(port)
-
-
-@functools.lru_cache(maxsize=4096)
-def _mac_bytes(mac: str) -> bytes:
-    return bytes(int(part, 16) for part in mac.split(":"))
-
-
-def _mac_text(raw: Iterable[int]) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def svc_key(key: ServiceKey) -> abi.SvcKey:
-    return abi.SvcKey(vip=_ip_to_be(key.vip), port=_port_to_be(key.port), proto=int(key.proto))
-
-
-def _service_key(raw: abi.SvcKey) -> ServiceKey:
-    return ServiceKey(Protocol(raw.proto), _be_to_ip(raw.vip), socket.ntohs(raw.port))
-
-
-@dataclass
-class _RealSlot:
-    slot: int
-    entry: abi.RealEntry
 
 
 class Dataplane:
@@ -259,10 +208,10 @@ class Dataplane:
         for key in libbpf.map_keys(fd, abi.SvcKey):
             value = abi.Svc()
             if libbpf.map_lookup(fd, key, value):
-                result[_service_key(key)] = value
+                result[service_key(key)] = value
         return result
 
-    def _real_slots(self) -> list[_RealSlot]:
+    def _real_slots(self) -> list[RealSlot]:
         """Slots ever used (active, or with a generation to keep)."""
         keys, values, count = libbpf.map_lookup_batch(self._fds["reals"], ctypes.c_uint32, abi.RealEntry,
                                                       abi.MAX_REALS)
@@ -271,17 +220,17 @@ class Dataplane:
         flags_at, gen_at = abi.RealEntry.flags.offset // 4, abi.RealEntry.gen.offset // 4
         used = [i for i, (f, g) in enumerate(zip(words[flags_at::stride], words[gen_at::stride], strict=True))
                 if (f or g) and i < count]
-        return [_RealSlot(keys[i], values[i]) for i in used]
+        return [RealSlot(keys[i], values[i]) for i in used]
 
     def read_rules(self) -> Rules:
         services = self._services()
         by_index = {svc.index: key for key, svc in services.items()}
-        rules = Rules({key: _service(key, svc) for key, svc in services.items()})
+        rules = Rules({key: service_from(key, svc) for key, svc in services.items()})
         for real in self._real_slots():
             entry = real.entry
             key = by_index.get(entry.svc_index)
             if entry.flags & abi.REAL_ACTIVE and key is not None:
-                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
+                item = Real(be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
                             last_weight=entry.last_weight)
                 rules.services[key].reals[item.key] = item
         return rules
@@ -291,16 +240,16 @@ class Dataplane:
         raw = abi.Svc()
         if not libbpf.map_lookup(self._fds["services"], svc_key(key), raw):
             return None
-        svc = _service(key, raw)
+        svc = service_from(key, raw)
         for real in self._service_slots(raw.index):
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE:
-                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
+                item = Real(be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
                             last_weight=entry.last_weight)
                 svc.reals[item.key] = item
         return svc
 
-    def _service_slots(self, index: int) -> list[_RealSlot]:
+    def _service_slots(self, index: int) -> list[RealSlot]:
         """The real slots of one service by its index; inactive ones (a change under way) included."""
         listed = abi.SvcReals()
         if not libbpf.map_lookup(self._fds["svc_reals"], ctypes.c_uint32(index), listed):
@@ -309,7 +258,7 @@ class Dataplane:
         for slot in listed.slots[:listed.count]:
             entry = self._read_entry(slot)
             if entry.svc_index == index:
-                result.append(_RealSlot(slot, entry))
+                result.append(RealSlot(slot, entry))
         return result
 
     def index_problems(self) -> list[str]:
@@ -324,11 +273,11 @@ class Dataplane:
         usage = abi.SlotUsage()
         libbpf.map_lookup(self._fds["slot_usage"], ctypes.c_uint32(0), usage)
         indexes = {svc.index for svc in services.values()}
-        marked = set(range(abi.MAX_SERVICES)) - set(_clear_bits(usage.services, abi.MAX_SERVICES))
+        marked = set(range(abi.MAX_SERVICES)) - set(clear_bits(usage.services, abi.MAX_SERVICES))
         if marked != indexes:
             problems.append(f"service slots marked taken {sorted(marked)}, in use {sorted(indexes)}")
         used = set().union(*active.values()) if active else set()
-        marked = set(range(abi.MAX_REALS)) - set(_clear_bits(usage.reals, abi.MAX_REALS))
+        marked = set(range(abi.MAX_REALS)) - set(clear_bits(usage.reals, abi.MAX_REALS))
         if marked != used:
             problems.append(f"real slots marked taken but free {sorted(marked - used)[:10]}, "
                             f"in use but not marked {sorted(used - marked)[:10]}")
@@ -427,7 +376,7 @@ class Dataplane:
         for real in self._real_slots():
             key = by_index.get(real.entry.svc_index)
             if real.entry.flags & abi.REAL_ACTIVE and key is not None:
-                rkey = (_be_to_ip(real.entry.rip), socket.ntohs(real.entry.port))
+                rkey = (be_to_ip(real.entry.rip), socket.ntohs(real.entry.port))
                 result[(key, rkey)] = self._stats_at(abi.MAX_SERVICES + real.slot)
         return result
 
@@ -490,8 +439,8 @@ class Dataplane:
             if value.svc_index not in by_index or real is None or real.gen != value.gen:
                 continue
             result.append(Connection(
-                Protocol(key.proto), _be_to_ip(key.saddr), socket.ntohs(key.sport), _be_to_ip(key.daddr),
-                socket.ntohs(key.dport), _be_to_ip(real.rip), socket.ntohs(real.port),
+                Protocol(key.proto), be_to_ip(key.saddr), socket.ntohs(key.sport), be_to_ip(key.daddr),
+                socket.ntohs(key.dport), be_to_ip(real.rip), socket.ntohs(real.port),
                 abi.STATE_NAMES.get(value.state, "ERR!"), left, template=bool(value.flags & abi.CONN_F_TEMPLATE),
             ))
         return result
@@ -521,15 +470,15 @@ class Dataplane:
             if entry.svc_index in by_index:
                 counts = abi.RealConns()
                 libbpf.map_lookup(self._fds["real_conns"], ctypes.c_uint32(slot), counts)
-                key = (by_index[entry.svc_index], (_be_to_ip(entry.rip), socket.ntohs(entry.port)))
+                key = (by_index[entry.svc_index], (be_to_ip(entry.rip), socket.ntohs(entry.port)))
                 result[key] = counts.live(parity)
         return result
 
     def real_next_hops(self) -> dict[tuple[ServiceKey, RealKey], NextHop]:
         by_index, reals = self._owners()
         return {
-            (by_index[e.svc_index], (_be_to_ip(e.rip), socket.ntohs(e.port))):
-                NextHop(e.ifindex, _mac_text(e.smac), _mac_text(e.dmac))
+            (by_index[e.svc_index], (be_to_ip(e.rip), socket.ntohs(e.port))):
+                NextHop(e.ifindex, mac_text(e.smac), mac_text(e.dmac))
             for e in reals.values() if e.svc_index in by_index
         }
 
@@ -613,11 +562,11 @@ class Dataplane:
             # The slot usage is rebuilt from what the maps hold, so a whole apply also repairs it.
             usage = abi.SlotUsage()
             for svc in current.values():
-                _set_bit(usage.services, svc.index)
+                set_bit(usage.services, svc.index)
             for real in slots:
                 if real.entry.flags & abi.REAL_ACTIVE:
-                    _set_bit(usage.reals, real.slot)
-            plan = _Plan(current, slots, rules, resolver, usage, lambda slot: abi.RealEntry())
+                    set_bit(usage.reals, real.slot)
+            plan = Plan(current, slots, rules, resolver, usage, lambda slot: abi.RealEntry())
             self._carry_out(plan, rules, set(rules.services))
 
     def apply_service(self, key: ServiceKey, service: Service | None) -> None:
@@ -640,16 +589,16 @@ class Dataplane:
             usage = abi.SlotUsage()
             libbpf.map_lookup(self._fds["slot_usage"], ctypes.c_uint32(0), usage)
             rules = Rules({key: service} if service is not None else {})
-            plan = _Plan(current, slots, rules, resolver, usage, self._read_entry)
+            plan = Plan(current, slots, rules, resolver, usage, self._read_entry)
             vip_keys = None
             if bool(current) != (service is not None):  # a service comes or goes: the VIP maps follow
-                vip_keys = {_service_key(k) for k in libbpf.map_keys(self._fds["services"], abi.SvcKey)}
+                vip_keys = {service_key(k) for k in libbpf.map_keys(self._fds["services"], abi.SvcKey)}
                 vip_keys.discard(key)
                 if service is not None:
                     vip_keys.add(key)
             self._carry_out(plan, rules, vip_keys)
 
-    def _carry_out(self, plan: _Plan, rules: Rules, vip_keys: set[ServiceKey] | None) -> None:
+    def _carry_out(self, plan: Plan, rules: Rules, vip_keys: set[ServiceKey] | None) -> None:
         """Write a checked plan. The slot index first lists every slot a service may use (old and
         new), then the maps the program reads change, then the index keeps only what is left."""
         for key in plan.changed_services:
@@ -686,14 +635,14 @@ class Dataplane:
         """Point every active real with address `rip` at a new MAC (its NIC changed); with `old_mac`, only those
         still sending to `old_mac`. Only the MAC changes: each entry is re-read under the writers' lock, so a
         real deleted or a slot reused meanwhile is left as it is. Returns how many entries changed."""
-        new = list(_mac_bytes(mac))
+        new = list(mac_bytes(mac))
         changed = 0
         with self._writing():
             for real in self._real_slots():
                 entry = self._read_entry(real.slot)  # under the lock: what the maps hold now
-                if not entry.flags & abi.REAL_ACTIVE or _be_to_ip(entry.rip) != rip or _mac_text(entry.dmac) == mac:
+                if not entry.flags & abi.REAL_ACTIVE or be_to_ip(entry.rip) != rip or mac_text(entry.dmac) == mac:
                     continue
-                if old_mac is not None and _mac_text(entry.dmac) != old_mac:
+                if old_mac is not None and mac_text(entry.dmac) != old_mac:
                     continue
                 entry.dmac[:] = new
                 libbpf.map_update(self._fds["reals"], ctypes.c_uint32(real.slot), entry)
@@ -709,7 +658,7 @@ class Dataplane:
             index = services[key].index
             slots = {r.slot for r in self._real_slots()
                      if r.entry.flags & abi.REAL_ACTIVE and r.entry.svc_index == index
-                     and (_be_to_ip(r.entry.rip), socket.ntohs(r.entry.port)) == real}
+                     and (be_to_ip(r.entry.rip), socket.ntohs(r.entry.port)) == real}
             flushed = 0
             for fd, conn_key, value, _ in self._live_connections():
                 if value.svc_index == index and value.real in slots:
@@ -748,17 +697,17 @@ class Dataplane:
         wanted: dict[int, abi.RealEntry] = {}
         for real in self._real_slots():
             entry = real.entry
-            if entry.flags & abi.REAL_ACTIVE and not (only_missing and _mac_text(entry.dmac) != ZERO_MAC):
+            if entry.flags & abi.REAL_ACTIVE and not (only_missing and mac_text(entry.dmac) != ZERO_MAC):
                 wanted[real.slot] = entry
         hops: dict[int, NextHop] = {}
         for rip in sorted({entry.rip for entry in wanted.values()}):
             try:
-                hops[rip] = self._resolver(_be_to_ip(rip))
+                hops[rip] = self._resolver(be_to_ip(rip))
             except NeighbourError as exc:
                 if unresolved is None:
-                    log.warning("real server %s: %s", _be_to_ip(rip), exc)
+                    log.warning("real server %s: %s", be_to_ip(rip), exc)
                 else:
-                    unresolved(_be_to_ip(rip), str(exc))
+                    unresolved(be_to_ip(rip), str(exc))
         changed = 0
         with self._writing():
             for slot, seen in wanted.items():
@@ -766,11 +715,11 @@ class Dataplane:
                 if hop is None or hop.dmac == ZERO_MAC:
                     continue
                 entry = self._read_entry(slot)
-                now = (_mac_text(entry.dmac), entry.ifindex, _mac_text(entry.smac))
+                now = (mac_text(entry.dmac), entry.ifindex, mac_text(entry.smac))
                 if (not entry.flags & abi.REAL_ACTIVE or (entry.rip, entry.gen) != (seen.rip, seen.gen)
                         or now == (hop.dmac, hop.ifindex, hop.smac)):
                     continue
-                _set_hop(entry, hop)
+                set_hop(entry, hop)
                 libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
                 changed += 1
         return changed
@@ -782,7 +731,7 @@ class Dataplane:
         hops: dict[IPv4Address, NextHop] = {}
         for svc in rules.services.values():
             for real in svc.reals.values():
-                if _ip_to_be(real.rip) not in known and real.rip not in hops:
+                if ip_to_be(real.rip) not in known and real.rip not in hops:
                     try:
                         hops[real.rip] = self._resolver(real.rip)
                     except NeighbourError:
@@ -793,7 +742,7 @@ class Dataplane:
             return hop if hop is not None else self._resolver(rip)
         return resolver
 
-    def _write_reals(self, plan: _Plan) -> None:
+    def _write_reals(self, plan: Plan) -> None:
         """The real entries of the plan that are new or changed, in one batch; a slot that served
         another real before starts with zero counts and counters."""
         slots = sorted(plan.real_changed)
@@ -807,19 +756,19 @@ class Dataplane:
                 self._zero_stats(abi.MAX_SERVICES + slot)
         libbpf.map_update_batch(self._fds["reals"], keys, values)
 
-    def _write_service(self, svc: Service, plan: _Plan) -> None:
+    def _write_service(self, svc: Service, plan: Plan) -> None:
         """The service's new scheduler table in the half not in use, then the service entry."""
         real_slots, positions = plan.tables[svc.key]
         table = [real_slots[i] for i in positions]
         old = plan.current.get(svc.key)
         index = plan.service_index[svc.key]
-        value = _svc_value(svc, index)
+        value = svc_value(svc, index)
         if old is None:
             self._bump_svc_gen(index)  # odd: the slot is taken, by a new incarnation
             self._zero_stats(index)
             libbpf.map_update(self._fds["sched_state"], ctypes.c_uint32(index), ctypes.c_uint32(0))
-        half = 1 if old is not None and old.table_base == _table_base(index, 0) else 0
-        base = _table_base(index, half)
+        half = 1 if old is not None and old.table_base == table_base(index, 0) else 0
+        base = table_base(index, half)
         if table:
             keys = (ctypes.c_uint32 * len(table))(*range(base, base + len(table)))
             values = (ctypes.c_uint32 * len(table))(*table)
@@ -836,7 +785,7 @@ class Dataplane:
         """The vips map (flags per VIP) and the pre-filter (VIPs per slot) for these services."""
         flags: dict[int, int] = {}
         for key in keys:
-            vip = _ip_to_be(key.vip)
+            vip = ip_to_be(key.vip)
             flags[vip] = flags.get(vip, 0) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
         fd = self._fds["vips"]
         old = {raw.value for raw in libbpf.map_keys(fd, ctypes.c_uint32)}
@@ -849,436 +798,3 @@ class Dataplane:
             libbpf.map_update(self._fds["vip_filter"], ctypes.c_uint32(slot), ctypes.c_uint32(slots.get(slot, 0)))
         for vip in old - set(flags):
             libbpf.map_delete(fd, ctypes.c_uint32(vip))
-
-
-def _svc_value(svc: Service, index: int) -> abi.Svc:
-    flags = sched_flag_bits(svc.sched_flags) | (abi.SVC_F_PERSISTENT if svc.persistent is not None else 0)
-    return abi.Svc(index=index, sched=abi.SCHEDULER_IDS[svc.scheduler], flags=flags,
-                   persist_timeout=svc.persistent or 0, netmask=_ip_to_be(svc.netmask))
-
-
-def _same_settings(a: abi.Svc, b: abi.Svc) -> bool:
-    return (a.sched, a.flags, a.persist_timeout, a.netmask) == (b.sched, b.flags, b.persist_timeout, b.netmask)
-
-
-def _service(key: ServiceKey, raw: abi.Svc) -> Service:
-    scheduler = abi.SCHEDULER_NAMES[raw.sched]
-    persistent = raw.persist_timeout if raw.flags & abi.SVC_F_PERSISTENT else None
-    netmask = _be_to_ip(raw.netmask) if persistent is not None else HOST_MASK
-    return Service(key, scheduler, persistent, netmask, sched_flag_names(scheduler, raw.flags & 7))
-
-
-def start_sweeper(program: libbpf.BpfObject) -> None:
-    """Start (or restart) the timer that removes expired connections once a second."""
-    libbpf.prog_test_run(program.prog_fd("pyvs_start_sweeper"), bytes(64))
-
-
-def vip_filter_slot(vip: int) -> int:
-    """The pre-filter slot of a VIP (the u32 of its network-order bytes), as the program computes it."""
-    return (vip ^ (vip >> 16)) & (abi.VIP_FILTER_SIZE - 1)
-
-
-def _table_base(index: int, half: int) -> int:
-    return (index * 2 + half) * abi.SCHED_TABLE_SIZE
-
-
-def _set_hop(entry: abi.RealEntry, hop: NextHop) -> None:
-    entry.ifindex = hop.ifindex
-    entry.dmac[:] = list(_mac_bytes(hop.dmac))
-    entry.smac[:] = list(_mac_bytes(hop.smac))
-
-
-class _Plan:
-    """Slots for every service and real of a rule set, decided before anything is written.
-
-    Only services that differ from what the maps hold are validated and rewritten, so one change
-    in a large rule set costs little. `current` and `slots` are what the maps hold of the services
-    concerned (all of them, or one); `usage` says which slots are taken in the whole data plane.
-    """
-
-    def __init__(self, current: dict[ServiceKey, abi.Svc], slots: list[_RealSlot], rules: Rules,
-                 resolver: Resolver, usage: abi.SlotUsage, read_entry: Callable[[int], abi.RealEntry]):
-        self.current = current
-        self.removed_services = [key for key in current if key not in rules.services]
-        removed_indexes = {current[key].index for key in self.removed_services}
-        free_indexes = iter(sorted(set(_clear_bits(usage.services, abi.MAX_SERVICES)) | removed_indexes))
-        self.service_index: dict[ServiceKey, int] = {}
-        for key in sorted(rules.services):
-            if key in current:
-                self.service_index[key] = current[key].index
-            else:
-                index = next(free_indexes, None)
-                if index is None:
-                    raise DataplaneError(f"too many services (the data plane holds {abi.MAX_SERVICES})")
-                self.service_index[key] = index
-
-        self.entries = {s.slot: s.entry for s in slots}
-        # (service slot, rip, port) as ints -> real slot, for the reals the maps hold (ints hash fast)
-        existing: dict[tuple[int, int, int], int] = {}
-        for s in slots:
-            if s.entry.flags & abi.REAL_ACTIVE:
-                existing[(s.entry.svc_index, socket.ntohl(s.entry.rip), socket.ntohs(s.entry.port))] = s.slot
-        old_index = {svc.index: key for key, svc in current.items()}
-        wanted: set[int] = set()
-        # service -> (rip as int, port) -> real slot, after the change
-        self.real_slot: dict[ServiceKey, dict[tuple[int, int], int]] = {}
-        self.real_changed: dict[int, bool] = {}
-        self.new_slots: set[int] = set()
-        self.changed_services: set[ServiceKey] = set()
-        new_reals: list[tuple[ServiceKey, Real]] = []
-        last_weights: dict[ServiceKey, dict[tuple[int, int], int]] = {}
-        for svc in rules.services.values():
-            index = self.service_index[svc.key]
-            old = current.get(svc.key)
-            if old is None or not _same_settings(old, _svc_value(svc, index)):
-                self.changed_services.add(svc.key)
-            same_service = old_index.get(index) == svc.key
-            slots_here = self.real_slot[svc.key] = {}
-            last_here = last_weights[svc.key] = {}
-            for real in svc.reals.values():
-                rid = (int(real.rip), real.port)
-                slot = existing.get((index, *rid)) if same_service else None
-                if slot is not None:
-                    slots_here[rid] = slot
-                    wanted.add(slot)
-                    entry = self.entries[slot]
-                    last_here[rid] = real.weight or entry.last_weight  # IPVS keeps it when the weight goes to 0
-                    if entry.weight != real.weight or entry.last_weight != last_here[rid]:
-                        entry.weight, entry.last_weight = real.weight, last_here[rid]
-                        self.real_changed[slot] = True
-                        self.changed_services.add(svc.key)
-                else:
-                    last_here[rid] = real.weight
-                    new_reals.append((svc.key, real))
-                    self.changed_services.add(svc.key)
-        self.freed_reals = [slot for slot in existing.values() if slot not in wanted]
-        for slot in self.freed_reals:
-            owner = old_index.get(self.entries[slot].svc_index)
-            if owner is not None and owner in rules.services:
-                self.changed_services.add(owner)
-
-        # service -> (sorted reals, scheduler table as positions in that list), built once
-        sorted_reals: dict[ServiceKey, list[Real]] = {}
-        positions: dict[ServiceKey, list[int]] = {}
-        for key in self.changed_services:
-            svc = rules.services[key]
-            try:
-                validate_service(svc)
-            except ModelError as exc:
-                raise DataplaneError(str(exc)) from None
-            if len(svc.reals) > abi.MAX_REALS_PER_SERVICE:
-                raise DataplaneError(f"service {svc.key}: {len(svc.reals)} real servers, more than "
-                                     f"{abi.MAX_REALS_PER_SERVICE} in one service")
-            sorted_reals[key] = svc.sorted_reals()
-            table_reals = sorted_reals[key]
-            if svc.scheduler == "mh":
-                table_reals = [Real(r.rip, r.port, r.weight, last_weight=last_weights[key][(int(r.rip), r.port)])
-                               for r in table_reals]
-            positions[key] = build_table(svc.scheduler, table_reals, sched_flag_bits(svc.sched_flags))
-            length = len(positions[key])
-            if length > abi.SCHED_TABLE_SIZE:
-                raise DataplaneError(
-                    f"service {svc.key}: the {svc.scheduler} table needs {length} slots, more than "
-                    f"{abi.SCHED_TABLE_SIZE}; use fewer reals or weights with a larger common divisor"
-                )
-
-        taken = set(existing.values())
-        free_slots = (i for i in _clear_bits(usage.reals, abi.MAX_REALS) if i not in taken)
-        # rip -> an entry with its next hop filled in, copied for each new real at that address
-        hops: dict[int, abi.RealEntry] = {}
-        for key, real in new_reals:
-            slot = next(free_slots, None)
-            if slot is None:
-                raise DataplaneError(f"too many real servers (the data plane holds {abi.MAX_REALS})")
-            template = hops.get(int(real.rip))
-            if template is None:
-                try:
-                    hop = resolver(real.rip)
-                except NeighbourError as exc:
-                    raise DataplaneError(str(exc)) from None
-                template = hops[int(real.rip)] = abi.RealEntry(rip=_ip_to_be(real.rip), flags=abi.REAL_ACTIVE)
-                _set_hop(template, hop)
-                if hop.dmac == ZERO_MAC:
-                    log.warning("real server %s: MAC address not resolved; its packets are dropped until it is",
-                                real.rip)
-            old_entry = self.entries.get(slot) or read_entry(slot)
-            entry = abi.RealEntry.from_buffer_copy(template)
-            entry.port, entry.weight, entry.last_weight = _port_to_be(real.port), real.weight, real.weight
-            entry.svc_index = self.service_index[key]
-            entry.gen = (old_entry.gen + 1) & 0xFFFFFFFF
-            self.entries[slot] = entry
-            self.real_slot[key][(int(real.rip), real.port)] = slot
-            self.real_changed[slot] = True
-            self.new_slots.add(slot)
-
-        # Slot usage while the change is written (old and new taken) and after it.
-        self.usage_during = abi.SlotUsage.from_buffer_copy(usage)
-        for index in self.service_index.values():
-            _set_bit(self.usage_during.services, index)
-        for slot in self.new_slots:
-            _set_bit(self.usage_during.reals, slot)
-        self.usage_after = abi.SlotUsage.from_buffer_copy(self.usage_during)
-        for key in self.removed_services:
-            if current[key].index not in self.service_index.values():
-                _clear_bit(self.usage_after.services, current[key].index)
-        for slot in self.freed_reals:
-            _clear_bit(self.usage_after.reals, slot)
-
-        self.tables = {
-            key: ([self.real_slot[key][(int(r.rip), r.port)] for r in reals], positions[key])
-            for key, reals in sorted_reals.items()
-        }
-        self._freed_of: dict[int, list[int]] = {}
-        for slot in self.freed_reals:
-            self._freed_of.setdefault(self.entries[slot].svc_index, []).append(slot)
-
-    def slots_of(self, key: ServiceKey) -> list[int]:
-        """The real slots of a service after the change."""
-        return list(self.real_slot.get(key, {}).values())
-
-    def freed_of(self, key: ServiceKey) -> list[int]:
-        """The slots this change takes from a service."""
-        return self._freed_of.get(self.current[key].index, []) if key in self.current else []
-
-
-def _set_bit(words: ctypes.Array[ctypes.c_uint64], bit: int) -> None:
-    words[bit >> 6] |= 1 << (bit & 63)
-
-
-def _clear_bit(words: ctypes.Array[ctypes.c_uint64], bit: int) -> None:
-    words[bit >> 6] &= ~(1 << (bit & 63)) & 0xFFFFFFFFFFFFFFFF
-
-
-def _clear_bits(words: ctypes.Array[ctypes.c_uint64], size: int) -> Iterator[int]:
-    """The positions of the clear bits, in order."""
-    full = 0xFFFFFFFFFFFFFFFF
-    for w, word in enumerate(words):
-        if word == full:
-            continue
-        for b in range(64):
-            if not word >> b & 1 and w * 64 + b < size:
-                yield w * 64 + b
-
-
-def table_shape(size: int) -> tuple[int, int, int]:
-    """(shards, entries per shard, half-open entries per shard) of a connection table of `size` entries: shards
-    a power of two, each at most CONN_SHARD_TARGET entries where MAX_CONN_SHARDS allow."""
-    shards = 1
-    while shards < abi.MAX_CONN_SHARDS and size > shards * abi.CONN_SHARD_TARGET:
-        shards *= 2
-    per_shard = -(-size // shards)
-    return shards, per_shard, max(per_shard // abi.HALF_OPEN_DIVISOR, 64 * libbpf.num_possible_cpus())
-
-
-def _create_shards(size: int) -> dict[str, list[int]]:
-    """New shards (map fds) of conns and half_open for a connection table of `size` entries."""
-    shards, per_shard, half_per_shard = table_shape(size)
-    key_size, value_size = ctypes.sizeof(abi.ConnKey), ctypes.sizeof(abi.Conn)
-    created: dict[str, list[int]] = {"conns": [], "half_open": []}
-    try:
-        for table, entries, flags in (("conns", per_shard, 0),
-                                      ("half_open", half_per_shard, libbpf.BPF_F_NO_COMMON_LRU)):
-            for index in range(shards):
-                created[table].append(libbpf.map_create(libbpf.BPF_MAP_TYPE_LRU_HASH, f"pyvs_{table[:4]}{index}",
-                                                        key_size, value_size, entries, flags))
-    except OSError:
-        _close_shards(created)
-        raise
-    return created
-
-
-def _close_shards(shards: dict[str, list[int]]) -> None:
-    for fd in (fd for fds in shards.values() for fd in fds):
-        os.close(fd)
-
-
-def _install_tables(fds: dict[str, int], shards: dict[str, list[int]]) -> None:
-    """Put the shards in their maps of maps, then write the config that tells the program they are there."""
-    for table, shard_fds in shards.items():
-        for index, fd in enumerate(shard_fds):
-            libbpf.map_update(fds[table], ctypes.c_uint32(index), ctypes.c_int(fd))
-    cfg = abi.Config()
-    for name, seconds in abi.DEFAULT_TIMEOUTS.items():
-        cfg.timeouts[abi.STATES[name]] = seconds
-    cfg.conn_shards = len(shards["conns"])
-    cfg.pass_ticks = abi.PASS_TICKS
-    libbpf.map_update(fds["config"], ctypes.c_uint32(0), cfg)
-
-
-def expected_shapes() -> dict[str, tuple[int, int, int]]:
-    """(type, key size, value size) of every map of this version's object."""
-    return libbpf.map_shapes(str(object_path("xdp")))
-
-
-def pin_state(path: Path, check_netns: bool) -> PinCheck:
-    """What is pinned at `path`: absent, stale, mismatched or ok (see pinmeta)."""
-    return check_pins(path, MAP_NAMES, expected_shapes(), check_netns)
-
-
-def _create(path: Path, conn_table_size: int) -> None:
-    """Create the data plane at `path` all at once: everything is pinned in a directory beside it, which is
-    then renamed to `path`; a crash leaves no half-made data plane, and of two creators one wins."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    building = path.with_name(f"{path.name}_new_{os.getpid()}")  # bpffs names have no dots
-    remove_pins(building)
-    building.mkdir()
-    try:
-        shards = _create_shards(conn_table_size)
-        try:
-            with libbpf.BpfObject(str(object_path("xdp")), str(building), inner_map_fds={
-                    "conns": shards["conns"][0], "half_open": shards["half_open"][0]}) as obj:
-                fds = {name: obj.map_fd(name) for name in MAP_NAMES}
-                _install_tables(fds, shards)
-                write_meta(building)
-                start_sweeper(obj)
-        finally:
-            _close_shards(shards)
-        try:
-            os.rename(building, path)  # replaces an empty directory, never one with pins
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-    finally:
-        remove_pins(building)
-
-
-def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resolve,
-                   conn_table_size: int | None = None, check: bool = True) -> Dataplane:
-    """Open the data plane pinned at `pin_dir` (default: per network namespace), creating it if absent.
-
-    Pins made by another version of pyvs are refused (`check=False` opens them anyway, for migrate);
-    at the default directory, pins of a namespace that no longer exists are removed and a new data plane
-    is created. `conn_table_size` sizes the connection table when the maps are created; asking an existing
-    data plane for another size is an error (the table would have to be rebuilt).
-    """
-    path = Path(pin_dir) if pin_dir else default_pin_dir()
-    if conn_table_size is not None and not 1024 <= conn_table_size <= 1 << 26:
-        raise DataplaneError(f"connection table size {conn_table_size} is out of range (1024-{1 << 26})")
-    try:
-        state = pin_state(path, check_netns=not pin_dir)
-        if state.state == "stale":
-            log.warning("the pins at %s were made in a network namespace that no longer exists: removed", path)
-            remove_pins(path)
-        if state.state == "mismatch" and check:
-            raise DataplaneError(state.message(path))
-        if state.state in ("absent", "stale"):
-            _create(path, conn_table_size or abi.CONN_TABLE_SIZE)
-        fds = {name: libbpf.obj_get(str(path / name)) for name in MAP_NAMES}
-    except (OSError, BuildError) as exc:
-        raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
-    dp = Dataplane(path, fds, resolver)
-    try:
-        if check:
-            dp._check_shards()
-        dp._default_config()
-    except BaseException:
-        dp.close()
-        raise
-    if conn_table_size is not None and table_shape(conn_table_size)[:2] != table_shape(dp.conn_table_size)[:2]:
-        dp.close()
-        raise DataplaneError(
-            f"the connection table at {path} has {dp.conn_table_size} entries; to change its size remove the "
-            "data plane first (pyvs director detach --remove-rules)"
-        )
-    return dp
-
-
-READ_MAPS = ("services", "reals", "svc_reals", "slot_usage", "svc_gens", "config")  # what read_rules needs
-
-
-def migrate(pin_dir: str | Path | None, saved: str | None = None, resolver: Resolver = resolve) -> Rules:
-    """Recreate the data plane at `pin_dir` with this version's layout, keeping its rules: read them from the old
-    maps where their layout still reads (timeouts, switches and table size kept too), or from `saved` (the text of
-    a `pyvsadm -S -n`). pyvs's XDP program is attached again where it was. Returns the rules restored."""
-    from pyvs.admin.commands import CommandError, restore
-    from pyvs.admin.options import UsageError
-
-    path = Path(pin_dir) if pin_dir else default_pin_dir()
-    try:
-        state = pin_state(path, check_netns=False)
-    except (OSError, BuildError) as exc:
-        raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
-    if state.state == "absent":
-        raise DataplaneError(f"no data plane is pinned at {path}: nothing to migrate")
-    timeouts: Timeouts | None = None
-    switches: dict[str, bool] = {}
-    size: int | None = None
-    if saved is not None:
-        try:
-            rules = restore(Rules(), saved)
-        except (CommandError, UsageError) as exc:
-            raise DataplaneError(f"the saved rules do not restore: {exc}") from None
-    else:
-        unreadable = [p for p in state.problems if any(f"map {name}:" in p for name in READ_MAPS)]
-        unreadable += [f"map {n} missing" for n in READ_MAPS if not (path / n).exists()]
-        if unreadable:
-            raise DataplaneError(
-                f"this version cannot read the rules at {path} ({'; '.join(unreadable)}): with the old version save "
-                "them (`pyvsadm -S -n > FILE`), then run `pyvs director migrate --from FILE`")
-        with open_dataplane(path, resolver, check=False) as old:
-            rules, timeouts, switches = old.read_rules(), old.read_timeouts(), old.switches()
-            size = old.conn_table_size or None
-    attached = [(name, found[0]) for name in _interfaces()
-                if (found := Dataplane.xdp_program(name)) is not None and found[2] == PROGRAM_NAME]
-    remove_pins(path)
-    with open_dataplane(path, resolver, size) as dp:
-        dp.apply(rules)
-        if timeouts is not None:
-            dp.set_timeouts(timeouts)
-        for name, on in switches.items():
-            dp._set_flag(abi.CFG_EXPIRE_NODEST_CONN if name == "expire_nodest_conn" else abi.CFG_SLOPPY_TCP, on)
-        for ifname, mode in attached:
-            dp.attach(ifname, mode, force=True)
-    return rules
-
-
-def _interfaces() -> list[str]:
-    return [name for _, name in socket.if_nameindex()]
-
-
-def pinned_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resolve) -> Dataplane | None:
-    """The data plane pinned at `pin_dir` (default: this namespace's), None when there is none or only a stale
-    one; never creates anything (read-only commands)."""
-    path = Path(pin_dir) if pin_dir else default_pin_dir()
-    try:
-        state = pin_state(path, check_netns=not pin_dir)
-    except (OSError, BuildError) as exc:
-        raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
-    if state.state in ("absent", "stale"):
-        return None
-    return open_dataplane(path, resolver)
-
-
-@contextmanager
-def scratch_dataplane(name: str, resolver: Resolver = resolve,
-                      conn_table_size: int | None = None) -> Iterator[Dataplane]:
-    """A data plane pinned under <bpffs>/pyvs/<name>-<pid> and removed on exit (tests, benchmarks)."""
-    pin_dir = bpffs_root() / "pyvs" / f"{name}-{os.getpid()}"
-    dp = open_dataplane(pin_dir, resolver, conn_table_size)
-    try:
-        yield dp
-    finally:
-        dp.close()
-        remove_pins(pin_dir)
-
-
-def remove_pins(pin_dir: str | Path) -> None:
-    """Remove a data plane's pinned maps (forwarding stops once no program uses them)."""
-    path = Path(pin_dir)
-    for name in (*MAP_NAMES, META_NAME):
-        (path / name).unlink(missing_ok=True)
-    try:
-        path.rmdir()
-    except OSError:
-        pass
-
-
-def attach_pass_program(ifname: str, mode: str = "native") -> None:
-    """Attach the pass-through XDP program (for a veth peer that must run XDP for XDP_TX to arrive)."""
-    flags = libbpf.XDP_FLAGS_DRV_MODE if mode == "native" else libbpf.XDP_FLAGS_SKB_MODE
-    with libbpf.BpfObject(str(object_path("pass"))) as obj:
-        libbpf.xdp_attach(interface_index(ifname), obj.prog_fd("pyvs_pass"), flags)
-
-
-__all__ = ["Dataplane", "DataplaneError", "open_dataplane", "pinned_dataplane", "remove_pins", "scratch_dataplane",
-           "attach_pass_program"]
