@@ -186,3 +186,18 @@ def test_refresh_macs_goes_on_past_a_real_it_cannot_resolve() -> None:
         hops = {rip: hop.dmac for (_, (rip, _)), hop in dp.real_next_hops().items()}
         assert hops == {IPv4Address("198.18.2.11"): "02:00:00:00:00:11",
                         IPv4Address("198.18.2.12"): "02:00:00:00:00:99"}
+
+
+def test_the_daemons_write_reports_each_service_once_though_its_change_is_tried_before_the_lock() -> None:
+    from pyvs.director.daemon import write_services
+
+    key = ServiceKey(Protocol.TCP, IPv4Address("198.18.0.30"), 80)
+    static = {IPv4Address("198.18.2.11"): "02:00:00:00:00:11", IPv4Address("198.18.2.12"): "02:00:00:00:00:12"}
+    with scratch_dataplane(f"{PREFIX}-daemon", lambda rip: NextHop(1, "02:00:00:00:00:0a", static[rip])) as dp:
+        created = write_services(dp, {key: _service("198.18.2.11").services[key]}, {}, {}, [])
+        assert (created.created, created.updated, created.errors) == ([key], {}, {})
+        want = _service("198.18.2.11", "198.18.2.12").services[key]
+        updated = write_services(dp, {key: want}, {key: _service("198.18.2.11").services[key]}, {}, [])
+        assert (updated.created, list(updated.updated), updated.drift) == ([], [key], {})
+        removed = write_services(dp, {key: None}, {key: want}, {}, [])
+        assert removed.removed == [key] and dp.read_rules().services == {}
