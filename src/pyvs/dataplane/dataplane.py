@@ -529,7 +529,8 @@ class Dataplane:
 
     def update_service(self, key: ServiceKey, change: Callable[[Service | None], Service | None]) -> None:
         """Read one service (None: absent), change it and apply the result (None: delete it), with no
-        other writer in between. Costs what the service's reals cost, whatever the rule set's size."""
+        other writer in between. Costs what the service's reals cost, whatever the rule set's size. As with
+        update(), `change` is tried once before the lock to resolve new reals there: it must have no side effects."""
         def attempt() -> Rules:
             svc = change(self.read_service(key))
             return Rules({key: svc} if svc is not None else {})
