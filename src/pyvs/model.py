@@ -67,6 +67,9 @@ class ServiceKey:
         return f"{self.vip}:{self.port}"
 
 
+RealKey = tuple[IPv4Address, int]  # a real within a service: (RIP, port)
+
+
 @dataclass(order=True, slots=True)
 class Real:
     rip: IPv4Address

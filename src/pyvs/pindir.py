@@ -69,7 +69,17 @@ def existing_pin_dir(explicit: str | Path | None = None) -> Path | None:
     for candidate in candidates:
         try:
             if candidate.is_dir() and any(candidate.iterdir()):
+                if chosen is None and _stale(candidate):
+                    continue  # pins of a namespace of the same name that no longer exists: nothing here
                 return candidate
         except OSError:
             continue
     return None
+
+
+def _stale(pin_dir: Path) -> bool:
+    """Pins made in another network namespace (only pins exist here: BPF is available to read them)."""
+    from pyvs.dataplane.pinmeta import netns_identity, read_meta
+
+    meta = read_meta(pin_dir)
+    return meta is not None and meta.netns_cookie != netns_identity()[0]

@@ -101,3 +101,58 @@ def test_director_status_without_a_data_plane_says_how_to_make_one(bare_netns: P
     assert status.returncode == 1
     assert status.stderr.startswith("pyvs: no data plane here yet: `pyvs director attach --dev NIC`")
     assert not bare_netns.exists()
+
+
+def test_a_namespace_made_again_with_the_same_name_starts_empty(bare_netns: Path) -> None:
+    assert pyvsadm("-A", "-t", "198.18.0.100:80", "-s", "rr").returncode == 0
+    remove(NETNS)
+    create(NETNS)  # same name, new namespace: the pins of the old one are still on the bpffs
+    assert (bare_netns / "services").exists()
+    listed = pyvsadm("-L", "-n")
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, EMPTY_LISTING, "")
+    status = pyvs("director", "status")
+    assert status.returncode == 1 and "no data plane here yet" in status.stderr
+    assert pyvsadm("-A", "-u", "198.18.0.101:53").returncode == 0
+    listed = pyvsadm("-L", "-n")
+    assert "UDP  198.18.0.101:53" in listed.stdout and "198.18.0.100" not in listed.stdout
+
+
+def _replace_pin(pin: Path, key_size: int, value_size: int) -> None:
+    """Put a map of another shape where a pin was (what an older layout of that map looks like)."""
+    from pyvs.dataplane import libbpf
+
+    pin.unlink()
+    fd = libbpf.map_create(2, "pyvs_old", key_size, value_size, 4)  # BPF_MAP_TYPE_ARRAY
+    try:
+        libbpf.obj_pin(fd, str(pin))
+    finally:
+        os.close(fd)
+
+
+def test_pins_of_another_version_are_refused_and_migrate_keeps_the_rules(bare_netns: Path) -> None:
+    assert pyvsadm("-A", "-t", "198.18.0.100:80", "-s", "sh", "-p", "120").returncode == 0
+    assert pyvsadm("--set", "100", "20", "30").returncode == 0
+    (bare_netns / "pyvs_meta").unlink()  # pins made by a version without an ABI version
+    for args in (("-L", "-n"), ("-A", "-t", "198.18.0.100:81")):
+        refused = pyvsadm(*args)
+        assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert "another version of pyvs" in refused.stderr and "pyvs director migrate" in refused.stderr
+    migrated = pyvs("director", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "1 service(s)" in migrated.stdout
+    assert "TCP  198.18.0.100:80 sh persistent 120" in pyvsadm("-L", "-n").stdout
+    assert pyvsadm("-L", "--timeout").stdout == "Timeout (tcp tcpfin udp): 100 20 30\n"
+
+
+def test_a_layout_that_no_longer_reads_migrates_from_a_saved_listing(bare_netns: Path, tmp_path: Path) -> None:
+    assert pyvsadm("-A", "-t", "198.18.0.100:80", "-s", "wrr").returncode == 0
+    saved = tmp_path / "rules"
+    saved.write_text(pyvsadm("-S", "-n").stdout)
+    _replace_pin(bare_netns / "reals", 4, 8)
+    refused = pyvsadm("-L", "-n")
+    assert refused.returncode == 1 and "map reals" in refused.stderr and "pyvs director migrate" in refused.stderr
+    unread = pyvs("director", "migrate")
+    assert unread.returncode == 1 and "--from FILE" in unread.stderr
+    migrated = pyvs("director", "migrate", "--from", str(saved))
+    assert migrated.returncode == 0, migrated.stderr
+    assert "TCP  198.18.0.100:80 wrr" in pyvsadm("-L", "-n").stdout

@@ -21,7 +21,7 @@ from urllib.request import urlopen
 
 import pytest
 
-from pyvs.arp.packets import ETH_P_ARP, gratuitous_arp, packet_socket
+from pyvs.arp.packets import ARP_REPLY, ETH_P_ARP, Arp, gratuitous_arp, packet_socket
 from pyvs.arp.takeover import send_gratuitous
 from pyvs.lab import lab as lab_api
 from pyvs.lab.director import open_director, setup_director
@@ -209,19 +209,22 @@ def test_a_return_path_through_the_director_is_a_warning(lab: Topology) -> None:
     assert "through the director" in warn["detail"] and "ip route replace default via 198.18.0.1" in warn["fix"]
 
 
-def test_a_real_whose_nic_is_replaced_gets_its_traffic_within_1s(lab: Topology) -> None:
+def test_a_real_whose_nic_is_replaced_gets_its_traffic_within_1s_once_verified(lab: Topology) -> None:
     old, new = mac_of(lab, "rs1"), "02:c6:12:00:44:01"
-    with arpwatch(lab) as watch:
+    with arpwatch(lab, "--follow-real-macs", "--verify-time", "0.3") as watch:
         started = time.time()
         lab_api.set_mac(lab, "rs1", "eth0", new)
         try:
-            event = watch.expect("real_mac_change", ip="198.18.2.11", mac=new)
+            claim = watch.expect("real_mac_change", ip="198.18.2.11", mac=new)
+            event = watch.expect("real_mac_verified", ip="198.18.2.11", mac=new)
             served = Counter(http_get(lab.client.netns, lab.public_ip, timeout=3).server for _ in range(10))
         finally:
             lab_api.set_mac(lab, "rs1", "eth0", old)
-        watch.expect("real_mac_change", ip="198.18.2.11", mac=old)  # and back
+        watch.expect("real_mac_verified", ip="198.18.2.11", mac=old)  # and back
         summary = watch.stop()
-    assert event["time"] - started < EVENT_LATENCY and event["old_mac"] == old
+    assert "verifying" in claim["detail"] and "now at" in event["detail"]
+    assert claim["time"] - started < EVENT_LATENCY and event["old_mac"] == old
+    assert event["time"] - claim["time"] < 0.3 + 0.2  # verified once the probes' time is over
     assert served == {"rs1": 5, "rs2": 5}
     assert summary["counters"]["real_mac_updates"] >= 2  # one per service of rs1, each way
 
@@ -299,6 +302,45 @@ def test_with_defence_the_vip_is_reannounced_and_client_traffic_keeps_reaching_t
     assert defended and served == {"rs1": 2, "rs2": 2}
     assert pinned == (gateway_mac, ["PERMANENT"]) and director_kept == pinned  # the pin held
     assert "PERMANENT" not in unpinned[1]  # and is gone with the guard
+
+
+def forge_real_reply(topo: Topology, rip: str) -> None:
+    """The attacker answers, unasked, that the real's address is at its own MAC (to the director)."""
+    attacker, director = mac_of(topo, "attacker"), mac_of(topo, "director")
+    forged = Arp(ARP_REPLY, attacker, IPv4Address(rip), director, IPv4Address(topo.address_of("director")),
+                 attacker, director)
+    with in_netns(topo.node("attacker").netns):
+        sock = packet_socket("eth0", ETH_P_ARP)
+    with sock:
+        for _ in range(3):
+            sock.send(forged.frame())
+            time.sleep(0.05)
+
+
+def rs1_mac_in_the_data_plane(topo: Topology) -> set[str]:
+    with in_netns(topo.director.netns), open_director(topo) as dp:
+        return {hop.dmac for (_, (rip, _)), hop in dp.real_next_hops().items() if str(rip) == "198.18.2.11"}
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["report-only", "follow-real-macs"])
+def test_a_forged_arp_reply_for_rs1_does_not_move_its_flows(attacked: Topology, follow: bool) -> None:
+    rs1, attacker = mac_of(attacked, "rs1"), mac_of(attacked, "attacker")
+    assert rs1_mac_in_the_data_plane(attacked) == {rs1}
+    with arpwatch(attacked, *(["--follow-real-macs"] if follow else [])) as watch:
+        forge_real_reply(attacked, "198.18.2.11")
+        claim = watch.expect("real_mac_change", ip="198.18.2.11", mac=attacker)
+        if follow:
+            rejected = watch.expect("real_mac_rejected", ip="198.18.2.11", mac=attacker)
+            assert "still answers" in rejected["detail"]
+        else:
+            assert "not followed" in claim["detail"]
+            time.sleep(1.0)
+        after = rs1_mac_in_the_data_plane(attacked)
+        served = Counter(http_get(attacked.client.netns, attacked.public_ip, timeout=3).server for _ in range(4))
+        summary = watch.stop()
+    assert after == {rs1} and served == {"rs1": 2, "rs2": 2}
+    assert not any(e["event"] == "real_mac_verified" for e in watch.seen)
+    assert summary["counters"].get("real_mac_updates", 0) == 0
 
 
 # -- VIP takeover -----------------------------------------------------------------------------------------

@@ -58,12 +58,46 @@ def test_another_host_moving_is_a_mac_change_and_a_same_mac_is_nothing(guard: Gu
     assert kinds(guard.observe(reply(OTHER, ATTACKER), 1.0)) == ["mac_change"]
 
 
-def test_a_real_with_a_new_mac_is_followed(guard: Guard) -> None:
+def test_a_claim_for_a_real_is_reported_and_not_followed_unless_allowed(guard: Guard) -> None:
     events = guard.observe(reply(RIP1, NEW_NIC), 0.0)
-    assert kinds(events) == ["real_mac_change"]
+    assert kinds(events) == ["real_mac_change"] and "not followed" in events[0].detail
     assert (events[0].old_mac, events[0].mac) == (REAL1, NEW_NIC)
-    assert guard.reals[RIP1] == NEW_NIC
-    assert guard.observe(reply(RIP1, NEW_NIC), 0.1) == []  # followed: no second change
+    assert guard.decide(5.0) == [] and guard.reals[RIP1] == REAL1
+    assert guard.observe(reply(RIP1, NEW_NIC), 0.1) == []  # reported once a second
+
+
+def following() -> Guard:
+    return Guard({DIRECTOR}, {VIP}, {RIP1: REAL1}, {GATEWAY}, {}, {},
+                 GuardConfig(follow_real_macs=True, verify_time=0.5))
+
+
+def test_a_new_mac_that_answers_while_the_old_one_is_silent_is_followed() -> None:
+    guard = following()
+    claimed = guard.observe(reply(RIP1, NEW_NIC), 0.0)
+    assert kinds(claimed) == ["real_mac_change"] and "verifying" in claimed[0].detail
+    assert guard.decide(0.2) == []  # still verifying
+    assert guard.observe(reply(RIP1, NEW_NIC), 0.1) == []  # the new MAC answers the probe
+    [verified] = guard.decide(0.6)
+    assert (verified.event, verified.old_mac, verified.mac) == ("real_mac_verified", REAL1, NEW_NIC)
+    assert guard.reals[RIP1] == NEW_NIC and guard.claims == {}
+
+
+def test_a_forged_claim_is_rejected_when_the_old_mac_still_answers() -> None:
+    guard = following()
+    guard.observe(reply(RIP1, ATTACKER), 0.0)
+    guard.observe(reply(RIP1, ATTACKER), 0.1)  # the forger answers too
+    guard.observe(reply(RIP1, REAL1), 0.1)  # and so does the real
+    [rejected] = guard.decide(0.5)
+    assert rejected.event == "real_mac_rejected" and "still answers" in rejected.detail
+    assert guard.reals[RIP1] == REAL1
+
+
+def test_a_claim_whose_new_mac_stays_silent_is_rejected() -> None:
+    guard = following()
+    guard.observe(gratuitous_arp(RIP1, ATTACKER), 0.0)
+    [rejected] = guard.decide(0.5)
+    assert rejected.event == "real_mac_rejected" and "did not answer" in rejected.detail
+    assert guard.reals[RIP1] == REAL1
 
 
 def test_a_pinned_address_keeps_its_pin_and_each_claim_is_reported() -> None:

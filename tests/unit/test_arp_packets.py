@@ -18,12 +18,12 @@ from pyvs.arp.packets import (
     ethernet,
     gratuitous_arp,
     icmp_echo,
-    normalize_mac,
     parse_arp,
     parse_ipv4,
     tcp_segment,
     udp_datagram,
 )
+from pyvs.mac import normalize_mac
 
 DIRECTOR_MAC, REAL_MAC = "02:c6:12:00:03:01", "02:c6:12:00:04:01"
 VIP, DIP, RIP = IPv4Address("198.18.0.100"), IPv4Address("198.18.2.10"), IPv4Address("198.18.2.11")

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address
 
-from pyvs.model import HOST_MASK, Connection, Counters, Protocol, Real, Rules, Service, ServiceKey, Timeouts
+from pyvs.model import HOST_MASK, Connection, Counters, Protocol, Real, RealKey, Rules, Service, ServiceKey, Timeouts
 
 IPVS_VERSION = "1.2.1"  # the kernel IPVS version ipvsadm shows in its header
 DEFAULT_CONN_TABLE_SIZE = 4096
 
-RealKey = tuple[IPv4Address, int]
 ServiceRealKey = tuple[ServiceKey, RealKey]
 
 

@@ -12,13 +12,14 @@ from ipaddress import IPv4Address
 
 from pyroute2 import IPRoute
 
+from pyvs.mac import ZERO_MAC, mac_bytes, mac_text
+
 ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
 ETH_P_ALL = 0x0003
 ARP_REQUEST = 1
 ARP_REPLY = 2
 BROADCAST = "ff:ff:ff:ff:ff:ff"
-ZERO_MAC = "00:00:00:00:00:00"
 ANY_IP = IPv4Address("0.0.0.0")
 PACKET_OUTGOING = 4  # sll_pkttype of a frame this host sent
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
@@ -32,24 +33,6 @@ _TCP = struct.Struct("!HHIIBBHHH")
 _UDP = struct.Struct("!HHHH")
 _ICMP = struct.Struct("!BBHHH")
 MIN_FRAME = 60  # Ethernet minimum without FCS
-
-
-def mac_bytes(mac: str) -> bytes:
-    parts = mac.split(":")
-    if len(parts) != 6:
-        raise ValueError(f"{mac!r} is not a MAC address (six hex bytes separated by ':')")
-    try:
-        return bytes(int(part, 16) for part in parts)
-    except ValueError:
-        raise ValueError(f"{mac!r} is not a MAC address (six hex bytes separated by ':')") from None
-
-
-def mac_text(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def normalize_mac(mac: str) -> str:
-    return mac_text(mac_bytes(mac))
 
 
 def _pad(frame: bytes) -> bytes:

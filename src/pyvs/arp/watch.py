@@ -7,7 +7,11 @@ a host that answers for the VIP or a real whose MAC changed is seen within the i
 talks. It reports structured events:
 - vip_conflict: a MAC that is not the director's answers or announces a VIP;
 - mac_change: an address moves to another MAC (role gateway for the director's router: impersonation);
-- real_mac_change: a real's MAC changed; the data plane follows at once (Dataplane.set_real_mac);
+- real_mac_change: a real's address is claimed by another MAC. A claim alone moves nothing (one forged ARP reply
+  would send the real's flows to the forger). With --follow-real-macs the claim is verified: a unicast ARP probe
+  goes to the old MAC and to the new one; when within `verify_time` the new MAC answers and the old one does not,
+  real_mac_verified is reported and the data plane follows (Dataplane.set_real_mac, only entries still at the old
+  MAC); otherwise real_mac_rejected says why;
 - pinned_mac_violation: a pinned address is claimed by another MAC (the pin holds);
 - flip_flop: an address changed MAC `flip_count` times within `flip_window` seconds;
 - garp_flood: more than `garp_limit` gratuitous ARPs from one address within a second;
@@ -38,34 +42,35 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import ndmsg
 
 from pyvs.arp.packets import (
+    ANY_IP,
+    ARP_REPLY,
+    ARP_REQUEST,
     ETH_P_ARP,
     PACKET_OUTGOING,
-    ZERO_MAC,
     Arp,
     arp_probe,
     interface_mac,
-    normalize_mac,
     packet_socket,
     parse_arp,
 )
 from pyvs.arp.takeover import gratuitous_frames
-from pyvs.dataplane import Dataplane, open_dataplane
-from pyvs.dataplane.dataplane import MAP_NAMES
-from pyvs.dataplane.neighbours import NeighbourError, interface_index, resolve
+from pyvs.dataplane import Dataplane, pinned_dataplane
+from pyvs.dataplane.neighbours import NUD_USABLE, NeighbourError, interface_index, resolve
 from pyvs.dataplane.pins import default_pin_dir
+from pyvs.mac import ZERO_MAC, normalize_mac
 
 log = logging.getLogger(__name__)
 
-NUD_PERMANENT = 0x80
-NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
+NUD_PERMANENT = ndmsg.NUD_PERMANENT
 REANNOUNCE_AFTER = (0.0, 0.5, 1.0)  # seconds after a contest
 REANNOUNCE_GAP = 0.2  # never two announcements closer than this
 RULES_REFRESH = 2.0
 # The kinds of event the guard counts (pyvs_arp_events_total shows each, 0 until seen).
-EVENT_KINDS = ("vip_conflict", "mac_change", "gateway_impersonation", "real_mac_change", "pinned_mac_violation",
-               "flip_flop", "garp_flood")
+EVENT_KINDS = ("vip_conflict", "mac_change", "gateway_impersonation", "real_mac_change", "real_mac_verified",
+               "real_mac_rejected", "pinned_mac_violation", "flip_flop", "garp_flood")
 REPORT_GAP = 1.0  # the same conflict is reported at most once a second
 DEFENDED = ("vip_conflict", "pinned_mac_violation", "gateway_impersonation")
 
@@ -98,6 +103,19 @@ class GuardConfig:
     flip_window: float = 10.0
     flip_count: int = 3
     garp_limit: int = 10
+    follow_real_macs: bool = False  # the admin allows the data plane to follow a real's verified new MAC
+    verify_time: float = 0.5  # seconds the old and the new MAC have to answer the unicast probes
+
+
+@dataclass
+class MacClaim:
+    """A real's address claimed by a new MAC, under verification: who answered since `started`."""
+    ip: IPv4Address
+    old: str
+    new: str
+    started: float
+    old_answered: bool = False
+    new_answered: bool = False
 
 
 class Guard:
@@ -117,6 +135,7 @@ class Guard:
         self._changes: dict[IPv4Address, deque[float]] = {}
         self._garps: dict[IPv4Address, deque[float]] = {}
         self._reported: dict[tuple[str, IPv4Address, str], float] = {}
+        self.claims: dict[IPv4Address, MacClaim] = {}  # claims of reals' addresses being verified
 
     def _once(self, kind: str, ip: IPv4Address, mac: str, now: float, gap: float = REPORT_GAP) -> bool:
         last = self._reported.get((kind, ip, mac))
@@ -150,20 +169,64 @@ class Guard:
                 events.append(Event("pinned_mac_violation", str(ip), mac, old_mac=pinned, role=self._role(ip),
                                     detail=f"claimed by {mac}; pinned at {pinned}, the pin holds"))
             return self._counted(events)
-        old = self.reals.get(ip) if ip in self.reals else self.known.get(ip)
+        if ip in self.reals:
+            self.known[ip] = mac
+            return self._counted(events + self._real_claim(arp, mac, now))
+        old = self.known.get(ip)
         self.known[ip] = mac
         if old is None or old == mac:
             return self._counted(events)
         events += self._flip_flop(ip, mac, now)
-        if ip in self.reals:
-            self.reals[ip] = mac
+        role = self._role(ip)
+        kind = "gateway_impersonation" if role == "gateway" else "mac_change"
+        events.append(Event(kind, str(ip), mac, old_mac=old, role=role,
+                            detail="the gateway's address moved to another MAC" if role == "gateway" else ""))
+        return self._counted(events)
+
+    def _real_claim(self, arp: Arp, mac: str, now: float) -> list[Event]:
+        """An ARP from a real's address: an answer to a verification under way, or a new claim."""
+        ip = arp.sender_ip
+        claim = self.claims.get(ip)
+        if claim is not None:
+            if arp.op == ARP_REPLY and mac == claim.old:
+                claim.old_answered = True
+            elif arp.op == ARP_REPLY and mac == claim.new:
+                claim.new_answered = True
+            return []
+        old = self.reals[ip]
+        if mac == old:
+            return []
+        events = self._flip_flop(ip, mac, now)
+        if not self._once("real_mac_change", ip, mac, now):
+            return events
+        if not self.config.follow_real_macs:
             events.append(Event("real_mac_change", str(ip), mac, old_mac=old, role="real",
-                                detail="the data plane now sends to the new MAC"))
-        else:
-            role = self._role(ip)
-            kind = "gateway_impersonation" if role == "gateway" else "mac_change"
-            events.append(Event(kind, str(ip), mac, old_mac=old, role=role,
-                                detail="the gateway's address moved to another MAC" if role == "gateway" else ""))
+                                detail=f"not followed: the data plane keeps sending to {old} "
+                                       "(arpwatch --follow-real-macs verifies a claim and follows it)"))
+            return events
+        self.claims[ip] = MacClaim(ip, old, mac, now)
+        events.append(Event("real_mac_change", str(ip), mac, old_mac=old, role="real",
+                            detail=f"verifying: unicast ARP probes to {old} and {mac}, "
+                                   f"{self.config.verify_time:g} s to answer"))
+        return events
+
+    def decide(self, now: float) -> list[Event]:
+        """The claims whose verification time is over: verified (the new MAC answered, the old one did not;
+        `reals` follows) or rejected."""
+        events = []
+        for ip, claim in list(self.claims.items()):
+            if now - claim.started < self.config.verify_time:
+                continue
+            del self.claims[ip]
+            if claim.new_answered and not claim.old_answered:
+                self.reals[ip] = claim.new
+                events.append(Event("real_mac_verified", str(ip), claim.new, old_mac=claim.old, role="real",
+                                    detail="the new MAC answers and the old one is silent: followed"))
+                continue
+            why = (f"the old MAC {claim.old} still answers (a forged claim, or two hosts with one address)"
+                   if claim.old_answered else f"the new MAC {claim.new} did not answer")
+            events.append(Event("real_mac_rejected", str(ip), claim.new, old_mac=claim.old, role="real",
+                                detail=f"{why}: the data plane keeps sending to {claim.old}"))
         return self._counted(events)
 
     def _counted(self, events: list[Event]) -> list[Event]:
@@ -196,9 +259,7 @@ class Guard:
 def open_pinned(pin_dir: str | Path | None) -> tuple[Path, Dataplane | None]:
     """The data plane pinned at pin_dir (default: this netns's), None when there is none (never creates one)."""
     path = Path(pin_dir) if pin_dir else default_pin_dir()
-    if not all((path / name).exists() for name in MAP_NAMES):
-        return path, None
-    return path, open_dataplane(path)
+    return path, pinned_dataplane(pin_dir)
 
 
 # -- the guard on a NIC -------------------------------------------------------------------------------
@@ -300,9 +361,19 @@ class Watcher:
         self.emit(Event("vip_announced", vips, self.mac, role="vip", detail="gratuitous ARP (defence)"))
 
     def _handle(self, event: Event, sock: socket.socket, now: float) -> None:
-        if event.event == "real_mac_change" and self.dp is not None:
-            changed = self.dp.set_real_mac(IPv4Address(event.ip), event.mac)
+        claim = self.guard.claims.get(IPv4Address(event.ip)) if event.event == "real_mac_change" else None
+        if claim is not None and claim.started == now:  # a new claim: ask both MACs, each alone
+            for mac in (claim.old, claim.new):
+                probe = Arp(ARP_REQUEST, self.mac, ANY_IP, mac, claim.ip, self.mac, mac)
+                for _ in range(2):
+                    sock.send(probe.frame())
+                self.guard.counters["probes_sent"] += 2
+        if event.event == "real_mac_verified" and self.dp is not None and event.old_mac:
+            changed = self.dp.set_real_mac(IPv4Address(event.ip), event.mac, old_mac=event.old_mac)
             self.guard.counters["real_mac_updates"] += changed
+            entries = f"{changed} data plane entr{'y' if changed == 1 else 'ies'}"
+            event = Event(event.event, event.ip, event.mac, event.time, event.old_mac, event.role,
+                          f"{event.detail}: {entries} now at {event.mac}")
         self.emit(event)
         if self.defend and event.event in DEFENDED:
             self._announce_at = sorted({*self._announce_at, *(now + d for d in REANNOUNCE_AFTER)})
@@ -330,6 +401,8 @@ class Watcher:
                         next_probe = now + self.probe_interval
                     if self._announce_at and now >= self._announce_at[0]:
                         self._announce(sock, now)
+                    for event in self.guard.decide(now):
+                        self._handle(event, sock, now)
                     ready, _, _ = select.select([sock], [], [], 0.05)
                     if not ready:
                         continue

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     director_parser = commands.add_parser("director", help=director_help, description=director_help)
     director_commands = director_parser.add_subparsers(
         help="what to do with the data plane", dest="command_name", required=True,
-        metavar="{attach,detach,status,resolve,run,reload,import-keepalived}",
+        metavar="{attach,detach,status,resolve,migrate,run,reload,import-keepalived}",
     )  # fmt: skip
     pins = Parser(add_help=False)
     pins.add_argument("--pin-dir", default=None,
@@ -133,14 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a VIP to take over (repeatable; default: the VIPs of the rules): added to the NIC "
                              "as /32 when missing, then announced with gratuitous ARP")
     attach.add_argument("--no-announce", action="store_true", help="attach only: no VIP takeover")
+    attach.add_argument("--force", action="store_true",
+                        help="replace an XDP program on the NIC that is not pyvs's (default: refuse)")
     detach = add(director_commands, "detach", "director:cmd_detach",
                  "remove the XDP program from a NIC (with --vip: only withdraw those VIPs, XDP stays)", pins, dev)
     detach.add_argument("--remove-rules", action="store_true", help="also remove the pinned maps (rules, counters)")
     detach.add_argument("--vip", action="append", type=IPv4Address, default=[],
                         help="withdraw only these VIPs and keep XDP attached (without --vip: detach XDP and withdraw "
                              "every VIP that attach added)")
+    detach.add_argument("--force", action="store_true",
+                        help="remove the NIC's XDP program even when it is not pyvs's (default: leave it)")
     add(director_commands, "status", "director:cmd_status", "show reals' MACs and the data plane's counters", pins)
     add(director_commands, "resolve", "director:cmd_resolve", "resolve the real servers' MACs again", pins)
+    migrate = add(director_commands, "migrate", "director:cmd_migrate",
+                  "recreate pins made by another pyvs version with this version's layout, keeping the rules "
+                  "(read from the old maps where they still read, else from a saved `pyvsadm -S -n`)", pins)
+    migrate.add_argument("--from", dest="saved", metavar="FILE", default=None,
+                         help="restore the rules from this file (the old version's `pyvsadm -S -n` output)")
     run = add(director_commands, "run", "director:cmd_run",
               "run the director daemon: apply the config, health-check every real, keep the data plane in step "
               "(SIGHUP reloads)", pins)  # fmt: skip
@@ -210,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     watch_parser.add_argument("--flip-window", type=float, default=10.0, help="flip-flop window, seconds (default 10)")
     watch_parser.add_argument("--flip-count", type=int, default=3,
                               help="MAC changes within the window that make a flip-flop (default 3)")
+    watch_parser.add_argument("--follow-real-macs", action="store_true",
+                              help="let the data plane follow a real's new MAC once verified (unicast ARP probes: the "
+                                   "new MAC answers, the old one is silent); default: report the claim only")
+    watch_parser.add_argument("--verify-time", type=float, default=0.5,
+                              help="seconds the old and new MAC have to answer a verification (default 0.5)")
     watch_parser.add_argument("--garp-limit", type=int, default=10,
                               help="gratuitous ARPs per second from one address before a flood is reported "
                                    "(default 10)")

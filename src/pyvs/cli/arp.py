@@ -40,7 +40,7 @@ class _Stopped(Exception):
 
 
 def pin_option(value: str) -> tuple[IPv4Address, str | None]:
-    from pyvs.arp.packets import normalize_mac
+    from pyvs.mac import normalize_mac
 
     address, _, mac = value.partition("=")
     try:
@@ -73,7 +73,7 @@ def cmd_arpwatch(args: argparse.Namespace) -> int:
     if dp is None and not args.vip:
         raise UsageError(f"no complete data plane pinned at {path}: name the VIPs to guard with --vip")
     signal.signal(signal.SIGTERM, stop)
-    config = GuardConfig(args.flip_window, args.flip_count, args.garp_limit)
+    config = GuardConfig(args.flip_window, args.flip_count, args.garp_limit, args.follow_real_macs, args.verify_time)
     try:
         with pinned_neighbours(args.dev, dict(args.pin)) as pins:
             watcher = Watcher(args.dev, dp, emit, set(args.vip) or None, args.defend, pins, args.probe_interval,

@@ -39,7 +39,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
             dp.set_expire_nodest_conn(args.expire_nodest_conn == "on")
         if args.sloppy_tcp is not None:
             dp.set_sloppy_tcp(args.sloppy_tcp == "on")
-        dp.attach(args.dev, args.mode)
+        dp.attach(args.dev, args.mode, force=args.force)
         print(f"XDP ({args.mode}) attached to {args.dev}; maps pinned at {dp.pin_dir}")
         vips = args.vip or sorted({key.vip for key in dp.read_rules().services})
     if not args.no_announce:  # VIP takeover: the gateway and switches learn this director's MAC now
@@ -55,7 +55,10 @@ def cmd_detach(args: argparse.Namespace) -> int:
     if args.vip and not args.remove_rules:  # withdraw these VIPs only: forwarding goes on for the others
         print_actions(takeover.withdraw(args.vip, args.dev), "none of these VIPs was added by attach")
         return 0
-    Dataplane.detach(args.dev)
+    other = Dataplane.detach(args.dev, force=args.force)
+    if other is not None:
+        raise CommandFailed(f"{args.dev} runs the XDP program {other}, not pyvs's: left attached "
+                            "(--force removes it)")
     for action in takeover.withdraw(args.vip or None, args.dev):
         print(action)
     if args.remove_rules:
@@ -108,6 +111,22 @@ def table_usage_lines(usage: dict[str, int | float]) -> list[str]:
                      "the LRU evicts established connections: recreate the data plane with a larger "
                      "--conn-table-size")
     return lines
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pyvs.dataplane import migrate
+
+    saved = None
+    if args.saved:
+        try:
+            saved = Path(args.saved).read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.saved}: {exc.strerror}") from None
+    rules = migrate(pin_dir_arg(args), saved)
+    reals = sum(len(svc.reals) for svc in rules.services.values())
+    print(f"data plane recreated with this version's layout: {len(rules.services)} service(s), {reals} real(s) "
+          f"restored{' from ' + args.saved if args.saved else ''}")
+    return 0
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:

@@ -4,98 +4,50 @@ Rules, counters and connections live in maps pinned under a per-director bpffs
 directory, so pyvsadm works without a daemon and forwarding goes on with no Python
 running. A change is atomic per service: a service's new scheduler table is written
 into the half not in use, then one update of the service entry switches to it.
+The planning of a change is in plan.py, the struct codec in codec.py, the pins and
+programs' lifecycle (open_dataplane, ...) in lifecycle.py.
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
-import functools
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from pyvs.dataplane import abi, libbpf
+from pyvs.dataplane.base import PROGRAM_NAME, PYVS_PROGRAMS, DataplaneError, Resolver, start_sweeper
 from pyvs.dataplane.build import object_path
-from pyvs.dataplane.neighbours import ZERO_MAC, NeighbourError, NextHop, interface_index, resolve
-from pyvs.dataplane.pins import bpffs_root, default_pin_dir
-from pyvs.model import (
-    HOST_MASK,
-    Connection,
-    Counters,
-    ModelError,
-    Protocol,
-    Real,
-    Rules,
-    Service,
-    ServiceKey,
-    Timeouts,
-    sched_flag_bits,
-    sched_flag_names,
-    validate_service,
+from pyvs.dataplane.codec import (
+    RealSlot,
+    be_to_ip,
+    clear_bits,
+    ip_to_be,
+    service_from,
+    service_key,
+    set_bit,
+    set_hop,
+    svc_key,
+    svc_value,
+    table_base,
+    vip_filter_slot,
 )
-from pyvs.schedulers import build_table
+from pyvs.dataplane.neighbours import NeighbourError, NextHop, interface_index, resolve
+from pyvs.dataplane.pinmeta import MIGRATE_HINT
+from pyvs.dataplane.plan import Plan
+from pyvs.mac import ZERO_MAC, mac_bytes, mac_text
+from pyvs.model import Connection, Counters, Protocol, Real, RealKey, Rules, Service, ServiceKey, Timeouts
 
 log = logging.getLogger(__name__)
 
-MAP_NAMES = (
-    "services", "vips", "vip_filter", "svc_gens", "reals", "sched_table", "sched_state", "real_conns", "conns",
-    "half_open", "stats", "counters", "config", "sweeper", "lblc_cache", "lblcr_cache", "lblcr_scratch", "sched_choice",
-    "svc_reals", "slot_usage",
-)
-PROGRAM_NAME = "pyvs_xdp"
-
-Resolver = Callable[[IPv4Address], NextHop]
 CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; the time module does not name it
-RealKey = tuple[IPv4Address, int]
 CONN_TABLE_WARN_SHARE = 0.8  # a connection table this full of live entries is reported as nearly full
-
-
-class DataplaneError(Exception):
-    """A data plane operation failed; nothing was changed unless the message says so."""
-
-
-@functools.lru_cache(maxsize=65536)
-def _ip_to_be(address: IPv4Address) -> int:
-    return int.from_bytes(address.packed, "little")  # network order bytes read as a native u32
-
-
-@functools.lru_cache(maxsize=65536)
-def _be_to_ip(value: int) -> IPv4Address:
-    return IPv4Address(value.to_bytes(4, "little"))
-
-
-def _port_to_be(port: int) -> int:
-    return socket.htons(port)
-
-
-@functools.lru_cache(maxsize=4096)
-def _mac_bytes(mac: str) -> bytes:
-    return bytes(int(part, 16) for part in mac.split(":"))
-
-
-def _mac_text(raw: Iterable[int]) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def svc_key(key: ServiceKey) -> abi.SvcKey:
-    return abi.SvcKey(vip=_ip_to_be(key.vip), port=_port_to_be(key.port), proto=int(key.proto))
-
-
-def _service_key(raw: abi.SvcKey) -> ServiceKey:
-    return ServiceKey(Protocol(raw.proto), _be_to_ip(raw.vip), socket.ntohs(raw.port))
-
-
-@dataclass
-class _RealSlot:
-    slot: int
-    entry: abi.RealEntry
 
 
 class Dataplane:
@@ -164,11 +116,21 @@ class Dataplane:
             for i in range(count):
                 yield fd, keys[i], values[i]
 
-    def attach(self, ifname: str, mode: str = "native") -> None:
-        """Attach the XDP program to `ifname` ("native" driver mode or "generic" skb mode)."""
+    def attach(self, ifname: str, mode: str = "native", force: bool = False) -> None:
+        """Attach the XDP program to `ifname` ("native" driver mode or "generic" skb mode). An XDP program that is
+        not pyvs's is never replaced unless `force`: chain programs with a dispatcher instead (README)."""
         flags = {"native": libbpf.XDP_FLAGS_DRV_MODE, "generic": libbpf.XDP_FLAGS_SKB_MODE}.get(mode)
         if flags is None:
             raise DataplaneError(f"unknown XDP mode '{mode}' (native or generic)")
+        try:
+            found = self.xdp_program(ifname)
+        except NeighbourError as exc:
+            raise DataplaneError(str(exc)) from None
+        if found is not None and found[2] not in PYVS_PROGRAMS and not force:
+            raise DataplaneError(
+                f"{ifname} already runs the XDP program {found[2] or '(unnamed)'} (id {found[1]}, {found[0]}), which "
+                "is not pyvs's: pyvs does not replace it (chain both with libxdp's dispatcher, see README, or "
+                "use --force to replace it)")
         try:
             start_sweeper(self.program())
             libbpf.xdp_attach(interface_index(ifname), self.program_fd(), flags)
@@ -186,15 +148,58 @@ class Dataplane:
         return None
 
     @staticmethod
-    def detach(ifname: str) -> None:
+    def xdp_program(ifname: str) -> tuple[str, int, str] | None:
+        """(mode, program id, program name) of the XDP program on `ifname`, None when there is none."""
+        found = Dataplane.xdp_mode(ifname)
+        return None if found is None else (*found, libbpf.prog_name(found[1]))
+
+    @staticmethod
+    def detach(ifname: str, force: bool = False) -> str | None:
+        """Remove pyvs's XDP program from `ifname` (any program with `force`); another program stays, and its
+        name is returned."""
         ifindex = interface_index(ifname)
         for flags in (libbpf.XDP_FLAGS_DRV_MODE, libbpf.XDP_FLAGS_SKB_MODE):
-            if libbpf.xdp_query_id(ifindex, flags):
-                libbpf.xdp_detach(ifindex, flags)
+            prog_id = libbpf.xdp_query_id(ifindex, flags)
+            if not prog_id:
+                continue
+            name = libbpf.prog_name(prog_id)
+            if name not in PYVS_PROGRAMS and not force:
+                log.warning("%s runs the XDP program %s (id %d), not pyvs's: left attached", ifname, name, prog_id)
+                return name or "(unnamed)"
+            libbpf.xdp_detach(ifindex, flags)
+        return None
 
     def test_run(self, frame: bytes, repeat: int = 1) -> libbpf.TestRunResult:
         """Run the XDP program on one frame (BPF_PROG_TEST_RUN) against the live maps."""
         return libbpf.prog_test_run(self.program_fd(), frame, repeat)
+
+    def _check_shards(self) -> None:
+        """The connection tables' shards hold this version's keys and values (they are made by Python, not the
+        object, so the pin check cannot see them)."""
+        want = (ctypes.sizeof(abi.ConnKey), ctypes.sizeof(abi.Conn))
+        for table in ("conns", "half_open"):
+            fd = self._shard_fd(table, 0) if self.conn_shards else None
+            if fd is None:
+                raise DataplaneError(f"the data plane at {self.pin_dir} has no {table} table: {MIGRATE_HINT}")
+            info = libbpf.map_info(fd)
+            if (info.key_size, info.value_size) != want:
+                raise DataplaneError(f"the data plane pinned at {self.pin_dir} was made by another version of pyvs "
+                                     f"({table}: key/value {info.key_size}/{info.value_size}, expected "
+                                     f"{want[0]}/{want[1]}): {MIGRATE_HINT}")
+
+    def _default_config(self) -> None:
+        """Write the default timeouts and pass length where the config holds none (a data plane whose creation
+        was cut short, or made by a version that lacked a state): an entry with a zero timeout expires at once."""
+        if all(self._config().timeouts[abi.STATES[n]] for n in abi.DEFAULT_TIMEOUTS) and self._config().pass_ticks:
+            return
+        with self._writing():
+            cfg = self._config()
+            for name, seconds in abi.DEFAULT_TIMEOUTS.items():
+                if not cfg.timeouts[abi.STATES[name]]:
+                    cfg.timeouts[abi.STATES[name]] = seconds
+            cfg.pass_ticks = cfg.pass_ticks or abi.PASS_TICKS
+            libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+            log.warning("data plane at %s: default timeouts written where none were set", self.pin_dir)
 
     # ---- reading --------------------------------------------------------------------------------
 
@@ -204,10 +209,10 @@ class Dataplane:
         for key in libbpf.map_keys(fd, abi.SvcKey):
             value = abi.Svc()
             if libbpf.map_lookup(fd, key, value):
-                result[_service_key(key)] = value
+                result[service_key(key)] = value
         return result
 
-    def _real_slots(self) -> list[_RealSlot]:
+    def _real_slots(self) -> list[RealSlot]:
         """Slots ever used (active, or with a generation to keep)."""
         keys, values, count = libbpf.map_lookup_batch(self._fds["reals"], ctypes.c_uint32, abi.RealEntry,
                                                       abi.MAX_REALS)
@@ -216,17 +221,17 @@ class Dataplane:
         flags_at, gen_at = abi.RealEntry.flags.offset // 4, abi.RealEntry.gen.offset // 4
         used = [i for i, (f, g) in enumerate(zip(words[flags_at::stride], words[gen_at::stride], strict=True))
                 if (f or g) and i < count]
-        return [_RealSlot(keys[i], values[i]) for i in used]
+        return [RealSlot(keys[i], values[i]) for i in used]
 
     def read_rules(self) -> Rules:
         services = self._services()
         by_index = {svc.index: key for key, svc in services.items()}
-        rules = Rules({key: _service(key, svc) for key, svc in services.items()})
+        rules = Rules({key: service_from(key, svc) for key, svc in services.items()})
         for real in self._real_slots():
             entry = real.entry
             key = by_index.get(entry.svc_index)
             if entry.flags & abi.REAL_ACTIVE and key is not None:
-                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
+                item = Real(be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
                             last_weight=entry.last_weight)
                 rules.services[key].reals[item.key] = item
         return rules
@@ -236,16 +241,16 @@ class Dataplane:
         raw = abi.Svc()
         if not libbpf.map_lookup(self._fds["services"], svc_key(key), raw):
             return None
-        svc = _service(key, raw)
+        svc = service_from(key, raw)
         for real in self._service_slots(raw.index):
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE:
-                item = Real(_be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
+                item = Real(be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
                             last_weight=entry.last_weight)
                 svc.reals[item.key] = item
         return svc
 
-    def _service_slots(self, index: int) -> list[_RealSlot]:
+    def _service_slots(self, index: int) -> list[RealSlot]:
         """The real slots of one service by its index; inactive ones (a change under way) included."""
         listed = abi.SvcReals()
         if not libbpf.map_lookup(self._fds["svc_reals"], ctypes.c_uint32(index), listed):
@@ -254,7 +259,7 @@ class Dataplane:
         for slot in listed.slots[:listed.count]:
             entry = self._read_entry(slot)
             if entry.svc_index == index:
-                result.append(_RealSlot(slot, entry))
+                result.append(RealSlot(slot, entry))
         return result
 
     def index_problems(self) -> list[str]:
@@ -269,11 +274,11 @@ class Dataplane:
         usage = abi.SlotUsage()
         libbpf.map_lookup(self._fds["slot_usage"], ctypes.c_uint32(0), usage)
         indexes = {svc.index for svc in services.values()}
-        marked = set(range(abi.MAX_SERVICES)) - set(_clear_bits(usage.services, abi.MAX_SERVICES))
+        marked = set(range(abi.MAX_SERVICES)) - set(clear_bits(usage.services, abi.MAX_SERVICES))
         if marked != indexes:
             problems.append(f"service slots marked taken {sorted(marked)}, in use {sorted(indexes)}")
         used = set().union(*active.values()) if active else set()
-        marked = set(range(abi.MAX_REALS)) - set(_clear_bits(usage.reals, abi.MAX_REALS))
+        marked = set(range(abi.MAX_REALS)) - set(clear_bits(usage.reals, abi.MAX_REALS))
         if marked != used:
             problems.append(f"real slots marked taken but free {sorted(marked - used)[:10]}, "
                             f"in use but not marked {sorted(used - marked)[:10]}")
@@ -300,13 +305,16 @@ class Dataplane:
 
     def set_timeouts(self, timeouts: Timeouts) -> None:
         """Set the tcp, tcpfin and udp timeouts (seconds); 0 leaves one unchanged, as ipvsadm --set."""
-        cfg = self._config()
-        for state, value in (("ESTABLISHED", timeouts.tcp), ("FIN_WAIT", timeouts.tcpfin), ("UDP", timeouts.udp)):
+        changes = (("ESTABLISHED", timeouts.tcp), ("FIN_WAIT", timeouts.tcpfin), ("UDP", timeouts.udp))
+        for _, value in changes:
             if value < 0:
                 raise DataplaneError(f"timeout {value} is negative")
-            if value:
-                cfg.timeouts[abi.STATES[state]] = value
-        libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+        with self._writing():
+            cfg = self._config()
+            for state, value in changes:
+                if value:
+                    cfg.timeouts[abi.STATES[state]] = value
+            libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
 
     def set_state_timeout(self, state: str, seconds: int) -> None:
         """The timeout of one connection state by IPVS's name (SYN_RECV, CLOSE, ...); --set covers three only."""
@@ -336,9 +344,10 @@ class Dataplane:
         """Clock ticks (2.5 ms) per sweep pass: how often every entry is recounted (tests shorten it)."""
         if not 1 <= ticks <= 100_000:
             raise DataplaneError(f"pass ticks {ticks} out of range (1-100000)")
-        cfg = self._config()
-        cfg.pass_ticks = ticks
-        libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
+        with self._writing():
+            cfg = self._config()
+            cfg.pass_ticks = ticks
+            libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
 
     def _set_flag(self, flag: int, on: bool) -> None:
         with self._writing():
@@ -368,7 +377,7 @@ class Dataplane:
         for real in self._real_slots():
             key = by_index.get(real.entry.svc_index)
             if real.entry.flags & abi.REAL_ACTIVE and key is not None:
-                rkey = (_be_to_ip(real.entry.rip), socket.ntohs(real.entry.port))
+                rkey = (be_to_ip(real.entry.rip), socket.ntohs(real.entry.port))
                 result[(key, rkey)] = self._stats_at(abi.MAX_SERVICES + real.slot)
         return result
 
@@ -431,8 +440,8 @@ class Dataplane:
             if value.svc_index not in by_index or real is None or real.gen != value.gen:
                 continue
             result.append(Connection(
-                Protocol(key.proto), _be_to_ip(key.saddr), socket.ntohs(key.sport), _be_to_ip(key.daddr),
-                socket.ntohs(key.dport), _be_to_ip(real.rip), socket.ntohs(real.port),
+                Protocol(key.proto), be_to_ip(key.saddr), socket.ntohs(key.sport), be_to_ip(key.daddr),
+                socket.ntohs(key.dport), be_to_ip(real.rip), socket.ntohs(real.port),
                 abi.STATE_NAMES.get(value.state, "ERR!"), left, template=bool(value.flags & abi.CONN_F_TEMPLATE),
             ))
         return result
@@ -462,15 +471,15 @@ class Dataplane:
             if entry.svc_index in by_index:
                 counts = abi.RealConns()
                 libbpf.map_lookup(self._fds["real_conns"], ctypes.c_uint32(slot), counts)
-                key = (by_index[entry.svc_index], (_be_to_ip(entry.rip), socket.ntohs(entry.port)))
+                key = (by_index[entry.svc_index], (be_to_ip(entry.rip), socket.ntohs(entry.port)))
                 result[key] = counts.live(parity)
         return result
 
     def real_next_hops(self) -> dict[tuple[ServiceKey, RealKey], NextHop]:
         by_index, reals = self._owners()
         return {
-            (by_index[e.svc_index], (_be_to_ip(e.rip), socket.ntohs(e.port))):
-                NextHop(e.ifindex, _mac_text(e.smac), _mac_text(e.dmac))
+            (by_index[e.svc_index], (be_to_ip(e.rip), socket.ntohs(e.port))):
+                NextHop(e.ifindex, mac_text(e.smac), mac_text(e.dmac))
             for e in reals.values() if e.svc_index in by_index
         }
 
@@ -478,15 +487,16 @@ class Dataplane:
 
     def zero(self, key: ServiceKey | None = None) -> None:
         """Zero the counters of one service and its reals, or of everything."""
-        services = self._services()
-        if key is not None and key not in services:
-            raise DataplaneError("No such service")
-        indexes = [svc.index for k, svc in services.items() if key is None or k == key]
-        for real in self._real_slots():
-            if real.entry.flags & abi.REAL_ACTIVE and real.entry.svc_index in indexes:
-                self._zero_stats(abi.MAX_SERVICES + real.slot)
-        for index in indexes:
-            self._zero_stats(index)
+        with self._writing():
+            services = self._services()
+            if key is not None and key not in services:
+                raise DataplaneError("No such service")
+            indexes = [svc.index for k, svc in services.items() if key is None or k == key]
+            for real in self._real_slots():
+                if real.entry.flags & abi.REAL_ACTIVE and real.entry.svc_index in indexes:
+                    self._zero_stats(abi.MAX_SERVICES + real.slot)
+            for index in indexes:
+                self._zero_stats(index)
 
     def _zero_stats(self, index: int) -> None:
         libbpf.map_update(self._fds["stats"], ctypes.c_uint32(index), (abi.CountersEntry * self._ncpus)())
@@ -512,15 +522,32 @@ class Dataplane:
             os.close(fd)
 
     def update(self, change: Callable[[Rules], Rules]) -> None:
-        """Read the rules, change them and apply the result, with no other writer in between."""
+        """Read the rules, change them and apply the result, with no other writer in between. The change is
+        tried once before the lock to resolve its new reals there (`change` must have no side effects)."""
+        resolver = self._prefetch(lambda: change(self.read_rules()))
         with self._writing():
-            self.apply(change(self.read_rules()))
+            self._apply(change(self.read_rules()), resolver)
 
     def update_service(self, key: ServiceKey, change: Callable[[Service | None], Service | None]) -> None:
         """Read one service (None: absent), change it and apply the result (None: delete it), with no
-        other writer in between. Costs what the service's reals cost, whatever the rule set's size."""
+        other writer in between. Costs what the service's reals cost, whatever the rule set's size. As with
+        update(), `change` is tried once before the lock to resolve new reals there: it must have no side effects."""
+        def attempt() -> Rules:
+            svc = change(self.read_service(key))
+            return Rules({key: svc} if svc is not None else {})
+        resolver = self._prefetch(attempt)
         with self._writing():
-            self.apply_service(key, change(self.read_service(key)))
+            self._apply_service(key, change(self.read_service(key)), resolver)
+
+    def _prefetch(self, rules: Callable[[], Rules]) -> Resolver:
+        """The resolver for a change: its new reals resolved before the lock when the change can be computed
+        now (it is computed again under the lock; a failure now is the one reported then)."""
+        if self._lock_depth:
+            return self._resolver  # already under the lock: nothing gained
+        try:
+            return self._prefetch_hops(rules())
+        except Exception:  # noqa: BLE001 - the same change under the lock raises it to the caller
+            return self._resolver
 
     def apply(self, rules: Rules) -> None:
         """Make the data plane forward exactly as `rules` say.
@@ -528,17 +555,20 @@ class Dataplane:
         Everything is checked, and new reals resolved, before the first write: a rejected
         rule set changes nothing. Established connections keep their real.
         """
+        self._apply(rules, self._prefetch(lambda: rules))
+
+    def _apply(self, rules: Rules, resolver: Resolver) -> None:
         with self._writing():
             current = self._services()
             slots = self._real_slots()
             # The slot usage is rebuilt from what the maps hold, so a whole apply also repairs it.
             usage = abi.SlotUsage()
             for svc in current.values():
-                _set_bit(usage.services, svc.index)
+                set_bit(usage.services, svc.index)
             for real in slots:
                 if real.entry.flags & abi.REAL_ACTIVE:
-                    _set_bit(usage.reals, real.slot)
-            plan = _Plan(current, slots, rules, self._resolver, usage, lambda slot: abi.RealEntry())
+                    set_bit(usage.reals, real.slot)
+            plan = Plan(current, slots, rules, resolver, usage, lambda slot: abi.RealEntry())
             self._carry_out(plan, rules, set(rules.services))
 
     def apply_service(self, key: ServiceKey, service: Service | None) -> None:
@@ -549,6 +579,11 @@ class Dataplane:
         """
         if service is not None and service.key != key:
             raise ValueError(f"service {service.key} given for {key}")
+        self._apply_service(key, service, self._prefetch(lambda: Rules({key: service} if service else {})))
+
+    def _apply_service(self, key: ServiceKey, service: Service | None, resolver: Resolver) -> None:
+        if service is not None and service.key != key:
+            raise ValueError(f"service {service.key} given for {key}")
         with self._writing():
             raw = abi.Svc()
             current = {key: raw} if libbpf.map_lookup(self._fds["services"], svc_key(key), raw) else {}
@@ -556,16 +591,16 @@ class Dataplane:
             usage = abi.SlotUsage()
             libbpf.map_lookup(self._fds["slot_usage"], ctypes.c_uint32(0), usage)
             rules = Rules({key: service} if service is not None else {})
-            plan = _Plan(current, slots, rules, self._resolver, usage, self._read_entry)
+            plan = Plan(current, slots, rules, resolver, usage, self._read_entry)
             vip_keys = None
             if bool(current) != (service is not None):  # a service comes or goes: the VIP maps follow
-                vip_keys = {_service_key(k) for k in libbpf.map_keys(self._fds["services"], abi.SvcKey)}
+                vip_keys = {service_key(k) for k in libbpf.map_keys(self._fds["services"], abi.SvcKey)}
                 vip_keys.discard(key)
                 if service is not None:
                     vip_keys.add(key)
             self._carry_out(plan, rules, vip_keys)
 
-    def _carry_out(self, plan: _Plan, rules: Rules, vip_keys: set[ServiceKey] | None) -> None:
+    def _carry_out(self, plan: Plan, rules: Rules, vip_keys: set[ServiceKey] | None) -> None:
         """Write a checked plan. The slot index first lists every slot a service may use (old and
         new), then the maps the program reads change, then the index keeps only what is left."""
         for key in plan.changed_services:
@@ -598,30 +633,39 @@ class Dataplane:
         listed.slots[:len(slots)] = sorted(slots)
         libbpf.map_update(self._fds["svc_reals"], ctypes.c_uint32(index), listed)
 
-    def set_real_mac(self, rip: IPv4Address, mac: str) -> int:
-        """Point every real with address `rip` at a new MAC (its NIC changed); returns how many entries changed."""
+    def set_real_mac(self, rip: IPv4Address, mac: str, old_mac: str | None = None) -> int:
+        """Point every active real with address `rip` at a new MAC (its NIC changed); with `old_mac`, only those
+        still sending to `old_mac`. Only the MAC changes: each entry is re-read under the writers' lock, so a
+        real deleted or a slot reused meanwhile is left as it is. Returns how many entries changed."""
+        new = list(mac_bytes(mac))
         changed = 0
-        for real in self._real_slots():
-            entry = real.entry
-            if entry.flags & abi.REAL_ACTIVE and _be_to_ip(entry.rip) == rip and _mac_text(entry.dmac) != mac:
-                entry.dmac[:] = list(_mac_bytes(mac))
+        with self._writing():
+            for real in self._real_slots():
+                entry = self._read_entry(real.slot)  # under the lock: what the maps hold now
+                if not entry.flags & abi.REAL_ACTIVE or be_to_ip(entry.rip) != rip or mac_text(entry.dmac) == mac:
+                    continue
+                if old_mac is not None and mac_text(entry.dmac) != old_mac:
+                    continue
+                entry.dmac[:] = new
                 libbpf.map_update(self._fds["reals"], ctypes.c_uint32(real.slot), entry)
                 changed += 1
         return changed
 
     def flush_connections(self, key: ServiceKey, real: RealKey) -> int:
         """Delete the connection entries of one real of a service; returns how many."""
-        services = self._services()
-        if key not in services:
-            return 0
-        index = services[key].index
-        slots = {r.slot for r in self._real_slots() if r.entry.flags & abi.REAL_ACTIVE
-                 and r.entry.svc_index == index and (_be_to_ip(r.entry.rip), socket.ntohs(r.entry.port)) == real}
-        flushed = 0
-        for fd, conn_key, value, _ in self._live_connections():
-            if value.svc_index == index and value.real in slots:
-                flushed += libbpf.map_delete(fd, conn_key)
-        self._add_counter("conn_deleted", flushed)
+        with self._writing():
+            services = self._services()
+            if key not in services:
+                return 0
+            index = services[key].index
+            slots = {r.slot for r in self._real_slots()
+                     if r.entry.flags & abi.REAL_ACTIVE and r.entry.svc_index == index
+                     and (be_to_ip(r.entry.rip), socket.ntohs(r.entry.port)) == real}
+            flushed = 0
+            for fd, conn_key, value, _ in self._live_connections():
+                if value.svc_index == index and value.real in slots:
+                    flushed += libbpf.map_delete(fd, conn_key)
+            self._add_counter("conn_deleted", flushed)
         return flushed
 
     def _add_counter(self, name: str, amount: int) -> None:
@@ -647,22 +691,61 @@ class Dataplane:
                 "half_open_evicted": max(half_evicted, 0), "new_per_second": round(rate, 1), "passes": st.runs,
                 "nearly_full": int(st.entries >= CONN_TABLE_WARN_SHARE * self.conn_table_size)}
 
-    def refresh_macs(self, only_missing: bool = False) -> int:
+    def refresh_macs(self, only_missing: bool = False,
+                     unresolved: Callable[[IPv4Address, str], None] | None = None) -> int:
         """Resolve the MAC of every real again (only the unresolved ones with only_missing); returns how many
-        changed."""
-        changed = 0
+        entries changed. Resolution (up to a second per silent real) happens before the writers' lock; a real
+        that cannot be resolved is skipped and told to `unresolved` (default: logged). Under the lock only the
+        next hop of an entry that still holds the same real (address, generation) changes."""
+        wanted: dict[int, abi.RealEntry] = {}
         for real in self._real_slots():
             entry = real.entry
-            if not entry.flags & abi.REAL_ACTIVE or (only_missing and _mac_text(entry.dmac) != ZERO_MAC):
-                continue
-            hop = self._resolver(_be_to_ip(entry.rip))
-            if hop.dmac != ZERO_MAC and _mac_text(entry.dmac) != hop.dmac:
-                _set_hop(entry, hop)
-                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(real.slot), entry)
+            if entry.flags & abi.REAL_ACTIVE and not (only_missing and mac_text(entry.dmac) != ZERO_MAC):
+                wanted[real.slot] = entry
+        hops: dict[int, NextHop] = {}
+        for rip in sorted({entry.rip for entry in wanted.values()}):
+            try:
+                hops[rip] = self._resolver(be_to_ip(rip))
+            except NeighbourError as exc:
+                if unresolved is None:
+                    log.warning("real server %s: %s", be_to_ip(rip), exc)
+                else:
+                    unresolved(be_to_ip(rip), str(exc))
+        changed = 0
+        with self._writing():
+            for slot, seen in wanted.items():
+                hop = hops.get(seen.rip)
+                if hop is None or hop.dmac == ZERO_MAC:
+                    continue
+                entry = self._read_entry(slot)
+                now = (mac_text(entry.dmac), entry.ifindex, mac_text(entry.smac))
+                if (not entry.flags & abi.REAL_ACTIVE or (entry.rip, entry.gen) != (seen.rip, seen.gen)
+                        or now == (hop.dmac, hop.ifindex, hop.smac)):
+                    continue
+                set_hop(entry, hop)
+                libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
                 changed += 1
         return changed
 
-    def _write_reals(self, plan: _Plan) -> None:
+    def _prefetch_hops(self, rules: Rules) -> Resolver:
+        """A resolver for a plan: the next hops of the rules' new real addresses resolved now, before the
+        writers' lock (ARP for a silent real takes up to a second); anything else is resolved when asked."""
+        known = {e.rip for e in (r.entry for r in self._real_slots()) if e.flags & abi.REAL_ACTIVE}
+        hops: dict[IPv4Address, NextHop] = {}
+        for svc in rules.services.values():
+            for real in svc.reals.values():
+                if ip_to_be(real.rip) not in known and real.rip not in hops:
+                    try:
+                        hops[real.rip] = self._resolver(real.rip)
+                    except NeighbourError:
+                        pass  # the plan asks again, and reports it, if the real is still new under the lock
+
+        def resolver(rip: IPv4Address) -> NextHop:
+            hop = hops.get(rip)
+            return hop if hop is not None else self._resolver(rip)
+        return resolver
+
+    def _write_reals(self, plan: Plan) -> None:
         """The real entries of the plan that are new or changed, in one batch; a slot that served
         another real before starts with zero counts and counters."""
         slots = sorted(plan.real_changed)
@@ -676,19 +759,19 @@ class Dataplane:
                 self._zero_stats(abi.MAX_SERVICES + slot)
         libbpf.map_update_batch(self._fds["reals"], keys, values)
 
-    def _write_service(self, svc: Service, plan: _Plan) -> None:
+    def _write_service(self, svc: Service, plan: Plan) -> None:
         """The service's new scheduler table in the half not in use, then the service entry."""
         real_slots, positions = plan.tables[svc.key]
         table = [real_slots[i] for i in positions]
         old = plan.current.get(svc.key)
         index = plan.service_index[svc.key]
-        value = _svc_value(svc, index)
+        value = svc_value(svc, index)
         if old is None:
             self._bump_svc_gen(index)  # odd: the slot is taken, by a new incarnation
             self._zero_stats(index)
             libbpf.map_update(self._fds["sched_state"], ctypes.c_uint32(index), ctypes.c_uint32(0))
-        half = 1 if old is not None and old.table_base == _table_base(index, 0) else 0
-        base = _table_base(index, half)
+        half = 1 if old is not None and old.table_base == table_base(index, 0) else 0
+        base = table_base(index, half)
         if table:
             keys = (ctypes.c_uint32 * len(table))(*range(base, base + len(table)))
             values = (ctypes.c_uint32 * len(table))(*table)
@@ -705,7 +788,7 @@ class Dataplane:
         """The vips map (flags per VIP) and the pre-filter (VIPs per slot) for these services."""
         flags: dict[int, int] = {}
         for key in keys:
-            vip = _ip_to_be(key.vip)
+            vip = ip_to_be(key.vip)
             flags[vip] = flags.get(vip, 0) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
         fd = self._fds["vips"]
         old = {raw.value for raw in libbpf.map_keys(fd, ctypes.c_uint32)}
@@ -718,327 +801,3 @@ class Dataplane:
             libbpf.map_update(self._fds["vip_filter"], ctypes.c_uint32(slot), ctypes.c_uint32(slots.get(slot, 0)))
         for vip in old - set(flags):
             libbpf.map_delete(fd, ctypes.c_uint32(vip))
-
-
-def _svc_value(svc: Service, index: int) -> abi.Svc:
-    flags = sched_flag_bits(svc.sched_flags) | (abi.SVC_F_PERSISTENT if svc.persistent is not None else 0)
-    return abi.Svc(index=index, sched=abi.SCHEDULER_IDS[svc.scheduler], flags=flags,
-                   persist_timeout=svc.persistent or 0, netmask=_ip_to_be(svc.netmask))
-
-
-def _same_settings(a: abi.Svc, b: abi.Svc) -> bool:
-    return (a.sched, a.flags, a.persist_timeout, a.netmask) == (b.sched, b.flags, b.persist_timeout, b.netmask)
-
-
-def _service(key: ServiceKey, raw: abi.Svc) -> Service:
-    scheduler = abi.SCHEDULER_NAMES[raw.sched]
-    persistent = raw.persist_timeout if raw.flags & abi.SVC_F_PERSISTENT else None
-    netmask = _be_to_ip(raw.netmask) if persistent is not None else HOST_MASK
-    return Service(key, scheduler, persistent, netmask, sched_flag_names(scheduler, raw.flags & 7))
-
-
-def start_sweeper(program: libbpf.BpfObject) -> None:
-    """Start (or restart) the timer that removes expired connections once a second."""
-    libbpf.prog_test_run(program.prog_fd("pyvs_start_sweeper"), bytes(64))
-
-
-def vip_filter_slot(vip: int) -> int:
-    """The pre-filter slot of a VIP (the u32 of its network-order bytes), as the program computes it."""
-    return (vip ^ (vip >> 16)) & (abi.VIP_FILTER_SIZE - 1)
-
-
-def _table_base(index: int, half: int) -> int:
-    return (index * 2 + half) * abi.SCHED_TABLE_SIZE
-
-
-def _set_hop(entry: abi.RealEntry, hop: NextHop) -> None:
-    entry.ifindex = hop.ifindex
-    entry.dmac[:] = list(_mac_bytes(hop.dmac))
-    entry.smac[:] = list(_mac_bytes(hop.smac))
-
-
-class _Plan:
-    """Slots for every service and real of a rule set, decided before anything is written.
-
-    Only services that differ from what the maps hold are validated and rewritten, so one change
-    in a large rule set costs little. `current` and `slots` are what the maps hold of the services
-    concerned (all of them, or one); `usage` says which slots are taken in the whole data plane.
-    """
-
-    def __init__(self, current: dict[ServiceKey, abi.Svc], slots: list[_RealSlot], rules: Rules,
-                 resolver: Resolver, usage: abi.SlotUsage, read_entry: Callable[[int], abi.RealEntry]):
-        self.current = current
-        self.removed_services = [key for key in current if key not in rules.services]
-        removed_indexes = {current[key].index for key in self.removed_services}
-        free_indexes = iter(sorted(set(_clear_bits(usage.services, abi.MAX_SERVICES)) | removed_indexes))
-        self.service_index: dict[ServiceKey, int] = {}
-        for key in sorted(rules.services):
-            if key in current:
-                self.service_index[key] = current[key].index
-            else:
-                index = next(free_indexes, None)
-                if index is None:
-                    raise DataplaneError(f"too many services (the data plane holds {abi.MAX_SERVICES})")
-                self.service_index[key] = index
-
-        self.entries = {s.slot: s.entry for s in slots}
-        # (service slot, rip, port) as ints -> real slot, for the reals the maps hold (ints hash fast)
-        existing: dict[tuple[int, int, int], int] = {}
-        for s in slots:
-            if s.entry.flags & abi.REAL_ACTIVE:
-                existing[(s.entry.svc_index, socket.ntohl(s.entry.rip), socket.ntohs(s.entry.port))] = s.slot
-        old_index = {svc.index: key for key, svc in current.items()}
-        wanted: set[int] = set()
-        # service -> (rip as int, port) -> real slot, after the change
-        self.real_slot: dict[ServiceKey, dict[tuple[int, int], int]] = {}
-        self.real_changed: dict[int, bool] = {}
-        self.new_slots: set[int] = set()
-        self.changed_services: set[ServiceKey] = set()
-        new_reals: list[tuple[ServiceKey, Real]] = []
-        last_weights: dict[ServiceKey, dict[tuple[int, int], int]] = {}
-        for svc in rules.services.values():
-            index = self.service_index[svc.key]
-            old = current.get(svc.key)
-            if old is None or not _same_settings(old, _svc_value(svc, index)):
-                self.changed_services.add(svc.key)
-            same_service = old_index.get(index) == svc.key
-            slots_here = self.real_slot[svc.key] = {}
-            last_here = last_weights[svc.key] = {}
-            for real in svc.reals.values():
-                rid = (int(real.rip), real.port)
-                slot = existing.get((index, *rid)) if same_service else None
-                if slot is not None:
-                    slots_here[rid] = slot
-                    wanted.add(slot)
-                    entry = self.entries[slot]
-                    last_here[rid] = real.weight or entry.last_weight  # IPVS keeps it when the weight goes to 0
-                    if entry.weight != real.weight or entry.last_weight != last_here[rid]:
-                        entry.weight, entry.last_weight = real.weight, last_here[rid]
-                        self.real_changed[slot] = True
-                        self.changed_services.add(svc.key)
-                else:
-                    last_here[rid] = real.weight
-                    new_reals.append((svc.key, real))
-                    self.changed_services.add(svc.key)
-        self.freed_reals = [slot for slot in existing.values() if slot not in wanted]
-        for slot in self.freed_reals:
-            owner = old_index.get(self.entries[slot].svc_index)
-            if owner is not None and owner in rules.services:
-                self.changed_services.add(owner)
-
-        # service -> (sorted reals, scheduler table as positions in that list), built once
-        sorted_reals: dict[ServiceKey, list[Real]] = {}
-        positions: dict[ServiceKey, list[int]] = {}
-        for key in self.changed_services:
-            svc = rules.services[key]
-            try:
-                validate_service(svc)
-            except ModelError as exc:
-                raise DataplaneError(str(exc)) from None
-            if len(svc.reals) > abi.MAX_REALS_PER_SERVICE:
-                raise DataplaneError(f"service {svc.key}: {len(svc.reals)} real servers, more than "
-                                     f"{abi.MAX_REALS_PER_SERVICE} in one service")
-            sorted_reals[key] = svc.sorted_reals()
-            table_reals = sorted_reals[key]
-            if svc.scheduler == "mh":
-                table_reals = [Real(r.rip, r.port, r.weight, last_weight=last_weights[key][(int(r.rip), r.port)])
-                               for r in table_reals]
-            positions[key] = build_table(svc.scheduler, table_reals, sched_flag_bits(svc.sched_flags))
-            length = len(positions[key])
-            if length > abi.SCHED_TABLE_SIZE:
-                raise DataplaneError(
-                    f"service {svc.key}: the {svc.scheduler} table needs {length} slots, more than "
-                    f"{abi.SCHED_TABLE_SIZE}; use fewer reals or weights with a larger common divisor"
-                )
-
-        taken = set(existing.values())
-        free_slots = (i for i in _clear_bits(usage.reals, abi.MAX_REALS) if i not in taken)
-        # rip -> an entry with its next hop filled in, copied for each new real at that address
-        hops: dict[int, abi.RealEntry] = {}
-        for key, real in new_reals:
-            slot = next(free_slots, None)
-            if slot is None:
-                raise DataplaneError(f"too many real servers (the data plane holds {abi.MAX_REALS})")
-            template = hops.get(int(real.rip))
-            if template is None:
-                try:
-                    hop = resolver(real.rip)
-                except NeighbourError as exc:
-                    raise DataplaneError(str(exc)) from None
-                template = hops[int(real.rip)] = abi.RealEntry(rip=_ip_to_be(real.rip), flags=abi.REAL_ACTIVE)
-                _set_hop(template, hop)
-                if hop.dmac == ZERO_MAC:
-                    log.warning("real server %s: MAC address not resolved; its packets are dropped until it is",
-                                real.rip)
-            old_entry = self.entries.get(slot) or read_entry(slot)
-            entry = abi.RealEntry.from_buffer_copy(template)
-            entry.port, entry.weight, entry.last_weight = _port_to_be(real.port), real.weight, real.weight
-            entry.svc_index = self.service_index[key]
-            entry.gen = (old_entry.gen + 1) & 0xFFFFFFFF
-            self.entries[slot] = entry
-            self.real_slot[key][(int(real.rip), real.port)] = slot
-            self.real_changed[slot] = True
-            self.new_slots.add(slot)
-
-        # Slot usage while the change is written (old and new taken) and after it.
-        self.usage_during = abi.SlotUsage.from_buffer_copy(usage)
-        for index in self.service_index.values():
-            _set_bit(self.usage_during.services, index)
-        for slot in self.new_slots:
-            _set_bit(self.usage_during.reals, slot)
-        self.usage_after = abi.SlotUsage.from_buffer_copy(self.usage_during)
-        for key in self.removed_services:
-            if current[key].index not in self.service_index.values():
-                _clear_bit(self.usage_after.services, current[key].index)
-        for slot in self.freed_reals:
-            _clear_bit(self.usage_after.reals, slot)
-
-        self.tables = {
-            key: ([self.real_slot[key][(int(r.rip), r.port)] for r in reals], positions[key])
-            for key, reals in sorted_reals.items()
-        }
-        self._freed_of: dict[int, list[int]] = {}
-        for slot in self.freed_reals:
-            self._freed_of.setdefault(self.entries[slot].svc_index, []).append(slot)
-
-    def slots_of(self, key: ServiceKey) -> list[int]:
-        """The real slots of a service after the change."""
-        return list(self.real_slot.get(key, {}).values())
-
-    def freed_of(self, key: ServiceKey) -> list[int]:
-        """The slots this change takes from a service."""
-        return self._freed_of.get(self.current[key].index, []) if key in self.current else []
-
-
-def _set_bit(words: ctypes.Array[ctypes.c_uint64], bit: int) -> None:
-    words[bit >> 6] |= 1 << (bit & 63)
-
-
-def _clear_bit(words: ctypes.Array[ctypes.c_uint64], bit: int) -> None:
-    words[bit >> 6] &= ~(1 << (bit & 63)) & 0xFFFFFFFFFFFFFFFF
-
-
-def _clear_bits(words: ctypes.Array[ctypes.c_uint64], size: int) -> Iterator[int]:
-    """The positions of the clear bits, in order."""
-    full = 0xFFFFFFFFFFFFFFFF
-    for w, word in enumerate(words):
-        if word == full:
-            continue
-        for b in range(64):
-            if not word >> b & 1 and w * 64 + b < size:
-                yield w * 64 + b
-
-
-def table_shape(size: int) -> tuple[int, int, int]:
-    """(shards, entries per shard, half-open entries per shard) of a connection table of `size` entries: shards
-    a power of two, each at most CONN_SHARD_TARGET entries where MAX_CONN_SHARDS allow."""
-    shards = 1
-    while shards < abi.MAX_CONN_SHARDS and size > shards * abi.CONN_SHARD_TARGET:
-        shards *= 2
-    per_shard = -(-size // shards)
-    return shards, per_shard, max(per_shard // abi.HALF_OPEN_DIVISOR, 64 * libbpf.num_possible_cpus())
-
-
-def _create_shards(size: int) -> dict[str, list[int]]:
-    """New shards (map fds) of conns and half_open for a connection table of `size` entries."""
-    shards, per_shard, half_per_shard = table_shape(size)
-    key_size, value_size = ctypes.sizeof(abi.ConnKey), ctypes.sizeof(abi.Conn)
-    created: dict[str, list[int]] = {"conns": [], "half_open": []}
-    try:
-        for table, entries, flags in (("conns", per_shard, 0),
-                                      ("half_open", half_per_shard, libbpf.BPF_F_NO_COMMON_LRU)):
-            for index in range(shards):
-                created[table].append(libbpf.map_create(libbpf.BPF_MAP_TYPE_LRU_HASH, f"pyvs_{table[:4]}{index}",
-                                                        key_size, value_size, entries, flags))
-    except OSError:
-        _close_shards(created)
-        raise
-    return created
-
-
-def _close_shards(shards: dict[str, list[int]]) -> None:
-    for fd in (fd for fds in shards.values() for fd in fds):
-        os.close(fd)
-
-
-def _install_tables(fds: dict[str, int], shards: dict[str, list[int]]) -> None:
-    """Put the shards in their maps of maps, then write the config that tells the program they are there."""
-    for table, shard_fds in shards.items():  # one batch each: every update of a map of maps waits for RCU
-        libbpf.map_update_batch(fds[table], (ctypes.c_uint32 * len(shard_fds))(*range(len(shard_fds))),
-                                (ctypes.c_int * len(shard_fds))(*shard_fds))
-    cfg = abi.Config()
-    for name, seconds in abi.DEFAULT_TIMEOUTS.items():
-        cfg.timeouts[abi.STATES[name]] = seconds
-    cfg.conn_shards = len(shards["conns"])
-    cfg.pass_ticks = abi.PASS_TICKS
-    libbpf.map_update(fds["config"], ctypes.c_uint32(0), cfg)
-
-
-def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resolve,
-                   conn_table_size: int | None = None) -> Dataplane:
-    """Open the data plane pinned at `pin_dir` (default: per network namespace), creating it if absent.
-
-    `conn_table_size` sizes the connection table when the maps are created; asking an existing
-    data plane for another size is an error (the table would have to be rebuilt).
-    """
-    path = Path(pin_dir) if pin_dir else default_pin_dir()
-    if conn_table_size is not None and not 1024 <= conn_table_size <= 1 << 26:
-        raise DataplaneError(f"connection table size {conn_table_size} is out of range (1024-{1 << 26})")
-    try:
-        if all((path / name).exists() for name in MAP_NAMES):
-            fds = {name: libbpf.obj_get(str(path / name)) for name in MAP_NAMES}
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            shards = _create_shards(conn_table_size or abi.CONN_TABLE_SIZE)
-            try:
-                with libbpf.BpfObject(str(object_path("xdp")), str(path), inner_map_fds={
-                        "conns": shards["conns"][0], "half_open": shards["half_open"][0]}) as obj:
-                    fds = {name: os.dup(obj.map_fd(name)) for name in MAP_NAMES}
-                    _install_tables(fds, shards)
-                    start_sweeper(obj)
-            finally:
-                _close_shards(shards)
-    except OSError as exc:
-        raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
-    dp = Dataplane(path, fds, resolver)
-    if conn_table_size is not None and table_shape(conn_table_size)[:2] != table_shape(dp.conn_table_size)[:2]:
-        dp.close()
-        raise DataplaneError(
-            f"the connection table at {path} has {dp.conn_table_size} entries; to change its size remove the "
-            "data plane first (pyvs director detach --remove-rules)"
-        )
-    return dp
-
-
-@contextmanager
-def scratch_dataplane(name: str, resolver: Resolver = resolve,
-                      conn_table_size: int | None = None) -> Iterator[Dataplane]:
-    """A data plane pinned under <bpffs>/pyvs/<name>-<pid> and removed on exit (tests, benchmarks)."""
-    pin_dir = bpffs_root() / "pyvs" / f"{name}-{os.getpid()}"
-    dp = open_dataplane(pin_dir, resolver, conn_table_size)
-    try:
-        yield dp
-    finally:
-        dp.close()
-        remove_pins(pin_dir)
-
-
-def remove_pins(pin_dir: str | Path) -> None:
-    """Remove a data plane's pinned maps (forwarding stops once no program uses them)."""
-    path = Path(pin_dir)
-    for name in MAP_NAMES:
-        (path / name).unlink(missing_ok=True)
-    try:
-        path.rmdir()
-    except OSError:
-        pass
-
-
-def attach_pass_program(ifname: str, mode: str = "native") -> None:
-    """Attach the pass-through XDP program (for a veth peer that must run XDP for XDP_TX to arrive)."""
-    flags = libbpf.XDP_FLAGS_DRV_MODE if mode == "native" else libbpf.XDP_FLAGS_SKB_MODE
-    with libbpf.BpfObject(str(object_path("pass"))) as obj:
-        libbpf.xdp_attach(interface_index(ifname), obj.prog_fd("pyvs_pass"), flags)
-
-
-__all__ = ["Dataplane", "DataplaneError", "open_dataplane", "remove_pins", "scratch_dataplane", "attach_pass_program"]

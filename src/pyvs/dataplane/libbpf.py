@@ -80,6 +80,11 @@ _map_get_fd_by_id = _sig("bpf_map_get_fd_by_id", _int, _u32)
 _find_prog = _sig("bpf_object__find_program_by_name", _vp, _vp, _cp)
 _prog_fd = _sig("bpf_program__fd", _int, _vp)
 _obj_get = _sig("bpf_obj_get", _int, _cp)
+_obj_pin = _sig("bpf_obj_pin", _int, _int, _cp)
+_prog_get_fd_by_id = _sig("bpf_prog_get_fd_by_id", _int, _u32)
+_map_type = _sig("bpf_map__type", _int, _vp)
+_map_key_size = _sig("bpf_map__key_size", _u32, _vp)
+_map_value_size = _sig("bpf_map__value_size", _u32, _vp)
 _update = _sig("bpf_map_update_elem", _int, _int, _vp, _vp, _u64)
 _lookup = _sig("bpf_map_lookup_elem", _int, _int, _vp, _vp)
 _delete = _sig("bpf_map_delete_elem", _int, _int, _vp)
@@ -168,6 +173,50 @@ class BpfObject:
 def obj_get(path: str) -> int:
     return _check(_obj_get(path.encode()), f"open pinned {path}")
 
+
+def obj_pin(fd: int, path: str) -> None:
+    _check(_obj_pin(fd, path.encode()), f"pin {path}")
+
+
+def map_shapes(path: str) -> dict[str, tuple[int, int, int]]:
+    """(map type, key size, value size) of every map an object declares, read without loading it."""
+    ctypes.set_errno(0)
+    obj = _open_file(path.encode(), None)
+    if not obj:
+        raise BpfError(ctypes.get_errno() or errno.EINVAL, f"cannot open BPF object {path}")
+    try:
+        shapes = {}
+        ptr = _next_map(obj, None)
+        while ptr:
+            name = _map_name(ptr).decode()
+            if "." not in name:
+                shapes[name] = (int(_map_type(ptr)), int(_map_key_size(ptr)), int(_map_value_size(ptr)))
+            ptr = _next_map(obj, ptr)
+        return shapes
+    finally:
+        _obj_close(obj)
+
+
+class ProgInfo(ctypes.Structure):
+    _fields_ = [("type", _u32), ("id", _u32), ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", _u32),
+                ("xlated_prog_len", _u32), ("jited_prog_insns", _u64), ("xlated_prog_insns", _u64),
+                ("load_time", _u64), ("created_by_uid", _u32), ("nr_map_ids", _u32), ("map_ids", _u64),
+                ("name", ctypes.c_char * 16), ("rest", ctypes.c_uint8 * 256)]
+
+
+def prog_name(prog_id: int) -> str:
+    """The name of a loaded BPF program by its id ("" when it has none or is gone)."""
+    fd = _prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return ""
+    try:
+        info = ProgInfo()
+        size = _u32(ctypes.sizeof(info))
+        if _obj_info(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            return ""
+        return info.name.decode(errors="replace")
+    finally:
+        os.close(fd)
 
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_F_NO_COMMON_LRU = 1 << 1

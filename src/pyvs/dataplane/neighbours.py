@@ -8,10 +8,16 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import ndmsg
+from pyroute2.netlink.rtnl import rtypes as _rtypes
+
+from pyvs.mac import ZERO_MAC
 
 # Neighbour states whose link-layer address can be used.
-_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
-ZERO_MAC = "00:00:00:00:00:00"
+NUD_USABLE = (ndmsg.NUD_REACHABLE | ndmsg.NUD_STALE | ndmsg.NUD_DELAY | ndmsg.NUD_PROBE | ndmsg.NUD_NOARP
+              | ndmsg.NUD_PERMANENT)
+RTN_LOCAL = _rtypes["RTN_LOCAL"]
+__all__ = ["NUD_USABLE", "ZERO_MAC", "NeighbourError", "NextHop", "interface_index", "resolve"]
 
 
 class NeighbourError(RuntimeError):
@@ -30,7 +36,7 @@ def _route(ipr: IPRoute, rip: IPv4Address) -> tuple[int, str]:
         route = ipr.route("get", dst=str(rip))[0]
     except Exception as exc:  # pyroute2 raises NetlinkError for unreachable
         raise NeighbourError(f"real server {rip} is unreachable from the director ({exc})") from None
-    if route.get("type") == 2:  # RTN_LOCAL
+    if route.get("type") == RTN_LOCAL:
         raise NeighbourError(f"real server {rip} is an address of the director itself")
     gateway = route.get_attr("RTA_GATEWAY")
     if gateway:
@@ -46,7 +52,7 @@ def _route(ipr: IPRoute, rip: IPv4Address) -> tuple[int, str]:
 def _neighbour_mac(ipr: IPRoute, rip: IPv4Address, ifindex: int) -> str | None:
     for neigh in ipr.get_neighbours(family=socket.AF_INET, dst=str(rip), ifindex=ifindex):
         mac = neigh.get_attr("NDA_LLADDR")
-        if mac and neigh["state"] & _USABLE:
+        if mac and neigh["state"] & NUD_USABLE:
             return str(mac)
     return None
 

@@ -46,6 +46,7 @@ from pyvs.model import (
     MAX_WEIGHT,
     ModelError,
     Protocol,
+    RealKey,
     Service,
     ServiceKey,
     parse_endpoint,
@@ -63,7 +64,6 @@ XDP_MODES = ("native", "generic")
 DEFAULT_LISTEN = "127.0.0.1:9180"
 STATUS_RANGE = re.compile(r"(\d{3})(?:-(\d{3}))?")
 
-RealKey = tuple[IPv4Address, int]
 
 
 class ConfigError(ValueError):

@@ -110,6 +110,21 @@ class WriteReport:
     errors: dict[ServiceKey, str] = field(default_factory=dict)
 
 
+def _record_write(report: WriteReport, key: ServiceKey, current: Service | None, want: Service | None,
+                  expected: dict[ServiceKey, Service]) -> None:
+    """What one service's write did, for the report: drift found, and created, updated or removed."""
+    if key in expected and current != expected[key]:
+        report.drift[key] = service_diff(current, expected[key])
+    if current == want:
+        return
+    if want is None:
+        report.removed.append(key)
+    elif current is None:
+        report.created.append(key)
+    else:
+        report.updated[key] = service_diff(current, want)
+
+
 def write_services(dp: Dataplane, todo: dict[ServiceKey, Service | None], expected: dict[ServiceKey, Service],
                    quiesced: dict[ServiceKey, Service], flush: list[Target]) -> WriteReport:
     """Data plane I/O only (the data plane thread): write each service of `todo` (None: delete it), reading
@@ -128,24 +143,19 @@ def write_services(dp: Dataplane, todo: dict[ServiceKey, Service | None], expect
         if key not in report.errors:
             report.flushed[(key, real)] = dp.flush_connections(key, real)
     for key, want in todo.items():
+        seen: list[Service | None] = []  # what the last call of change found: the one under the lock
 
-        def change(current: Service | None, key: ServiceKey = key, want: Service | None = want) -> Service | None:
-            if key in expected and current != expected[key]:
-                report.drift[key] = service_diff(current, expected[key])
-            if current == want:
-                return current
-            if want is None:
-                report.removed.append(key)
-            elif current is None:
-                report.created.append(key)
-            else:
-                report.updated[key] = service_diff(current, want)
-            return want
+        def change(current: Service | None, want: Service | None = want,
+                   seen: list[Service | None] = seen) -> Service | None:
+            seen[:] = [current]  # no other side effect: update_service may call it once more before the lock
+            return current if current == want else want
 
         try:
             current = dp.read_service(key)
             if current != want or expected.get(key, want) != want:
                 dp.update_service(key, change)  # reads it again, under the writers' lock
+                if seen:
+                    _record_write(report, key, seen[0], want, expected)
         except Exception as exc:  # noqa: BLE001
             report.errors[key] = str(exc) or type(exc).__name__
     return report
@@ -669,7 +679,9 @@ class Director:
         while True:
             await asyncio.sleep(self.resolve_interval)
             try:
-                resolved = await self.in_dataplane_thread(lambda: self.dp.refresh_macs(only_missing=True))
+                resolved = await self.in_dataplane_thread(lambda: self.dp.refresh_macs(
+                    only_missing=True, unresolved=lambda rip, error: log_event(
+                        logging.WARNING, "mac_resolve_failed", real=str(rip), error=error)))
             except Exception as exc:  # noqa: BLE001 - e.g. a real no longer routable: try again later
                 log_event(logging.WARNING, "mac_resolve_failed", error=f"{type(exc).__name__}: {exc}")
                 continue

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Protocol
 
+from pyvs.model import ALL_SCHEDULERS
 from pyvs.schedulers.common import NO_FLAGS, Flow, RealState, SchedFlag, Scheduler, fmix32, hash_32
 from pyvs.schedulers.hashing import DestinationHashing, SourceHashing, dh_table, sh_table
 from pyvs.schedulers.leastconn import (
@@ -29,7 +30,7 @@ from pyvs.schedulers.maglev import MH_TABLE_SIZE, Maglev, mh_table
 from pyvs.schedulers.roundrobin import RoundRobin, WeightedRoundRobin, rr_table, wrr_table
 
 # ipvsadm's man page order.
-SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "lblc", "lblcr", "fo", "ovf", "mh")
+SCHEDULERS = ALL_SCHEDULERS  # one list, in the model
 
 
 class RealLike(Protocol):
