@@ -19,7 +19,7 @@ from pyvs.director.checks import Health, ProbeResult, probe
 from pyvs.director.config import CheckSpec
 from pyvs.director.metrics import render
 from pyvs.director.notify import Notifier, event_argv
-from pyvs.director.status import status_table
+from pyvs.director.status_client import status_table
 
 LOOPBACK = IPv4Address("127.0.0.1")
 BODY = b"healthy rs1\n"

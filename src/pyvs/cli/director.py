@@ -114,14 +114,19 @@ def table_usage_lines(usage: dict[str, int | float]) -> list[str]:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from pyvs.admin.commands import CommandError, restore
+    from pyvs.admin.options import UsageError as RulesError
     from pyvs.dataplane import migrate
+    from pyvs.model import Rules
 
     saved = None
     if args.saved:
         try:
-            saved = Path(args.saved).read_text()
+            saved = restore(Rules(), Path(args.saved).read_text())
         except OSError as exc:
             raise UsageError(f"cannot read {args.saved}: {exc.strerror}") from None
+        except (CommandError, RulesError) as exc:
+            raise UsageError(f"{args.saved}: the saved rules do not restore: {exc}") from None
     rules = migrate(pin_dir_arg(args), saved)
     reals = sum(len(svc.reals) for svc in rules.services.values())
     print(f"data plane recreated with this version's layout: {len(rules.services)} service(s), {reals} real(s) "

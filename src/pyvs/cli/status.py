@@ -7,7 +7,6 @@ import json
 import sys
 import urllib.error
 from pathlib import Path
-from typing import Any
 
 from pyvs.cli.common import UsageError
 from pyvs.director.config import DEFAULT_LISTEN
@@ -34,7 +33,7 @@ def status_url(value: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pyvs.director.status import fetch_status, watch
+    from pyvs.director.status_client import fetch_status, watch
 
     url = args.url
     if url is None:
@@ -43,7 +42,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = status_url(url)
     try:
         if args.json:
-            report: dict[str, Any] = fetch_status(url)
+            report = fetch_status(url)
             print(json.dumps(report, indent=2))
             return 0
         clear = args.watch and sys.stdout.isatty()

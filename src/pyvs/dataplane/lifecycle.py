@@ -150,13 +150,11 @@ def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resol
 READ_MAPS = ("services", "reals", "svc_reals", "slot_usage", "svc_gens", "config")  # what read_rules needs
 
 
-def migrate(pin_dir: str | Path | None, saved: str | None = None, resolver: Resolver = resolve) -> Rules:
+def migrate(pin_dir: str | Path | None, saved: Rules | None = None, resolver: Resolver = resolve) -> Rules:
     """Recreate the data plane at `pin_dir` with this version's layout, keeping its rules: read them from the old
-    maps where their layout still reads (timeouts, switches and table size kept too), or from `saved` (the text of
-    a `pyvsadm -S -n`). pyvs's XDP program is attached again where it was. Returns the rules restored."""
-    from pyvs.admin.commands import CommandError, restore
-    from pyvs.admin.options import UsageError
-
+    maps where their layout still reads (timeouts, switches and table size kept too), or take `saved` (what a
+    `pyvsadm -S -n` saved, parsed by the caller). pyvs's XDP program is attached again where it was. Returns the
+    rules restored."""
     path = Path(pin_dir) if pin_dir else default_pin_dir()
     try:
         state = pin_state(path, check_netns=False)
@@ -168,10 +166,7 @@ def migrate(pin_dir: str | Path | None, saved: str | None = None, resolver: Reso
     switches: dict[str, bool] = {}
     size: int | None = None
     if saved is not None:
-        try:
-            rules = restore(Rules(), saved)
-        except (CommandError, UsageError) as exc:
-            raise DataplaneError(f"the saved rules do not restore: {exc}") from None
+        rules = saved
     else:
         unreadable = [p for p in state.problems if any(f"map {name}:" in p for name in READ_MAPS)]
         unreadable += [f"map {n} missing" for n in READ_MAPS if not (path / n).exists()]
@@ -189,8 +184,9 @@ def migrate(pin_dir: str | Path | None, saved: str | None = None, resolver: Reso
         dp.apply(rules)
         if timeouts is not None:
             dp.set_timeouts(timeouts)
-        for name, on in switches.items():
-            dp._set_flag(abi.CFG_EXPIRE_NODEST_CONN if name == "expire_nodest_conn" else abi.CFG_SLOPPY_TCP, on)
+        if switches:
+            dp.set_expire_nodest_conn(switches["expire_nodest_conn"])
+            dp.set_sloppy_tcp(switches["sloppy_tcp"])
         for ifname, mode in attached:
             dp.attach(ifname, mode, force=True)
     return rules

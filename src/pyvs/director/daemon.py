@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pyvs.arp import takeover
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
@@ -39,6 +39,8 @@ from pyvs.director import checks
 from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
 from pyvs.director.notify import Notifier
 from pyvs.director.runfile import RUN_DIR, daemon_alive, read_run_file, run_file  # noqa: F401 - re-exported
+from pyvs.director.status_server import serve_status
+from pyvs.director.statusdoc import OtherService, RealStatus, ReloadStatus, ServiceStatus, StatusDocument
 from pyvs.model import Counters, Real, Rules, Service, ServiceKey
 
 log = logging.getLogger("pyvs.director")
@@ -214,7 +216,7 @@ class Director:
         self.applied: dict[ServiceKey, Service] = {}  # what the daemon last wrote (or found in step), per service
         self.generation = 1
         self.started = time.time()
-        self.last_reload: dict[str, Any] = {"ok": True, "error": "", "at": self.started}
+        self.last_reload: ReloadStatus = {"ok": True, "error": "", "at": self.started}
         self.apply_error = ""
         self.exit_reason = ""
         self.resolve_interval = RESOLVE_INTERVAL
@@ -540,20 +542,20 @@ class Director:
 
     # ---- status ----------------------------------------------------------------------------------
 
-    async def status_snapshot(self) -> dict[str, Any]:
+    async def status_snapshot(self) -> StatusDocument:
         """The status document: data plane reads in its thread, the rest here on the event loop."""
         snapshot = await self.in_dataplane_thread(lambda: DataplaneSnapshot.read(self.dp))
         return self.status(snapshot)
 
-    def status(self, snapshot: DataplaneSnapshot) -> dict[str, Any]:
+    def status(self, snapshot: DataplaneSnapshot) -> StatusDocument:
         """Everything the status endpoint, the metrics and `pyvs status` show."""
         rules, service_stats, real_stats, conns = snapshot.rules, snapshot.service_stats, snapshot.real_stats, \
             snapshot.conns
-        services = []
+        services: list[ServiceStatus] = []
         for svc in self.config.services:
             applied = rules.services.get(svc.key)
             stats = service_stats.get(svc.key)
-            reals = []
+            reals: list[RealStatus] = []
             entries: list[tuple[str, RealKey, int, checks.Health | None]] = [
                 ("real", r.key, r.weight, self.reals[(svc.key, r.key)].health) for r in svc.reals
             ]
@@ -583,7 +585,7 @@ class Director:
                 "bytes": stats.inbytes if stats else 0, "reals": reals,
             })  # fmt: skip
         owned = {svc.key for svc in self.config.services}
-        others = []
+        others: list[OtherService] = []
         for other in rules.sorted_services():
             if other.key in owned:
                 continue
@@ -619,12 +621,10 @@ class Director:
     # ---- main loop -------------------------------------------------------------------------------
 
     async def _serve(self, config: DirectorConfig) -> asyncio.Server:
-        from pyvs.director.status import serve_status  # the status server needs the Director type
-
         assert config.status_listen is not None
         host, port = config.status_listen
         try:
-            return await serve_status(self, host, port)
+            return await serve_status(self.status_snapshot, host, port)
         except OSError as exc:
             raise DirectorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 

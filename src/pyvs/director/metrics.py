@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from pyvs.director.statusdoc import StatusDocument
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SERVICE = ["service"]
@@ -15,7 +16,7 @@ REAL = ["service", "real", "role"]
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, status: dict[str, Any]):
+    def __init__(self, status: StatusDocument):
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
@@ -96,7 +97,7 @@ class SnapshotCollector(Collector):
         yield generation
 
 
-def render(status: dict[str, Any]) -> bytes:
+def render(status: StatusDocument) -> bytes:
     """The Prometheus text exposition of one status snapshot."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(status))

@@ -1,75 +1,26 @@
-"""The daemon's status endpoint (GET /status: JSON, GET /metrics: Prometheus) and the `pyvs status` table."""
+"""The client side of the daemon's status: fetch the document, print `pyvs status`'s table, watch it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import time
 import urllib.request
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from pyvs.director import metrics
-
-if TYPE_CHECKING:
-    from pyvs.director.daemon import Director
-
-log = logging.getLogger(__name__)
+from pyvs.director.statusdoc import StatusDocument
 
 REQUEST_TIMEOUT = 5.0
-MAX_REQUEST = 8192
 
 
-def _response(status: str, content_type: str, body: bytes) -> bytes:
-    head = (f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n")
-    return head.encode() + body
-
-
-async def answer(director: Director, path: str) -> bytes:
-    path = path.split("?", 1)[0]
-    try:
-        if path in ("/", "/status"):
-            body = json.dumps(await director.status_snapshot(), indent=2).encode()
-            return _response("200 OK", "application/json", body)
-        if path == "/metrics":
-            snapshot = await director.status_snapshot()
-            return _response("200 OK", metrics.CONTENT_TYPE, metrics.render(snapshot))
-    except Exception as exc:  # noqa: BLE001 - a failed read is the client's answer, not the daemon's end
-        log.exception("status request %s failed", path)
-        return _response("500 Internal Server Error", "text/plain", f"{exc}\n".encode())
-    return _response("404 Not Found", "text/plain", b"not found: try /status or /metrics\n")
-
-
-async def serve_status(director: Director, host: str, port: int) -> asyncio.Server:
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                request = await reader.readuntil(b"\r\n\r\n")
-            method, path, *_ = request[:MAX_REQUEST].decode(errors="replace").split(" ", 2) + ["", ""]
-            if method != "GET":
-                writer.write(_response("405 Method Not Allowed", "text/plain", b"GET only\n"))
-            else:
-                writer.write(await answer(director, path))
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port, reuse_address=True)
-
-
-def fetch_status(url: str, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+def fetch_status(url: str, timeout: float = REQUEST_TIMEOUT) -> StatusDocument:
     """The daemon's JSON status (url: its base address, e.g. http://127.0.0.1:9180)."""
     with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=timeout) as response:  # noqa: S310
-        data: dict[str, Any] = json.load(response)
+        data: StatusDocument = json.load(response)
     return data
 
 
-def _was(previous: dict[str, Any] | None, key: str) -> float | None:
+def _was(previous: Mapping[str, Any] | None, key: str) -> float | None:
     return None if previous is None else float(previous[key])
 
 
@@ -90,11 +41,11 @@ def _bytes_rate(now: float, before: float | None, seconds: float) -> str:
     return f"{value:.1f}TB"
 
 
-def status_table(current: dict[str, Any], previous: dict[str, Any] | None = None) -> list[str]:
+def status_table(current: StatusDocument, previous: StatusDocument | None = None) -> list[str]:
     """The terminal table: per service and real, health, weight, connections and rates since `previous`."""
     seconds = current["time"] - previous["time"] if previous else 0.0
-    before: dict[tuple[str, str], dict[str, Any]] = {}
-    for svc in (previous or {}).get("services", []):
+    before: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for svc in previous["services"] if previous else []:
         before[(svc["name"], "")] = svc
         for real in svc["reals"]:
             before[(svc["name"], f"{real['address']}:{real['port']}")] = real
@@ -116,11 +67,11 @@ def status_table(current: dict[str, Any], previous: dict[str, Any] | None = None
                          _rate(real["conns"], _was(old, "conns"), seconds),
                          _rate(real["packets"], _was(old, "packets"), seconds),
                          _bytes_rate(real["bytes"], _was(old, "bytes"), seconds), str(real["conns"])])
-    for svc in current.get("other_services", []):  # in the data plane, not in the daemon's config
-        rows.append([f"{svc['name']} {svc['scheduler']}", "not the daemon's (left alone)", "", "", "", "", "", "",
-                     str(svc["conns"])])
+    for other in current.get("other_services", []):  # in the data plane, not in the daemon's config
+        rows.append([f"{other['name']} {other['scheduler']}", "not the daemon's (left alone)", "", "", "", "", "", "",
+                     str(other["conns"])])
         rows.extend([f"  -> {real['address']}:{real['port']}", "-", str(real["weight"]), "", "", "", "", "", ""]
-                    for real in svc["reals"])
+                    for real in other["reals"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     drops = {k[len("drop_"):]: v for k, v in current["counters"].items() if k.startswith("drop_") and v}

@@ -1,0 +1,84 @@
+"""The daemon's status document: what GET /status returns, the metrics read and `pyvs status` prints."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class ReloadStatus(TypedDict):
+    ok: bool
+    error: str
+    at: float
+
+
+class RealStatus(TypedDict):
+    address: str
+    port: int
+    role: str  # "real" or "sorry"
+    configured_weight: int
+    weight: int | None  # in the data plane; None: not there
+    in_dataplane: bool
+    health: str  # "up", "down", "-" (sorry server)
+    transitions: int
+    checks: int
+    last_check: str
+    since: float | None
+    active: int  # the schedulers' own counts (no table scan)
+    inactive: int
+    conns: int
+    packets: int
+    bytes: int
+
+
+class ServiceStatus(TypedDict):
+    proto: str
+    vip: str
+    port: int
+    name: str
+    scheduler: str
+    owner: str
+    persistence_timeout: int | None  # seconds; None: not persistent
+    sched_flags: list[str]
+    quorum: bool
+    sorry_active: bool
+    conns: int
+    packets: int
+    bytes: int
+    reals: list[RealStatus]
+
+
+class OtherReal(TypedDict):
+    address: str
+    port: int
+    weight: int
+
+
+class OtherService(TypedDict):
+    """A service of the data plane that is not in the daemon's config (left alone)."""
+
+    proto: str
+    vip: str
+    port: int
+    name: str
+    scheduler: str
+    owner: str
+    reals: list[OtherReal]
+    conns: int
+    packets: int
+    bytes: int
+
+
+class StatusDocument(TypedDict):
+    pid: int
+    config: str
+    pin_dir: str
+    generation: int
+    started: float
+    time: float
+    last_reload: ReloadStatus
+    apply_error: str
+    services: list[ServiceStatus]
+    other_services: list[OtherService]
+    counters: dict[str, int]
+    tables: dict[str, int | float]  # Dataplane.conn_table_usage(): the sweeper's last pass
+    switches: dict[str, bool]
