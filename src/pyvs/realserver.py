@@ -18,6 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pyvs import netns
+from pyvs.links import link_index
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,10 @@ def _addresses(ipr: IPRoute, address: str) -> list[tuple[str, int]]:
 
 
 def _lo_index(ipr: IPRoute) -> int:
-    found = ipr.link_lookup(ifname="lo")
-    if not found:
+    index = link_index("lo", ipr)
+    if index is None:
         raise RealServerError("no lo interface in this network namespace")
-    return int(found[0])
+    return index
 
 
 def _is_up(ipr: IPRoute, index: int) -> bool:
@@ -132,8 +133,8 @@ def _check_nic(nic: str | None) -> str:
 
 
 def _primary_address(ipr: IPRoute, nic: str) -> str:
-    index = ipr.link_lookup(ifname=nic)
-    addrs = [a.get("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=index[0])] if index else []
+    index = link_index(nic, ipr)
+    addrs = [a.get("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=index)] if index is not None else []
     if not addrs:
         raise RealServerError(f"{nic} has no IPv4 address (the RIP); add it first")
     return str(addrs[0])

@@ -12,6 +12,7 @@ from ipaddress import IPv4Address
 
 from pyroute2 import IPRoute
 
+from pyvs.links import require_link
 from pyvs.mac import ZERO_MAC, mac_bytes, mac_text
 
 ETH_P_ARP = 0x0806
@@ -197,20 +198,14 @@ def packet_socket(ifname: str, ethertype: int) -> socket.socket:
 
 def interface_mac(ifname: str) -> str:
     with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise OSError(19, f"no network interface named {ifname}")
-        return str(ipr.get_links(found[0])[0].get_attr("IFLA_ADDRESS"))
+        return str(ipr.get_links(require_link(ifname, ipr))[0].get_attr("IFLA_ADDRESS"))
 
 
 def interface_addresses(ifname: str) -> list[tuple[IPv4Address, int]]:
     """IPv4 addresses of ifname, primary first, as (address, prefix length)."""
     with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise OSError(19, f"no network interface named {ifname}")
         return [(IPv4Address(a.get_attr("IFA_ADDRESS")), int(a["prefixlen"]))
-                for a in ipr.get_addr(family=socket.AF_INET, index=found[0])]
+                for a in ipr.get_addr(family=socket.AF_INET, index=require_link(ifname, ipr))]
 
 
 def interface_of(address: IPv4Address) -> str | None:

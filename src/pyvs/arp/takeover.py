@@ -28,6 +28,7 @@ from pyvs.arp.packets import (
     interface_mac,
     packet_socket,
 )
+from pyvs.links import require_link
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def announce(vips: Iterable[IPv4Address], ifname: str, count: int = ANNOUNCE_COU
     actions: list[str] = []
     added = _added(ifname, state_dir)
     with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=ifname)[0]
+        index = require_link(ifname, ipr)
         for vip in vips:
             if vip not in present:
                 ipr.addr("add", index=index, address=str(vip), prefixlen=32)
@@ -107,7 +108,7 @@ def withdraw(vips: Iterable[IPv4Address] | None, ifname: str, state_dir: Path = 
     actions: list[str] = []
     kept: list[str] = []
     with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=ifname)[0]
+        index = require_link(ifname, ipr)
         for vip in added:
             if wanted is not None and vip not in wanted:
                 kept.append(vip)

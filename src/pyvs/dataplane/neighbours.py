@@ -11,6 +11,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import ndmsg
 from pyroute2.netlink.rtnl import rtypes as _rtypes
 
+from pyvs.links import link_index
 from pyvs.mac import ZERO_MAC
 
 # Neighbour states whose link-layer address can be used.
@@ -81,8 +82,7 @@ def resolve(rip: IPv4Address, wait: float = 1.0) -> NextHop:
 
 
 def interface_index(name: str) -> int:
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-    if not found:
+    index = link_index(name)
+    if index is None:
         raise NeighbourError(f"no network interface named {name}")
-    return int(found[0])
+    return index

@@ -25,6 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 import pyvs
 from pyvs import netns, realserver
 from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology
+from pyvs.links import link_index
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ def _ns(topo: Topology, node_name: str) -> str:
 
 
 def _index(ipr: IPRoute, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return int(found[0]) if found else None
+    return link_index(ifname, ipr)
 
 
 def _require_index(ipr: IPRoute, ifname: str) -> int:

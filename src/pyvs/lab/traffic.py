@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from pyvs.lab.topology import Topology
+from pyvs.links import require_link
 from pyvs.netns import in_netns
 
 
@@ -81,7 +82,7 @@ class LinkBytes:
 
 def link_bytes(netns: str, ifname: str) -> LinkBytes:
     with in_netns(netns), IPRoute() as ipr:
-        link = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0]
+        link = ipr.get_links(require_link(ifname, ipr))[0]
     stats = link.get_attr("IFLA_STATS64")
     return LinkBytes(int(stats["rx_bytes"]), int(stats["tx_bytes"]))
 
