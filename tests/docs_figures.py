@@ -4,7 +4,11 @@ Two markers, HTML comments that do not show when the README is rendered:
 
     1.4 ms<!-- = control_plane.json:one_real_change_s:.1f*1000 -->
         the number just before the marker (a short unit may sit between) is the value at that path of
-        benchmarks/results/control_plane.json (dots walk into objects), times the scale, in that format;
+        benchmarks/results/control_plane.json (dots walk into objects and lists), times the scale, in that format;
+        a path may take every item of a list (`*`) or some (`0~3`, both ends included) and end in `min` or `max`
+        (`rates.0~3.director_bpf_ns.min`, `samples.bare LRU hit.min`), and two paths may be divided or
+        subtracted (`a / b`, `a - b`, spaces around the sign); the file may be `history/NAME-COMMIT.json`,
+        a results file of an earlier run (see benchmarks/results/history/README.md);
     <!-- results: forwarding.json -->   (the line before a fenced block)
         the block's lines, without its `$ command` lines, are the file's "summary", the table the benchmark
         printed when it wrote the file.
@@ -24,14 +28,41 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DOCS = (REPO / "README.md", REPO / "benchmarks" / "README.md")
 FIGURE = re.compile(r"(?P<shown>\d[\d.,]*)(?P<unit>\s?[^\s<\d]{0,3})"
-                    r"<!-- = (?P<file>[\w.-]+):(?P<path>[\w.-]+):(?P<format>[^\s*]*)(?:\*(?P<scale>[\d.e+-]+))? -->")
-RESULTS_BLOCK = re.compile(r"^<!-- results: (?P<file>[\w.-]+) -->\n```[^\n]*\n(?P<body>.*?)^```", re.M | re.S)
+                    r"<!-- = (?P<file>[\w./-]+):(?P<path>[^:<>]+):(?P<format>[^\s*]*)(?:\*(?P<scale>[\d.e+-]+))? -->")
+RESULTS_BLOCK = re.compile(r"^<!-- results: (?P<file>[\w./-]+) -->\n```[^\n]*\n(?P<body>.*?)^```", re.M | re.S)
+
+
+OPERATION = re.compile(r"\s([/-])\s")
+REDUCE = {"min": min, "max": max}
 
 
 def _value(data: Any, path: str) -> Any:
+    """The value at a dotted path; `*` or `I~J` take many items of a list, `min` or `max` make them one."""
+    values, many = [data], False
     for part in path.split("."):
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    return data
+        if part in REDUCE:
+            values, many = [REDUCE[part](values if many else values[0])], False
+        elif part == "*" or "~" in part:
+            first, _, last = part.partition("~")
+            values = [item for value in values
+                      for item in (value if part == "*" else value[int(first):int(last) + 1])]
+            many = True
+        else:
+            values = [value[int(part)] if isinstance(value, list) else value[part] for value in values]
+    if many:
+        raise ValueError(f"{path}: many values; end the path in min or max")
+    return values[0]
+
+
+def _evaluate(data: Any, expression: str) -> float:
+    """A path's value, or two paths' quotient (`a / b`) or difference (`a - b`)."""
+    left, *operation = OPERATION.split(expression, maxsplit=1)
+    value = float(_value(data, left))
+    if not operation:
+        return value
+    sign, right = operation
+    other = float(_value(data, right))
+    return value / other if sign == "/" else value - other
 
 
 def _load(name: str) -> Any:
@@ -40,7 +71,7 @@ def _load(name: str) -> Any:
 
 def figure_text(match: re.Match[str]) -> str:
     """What the number before a figure marker should read."""
-    value = float(_value(_load(match["file"]), match["path"])) * float(match["scale"] or 1)
+    value = _evaluate(_load(match["file"]), match["path"]) * float(match["scale"] or 1)
     return format(value, match["format"])
 
 

@@ -26,3 +26,40 @@ def test_a_hand_edited_figure_is_caught(tmp_path: Path) -> None:
     doc.write_text("restore takes 9.9 s<!-- = control_plane.json:restore_s:.1f --> here\n")
     (found,) = docs_figures.problems(doc)
     assert found.startswith("README.md:1: shows 9.9, control_plane.json says ")
+
+
+RESULTS = {"rates": [{"ns": 93.2}, {"ns": 91.7}, {"ns": 47.5}], "samples": {"bare LRU hit": [65, 58, 61]},
+           "a": 74, "b": 61}
+
+
+@pytest.mark.parametrize(("expression", "want"), [
+    ("a", 74.0),
+    ("rates.1.ns", 91.7),
+    ("rates.0~1.ns.min", 91.7),
+    ("rates.*.ns.max", 93.2),
+    ("samples.bare LRU hit.min", 58.0),
+    ("a / b", 74 / 61),
+    ("a - b", 13.0),
+    ("rates.0~1.ns.max - samples.bare LRU hit.min", 93.2 - 58),
+])
+def test_a_figure_may_be_a_small_derivation(expression: str, want: float) -> None:
+    assert docs_figures._evaluate(RESULTS, expression) == pytest.approx(want)
+
+
+def test_many_values_need_min_or_max() -> None:
+    with pytest.raises(ValueError, match="min or max"):
+        docs_figures._evaluate(RESULTS, "rates.*.ns")
+
+
+def test_a_marker_may_name_a_history_file_and_a_ratio() -> None:
+    (match,) = docs_figures.FIGURE.finditer(
+        "1.25x<!-- = history/packet_cost-98fe15d.json:figures.12.median_ns / figures.2.median_ns:.2f -->")
+    assert match["file"] == "history/packet_cost-98fe15d.json"
+    assert docs_figures.figure_text(match) == "1.25"
+
+
+def test_a_hand_edited_derived_figure_is_caught(tmp_path: Path) -> None:
+    doc = tmp_path / "README.md"
+    doc.write_text("pyvs 90 ns<!-- = forwarding.json:rates.0~3.director_bpf_ns.min:.0f --> a packet\n")
+    (found,) = docs_figures.problems(doc)
+    assert found.startswith("README.md:1: shows 90, forwarding.json says ")
