@@ -5,8 +5,8 @@ Two markers, HTML comments that do not show when the README is rendered:
     1.4 ms<!-- = control_plane.json:one_real_change_s:.1f*1000 -->
         the number just before the marker (a short unit may sit between) is the value at that path of
         benchmarks/results/control_plane.json (dots walk into objects and lists), times the scale, in that format;
-        a path may take every item of a list (`*`) or some (`0~3`, both ends included) and end in `min` or `max`
-        (`rates.0~3.director_bpf_ns.min`, `samples.bare LRU hit.min`), and two paths may be divided or
+        a path may take every item of a list (`*`) or some (`0~3`, both ends included) and end in `min`, `max`
+        or `median` (`rates.0~3.director_bpf_ns.min`, `samples.bare LRU hit.min`), and two paths may be divided or
         subtracted (`a / b`, `a - b`, spaces around the sign); the file may be `history/NAME-COMMIT.json`,
         a results file of an earlier run (see benchmarks/results/history/README.md);
     <!-- results: forwarding.json -->   (the line before a fenced block)
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,11 @@ RESULTS_BLOCK = re.compile(r"^<!-- results: (?P<file>[\w./-]+) -->\n```[^\n]*\n(
 
 
 OPERATION = re.compile(r"\s([/-])\s")
-REDUCE = {"min": min, "max": max}
+REDUCE = {"min": min, "max": max, "median": statistics.median}
 
 
 def _value(data: Any, path: str) -> Any:
-    """The value at a dotted path; `*` or `I~J` take many items of a list, `min` or `max` make them one."""
+    """The value at a dotted path; `*` or `I~J` take many items of a list, `min`, `max` or `median` make them one."""
     values, many = [data], False
     for part in path.split("."):
         if part in REDUCE:
@@ -50,7 +51,7 @@ def _value(data: Any, path: str) -> Any:
         else:
             values = [value[int(part)] if isinstance(value, list) else value[part] for value in values]
     if many:
-        raise ValueError(f"{path}: many values; end the path in min or max")
+        raise ValueError(f"{path}: many values; end the path in min, max or median")
     return values[0]
 
 
