@@ -10,7 +10,7 @@
  * Counts: every entry is counted in real_conns under the pass parity it carries. The sweeper visits one
  * shard of each table per step; a pass visits them all, removes the expired entries and moves every live
  * one into the current parity, while the parity after it is zeroed. What the LRU evicted, a race lost or a
- * crashed writer left behind is thus gone from the counts within two passes (one second by default). */
+ * crashed writer left behind is thus gone from the counts within two passes (a pass: one second by default). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "pyvs_abi.h"
@@ -490,10 +490,12 @@ static __always_inline struct pyvs_conn *half_open_step(void *half_shard, void *
 		bpf_map_delete_elem(half_shard, ckey);
 		return bpf_map_lookup_elem(main_shard, ckey);
 	}
-	recount(&fresh, PYVS_COUNTED_NONE); /* another CPU promoted it first: use its entry */
 	conn = bpf_map_lookup_elem(main_shard, ckey);
-	if (conn)
+	if (conn) {
+		recount(&fresh, PYVS_COUNTED_NONE); /* another CPU promoted it first: use its entry */
 		return conn;
+	}
+	recount(&fresh, half->counted); /* the table refused it: the flow stays half-open, counted as before */
 	count(PYVS_CNT_INSERT_FAILED);
 	return half;
 }
