@@ -76,7 +76,9 @@ def test_counts_equal_the_table_after_the_lru_evicted_entries(small: Dataplane) 
     assert small.conn_table_usage()["evicted"] >= 0
     assert_counts_settle(small)
     total = sum(a + n for a, n in small.live_counts().values())
-    assert 900 <= total <= 1024  # the table is full of established connections, and the counts say so
+    # The table is full of established connections and the counts say so (the LRU keeps a few hundred free
+    # nodes on each CPU's local list when the test's thread moves between CPUs: not every slot is live).
+    assert 512 <= total <= 1024
     usage = small.conn_table_usage()
     assert usage["entries"] == total and usage["evicted"] == 5000 - total
 
