@@ -20,10 +20,9 @@
 
 enum parse_result {
 	PARSE_NOT_IPV4,   /* not for us: pass */
-	PARSE_OTHER_L4,   /* IPv4 but not TCP/UDP/ICMP: pass */
+	PARSE_OTHER_L4,   /* IPv4 but not TCP/UDP (ICMP is handled by the caller): pkt has the addresses and the header */
 	PARSE_TRUNCATED,  /* the IPv4 header or the ports are cut off */
 	PARSE_FRAGMENT,   /* a fragment (first or not): pkt has the addresses, the protocol and the IPv4 header */
-	PARSE_ICMP,       /* ICMP: pkt has the addresses and the IPv4 header */
 	PARSE_VLAN_DEPTH, /* more than two VLAN tags: not looked into */
 	PARSE_OK,
 };
@@ -137,7 +136,7 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 	if (iph->version != 4 || iph->ihl < 5)
 		return PARSE_TRUNCATED;
 	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
-		return iph->protocol == IPPROTO_ICMP ? PARSE_ICMP : PARSE_OTHER_L4;
+		return PARSE_OTHER_L4; /* ICMP among them: the caller tells it by pkt->proto, off the TCP/UDP path */
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return PARSE_FRAGMENT;
 	return parse_ports(iph, data_end, pkt);

@@ -663,8 +663,8 @@ int pyvs_xdp(struct xdp_md *ctx)
 		if (action >= 0)
 			return action;
 		break;
-	case PARSE_ICMP:
-		return is_vip(pkt.daddr) ? icmp_to_vip(ctx, &pkt, data_end) : XDP_PASS;
+	case PARSE_OTHER_L4:
+		return pkt.proto == IPPROTO_ICMP && is_vip(pkt.daddr) ? icmp_to_vip(ctx, &pkt, data_end) : XDP_PASS;
 	case PARSE_VLAN_DEPTH:
 		return pass(PYVS_CNT_PASS_VLAN_DEPTH);
 	case PARSE_TRUNCATED:
