@@ -121,15 +121,6 @@ def test_ip_options_are_kept_and_forwarded(two_reals: Dataplane) -> None:
     assert_forwarded(packet, result.data, real_of(result.data))
 
 
-@pytest.mark.parametrize("ip_fields", [{"frag": 185}, {"flags": "MF"}], ids=["non-first", "first-with-MF"])
-def test_fragments_to_a_vip_are_dropped_and_counted(two_reals: Dataplane, ip_fields: dict[str, object]) -> None:
-    packet = frame(UDP(sport=5353, dport=80) / Raw(bytes(64)), **ip_fields)
-    result = two_reals.test_run(packet)
-    assert result.verdict_name == "XDP_DROP"
-    assert two_reals.counters()["drop_fragment"] == 1
-    assert two_reals.connections() == []
-
-
 def test_truncated_frame_to_a_vip_is_dropped_and_counted(two_reals: Dataplane) -> None:
     whole = frame(TCP(sport=40003, dport=80, flags="S") / Raw(bytes(100)))
     for cut in (whole[:14 + 20 + 10], whole[:-1]):  # ports present but header cut; IP length larger than frame

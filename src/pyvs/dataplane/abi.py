@@ -115,6 +115,15 @@ class ConnKey(ctypes.Structure):
                 ("dport", ctypes.c_uint16), ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
 
 
+class FragKey(ctypes.Structure):
+    _fields_ = [("saddr", ctypes.c_uint32), ("daddr", ctypes.c_uint32), ("id", ctypes.c_uint16),
+                ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8)]
+
+
+class FragPorts(ctypes.Structure):
+    _fields_ = [("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16)]
+
+
 class Conn(ctypes.Structure):
     _fields_ = [("last_seen", ctypes.c_uint64), ("real", ctypes.c_uint32), ("gen", ctypes.c_uint32),
                 ("svc_index", ctypes.c_uint32), ("svc_gen", ctypes.c_uint32), ("timeout", ctypes.c_uint32),
@@ -163,6 +172,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_real": RealEntry,
     "pyvs_conn_key": ConnKey,
     "pyvs_conn": Conn,
+    "pyvs_frag_key": FragKey,
+    "pyvs_frag_ports": FragPorts,
     "pyvs_counters": CountersEntry,
     "pyvs_real_conns": RealConns,
     "pyvs_config": Config,

@@ -12,7 +12,7 @@ from pyvs.dataplane.neighbours import NextHop
 MAP_NAMES = (
     "services", "vips", "vip_filter", "svc_gens", "reals", "sched_table", "sched_state", "real_conns", "conns",
     "half_open", "stats", "counters", "config", "sweeper", "lblc_cache", "lblcr_cache", "lblcr_scratch", "sched_choice",
-    "svc_reals", "slot_usage",
+    "svc_reals", "slot_usage", "frags",
 )
 PROGRAM_NAME = "pyvs_xdp"
 PYVS_PROGRAMS = (PROGRAM_NAME, "pyvs_pass")  # the kernel keeps the first 15 characters of a program's name

@@ -13,7 +13,7 @@ struct {
 	__type(value, struct pyvs_svc);
 } services SEC(".maps");
 
-/* VIP -> PYVS_VIP_F_* flags; fragments to a VIP are dropped. */
+/* VIP -> PYVS_VIP_F_* flags. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PYVS_MAX_SERVICES);
@@ -101,6 +101,14 @@ struct {
 	__type(key, __u32);
 	__array(values, struct half_open_shard);
 } half_open SEC(".maps");
+
+/* Fragments to a VIP: (source, destination, protocol, IP ID) -> the first fragment's ports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PYVS_FRAG_TABLE_SIZE);
+	__type(key, struct pyvs_frag_key);
+	__type(value, struct pyvs_frag_ports);
+} frags SEC(".maps");
 
 /* Index: service slot, then PYVS_MAX_SERVICES + real slot. */
 struct {

@@ -19,6 +19,7 @@
 #define PYVS_PASS_TICKS 400 /* clock ticks (2.5 ms) per sweep pass, at least one tick per shard */
 #define PYVS_VIP_FILTER_SIZE 65536 /* slots of the cheap "may be a VIP" pre-filter */
 #define PYVS_MAX_REALS_PER_SERVICE 4096
+#define PYVS_FRAG_TABLE_SIZE 8192 /* fragmented datagrams to a VIP whose first fragment was seen (LRU) */
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
 #define PYVS_SCHED_RR 0
@@ -81,7 +82,7 @@
 #define PYVS_CNT_PASS 3            /* TCP/UDP to a VIP with no service on that port: passed to the kernel */
 #define PYVS_CNT_CONN_NEW 4        /* new connections scheduled */
 #define PYVS_CNT_CONN_REPLACED 5   /* expired or closed entry replaced by a new connection */
-#define PYVS_CNT_DROP_FRAGMENT 6   /* IP fragment to a VIP */
+#define PYVS_CNT_DROP_FRAGMENT 6   /* non-first fragment to a VIP whose first fragment was not seen (out of order, evicted) */
 #define PYVS_CNT_DROP_MALFORMED 7  /* truncated or inconsistent packet to a VIP */
 #define PYVS_CNT_DROP_NO_REAL 8    /* service has no real with weight > 0 */
 #define PYVS_CNT_DROP_REAL_GONE 9  /* connection whose real was deleted */
@@ -98,7 +99,14 @@
 #define PYVS_CNT_HALF_OPEN_SWEPT 20 /* expired half-open entries removed by the sweeper */
 #define PYVS_CNT_INSERT_FAILED 21  /* a table insert failed (the packet is still forwarded) */
 #define PYVS_CNT_REDIRECT_FAILED 22 /* the redirect helper refused the interface: dropped */
-#define PYVS_CNT_COUNT 23
+#define PYVS_CNT_ICMP_TO_REAL 23   /* ICMP error quoting a VIP connection's packet: sent to that connection's real */
+#define PYVS_CNT_PASS_ICMP_NO_CONN 24 /* ICMP error to a VIP quoting a TCP/UDP packet of no connection: the kernel's */
+#define PYVS_CNT_PASS_ICMP 25      /* other ICMP to a VIP (echo request, errors about ICMP, fragmented ICMP): the kernel's */
+#define PYVS_CNT_DROP_ICMP_MALFORMED 26 /* ICMP to a VIP cut off or inconsistent (its header or the quoted ports) */
+#define PYVS_CNT_FRAG_FIRST 27     /* first fragments to a VIP: their ports recorded for the fragments that follow */
+#define PYVS_CNT_FRAG_FOLLOWED 28  /* non-first fragments given the ports of their first fragment */
+#define PYVS_CNT_PASS_VLAN_DEPTH 29 /* frames with more than two VLAN tags: passed to the kernel unparsed */
+#define PYVS_CNT_COUNT 30
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */
@@ -159,6 +167,20 @@ struct pyvs_conn_key {
 	__u16 dport;
 	__u8 proto;
 	__u8 pad[3];
+};
+
+/* A fragmented datagram (Cilium's ipv4_frag_id): the first fragment's ports, for the fragments that follow. */
+struct pyvs_frag_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;     /* the IP ID, network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct pyvs_frag_ports {
+	__u16 sport;
+	__u16 dport;
 };
 
 struct pyvs_conn {

@@ -500,6 +500,140 @@ static __always_inline struct pyvs_conn *half_open_step(void *half_shard, void *
 	return half;
 }
 
+/* Give the frame to `real`: only the MACs change (VLAN tags and everything after them are kept). */
+static __always_inline int transmit(struct xdp_md *ctx, struct ethhdr *eth, const struct pyvs_real *real)
+{
+	int action;
+
+	if (real->ifindex == 0 || real->ifindex == ctx->ingress_ifindex) {
+		count(PYVS_CNT_TX);
+		return XDP_TX;
+	}
+	action = bpf_redirect(real->ifindex, 0);
+	if (action != XDP_REDIRECT)
+		return drop(PYVS_CNT_REDIRECT_FAILED);
+	count(PYVS_CNT_REDIRECT);
+	return action;
+}
+
+static __always_inline int has_mac(const struct pyvs_real *real)
+{
+	return real->dmac[0] | real->dmac[1] | real->dmac[2] | real->dmac[3] | real->dmac[4] | real->dmac[5];
+}
+
+/* ICMP to a VIP. An error (destination unreachable, fragmentation needed among them, source quench, time
+ * exceeded, parameter problem) quotes the packet it is about: a real's packet of a VIP connection, sent from
+ * VIP:vport to the client. It goes to that connection's real, as IPVS's ip_vs_in_icmp and Katran do, so that
+ * path-MTU discovery works through the director. Only the quoted ports are read (8 bytes of L4 are all a
+ * router must quote). Everything else (echo requests among it) is the kernel's. Nothing here is on the
+ * path of a TCP/UDP packet. */
+static __always_inline int icmp_to_vip(struct xdp_md *ctx, struct packet *pkt, void *data_end)
+{
+	struct iphdr *iph = pkt->iph, *inner;
+	struct pyvs_conn_key ckey = {};
+	struct pyvs_conn *conn = NULL;
+	struct pyvs_config *cfg;
+	struct pyvs_real *real;
+	struct icmp_hdr *icmp;
+	__u32 zero = 0, ihl_len, inner_len, tot_len, real_id;
+	__u16 *ports;
+	void *shard;
+	__u64 now;
+
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return pass(PYVS_CNT_PASS_ICMP); /* the kernel reassembles it */
+	tot_len = bpf_ntohs(iph->tot_len);
+	ihl_len = iph->ihl * 4;
+	if ((void *)iph + tot_len > data_end || tot_len < ihl_len + sizeof(struct icmp_hdr))
+		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
+	icmp = (void *)iph + ihl_len;
+	if ((void *)(icmp + 1) > data_end)
+		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
+	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED &&
+	    icmp->type != ICMP_PARAMETERPROB && icmp->type != ICMP_SOURCE_QUENCH)
+		return pass(PYVS_CNT_PASS_ICMP);
+	inner = (void *)(icmp + 1);
+	if ((void *)(inner + 1) > data_end || inner->version != 4 || inner->ihl < 5)
+		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
+	if (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP)
+		return pass(PYVS_CNT_PASS_ICMP); /* about the director's own ICMP, or a protocol pyvs does not balance */
+	if (inner->frag_off & bpf_htons(IP_OFFSET))
+		return pass(PYVS_CNT_PASS_ICMP_NO_CONN); /* a non-first fragment quotes no ports */
+	inner_len = inner->ihl * 4;
+	ports = (void *)inner + inner_len;
+	if ((void *)(ports + 2) > data_end || ihl_len + sizeof(struct icmp_hdr) + inner_len + 4 > tot_len)
+		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
+	/* The quoted packet went from the VIP (this error's destination) to a client. */
+	if (inner->saddr != pkt->daddr)
+		return pass(PYVS_CNT_PASS_ICMP_NO_CONN);
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	ckey.saddr = inner->daddr;
+	ckey.daddr = inner->saddr;
+	ckey.sport = ports[1];
+	ckey.dport = ports[0];
+	ckey.proto = inner->protocol;
+	now = clock_now(sweep_stats());
+	shard = conn_shard(&ckey, cfg);
+	if (shard)
+		conn = bpf_map_lookup_elem(shard, &ckey);
+	if (!conn && ckey.proto == IPPROTO_TCP) {
+		shard = half_open_shard(&ckey, cfg);
+		if (shard)
+			conn = bpf_map_lookup_elem(shard, &ckey);
+	}
+	/* An entry that is stale for its own packets is no connection for an error either (it is left alone). */
+	if (!conn || svc_gen(conn->svc_index) != conn->svc_gen || expired(conn, cfg, now))
+		return pass(PYVS_CNT_PASS_ICMP_NO_CONN);
+	real_id = conn->real;
+	real = bpf_map_lookup_elem(&reals, &real_id);
+	if (!real || !(real->flags & PYVS_REAL_ACTIVE) || real->gen != conn->gen)
+		return pass(PYVS_CNT_PASS_ICMP_NO_CONN);
+	if (!has_mac(real))
+		return drop(PYVS_CNT_DROP_NO_MAC);
+	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);
+	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
+	account(conn->svc_index, tot_len, 0);
+	account(PYVS_MAX_SERVICES + real_id, tot_len, 0);
+	count(PYVS_CNT_ICMP_TO_REAL);
+	return transmit(ctx, pkt->eth, real);
+}
+
+/* A fragment to a VIP (Cilium's way): the first one carries the ports, which are recorded under (source,
+ * destination, protocol, IP ID); a later one takes them from there and follows its first fragment's
+ * connection. A non-first fragment that arrives before its first one (or after the LRU evicted it) has no
+ * ports: it is dropped and counted (drop_fragment). Returns -1 when the packet goes on with its ports. */
+static __always_inline int follow_fragment(struct packet *pkt, void *data_end)
+{
+	struct iphdr *iph = pkt->iph;
+	struct pyvs_frag_key key = {.saddr = pkt->saddr, .daddr = pkt->daddr, .id = iph->id, .proto = pkt->proto};
+	struct pyvs_frag_ports ports, *known;
+
+	if (iph->frag_off & bpf_htons(IP_OFFSET)) {
+		pkt->tot_len = bpf_ntohs(iph->tot_len);
+		if ((void *)iph + pkt->tot_len > data_end || pkt->tot_len < iph->ihl * 4)
+			return drop(PYVS_CNT_DROP_MALFORMED);
+		known = bpf_map_lookup_elem(&frags, &key);
+		if (!known)
+			return drop(PYVS_CNT_DROP_FRAGMENT);
+		pkt->sport = known->sport;
+		pkt->dport = known->dport;
+		pkt->tcp_flags = 0; /* a TCP fragment without its header counts as an ACK: no state change */
+		count(PYVS_CNT_FRAG_FOLLOWED);
+		return -1;
+	}
+	if (parse_ports(iph, data_end, pkt) != PARSE_OK)
+		return drop(PYVS_CNT_DROP_MALFORMED);
+	ports.sport = pkt->sport;
+	ports.dport = pkt->dport;
+	if (bpf_map_update_elem(&frags, &key, &ports, BPF_ANY) == 0)
+		count(PYVS_CNT_FRAG_FIRST);
+	else
+		count(PYVS_CNT_INSERT_FAILED);
+	return -1;
+}
+
 SEC("xdp")
 int pyvs_xdp(struct xdp_md *ctx)
 {
@@ -525,7 +659,16 @@ int pyvs_xdp(struct xdp_md *ctx)
 	case PARSE_OK:
 		break;
 	case PARSE_FRAGMENT:
-		return is_vip(pkt.daddr) ? drop(PYVS_CNT_DROP_FRAGMENT) : XDP_PASS;
+		if (!is_vip(pkt.daddr))
+			return XDP_PASS;
+		action = follow_fragment(&pkt, data_end);
+		if (action >= 0)
+			return action;
+		break;
+	case PARSE_OTHER_L4:
+		return pkt.proto == IPPROTO_ICMP && is_vip(pkt.daddr) ? icmp_to_vip(ctx, &pkt, data_end) : XDP_PASS;
+	case PARSE_VLAN_DEPTH:
+		return pass(PYVS_CNT_PASS_VLAN_DEPTH);
 	case PARSE_TRUNCATED:
 		return is_vip(pkt.daddr) ? drop(PYVS_CNT_DROP_MALFORMED) : XDP_PASS;
 	default:
@@ -639,21 +782,13 @@ int pyvs_xdp(struct xdp_md *ctx)
 		}
 	}
 
-	if (!(real->dmac[0] | real->dmac[1] | real->dmac[2] | real->dmac[3] | real->dmac[4] | real->dmac[5]))
+	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
 	__builtin_memcpy(pkt.eth->h_dest, real->dmac, ETH_ALEN);
 	__builtin_memcpy(pkt.eth->h_source, real->smac, ETH_ALEN);
 	account(svc_index, pkt.tot_len, new_conn);
 	account(PYVS_MAX_SERVICES + real_id, pkt.tot_len, new_conn);
-	if (real->ifindex == 0 || real->ifindex == ctx->ingress_ifindex) {
-		count(PYVS_CNT_TX);
-		return XDP_TX;
-	}
-	action = bpf_redirect(real->ifindex, 0);
-	if (action != XDP_REDIRECT)
-		return drop(PYVS_CNT_REDIRECT_FAILED);
-	count(PYVS_CNT_REDIRECT);
-	return action;
+	return transmit(ctx, pkt.eth, real);
 }
 
 char LICENSE[] SEC("license") = "GPL";
