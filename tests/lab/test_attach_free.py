@@ -9,6 +9,7 @@ the director as a router (ip_forward). A TCP connection and a UDP exchange succe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -159,3 +160,15 @@ def test_only_pyvsadm_in_the_director_forwards_tcp_and_udp_to_a_real_behind_anot
     again = netns.run_in_netns(DIRECTOR, [sys.executable, "-m", "pyvs.cli", "director", "status"]).stdout
     counters = {parts[0]: parts[1] for parts in (line.split() for line in again.splitlines()) if len(parts) == 2}
     assert int(counters["redirect"]) >= 2, again
+
+    # pyvs doctor names the interfaces, their mode and how they were attached; the VIP on lo is no error.
+    doctor = netns.run_in_netns(DIRECTOR, [sys.executable, "-m", "pyvs.cli", "doctor", "--json"], check=False,
+                                timeout=60)
+    findings = json.loads(doctor.stdout)
+    by_subject = {f["subject"]: f for f in findings}
+    for dev in (f"{PREFIX}afc0", f"{PREFIX}afr0"):
+        assert by_subject[f"XDP on {dev}"]["status"] == "ok", findings
+        assert "generic mode" in by_subject[f"XDP on {dev}"]["detail"]
+        assert by_subject[f"XDP on {dev}"]["detail"].endswith("attached auto")
+    assert by_subject[f"VIP {VIP} on lo"]["status"] == "ok", findings
+    assert f"replies from {VIP}" not in by_subject  # accept_local is on here

@@ -197,12 +197,13 @@ def _attach_where_needed(dataplane: Dataplane, pin_dir: str | None) -> str | Non
 
     if chosen_pin_dir(pin_dir) is not None:
         return None if _xdp_attached_here() or not dataplane.read_rules().services else NOT_FORWARDING
-    from pyvs.dataplane import Dataplane as Real
+    if not hasattr(dataplane, "attach"):
+        return None  # a data plane in memory (tests): nothing to attach
     from pyvs.dataplane.attachment import attach_defaults, pyvs_interfaces
 
-    if not isinstance(dataplane, Real) or pyvs_interfaces() or not dataplane.read_rules().services:
+    if pyvs_interfaces() or not dataplane.read_rules().services:
         return None  # pyvs already runs here (where the admin or an earlier write put it), or nothing to forward
-    return attach_defaults(dataplane).message()
+    return attach_defaults(dataplane).message()  # type: ignore[arg-type]
 
 
 def _pin_dir_option(args: list[str]) -> tuple[list[str], str | None]:
