@@ -172,3 +172,45 @@ def test_only_pyvsadm_in_the_director_forwards_tcp_and_udp_to_a_real_behind_anot
         assert by_subject[f"XDP on {dev}"]["detail"].endswith("attached auto")
     assert by_subject[f"VIP {VIP} on lo"]["status"] == "ok", findings
     assert f"replies from {VIP}" not in by_subject  # accept_local is on here
+
+
+def _xdp_rows() -> dict[str, list[str]]:
+    status = netns.run_in_netns(DIRECTOR, [sys.executable, "-m", "pyvs.cli", "director", "status"], check=False).stdout
+    return {line.split()[0]: line.split() for line in status.splitlines() if line.startswith(f"{PREFIX}af")}
+
+
+def test_the_daemon_attaches_pyvs_to_an_interface_that_appears_while_it_runs(
+        three_namespaces: list[int], tmp_path: Path) -> None:
+    config = tmp_path / "director.toml"
+    config.write_text(textwrap.dedent(f"""
+        [[service]]
+        proto = "tcp"
+        vip = "{VIP}"
+        port = {PORT}
+        scheduler = "rr"
+
+        [[service.real]]
+        address = "{REAL_NET[1]}"
+        port = {PORT}
+    """))
+    three_namespaces.append(netns.spawn_in_netns(
+        DIRECTOR, [sys.executable, "-m", "pyvs.cli", "director", "run", "--config", str(config)],
+        log_path=tmp_path / "daemon.log"))
+    deadline = time.monotonic() + 20
+    while not (rows := _xdp_rows()) or any(rows.get(dev, ["", "", "none"])[2] != "pyvs_xdp"
+                                            for dev in (f"{PREFIX}afc0", f"{PREFIX}afr0")):
+        assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+        time.sleep(0.3)
+    assert all(row[-1] == "auto" for row in _xdp_rows().values())
+    # A new interface, up with an address, while the daemon runs: it gets pyvs's program within seconds.
+    new = f"{PREFIX}afn0"
+    sh(DIRECTOR, "ip", "link", "add", new, "type", "veth", "peer", "name", f"{PREFIX}afn1")
+    sh(DIRECTOR, "ip", "link", "set", f"{PREFIX}afn1", "netns", CLIENT)
+    sh(DIRECTOR, "ip", "addr", "add", "198.18.43.1/24", "dev", new)
+    sh(DIRECTOR, "ip", "link", "set", new, "up")
+    deadline = time.monotonic() + 15
+    while (row := _xdp_rows().get(new)) is None or row[2] != "pyvs_xdp":
+        assert time.monotonic() < deadline, ((tmp_path / "daemon.log").read_text(), row)
+        time.sleep(0.5)
+    assert "generic" in row and row[-1] == "auto"
+    assert "xdp_attached" in (tmp_path / "daemon.log").read_text()
