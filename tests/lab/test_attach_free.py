@@ -78,7 +78,8 @@ def _cleanup(pids: list[int]) -> None:
     for ns in (CLIENT, DIRECTOR, REAL):
         if netns.exists(ns):
             netns.remove(ns)
-    remove_pins(bpffs_root() / "pyvs" / DIRECTOR)
+    for pins in (bpffs_root() / "pyvs").glob(f"{DIRECTOR}*"):  # the _new_<pid> of a creation cut short too
+        remove_pins(pins)
     (STATE_DIR / f"{DIRECTOR}.json").unlink(missing_ok=True)
 
 
