@@ -114,11 +114,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for line in table_usage_lines(usage):
             print(line)
         print("switches: " + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in switches.items()))
-    from pyvs.dataplane.attachment import attachment_rows, native_veth_warnings
+    from pyvs.dataplane.attachment import attachment_rows
 
-    print_table(attachment_rows(dp.pin_dir))
-    for warning in native_veth_warnings():
-        print(f"WARNING: {warning}")
+    print_table(attachment_rows(dp.pin_dir))  # native mode on a veth: `attach` and `pyvs doctor` warn
     rows = [["service", "real", "mac", "via ifindex"]]
     rows += [[f"{key.proto.label} {key}", f"{rip}:{port}", hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
               str(hop.ifindex)] for (key, (rip, port)), hop in sorted(hops.items())]
