@@ -215,3 +215,39 @@ def test_the_daemon_attaches_pyvs_to_an_interface_that_appears_while_it_runs(
         time.sleep(0.5)
     assert "generic" in row and row[-1] == "auto"
     assert "xdp_attached" in (tmp_path / "daemon.log").read_text()
+
+
+def test_native_mode_chosen_explicitly_redirects_into_a_veth_whose_peer_runs_xdp(three_namespaces: list[int]) -> None:
+    """`pyvs director attach --mode native` (no --dev: the default interfaces); a native redirect into a veth
+    arrives only when the peer runs an XDP program, so the peers get pass programs here, as the lab's do, and
+    tx checksum offload is off on the veths (native XDP forwards partial checksums as they are)."""
+    from pyvs.dataplane import attach_pass_program
+
+    for ns, dev in ((DIRECTOR, f"{PREFIX}afc0"), (DIRECTOR, f"{PREFIX}afr0"), (CLIENT, f"{PREFIX}afc1"),
+                    (REAL, f"{PREFIX}afr1")):
+        sh(ns, "ethtool", "-K", dev, "tx", "off")
+    for ns, dev in ((CLIENT, f"{PREFIX}afc1"), (REAL, f"{PREFIX}afr1")):
+        with netns.in_netns(ns):
+            attach_pass_program(dev)
+    attached = netns.run_in_netns(DIRECTOR, [sys.executable, "-m", "pyvs.cli", "director", "attach", "--mode",
+                                             "native"], check=False)
+    assert attached.returncode == 0, attached.stderr
+    assert f"XDP (native) attached to {PREFIX}afc0" in attached.stdout
+    for args in (("-A", "-t", f"{VIP}:{PORT}", "-s", "rr"),
+                 ("-a", "-t", f"{VIP}:{PORT}", "-r", f"{REAL_NET[1]}:{PORT}", "-g"),
+                 ("-A", "-u", f"{VIP}:{PORT}", "-s", "rr"),
+                 ("-a", "-u", f"{VIP}:{PORT}", "-r", f"{REAL_NET[1]}:{PORT}", "-g")):
+        done = pyvsadm(*args)
+        assert (done.returncode, done.stderr) == (0, ""), done.stderr  # pyvs runs already: pyvsadm leaves it
+    rows = _xdp_rows()
+    for dev in (f"{PREFIX}afc0", f"{PREFIX}afr0"):
+        assert "native" in rows[dev] and rows[dev][-1] == "explicit", rows
+    deadline = time.monotonic() + 10
+    while True:
+        tcp = netns.run_in_netns(CLIENT, [sys.executable, "-c", TCP_CLIENT], check=False, timeout=20)
+        if tcp.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert (tcp.returncode, tcp.stdout) == (0, "hello from the real\n"), tcp.stderr
+    udp = netns.run_in_netns(CLIENT, [sys.executable, "-c", UDP_CLIENT], check=False, timeout=20)
+    assert udp.stdout == f"echo ping {VIP}\n", udp.stderr
