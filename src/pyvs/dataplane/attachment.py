@@ -122,6 +122,21 @@ def auto_attached(pin_dir: Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in data.get("interfaces", {}).items()}
 
 
+def forget_auto(pin_dir: Path) -> None:
+    """The data plane at `pin_dir` is removed: so is its record."""
+    if _netns_safe_name(pin_dir):
+        state_file(pin_dir).unlink(missing_ok=True)
+
+
+def _netns_safe_name(pin_dir: Path) -> bool:
+    return bool(pin_dir.name) and "_new_" not in pin_dir.name
+
+
+def record_auto(pin_dir: Path, interfaces: dict[str, int]) -> None:
+    if interfaces:
+        _record(pin_dir, interfaces)
+
+
 def _record(pin_dir: Path, interfaces: dict[str, int]) -> None:
     try:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
