@@ -170,8 +170,8 @@ class _NoDataplane:
 
 READ_ONLY = (Action.LIST, Action.SAVE)
 NOT_FORWARDING = (
-    f"{PROGRAM}: note: no XDP program is attached in this network namespace, so these rules forward nothing yet; "
-    "attach it with `pyvs director attach --dev NIC` (in the lab: `pyvs lab exec director -- pyvsadm ...`)\n"
+    "no XDP program is attached in this network namespace and the data plane named by --pin-dir/$PYVS_PIN_DIR is "
+    "not attached by itself, so these rules forward nothing here; attach it with `pyvs director attach --dev NIC`"
 )
 
 
@@ -185,6 +185,25 @@ def _xdp_attached_here() -> bool:
             if xdp is not None and (xdp.get_attr("IFLA_XDP_PROG_ID") or xdp.get_attr("IFLA_XDP_ATTACHED")):
                 return True
     return False
+
+
+def _attach_where_needed(dataplane: Dataplane, pin_dir: str | None) -> str | None:
+    """ipvsadm's model: rules act on VIP traffic arriving on any interface, with no attach step. After a write
+    that leaves services, this namespace's own data plane attaches pyvs's program (generic mode) to every
+    interface that is UP with an IPv4 address and runs no XDP program, unless pyvs already runs on one (the
+    admin chose where). Returns the one line to tell, None when nothing was done. A data plane named by
+    --pin-dir/$PYVS_PIN_DIR may be another namespace's: it is never attached here, only a note is given."""
+    from pyvs.pindir import chosen_pin_dir
+
+    if chosen_pin_dir(pin_dir) is not None:
+        return None if _xdp_attached_here() or not dataplane.read_rules().services else NOT_FORWARDING
+    if not hasattr(dataplane, "attach"):
+        return None  # a data plane in memory (tests): nothing to attach
+    from pyvs.dataplane.attachment import attach_defaults, pyvs_interfaces
+
+    if pyvs_interfaces() or not dataplane.read_rules().services:
+        return None  # pyvs already runs here (where the admin or an earlier write put it), or nothing to forward
+    return attach_defaults(dataplane).message()  # type: ignore[arg-type]
 
 
 def _pin_dir_option(args: list[str]) -> tuple[list[str], str | None]:
@@ -299,8 +318,10 @@ def main(
                 return EXIT_OK
         with _open_dataplane(pin_dir) as opened:
             stdout.write(_run(opened, command, stdin))
-        if (command.action in RULE_ACTIONS or command.action is Action.RESTORE) and not _xdp_attached_here():
-            stderr.write(NOT_FORWARDING)
+            if command.action in RULE_ACTIONS or command.action is Action.RESTORE:
+                note = _attach_where_needed(opened, pin_dir)
+                if note:
+                    stderr.write(f"{PROGRAM}: note: {note}\n")
     except UsageError as err:  # a bad line of --restore input
         stderr.write(f"{PROGRAM}: {err}\n")
         return EXIT_USAGE

@@ -54,7 +54,7 @@ from pyvs.arp.packets import (
 )
 from pyvs.arp.watch import open_pinned
 from pyvs.dataplane import Dataplane
-from pyvs.dataplane.neighbours import ZERO_MAC
+from pyvs.dataplane.neighbours import ZERO_MAC, NextHop
 from pyvs.model import Protocol, Service, ServiceKey
 
 log = logging.getLogger(__name__)
@@ -327,6 +327,65 @@ def _director_findings(dp: Dataplane, dev: str, vips: list[IPv4Address]) -> list
     return findings
 
 
+def _reals_interface(hops: dict[tuple[ServiceKey, tuple[IPv4Address, int]], NextHop]) -> str | None:
+    """The interface toward the reals (the VIPs on lo): the egress of the first real with one."""
+    for hop in hops.values():
+        if hop.ifindex:
+            try:
+                return socket.if_indextoname(hop.ifindex)
+            except OSError:
+                continue
+    return None
+
+
+def attachment_findings(pin_dir: Path) -> list[Finding]:
+    """Where pyvs's program runs (mode, auto or explicit), default interfaces without it, native veths."""
+    from pyvs.dataplane.attachment import attachment_rows, native_veth_warnings
+
+    findings = []
+    native_veths = {warning.partition(": ")[0] for warning in native_veth_warnings()}
+    for name, kind, program, mode, how in attachment_rows(pin_dir)[1:]:
+        if program.startswith("pyvs_xdp"):
+            note = " (slower than native)" if mode == "generic" else ""
+            # pyvs cannot look into the peer's namespace: a note, not a warning (the lab's peers run XDP)
+            veth = "; a veth: what XDP sends into it arrives only if its peer runs XDP" if name in native_veths else ""
+            findings.append(Finding(Status.OK, "director", f"XDP on {name}", f"{program}, {mode} mode{note}, "
+                                                                               f"attached {how}{veth}"))
+        elif program == "none":
+            findings.append(Finding(Status.WARN, "director", f"XDP on {name}",
+                                    f"no XDP program on this {kind}: VIP traffic arriving here goes to the kernel",
+                                    f"pyvs director attach --dev {name} --mode generic"))
+        else:
+            findings.append(Finding(Status.WARN, "director", f"XDP on {name}",
+                                    f"{program} ({mode}) is not pyvs's: VIP traffic arriving here is not forwarded by "
+                                    "pyvs", "chain both with libxdp's dispatcher (README)"))
+    if not any(f.status is Status.OK for f in findings):
+        findings.append(Finding(Status.FAIL, "director", "XDP", "pyvs's program runs on no interface: the rules do "
+                                "nothing", "pyvs director attach (every interface UP with an IPv4 address)"))
+    return findings
+
+
+def routed_reply_findings(vips: list[IPv4Address]) -> list[Finding]:
+    """A VIP on lo in a director that routes: the reals' replies (source: the VIP, local here) are dropped as
+    martians unless accept_local is on (measured here); without ip_forward they are not routed at all."""
+    from pyvs.netns import read_sysctl
+
+    findings = []
+    forwarding = read_sysctl("net.ipv4.ip_forward").strip() == "1"
+    accept_local = read_sysctl("net.ipv4.conf.all.accept_local").strip() == "1"
+    for vip in vips:
+        if interface_of(vip) != "lo":
+            continue
+        findings.append(Finding(Status.OK, "director", f"VIP {vip} on lo", "clients reach it by a route via this "
+                                "director (pyvs adds the VIP to no NIC)"))
+        if forwarding and not accept_local:
+            findings.append(Finding(Status.WARN, "director", f"replies from {vip}",
+                                    "this director routes (ip_forward=1) but a reply a real sends through it has a "
+                                    "source local here (the VIP) and is dropped as a martian",
+                                    "sysctl -w net.ipv4.conf.all.accept_local=1 (and on the reals' interface)"))
+    return findings
+
+
 def _mac_findings(hops: dict[IPv4Address, str], arp_macs: dict[IPv4Address, str]) -> list[Finding]:
     findings = []
     for rip, mac in sorted(hops.items()):
@@ -371,10 +430,13 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
             return [*findings, Finding(Status.FAIL, "director", "services", "no services: nothing to check",
                                        "pyvsadm -A -t VIP:PORT -s rr; pyvsadm -a -t VIP:PORT -r RIP:PORT -g")]
         vips = sorted({key.vip for key in rules.services})
-        dev = dev or next(filter(None, (interface_of(vip) for vip in vips)), None)
+        on_nics = [vip for vip in vips if interface_of(vip) not in (None, "lo")]
+        dev = dev or next(filter(None, (interface_of(vip) for vip in on_nics)), None) or _reals_interface(hops)
         if dev is None:
             raise DoctorError("no VIP is an address of this host: name the NIC facing the reals with --dev")
-        findings += _director_findings(dp, dev, vips)
+        findings += attachment_findings(path)
+        findings += routed_reply_findings(vips)
+        findings += _director_findings(dp, dev, [vip for vip in vips if interface_of(vip) != "lo"])[1:]
         clock_before = dp.clock()
         dp_macs = {rip: hop.dmac for (_, (rip, _)), hop in hops.items()}
         wire, arp_macs = _wire_checks(dev, rules.services, dp_macs, vips, client_ip, wait)

@@ -115,9 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     dev = Parser(add_help=False)
     dev.add_argument("--dev", required=True, help="the director's NIC facing the VIP's segment")
     attach = add(director_commands, "attach", "director:cmd_attach",
-                 "load the XDP program on a NIC; pyvsadm rules then apply to its traffic", pins, dev)  # fmt: skip
-    attach.add_argument("--mode", choices=("native", "generic"), default="native",
-                        help="XDP mode: native (driver) or generic (any device, slower); default native")
+                 "load the XDP program on a NIC (without --dev: on every interface that is UP with an IPv4 "
+                 "address, as pyvsadm does by itself); pyvsadm rules then apply to its traffic", pins)  # fmt: skip
+    attach.add_argument("--dev", default=None,
+                        help="the director's NIC facing the VIP's segment (default: every interface that is UP, not "
+                             "loopback, with an IPv4 address, and runs no other XDP program; no VIP takeover then)")
+    attach.add_argument("--mode", choices=("native", "generic"), default=None,
+                        help="XDP mode: native (driver) or generic (any device, slower); default native with "
+                             "--dev, generic without")
     attach.add_argument("--conn-table-size", type=int, default=None,
                         help="entries of the connection table when the maps are created (1024 to 67108864, "
                              "default 262144); full, it evicts the least recently used entry. Half-open TCP entries "

@@ -32,15 +32,33 @@ def require_nic(dev: str) -> str:
 def cmd_attach(args: argparse.Namespace) -> int:
     from pyvs.arp import takeover
     from pyvs.dataplane import open_dataplane
+    from pyvs.dataplane.attachment import attach_defaults, native_veth_warnings, note_explicit
 
-    require_nic(args.dev)
+    if args.dev is not None:
+        require_nic(args.dev)
     with open_dataplane(pin_dir_arg(args), conn_table_size=args.conn_table_size) as dp:
         if args.expire_nodest_conn is not None:
             dp.set_expire_nodest_conn(args.expire_nodest_conn == "on")
         if args.sloppy_tcp is not None:
             dp.set_sloppy_tcp(args.sloppy_tcp == "on")
-        dp.attach(args.dev, args.mode, force=args.force)
-        print(f"XDP ({args.mode}) attached to {args.dev}; maps pinned at {dp.pin_dir}")
+        if args.dev is None:  # the default interfaces, as pyvsadm attaches by itself, but an explicit choice
+            report = attach_defaults(dp, args.mode or "generic", only_if_none=False, record_as_auto=False)
+            for ifname in report.attached:
+                print(f"XDP ({report.mode}) attached to {ifname}; maps pinned at {dp.pin_dir}")
+            for ifname, why in sorted(report.skipped.items()):
+                print(f"{ifname} left alone: {why}", file=sys.stderr)
+            if not report.attached:
+                print("no interface without an XDP program is UP with an IPv4 address: nothing attached")
+            for ifname in report.attached:
+                note_explicit(dp.pin_dir, ifname)
+            return 0
+        mode = args.mode or "native"
+        dp.attach(args.dev, mode, force=args.force)
+        note_explicit(dp.pin_dir, args.dev)
+        print(f"XDP ({mode}) attached to {args.dev}; maps pinned at {dp.pin_dir}")
+        for warning in native_veth_warnings():
+            if warning.startswith(f"{args.dev}:"):
+                print(f"pyvs: note: {warning}", file=sys.stderr)
         vips = args.vip or sorted({key.vip for key in dp.read_rules().services})
     if not args.no_announce:  # VIP takeover: the gateway and switches learn this director's MAC now
         print_actions(takeover.announce(vips, args.dev), "no VIP to announce (no --vip and no services yet)")
@@ -56,6 +74,12 @@ def cmd_detach(args: argparse.Namespace) -> int:
         print_actions(takeover.withdraw(args.vip, args.dev), "none of these VIPs was added by attach")
         return 0
     other = Dataplane.detach(args.dev, force=args.force)
+    from pyvs.dataplane.attachment import note_explicit
+    from pyvs.pindir import existing_pin_dir
+
+    found = existing_pin_dir(pin_dir_arg(args))
+    if found is not None:
+        note_explicit(found, args.dev)
     if other is not None:
         raise CommandFailed(f"{args.dev} runs the XDP program {other}, not pyvs's: left attached "
                             "(--force removes it)")
@@ -90,6 +114,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for line in table_usage_lines(usage):
             print(line)
         print("switches: " + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in switches.items()))
+    from pyvs.dataplane.attachment import attachment_rows
+
+    print_table(attachment_rows(dp.pin_dir))  # native mode on a veth: `attach` and `pyvs doctor` warn
     rows = [["service", "real", "mac", "via ifindex"]]
     rows += [[f"{key.proto.label} {key}", f"{rip}:{port}", hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
               str(hop.ifindex)] for (key, (rip, port)), hop in sorted(hops.items())]

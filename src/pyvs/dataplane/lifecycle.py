@@ -179,6 +179,9 @@ def migrate(pin_dir: str | Path | None, saved: Rules | None = None, resolver: Re
             size = old.conn_table_size or None
     attached = [(name, found[0]) for name in _interfaces()
                 if (found := Dataplane.xdp_program(name)) is not None and found[2] == PROGRAM_NAME]
+    from pyvs.dataplane.attachment import auto_attached, record_auto
+
+    auto = auto_attached(path)
     remove_pins(path)
     with open_dataplane(path, resolver, size) as dp:
         dp.apply(rules)
@@ -189,6 +192,7 @@ def migrate(pin_dir: str | Path | None, saved: Rules | None = None, resolver: Re
             dp.set_sloppy_tcp(switches["sloppy_tcp"])
         for ifname, mode in attached:
             dp.attach(ifname, mode, force=True)
+    record_auto(path, auto)  # what was attached by itself stays "auto"
     return rules
 
 
@@ -224,9 +228,12 @@ def scratch_dataplane(name: str, resolver: Resolver = resolve,
 
 def remove_pins(pin_dir: str | Path) -> None:
     """Remove a data plane's pinned maps (forwarding stops once no program uses them)."""
+    from pyvs.dataplane.attachment import forget_auto
+
     path = Path(pin_dir)
     for name in (*MAP_NAMES, META_NAME):
         (path / name).unlink(missing_ok=True)
+    forget_auto(path)
     try:
         path.rmdir()
     except OSError:

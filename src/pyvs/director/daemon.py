@@ -47,6 +47,7 @@ log = logging.getLogger("pyvs.director")
 
 RETRY_APPLY = 5.0  # seconds before a failed apply is tried again
 RESOLVE_INTERVAL = 5.0  # seconds between attempts to resolve reals whose MAC is still unknown
+ATTACH_INTERVAL = 5.0  # seconds between looks for interfaces that appeared without pyvs's program (auto attach)
 RESTART_DELAY = 1.0  # seconds before a failed background task is started again (times its recent failures)
 FAILURE_WINDOW = 60.0  # a task failing more than MAX_RESTARTS times within this many seconds ends the daemon
 MAX_RESTARTS = 5
@@ -207,9 +208,12 @@ class _Checked:
 class Director:
     """The daemon's state: the config, each real's health, each service's quorum."""
 
-    def __init__(self, config: DirectorConfig, dp: Dataplane):
+    def __init__(self, config: DirectorConfig, dp: Dataplane, auto_attach: bool = False):
         self.config = config
         self.dp = dp
+        # ipvsadm's model: without `interface`, the daemon of this namespace's own data plane keeps pyvs's
+        # program on every default interface (attachment.default_interfaces), those that appear later included.
+        self.auto_attach = auto_attach and not config.interface
         self.notifier = Notifier(config.notify, config.notify_timeout, config.user)
         self.reals: dict[Target, _Checked] = {}
         self.quorum: dict[ServiceKey, bool] = {}
@@ -220,6 +224,8 @@ class Director:
         self.apply_error = ""
         self.exit_reason = ""
         self.resolve_interval = RESOLVE_INTERVAL
+        self.attach_interval = ATTACH_INTERVAL
+        self._attach_skipped: dict[str, str] = {}
         self.server: asyncio.Server | None = None
         self._failed: set[ServiceKey] = set()  # services whose last write failed: written again
         self._dirty = asyncio.Event()
@@ -649,6 +655,8 @@ class Director:
                       if self.config.status_listen else "off")
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
+            if self.auto_attach:
+                self.spawn("attacher", self._attach_new_interfaces)
             await self._stop.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -673,6 +681,25 @@ class Director:
         if info and info.get("pid") == os.getpid():
             run_file(self.dp.pin_dir).unlink(missing_ok=True)
         log_event(logging.INFO, "stopped", note="the data plane keeps forwarding from its pinned maps")
+
+    def _attach_defaults(self) -> None:
+        """Attach pyvs's program (generic mode) to every default interface that runs no XDP program."""
+        from pyvs.dataplane.attachment import attach_defaults
+
+        report = attach_defaults(self.dp, only_if_none=False)
+        if report.attached:
+            log_event(logging.INFO, "xdp_attached", interfaces=",".join(report.attached), mode=report.mode,
+                      how="auto")
+        for ifname, why in sorted(report.skipped.items()):
+            if self._attach_skipped.get(ifname) != why:  # said once per interface and reason
+                log_event(logging.WARNING, "xdp_not_attached", interface=ifname, reason=why)
+        self._attach_skipped = dict(report.skipped)
+
+    async def _attach_new_interfaces(self) -> None:
+        """Interfaces that appear (or come up, or get an address) while the daemon runs get pyvs's program."""
+        while True:
+            await asyncio.sleep(self.attach_interval)
+            await self.in_dataplane_thread(self._attach_defaults)
 
     async def _resolve_missing_macs(self) -> None:
         """A real added before it answered ARP gets its frames once its MAC is known."""
@@ -714,6 +741,8 @@ class Director:
         self._set_switches()
         ifname = self.config.interface
         if not ifname:
+            if self.auto_attach:
+                self._attach_defaults()
             return
         attached = Dataplane.xdp_mode(ifname)
         if attached:
@@ -742,6 +771,6 @@ def run_daemon(config_path: Path | str, pin_dir: Path | str | None = None) -> No
         info = read_run_file(dp.pin_dir)
         if info and info.get("pid") != os.getpid() and daemon_alive(info):
             raise DataplaneError(f"a director daemon (pid {info['pid']}) already drives {dp.pin_dir}")
-        director = Director(config, dp)
+        director = Director(config, dp, auto_attach=pin_dir is None)
         director.adopt(config, dp.read_rules())
         asyncio.run(director.run())
