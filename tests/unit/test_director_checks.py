@@ -107,11 +107,13 @@ def test_rise_and_fall_count_results_in_a_row() -> None:
 
 
 def _snapshot(conns: int, at: float) -> dict:  # type: ignore[type-arg]
-    real = {"address": "198.18.2.11", "port": 80, "role": "real", "weight": 1, "health": "down", "transitions": 1,
+    real = {"address": "198.18.2.11", "port": 80, "role": "real", "weight": 1, "in_dataplane": True,
+            "health": "down", "transitions": 1,
             "active": 2, "inactive": 3, "conns": conns, "packets": conns * 10, "bytes": conns * 1000}
     return {"pid": 1, "config": "d.toml", "generation": 2, "time": at, "last_reload": {"ok": True},
             "counters": {"rx": 5, "drop_no_real": 4, "drop_fragment": 0},
-            "services": [{"name": "tcp/198.18.0.100:80", "scheduler": "rr", "quorum": False, "sorry_active": True,
+            "services": [{"name": "tcp/198.18.0.100:80", "proto": "tcp", "vip": "198.18.0.100", "port": 80,
+                          "scheduler": "rr", "quorum": False, "sorry_active": True,
                           "conns": conns, "packets": conns * 10, "bytes": conns * 1000, "reals": [real]}]}
 
 

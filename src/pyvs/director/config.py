@@ -3,6 +3,7 @@
     [director]
     interface = "eth0"              # optional: attach XDP here unless a program is already attached
     status_listen = "127.0.0.1:9180"
+    node_exporter_metrics = true    # /metrics also as node_exporter's ipvs collector (node_ipvs_*)
     notify = ["/usr/local/bin/lb-notify", "{event}", "{service}", "{real}"]
 
     [[service]]
@@ -142,6 +143,7 @@ class DirectorConfig:
     drift_check: float = 10.0  # seconds between comparisons of the daemon's services with the data plane; 0: off
     sloppy_tcp: bool | None = None  # the data plane's sloppy_tcp switch; None: left as it is
     expire_nodest_conn: bool | None = None
+    node_exporter_metrics: bool = True  # /metrics adds node_exporter's ipvs collector families (node_ipvs_*)
 
     def service(self, key: ServiceKey) -> ServiceSpec | None:
         return next((s for s in self.services if s.key == key), None)
@@ -241,7 +243,7 @@ class _Reader:
 
 
 DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_timeout", "flush_on_failure", "user",
-                 "drift_check", "sloppy_tcp", "expire_nodest_conn")
+                 "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics")
 SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "sorry_server", "quorum", "hysteresis", "alpha", "inhibit_on_failure",
                 "check", "real")
@@ -534,6 +536,7 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         drift_check=director.number("drift_check", 10.0, minimum=0.0),
         sloppy_tcp=director.get("sloppy_tcp", bool, None),
         expire_nodest_conn=director.get("expire_nodest_conn", bool, None),
+        node_exporter_metrics=director.get("node_exporter_metrics", bool, True),
     )  # fmt: skip
 
 

@@ -599,7 +599,9 @@ class Director:
             others.append({
                 "proto": other.key.proto.label.lower(), "vip": str(other.key.vip), "port": other.key.port,
                 "name": service_name(other.key), "scheduler": other.scheduler, "owner": "other",
-                "reals": [{"address": str(r.rip), "port": r.port, "weight": r.weight} for r in other.sorted_reals()],
+                "reals": [{"address": str(r.rip), "port": r.port, "weight": r.weight,
+                           "active": conns.get((other.key, r.key), (0, 0))[0],
+                           "inactive": conns.get((other.key, r.key), (0, 0))[1]} for r in other.sorted_reals()],
                 "conns": counted.conns if counted else 0, "packets": counted.inpkts if counted else 0,
                 "bytes": counted.inbytes if counted else 0,
             })  # fmt: skip
@@ -608,7 +610,7 @@ class Director:
             "generation": self.generation, "started": self.started, "time": time.time(),
             "last_reload": self.last_reload, "apply_error": self.apply_error, "services": services,
             "other_services": others, "counters": snapshot.counters, "tables": snapshot.tables,
-            "switches": snapshot.switches,
+            "switches": snapshot.switches, "node_exporter_metrics": self.config.node_exporter_metrics,
         }  # fmt: skip
 
     def _write_run_file(self) -> None:

@@ -1,4 +1,11 @@
-"""Prometheus metrics of the director, from one status snapshot (the same numbers as the JSON status)."""
+"""Prometheus metrics of the director, from one status snapshot (the same numbers as the JSON status).
+
+Besides pyvs's own families (pyvs_*), the families of node_exporter's ipvs collector (collector/ipvs_linux.go),
+with its names, help texts, types and labels, so that dashboards and alerts written for IPVS read pyvs unchanged:
+node_ipvs_{connections,incoming_packets,incoming_bytes,outgoing_packets,outgoing_bytes}_total (the totals of
+/proc/net/ip_vs_stats) and node_ipvs_backend_{connections_active,connections_inactive,weight} per real (the rows of
+/proc/net/ip_vs). They cover every service of the data plane: the daemon's and those made by hand.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,65 @@ from pyvs.director.statusdoc import StatusDocument
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SERVICE = ["service"]
 REAL = ["service", "real", "role"]
+# node_exporter's fullIpvsBackendLabels, in its order.
+NODE_IPVS_BACKEND = ["local_address", "local_port", "remote_address", "remote_port", "proto", "local_mark"]
+
+
+def node_ipvs_families(status: StatusDocument) -> list[Metric]:
+    """node_exporter's ipvs collector families from a status document.
+
+    The global totals are the sums over the services of the data plane (IPVS counts its totals as it counts its
+    services; with direct routing nothing comes back through the director: outgoing stays 0). A backend is a real
+    in the data plane (a sorry server too while it takes the traffic, as keepalived adds it to IPVS); a real that
+    health checks took out is not listed, as in /proc/net/ip_vs. Label values as node_exporter writes them: the
+    protocol in capitals ("TCP", "UDP"), ports in decimal, local_mark "" (no fwmark services).
+    """
+    services, others = status["services"], status.get("other_services", [])
+    totals = {name: sum(s[name] for s in services) + sum(o[name] for o in others)
+              for name in ("conns", "packets", "bytes")}
+    backends: dict[tuple[str, ...], list[int]] = {}  # node_exporter sums rows with the same labels; so do we
+
+    def backend(proto: str, vip: str, port: int, address: str, rport: int, active: int, inactive: int,
+                weight: int) -> None:
+        labels = (vip, str(port), address, str(rport), proto.upper(), "")
+        counts = backends.setdefault(labels, [0, 0, 0])
+        counts[0] += active
+        counts[1] += inactive
+        counts[2] += weight
+
+    for svc in services:
+        for real in svc["reals"]:
+            if real["weight"] is not None:
+                backend(svc["proto"], svc["vip"], svc["port"], real["address"], real["port"], real["active"],
+                        real["inactive"], real["weight"])
+    for other in others:
+        for oreal in other["reals"]:
+            backend(other["proto"], other["vip"], other["port"], oreal["address"], oreal["port"],
+                    oreal.get("active", 0), oreal.get("inactive", 0), oreal["weight"])
+    families: list[Metric] = []
+    for name, help_text, value in (
+        ("node_ipvs_connections_total", "The total number of connections made.", totals["conns"]),
+        ("node_ipvs_incoming_packets_total", "The total number of incoming packets.", totals["packets"]),
+        ("node_ipvs_outgoing_packets_total", "The total number of outgoing packets.", 0),
+        ("node_ipvs_incoming_bytes_total", "The total amount of incoming data.", totals["bytes"]),
+        ("node_ipvs_outgoing_bytes_total", "The total amount of outgoing data.", 0),
+    ):
+        family = CounterMetricFamily(name, help_text)
+        family.add_metric([], value)
+        families.append(family)
+    active = GaugeMetricFamily("node_ipvs_backend_connections_active",
+                               "The current active connections by local and remote address.", labels=NODE_IPVS_BACKEND)
+    inactive = GaugeMetricFamily("node_ipvs_backend_connections_inactive",
+                                 "The current inactive connections by local and remote address.",
+                                 labels=NODE_IPVS_BACKEND)
+    weight = GaugeMetricFamily("node_ipvs_backend_weight", "The current backend weight by local and remote address.",
+                               labels=NODE_IPVS_BACKEND)
+    for labels, (n_active, n_inactive, n_weight) in sorted(backends.items()):
+        active.add_metric(list(labels), n_active)
+        inactive.add_metric(list(labels), n_inactive)
+        weight.add_metric(list(labels), n_weight)
+    families += [active, inactive, weight]
+    return families
 
 
 class SnapshotCollector(Collector):
@@ -95,6 +161,8 @@ class SnapshotCollector(Collector):
         generation.add_metric([], self.status["generation"])
         yield reload_ok
         yield generation
+        if self.status.get("node_exporter_metrics", True):
+            yield from node_ipvs_families(self.status)
 
 
 def render(status: StatusDocument) -> bytes:

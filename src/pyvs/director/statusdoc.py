@@ -51,6 +51,8 @@ class OtherReal(TypedDict):
     address: str
     port: int
     weight: int
+    active: int  # the schedulers' own counts, as for the daemon's reals
+    inactive: int
 
 
 class OtherService(TypedDict):
@@ -82,3 +84,4 @@ class StatusDocument(TypedDict):
     counters: dict[str, int]
     tables: dict[str, int | float]  # Dataplane.conn_table_usage(): the sweeper's last pass
     switches: dict[str, bool]
+    node_exporter_metrics: bool  # [director] node_exporter_metrics: /metrics adds node_exporter's node_ipvs_* families
