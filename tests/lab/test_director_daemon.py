@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.request import urlopen
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pyvs.dataplane import Dataplane
 from pyvs.lab import lab as lab_api
@@ -469,3 +470,89 @@ def test_reload_takes_a_new_vip_over_and_lets_it_go(lab: Topology, tmp_path: Pat
         with in_netns(lab.director.netns), open_director(lab) as dp:
             dp.apply(tutorial_rules(lab))
     assert NEW_VIP not in nic_addresses(lab)
+
+
+NODE_IPVS_TOTALS = ("connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes")
+
+
+def scrape(topo: Topology) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The node_ipvs_* samples of the daemon's /metrics: name -> {sorted labels: value}."""
+    with in_netns(topo.director.netns), urlopen(f"{STATUS}/metrics", timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("node_ipvs_"):
+                samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def ipvs_as_node_exporter(topo: Topology) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """What node_exporter's ipvs collector would report, from `pyvsadm -L -n` and `pyvsadm -L -n --stats --exact`
+    (its /proc/net/ip_vs and ip_vs_stats)."""
+    expected: dict[str, dict[tuple[tuple[str, str], ...], float]] = {
+        f"node_ipvs_{name}_total": {(): 0} for name in NODE_IPVS_TOTALS}
+    for name in ("connections_active", "connections_inactive", "weight"):
+        expected[f"node_ipvs_backend_{name}"] = {}
+    service: tuple[str, str, str] = ("", "", "")
+    for line in pyvsadm(topo, "-L", "-n").splitlines():
+        fields = line.split()
+        if fields and fields[0] in ("TCP", "UDP"):
+            vip, port = fields[1].rsplit(":", 1)
+            service = (fields[0], vip, port)
+        elif fields and fields[0] == "->" and fields[1] != "RemoteAddress:Port":
+            address, rport = fields[1].rsplit(":", 1)
+            labels = tuple(sorted({"proto": service[0], "local_address": service[1], "local_port": service[2],
+                                   "remote_address": address, "remote_port": rport, "local_mark": ""}.items()))
+            weight, active, inactive = (float(v) for v in fields[3:6])
+            expected["node_ipvs_backend_weight"][labels] = weight
+            expected["node_ipvs_backend_connections_active"][labels] = active
+            expected["node_ipvs_backend_connections_inactive"][labels] = inactive
+    for line in pyvsadm(topo, "-L", "-n", "--stats", "--exact").splitlines():
+        fields = line.split()
+        if fields and fields[0] in ("TCP", "UDP"):  # Conns InPkts OutPkts InBytes OutBytes
+            for name, value in zip(("connections", "incoming_packets", "outgoing_packets", "incoming_bytes",
+                                    "outgoing_bytes"), fields[2:7], strict=True):
+                expected[f"node_ipvs_{name}_total"][()] += float(value)
+    return expected
+
+
+def test_metrics_carry_node_exporters_ipvs_families_as_the_data_plane_lists_them(lab: Topology,
+                                                                                  tmp_path: Path) -> None:
+    config = tmp_path / "director.toml"
+    config.write_text(config_text(lab, tmp_path / "notify.log", rs2_weight=3))
+    daemon = Daemon(lab, config, tmp_path / "daemon.log", tmp_path / "notify.log")
+    hand = f"{lab.vip}:9000"
+    try:
+        pyvsadm(lab, "-A", "-t", hand, "-s", "rr")  # a service made by hand: node_exporter would list it too
+        pyvsadm(lab, "-a", "-t", hand, "-r", f"{lab.address_of('rs1')}:9000", "-g", "-w", "5")
+        daemon.start()
+        for _ in range(6):
+            http_get(lab.client.netns, lab.public_ip, timeout=5)
+        with http_connection(lab.client.netns, lab.public_ip) as kept:  # one established: an active connection
+            keepalive_get(kept)
+            for _ in range(50):  # the same numbers in two scrapes around the listing: nothing moved meanwhile
+                before = scrape(lab)
+                expected = ipvs_as_node_exporter(lab)
+                if scrape(lab) == before:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the counts kept moving")
+        assert before == expected
+        assert before["node_ipvs_connections_total"][()] >= 7 and before["node_ipvs_outgoing_bytes_total"][()] == 0
+        assert sum(before["node_ipvs_backend_connections_active"].values()) >= 1
+        weights = {dict(k)["remote_address"] + ":" + dict(k)["local_port"] + "/" + dict(k)["proto"]: v
+                   for k, v in before["node_ipvs_backend_weight"].items()}
+        assert weights[f"{lab.address_of('rs2')}:80/TCP"] == 3 and weights[f"{lab.address_of('rs1')}:9000/TCP"] == 5
+        assert weights[f"{lab.address_of('rs1')}:80/UDP"] == 1
+
+        config.write_text(config_text(lab, tmp_path / "notify.log", rs2_weight=3)
+                          .replace("[director]\n", "[director]\nnode_exporter_metrics = false\n", 1))
+        code, _, err = pyvs_cli(lab, "director", "reload", "--pin-dir", str(pin_dir(lab)))
+        assert code == 0, err
+        wait_for(lambda: not scrape(lab), 5, "the node_ipvs families go with node_exporter_metrics = false")
+    finally:
+        daemon.stop()
+        with in_netns(lab.director.netns), open_director(lab) as dp:
+            dp.apply(tutorial_rules(lab))
