@@ -167,8 +167,8 @@ def test_defaults_unsupported_scheduler_and_missing_lb_kind_are_reported() -> No
 
 @pytest.mark.parametrize(("text", "message"), [
     ("virtual_server 198.18.0.100 80 {\n  lb_algo rr\n", "a block is not closed"),
-    ("}\n", "line 1: '}' without a block"),
-    ('virtual_server 198.18.0.100 80 {\n  quorum many\n}\n', "keepalived.conf:2: quorum needs a number"),
+    ("}\n", "keepalived.conf:1: '}' without a block"),
+    ('virtual_server 198.18.0.100 80 {\n  quorum many\n}\n', "keepalived.conf:2: quorum: 'many' is not a whole number"),
 ])  # fmt: skip
 def test_a_broken_file_is_an_error(text: str, message: str) -> None:
     with pytest.raises(KeepalivedError, match=message):
