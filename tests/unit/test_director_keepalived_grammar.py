@@ -252,3 +252,13 @@ def test_port_zero_is_taken_with_persistence_as_ipvsadm_does() -> None:
     config, _, _ = convert(web(service="    persistence_timeout 60").replace(" 80 {", " 0 {", 1).replace(
         "198.18.2.11 80", "198.18.2.11"))
     assert config.services[0].key.port == 0 and config.services[0].persistent == 60
+
+
+@pytest.mark.parametrize("text", ["a\nbb\r\n\nccc", "a\nbb\r\n\nccc\n", "\ufeffx\n", ""])
+def test_lines_are_read_the_same_whatever_the_chunk_size(text: str) -> None:
+    from pyvs.director.keepalived import _raw_lines
+
+    expected = text.lstrip("\ufeff").replace("\r\n", "\n").splitlines()
+    for chunk in (1, 2, 3, 1 << 20):
+        assert list(_raw_lines(text, chunk)) == expected
+        assert list(_raw_lines(text.encode(), chunk)) == expected

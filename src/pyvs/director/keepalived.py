@@ -85,24 +85,23 @@ class Block:
         return [c for c in self.children if c.keyword == keyword]
 
 
-def _raw_lines(text: str | bytes) -> Iterator[str]:
-    """The lines of a file, lazily (no copy of the whole text), bytes decoded as UTF-8 line by line."""
-    if isinstance(text, bytes):
-        if text.startswith(b"\xef\xbb\xbf"):
-            text = text[3:]
-        start, size = 0, len(text)
-        while start < size:
-            end = text.find(b"\n", start)
-            end = size if end < 0 else end
-            yield text[start:end].rstrip(b"\r").decode("utf-8", "surrogateescape")
-            start = end + 1
-        return
-    start, size = (1 if text.startswith("\ufeff") else 0), len(text)
+def _raw_lines(text: str | bytes, chunk: int = 1 << 20) -> Iterator[str]:
+    """The lines of a file, a chunk of about 1 MB at a time (no second copy of a large file), bytes decoded as
+    UTF-8 (a byte that is not UTF-8 is kept as a surrogate escape: refused later unless it is in a comment)."""
+    bom: str | bytes = b"\xef\xbb\xbf" if isinstance(text, bytes) else "\ufeff"
+    start, size = (len(bom) if text.startswith(bom) else 0), len(text)  # type: ignore[arg-type]
+    newline: Any = b"\n" if isinstance(text, bytes) else "\n"
     while start < size:
-        end = text.find("\n", start)
-        end = size if end < 0 else end
-        yield text[start:end].rstrip("\r")
-        start = end + 1
+        end = text.find(newline, min(start + chunk, size) - 1)
+        end = size if end < 0 else end + 1
+        piece = text[start:end]
+        decoded = piece.decode("utf-8", "surrogateescape") if isinstance(piece, bytes) else piece
+        lines = decoded.split("\n")
+        if decoded.endswith("\n"):
+            lines.pop()
+        for line in lines:
+            yield line[:-1] if line.endswith("\r") else line
+        start = end
 
 
 def _decomment(line: str) -> str:
@@ -157,8 +156,13 @@ class _Reader:
                 if not piece.isascii() and _NOT_UTF8.search(piece):
                     self.fail(source, number, piece.split()[0] if piece.split() else "?",
                               "the line is not UTF-8 text (only comments may hold other bytes)")
-                tokens = [m.group(1) if m.group(1) is not None else m.group(2) or m.group(3)
-                          for m in _TOKEN.finditer(piece)]
+                if '"' in piece:
+                    tokens = [m.group(1) if m.group(1) is not None else m.group(2) or m.group(3)
+                              for m in _TOKEN.finditer(piece)]
+                elif "{" in piece or "}" in piece:
+                    tokens = piece.replace("{", " { ").replace("}", " } ").split()
+                else:
+                    tokens = piece.split()
                 if not tokens:
                     continue
                 if tokens[0] == "include":
@@ -208,6 +212,9 @@ def _blocks(text: str | bytes, source: str, warnings: list[str]) -> Iterator[Blo
     stack: list[Block] = []  # the blocks open, outermost first
     pending: Block | None = None  # the last top-level statement, until we know whether a `{` follows
     for file, number, tokens in _Reader(warnings).lines(text, source):
+        if stack and "{" not in tokens and "}" not in tokens:  # the usual line: one statement in a block
+            stack[-1].children.append(Block(tokens[0], tokens[1:], number, file=file))
+            continue
         index = 0
         while index < len(tokens):
             token = tokens[index]
@@ -252,7 +259,7 @@ class _Converter:
     def __init__(self, source: str):
         self.source = source
         self.warnings: list[str] = []
-        self.services: dict[tuple[str, str, int], Block] = {}  # service key -> its virtual_server
+        self.services: dict[tuple[str, str, int], tuple[str, int]] = {}  # service key -> (file, line)
 
     def warn(self, block: Block, message: str) -> None:
         self.warnings.append(f"{block.file}:{block.line}: {block.keyword}: {message}")
@@ -378,8 +385,8 @@ class _Converter:
             self.fail(culprit or vs, text)
         identity = (service["proto"], vip, port)
         if (first := self.services.get(identity)) is not None:
-            self.fail(vs, f"{service['proto']} {vip}:{port} is defined twice (first at {first.file}:{first.line})")
-        self.services[identity] = vs
+            self.fail(vs, f"{service['proto']} {vip}:{port} is defined twice (first at {first[0]}:{first[1]})")
+        self.services[identity] = (vs.file, vs.line)
         reals: list[dict[str, Any]] = []
         seen: dict[str, Block] = {}
         for rs in vs.all("real_server"):
