@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pyvs.director import keepalived
 from pyvs.director.config import CheckSpec, parse_config
 from pyvs.director.keepalived import KeepalivedError, import_keepalived
 
@@ -108,6 +109,17 @@ virtual_server fwmark 1 {
     lb_algo rr
 }
 """
+
+
+@pytest.fixture(autouse=True)
+def _every_output_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every conversion in this module must give TOML that `pyvs director run --validate` accepts."""
+    def checked(text: str | bytes, source: str = "keepalived.conf") -> tuple[str, list[str]]:
+        result = keepalived.import_keepalived(text, source)
+        parse_config(result[0], "imported.toml")
+        return result
+
+    monkeypatch.setattr(sys.modules[__name__], "import_keepalived", checked)
 
 
 @pytest.fixture(scope="module")
