@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pyvs.director import keepalived
 from pyvs.director.config import CheckSpec, parse_config
 from pyvs.director.keepalived import KeepalivedError, import_keepalived
 
@@ -110,6 +111,17 @@ virtual_server fwmark 1 {
 """
 
 
+@pytest.fixture(autouse=True)
+def _every_output_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every conversion in this module must give TOML that `pyvs director run --validate` accepts."""
+    def checked(text: str | bytes, source: str = "keepalived.conf") -> tuple[str, list[str]]:
+        result = keepalived.import_keepalived(text, source)
+        parse_config(result[0], "imported.toml")
+        return result
+
+    monkeypatch.setattr(sys.modules[__name__], "import_keepalived", checked)
+
+
 @pytest.fixture(scope="module")
 def converted() -> tuple[str, list[str]]:
     return import_keepalived(SAMPLE, "keepalived.conf")
@@ -167,8 +179,8 @@ def test_defaults_unsupported_scheduler_and_missing_lb_kind_are_reported() -> No
 
 @pytest.mark.parametrize(("text", "message"), [
     ("virtual_server 198.18.0.100 80 {\n  lb_algo rr\n", "a block is not closed"),
-    ("}\n", "line 1: '}' without a block"),
-    ('virtual_server 198.18.0.100 80 {\n  quorum many\n}\n', "keepalived.conf:2: quorum needs a number"),
+    ("}\n", "keepalived.conf:1: '}' without a block"),
+    ('virtual_server 198.18.0.100 80 {\n  quorum many\n}\n', "keepalived.conf:2: quorum: 'many' is not a whole number"),
 ])  # fmt: skip
 def test_a_broken_file_is_an_error(text: str, message: str) -> None:
     with pytest.raises(KeepalivedError, match=message):

@@ -475,6 +475,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     inhibit = reader.get("inhibit_on_failure", bool, False)
     reals_table = reader.get("real", list, [])
     reals: list[RealSpec] = []
+    real_keys: set[RealKey] = set()
     for number, item in enumerate(reals_table):
         label = f"{reader.label}: real #{number + 1}"
         if not isinstance(item, dict):
@@ -483,14 +484,15 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
         real = _real(real_reader, key, check, inhibit)
         if check_scripts and real.check.type == "command":
             _check_command(real_reader if "check" in item else reader, real.check)
-        if any(r.key == real.key for r in reals):
+        if real.key in real_keys:
             real_reader.fail("address", f"real {real.rip}:{real.port} is listed twice")
+        real_keys.add(real.key)
         reals.append(real)
     sorry = reader.convert("sorry_server", lambda v: parse_endpoint(str(v), port))
     if sorry is not None and sorry[1] != port:
         reader.fail("sorry_server", f"sorry server port {sorry[1]} differs from the service port {port}: "
                                     "direct routing cannot change the port")
-    if sorry is not None and any(r.key == sorry for r in reals):
+    if sorry is not None and sorry in real_keys:
         reader.fail("sorry_server", "the sorry server is also one of the service's reals")
     return ServiceSpec(
         key, scheduler, tuple(reals), sorry, reader.integer("quorum", 1, 0, 1 << 30),
@@ -520,13 +522,15 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
     if check_scripts and notify:
         director.convert("notify", lambda v: _secure(_argv(v)[0]))
     services: list[ServiceSpec] = []
+    keys: set[ServiceKey] = set()
     for index, table in enumerate(top.get("service", list, [])):
         if not isinstance(table, dict):
             top.fail("service", f"service #{index + 1} must be a table ([[service]])")
         svc = _service(path, lines, table, index, check_scripts, user)
-        if any(s.key == svc.key for s in services):
+        if svc.key in keys:
             raise ConfigError(f"{path}:{lines.of(('service', str(index)))}: service {svc.key.proto.label.lower()} "
                               f"{svc.key} is defined twice")
+        keys.add(svc.key)
         services.append(svc)
     return DirectorConfig(
         path=path, services=tuple(services), interface=director.get("interface", str),

@@ -1,22 +1,46 @@
 """Convert keepalived.conf's virtual_server blocks into the pyvs director config (TOML).
 
+The file is read as keepalived reads it (lib/parser.c): comments start at `!` or `#` outside double quotes and
+may hold any bytes; a UTF-8 BOM is skipped; `{` and `}` are tokens of their own and a `{` may stand on the line
+after its keyword; double quotes group words, an apostrophe is an ordinary character; `$NAME=value` defines a
+parameter (a value ending in `\\` continues on the next line: a multi-line definition) used as `$NAME` or
+`${NAME}`; `include PATTERN` is followed (a glob, relative to the including file; a loop is refused).
+Booleans read as keepalived's check_true_false (true/on/yes, false/off/no, nothing: true); `protocol` is
+compared without case, as keepalived does. Reading is linear in the input's size, and only one top-level block
+is held in memory at a time.
+
 Carried over: lb_algo/lvs_sched, the scheduler flags (flag-1..3, sh-port, sh-fallback, mh-port, mh-fallback),
 lb_kind/lvs_method DR, protocol, persistence_timeout, persistence_granularity, weight, inhibit_on_failure,
 sorry_server, quorum, hysteresis, alpha, virtualhost, delay_loop, connect_timeout, retry/nb_get_retry,
 delay_before_retry, connect_port, TCP_CHECK, HTTP_GET and SSL_GET (url path, status_code, digest, virtualhost,
-regex) and MISC_CHECK (misc_path as argv, misc_timeout). Every other option is reported with its line, never
-dropped silently.
+regex) and MISC_CHECK (misc_path as argv, misc_timeout, default delay_loop as keepalived's). Every other option
+is reported with its line, never dropped silently. Every value is checked as `pyvs director run --validate`
+checks it: the TOML written always validates, or the import fails with the file, line and keyword at fault.
 """
 
 from __future__ import annotations
 
-import json
+import glob
+import os
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
-from pyvs.model import SCHED_FLAG_BITS, SUPPORTED_SCHEDULERS, ModelError, parse_ipv4, parse_netmask
+from pyvs.director.config import _digest, _regex, _status_ranges
+from pyvs.model import (
+    MAX_WEIGHT,
+    SCHED_FLAG_BITS,
+    ModelError,
+    Protocol,
+    Service,
+    ServiceKey,
+    parse_ipv4,
+    parse_netmask,
+    validate_service,
+)
 
 DEFAULT_DELAY_LOOP = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -25,13 +49,28 @@ CHECKERS = {"TCP_CHECK": "tcp", "HTTP_GET": "http", "SSL_GET": "https", "MISC_CH
 UNSUPPORTED_CHECKERS = ("SMTP_CHECK", "DNS_CHECK", "UDP_CHECK", "PING_CHECK", "FILE_CHECK", "BFD_CHECK")
 TIMING = ("delay_loop", "connect_timeout", "retry", "nb_get_retry", "delay_before_retry")
 SHELL_SYNTAX = re.compile(r"[|;&<>`$]")
+TRUE_WORDS = ("true", "on", "yes")  # keepalived's check_true_false: compared with case
+FALSE_WORDS = ("false", "off", "no")
+MAX_INCLUDE_DEPTH = 32
+MAX_DEFINITION_DEPTH = 16
+MAX_RETRY = 999  # fall = retry + 1 <= 1000, the config's limit
+
+_DEFINITION = re.compile(r"\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)", re.DOTALL)
+_USE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_COMMENT_SCAN = re.compile(r'"[^"]*"?|[!#]|[^"!#]+')
+_TOKEN = re.compile(r'"([^"]*)"?|([{}])|([^\s{}"]+)')
+_INTEGER = re.compile(r"[0-9]{1,15}")
+_DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+_TOML_ESCAPES = {i: f"\\u{i:04x}" for i in (*range(0x20), 0x7F)}
+_TOML_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 9: "\\t", 10: "\\n", 13: "\\r"})
 
 
 class KeepalivedError(ValueError):
-    """The file cannot be read as keepalived.conf."""
+    """The file cannot be read as keepalived.conf, or a value in it would not make a valid pyvs config."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Block:
     """One keepalived statement: keyword, arguments and, for a block, its children."""
 
@@ -39,134 +78,282 @@ class Block:
     args: list[str]
     line: int
     children: list[Block] = field(default_factory=list)
+    file: str = "keepalived.conf"
+    opened: bool = False
 
     def all(self, keyword: str) -> list[Block]:
         return [c for c in self.children if c.keyword == keyword]
 
 
-def _tokens(text: str) -> list[tuple[str, int]]:
-    tokens: list[tuple[str, int]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        lexer = shlex.shlex(line.replace("{", " { ").replace("}", " } "), posix=True)
-        lexer.whitespace_split = True
-        lexer.commenters = "#!"
-        try:
-            tokens.extend((token, number) for token in lexer)
-        except ValueError as exc:
-            raise KeepalivedError(f"line {number}: {exc}") from None
-        tokens.append(("\n", number))
-    return tokens
+def _raw_lines(text: str | bytes, chunk: int = 1 << 20) -> Iterator[str]:
+    """The lines of a file, a chunk of about 1 MB at a time (no second copy of a large file), bytes decoded as
+    UTF-8 (a byte that is not UTF-8 is kept as a surrogate escape: refused later unless it is in a comment)."""
+    bom: str | bytes = b"\xef\xbb\xbf" if isinstance(text, bytes) else "\ufeff"
+    start, size = (len(bom) if text.startswith(bom) else 0), len(text)  # type: ignore[arg-type]
+    newline: Any = b"\n" if isinstance(text, bytes) else "\n"
+    while start < size:
+        end = text.find(newline, min(start + chunk, size) - 1)
+        end = size if end < 0 else end + 1
+        piece = text[start:end]
+        decoded = piece.decode("utf-8", "surrogateescape") if isinstance(piece, bytes) else piece
+        lines = decoded.split("\n")
+        if decoded.endswith("\n"):
+            lines.pop()
+        for line in lines:
+            yield line[:-1] if line.endswith("\r") else line
+        start = end
 
 
-def parse_keepalived(text: str) -> list[Block]:
-    """keepalived.conf as a tree of statements."""
-    tokens = _tokens(text)
-    position = 0
+def _decomment(line: str) -> str:
+    """The line without its comment: from the first `!` or `#` outside double quotes."""
+    if "!" not in line and "#" not in line:
+        return line
+    for match in _COMMENT_SCAN.finditer(line):
+        if match.group() in ("!", "#"):
+            return line[: match.start()]
+    return line
 
-    def statements(depth: int) -> list[Block]:
-        nonlocal position
-        result: list[Block] = []
-        while position < len(tokens):
-            token, line = tokens[position]
-            position += 1
-            if token == "\n":
+
+class _Reader:
+    """keepalived's reader: lines of tokens from a file and the files it includes, definitions applied."""
+
+    def __init__(self, warn: list[str]):
+        self.definitions: dict[str, tuple[str, bool]] = {}  # name -> (value, multi-line)
+        self.warnings = warn
+        self.active: list[str] = []  # the files being read, outermost first (include loops)
+
+    def fail(self, source: str, line: int, keyword: str, message: str) -> NoReturn:
+        raise KeepalivedError(f"{source}:{line}: {keyword}: {message}")
+
+    def lines(self, text: str | bytes, source: str) -> Iterator[tuple[str, int, list[str]]]:
+        """(file, line number, tokens) for each line holding tokens."""
+        where = os.path.realpath(source)
+        self.active.append(where)
+        raw = _raw_lines(text)
+        number = 0
+        for line in raw:
+            number += 1
+            line = _decomment(line)
+            definition = _DEFINITION.match(line) if "$" in line else None
+            if definition and "=" in line:
+                first = number
+                name, value = definition.group(1), definition.group(2).strip()
+                parts = []
+                while value.endswith("\\"):
+                    parts.append(value[:-1].strip())
+                    value = ""
+                    for more in raw:
+                        number += 1
+                        value = _decomment(more).strip()
+                        break
+                    else:
+                        self.fail(source, first, f"${name}", "the definition continues past the end of the file")
+                parts.append(value)
+                self.definitions[name] = ("\n".join(p for p in parts if p), len(parts) > 1)
                 continue
-            if token == "}":
-                if depth == 0:
-                    raise KeepalivedError(f"line {line}: '}}' without a block to close")
-                return result
-            block = Block(token, [], line)
-            result.append(block)
-            while position < len(tokens) and tokens[position][0] not in ("\n", "{", "}"):
-                block.args.append(tokens[position][0])
-                position += 1
-            if position < len(tokens) and tokens[position][0] == "{":
-                position += 1
-                block.children = statements(depth + 1)
-        if depth:
-            raise KeepalivedError("unexpected end of file: a block is not closed with '}'")
-        return result
+            pieces = self.expand(line, source, number) if "$" in line and self.definitions else (line,)
+            for piece in pieces:
+                if not piece.isascii() and _NOT_UTF8.search(piece):
+                    self.fail(source, number, piece.split()[0] if piece.split() else "?",
+                              "the line is not UTF-8 text (only comments may hold other bytes)")
+                if '"' in piece:
+                    tokens = [m.group(1) if m.group(1) is not None else m.group(2) or m.group(3)
+                              for m in _TOKEN.finditer(piece)]
+                elif "{" in piece or "}" in piece:
+                    tokens = piece.replace("{", " { ").replace("}", " } ").split()
+                else:
+                    tokens = piece.split()
+                if not tokens:
+                    continue
+                if tokens[0] == "include":
+                    yield from self.include(tokens, source, number)
+                else:
+                    yield source, number, tokens
+        self.active.pop()
 
-    return statements(0)
+    def expand(self, line: str, source: str, number: int) -> list[str]:
+        """A line with its `$NAME` and `${NAME}` replaced (undefined names are left as they are)."""
+        limit = max(len(line) * 64, 1 << 20)
+        for _ in range(MAX_DEFINITION_DEPTH):
+            replaced = _USE.sub(lambda m: self.definitions.get(m.group(1) or m.group(2), (m.group(), False))[0],
+                                line)
+            if replaced == line:
+                return line.split("\n")
+            if len(replaced) > limit:
+                self.fail(source, number, "$", "definitions expand to more than 64 times the line's size")
+            line = replaced
+        self.fail(source, number, "$", f"definitions nest more than {MAX_DEFINITION_DEPTH} deep (a loop?)")
+
+    def include(self, tokens: list[str], source: str, number: int) -> Iterator[tuple[str, int, list[str]]]:
+        if len(tokens) < 2:
+            self.fail(source, number, "include", "needs a file name or pattern")
+        pattern = tokens[1]
+        base = os.path.dirname(source)
+        full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
+        matches = sorted(glob.glob(full))
+        if not matches:
+            self.warnings.append(f"{source}:{number}: include: no file matches {pattern}; nothing included")
+        for path in matches:
+            real = os.path.realpath(path)
+            if real in self.active:
+                chain = " -> ".join([*self.active[self.active.index(real):], real])
+                self.fail(source, number, "include", f"{path} is already being read: include loop ({chain})")
+            if len(self.active) >= MAX_INCLUDE_DEPTH:
+                self.fail(source, number, "include", f"includes nest more than {MAX_INCLUDE_DEPTH} deep")
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                self.fail(source, number, "include", f"cannot read {path}: {exc.strerror}")
+            yield from self.lines(data, path)
+
+
+def _blocks(text: str | bytes, source: str, warnings: list[str]) -> Iterator[Block]:
+    """The top-level statements, each yielded once complete (a `{` may open a block on a later line)."""
+    stack: list[Block] = []  # the blocks open, outermost first
+    pending: Block | None = None  # the last top-level statement, until we know whether a `{` follows
+    for file, number, tokens in _Reader(warnings).lines(text, source):
+        if stack and "{" not in tokens and "}" not in tokens:  # the usual line: one statement in a block
+            stack[-1].children.append(Block(tokens[0], tokens[1:], number, file=file))
+            continue
+        index = 0
+        while index < len(tokens):
+            token = tokens[index]
+            index += 1
+            if token == "{":
+                target = (stack[-1].children[-1] if stack[-1].children else None) if stack else pending
+                if target is None or target.opened:
+                    raise KeepalivedError(f"{file}:{number}: '{{' does not follow a keyword")
+                target.opened = True
+                stack.append(target)
+            elif token == "}":
+                if not stack:
+                    raise KeepalivedError(f"{file}:{number}: '}}' without a block to close")
+                stack.pop()
+                if not stack and pending is not None:
+                    yield pending
+                    pending = None
+            else:
+                block = Block(token, [], number, file=file)
+                while index < len(tokens) and tokens[index] not in ("{", "}"):
+                    block.args.append(tokens[index])
+                    index += 1
+                if stack:
+                    stack[-1].children.append(block)
+                else:
+                    if pending is not None:
+                        yield pending
+                    pending = block
+    if stack:
+        raise KeepalivedError(f"{stack[-1].file}:{stack[-1].line}: {stack[-1].keyword}: unexpected end of file: "
+                              "a block is not closed with '}'")
+    if pending is not None:
+        yield pending
+
+
+def parse_keepalived(text: str | bytes, source: str = "keepalived.conf") -> list[Block]:
+    """keepalived.conf as a tree of statements."""
+    return list(_blocks(text, source, []))
 
 
 class _Converter:
     def __init__(self, source: str):
         self.source = source
         self.warnings: list[str] = []
+        self.services: dict[tuple[str, str, int], tuple[str, int]] = {}  # service key -> (file, line)
 
     def warn(self, block: Block, message: str) -> None:
-        self.warnings.append(f"{self.source}:{block.line}: {block.keyword}: {message}")
+        self.warnings.append(f"{block.file}:{block.line}: {block.keyword}: {message}")
 
-    def number(self, block: Block) -> float:
-        try:
-            return float(block.args[0])
-        except (IndexError, ValueError):
-            raise KeepalivedError(f"{self.source}:{block.line}: {block.keyword} needs a number") from None
+    def fail(self, block: Block, message: str) -> NoReturn:
+        raise KeepalivedError(f"{block.file}:{block.line}: {block.keyword}: {message}")
 
-    def convert(self, blocks: list[Block]) -> list[dict[str, Any]]:
-        services = []
-        for block in blocks:
-            if block.keyword == "virtual_server":
-                service = self.service(block)
-                if service is not None:
-                    services.append(service)
-            elif block.keyword == "include":
-                self.warn(block, "not followed: convert the included file on its own")
-            else:
-                self.warn(block, "not converted: pyvs director takes virtual_server blocks only")
-        return services
+    def arg(self, block: Block) -> str:
+        if not block.args:
+            self.fail(block, "needs a value")
+        return block.args[0]
+
+    def integer(self, block: Block, low: int, high: int, text: str | None = None) -> int:
+        text = self.arg(block) if text is None else text
+        if not _INTEGER.fullmatch(text) or not low <= int(text) <= high:
+            self.fail(block, f"'{text[:40]}' is not a whole number from {low} to {high}")
+        return int(text)
+
+    def number(self, block: Block, minimum: float = 0.001) -> float:
+        """Seconds, as keepalived's timers: a decimal number (no inf, nan or exponent)."""
+        text = self.arg(block)
+        if not _DECIMAL.fullmatch(text) or float(text) < minimum:
+            self.fail(block, f"'{text[:40]}' is not a number of seconds (at least {minimum:g})")
+        return float(text)
+
+    def boolean(self, block: Block) -> bool:
+        if not block.args:
+            return True
+        if block.args[0] in TRUE_WORDS:
+            return True
+        if block.args[0] in FALSE_WORDS:
+            return False
+        self.fail(block, f"'{block.args[0][:40]}' is not one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+
+    def convert(self, block: Block) -> dict[str, Any] | None:
+        if block.keyword == "virtual_server":
+            return self.service(block)
+        self.warn(block, "not converted: pyvs director takes virtual_server blocks only")
+        return None
 
     def service(self, vs: Block) -> dict[str, Any] | None:
-        if len(vs.args) < 2 or vs.args[0] in ("fwmark", "group"):
+        if not vs.args or vs.args[0] in ("fwmark", "group"):
             self.warn(vs, f"'{' '.join(vs.args)}' skipped: only 'virtual_server IP PORT' is supported")
             return None
         try:
             vip = str(parse_ipv4(vs.args[0]))
-            port = int(vs.args[1])
-        except (ModelError, ValueError) as exc:
-            self.warn(vs, f"'{' '.join(vs.args)}' skipped: {exc}")
+        except ModelError as exc:
+            self.warn(vs, f"'{' '.join(vs.args)[:80]}' skipped: {exc}")
             return None
+        port = self.integer(vs, 0, 65535, vs.args[1]) if len(vs.args) > 1 else 0
         service: dict[str, Any] = {"proto": "tcp", "vip": vip, "port": port, "scheduler": "wlc"}
         timing: dict[str, Block] = {}
         default_host: str | None = None
         method_seen = False
+        where: dict[str, Block] = {}  # setting -> the statement it comes from
+        sorry: Block | None = None
         for child in vs.children:
             key, args = child.keyword, child.args
             if key in ("lb_algo", "lvs_sched"):
-                service["scheduler"] = args[0] if args else "wlc"
+                service["scheduler"] = self.arg(child)
+                where["scheduler"] = child
             elif key in ("lb_kind", "lvs_method"):
                 method_seen = True
-                if args[:1] != ["DR"]:
+                if self.arg(child) != "DR":
                     self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing only; "
                                      f"virtual_server {vip} {port} skipped")
                     return None
             elif key == "protocol":
-                if args[:1] not in (["TCP"], ["UDP"]):
-                    self.warn(child, f"{' '.join(args)}: only TCP and UDP; virtual_server {vip} {port} skipped")
+                proto = self.arg(child).upper()  # keepalived compares without case (strcasecmp)
+                if proto in ("TCP", "UDP"):
+                    service["proto"] = proto.lower()
+                elif proto == "SCTP":
+                    self.warn(child, f"{args[0]}: only TCP and UDP; virtual_server {vip} {port} skipped")
                     return None
-                service["proto"] = args[0].lower()
+                else:
+                    self.warn(child, f"unknown protocol {args[0][:40]}: ignored, as keepalived does")
             elif key in TIMING:
                 timing[key] = child
             elif key == "inhibit_on_failure":
-                service["inhibit_on_failure"] = True
+                service["inhibit_on_failure"] = self.boolean(child)
             elif key in ("quorum", "hysteresis"):
-                service[key] = int(self.number(child))
+                service[key] = self.integer(child, 0, 1 << 30)
             elif key == "alpha":
-                service["alpha"] = True
+                service["alpha"] = self.boolean(child)
             elif key == "virtualhost":
-                default_host = args[0] if args else None
+                default_host = self.arg(child)
             elif key == "sorry_server":
-                sorry_port = int(args[1]) if len(args) > 1 else port
-                if sorry_port != port:
-                    self.warn(child, f"port {sorry_port} differs from the service port {port}: "
-                                     "direct routing cannot change the port; not carried over")
-                else:
-                    service["sorry_server"] = args[0]
+                sorry = child
             elif key == "real_server":
                 continue
             elif key == "persistence_timeout":
-                service["persistence_timeout"] = int(self.number(child)) if args else DEFAULT_PERSISTENCE_TIMEOUT
+                service["persistence_timeout"] = (self.integer(child, 1, 2**31 - 1) if args
+                                                  else DEFAULT_PERSISTENCE_TIMEOUT)
+                where["persistence_timeout"] = child
             elif key == "persistence_granularity":
                 try:
                     service["persistence_granularity"] = str(parse_netmask(args[0] if args else ""))
@@ -174,6 +361,7 @@ class _Converter:
                     self.warn(child, f"{exc}; not carried over")
             elif key in SCHED_FLAG_BITS:
                 service.setdefault("scheduler_flags", []).append(key)
+                where.setdefault("scheduler_flags", child)
             elif key == "persistence_engine":
                 self.warn(child, "persistence engines (--pe) are not implemented by pyvs; not carried over")
             elif key in ("quorum_up", "quorum_down"):
@@ -182,13 +370,36 @@ class _Converter:
                 self.warn(child, "not supported by pyvs; not carried over")
         if not method_seen:
             self.warn(vs, f"{vip} {port} has no lb_kind (keepalived's default is NAT); converted as DR")
-        if service["scheduler"] not in SUPPORTED_SCHEDULERS:
-            self.warn(vs, f"lb_algo {service['scheduler']} is not implemented by the pyvs data plane yet: "
-                          f"pyvs refuses this config until it is (available: {', '.join(SUPPORTED_SCHEDULERS)})")
         if "persistence_granularity" in service and "persistence_timeout" not in service:
             self.warn(vs, "persistence_granularity without persistence_timeout has no effect; not carried over")
             del service["persistence_granularity"]
-        reals = [r for rs in vs.all("real_server") if (r := self.real(rs, port, timing, default_host)) is not None]
+        svc_key = ServiceKey(Protocol[service["proto"].upper()], parse_ipv4(vip), port)
+        try:
+            validate_service(Service(svc_key, service["scheduler"], service.get("persistence_timeout"),
+                                     parse_netmask(service.get("persistence_granularity", "32")),
+                                     tuple(service.get("scheduler_flags", ()))))
+        except ModelError as exc:
+            text = str(exc)
+            culprit = (where.get("scheduler_flags") if "flag" in text else where.get("persistence_timeout")
+                       if "persistence" in text else where.get("scheduler") if "scheduler" in text else None)
+            self.fail(culprit or vs, text)
+        identity = (service["proto"], vip, port)
+        if (first := self.services.get(identity)) is not None:
+            self.fail(vs, f"{service['proto']} {vip}:{port} is defined twice (first at {first[0]}:{first[1]})")
+        self.services[identity] = (vs.file, vs.line)
+        reals: list[dict[str, Any]] = []
+        seen: dict[str, Block] = {}
+        for rs in vs.all("real_server"):
+            real = self.real(rs, port, timing, default_host)
+            if real is None:
+                continue
+            if (other := seen.get(real["address"])) is not None:
+                self.fail(rs, f"{real['address']} {port} is listed twice in virtual_server {vip} {port} "
+                              f"(first at {other.file}:{other.line})")
+            seen[real["address"]] = rs
+            reals.append(real)
+        if sorry is not None:
+            self.sorry(sorry, service, seen)
         checks = [r.pop("check") for r in reals]
         if checks and all(c == checks[0] for c in checks):
             service["check"] = checks[0]
@@ -198,13 +409,33 @@ class _Converter:
         service["real"] = reals
         return service
 
+    def sorry(self, block: Block, service: dict[str, Any], reals: dict[str, Block]) -> None:
+        address = self.arg(block)
+        port = service["port"]
+        try:
+            sorry_ip = str(parse_ipv4(address))
+        except ModelError:
+            self.fail(block, f"'{address[:80]}': pyvs takes an IPv4 address as sorry server (IPv6 and host "
+                             "names are not supported yet)")
+        sorry_port = self.integer(block, 0, 65535, block.args[1]) if len(block.args) > 1 else port
+        if sorry_port != port:
+            self.warn(block, f"port {sorry_port} differs from the service port {port}: "
+                             "direct routing cannot change the port; not carried over")
+            return
+        if sorry_ip in reals:
+            self.fail(block, f"{sorry_ip} is also one of the service's reals (at line {reals[sorry_ip].line})")
+        if len(block.args) > 2:
+            self.warn(block, f"'{' '.join(block.args[2:])[:80]}' ignored: the sorry server is reached as the "
+                             "reals are (direct routing)")
+        service["sorry_server"] = sorry_ip
+
     def real(self, rs: Block, port: int, vs_timing: dict[str, Block], host: str | None) -> dict[str, Any] | None:
         try:
-            rip = str(parse_ipv4(rs.args[0] if rs.args else ""))
-            real_port = int(rs.args[1]) if len(rs.args) > 1 else port
-        except (ModelError, ValueError) as exc:
-            self.warn(rs, f"'{' '.join(rs.args)}' skipped: {exc}")
+            rip = str(parse_ipv4(self.arg(rs)))
+        except ModelError as exc:
+            self.warn(rs, f"'{' '.join(rs.args)[:80]}' skipped: {exc}")
             return None
+        real_port = self.integer(rs, 0, 65535, rs.args[1]) if len(rs.args) > 1 else port
         if real_port != port:
             self.warn(rs, f"{rip} port {real_port} differs from the service port {port}: direct routing cannot "
                           "change the port; real skipped")
@@ -214,9 +445,9 @@ class _Converter:
         checkers = []
         for child in rs.children:
             if child.keyword == "weight":
-                real["weight"] = int(self.number(child))
+                real["weight"] = self.integer(child, 0, MAX_WEIGHT)
             elif child.keyword == "inhibit_on_failure":
-                real["inhibit_on_failure"] = True
+                real["inhibit_on_failure"] = self.boolean(child)
             elif child.keyword in TIMING:
                 timing[child.keyword] = child
             elif child.keyword in CHECKERS:
@@ -239,34 +470,47 @@ class _Converter:
         timing = dict(timing)
         check: dict[str, Any] = {"type": kind}
         urls: list[Block] = []
+        misc_timeout: Block | None = None
         for child in checker.children:
             key, args = child.keyword, child.args
             if key in TIMING:
                 timing[key] = child
             elif key == "connect_port":
-                check["port"] = int(self.number(child))
+                check["port"] = self.integer(child, 1, 65535)
             elif key == "url" and kind in ("http", "https"):
                 urls.append(child)
             elif key == "virtualhost" and kind in ("http", "https"):
-                host = args[0] if args else host
+                host = self.arg(child)
             elif key == "misc_path" and kind == "command":
-                command = shlex.split(" ".join(args))
-                if SHELL_SYNTAX.search(" ".join(args)):
+                line = " ".join(args)
+                try:
+                    command = shlex.split(line)
+                except ValueError as exc:
+                    self.fail(child, f"cannot split the command into arguments: {exc}")
+                if not command:
+                    self.fail(child, "the command is empty")
+                if SHELL_SYNTAX.search(line):
                     self.warn(child, "pyvs runs the command without a shell: pipes, redirections and $ "
                                      "expansions are passed as plain arguments")
                 check["command"] = command
             elif key == "misc_timeout" and kind == "command":
-                timing["connect_timeout"] = child
+                misc_timeout = child
             else:
                 self.warn(child, "not supported by pyvs; not carried over")
+        if kind == "command" and "command" not in check:
+            self.fail(checker, "MISC_CHECK needs misc_path (the command to run)")
         interval = self.number(timing["delay_loop"]) if "delay_loop" in timing else DEFAULT_DELAY_LOOP
-        timeout = self.number(timing["connect_timeout"]) if "connect_timeout" in timing else DEFAULT_CONNECT_TIMEOUT
+        if kind == "command":  # keepalived's MISC_CHECK: misc_timeout, else delay_loop (not connect_timeout)
+            timeout = self.number(misc_timeout) if misc_timeout else interval
+        else:
+            timeout = (self.number(timing["connect_timeout"]) if "connect_timeout" in timing
+                       else DEFAULT_CONNECT_TIMEOUT)
         if timeout > interval:
             self.warn(checker, f"timeout {timeout:g}s is longer than delay_loop {interval:g}s; "
                                f"pyvs uses {interval:g}s")
             timeout = interval
         retry_block = timing.get("retry") or timing.get("nb_get_retry")
-        retry = int(self.number(retry_block)) if retry_block else (0 if kind == "command" else 1)
+        retry = self.integer(retry_block, 0, MAX_RETRY) if retry_block else (0 if kind == "command" else 1)
         retry_delay = self.number(timing["delay_before_retry"]) if "delay_before_retry" in timing else (
             3.0 if kind in ("http", "https") else 1.0)
         check.update(interval=interval, timeout=timeout, rise=1, fall=retry + 1)
@@ -284,16 +528,29 @@ class _Converter:
     def url(self, url: Block, check: dict[str, Any]) -> None:
         for child in url.children:
             key, args = child.keyword, child.args
-            if key == "path" and args:
-                check["path"] = args[0]
-            elif key == "digest" and args:
-                check["digest"] = args[0].lower()
-            elif key == "status_code" and args:
-                check["status"] = [int(a) if a.isdigit() else a for a in args]
-            elif key == "virtualhost" and args:
-                check["host"] = args[0]
-            elif key == "regex" and args:
-                check["regex"] = " ".join(args)
+            if key == "path":
+                check["path"] = self.arg(child)
+                if not check["path"].startswith("/"):
+                    self.fail(child, f"'{check['path'][:80]}': a path starts with '/'")
+            elif key == "digest":
+                try:
+                    check["digest"] = _digest(self.arg(child))
+                except ValueError as exc:
+                    self.fail(child, str(exc))
+            elif key == "status_code":
+                status = [int(a) if a.isdigit() and len(a) < 6 else a for a in args]
+                try:
+                    _status_ranges(status)
+                except ValueError as exc:
+                    self.fail(child, str(exc))
+                check["status"] = status
+            elif key == "virtualhost":
+                check["host"] = self.arg(child)
+            elif key == "regex":
+                try:
+                    check["regex"] = _regex(" ".join(args))
+                except ValueError as exc:
+                    self.fail(child, str(exc))
             else:
                 self.warn(child, "not supported by pyvs; not carried over")
 
@@ -307,23 +564,40 @@ def _value(value: Any) -> str:
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(str(value))
+    # a TOML basic string: characters as they are (outside the BMP too), control characters escaped
+    return '"' + str(value).translate(_TOML_ESCAPES) + '"'
+
+
+def _service_toml(service: dict[str, Any]) -> str:
+    lines = ["[[service]]", *(f"{k} = {_value(v)}" for k, v in service.items() if k != "real")]
+    for real in service["real"]:
+        lines += ["", "[[service.real]]", *(f"{k} = {_value(v)}" for k, v in real.items())]
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _header(source: str) -> str:
+    return "\n".join([f"# pyvs director config, converted from {source} by `pyvs director import-keepalived`"
+                      .translate(_TOML_ESCAPES), "", "[director]",
+                      '# interface = "eth0"   # attach XDP here (left as is when a program is attached)', "", ""])
 
 
 def to_toml(services: list[dict[str, Any]], source: str) -> str:
-    lines = [f"# pyvs director config, converted from {source} by `pyvs director import-keepalived`", "",
-             "[director]", '# interface = "eth0"   # attach XDP here (left as is when a program is attached)', ""]
-    for service in services:
-        lines.append("[[service]]")
-        lines.extend(f"{k} = {_value(v)}" for k, v in service.items() if k != "real")
-        for real in service["real"]:
-            lines += ["", "[[service.real]]", *(f"{k} = {_value(v)}" for k, v in real.items())]
-        lines.append("")
-    return "\n".join(lines)
+    return _header(source) + "".join(_service_toml(s) for s in services)
 
 
-def import_keepalived(text: str, source: str = "keepalived.conf") -> tuple[str, list[str]]:
-    """(the pyvs config as TOML, one warning per option not carried over)."""
+def import_keepalived(text: str | bytes, source: str = "keepalived.conf") -> tuple[str, list[str]]:
+    """(the pyvs config as TOML, one warning per option not carried over). `source` names the file in messages
+    and is where relative `include`s are looked for. Raises KeepalivedError naming file, line and keyword."""
     converter = _Converter(source)
-    services = converter.convert(parse_keepalived(text))
-    return to_toml(services, source), converter.warnings
+    chunks = [_header(source)]
+    for block in _blocks(text, source, converter.warnings):
+        service = converter.convert(block)
+        if service is not None:
+            chunks.append(_service_toml(service))
+    return "".join(chunks), converter.warnings
+
+
+def import_keepalived_file(path: str | Path) -> tuple[str, list[str]]:
+    """import_keepalived of a file read as bytes (comments may hold any bytes, as keepalived allows)."""
+    return import_keepalived(Path(path).read_bytes(), str(path))
