@@ -25,6 +25,7 @@ class RealStatus(TypedDict):
     since: float | None
     active: int  # the schedulers' own counts (no table scan)
     inactive: int
+    drained: bool  # the page's drain: weight 0 until undrained or reloaded
     conns: int
     packets: int
     bytes: int
@@ -82,3 +83,4 @@ class StatusDocument(TypedDict):
     counters: dict[str, int]
     tables: dict[str, int | float]  # Dataplane.conn_table_usage(): the sweeper's last pass
     switches: dict[str, bool]
+    page_actions: bool  # [director] page_token is set: the page offers drain/undrain
