@@ -587,6 +587,8 @@ class Director:
                     "health": ("up" if health.up else "down") if health else "-",
                     "transitions": health.transitions if health else 0, "checks": health.checks if health else 0,
                     "last_check": health.detail if health else "", "since": health.since if health else None,
+                    "last_check_ok": health.last_ok if health else None,
+                    "last_check_at": health.checked_at if health else None,
                     "active": active, "inactive": inactive, "drained": (svc.key, key) in self.drained,
                     "conns": counters.conns if counters else 0, "packets": counters.inpkts if counters else 0,
                     "bytes": counters.inbytes if counters else 0,

@@ -22,6 +22,8 @@ class RealStatus(TypedDict):
     transitions: int
     checks: int
     last_check: str
+    last_check_ok: bool | None  # None: not checked yet (or a sorry server)
+    last_check_at: float | None
     since: float | None
     active: int  # the schedulers' own counts (no table scan)
     inactive: int
