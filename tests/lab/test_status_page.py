@@ -95,12 +95,13 @@ def post(path: str, token: str | None, topo: Topology) -> tuple[int, dict]:  # t
             return exc.code, json.load(exc)
 
 
-@pytest.fixture
-def daemon(lab: Topology, tmp_path: Path) -> Iterator[Daemon]:
+@pytest.fixture(params=[TOKEN], ids=["with-token"])
+def daemon(lab: Topology, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
     notify_log = tmp_path / "notify.log"
     config = tmp_path / "director.toml"
-    config.write_text(config_text(lab, notify_log).replace(
-        "[director]\n", f'[director]\npage_token = "{TOKEN}"\ndrift_check = 0.5\n', 1))
+    token = f'page_token = "{request.param}"\n' if request.param else ""
+    text = config_text(lab, notify_log).replace("[director]\n", f"[director]\n{token}drift_check = 0.5\n", 1)
+    config.write_text(text)
     running = Daemon(lab, config, tmp_path / "daemon.log", notify_log)
     try:
         running.start()
@@ -155,3 +156,14 @@ def test_the_status_page_in_a_browser(lab: Topology, daemon: Daemon, tmp_path: P
     lab_api.start_web_server(lab, "rs1")
     wait_for(lambda: rendered(browser.dom(url))[tcp][rs1] == "up", 15, "rs1 up again on the page")
     assert shot.exists()
+
+
+@pytest.mark.parametrize("daemon", [None], ids=["read-only"], indirect=True)
+def test_without_a_token_the_page_is_read_only(lab: Topology, daemon: Daemon, tmp_path: Path) -> None:
+    dom = Browser(lab, tmp_path / "browser").dom(f"{STATUS}/page")
+    assert set(rendered(dom)) == {f"tcp/{lab.vip}:80", f"udp/{lab.vip}:80"}
+    assert '<div id="actions" hidden="">' in dom and "<button" not in dom, "no actions shown"
+    code, reply = post(f"/action/drain?service=tcp/{lab.vip}:80&real={lab.address_of('rs2')}:80", TOKEN, lab)
+    assert code == 403 and "page_token" in reply["error"]
+    assert tcp_reals(lab) == {"rs1": 1, "rs2": 1}
+    assert "event=page_action_refused" in daemon.log.read_text()
