@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-pip clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool
-              iproute2 iptables ethtool arptables curl wrk)
+              iproute2 iptables ethtool arptables curl wrk
+              chromium)  # chromium: the status page's browser test (tests/lab/test_status_page.py)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -50,11 +50,14 @@ class Health:
     detail: str = "not checked yet"
     since: float = field(default_factory=time.time)
     checks: int = 0
+    checked_at: float | None = None  # time of the last result (None: not checked yet)
+    last_ok: bool | None = None
 
     def record(self, result: ProbeResult, spec: CheckSpec) -> bool:
         """Count one probe result; True when the real changed state."""
         self.checks += 1
         self.detail = result.detail
+        self.checked_at, self.last_ok = time.time(), result.ok
         if result.ok:
             self.successes, self.failures = self.successes + 1, 0
             flip = not self.up and self.successes >= spec.rise

@@ -2,8 +2,9 @@
 
     [director]
     interface = "eth0"              # optional: attach XDP here unless a program is already attached
-    status_listen = "127.0.0.1:9180"
+    status_listen = "127.0.0.1:9180"   # GET /status, /metrics, /page (the live status page)
     node_exporter_metrics = true    # /metrics also as node_exporter's ipvs collector (node_ipvs_*)
+    page_token = "..."              # optional: the page may drain/undrain reals with this token
     notify = ["/usr/local/bin/lb-notify", "{event}", "{service}", "{real}"]
 
     [[service]]
@@ -144,6 +145,7 @@ class DirectorConfig:
     sloppy_tcp: bool | None = None  # the data plane's sloppy_tcp switch; None: left as it is
     expire_nodest_conn: bool | None = None
     node_exporter_metrics: bool = True  # /metrics adds node_exporter's ipvs collector families (node_ipvs_*)
+    page_token: str | None = None  # the status page's actions (drain/undrain) need it; None: read-only page
 
     def service(self, key: ServiceKey) -> ServiceSpec | None:
         return next((s for s in self.services if s.key == key), None)
@@ -243,7 +245,7 @@ class _Reader:
 
 
 DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_timeout", "flush_on_failure", "user",
-                 "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics")
+                 "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics", "page_token")
 SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "sorry_server", "quorum", "hysteresis", "alpha", "inhibit_on_failure",
                 "check", "real")
@@ -342,6 +344,14 @@ def _listen(value: Any) -> tuple[str, int] | None:
     if value in ("", "off", False):
         return None
     return parse_listen(str(value))
+
+
+def _token(value: Any) -> str:
+    if not isinstance(value, str) or len(value) < 16 or not value.isprintable() or not value.isascii() \
+            or value != value.strip():
+        raise ValueError("the page token is a string of at least 16 printable ASCII characters, no spaces around "
+                         "it (e.g. from `openssl rand -hex 16`)")
+    return value
 
 
 def _user(value: Any) -> str:
@@ -541,6 +551,7 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         sloppy_tcp=director.get("sloppy_tcp", bool, None),
         expire_nodest_conn=director.get("expire_nodest_conn", bool, None),
         node_exporter_metrics=director.get("node_exporter_metrics", bool, True),
+        page_token=director.convert("page_token", _token),
     )  # fmt: skip
 
 

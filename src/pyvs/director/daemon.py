@@ -16,6 +16,10 @@ makes the daemon exit non-zero (systemd restarts it), never a silent half-daemon
 
 The data plane's state outlives the daemon (pinned maps): on start the daemon adopts it, taking each
 real's health from what the data plane shows, so a restart changes nothing that is in step.
+
+Drains (the status page's action, with [director] page_token): a drained real is kept with weight 0 in what the
+daemon writes (its flows go on, new ones go elsewhere) until it is undrained or the config is reloaded. It is
+the daemon's own state, not a hand edit, so the drift check keeps it instead of undoing it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from pyvs.director import checks
 from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
 from pyvs.director.notify import Notifier
 from pyvs.director.runfile import RUN_DIR, daemon_alive, read_run_file, run_file  # noqa: F401 - re-exported
-from pyvs.director.status_server import serve_status
+from pyvs.director.status_server import PageActions, serve_status
 from pyvs.director.statusdoc import OtherService, RealStatus, ReloadStatus, ServiceStatus, StatusDocument
 from pyvs.model import Counters, Real, Rules, Service, ServiceKey
 
@@ -218,6 +222,7 @@ class Director:
         self.reals: dict[Target, _Checked] = {}
         self.quorum: dict[ServiceKey, bool] = {}
         self.applied: dict[ServiceKey, Service] = {}  # what the daemon last wrote (or found in step), per service
+        self.drained: set[Target] = set()  # weight 0 until undrained or reloaded (the page's action)
         self.generation = 1
         self.started = time.time()
         self.last_reload: ReloadStatus = {"ok": True, "error": "", "at": self.started}
@@ -296,7 +301,8 @@ class Director:
                 if service.reals and svc.sorry_server in service.reals and target not in quiesce:
                     continue
                 if self.reals[target].health.up:
-                    service.reals[real.key] = Real(real.rip, real.port, real.weight)
+                    weight = 0 if target in self.drained else real.weight
+                    service.reals[real.key] = Real(real.rip, real.port, weight)
                 elif real.inhibit_on_failure or target in quiesce:
                     service.reals[real.key] = Real(real.rip, real.port, 0)
             rules.services[svc.key] = service
@@ -515,6 +521,10 @@ class Director:
             self.server = server
         self.config = new
         self.notifier = Notifier(new.notify, new.notify_timeout, new.user)
+        for svc_key, real_key in sorted(self.drained):
+            log_event(logging.INFO, "drain_ended", service=service_name(svc_key), real=real_name(real_key),
+                      reason="reload")
+        self.drained.clear()
         for svc in new.services:
             self.quorum.setdefault(svc.key, True)
             self._update_quorum(svc)
@@ -577,7 +587,9 @@ class Director:
                     "health": ("up" if health.up else "down") if health else "-",
                     "transitions": health.transitions if health else 0, "checks": health.checks if health else 0,
                     "last_check": health.detail if health else "", "since": health.since if health else None,
-                    "active": active, "inactive": inactive,
+                    "last_check_ok": health.last_ok if health else None,
+                    "last_check_at": health.checked_at if health else None,
+                    "active": active, "inactive": inactive, "drained": (svc.key, key) in self.drained,
                     "conns": counters.conns if counters else 0, "packets": counters.inpkts if counters else 0,
                     "bytes": counters.inbytes if counters else 0,
                 })  # fmt: skip
@@ -611,7 +623,31 @@ class Director:
             "last_reload": self.last_reload, "apply_error": self.apply_error, "services": services,
             "other_services": others, "counters": snapshot.counters, "tables": snapshot.tables,
             "switches": snapshot.switches, "node_exporter_metrics": self.config.node_exporter_metrics,
+            "page_actions": bool(self.config.page_token),
         }  # fmt: skip
+
+    async def page_action(self, action: str, service: str, real: str, client: str) -> tuple[int, str]:
+        """The status page's drain/undrain of one real (the token was checked): (HTTP status, message)."""
+        svc = next((s for s in self.config.services if service_name(s.key) == service), None)
+        spec = next((r for r in svc.reals if real_name(r.key) == real), None) if svc else None
+        if svc is None or spec is None:
+            log_event(logging.WARNING, "page_action", action=action, service=service, real=real, client=client,
+                      result="no such real of the daemon's services")
+            return 404, f"no real {real} in service {service} of the daemon's config"
+        target = (svc.key, spec.key)
+        if (target in self.drained) == (action == "drain"):
+            result = "already drained" if action == "drain" else "not drained"
+        else:
+            if action == "drain":
+                self.drained.add(target)
+            else:
+                self.drained.discard(target)
+            await self.reconcile()
+            result = ("weight 0 until undrained or reloaded" if action == "drain" else
+                      f"weight {spec.weight} again (when up)")
+        log_event(logging.WARNING, "page_action", action=action, service=service, real=real, client=client,
+                  result=result, apply_error=self.apply_error or "none")
+        return 200, f"{action} {service} {real}: {result}"
 
     def _write_run_file(self) -> None:
         listen = self.config.status_listen if self.server is not None else None
@@ -632,7 +668,8 @@ class Director:
         assert config.status_listen is not None
         host, port = config.status_listen
         try:
-            return await serve_status(self.status_snapshot, host, port)
+            return await serve_status(self.status_snapshot, host, port,
+                                      PageActions(lambda: self.config.page_token, self.page_action))
         except OSError as exc:
             raise DirectorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 

@@ -22,9 +22,12 @@ class RealStatus(TypedDict):
     transitions: int
     checks: int
     last_check: str
+    last_check_ok: bool | None  # None: not checked yet (or a sorry server)
+    last_check_at: float | None
     since: float | None
     active: int  # the schedulers' own counts (no table scan)
     inactive: int
+    drained: bool  # the page's drain: weight 0 until undrained or reloaded
     conns: int
     packets: int
     bytes: int
@@ -85,3 +88,4 @@ class StatusDocument(TypedDict):
     tables: dict[str, int | float]  # Dataplane.conn_table_usage(): the sweeper's last pass
     switches: dict[str, bool]
     node_exporter_metrics: bool  # [director] node_exporter_metrics: /metrics adds node_exporter's node_ipvs_* families
+    page_actions: bool  # [director] page_token is set: the page offers drain/undrain
