@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3 python3-venv python3-pip clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool groff-base man-db
+APT_PACKAGES=(python3 python3-venv python3-pip clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool groff-base man-db systemd
               iproute2 iptables ethtool arptables curl wrk)
 
 missing=()
