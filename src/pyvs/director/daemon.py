@@ -39,7 +39,7 @@ from typing import TypeVar
 
 from pyvs.arp import takeover
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
-from pyvs.director import checks
+from pyvs.director import checks, sdnotify
 from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
 from pyvs.director.notify import Notifier
 from pyvs.director.runfile import RUN_DIR, daemon_alive, read_run_file, run_file  # noqa: F401 - re-exported
@@ -692,6 +692,7 @@ class Director:
                       services=len(self.config.services), reals=len(self.reals),
                       status=f"{self.config.status_listen[0]}:{self.config.status_listen[1]}"
                       if self.config.status_listen else "off")
+            self.spawn("ready", self._notify_ready, restart=False)
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
             if self.auto_attach:
@@ -704,7 +705,19 @@ class Director:
         if self.exit_reason:
             raise DirectorError(self.exit_reason)
 
+    async def _notify_ready(self) -> None:
+        """Tell systemd (Type=notify) the director is ready: the data plane is attached and in step (run() did
+        that before starting this task) and every real has had its first check, or its first check's time ran
+        out (interval + timeout: a check starts within one interval)."""
+        bound = max((c.spec.check.interval + c.spec.check.timeout for c in self.reals.values()), default=0.0)
+        deadline = time.monotonic() + bound + 1.0
+        while time.monotonic() < deadline and any(c.health.checks == 0 for c in self.reals.values()):
+            await asyncio.sleep(0.05)
+        up = sum(c.health.up for c in self.reals.values())
+        sdnotify.ready(f"{len(self.config.services)} services, {up}/{len(self.reals)} reals up")
+
     async def _shutdown(self) -> None:
+        sdnotify.stopping()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -1,0 +1,95 @@
+"""scripts/build-deb.sh builds a .deb whose contents are the commands, units, config, man pages, completions and
+the package with its compiled BPF objects; extracted, its pyvsadm runs and its data plane opens without clang."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("clang") is None,
+                                reason="building the .deb needs dpkg-deb and clang")
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("deb")
+    result = subprocess.run(["bash", str(ROOT / "scripts/build-deb.sh"), str(out)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def test_contents(deb: Path) -> None:
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
+    entries = {line.split()[-1].removeprefix("."): line.split()[0] for line in listing.splitlines()}
+    for path in ("/usr/sbin/pyvs", "/usr/sbin/pyvsadm"):
+        assert entries[path] == "-rwxr-xr-x", path
+    for path in ("/lib/systemd/system/pyvs-director.service", "/lib/systemd/system/pyvs-rules.service",
+                 "/etc/pyvs/director.toml", "/usr/share/man/man8/pyvsadm.8.gz", "/usr/share/man/man8/pyvs.8.gz",
+                 "/usr/share/man/man5/pyvs-director.toml.5.gz", "/usr/share/bash-completion/completions/pyvs",
+                 "/usr/share/bash-completion/completions/pyvsadm",
+                 "/usr/lib/python3/dist-packages/pyvs/cli/__init__.py"):
+        assert path in entries, path
+    objects = [p for p in entries if re.fullmatch(r"/usr/lib/python3/dist-packages/pyvs/dataplane/bpf/prebuilt/"
+                                                  r"[0-9a-f]{16}/pyvs_(xdp|pass)\.o", p)]
+    assert len(objects) == 2
+    assert all("root/root" in line for line in listing.splitlines())
+
+
+def test_control(deb: Path) -> None:
+    def field(name: str) -> str:
+        return subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert field("Package") == "pyvs" and field("Architecture") == "all"
+    depends = field("Depends")
+    for dep in ("python3-pyroute2", "python3-prometheus-client", "libbpf1"):
+        assert dep in depends
+    assert "clang" not in depends
+    conffiles = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True, check=True).stdout
+    assert b"/etc/pyvs/director.toml" in conffiles
+
+
+@pytest.fixture(scope="module")
+def extracted(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("root")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    return root
+
+
+def _run(extracted: Path, path_without_clang: str, tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    # The extracted dist-packages first (Debian's python3 reads it); this venv's python for the dependencies.
+    env = {"PATH": path_without_clang, "PYTHONPATH": str(extracted / "usr/lib/python3/dist-packages"),
+           "PYVS_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+
+
+def test_extracted_commands_run(extracted: Path, path_without_clang: str, tmp_path: Path) -> None:
+    result = _run(extracted, path_without_clang, tmp_path, str(extracted / "usr/sbin/pyvsadm"), "-h")
+    assert result.returncode == 0 and "pyvsadm v" in result.stdout, result.stderr
+    where = _run(extracted, path_without_clang, tmp_path, "-c",
+                 "import pyvs.dataplane.build as b; print(b.__file__); print(b.object_path('xdp'))")
+    assert where.returncode == 0, where.stderr
+    module, obj = where.stdout.split()
+    assert module.startswith(str(extracted)) and obj.startswith(str(extracted)) and obj.endswith("pyvs_xdp.o")
+    config = _run(extracted, path_without_clang, tmp_path, str(extracted / "usr/sbin/pyvs"), "director", "run",
+                  "--config", str(extracted / "etc/pyvs/director.toml"), "--validate")
+    assert config.returncode == 0, config.stderr  # the default config is valid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF needs root")
+def test_extracted_package_opens_a_data_plane_without_clang(extracted: Path, path_without_clang: str,
+                                                            tmp_path: Path) -> None:
+    result = _run(extracted, path_without_clang, tmp_path, "-c",
+                  "from pyvs.dataplane import scratch_dataplane\n"
+                  "with scratch_dataplane('debtest') as dp: print('opened')")
+    assert result.returncode == 0 and "opened" in result.stdout, result.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
