@@ -262,3 +262,15 @@ def test_lines_are_read_the_same_whatever_the_chunk_size(text: str) -> None:
     for chunk in (1, 2, 3, 1 << 20):
         assert list(_raw_lines(text, chunk)) == expected
         assert list(_raw_lines(text.encode(), chunk)) == expected
+
+
+def test_the_command_reads_a_latin1_byte_in_a_comment(tmp_path: Path) -> None:
+    import subprocess
+
+    source = tmp_path / "keepalived.conf"
+    source.write_bytes(b"virtual_server 198.18.0.100 80 {\n    lb_algo rr   ! caf\xe9\n    lb_kind DR\n"
+                       b"    protocol TCP\n    real_server 198.18.2.11 80 {\n        weight 1\n    }\n}\n")
+    result = subprocess.run([sys.executable, "-m", "pyvs.cli", "director", "import-keepalived", str(source)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert 'vip = "198.18.0.100"' in result.stdout

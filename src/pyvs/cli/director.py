@@ -246,10 +246,10 @@ def cmd_import_keepalived(args: argparse.Namespace) -> int:
     from pyvs.director.keepalived import import_keepalived
 
     try:
-        text = Path(args.file).read_text()
+        raw = Path(args.file).read_bytes()  # bytes: comments may hold any bytes, as keepalived allows
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-    toml_text, warnings = import_keepalived(text, args.file)
+    toml_text, warnings = import_keepalived(raw, args.file)
     for warning in warnings:
         print(f"pyvs: not carried over: {warning}", file=sys.stderr)
     print(toml_text, end="")
