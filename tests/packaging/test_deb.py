@@ -90,6 +90,6 @@ def test_extracted_package_opens_a_data_plane_without_clang(extracted: Path, pat
                                                             tmp_path: Path) -> None:
     result = _run(extracted, path_without_clang, tmp_path, "-c",
                   "from pyvs.dataplane import scratch_dataplane\n"
-                  "with scratch_dataplane('debtest') as dp: print('opened')")
+                  "with scratch_dataplane('pyvst-deb') as dp: print('opened')")
     assert result.returncode == 0 and "opened" in result.stdout, result.stderr
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

@@ -60,7 +60,7 @@ def test_director_unit_is_hardened() -> None:
 
 OPEN = """
 from pyvs.dataplane import scratch_dataplane
-with scratch_dataplane("capstest") as dp:
+with scratch_dataplane("pyvst-caps") as dp:
     sum(1 for _ in dp.table_entries("conns"))  # opens the connection table's inner maps by id
 print("ok")
 """

@@ -61,7 +61,7 @@ from pyvs.dataplane import build, scratch_dataplane
 assert shutil.which("clang") is None, "clang on PATH"
 assert build.object_path("xdp").is_relative_to(build.SHIPPED_DIR), build.object_path("xdp")
 print("object", build.object_path("xdp"))
-with scratch_dataplane("wheeltest") as dp:
+with scratch_dataplane("pyvst-wheel") as dp:
     print("opened", type(dp).__name__)
 assert not any(os.scandir(os.environ["PYVS_CACHE_DIR"])), "compiled at run time"
 """
