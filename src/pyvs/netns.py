@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,13 +46,14 @@ def remove(netns: str) -> None:
     _netns.remove(netns)
 
 
-def netns_inode(netns: str | None = None) -> int:
-    """Inode of a named netns, or of the calling thread's netns when netns is None."""
-    path = THREAD_NETNS if netns is None else str(NETNS_RUN_DIR / netns)
-    try:
-        return os.stat(path).st_ino
-    except FileNotFoundError:
-        raise NetnsError(f"network namespace {netns} does not exist") from None
+SO_NETNS_COOKIE = 71  # <asm-generic/socket.h>; Python's socket module does not name it
+
+
+def netns_cookie() -> int:
+    """The cookie of the calling thread's network namespace: unique while the machine runs, where an inode is
+    reused by the next namespace (state kept per namespace must be keyed by it)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
 
 
 def current_netns_name() -> str | None:

@@ -52,10 +52,9 @@ class _State:
     lo_set_up: bool = False
 
 
-def state_path(netns_inode: int | None = None, state_dir: Path = STATE_DIR) -> Path:
-    """State file of a netns (default: the calling thread's)."""
-    inode = netns.netns_inode() if netns_inode is None else netns_inode
-    return state_dir / f"{inode}.json"
+def state_path(state_dir: Path = STATE_DIR) -> Path:
+    """State file of the calling thread's netns, named by its cookie (an inode is reused by later namespaces)."""
+    return state_dir / f"{netns.netns_cookie()}.json"
 
 
 def _load_state(path: Path) -> _State:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,37 @@ def test_cli_errors_are_one_line_with_exit_codes(throwaway_netns: str) -> None:
     assert code == 2 and "pyvs: the following arguments are required: --vip" in err
     code, out, _ = pyvs_cli(throwaway_netns, "realserver", "down")
     assert code == 0 and "nothing to restore" in out
+
+
+def test_a_namespace_made_after_another_was_deleted_does_not_inherit_its_realserver_state() -> None:
+    # A deleted namespace's inode goes to the next one made: state keyed by inode was found by the wrong namespace
+    # (its `realserver down` "restored" sysctls it never changed). The state is keyed by the netns cookie.
+    name = f"{LAB_PREFIX}-rsy"
+    left: list[Path] = []
+    try:
+        netns.create(name)
+        for argv in (["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+                     ["ip", "addr", "add", "198.18.3.2/24", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"]):
+            netns.run_in_netns(name, argv)
+        code, out, err = pyvs_cli(name, "realserver", "up", "--vip", VIP)
+        assert code == 0 and "arp_ignore" in out, (out, err)
+        with netns.in_netns(name):
+            left.append(realserver.state_path())
+        assert left[0].exists()
+        old_inode = os.stat(f"/run/netns/{name}").st_ino
+        netns.remove(name)  # without `realserver down`: its state file stays behind
+        for _ in range(100):  # the inode is freed once the kernel has cleaned the namespace up: wait for its reuse
+            netns.create(name)
+            if os.stat(f"/run/netns/{name}").st_ino == old_inode:
+                break
+            netns.remove(name)
+            time.sleep(0.02)
+        else:
+            netns.create(name)
+        code, out, err = pyvs_cli(name, "realserver", "down")
+        assert code == 0 and "nothing to restore" in out, (out, err)
+    finally:
+        for path in left:
+            path.unlink(missing_ok=True)
+        if netns.exists(name):
+            netns.remove(name)

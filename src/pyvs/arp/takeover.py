@@ -38,7 +38,7 @@ ANNOUNCE_INTERVAL = 0.05
 
 
 def _state_path(ifname: str, state_dir: Path) -> Path:
-    return state_dir / f"{netns.netns_inode()}-{ifname}.json"
+    return state_dir / f"{netns.netns_cookie()}-{ifname}.json"
 
 
 def _added(ifname: str, state_dir: Path) -> list[str]:

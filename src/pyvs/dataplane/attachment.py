@@ -25,6 +25,7 @@ from pyroute2 import IPRoute
 
 from pyvs.dataplane.base import PROGRAM_NAME, PYVS_PROGRAMS, DataplaneError
 from pyvs.dataplane.dataplane import Dataplane
+from pyvs.netns import netns_cookie
 
 AUTO_MODE = "generic"
 STATE_DIR = Path("/run/pyvs/attach")
@@ -103,8 +104,8 @@ def pyvs_interfaces() -> dict[str, str]:
 
 # ---- the record of what was attached automatically ---------------------------------------------
 
-def _netns_inode() -> int:
-    return os.stat("/proc/thread-self/ns/net").st_ino
+def _netns_id() -> int:
+    return netns_cookie()  # an inode would be reused by a later namespace
 
 
 def state_file(pin_dir: Path) -> Path:
@@ -117,7 +118,7 @@ def auto_attached(pin_dir: Path) -> dict[str, int]:
         data = json.loads(state_file(pin_dir).read_text())
     except (OSError, ValueError):
         return {}
-    if data.get("netns_inode") != _netns_inode():
+    if data.get("netns_cookie") != _netns_id():
         return {}  # recorded by a namespace of the same name that no longer exists
     return {str(k): int(v) for k, v in data.get("interfaces", {}).items()}
 
@@ -142,7 +143,7 @@ def _record(pin_dir: Path, interfaces: dict[str, int]) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         path = state_file(pin_dir)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"netns_inode": _netns_inode(), "interfaces": interfaces}))
+        tmp.write_text(json.dumps({"netns_cookie": _netns_id(), "interfaces": interfaces}))
         os.replace(tmp, path)
     except OSError:
         pass  # only the status's "auto" label depends on it

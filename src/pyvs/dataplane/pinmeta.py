@@ -14,17 +14,16 @@ import ctypes
 import functools
 import hashlib
 import os
-import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyvs.dataplane import abi, libbpf
+from pyvs.netns import netns_cookie
 
 META_NAME = "pyvs_meta"
 ABI_HEADERS = ("pyvs_abi.h", "maps.h", "sched_maps.h")
 BPF_MAP_TYPE_ARRAY = 2
-SO_NETNS_COOKIE = 71  # <asm-generic/socket.h>; Python's socket module does not name it
 MIGRATE_HINT = "run `pyvs director migrate` (keeps the rules; or `pyvs director detach --remove-rules` to start empty)"
 
 
@@ -44,9 +43,7 @@ def abi_version() -> bytes:
 
 def netns_identity() -> tuple[int, int]:
     """(cookie, inode) of the calling thread's network namespace."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        cookie = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
-    return cookie, os.stat(f"/proc/self/task/{threading.get_native_id()}/ns/net").st_ino
+    return netns_cookie(), os.stat(f"/proc/self/task/{threading.get_native_id()}/ns/net").st_ino
 
 
 def write_meta(pin_dir: Path) -> None:

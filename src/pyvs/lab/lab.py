@@ -404,7 +404,8 @@ def down(topo: Topology) -> list[str]:
         if not netns.exists(node.netns):
             continue
         if node.role is Role.REAL:  # its realserver state dies with the namespace
-            realserver.state_path(netns.netns_inode(node.netns)).unlink(missing_ok=True)
+            with netns.in_netns(node.netns):
+                realserver.state_path().unlink(missing_ok=True)
         try:
             netns.remove(node.netns)
             actions.append(f"removed netns {node.netns}")
