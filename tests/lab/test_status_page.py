@@ -31,7 +31,10 @@ BROWSER_TIMEOUT = 60.0
 FALL_TIME = FALL * INTERVAL + INTERVAL  # FALL failed checks, the last one waiting out its timeout
 SLACK = 1.0  # a check's scheduling, the page's one refresh period and the daemon's answer
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh)")
+
+@pytest.fixture(autouse=True)
+def _chromium_installed() -> None:
+    assert CHROMIUM is not None, "Debian's chromium is not installed (scripts/setup.sh installs it)"
 
 
 class Browser:

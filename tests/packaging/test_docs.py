@@ -20,8 +20,7 @@ PAGES = ["pyvsadm.8", "pyvs.8", "pyvs-director.toml.5"]
 
 @pytest.mark.parametrize("page", PAGES)
 def test_man_page_renders_without_warnings(page: str) -> None:
-    if shutil.which("groff") is None:
-        pytest.skip("groff is not installed (apt-get install groff-base)")
+    assert shutil.which("groff"), "groff is not installed (scripts/setup.sh installs groff-base)"
     # groff -ww: every warning; -z: no output, only diagnostics
     result = subprocess.run(["groff", "-man", "-ww", "-z", "-Tutf8", str(MAN / page)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == "", result.stderr
@@ -63,8 +62,6 @@ def test_config_page_names_every_key() -> None:
 
 
 def _complete(script: str, words: list[str]) -> list[str]:
-    if shutil.which("bash") is None:
-        pytest.skip("no bash")
     arr = " ".join(f"'{w}'" for w in words)
     code = (f"set -u; source {COMPLETION / script}; COMP_WORDS=({arr}); COMP_CWORD={len(words) - 1}; "
             f"_{script}; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
