@@ -124,6 +124,19 @@ def pyvsadm(*args: str) -> subprocess.CompletedProcess[str]:
     return netns.run_in_netns(DIRECTOR, [sys.executable, "-m", "pyvs.admin.cli", *args], check=False)
 
 
+
+def assert_tcp_and_udp_answered() -> None:
+    """From the client: a TCP exchange (retried for 10 s while the real's servers start) and a UDP one."""
+    deadline = time.monotonic() + 10
+    while True:
+        tcp = netns.run_in_netns(CLIENT, [sys.executable, "-c", TCP_CLIENT], check=False, timeout=20)
+        if tcp.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert (tcp.returncode, tcp.stdout) == (0, "hello from the real\n"), tcp.stderr
+    udp = netns.run_in_netns(CLIENT, [sys.executable, "-c", UDP_CLIENT], check=False, timeout=20)
+    assert udp.stdout == f"echo ping {VIP}\n", udp.stderr
+
 def test_only_pyvsadm_in_the_director_forwards_tcp_and_udp_to_a_real_behind_another_interface(
         three_namespaces: list[int]) -> None:
     addresses_before = sh(DIRECTOR, "ip", "-4", "-o", "addr")
@@ -145,15 +158,7 @@ def test_only_pyvsadm_in_the_director_forwards_tcp_and_udp_to_a_real_behind_anot
         assert rows[dev][1] == "veth" and rows[dev][2] == "pyvs_xdp" and "generic" in rows[dev]
         assert rows[dev][-1] == "auto"
 
-    deadline = time.monotonic() + 10  # the servers start in the background
-    while True:
-        tcp = netns.run_in_netns(CLIENT, [sys.executable, "-c", TCP_CLIENT], check=False, timeout=20)
-        if tcp.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert (tcp.returncode, tcp.stdout) == (0, "hello from the real\n"), tcp.stderr
-    udp = netns.run_in_netns(CLIENT, [sys.executable, "-c", UDP_CLIENT], check=False, timeout=20)
-    assert udp.stdout == f"echo ping {VIP}\n", udp.stderr
+    assert_tcp_and_udp_answered()
 
     # The SYN and the datagram crossed from one interface of the director to the other: redirected.
     listing = pyvsadm("-L", "-n", "--stats")
@@ -242,12 +247,4 @@ def test_native_mode_chosen_explicitly_redirects_into_a_veth_whose_peer_runs_xdp
     rows = _xdp_rows()
     for dev in (f"{PREFIX}afc0", f"{PREFIX}afr0"):
         assert "native" in rows[dev] and rows[dev][-1] == "explicit", rows
-    deadline = time.monotonic() + 10
-    while True:
-        tcp = netns.run_in_netns(CLIENT, [sys.executable, "-c", TCP_CLIENT], check=False, timeout=20)
-        if tcp.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert (tcp.returncode, tcp.stdout) == (0, "hello from the real\n"), tcp.stderr
-    udp = netns.run_in_netns(CLIENT, [sys.executable, "-c", UDP_CLIENT], check=False, timeout=20)
-    assert udp.stdout == f"echo ping {VIP}\n", udp.stderr
+    assert_tcp_and_udp_answered()

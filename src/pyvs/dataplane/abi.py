@@ -183,6 +183,20 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "sweeper": Sweeper,
 }
 
+def fill_config_defaults(cfg: Config) -> bool:
+    """Give every state without a timeout its default and the pass length its default; True if any was missing
+    (an entry whose state has a zero timeout expires at once)."""
+    changed = False
+    for name, seconds in DEFAULT_TIMEOUTS.items():
+        if not cfg.timeouts[STATES[name]]:
+            cfg.timeouts[STATES[name]] = seconds
+            changed = True
+    if not cfg.pass_ticks:
+        cfg.pass_ticks = PASS_TICKS
+        changed = True
+    return changed
+
+
 # IPVS's default timeout of each state, in seconds (ip_vs_proto_tcp.c, ip_vs_proto_udp.c).
 DEFAULT_TIMEOUTS: dict[str, int] = {
     "NONE": 2, "ESTABLISHED": 900, "SYN_SENT": 120, "SYN_RECV": 60, "FIN_WAIT": 120, "TIME_WAIT": 120,

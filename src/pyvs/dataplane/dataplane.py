@@ -190,14 +190,11 @@ class Dataplane:
     def _default_config(self) -> None:
         """Write the default timeouts and pass length where the config holds none (a data plane whose creation
         was cut short, or made by a version that lacked a state): an entry with a zero timeout expires at once."""
-        if all(self._config().timeouts[abi.STATES[n]] for n in abi.DEFAULT_TIMEOUTS) and self._config().pass_ticks:
+        if not abi.fill_config_defaults(self._config()):
             return
         with self._writing():
             cfg = self._config()
-            for name, seconds in abi.DEFAULT_TIMEOUTS.items():
-                if not cfg.timeouts[abi.STATES[name]]:
-                    cfg.timeouts[abi.STATES[name]] = seconds
-            cfg.pass_ticks = cfg.pass_ticks or abi.PASS_TICKS
+            abi.fill_config_defaults(cfg)
             libbpf.map_update(self._fds["config"], ctypes.c_uint32(0), cfg)
             log.warning("data plane at %s: default timeouts written where none were set", self.pin_dir)
 

@@ -62,10 +62,8 @@ def _install_tables(fds: dict[str, int], shards: dict[str, list[int]]) -> None:
         libbpf.map_update_batch(fds[table], (ctypes.c_uint32 * len(shard_fds))(*range(len(shard_fds))),
                                 (ctypes.c_int * len(shard_fds))(*shard_fds))
     cfg = abi.Config()
-    for name, seconds in abi.DEFAULT_TIMEOUTS.items():
-        cfg.timeouts[abi.STATES[name]] = seconds
+    abi.fill_config_defaults(cfg)
     cfg.conn_shards = len(shards["conns"])
-    cfg.pass_ticks = abi.PASS_TICKS
     libbpf.map_update(fds["config"], ctypes.c_uint32(0), cfg)
 
 
