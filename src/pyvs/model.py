@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 
 # Every IPVS scheduler name, in ipvsadm's man page order.
 ALL_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "lblc", "lblcr", "fo", "ovf", "mh")
@@ -18,6 +18,12 @@ DEFAULT_SCHEDULER = "wlc"  # ipvsadm's DEF_SCHED
 DEFAULT_PERSISTENCE = 300  # seconds, ipvsadm's -p default
 MAX_WEIGHT = 65535
 HOST_MASK = IPv4Address("255.255.255.255")
+HOST_PREFIX6 = 128  # ipvsadm -M for an IPv6 service is a prefix length, 128 by default
+
+# An address of either family: services and their reals are IPv4 or IPv6 (one family per service in DR).
+IPAddress = IPv4Address | IPv6Address
+# Persistence granularity (ipvsadm -M): a netmask for IPv4, a prefix length for IPv6 (as IPVS keeps it).
+Netmask = IPv4Address | int
 
 
 class ModelError(ValueError):
@@ -49,30 +55,51 @@ class Forwarding(Enum):
         return {"Route": "-g", "Masq": "-m", "Tunnel": "-i"}[self.value]
 
 
-@dataclass(frozen=True, order=True)
+def address_order(address: IPAddress) -> tuple[int, int]:
+    """A sort key that orders addresses of both families: IPv4 first, then IPv6, each by value."""
+    return (address.version, int(address))
+
+
+def endpoint_text(address: IPAddress, port: int) -> str:
+    """`ADDR:PORT` as ipvsadm prints it: IPv6 addresses in brackets."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+@dataclass(frozen=True)
 class ServiceKey:
     proto: Protocol
-    vip: IPv4Address
+    vip: IPAddress
     port: int
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Keys are hashed often in large rule sets; IPv4Address hashes slowly, so do it once.
-        object.__setattr__(self, "_hash", hash((self.proto, int(self.vip), self.port)))
+        # Keys are hashed often in large rule sets; addresses hash slowly, so do it once.
+        object.__setattr__(self, "_hash", hash((self.proto, self.vip.version, int(self.vip), self.port)))
 
     def __hash__(self) -> int:
         return self._hash
 
+    def sort_key(self) -> tuple[int, int, int, int]:
+        return (int(self.proto), self.vip.version, int(self.vip), self.port)
+
+    def __lt__(self, other: ServiceKey) -> bool:
+        return self.sort_key() < other.sort_key()
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return self.vip.version
+
     def __str__(self) -> str:
-        return f"{self.vip}:{self.port}"
+        return endpoint_text(self.vip, self.port)
 
 
-RealKey = tuple[IPv4Address, int]  # a real within a service: (RIP, port)
+RealKey = tuple[IPAddress, int]  # a real within a service: (RIP, port)
 
 
-@dataclass(order=True, slots=True)
+@dataclass(slots=True)
 class Real:
-    rip: IPv4Address
+    rip: IPAddress
     port: int
     weight: int = 1
     forwarding: Forwarding = field(default=Forwarding.ROUTE, compare=False)
@@ -81,11 +108,17 @@ class Real:
     last_weight: int | None = field(default=None, compare=False)
 
     @property
-    def key(self) -> tuple[IPv4Address, int]:
+    def key(self) -> RealKey:
         return (self.rip, self.port)
 
+    def sort_key(self) -> tuple[int, int, int, int]:
+        return (self.rip.version, int(self.rip), self.port, self.weight)
+
+    def __lt__(self, other: Real) -> bool:
+        return self.sort_key() < other.sort_key()
+
     def __str__(self) -> str:
-        return f"{self.rip}:{self.port}"
+        return endpoint_text(self.rip, self.port)
 
 
 @dataclass
@@ -93,9 +126,14 @@ class Service:
     key: ServiceKey
     scheduler: str = DEFAULT_SCHEDULER
     persistent: int | None = None  # persistence timeout in seconds, None when off
-    netmask: IPv4Address = HOST_MASK
+    netmask: Netmask = HOST_MASK  # an IPv4Address for IPv4 services, a prefix length (int) for IPv6 ones
     sched_flags: tuple[str, ...] = ()
-    reals: dict[tuple[IPv4Address, int], Real] = field(default_factory=dict)
+    reals: dict[RealKey, Real] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The default granularity follows the service's family (HOST_MASK is only IPv4's).
+        if self.key.family == 6 and self.netmask == HOST_MASK:
+            self.netmask = HOST_PREFIX6
 
     def sorted_reals(self) -> list[Real]:
         """The reals in Real's order (address, port, weight); sorted by int key, which is faster."""
@@ -125,11 +163,11 @@ class Connection:
     """One entry of the connection table, as ipvsadm -L -c shows it."""
 
     proto: Protocol
-    client: IPv4Address
+    client: IPAddress
     cport: int
-    vip: IPv4Address
+    vip: IPAddress
     vport: int
-    rip: IPv4Address
+    rip: IPAddress
     rport: int
     state: str  # IPVS state name: ESTABLISHED, SYN_RECV, FIN_WAIT, CLOSE, TIME_WAIT, UDP, ...
     expires: float  # seconds left
@@ -175,33 +213,52 @@ def parse_port(text: str) -> int:
 
 
 def parse_ipv4(text: str) -> IPv4Address:
-    if ":" in text or text.startswith("["):
-        raise ModelError(f"'{text}': IPv6 is not supported yet; use an IPv4 address")
+    """An IPv4 address only (where the other family makes no sense: netmasks, ARP)."""
     try:
         return IPv4Address(text)
     except ValueError:
         raise ModelError(f"invalid IPv4 address '{text}'") from None
 
 
+def parse_address(text: str) -> IPAddress:
+    """An IPv4 or IPv6 address; IPv6 may be written in brackets, as ipvsadm prints it."""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        address = ip_address(bare)
+    except ValueError:
+        raise ModelError(f"invalid IP address '{text}'") from None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        raise ModelError(f"'{text}': an IPv4-mapped IPv6 address; write the IPv4 address itself")
+    return address
+
+
 def parse_listen(text: str) -> tuple[str, int]:
-    """A listen address `HOST:PORT`, or `:PORT` for 127.0.0.1."""
+    """A listen address `HOST:PORT` (`[V6]:PORT` for IPv6), or `:PORT` for 127.0.0.1."""
     host, _, port = text.rpartition(":")
     address, number = parse_endpoint(f"{host or '127.0.0.1'}:{port}")
     return str(address), number
 
 
-def parse_endpoint(text: str, default_port: int | None = None) -> tuple[IPv4Address, int]:
-    """Parse `host[:port]`; without a port, `default_port` is used (an error when None)."""
+def parse_endpoint(text: str, default_port: int | None = None) -> tuple[IPAddress, int]:
+    """Parse `host[:port]` or `[ipv6][:port]` as ipvsadm does; without a port, `default_port` is used (an error
+    when None). A bare IPv6 address without brackets has no port."""
     if text.startswith("["):
-        raise ModelError(f"'{text}': IPv6 is not supported yet; use an IPv4 address")
-    host, sep, port_text = text.partition(":")
-    if ":" in port_text:
-        raise ModelError(f"'{text}': IPv6 is not supported yet; use an IPv4 address")
-    address = parse_ipv4(host)
-    if sep:
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ModelError(f"'{text}': write an IPv6 endpoint as [ADDRESS]:PORT")
+        address = parse_address(host)
+        if address.version != 6:
+            raise ModelError(f"'{text}': brackets are for IPv6 addresses only")
+        port_text, has_port = rest[1:], bool(rest)
+    elif text.count(":") > 1:
+        address, port_text, has_port = parse_address(text), "", False
+    else:
+        host, has_colon, port_text = text.partition(":")
+        address, has_port = parse_address(host), bool(has_colon)
+    if has_port:
         return address, parse_port(port_text)
     if default_port is None:
-        raise ModelError(f"'{text}' needs a port (address:port)")
+        raise ModelError(f"'{text}' needs a port (address:port, or [ipv6]:port)")
     return address, default_port
 
 
@@ -210,6 +267,15 @@ def parse_netmask(text: str) -> IPv4Address:
         return IPv4Network(f"0.0.0.0/{text}").netmask
     except ValueError:
         raise ModelError(f"invalid netmask '{text}'") from None
+
+
+def parse_netmask_for(text: str, family: int) -> Netmask:
+    """ipvsadm -M: a netmask (or prefix length) for IPv4, a prefix length 1-128 for IPv6."""
+    if family == 4:
+        return parse_netmask(text)
+    if not text.isdigit() or not 1 <= int(text) <= 128:
+        raise ModelError(f"invalid IPv6 netmask '{text}': give a prefix length (1-128)")
+    return int(text)
 
 
 def validate_scheduler(name: str) -> str:
@@ -261,6 +327,8 @@ def validate_service(svc: Service) -> None:
         raise ModelError("port 0 is only valid for a persistent service (-p)")
     if svc.persistent is not None and not 1 <= svc.persistent <= 2**31 - 1:
         raise ModelError(f"persistence timeout {svc.persistent} is out of range (1-{2**31 - 1} seconds)")
+    if isinstance(svc.netmask, int) != (svc.key.family == 6):
+        raise ModelError(f"persistence netmask {svc.netmask} does not fit the IPv{svc.key.family} service {svc.key}")
     validate_sched_flags(svc.scheduler, svc.sched_flags)
     for real in svc.reals.values():
         validate_real(svc, real)
@@ -268,6 +336,11 @@ def validate_service(svc: Service) -> None:
 
 def validate_real(svc: Service, real: Real) -> None:
     validate_weight(real.weight)
+    if real.rip.version != svc.key.family:
+        raise ModelError(
+            f"real server {real} is IPv{real.rip.version} and the service {svc.key} IPv{svc.key.family}: "
+            "direct routing keeps the packet, so both must be of one family"
+        )
     if real.forwarding is not Forwarding.ROUTE:
         raise ModelError(
             f"forwarding method {real.forwarding.value} ({real.forwarding.option}) is not supported; "
