@@ -17,6 +17,7 @@ SCHED_FLAG_BITS = {"flag-1": 1, "sh-fallback": 1, "mh-fallback": 1, "flag-2": 2,
 DEFAULT_SCHEDULER = "wlc"  # ipvsadm's DEF_SCHED
 DEFAULT_PERSISTENCE = 300  # seconds, ipvsadm's -p default
 MAX_WEIGHT = 65535
+MH_TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)  # IPVS's mh table primes
 HOST_MASK = IPv4Address("255.255.255.255")
 HOST_PREFIX6 = 128  # ipvsadm -M for an IPv6 service is a prefix length, 128 by default
 
@@ -129,6 +130,7 @@ class Service:
     netmask: Netmask = HOST_MASK  # an IPv4Address for IPv4 services, a prefix length (int) for IPv6 ones
     sched_flags: tuple[str, ...] = ()
     reals: dict[RealKey, Real] = field(default_factory=dict)
+    mh_table_size: int | None = None  # a pyvs extension: the mh table's size; None: chosen from the reals
 
     def __post_init__(self) -> None:
         # The default granularity follows the service's family (HOST_MASK is only IPv4's).
@@ -193,6 +195,7 @@ class Rules:
                     svc.netmask,
                     svc.sched_flags,
                     {rk: Real(r.rip, r.port, r.weight, r.forwarding) for rk, r in svc.reals.items()},
+                    svc.mh_table_size,
                 )
                 for key, svc in self.services.items()
             }
@@ -315,6 +318,16 @@ def validate_sched_flags(scheduler: str, names: tuple[str, ...]) -> None:
             raise ModelError(f"scheduler flag '{name}' needs scheduler {owner}, not {scheduler}")
 
 
+def validate_mh_table_size(scheduler: str, size: int | None) -> None:
+    if size is None:
+        return
+    if scheduler != "mh":
+        raise ModelError(f"an mh table size needs scheduler mh, not {scheduler}")
+    if size not in MH_TABLE_SIZES:
+        raise ModelError(f"invalid mh table size {size} (one of IPVS's primes: "
+                         f"{', '.join(map(str, MH_TABLE_SIZES))})")
+
+
 def validate_weight(weight: int) -> int:
     if not 0 <= weight <= MAX_WEIGHT:
         raise ModelError(f"weight {weight} is out of range (0-{MAX_WEIGHT})")
@@ -330,6 +343,7 @@ def validate_service(svc: Service) -> None:
     if isinstance(svc.netmask, int) != (svc.key.family == 6):
         raise ModelError(f"persistence netmask {svc.netmask} does not fit the IPv{svc.key.family} service {svc.key}")
     validate_sched_flags(svc.scheduler, svc.sched_flags)
+    validate_mh_table_size(svc.scheduler, svc.mh_table_size)
     for real in svc.reals.values():
         validate_real(svc, real)
 

@@ -84,7 +84,7 @@ class Harness:
                     entries[slot].flags |= REAL_OVERLOAD
                     libbpf.map_update(self.fds["reals"], ctypes.c_uint32(slot), entries[slot])
             table = [self.slots[(vip, i)] for i in build_table(name, self.states(vip), flags)]
-            base = (svc.index * 2 + 1) * abi.SCHED_TABLE_SIZE
+            base = abi.TABLE_POOL - (svc.index + 1) * abi.TABLE_MAX  # above the tables the control plane placed
             for offset, slot in enumerate(table):
                 libbpf.map_update(self.fds["sched_table"], ctypes.c_uint32(base + offset), ctypes.c_uint32(slot))
             svc.sched, svc.flags, svc.table_base, svc.table_len = abi.SCHEDULER_IDS[name], flags, base, len(table)

@@ -66,7 +66,7 @@ def test_a_refused_change_of_one_service_changes_nothing(dataplane: Dataplane) -
     key = KEYS[0]
     dataplane.apply_service(key, Service(key, "wrr", reals={(RIPS[0], 80): Real(RIPS[0], 80, 3)}))
     before = dataplane.read_rules()
-    wide = Service(key, "wrr", reals={(RIPS[i], 80): Real(RIPS[i], 80, w) for i, w in enumerate((4099, 4097))})
+    wide = Service(key, "wrr", reals={(RIPS[i], 80): Real(RIPS[i], 80, w) for i, w in enumerate((65535, 65533, 65531))})
     with pytest.raises(DataplaneError, match="table needs"):
         dataplane.apply_service(key, wide)
     unknown = Service(key, "rr", reals={(IPv4Address("198.18.2.99"), 80): Real(IPv4Address("198.18.2.99"), 80)})

@@ -13,7 +13,7 @@ from pyvs.model import ALL_SCHEDULERS, SCHED_FLAG_BITS
 from pyvs.schedulers import SCHEDULERS, Flow, RealState, SchedFlag, build_table, new_scheduler
 from pyvs.schedulers.hashing import BUCKETS, dh_table, sh_table
 from pyvs.schedulers.locality import LBLCR_SET_SIZE, LocalityLeastConnection, LocalityLeastConnectionReplication
-from pyvs.schedulers.maglev import MH_SEED1, MH_SEED2, MH_TABLE_SIZE, mh_turns
+from pyvs.schedulers.maglev import MH_SEED1, MH_SEED2, MH_TABLE_SIZE, MH_TABLE_SIZES, mh_turns
 from pyvs.schedulers.roundrobin import wrr_table
 
 VIP = IPv4Address("198.18.0.100")
@@ -59,7 +59,7 @@ def test_sched_maps_constants_match_the_header() -> None:
     assert defines["PYVS_LBLCR_SET_SIZE"] == LBLCR_SET_SIZE
     assert defines["PYVS_LOCALITY_EXPIRATION"] == 24 * 3600
     assert (defines["PYVS_MH_SEED1"], defines["PYVS_MH_SEED2"]) == (MH_SEED1, MH_SEED2)
-    assert MH_TABLE_SIZE <= abi.SCHED_TABLE_SIZE
+    assert MH_TABLE_SIZES[-1] <= abi.TABLE_MAX
 
 
 # ---- rr, wrr

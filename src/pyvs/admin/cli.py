@@ -112,8 +112,12 @@ Options:
   --sort                              does nothing, for backwards compatibility
   --numeric      -n                   numeric output of addresses and ports
 
-pyvs's own option: --pin-dir DIR   the data plane pinned at DIR (default: $PYVS_PIN_DIR, else
-                                   /sys/fs/bpf/pyvs/<this netns's name or 'default'>)
+pyvs's own options:
+  --pin-dir DIR                       the data plane pinned at DIR (default: $PYVS_PIN_DIR, else
+                                      /sys/fs/bpf/pyvs/<this netns's name or 'default'>)
+  --mh-table-size M                   -A|-E with -s mh: the Maglev table's size, one of IPVS's primes
+                                      (251 ... 131071); default: the smallest with 50 slots per real,
+                                      at least 4093. -L and -S show it only when set.
 
 pyvs forwards by direct routing only and refuses, changing nothing, the ipvsadm options
 it does not implement: -m -i --tun-*, -f -6 --sctp-service, --pe -o, -x -y,

@@ -52,7 +52,7 @@ def _validated(svc: Service) -> Service:
 def _settings(key: ServiceKey, command: Command) -> Service:
     """A service with the settings of an -A or -E command."""
     return Service(key, _scheduler(command.scheduler), command.persistent, command.netmask or HOST_MASK,
-                   command.sched_flags)
+                   command.sched_flags, mh_table_size=command.mh_table_size)
 
 
 def _service(rules: Rules, key: ServiceKey, missing: str) -> Service:

@@ -19,6 +19,7 @@ from ipaddress import IPv4Address
 from pyvs.model import (
     DEFAULT_PERSISTENCE,
     MAX_WEIGHT,
+    MH_TABLE_SIZES,
     ModelError,
     Protocol,
     ServiceKey,
@@ -72,7 +73,7 @@ RULE_ACTIONS = frozenset(
     }
 )
 
-# The options pyvs implements, in ipvsadm's optnames[] order and with its names.
+# The options pyvs implements, in ipvsadm's optnames[] order and with its names; then pyvs's extensions.
 OPTION_NAMES = (
     "numeric",
     "connection",
@@ -88,23 +89,24 @@ OPTION_NAMES = (
     "nosort",
     "exact",
     "sched-flags",
+    "mh-table-size",  # pyvs extension
 )
 
 # ipvsadm's commands_v_options, reduced to OPTION_NAMES (one character per option):
 # '+' compulsory, 'x' illegal, '1' at most one of the '1' options, ' ' optional.
 LEGALITY = {
-    Action.ADD_SERVICE: "xx+   xxxxxxx ",
-    Action.EDIT_SERVICE: "xx+   xxxxxxx ",
-    Action.DELETE_SERVICE: "xx+xxxxxxxxxxx",
-    Action.FLUSH: "xxxxxxxxxxxxxx",
-    Action.LIST: " 11xxxxxx1   x",
-    Action.ADD_SERVER: "xx+xxx+  xxxxx",
-    Action.DELETE_SERVER: "xx+xxx+xxxxxxx",
-    Action.EDIT_SERVER: "xx+xxx+  xxxxx",
-    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxx",
-    Action.RESTORE: "xxxxxxxxxxxxxx",
-    Action.SAVE: " xxxxxxxxxxxxx",
-    Action.ZERO: "xx xxxxxxxxxxx",
+    Action.ADD_SERVICE: "xx+   xxxxxxx  ",
+    Action.EDIT_SERVICE: "xx+   xxxxxxx  ",
+    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxx",
+    Action.FLUSH: "xxxxxxxxxxxxxxx",
+    Action.LIST: " 11xxxxxx1   xx",
+    Action.ADD_SERVER: "xx+xxx+  xxxxxx",
+    Action.DELETE_SERVER: "xx+xxx+xxxxxxxx",
+    Action.EDIT_SERVER: "xx+xxx+  xxxxxx",
+    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxx",
+    Action.RESTORE: "xxxxxxxxxxxxxxx",
+    Action.SAVE: " xxxxxxxxxxxxxx",
+    Action.ZERO: "xx xxxxxxxxxxxx",
 }
 
 
@@ -120,6 +122,7 @@ class Command:
     persistent: int | None = None  # -p timeout, None without -p
     netmask: IPv4Address | None = None
     sched_flags: tuple[str, ...] = ()
+    mh_table_size: int | None = None  # --mh-table-size (pyvs extension)
     timeouts: Timeouts | None = None  # --set values; 0 leaves a timeout unchanged
     numeric: bool = False
     connection: bool = False
@@ -196,6 +199,7 @@ _SPECS = (
     _Spec(None, "pe", True, unsupported="persistence engines are not implemented by pyvs"),
     _Spec("o", "ops", False, unsupported="one-packet scheduling is not implemented by pyvs"),
     _Spec("b", "sched-flags", True),
+    _Spec(None, "mh-table-size", True),
     _Spec("x", "u-threshold", True, unsupported=_NO_THRESHOLDS),
     _Spec("y", "l-threshold", True, unsupported=_NO_THRESHOLDS),
     _Spec(None, "thresholds", False, unsupported=_NO_THRESHOLDS),
@@ -332,6 +336,13 @@ def _persistence(text: str) -> int:
     return value
 
 
+def _mh_table_size(text: str) -> int:
+    value = _number(text)
+    if value not in MH_TABLE_SIZES:
+        raise UsageError(f"illegal mh table size specified: '{text}' (one of {', '.join(map(str, MH_TABLE_SIZES))})")
+    return value
+
+
 def _timeout(text: str) -> int:
     value = _number(text)
     if value is None or not 0 <= value <= MAX_TIMEOUT:
@@ -419,6 +430,7 @@ def parse_args(argv: Sequence[str]) -> Command:
         except ModelError as err:
             raise UsageError(f"illegal virtual server netmask specified: {err}") from None
     sched_flags = tuple(values["sched-flags"].split(",")) if "sched-flags" in values else ()
+    mh_table_size = _mh_table_size(values["mh-table-size"]) if "mh-table-size" in values else None
 
     _check_legality(action, given)
     if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0 and persistent is None:
@@ -434,6 +446,7 @@ def parse_args(argv: Sequence[str]) -> Command:
         persistent=persistent,
         netmask=netmask,
         sched_flags=sched_flags,
+        mh_table_size=mh_table_size,
         timeouts=timeouts,
         numeric="numeric" in given,
         connection="connection" in given,

@@ -124,6 +124,8 @@ def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, ex
             line += f" persistent {svc.persistent}"
             if svc.netmask != HOST_MASK:
                 line += f" mask {svc.netmask}"
+        if svc.mh_table_size is not None:  # pyvs extension: only services that set it show it
+            line += f" mh-table-size {svc.mh_table_size}"
         lines = [line]
     for real in _reals(svc, sort):
         dest = names.endpoint(real.rip, real.port, key.proto)[:28]
@@ -174,6 +176,8 @@ def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> s
                 line += f" -M {svc.netmask}"
         if svc.sched_flags:
             line += f" -b {','.join(svc.sched_flags)}"
+        if svc.mh_table_size is not None:
+            line += f" --mh-table-size {svc.mh_table_size}"
         lines.append(line)
         for real in _reals(svc, sort):
             dest = names.endpoint(real.rip, real.port, key.proto)

@@ -26,7 +26,10 @@ _D = read_defines()
 MAX_SERVICES = _D["PYVS_MAX_SERVICES"]
 MAX_REALS = _D["PYVS_MAX_REALS"]
 MAX_REALS_PER_SERVICE = _D["PYVS_MAX_REALS_PER_SERVICE"]
-SCHED_TABLE_SIZE = _D["PYVS_SCHED_TABLE_SIZE"]
+TABLE_MAX = _D["PYVS_TABLE_MAX"]
+TABLE_POOL = _D["PYVS_TABLE_POOL"]
+TABLE_CHUNK = _D["PYVS_TABLE_CHUNK"]
+TABLE_CHUNKS = TABLE_POOL // TABLE_CHUNK
 CONN_TABLE_SIZE = _D["PYVS_CONN_TABLE_SIZE"]
 CONN_SHARD_TARGET = _D["PYVS_CONN_SHARD_TARGET"]
 MAX_CONN_SHARDS = _D["PYVS_MAX_CONN_SHARDS"]
@@ -47,7 +50,7 @@ CNT_COUNT = _D["PYVS_CNT_COUNT"]
 SCHEDULER_IDS: dict[str, int] = {
     name[len("PYVS_SCHED_") :].lower(): value
     for name, value in _D.items()
-    if name.startswith("PYVS_SCHED_") and name != "PYVS_SCHED_TABLE_SIZE"
+    if name.startswith("PYVS_SCHED_")
 }
 SVC_F_SCHED1 = _D["PYVS_SVC_F_SCHED1"]
 SVC_F_SCHED2 = _D["PYVS_SVC_F_SCHED2"]
@@ -81,7 +84,7 @@ class SvcKey(ctypes.Structure):
 class Svc(ctypes.Structure):
     _fields_ = [("index", ctypes.c_uint32), ("sched", ctypes.c_uint32), ("flags", ctypes.c_uint32),
                 ("table_base", ctypes.c_uint32), ("table_len", ctypes.c_uint32),
-                ("persist_timeout", ctypes.c_uint32), ("netmask", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+                ("persist_timeout", ctypes.c_uint32), ("netmask", ctypes.c_uint32), ("table_size", ctypes.c_uint32)]
 
 
 class RealConns(ctypes.Structure):
@@ -145,7 +148,8 @@ class SvcReals(ctypes.Structure):
 
 
 class SlotUsage(ctypes.Structure):
-    _fields_ = [("services", ctypes.c_uint64 * (MAX_SERVICES // 64)), ("reals", ctypes.c_uint64 * (MAX_REALS // 64))]
+    _fields_ = [("services", ctypes.c_uint64 * (MAX_SERVICES // 64)), ("reals", ctypes.c_uint64 * (MAX_REALS // 64)),
+                ("table_chunks", ctypes.c_uint64 * (TABLE_CHUNKS // 64))]
 
 
 class SweepStats(ctypes.Structure):

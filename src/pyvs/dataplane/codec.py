@@ -48,18 +48,21 @@ class RealSlot:
 def svc_value(svc: Service, index: int) -> abi.Svc:
     flags = sched_flag_bits(svc.sched_flags) | (abi.SVC_F_PERSISTENT if svc.persistent is not None else 0)
     return abi.Svc(index=index, sched=abi.SCHEDULER_IDS[svc.scheduler], flags=flags,
-                   persist_timeout=svc.persistent or 0, netmask=ip_to_be(svc.netmask))
+                   persist_timeout=svc.persistent or 0, netmask=ip_to_be(svc.netmask),
+                   table_size=svc.mh_table_size or 0)
 
 
 def same_settings(a: abi.Svc, b: abi.Svc) -> bool:
-    return (a.sched, a.flags, a.persist_timeout, a.netmask) == (b.sched, b.flags, b.persist_timeout, b.netmask)
+    return ((a.sched, a.flags, a.persist_timeout, a.netmask, a.table_size)
+            == (b.sched, b.flags, b.persist_timeout, b.netmask, b.table_size))
 
 
 def service_from(key: ServiceKey, raw: abi.Svc) -> Service:
     scheduler = abi.SCHEDULER_NAMES[raw.sched]
     persistent = raw.persist_timeout if raw.flags & abi.SVC_F_PERSISTENT else None
     netmask = be_to_ip(raw.netmask) if persistent is not None else HOST_MASK
-    return Service(key, scheduler, persistent, netmask, sched_flag_names(scheduler, raw.flags & 7))
+    return Service(key, scheduler, persistent, netmask, sched_flag_names(scheduler, raw.flags & 7),
+                   mh_table_size=raw.table_size or None)
 
 
 def vip_filter_slot(vip: int) -> int:
@@ -67,8 +70,27 @@ def vip_filter_slot(vip: int) -> int:
     return (vip ^ (vip >> 16)) & (abi.VIP_FILTER_SIZE - 1)
 
 
-def table_base(index: int, half: int) -> int:
-    return (index * 2 + half) * abi.SCHED_TABLE_SIZE
+def table_chunks(base: int, length: int) -> range:
+    """The chunks of sched_table that a table of `length` slots at `base` takes."""
+    return range(base // abi.TABLE_CHUNK, (base + length + abi.TABLE_CHUNK - 1) // abi.TABLE_CHUNK)
+
+
+def set_table_chunks(words: ctypes.Array[ctypes.c_uint64], base: int, length: int, taken: bool) -> None:
+    for chunk in table_chunks(base, length):
+        (set_bit if taken else clear_bit)(words, chunk)
+
+
+def chunk_map(words: ctypes.Array[ctypes.c_uint64]) -> bytearray:
+    """The chunks of the pool as text, "1" taken and "0" free, so that a free run is a find()."""
+    return bytearray("".join(format(word, "064b")[::-1] for word in words), "ascii")
+
+
+def find_run(chunks: bytearray, count: int) -> int | None:
+    """The first chunk of a free run of `count` chunks: small tables from the bottom of the pool, large ones
+    (a quarter of IPVS's largest table and more) from the top, so that small ones do not split the large runs."""
+    run = b"0" * count
+    at = chunks.rfind(run) if count * abi.TABLE_CHUNK * 4 >= abi.TABLE_MAX else chunks.find(run)
+    return None if at < 0 else at
 
 
 def set_hop(entry: abi.RealEntry, hop: NextHop) -> None:

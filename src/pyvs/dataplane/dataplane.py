@@ -33,9 +33,10 @@ from pyvs.dataplane.codec import (
     service_key,
     set_bit,
     set_hop,
+    set_table_chunks,
     svc_key,
     svc_value,
-    table_base,
+    table_chunks,
     vip_filter_slot,
 )
 from pyvs.dataplane.neighbours import NeighbourError, NextHop, interface_index, resolve
@@ -279,6 +280,16 @@ class Dataplane:
         if marked != used:
             problems.append(f"real slots marked taken but free {sorted(marked - used)[:10]}, "
                             f"in use but not marked {sorted(used - marked)[:10]}")
+        owner: dict[int, ServiceKey] = {}
+        for key, svc in sorted(services.items()):
+            for chunk in table_chunks(svc.table_base, svc.table_len):
+                if chunk in owner:
+                    problems.append(f"services {owner[chunk]} and {key} share chunk {chunk} of sched_table")
+                owner[chunk] = key
+        marked = set(range(abi.TABLE_CHUNKS)) - set(clear_bits(usage.table_chunks, abi.TABLE_CHUNKS))
+        if marked != set(owner):
+            problems.append(f"table chunks marked taken but free {sorted(marked - set(owner))[:10]}, "
+                            f"in use but not marked {sorted(set(owner) - marked)[:10]}")
         listed_indexes = {k.value for k in libbpf.map_keys(self._fds["svc_reals"], ctypes.c_uint32)}
         for key, svc in sorted(services.items()):
             listed = {r.slot for r in self._service_slots(svc.index)}
@@ -562,6 +573,7 @@ class Dataplane:
             usage = abi.SlotUsage()
             for svc in current.values():
                 set_bit(usage.services, svc.index)
+                set_table_chunks(usage.table_chunks, svc.table_base, svc.table_len, True)
             for real in slots:
                 if real.entry.flags & abi.REAL_ACTIVE:
                     set_bit(usage.reals, real.slot)
@@ -757,7 +769,7 @@ class Dataplane:
         libbpf.map_update_batch(self._fds["reals"], keys, values)
 
     def _write_service(self, svc: Service, plan: Plan) -> None:
-        """The service's new scheduler table in the half not in use, then the service entry."""
+        """The service's new scheduler table in the run of the pool the plan gave it, then the service entry."""
         real_slots, positions = plan.tables[svc.key]
         table = [real_slots[i] for i in positions]
         old = plan.current.get(svc.key)
@@ -767,8 +779,7 @@ class Dataplane:
             self._bump_svc_gen(index)  # odd: the slot is taken, by a new incarnation
             self._zero_stats(index)
             libbpf.map_update(self._fds["sched_state"], ctypes.c_uint32(index), ctypes.c_uint32(0))
-        half = 1 if old is not None and old.table_base == table_base(index, 0) else 0
-        base = table_base(index, half)
+        base = plan.table_base[svc.key]
         if table:
             keys = (ctypes.c_uint32 * len(table))(*range(base, base + len(table)))
             values = (ctypes.c_uint32 * len(table))(*table)

@@ -145,7 +145,7 @@ def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resol
     return dp
 
 
-READ_MAPS = ("services", "reals", "svc_reals", "slot_usage", "svc_gens", "config")  # what read_rules needs
+READ_MAPS = ("services", "reals", "svc_reals", "svc_gens", "config")  # what read_rules needs (slot_usage is rebuilt)
 
 
 def migrate(pin_dir: str | Path | None, saved: Rules | None = None, resolver: Resolver = resolve) -> Rules:

@@ -5,6 +5,7 @@ nothing). Reads no map: what the maps hold is passed in."""
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from collections.abc import Callable
 
@@ -12,13 +13,16 @@ from pyvs.dataplane import abi
 from pyvs.dataplane.base import DataplaneError, Resolver
 from pyvs.dataplane.codec import (
     RealSlot,
+    chunk_map,
     clear_bit,
     clear_bits,
+    find_run,
     ip_to_be,
     port_to_be,
     same_settings,
     set_bit,
     set_hop,
+    set_table_chunks,
     svc_value,
 )
 from pyvs.dataplane.neighbours import NeighbourError
@@ -50,6 +54,7 @@ class Plan:
         new_reals, last_weights = self._match_reals(rules, existing)
         sorted_reals, positions = self._build_tables(rules, last_weights)
         self._place_new_reals(new_reals, existing, usage, resolver, read_entry)
+        self._place_tables(rules, positions, usage)
         self._slot_usage(usage)
         self.tables = {
             key: ([self.real_slot[key][(int(r.rip), r.port)] for r in reals], positions[key])
@@ -144,12 +149,13 @@ class Plan:
             if svc.scheduler == "mh":
                 table_reals = [Real(r.rip, r.port, r.weight, last_weight=last_weights[key][(int(r.rip), r.port)])
                                for r in table_reals]
-            positions[key] = build_table(svc.scheduler, table_reals, sched_flag_bits(svc.sched_flags))
+            positions[key] = build_table(svc.scheduler, table_reals, sched_flag_bits(svc.sched_flags),
+                                         svc.mh_table_size)
             length = len(positions[key])
-            if length > abi.SCHED_TABLE_SIZE:
+            if length > abi.TABLE_MAX:
                 raise DataplaneError(
                     f"service {svc.key}: the {svc.scheduler} table needs {length} slots, more than "
-                    f"{abi.SCHED_TABLE_SIZE}; use fewer reals or weights with a larger common divisor"
+                    f"{abi.TABLE_MAX}; use fewer reals or weights with a larger common divisor"
                 )
         return sorted_reals, positions
 
@@ -185,9 +191,38 @@ class Plan:
             self.real_changed[slot] = True
             self.new_slots.add(slot)
 
+    def _place_tables(self, rules: Rules, positions: dict[ServiceKey, list[int]], usage: abi.SlotUsage) -> None:
+        """Step 5: each rebuilt table gets a free run of chunks in the pool (sched_table); the runs of the tables
+        it replaces, and of the services that go, are freed once the change is written, so a packet that read
+        the old service entry never finds another service's table there within this change."""
+        chunks = chunk_map(usage.table_chunks)
+        self.table_base: dict[ServiceKey, int] = {}
+        self.table_len = {key: len(positions[key]) for key in self.changed_services}
+        for key in sorted(self.changed_services):
+            length = self.table_len[key]
+            if not length:
+                self.table_base[key] = 0
+                continue
+            count = -(-length // abi.TABLE_CHUNK)
+            first = find_run(chunks, count)
+            if first is None:
+                free = chunks.count(b"0") * abi.TABLE_CHUNK
+                largest = max((len(run) for run in re.findall(b"0+", bytes(chunks))), default=0) * abi.TABLE_CHUNK
+                raise DataplaneError(
+                    f"service {key}: no room for its {rules.services[key].scheduler} table of {length} slots: the "
+                    f"table pool has {free} of {abi.TABLE_POOL} slots free, the largest free run {largest} (a change "
+                    "needs room for the new tables beside the old ones); remove services, or give mh services "
+                    "smaller tables (--mh-table-size)")
+            chunks[first:first + count] = b"1" * count
+            self.table_base[key] = first * abi.TABLE_CHUNK
+        self.old_tables = [(self.current[key].table_base, self.current[key].table_len)
+                           for key in (*self.changed_services, *self.removed_services) if key in self.current]
+
     def _slot_usage(self, usage: abi.SlotUsage) -> None:
-        """Step 5: the slot usage while the change is written (old and new taken) and after it."""
+        """Step 6: the slot usage while the change is written (old and new taken) and after it."""
         self.usage_during = abi.SlotUsage.from_buffer_copy(usage)
+        for key, base in self.table_base.items():
+            set_table_chunks(self.usage_during.table_chunks, base, self.table_len[key], True)
         for index in self.service_index.values():
             set_bit(self.usage_during.services, index)
         for slot in self.new_slots:
@@ -198,6 +233,8 @@ class Plan:
                 clear_bit(self.usage_after.services, self.current[key].index)
         for slot in self.freed_reals:
             clear_bit(self.usage_after.reals, slot)
+        for base, length in self.old_tables:
+            set_table_chunks(self.usage_after.table_chunks, base, length, False)
 
     def slots_of(self, key: ServiceKey) -> list[int]:
         """The real slots of a service after the change."""

@@ -26,7 +26,7 @@ from pyvs.schedulers.leastconn import (
     candidates_table,
 )
 from pyvs.schedulers.locality import Clock, LocalityLeastConnection, LocalityLeastConnectionReplication
-from pyvs.schedulers.maglev import MH_TABLE_SIZE, Maglev, mh_table
+from pyvs.schedulers.maglev import MH_TABLE_SIZE, Maglev, mh_table, mh_table_size
 from pyvs.schedulers.roundrobin import RoundRobin, WeightedRoundRobin, rr_table, wrr_table
 
 # ipvsadm's man page order.
@@ -65,11 +65,12 @@ def new_scheduler(name: str, flags: SchedFlag = NO_FLAGS, clock: Clock = time.mo
     return plain[name]()
 
 
-def build_table(name: str, reals: Sequence[RealLike], flags: int = 0) -> list[int]:
+def build_table(name: str, reals: Sequence[RealLike], flags: int = 0, size: int | None = None) -> list[int]:
     """Indexes into `reals` (list order) as the data plane's sched_table holds them for scheduler `name`:
     rr the reals with weight > 0; wrr one period of its sequence; sh and dh their 256 buckets; mh the
-    Maglev table of MH_TABLE_SIZE slots; the others every real, scanned live. `flags` (sh-port, ...) change
-    lookups, not tables. An mh real may carry `last_weight` (IPVS builds mh from the last non-zero weight)."""
+    Maglev table of `size` slots (None: mh_table_size() of the number of reals); the others every real, scanned
+    live. `flags` (sh-port, ...) change lookups, not tables. An mh real may carry `last_weight` (IPVS builds mh
+    from the last non-zero weight)."""
     _check_name(name)
     weights = [r.weight for r in reals]
     if name == "rr":
@@ -82,11 +83,12 @@ def build_table(name: str, reals: Sequence[RealLike], flags: int = 0) -> list[in
         return dh_table(weights)
     if name == "mh":
         built = [getattr(r, "last_weight", None) for r in reals]
-        return mh_table([(r.rip, r.port, r.weight if w is None else w) for r, w in zip(reals, built, strict=True)])
+        return mh_table([(r.rip, r.port, r.weight if w is None else w) for r, w in zip(reals, built, strict=True)],
+                        mh_table_size(len(reals), size))
     return candidates_table(weights)
 
 
 __all__ = [
-    "SCHEDULERS", "MH_TABLE_SIZE", "Flow", "RealState", "Scheduler", "SchedFlag", "RealLike", "build_table",
-    "new_scheduler", "hash_32", "fmix32",
+    "SCHEDULERS", "MH_TABLE_SIZE", "mh_table_size", "Flow", "RealState", "Scheduler", "SchedFlag", "RealLike",
+    "build_table", "new_scheduler", "hash_32", "fmix32",
 ]

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address
 from math import gcd
 
+from pyvs.model import MH_TABLE_SIZES
 from pyvs.schedulers.common import NO_FLAGS, U32, Flow, RealState, SchedFlag, Scheduler, fmix32
 
-MH_TABLE_SIZE = 4093  # IPVS's default (CONFIG_IP_VS_MH_TAB_INDEX 12); fits the data plane's 4096 slots
-MH_TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)  # IPVS's primes
+MH_TABLE_SIZE = 4093  # IPVS's default (CONFIG_IP_VS_MH_TAB_INDEX 12), the smallest table pyvs chooses
+MH_SLOTS_PER_REAL = 50  # the chosen size is at least this many slots per real: max/mean load <= 1 + 1/50
 MH_WEIGHT_BITS = 6  # IP_VS_MH_TAB_BITS: weights/gcd are shifted down to 6 bits
 MH_SEED1 = 2654435761  # the fixed keys of ip_vs_mh.c's generate_hash_secret()
 MH_SEED2 = 2654446892
@@ -41,27 +42,43 @@ def mh_turns(weights: Sequence[int]) -> list[int]:
     return [((w // common) >> shift) or int(w != 0) for w in weights]
 
 
+def mh_table_size(reals: int, size: int | None = None) -> int:
+    """The table size of a service with `reals` reals: `size` when the admin set one, else the smallest of
+    IPVS's primes with at least MH_SLOTS_PER_REAL slots per real, never below IPVS's default (4093, so that
+    small services keep the tables they always had) nor above its largest (131071). With equal weights a real
+    gets floor(M/N) or ceil(M/N) slots, so the busiest one carries at most 1 + N/M <= 1.02 times the mean share
+    up to 2621 reals."""
+    if size is not None:
+        return size
+    wanted = max(reals * MH_SLOTS_PER_REAL, MH_TABLE_SIZE)
+    return next((m for m in MH_TABLE_SIZES if m >= wanted), MH_TABLE_SIZES[-1])
+
+
 def mh_table(reals: Sequence[tuple[IPv4Address, int, int]], size: int = MH_TABLE_SIZE) -> list[int]:
-    """ip_vs_mh_populate(): `reals` are (rip, port, weight) in list order; slot -> index of its real."""
+    """ip_vs_mh_populate(): `reals` are (rip, port, weight) in list order; slot -> index of its real.
+    Deterministic: the same reals in the same order give the same table in every process."""
     turns = mh_turns([w for _, _, w in reals])
     if not any(turns):
         return []
     keys = [(port + int(rip)) & U32 for rip, port, _ in reals]
     next_slot = [mh_hash(k, MH_SEED1) % size for k in keys]
-    skips = [mh_hash(k, MH_SEED2) % (size - 1) + 1 for k in keys]
+    order = [(i, n, mh_hash(k, MH_SEED2) % (size - 1) + 1) for i, (n, k) in enumerate(zip(turns, keys, strict=True))
+             if n]
     table = [-1] * size
-    filled = 0
-    while True:
-        for i, n in enumerate(turns):
+    left = size
+    while True:  # the hot loop of a rebuild (65521 slots for 1000 reals): no modulo, locals only
+        for i, n, skip in order:
+            slot = next_slot[i]
             for _ in range(n):
-                slot = next_slot[i]
                 while table[slot] >= 0:
-                    slot = (slot + skips[i]) % size
-                next_slot[i] = slot
+                    slot += skip
+                    if slot >= size:
+                        slot -= size
                 table[slot] = i
-                filled += 1
-                if filled == size:
+                left -= 1
+                if not left:
                     return table
+            next_slot[i] = slot
 
 
 def mh_key(flow: Flow, flags: SchedFlag) -> int:
@@ -87,14 +104,15 @@ def mh_lookup(table: Sequence[int], reals: Sequence[RealState], key: int, fallba
 class Maglev(Scheduler):
     name = "mh"
 
-    def __init__(self, flags: SchedFlag = NO_FLAGS, size: int = MH_TABLE_SIZE):
+    def __init__(self, flags: SchedFlag = NO_FLAGS, size: int | None = None):
         super().__init__(flags)
-        self.size = size
+        self.size = size  # None: chosen from the number of reals, as the data plane does
 
     def update(self, reals: Sequence[RealState]) -> None:
         super().update(reals)
         weights = [r.weight if r.last_weight is None else r.last_weight for r in reals]
-        self.table = mh_table([(r.rip, r.port, w) for r, w in zip(reals, weights, strict=True)], self.size)
+        self.table = mh_table([(r.rip, r.port, w) for r, w in zip(reals, weights, strict=True)],
+                              mh_table_size(len(reals), self.size))
 
     def choose(self, reals: Sequence[RealState], flow: Flow) -> int | None:
         return mh_lookup(self.table, reals, mh_key(flow, self.flags), bool(self.flags & SchedFlag.FALLBACK))

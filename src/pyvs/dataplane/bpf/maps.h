@@ -45,10 +45,11 @@ struct {
 	__type(value, struct pyvs_real);
 } reals SEC(".maps");
 
-/* Two tables of real slots per service; svc.table_base says which one is live. */
+/* The pool of scheduler tables (real slots): a service's live table is the run svc.table_base, table_len;
+ * the control plane writes a new one in a free run, then switches the service to it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PYVS_MAX_SERVICES * 2 * PYVS_SCHED_TABLE_SIZE);
+	__uint(max_entries, PYVS_TABLE_POOL);
 	__type(key, __u32);
 	__type(value, __u32);
 } sched_table SEC(".maps");

@@ -9,7 +9,9 @@
 /* Sizes of the maps. */
 #define PYVS_MAX_SERVICES 1024
 #define PYVS_MAX_REALS 131072
-#define PYVS_SCHED_TABLE_SIZE 4096 /* slots of one scheduler table; each service has two */
+#define PYVS_TABLE_MAX 131071 /* slots of one scheduler table at most (IPVS's largest mh table) */
+#define PYVS_TABLE_POOL 8388608 /* slots of sched_table (32 MiB), the pool every service's tables are cut from */
+#define PYVS_TABLE_CHUNK 256 /* the pool is handed out in runs of chunks of this many slots */
 #define PYVS_CONN_TABLE_SIZE 262144 /* default entries of the connection table, all shards together */
 #define PYVS_CONN_SHARD_TARGET 2048 /* entries of one shard at most (one sweep step: ~0.2 ms) when it can be */
 #define PYVS_MAX_CONN_SHARDS 4096
@@ -123,7 +125,7 @@ struct pyvs_svc {
 	__u32 table_len;  /* 0: no real can take new connections */
 	__u32 persist_timeout; /* seconds, with PYVS_SVC_F_PERSISTENT */
 	__u32 netmask;    /* persistence granularity, network order */
-	__u32 pad;
+	__u32 table_size; /* control plane only: the mh table size the admin set; 0: chosen from the reals */
 };
 
 /* Live connection counts of a real, as IPVS keeps activeconns/inactconns: one pair per pass parity.
@@ -154,10 +156,11 @@ struct pyvs_svc_reals {
 	__u32 slots[PYVS_MAX_REALS_PER_SERVICE];
 };
 
-/* Control plane only: which service and real slots are taken, one bit each. */
+/* Control plane only: which service and real slots and which chunks of sched_table are taken, one bit each. */
 struct pyvs_slot_usage {
 	__u64 services[PYVS_MAX_SERVICES / 64];
 	__u64 reals[PYVS_MAX_REALS / 64];
+	__u64 table_chunks[PYVS_TABLE_POOL / PYVS_TABLE_CHUNK / 64];
 };
 
 struct pyvs_conn_key {
