@@ -15,6 +15,7 @@
     scheduler_flags = ["sh-port"]       # ipvsadm -b
     persistence_timeout = 600           # ipvsadm -p (seconds)
     persistence_granularity = "255.255.255.0"   # ipvsadm -M
+    mh_table_size = 65521               # scheduler mh only: pyvsadm --mh-table-size (default: from the reals)
     sorry_server = "198.18.2.20"
     check = { type = "http", path = "/", status = [200], interval = 1.0, timeout = 1.0, rise = 2, fall = 2 }
 
@@ -121,13 +122,15 @@ class ServiceSpec:
     persistent: int | None = None  # ipvsadm -p: persistence timeout in seconds
     netmask: IPv4Address = HOST_MASK  # ipvsadm -M: persistence granularity
     sched_flags: tuple[str, ...] = ()  # ipvsadm -b, in the names ipvsadm prints
+    mh_table_size: int | None = None  # pyvsadm --mh-table-size; None: chosen from the reals in the data plane
 
     def real(self, key: RealKey) -> RealSpec | None:
         return next((r for r in self.reals if r.key == key), None)
 
     def service(self) -> Service:
         """The service's settings as the data plane holds them (no reals yet)."""
-        return Service(self.key, self.scheduler, self.persistent, self.netmask, self.sched_flags)
+        return Service(self.key, self.scheduler, self.persistent, self.netmask, self.sched_flags,
+                       mh_table_size=self.mh_table_size)
 
 
 @dataclass(frozen=True)
@@ -247,8 +250,8 @@ class _Reader:
 DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_timeout", "flush_on_failure", "user",
                  "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics", "page_token")
 SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
-                "persistence_granularity", "sorry_server", "quorum", "hysteresis", "alpha", "inhibit_on_failure",
-                "check", "real")
+                "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
+                "inhibit_on_failure", "check", "real")
 REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
 CHECK_KEYS = ("type", "interval", "timeout", "retry_interval", "rise", "fall", "port", "path", "status", "digest",
               "regex", "host", "tls_verify", "command", "user")
@@ -472,11 +475,12 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
         reader.fail("persistence_granularity", "'persistence_granularity' needs 'persistence_timeout' "
                                                "(ipvsadm's -M goes with -p)")
     flags = reader.convert("scheduler_flags", _flags, ())
+    table_size = reader.get("mh_table_size", int, None)
     try:
-        validate_service(Service(key, scheduler, persistent, netmask, flags))
+        validate_service(Service(key, scheduler, persistent, netmask, flags, mh_table_size=table_size))
     except ModelError as exc:
         setting = ("scheduler_flags" if "flag" in str(exc) else "persistence_timeout" if "persistence" in str(exc)
-                   else "port")
+                   else "mh_table_size" if "table size" in str(exc) else "port")
         reader.fail(setting, str(exc))
     flags = sched_flag_names(scheduler, sched_flag_bits(flags))  # as the data plane reads them back
     check = _check(_sub(reader, "check", CHECK_KEYS, "check"), CheckSpec(port=None, user=user))
@@ -507,7 +511,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     return ServiceSpec(
         key, scheduler, tuple(reals), sorry, reader.integer("quorum", 1, 0, 1 << 30),
         reader.integer("hysteresis", 0, 0, 1 << 30), reader.get("alpha", bool, False),
-        persistent, netmask, flags,
+        persistent, netmask, flags, table_size,
     )
 
 

@@ -91,7 +91,8 @@ def service_diff(current: Service | None, expected: Service | None) -> list[str]
     for name, now, then in (("scheduler", current.scheduler, expected.scheduler),
                             ("persistence", current.persistent, expected.persistent),
                             ("netmask", current.netmask, expected.netmask),
-                            ("flags", ",".join(current.sched_flags), ",".join(expected.sched_flags))):
+                            ("flags", ",".join(current.sched_flags), ",".join(expected.sched_flags)),
+                            ("mh table size", current.mh_table_size, expected.mh_table_size)):
         if now != then:
             changes.append(f"{name} {now or '-'} (expected {then or '-'})")
     for key in sorted(set(current.reals) | set(expected.reals)):
