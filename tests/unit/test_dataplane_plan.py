@@ -8,7 +8,7 @@ import pytest
 
 from pyvs.dataplane import abi
 from pyvs.dataplane.base import DataplaneError
-from pyvs.dataplane.codec import RealSlot, clear_bits, ip_to_be, port_to_be, set_bit, svc_value
+from pyvs.dataplane.codec import RealSlot, clear_bit, clear_bits, ip_to_be, port_to_be, set_bit, svc_value, table_chunks
 from pyvs.dataplane.neighbours import NextHop
 from pyvs.dataplane.plan import Plan
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
@@ -33,6 +33,8 @@ def held(rules: Rules) -> tuple[dict[ServiceKey, abi.Svc], list[RealSlot], abi.S
     """What the maps would hold after `rules` were written by a plan from nothing."""
     plan = Plan({}, [], rules, resolver, abi.SlotUsage(), lambda slot: abi.RealEntry())
     current = {key: svc_value(rules.services[key], index) for key, index in plan.service_index.items()}
+    for key, svc in current.items():
+        svc.table_base, svc.table_len = plan.table_base[key], plan.table_len[key]
     return current, [RealSlot(slot, entry) for slot, entry in plan.entries.items()], plan.usage_after
 
 
@@ -96,3 +98,62 @@ def test_a_refused_rule_set_raises_before_anything_is_decided_for_the_maps() -> 
     with pytest.raises(DataplaneError, match="differs from the service port"):
         bad = Service(WEB, "rr", reals={(RS1, 81): Real(RS1, 81, 1)})
         Plan({}, [], Rules({WEB: bad}), resolver, abi.SlotUsage(), lambda slot: abi.RealEntry())
+
+
+def taken_chunks(usage: abi.SlotUsage) -> set[int]:
+    return set(range(abi.TABLE_CHUNKS)) - set(clear_bits(usage.table_chunks, abi.TABLE_CHUNKS))
+
+
+def test_each_new_table_gets_its_own_run_of_the_pool_and_the_old_run_is_freed_after_the_write() -> None:
+    rules = Rules({WEB: service(WEB, (RS1, 1), scheduler="mh"), DNS: service(DNS, (RS1, 1), (RS2, 1))})
+    current, slots, usage = held(rules)
+    web, dns = (set(table_chunks(current[k].table_base, current[k].table_len)) for k in (WEB, DNS))
+    assert current[WEB].table_len == 4093 and len(web) == 16 and current[DNS].table_len == 2 and len(dns) == 1
+    assert not web & dns and taken_chunks(usage) == web | dns
+    bigger = Rules({WEB: Service(WEB, "mh", reals=rules.services[WEB].reals, mh_table_size=131071),
+                    DNS: rules.services[DNS]})
+    plan = Plan(current, slots, bigger, resolver, usage, lambda slot: abi.RealEntry())
+    assert plan.changed_services == {WEB} and plan.table_len[WEB] == 131071
+    new = set(table_chunks(plan.table_base[WEB], 131071))
+    assert len(new) == 512 and not new & (web | dns)  # written beside the live table, which packets still read
+    assert taken_chunks(plan.usage_during) == web | dns | new
+    assert taken_chunks(plan.usage_after) == dns | new
+    assert max(new) == abi.TABLE_CHUNKS - 1 and min(web | dns) == 0  # large tables from the top, small from the bottom
+
+
+def test_a_table_that_finds_no_room_in_the_pool_is_refused_before_anything_is_decided() -> None:
+    usage = abi.SlotUsage()
+    for chunk in range(abi.TABLE_CHUNKS):
+        if chunk % 100:  # free runs of one chunk only: room for rr tables, none for a 4093-slot mh table
+            set_bit(usage.table_chunks, chunk)
+    with pytest.raises(DataplaneError, match=r"service 198.18.0.100:80: no room for its mh table in the scheduler "
+                                             r"table pool \(83968 of 8388608 slots free, the largest free run 256\) "
+                                             r"\(a change needs room for its new tables beside the old\)"):
+        Plan({}, [], Rules({WEB: service(WEB, (RS1, 1), scheduler="mh")}), resolver, usage,
+             lambda slot: abi.RealEntry())
+    for chunk in range(abi.TABLE_CHUNKS - 512, abi.TABLE_CHUNKS):
+        clear_bit(usage.table_chunks, chunk)  # one free run of the largest table's size
+    small = Plan({}, [], Rules({DNS: service(DNS, (RS1, 1))}), resolver, usage, lambda slot: abi.RealEntry())
+    assert small.table_base[DNS] == 0 and small.table_len[DNS] == 1  # a hole at the bottom
+    with pytest.raises(DataplaneError, match="keeps room for one more table"):  # it would take the last large run
+        Plan({}, [], Rules({WEB: service(WEB, (RS1, 1), scheduler="mh")}), resolver, usage,
+             lambda slot: abi.RealEntry())
+
+
+def test_the_pool_keeps_room_for_one_largest_table_so_that_any_service_can_still_change() -> None:
+    usage = abi.SlotUsage()
+    big = -(-abi.TABLE_MAX // abi.TABLE_CHUNK)
+    for chunk in range(abi.TABLE_CHUNKS - 2 * big):
+        set_bit(usage.table_chunks, chunk)
+    size = {"mh_table_size": abi.TABLE_MAX}
+    first = Plan({}, [], Rules({WEB: Service(WEB, "mh", reals=service(WEB, (RS1, 1)).reals, **size)}), resolver, usage,
+                 lambda slot: abi.RealEntry())  # leaves one run of the largest size free
+    with pytest.raises(DataplaneError, match="keeps room for one more table of 131071 slots"):
+        Plan({}, [], Rules({WEB: Service(WEB, "mh", reals=service(WEB, (RS1, 1)).reals, **size)}), resolver,
+             first.usage_after, lambda slot: abi.RealEntry())
+    current = {WEB: svc_value(Service(WEB, "mh", **size), 0)}
+    current[WEB].table_base, current[WEB].table_len = first.table_base[WEB], first.table_len[WEB]
+    slots = [RealSlot(slot, entry) for slot, entry in first.entries.items()]
+    again = Plan(current, slots, Rules({WEB: Service(WEB, "mh", reals=service(WEB, (RS1, 1), (RS2, 1)).reals, **size)}),
+                 resolver, first.usage_after, lambda slot: abi.RealEntry())  # the full pool still lets it change
+    assert again.table_base[WEB] != first.table_base[WEB]

@@ -248,6 +248,22 @@ class Dataplane:
                 svc.reals[item.key] = item
         return svc
 
+    def read_table(self, key: ServiceKey) -> list[RealKey | None]:
+        """A service's live scheduler table, slot by slot, as its reals' (address, port); None for a slot that
+        names no real of the service. Real slots differ from one director to another, this does not: directors
+        holding the same rules hold the same tables."""
+        raw = abi.Svc()
+        if not libbpf.map_lookup(self._fds["services"], svc_key(key), raw):
+            raise DataplaneError("No such service")
+        if not raw.table_len:
+            return []
+        after = ctypes.c_uint32(raw.table_base - 1) if raw.table_base else None
+        _, values, count = libbpf.map_lookup_batch(self._fds["sched_table"], ctypes.c_uint32, ctypes.c_uint32,
+                                                   raw.table_len, after)
+        reals = {r.slot: (be_to_ip(r.entry.rip), socket.ntohs(r.entry.port))
+                 for r in self._service_slots(raw.index) if r.entry.flags & abi.REAL_ACTIVE}
+        return [reals.get(slot) for slot in values[:count]]
+
     def _service_slots(self, index: int) -> list[RealSlot]:
         """The real slots of one service by its index; inactive ones (a change under way) included."""
         listed = abi.SvcReals()

@@ -283,8 +283,10 @@ def map_keys(fd: int, key_type: type[ctypes.Structure] | Any) -> list[Any]:
         prev = ctypes.byref(key)
 
 
-def map_lookup_batch(fd: int, key_type: Any, value_type: Any, max_entries: int) -> tuple[Any, Any, int]:
-    """Every key and value of a map, in two arrays filled from the start; returns (keys, values, count)."""
+def map_lookup_batch(fd: int, key_type: Any, value_type: Any, max_entries: int,
+                     after: Any = None) -> tuple[Any, Any, int]:
+    """Every key and value of a map (those after the key `after`, when given), in two arrays filled from the
+    start; returns (keys, values, count)."""
     keys = (key_type * max_entries)()
     values = (value_type * max_entries)()
     key_size, value_size = ctypes.sizeof(key_type), ctypes.sizeof(value_type)
@@ -292,7 +294,9 @@ def map_lookup_batch(fd: int, key_type: Any, value_type: Any, max_entries: int) 
     out_batch = ctypes.create_string_buffer(max(key_size, 8))
     opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
     total = 0
-    first = True
+    first = after is None
+    if after is not None:
+        ctypes.memmove(in_batch, ctypes.byref(after), key_size)  # the batch goes on after this key
     while total < max_entries:
         count = _u32(max_entries - total)
         rc = _lookup_batch(fd, None if first else in_batch, out_batch,

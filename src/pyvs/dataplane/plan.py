@@ -24,6 +24,7 @@ from pyvs.dataplane.codec import (
     set_hop,
     set_table_chunks,
     svc_value,
+    table_chunks,
 )
 from pyvs.dataplane.neighbours import NeighbourError
 from pyvs.mac import ZERO_MAC
@@ -196,6 +197,8 @@ class Plan:
         it replaces, and of the services that go, are freed once the change is written, so a packet that read
         the old service entry never finds another service's table there within this change."""
         chunks = chunk_map(usage.table_chunks)
+        before = bytes(chunks)  # what the messages report: the pool as it is
+        used_before = chunks.count(b"1")
         self.table_base: dict[ServiceKey, int] = {}
         self.table_len = {key: len(positions[key]) for key in self.changed_services}
         for key in sorted(self.changed_services):
@@ -206,17 +209,28 @@ class Plan:
             count = -(-length // abi.TABLE_CHUNK)
             first = find_run(chunks, count)
             if first is None:
-                free = chunks.count(b"0") * abi.TABLE_CHUNK
-                largest = max((len(run) for run in re.findall(b"0+", bytes(chunks))), default=0) * abi.TABLE_CHUNK
-                raise DataplaneError(
-                    f"service {key}: no room for its {rules.services[key].scheduler} table of {length} slots: the "
-                    f"table pool has {free} of {abi.TABLE_POOL} slots free, the largest free run {largest} (a change "
-                    "needs room for the new tables beside the old ones); remove services, or give mh services "
-                    "smaller tables (--mh-table-size)")
+                raise self._pool_full(key, rules, before, "(a change needs room for its new tables beside the old)")
             chunks[first:first + count] = b"1" * count
             self.table_base[key] = first * abi.TABLE_CHUNK
         self.old_tables = [(self.current[key].table_base, self.current[key].table_len)
                            for key in (*self.changed_services, *self.removed_services) if key in self.current]
+        for base, length in self.old_tables:
+            for chunk in table_chunks(base, length):
+                chunks[chunk] = ord("0")
+        if chunks.count(b"1") > used_before and find_run(chunks, -(-abi.TABLE_MAX // abi.TABLE_CHUNK)) is None:
+            key = max(self.table_len, key=lambda k: self.table_len[k])
+            raise self._pool_full(key, rules, before, f"(the pool keeps room for one more table of {abi.TABLE_MAX} "
+                                                      "slots, so that any service can still be changed)")
+
+    @staticmethod
+    def _pool_full(key: ServiceKey, rules: Rules, chunks: bytes, why: str) -> DataplaneError:
+        free = chunks.count(b"0") * abi.TABLE_CHUNK
+        largest = max((len(run) for run in re.findall(b"0+", chunks)), default=0) * abi.TABLE_CHUNK
+        svc = rules.services[key]
+        return DataplaneError(
+            f"service {key}: no room for its {svc.scheduler} table in the scheduler table pool ({free} of "
+            f"{abi.TABLE_POOL} slots free, the largest free run {largest}) {why}; remove services, or give mh "
+            "services smaller tables (--mh-table-size)")
 
     def _slot_usage(self, usage: abi.SlotUsage) -> None:
         """Step 6: the slot usage while the change is written (old and new taken) and after it."""
