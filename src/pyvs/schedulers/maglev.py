@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from ipaddress import IPv4Address
+from itertools import chain, repeat
 from math import gcd
 
 from pyvs.model import MH_TABLE_SIZES
@@ -62,23 +63,20 @@ def mh_table(reals: Sequence[tuple[IPv4Address, int, int]], size: int = MH_TABLE
         return []
     keys = [(port + int(rip)) & U32 for rip, port, _ in reals]
     next_slot = [mh_hash(k, MH_SEED1) % size for k in keys]
-    order = [(i, n, mh_hash(k, MH_SEED2) % (size - 1) + 1) for i, (n, k) in enumerate(zip(turns, keys, strict=True))
-             if n]
-    table = [-1] * size
-    left = size
-    while True:  # the hot loop of a rebuild (65521 slots for 1000 reals): no modulo, locals only
-        for i, n, skip in order:
-            slot = next_slot[i]
-            for _ in range(n):
-                while table[slot] >= 0:
-                    slot += skip
-                    if slot >= size:
-                        slot -= size
-                table[slot] = i
-                left -= 1
-                if not left:
-                    return table
-            next_slot[i] = slot
+    # One entry per turn (a real with n turns takes n slots in a row), whole rounds until the table is full.
+    turn = [(i, mh_hash(k, MH_SEED2) % (size - 1) + 1) for i, (n, k) in enumerate(zip(turns, keys, strict=True))
+            for _ in range(n)]
+    rounds, left = divmod(size, len(turn))
+    table: list[int | None] = [None] * size
+    for i, skip in chain(chain.from_iterable(repeat(turn, rounds)), turn[:left]):
+        slot = next_slot[i]  # the hot loop of a rebuild (65521 slots for 1000 reals): no modulo, locals only
+        while table[slot] is not None:
+            slot += skip
+            if slot >= size:
+                slot -= size
+        table[slot] = i
+        next_slot[i] = slot
+    return table  # type: ignore[return-value]  # every slot is filled
 
 
 def mh_key(flow: Flow, flags: SchedFlag) -> int:

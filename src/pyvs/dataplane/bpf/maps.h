@@ -46,9 +46,10 @@ struct {
 } reals SEC(".maps");
 
 /* The pool of scheduler tables (real slots): a service's live table is the run svc.table_base, table_len;
- * the control plane writes a new one in a free run, then switches the service to it. */
+ * the control plane writes a new one in a free run (through mmap), then switches the service to it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, PYVS_TABLE_POOL);
 	__type(key, __u32);
 	__type(value, __u32);
