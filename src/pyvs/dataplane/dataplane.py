@@ -66,7 +66,6 @@ class Dataplane:
         self.conn_table_size = self.conn_shards * self._shard_size("conns")
         self.half_open_size = self.conn_shards * self._shard_size("half_open")
         self._program: libbpf.BpfObject | None = None
-        self._pool_map: mmap.mmap | None = None
         self._lock_depth = 0
 
     # ---- lifetime -------------------------------------------------------------------------------
@@ -75,9 +74,6 @@ class Dataplane:
         if self._program:
             self._program.close()
             self._program = None
-        if self._pool_map is not None:
-            self._pool_map.close()
-            self._pool_map = None
         for fd in (*self._fds.values(), *self._shard_fds.values()):
             os.close(fd)
         self._fds = {}
@@ -255,14 +251,17 @@ class Dataplane:
         return svc
 
     @contextmanager
-    def _table_pool(self) -> Iterator[memoryview]:
-        """sched_table's slots as memory shared with the program (the map is BPF_F_MMAPABLE): u32 words, of which
-        slot i is word 2 * i (an array map keeps every value in 8 bytes)."""
-        if self._pool_map is None:
-            self._pool_map = mmap.mmap(self._fds["sched_table"], abi.TABLE_POOL * 8, mmap.MAP_SHARED,
-                                       mmap.PROT_READ | mmap.PROT_WRITE)
-        with memoryview(self._pool_map) as raw, raw.cast("I") as words:
-            yield words
+    def _table_slots(self, base: int, length: int) -> Iterator[memoryview]:
+        """Slots base .. base + length of sched_table as u32 memory shared with the program (the map is
+        BPF_F_MMAPABLE; an array map keeps each value in 8 bytes). Only their pages are mapped, and only meanwhile:
+        the kernel maps every page of a mapping at once, and the whole pool would add 64 MiB to the RSS."""
+        start = base * 8 // mmap.PAGESIZE * mmap.PAGESIZE
+        with mmap.mmap(self._fds["sched_table"], (base + length) * 8 - start, mmap.MAP_SHARED,
+                       mmap.PROT_READ | mmap.PROT_WRITE, offset=start) as pages, \
+                memoryview(pages) as raw, raw.cast("I") as words:
+            first = (base * 8 - start) // 4
+            with words[first:first + 2 * length:2] as slots:
+                yield slots
 
     def read_table(self, key: ServiceKey) -> list[RealKey | None]:
         """A service's live scheduler table, slot by slot, as its reals' (address, port); None for a slot that
@@ -271,8 +270,10 @@ class Dataplane:
         raw = abi.Svc()
         if not libbpf.map_lookup(self._fds["services"], svc_key(key), raw):
             raise DataplaneError("No such service")
-        with self._table_pool() as pool:
-            values = pool[2 * raw.table_base:2 * (raw.table_base + raw.table_len):2].tolist()
+        if not raw.table_len:
+            return []
+        with self._table_slots(raw.table_base, raw.table_len) as slots:
+            values = slots.tolist()
         reals = {r.slot: (be_to_ip(r.entry.rip), socket.ntohs(r.entry.port))
                  for r in self._service_slots(raw.index) if r.entry.flags & abi.REAL_ACTIVE}
         return [reals.get(slot) for slot in values]
@@ -828,9 +829,9 @@ class Dataplane:
             self._zero_stats(index)
             libbpf.map_update(self._fds["sched_state"], ctypes.c_uint32(index), ctypes.c_uint32(0))
         base = plan.table_base[svc.key]
-        if table:  # a memory copy into the mapped pool: a 65521-slot table in well under 1 ms (a batch took 15)
-            with self._table_pool() as pool:
-                pool[2 * base:2 * (base + len(table)):2] = array("I", table)
+        if table:  # a memory copy into the mapped slots: 65521 of them in about 1 ms (a map batch took 15)
+            with self._table_slots(base, len(table)) as slots:
+                slots[:] = array("I", table)
         value.table_base, value.table_len = base, len(table)
         libbpf.map_update(self._fds["services"], svc_key(svc.key), value)
 
