@@ -172,3 +172,23 @@ def test_every_director_builds_the_same_table_whatever_the_process_and_the_order
     ordered = sorted(reals)
     expected = mh_table([(rip, 80, reals[rip]) for rip in ordered], 8191)
     assert tables[0] == [(ordered[i], 80) for i in expected]  # and the same as this process builds
+
+
+def test_a_service_with_every_real_at_weight_0_drops_new_flows_without_walking_its_table(dp: Dataplane) -> None:
+    service = mh(KEY, RIPS)
+    service.sched_flags = ("mh-fallback",)
+    dp.apply_service(KEY, service)
+    for real in service.reals.values():
+        real.weight = 0  # drained: the table stays (built from the last weights), no real may take a flow
+    dp.apply_service(KEY, service)
+    assert len(dp.read_table(KEY)) == 65521
+    dropped = dp.counters()["drop_no_real"]
+    out = dp.test_run(frame(TCP(sport=40000, dport=80, flags="S")), repeat=20)
+    assert out.verdict_name == "XDP_DROP" and dp.counters()["drop_no_real"] == dropped + 20
+    # mh-fallback's walk would visit all 65521 slots for each new flow (~0.85 ms here): a flood of SYNs would
+    # cost a millisecond each; the program knows from the service entry that no real has a weight
+    assert out.duration_ns < 100_000
+    service.reals[(RIPS[7], 80)].weight = 1
+    dp.apply_service(KEY, service)
+    out = dp.test_run(frame(TCP(sport=40001, dport=80, flags="S")))
+    assert out.verdict_name == "XDP_TX" and real_of(out.data) == RIPS[7]  # the walk finds the one real left

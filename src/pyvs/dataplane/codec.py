@@ -47,6 +47,8 @@ class RealSlot:
 
 def svc_value(svc: Service, index: int) -> abi.Svc:
     flags = sched_flag_bits(svc.sched_flags) | (abi.SVC_F_PERSISTENT if svc.persistent is not None else 0)
+    if svc.reals and not any(real.weight for real in svc.reals.values()):
+        flags |= abi.SVC_F_NO_WEIGHT  # (mh's table is built from last weights: its fallback walk would find none)
     return abi.Svc(index=index, sched=abi.SCHEDULER_IDS[svc.scheduler], flags=flags,
                    persist_timeout=svc.persistent or 0, netmask=ip_to_be(svc.netmask),
                    table_size=svc.mh_table_size or 0)

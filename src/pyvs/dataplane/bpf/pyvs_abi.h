@@ -43,6 +43,7 @@
 #define PYVS_SVC_F_SCHED2 2
 #define PYVS_SVC_F_SCHED3 4
 #define PYVS_SVC_F_PERSISTENT 8
+#define PYVS_SVC_F_NO_WEIGHT 16 /* no real has a weight: no new connection, and no table walk to learn it */
 
 /* Real flags. */
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */

@@ -478,7 +478,7 @@ static __always_inline __u32 pick_lblcr(const struct pyvs_svc *svc, const struct
  * A global function: the verifier checks it once, apart from the packet path. */
 __noinline __u32 pyvs_schedule(const struct pyvs_svc *svc, const struct sched_flow *flow)
 {
-	if (!svc || !flow || svc->table_len == 0 || svc->table_len > PYVS_TABLE_MAX)
+	if (!svc || !flow || svc->table_len == 0 || svc->table_len > PYVS_TABLE_MAX || svc->flags & PYVS_SVC_F_NO_WEIGHT)
 		return NO_REAL;
 	switch (svc->sched) {
 	case PYVS_SCHED_RR:
