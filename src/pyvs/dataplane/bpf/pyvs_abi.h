@@ -10,7 +10,7 @@
 #define PYVS_MAX_SERVICES 1024
 #define PYVS_MAX_REALS 131072
 #define PYVS_TABLE_MAX 131071 /* slots of one scheduler table at most (IPVS's largest mh table) */
-#define PYVS_TABLE_POOL 8388608 /* slots of sched_table (32 MiB), the pool every service's tables are cut from */
+#define PYVS_TABLE_POOL 8388608 /* slots of sched_table, the pool of every service's tables (64 MiB: 8 bytes a value) */
 #define PYVS_TABLE_CHUNK 256 /* the pool is handed out in runs of chunks of this many slots */
 #define PYVS_CONN_TABLE_SIZE 262144 /* default entries of the connection table, all shards together */
 #define PYVS_CONN_SHARD_TARGET 2048 /* entries of one shard at most (one sweep step: ~0.2 ms) when it can be */
