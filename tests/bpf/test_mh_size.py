@@ -167,6 +167,10 @@ def test_every_director_builds_the_same_table_whatever_the_process_and_the_order
                                   input="\n".join(head + commands), capture_output=True)
             assert done.returncode == 0, done.stderr
             tables.append(plane.read_table(KEY))
+        prints = [one.fingerprint(), two.fingerprint()]  # what `pyvs doctor` and `director status` show
+        assert prints[0] == prints[1]
+        assert run(two, "-e", "-t", "198.18.0.100:80", "-r", str(RIPS[0]), "-w", "3") == (0, "")
+        assert two.fingerprint() != prints[0]  # another weight: other rules, another table
     assert len(tables[0]) == mh_table_size(120) == 8191
     assert tables[0] == tables[1] and None not in tables[0]
     ordered = sorted(reals)

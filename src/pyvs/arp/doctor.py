@@ -425,7 +425,9 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         rules = dp.read_rules()
         before = dp.counters()
         hops = dp.real_next_hops()
-        findings = [Finding(Status.OK, "director", "maps", f"pinned at {path}")]
+        findings = [Finding(Status.OK, "director", "maps", f"pinned at {path}"),
+                    Finding(Status.OK, "director", "rules and tables", f"fingerprint {dp.fingerprint()}: directors "
+                            "that should forward alike (ECMP) must show the same one")]
         if not rules.services:
             return [*findings, Finding(Status.FAIL, "director", "services", "no services: nothing to check",
                                        "pyvsadm -A -t VIP:PORT -s rr; pyvsadm -a -t VIP:PORT -r RIP:PORT -g")]

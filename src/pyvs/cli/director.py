@@ -111,6 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         switches = dp.switches()
         owners = service_owners(dp.pin_dir, list(dp.read_rules().services))
         print(f"maps: {dp.pin_dir}")
+        print(f"rules and tables: fingerprint {dp.fingerprint()} (the same on directors with the same rules)")
         for line in table_usage_lines(usage):
             print(line)
         print("switches: " + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in switches.items()))
