@@ -155,7 +155,7 @@ def test_a_correct_cluster_is_all_ok_and_exits_0(lab: Topology) -> None:
     checks = Counter(f["check"] for f in findings)
     assert checks["dr-path"] == 4 and checks["return-path"] == 2 and checks["arp"] == 1  # 2 reals x tcp, udp
     table = pyvs(lab, "doctor")
-    assert table.returncode == 0 and "checks: 15 ok, 0 failed, 0 warnings" in table.stdout
+    assert table.returncode == 0 and "checks: 16 ok, 0 failed, 0 warnings" in table.stdout
     [timer] = [f for f in findings if f["subject"] == "timer"]
     assert timer["detail"].startswith("ticking")
 
