@@ -160,3 +160,12 @@ def test_a_layout_that_no_longer_reads_migrates_from_a_saved_listing(bare_netns:
     migrated = pyvs("director", "migrate", "--from", str(saved))
     assert migrated.returncode == 0, migrated.stderr
     assert "TCP  198.18.0.100:80 wrr" in pyvsadm("-L", "-n").stdout
+
+
+def test_pins_whose_slot_usage_has_the_old_shape_migrate_without_a_saved_listing(bare_netns: Path) -> None:
+    assert pyvsadm("-A", "-t", "198.18.0.100:80", "-s", "mh", "--mh-table-size", "8191").returncode == 0
+    (bare_netns / "pyvs_meta").unlink()
+    _replace_pin(bare_netns / "slot_usage", 4, (1024 + 131072) // 8)  # before the table pool: no chunk bits
+    migrated = pyvs("director", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "TCP  198.18.0.100:80 mh mh-table-size 8191" in pyvsadm("-L", "-n").stdout
