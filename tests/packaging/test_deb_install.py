@@ -80,10 +80,11 @@ def test_apt_installs_the_deb_in_a_clean_debian_12_and_the_lab_runs_from_it(deb:
 
 # -- the daemon under systemd ---------------------------------------------------------------------------------------
 
-# A host whose PID 1 is systemd (sd_booted) gives the container a scope over D-Bus; without one (this project's
-# development VMs run another init) the container stays in this process's cgroup (--keep-unit). Not registered with
-# systemd-machined either way.
-NSPAWN_OPTIONS = "--register=no" if Path("/run/systemd/system").is_dir() else "--register=no --keep-unit"
+# A host whose PID 1 is systemd (sd_booted) with a system bus gives the container a scope over D-Bus; without one
+# (this project's development VMs run another init) the container stays in this process's cgroup (--keep-unit). Not
+# registered with systemd-machined either way.
+SCOPE_OVER_DBUS = Path("/run/systemd/system").is_dir() and Path("/run/dbus/system_bus_socket").exists()
+NSPAWN_OPTIONS = "--register=no" if SCOPE_OVER_DBUS else "--register=no --keep-unit"
 
 BOOT = r"""
 machine=$1 netns=$2 options=$3
