@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 from typing import Any, NoReturn
 
-from pyvs.cli.arp import DEFAULT_CLIENT_IP, PROBE_WAIT, listen_address, pin_option
+from pyvs.cli.arp import DEFAULT_CLIENT_IP, DEFAULT_CLIENT_IP6, PROBE_WAIT, address_option, listen_address, pin_option
 from pyvs.cli.common import EXIT_FAILURE, EXIT_USAGE, CommandFailed, UsageError
 from pyvs.director.config import DEFAULT_LISTEN
 from pyvs.lab.topology import check_prefix, default_topology
@@ -183,21 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do with this real server", dest="command_name", required=True, metavar="{up,down,check}"
     )
     vip = Parser(add_help=False)
-    vip.add_argument("--vip", required=True, help="the virtual IP address served by the director")
+    vip.add_argument("--vip", required=True, action="append",
+                     help="a virtual IP address served by the director, IPv4 or IPv6 (repeatable: a dual-stack real "
+                          "gives one of each)")
     vip.add_argument("--dev", help="the NIC facing the director (default: that of the default route)")
-    rs_up = add(rs_commands, "up", "realserver:cmd_up", "put the VIP on lo as /32 and suppress ARP for it", vip)
+    rs_up = add(rs_commands, "up", "realserver:cmd_up",
+                "put each VIP on lo (IPv4 /32; IPv6 /128, no DAD, never a source address) and keep this host from "
+                "answering ARP (IPv4) or neighbour solicitations (IPv6, an nftables rule) for it", vip)
     rs_up.add_argument(
         "--method", choices=RS_METHODS, default="sysctl",
-        help="ARP suppression: sysctl (arp_ignore/arp_announce, default) or arptables rules",
+        help="IPv4's ARP suppression: sysctl (arp_ignore/arp_announce, default) or arptables rules",
     )  # fmt: skip
-    add(rs_commands, "down", "realserver:cmd_down", "undo exactly what 'pyvs realserver up' changed")
-    add(rs_commands, "check", "realserver:cmd_check", "verify the real-server settings; exit 1 if any is wrong", vip)
+    rs_down = add(rs_commands, "down", "realserver:cmd_down", "undo exactly what 'pyvs realserver up' changed")
+    rs_down.add_argument("--vip", action="append", default=[],
+                         help="undo only this VIP's address and rules (repeatable; the sysctls go back with the last "
+                              "VIP; default: everything)")
+    add(rs_commands, "check", "realserver:cmd_check",
+        "verify the real-server settings (IPv6: with a neighbour solicitation handed to the NIC); exit 1 if any is "
+        "wrong", vip)
     doctor_help = "verify the DR cluster from the director, on the wire; a table of findings with the fix"
     doctor_parser = add(commands, "doctor", "arp:cmd_doctor", doctor_help, pins)
     doctor_parser.add_argument("--dev", help="the director's NIC facing the reals (default: the one with the VIP)")
-    doctor_parser.add_argument("--client-ip", type=IPv4Address, default=DEFAULT_CLIENT_IP,
+    doctor_parser.add_argument("--client-ip", type=address_option, action="append", default=[],
                                help="source of the return-path probe, an address the reals reach through their "
-                                    f"router (default {DEFAULT_CLIENT_IP})")
+                                    f"router (repeatable, one per family; default {DEFAULT_CLIENT_IP} and "
+                                    f"{DEFAULT_CLIENT_IP6})")
     doctor_parser.add_argument("--wait", type=float, default=PROBE_WAIT,
                                help=f"seconds to wait for the probes' answers (default {PROBE_WAIT:g})")
     doctor_parser.add_argument("--json", action="store_true", help="print the findings as JSON")

@@ -33,7 +33,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,7 +44,7 @@ from pyvs.director.notify import Notifier
 from pyvs.director.runfile import RUN_DIR, daemon_alive, read_run_file, run_file  # noqa: F401 - re-exported
 from pyvs.director.status_server import PageActions, serve_status
 from pyvs.director.statusdoc import OtherService, RealStatus, ReloadStatus, ServiceStatus, StatusDocument
-from pyvs.model import Counters, Real, Rules, Service, ServiceKey
+from pyvs.model import Counters, IPAddress, Real, Rules, Service, ServiceKey, address_order, endpoint_text
 
 log = logging.getLogger("pyvs.director")
 
@@ -74,7 +73,7 @@ def service_name(key: ServiceKey) -> str:
 
 
 def real_name(key: RealKey) -> str:
-    return f"{key[0]}:{key[1]}"
+    return endpoint_text(*key)
 
 
 class DirectorError(RuntimeError):
@@ -534,7 +533,8 @@ class Director:
         new_vips = set(self._vips())
         if self.config.interface and (new_vips != old_vips):
             ifname = self.config.interface
-            added, gone = sorted(new_vips - old_vips), sorted(old_vips - new_vips)
+            added = sorted(new_vips - old_vips, key=address_order)
+            gone = sorted(old_vips - new_vips, key=address_order)
             await self.in_dataplane_thread(lambda: self._move_vips(ifname, added, gone))
         self.last_reload = {"ok": ok, "error": self.apply_error, "at": time.time()}
         log_event(logging.INFO, "reloaded", config=new.path, generation=self.generation, services=len(new.services),
@@ -542,7 +542,7 @@ class Director:
         self._write_run_file()
         return ok
 
-    def _move_vips(self, ifname: str, added: list[IPv4Address], gone: list[IPv4Address]) -> None:
+    def _move_vips(self, ifname: str, added: list[IPAddress], gone: list[IPAddress]) -> None:
         """Data plane thread: take the new VIPs over (address, gratuitous ARP); let go of the VIPs the config
         no longer has, unless a service of the data plane (one added by hand) still uses them."""
         if added:
@@ -550,10 +550,10 @@ class Director:
                 log_event(logging.INFO, "vip_takeover", interface=ifname, action=action)
         if gone:
             used = {key.vip for key in self.dp.read_rules().services}
-            for vip in sorted(set(gone) & used):
+            for vip in sorted(set(gone) & used, key=address_order):
                 log_event(logging.INFO, "vip_kept", interface=ifname, vip=vip,
                           reason="a service not in the config still uses it")
-            for action in takeover.withdraw(sorted(set(gone) - used), ifname):
+            for action in takeover.withdraw(sorted(set(gone) - used, key=address_order), ifname):
                 log_event(logging.INFO, "vip_withdrawn", interface=ifname, action=action)
 
     # ---- status ----------------------------------------------------------------------------------
@@ -812,8 +812,8 @@ class Director:
             for action in takeover.withdraw(self._vips(), self.config.interface):
                 log_event(logging.INFO, "vip_withdrawn", interface=self.config.interface, action=action)
 
-    def _vips(self) -> list[IPv4Address]:
-        return sorted({svc.key.vip for svc in self.config.services})
+    def _vips(self) -> list[IPAddress]:
+        return sorted({svc.key.vip for svc in self.config.services}, key=address_order)
 
 
 def run_daemon(config_path: Path | str, pin_dir: Path | str | None = None) -> None:
