@@ -134,16 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on: any TCP packet but RST without a connection starts one (IPVS's sloppy_tcp; for "
                              "mh/sh/dh behind several directors); off (default): only a SYN does, other misses "
                              "go to this host's kernel")
-    attach.add_argument("--vip", action="append", type=IPv4Address, default=[],
+    attach.add_argument("--vip", action="append", type=address_option, default=[],
                         help="a VIP to take over (repeatable; default: the VIPs of the rules): added to the NIC "
-                             "as /32 when missing, then announced with gratuitous ARP")
+                             "when missing (IPv4 /32; IPv6 /128, no DAD, never a source address), then announced "
+                             "(gratuitous ARP; IPv6: unsolicited neighbour advertisement)")
     attach.add_argument("--no-announce", action="store_true", help="attach only: no VIP takeover")
     attach.add_argument("--force", action="store_true",
                         help="replace an XDP program on the NIC that is not pyvs's (default: refuse)")
     detach = add(director_commands, "detach", "director:cmd_detach",
                  "remove the XDP program from a NIC (with --vip: only withdraw those VIPs, XDP stays)", pins, dev)
     detach.add_argument("--remove-rules", action="store_true", help="also remove the pinned maps (rules, counters)")
-    detach.add_argument("--vip", action="append", type=IPv4Address, default=[],
+    detach.add_argument("--vip", action="append", type=address_option, default=[],
                         help="withdraw only these VIPs and keep XDP attached (without --vip: detach XDP and withdraw "
                              "every VIP that attach added)")
     detach.add_argument("--force", action="store_true",

@@ -15,6 +15,7 @@ from pathlib import Path
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, pin_dir_arg, print_actions, print_table
 from pyvs.director.config import DirectorConfig, load_config
 from pyvs.director.runfile import daemon_alive, read_run_file, run_file
+from pyvs.model import address_order
 
 RELOAD_WAIT = 10.0  # seconds for the daemon to confirm a reload
 
@@ -59,7 +60,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         for warning in native_veth_warnings():
             if warning.startswith(f"{args.dev}:"):
                 print(f"pyvs: note: {warning}", file=sys.stderr)
-        vips = args.vip or sorted({key.vip for key in dp.read_rules().services})
+        vips = args.vip or sorted({key.vip for key in dp.read_rules().services}, key=address_order)
     if not args.no_announce:  # VIP takeover: the gateway and switches learn this director's MAC now
         print_actions(takeover.announce(vips, args.dev), "no VIP to announce (no --vip and no services yet)")
     return 0

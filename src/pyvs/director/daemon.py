@@ -39,7 +39,15 @@ from typing import TypeVar
 from pyvs.arp import takeover
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
 from pyvs.director import checks, sdnotify
-from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
+from pyvs.director.config import (
+    ConfigError,
+    DirectorConfig,
+    RealKey,
+    RealSpec,
+    ServiceSpec,
+    listen_text,
+    load_config,
+)
 from pyvs.director.notify import Notifier
 from pyvs.director.runfile import RUN_DIR, daemon_alive, read_run_file, run_file  # noqa: F401 - re-exported
 from pyvs.director.status_server import PageActions, serve_status
@@ -653,7 +661,7 @@ class Director:
         listen = self.config.status_listen if self.server is not None else None
         info = {
             "pid": os.getpid(), "config": str(self.config.path), "pin_dir": str(self.dp.pin_dir),
-            "status_url": f"http://{listen[0]}:{listen[1]}" if listen else None, "generation": self.generation,
+            "status_url": f"http://{listen_text(listen)}" if listen else None, "generation": self.generation,
             "last_reload": self.last_reload, "services": [service_name(svc.key) for svc in self.config.services],
         }  # fmt: skip
         path = run_file(self.dp.pin_dir)
@@ -671,7 +679,7 @@ class Director:
             return await serve_status(self.status_snapshot, host, port,
                                       PageActions(lambda: self.config.page_token, self.page_action))
         except OSError as exc:
-            raise DirectorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise DirectorError(f"cannot listen on {listen_text((host, port))}: {exc.strerror or exc}") from None
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or until a background task keeps failing: DirectorError)."""
@@ -690,8 +698,7 @@ class Director:
             self._write_run_file()
             log_event(logging.INFO, "started", config=self.config.path, pin_dir=self.dp.pin_dir,
                       services=len(self.config.services), reals=len(self.reals),
-                      status=f"{self.config.status_listen[0]}:{self.config.status_listen[1]}"
-                      if self.config.status_listen else "off")
+                      status=listen_text(self.config.status_listen) if self.config.status_listen else "off")
             self.spawn("ready", self._notify_ready, restart=False)
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
