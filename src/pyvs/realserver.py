@@ -439,7 +439,8 @@ def up(vips: str | Sequence[str], nic: str | None = None, method: str = "sysctl"
                 for rule in _arptables_rules(str(vip), rip):
                     if not _arptables_has(rule):
                         _arptables("-A", rule)
-                        state.arptables.append(rule)
+                        if rule not in state.arptables:
+                            state.arptables.append(rule)
                         record(f"arptables -A {' '.join(rule)}")
         if v4:
             for iface in ("all", nic):
@@ -451,7 +452,8 @@ def up(vips: str | Sequence[str], nic: str | None = None, method: str = "sysctl"
                 if not state.nd_rules and not state.nft_table and not _nd_table_exists():
                     state.nft_table = True
                 _add_nd_rule(vip)
-                state.nd_rules.append(str(vip))
+                if str(vip) not in state.nd_rules:
+                    state.nd_rules.append(str(vip))
                 record(f"nft: table ip6 {ND_TABLE} drops neighbour solicitations for {vip} not arriving on lo")
         if v6:
             record(_set_sysctl(state, _key6("lo", "disable_ipv6"), 0, (0,)))
@@ -471,7 +473,8 @@ def up(vips: str | Sequence[str], nic: str | None = None, method: str = "sysctl"
                 ipr.addr("add", index=lo, address=str(vip), prefixlen=128, flags=IFA_F_NODAD,
                          IFA_CACHEINFO={"ifa_preferred": 0, "ifa_valid": 0xFFFFFFFF})
                 note = " (nodad, preferred_lft 0)"
-            state.vips.append(str(vip))
+            if str(vip) not in state.vips:  # added again after someone removed it: recorded once
+                state.vips.append(str(vip))
             record(f"added {vip}/{HOST_PREFIX[vip.version]} to lo{note}")
     return changes
 

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
              "build the lab, or repair it (namespaces, links, reals, servers, XDP, the tutorial's rules) and say "
              "what was repaired", prefix)  # fmt: skip
     up.add_argument("--keep-on-failure", action="store_true", help="leave a half-built lab for inspection")
+    ipv6_help = ("dual-stack: IPv6 addresses (2001:db8::/32) and routes on every node, the gateway's DNAT and "
+                 "forwarding for IPv6, the reals' IPv6 VIP, the tutorial's rules for it (kept for the lab's later "
+                 "commands)")
+    up.add_argument("--ipv6", action="store_true", help=ipv6_help)
     add(lab_commands, "down", "lab:cmd_down", "remove the lab's namespaces, links, processes and pins", prefix)
     status = add(lab_commands, "status", "lab:cmd_status",
                  "check what the demo needs (nodes, servers, reals, XDP, the tutorial's rules); exit 1 if anything "
@@ -101,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                "bring up the lab, send requests from the client and show who answered and the director's counters",
                prefix)  # fmt: skip
     demo.add_argument("--requests", type=int, default=10, help="HTTP requests to send (default: 10)")
+    demo.add_argument("--ipv6", action="store_true", help=ipv6_help)
 
     director_help = "the XDP data plane of this host (its current netns)"
     director_parser = commands.add_parser("director", help=director_help, description=director_help)
