@@ -100,9 +100,11 @@ def pyvs_cli(ns: str, *args: str) -> tuple[int, str, str]:
 
 def with_nd_proxy(real: str) -> None:
     """An ND proxy entry for the VIP on the NIC: the one setting that makes Linux answer for an address it does
-    not hold on that interface."""
+    not hold on that interface (at once: a proxy answers a multicast solicitation after a random delay of up to
+    proxy_delay, 0.8 s by default)."""
     netns.write_sysctl("net.ipv6.conf.all.forwarding", 1, netns=real)
     netns.write_sysctl("net.ipv6.conf.eth0.proxy_ndp", 1, netns=real)
+    netns.write_sysctl("net.ipv6.neigh.eth0.proxy_delay", 0, netns=real)
     netns.run_in_netns(real, ["ip", "-6", "neigh", "add", "proxy", VIP6, "dev", "eth0"])
 
 

@@ -539,15 +539,20 @@ class _RealProbes:
 
 
 def _who_has_frames(targets: list[IPAddress], director_mac: str, addresses: list[tuple[IPAddress, int]],
-                    vips: set[IPAddress]) -> list[bytes]:
+                    vips: set[IPAddress], real_macs: dict[IPAddress, str]) -> list[bytes]:
     """Ask the segment who has each target: an ARP probe for IPv4 (from 0.0.0.0: it teaches nobody anything), a
-    neighbour solicitation from the director's own IPv6 address for IPv6 (none without one)."""
+    neighbour solicitation from the director's own IPv6 address for IPv6 (none without one). An IPv6 VIP is also
+    asked of each IPv6 real's MAC, unicast: an ND proxy answers that at once, a multicast one after up to
+    proxy_delay (0.8 s)."""
     frames = []
     for target in targets:
         if isinstance(target, IPv4Address):
             frames.append(arp_probe(target, director_mac).frame())
         elif isinstance(own := _director_address(addresses, vips, target), IPv6Address):
             frames.append(neighbour_solicitation(target, director_mac, own).frame())
+            if target in vips:
+                frames += [neighbour_solicitation(target, director_mac, own, unicast_mac=mac).frame()
+                           for rip, mac in real_macs.items() if rip.version == 6 and mac != ZERO_MAC]
     return frames
 
 
@@ -560,7 +565,7 @@ def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IP
     rows: list[_RealProbes] = []
     capture = _Capture(dev)
     try:
-        for frame in _who_has_frames([*vips, *dp_macs], director_mac, addresses, set(vips)):
+        for frame in _who_has_frames([*vips, *dp_macs], director_mac, addresses, set(vips), dp_macs):
             capture.send(frame)
         capture.collect(ARP_WAIT)
         wire_macs: dict[IPAddress, str] = {}  # the reals' MACs, as they answered ARP or a solicitation
