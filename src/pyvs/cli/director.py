@@ -15,7 +15,7 @@ from pathlib import Path
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, pin_dir_arg, print_actions, print_table
 from pyvs.director.config import DirectorConfig, load_config
 from pyvs.director.runfile import daemon_alive, read_run_file, run_file
-from pyvs.model import address_order
+from pyvs.model import address_order, endpoint_text
 
 RELOAD_WAIT = 10.0  # seconds for the daemon to confirm a reload
 
@@ -111,15 +111,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         usage = dp.conn_table_usage()
         switches = dp.switches()
         owners = service_owners(dp.pin_dir, list(dp.read_rules().services))
+        ipv6 = dp.has_ipv6_services()
         print(f"maps: {dp.pin_dir}")
         for line in table_usage_lines(usage):
             print(line)
         print("switches: " + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in switches.items()))
     from pyvs.dataplane.attachment import attachment_rows
 
-    print_table(attachment_rows(dp.pin_dir))  # native mode on a veth: `attach` and `pyvs doctor` warn
+    # native mode on a veth: `attach` and `pyvs doctor` warn
+    print_table(attachment_rows(dp.pin_dir, ipv6))
     rows = [["service", "real", "mac", "via ifindex"]]
-    rows += [[f"{key.proto.label} {key}", f"{rip}:{port}", hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
+    rows += [[f"{key.proto.label} {key}", endpoint_text(rip, port), hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
               str(hop.ifindex)] for (key, (rip, port)), hop in sorted(hops.items())]
     print_table(rows)
     print_table([["service", "owner"], *([f"{key.proto.label} {key}", owner] for key, owner in owners)])

@@ -5,6 +5,7 @@ pyvs's hashes (IPVS uses hsiphash with keys we cannot mirror in BPF):
 - a real's permutation: offset = fmix32((port + ntohl(rip)) ^ MH_SEED1) % M,
   skip = fmix32((port + ntohl(rip)) ^ MH_SEED2) % (M - 1) + 1, slots offset, offset+skip, ... (mod M);
 - a flow's slot: fmix32((ntohl(saddr) + [ntohs(sport) with mh-port]) ^ MH_SEED1) % M;
+- an IPv6 address (a real's or a flow's) is folded to 32 bits first, as ip_vs_mh_hashkey does (addr_fold);
 - mh-fallback, as ip_vs_mh_get_fallback(): when that slot's real is unavailable, try the slots
   fmix32((key + r) ^ MH_SEED1) % M for r = (home + offset) % M, offset = 0, 1, ... M-1.
 All sums are modulo 2^32. schedule.h computes the same.
@@ -13,10 +14,10 @@ All sums are modulo 2^32. schedule.h computes the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from ipaddress import IPv4Address
 from math import gcd
 
-from pyvs.schedulers.common import NO_FLAGS, U32, Flow, RealState, SchedFlag, Scheduler, fmix32
+from pyvs.model import IPAddress
+from pyvs.schedulers.common import NO_FLAGS, U32, Flow, RealState, SchedFlag, Scheduler, addr_fold, fmix32
 
 MH_TABLE_SIZE = 4093  # IPVS's default (CONFIG_IP_VS_MH_TAB_INDEX 12); fits the data plane's 4096 slots
 MH_TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)  # IPVS's primes
@@ -41,12 +42,12 @@ def mh_turns(weights: Sequence[int]) -> list[int]:
     return [((w // common) >> shift) or int(w != 0) for w in weights]
 
 
-def mh_table(reals: Sequence[tuple[IPv4Address, int, int]], size: int = MH_TABLE_SIZE) -> list[int]:
+def mh_table(reals: Sequence[tuple[IPAddress, int, int]], size: int = MH_TABLE_SIZE) -> list[int]:
     """ip_vs_mh_populate(): `reals` are (rip, port, weight) in list order; slot -> index of its real."""
     turns = mh_turns([w for _, _, w in reals])
     if not any(turns):
         return []
-    keys = [(port + int(rip)) & U32 for rip, port, _ in reals]
+    keys = [(port + addr_fold(rip)) & U32 for rip, port, _ in reals]
     next_slot = [mh_hash(k, MH_SEED1) % size for k in keys]
     skips = [mh_hash(k, MH_SEED2) % (size - 1) + 1 for k in keys]
     table = [-1] * size
@@ -66,7 +67,7 @@ def mh_table(reals: Sequence[tuple[IPv4Address, int, int]], size: int = MH_TABLE
 
 def mh_key(flow: Flow, flags: SchedFlag) -> int:
     port = flow.sport if flags & SchedFlag.PORT else 0
-    return (port + int(flow.saddr)) & U32
+    return (port + addr_fold(flow.saddr)) & U32
 
 
 def mh_lookup(table: Sequence[int], reals: Sequence[RealState], key: int, fallback: bool) -> int | None:
