@@ -43,6 +43,11 @@ def _mac(topo: Topology, name: str) -> str:
     return mac
 
 
+def _counters(topo: Topology) -> dict[str, int]:
+    with netns.in_netns(topo.director.netns), open_director(topo) as dp:
+        return dp.counters()
+
+
 def _ipv6_rules(topo: Topology) -> Rules:
     rules = tutorial_rules(topo)
     return Rules({key: svc for key, svc in rules.services.items() if key.family == 6})
@@ -211,8 +216,10 @@ def test_1_mib_over_a_1280_hop_completes_by_ipv6_path_mtu_discovery(narrow_clien
     """IPv6 routers never fragment: only the gateway's packet-too-big, sent to the VIP and carried to the real by
     the director, lets the real lower its segments."""
     topo = narrow_client_link6
+    before = _counters(topo)["icmp_to_real"]
     reply = http_get(topo.client.netns, topo.public_ip6 or "", f"/bytes/{1 << 20}", timeout=20)
     assert reply.body_bytes == 1 << 20
+    assert _counters(topo)["icmp_to_real"] > before  # the packet-too-big went to the real, through XDP
     learned = [netns.run_in_netns(n.netns, ["ip", "-6", "route", "get", _v6(topo, "client"), "from",
                                             "2001:db8::100"]).stdout for n in topo.reals]
     assert any("mtu 1280" in route for route in learned), learned
@@ -220,8 +227,11 @@ def test_1_mib_over_a_1280_hop_completes_by_ipv6_path_mtu_discovery(narrow_clien
 
 def test_a_fragmented_udp_datagram_through_the_ipv6_vip_gets_its_answer(lab6: Topology) -> None:
     payload = b"0123456789abcdef" * 256  # 4 KiB: three fragments (IPv6 fragment headers) from the client
+    before = _counters(lab6)
     name, _, echoed = udp_ask(lab6.client.netns, lab6.public_ip6 or "", payload).partition(" ")
     assert name in {"rs1", "rs2"} and echoed.encode() == payload
+    after = _counters(lab6)
+    assert after["frag_first"] > before["frag_first"] and after["frag_followed"] >= before["frag_followed"] + 2
 
 
 # -- the daemon with IPv6 checks ------------------------------------------------------------------------------
@@ -280,7 +290,7 @@ def test_the_daemon_checks_ipv6_reals_and_a_stopped_one_leaves_the_pool(lab6: To
         report = status6(topo)["services"][0]
         assert report["name"] == "tcp/[2001:db8::100]:80"
         rs1 = next(r for r in report["reals"] if r["address"] == _v6(topo, "rs1"))
-        assert rs1["health"] == "down" and "http://[2001:db8:2::11]:80/" in rs1["last_check"]
+        assert rs1["health"] == "down" and rs1["last_check"] == "http [2001:db8:2::11]:80: Connection refused"
         assert Counter(http_get(topo.client.netns, topo.public_ip6 or "").server for _ in range(4)) == {"rs2": 4}
         with netns.in_netns(topo.director.netns), urlopen(f"{STATUS6}/metrics", timeout=5) as response:  # noqa: S310
             metrics = response.read().decode()
