@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-pip clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool
-              iproute2 iptables ethtool arptables curl wrk
+              iproute2 iptables ethtool arptables nftables curl wrk
               groff-base man-db systemd  # man pages and units checked by tests/packaging
               debootstrap systemd-container  # the .deb installed in a clean Debian 12 root and booted (test_deb_install.py)
               chromium)  # chromium: the status page's browser test (tests/lab/test_status_page.py)

@@ -1,6 +1,7 @@
 """mh tables sized per service from one pool (sched_table): a service of 1000 reals gets a 65521-slot table and the
-loaded program forwards by it; a full pool refuses a change and changes nothing, also in a later process; every
-director builds the same table for the same rules, whatever the process and the order the reals came in."""
+loaded program forwards by it; IPv6 services take their own runs of the same pool; a full pool refuses a change and
+changes nothing, also in a later process; every director builds the same table for the same rules, whatever the
+process and the order the reals came in."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import random
 import subprocess
 import sys
 from collections.abc import Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from scapy.layers.inet import TCP
@@ -18,11 +19,12 @@ from scapy.layers.inet import TCP
 from pyvs.admin.cli import main as pyvsadm
 from pyvs.dataplane import Dataplane, scratch_dataplane
 from pyvs.dataplane.neighbours import NextHop
-from pyvs.model import Protocol, Real, Service, ServiceKey
-from pyvs.schedulers.common import RealState
+from pyvs.model import IPAddress, Protocol, Real, Service, ServiceKey
+from pyvs.schedulers.common import RealState, addr_fold
 from pyvs.schedulers.maglev import MH_TABLE_SIZE, mh_hash, mh_lookup, mh_table, mh_table_size
 
 from .conftest import DIRECTOR_MAC
+from .test_ipv6 import VIP6, frame6
 from .test_xdp import VIP, frame
 
 KEY = ServiceKey(Protocol.TCP, VIP, 80)
@@ -32,9 +34,9 @@ RIPS = [IPv4Address(FIRST_RIP + 1 + i) for i in range(1000)]
 CLIENT_BASE = int(IPv4Address("198.18.128.0"))
 
 
-def mac_resolver(rip: IPv4Address) -> NextHop:
-    """Every real answers with a MAC that spells its address: 02:00 + the four bytes."""
-    return NextHop(0, DIRECTOR_MAC, "02:00:" + ":".join(f"{b:02x}" for b in rip.packed))
+def mac_resolver(rip: IPAddress) -> NextHop:
+    """Every real answers with a MAC that spells its address: 02:00 + its last four bytes."""
+    return NextHop(0, DIRECTOR_MAC, "02:00:" + ":".join(f"{b:02x}" for b in rip.packed[-4:]))
 
 
 def real_of(out: bytes) -> IPv4Address:
@@ -48,7 +50,7 @@ def dp() -> Iterator[Dataplane]:
         yield plane
 
 
-def mh(key: ServiceKey, rips: list[IPv4Address], size: int | None = None) -> Service:
+def mh(key: ServiceKey, rips: list[IPv4Address] | list[IPv6Address], size: int | None = None) -> Service:
     return Service(key, "mh", reals={(rip, key.port): Real(rip, key.port, 1) for rip in rips}, mh_table_size=size)
 
 
@@ -91,6 +93,44 @@ def test_a_service_of_1000_reals_gets_a_65521_slot_table_and_the_program_forward
     svc = dp.read_service(KEY)
     assert svc is not None and svc.mh_table_size == 131071
     assert dp.index_problems() == []
+
+
+KEY6 = ServiceKey(Protocol.TCP, VIP6, 80)
+RIPS6 = [IPv6Address(f"2001:db8:2::1:{i + 1:x}") for i in range(200)]
+
+
+def test_ipv6_services_take_tables_of_their_own_size_from_the_same_pool(dp: Dataplane) -> None:
+    dp.apply_service(SMALL, mh(SMALL, RIPS[:3]))
+    dp.apply_service(KEY6, mh(KEY6, RIPS6))
+    ordered = sorted(RIPS6)
+    assert mh_table_size(len(RIPS6)) == 16381
+    table = mh_table([(rip, 80, 1) for rip in ordered], 16381)
+    assert dp.read_table(KEY6) == [(ordered[i], 80) for i in table]
+    assert len(dp.read_table(SMALL)) == MH_TABLE_SIZE and dp.index_problems() == []
+    states = [RealState(1, rip=rip, port=80) for rip in ordered]
+    by_mac = {mac_resolver(rip).dmac: rip for rip in ordered}
+    rng = random.Random(6)
+    clients = [IPv6Address(f"2001:db8:1::{rng.randrange(1 << 16):x}:{rng.randrange(1 << 16):x}") for _ in range(300)]
+    for client in clients:
+        out = dp.test_run(frame6(TCP(sport=40000, dport=80, flags="S"), src=str(client)))
+        assert out.verdict_name == "XDP_TX"
+        expected = mh_lookup(table, states, addr_fold(client), False)
+        assert expected is not None and by_mac[":".join(f"{b:02x}" for b in out.data[:6])] == ordered[expected]
+
+    # pyvsadm's IPv6 syntax with the size extension: -E gives the IPv6 service a table of the size set
+    assert run(dp, "-E", "-t", f"[{VIP6}]:80", "-s", "mh", "--mh-table-size", "8191") == (0, "")
+    smaller = mh_table([(rip, 80, 1) for rip in ordered], 8191)
+    assert dp.read_table(KEY6) == [(ordered[i], 80) for i in smaller]
+    for client in clients[:100]:
+        out = dp.test_run(frame6(TCP(sport=40001, dport=80, flags="S"), src=str(client)))
+        expected = mh_lookup(smaller, states, addr_fold(client), False)
+        assert expected is not None and by_mac[":".join(f"{b:02x}" for b in out.data[:6])] == ordered[expected]
+    assert dp.index_problems() == []
+    listed, saved = io.StringIO(), io.StringIO()
+    assert pyvsadm(["-L", "-n", "-t", f"[{VIP6}]:80"], stdout=listed, dataplane=dp) == 0
+    assert listed.getvalue().splitlines()[2] == f"TCP  [{VIP6}]:80 mh mh-table-size 8191"
+    assert pyvsadm(["-S", "-n"], stdout=saved, dataplane=dp) == 0
+    assert f"-A -t [{VIP6}]:80 -s mh --mh-table-size 8191" in saved.getvalue().splitlines()
 
 
 LATER = """
@@ -137,7 +177,7 @@ def test_a_full_pool_refuses_a_new_table_and_changes_nothing_also_for_a_later_pr
 
 BUILD = """
 import io, os, random, sys
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pyvs.admin.cli import main
 from pyvs.dataplane import open_dataplane
 from pyvs.dataplane.neighbours import NextHop

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 from collections.abc import Iterator
+from ipaddress import IPv6Address
 
 import pytest
 from pyroute2 import IPRoute
+from scapy.layers.inet import TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
 
 from pyvs.admin.cli import main
 from pyvs.dataplane import Dataplane, open_dataplane, remove_pins
@@ -15,6 +20,7 @@ from pyvs.dataplane.pins import bpffs_root
 from pyvs.netns import create, in_netns, remove
 
 NETNS = f"pyvst-adm{os.getpid() % 10000}"
+IFA_F_NODAD = 0x02  # the address is usable at once (no duplicate address detection)
 TUTORIAL = [
     "-A -t 198.18.0.100:80 -s rr",
     "-a -t 198.18.0.100:80 -r 198.18.2.11:80 -g",
@@ -39,6 +45,10 @@ def director() -> Iterator[Dataplane]:
             ipr.addr("add", index=index, address="198.18.2.10", prefixlen=24)
             for n in (11, 12):
                 ipr.neigh("add", dst=f"198.18.2.{n}", lladdr=f"02:00:00:00:00:{n}", ifindex=index, state=0x80)
+            ipr.addr("add", index=index, address="2001:db8:2::10", prefixlen=64, flags=IFA_F_NODAD)
+            for n in (11, 12):
+                ipr.neigh("add", dst=f"2001:db8:2::{n}", lladdr=f"02:00:00:00:06:{n}", ifindex=index, state=0x80,
+                          family=socket.AF_INET6)
             dp = open_dataplane(pin_dir)
         yield dp
         dp.close()
@@ -138,3 +148,64 @@ def test_persistent_service_with_mask_and_flags_lists_and_saves_as_ipvsadm(direc
     assert pyvsadm(director, "-C")[0] == 0
     assert pyvsadm(director, "-R", stdin=saved)[0] == 0
     assert pyvsadm(director, "-S -n")[1] == saved
+
+
+def test_ipv6_rules_program_the_maps_and_a_packet_is_forwarded(director: Dataplane) -> None:
+    for line in ("-A -t [2001:db8::100]:80 -s rr", "-a -t [2001:db8::100]:80 -r [2001:db8:2::11]:80 -g",
+                 "-a -t [2001:db8::100]:80 -r 2001:db8:2::12 -g -w 2", "-A -u [2001:db8::100]:53 -s sh -p 60 -M 64",
+                 "-a -u [2001:db8::100]:53 -r [2001:db8:2::12]:53"):
+        code, _, err = pyvsadm(director, line)
+        assert code == 0, f"{line}: {err}"
+    load_tutorial(director)
+    code, out, _ = pyvsadm(director, "-L -n")
+    assert code == 0
+    assert out.splitlines()[9:] == [
+        "TCP  [2001:db8::100]:80 rr",
+        "  -> [2001:db8:2::11]:80          Route   1      0          0         ",
+        "  -> [2001:db8:2::12]:80          Route   2      0          0         ",
+        "UDP  [2001:db8::100]:53 sh persistent 60 mask 64",
+        "  -> [2001:db8:2::12]:53          Route   1      0          0         ",
+    ]
+    hops = director.real_next_hops()
+    assert {rip: hop.dmac for (_, (rip, _)), hop in hops.items() if rip.version == 6} == {
+        IPv6Address("2001:db8:2::11"): "02:00:00:00:06:11", IPv6Address("2001:db8:2::12"): "02:00:00:00:06:12"}
+    syn = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:0a")
+                / IPv6(src="2001:db8:1::2", dst="2001:db8::100") / TCP(sport=40000, dport=80, flags="S"))
+    result = director.test_run(syn)  # the real is behind pyvst0, the test run's ingress is not: a redirect
+    assert result.verdict_name == "XDP_REDIRECT" and Ether(result.data).dst == "02:00:00:00:06:11"
+    assert result.data[12:] == syn[12:]
+    [row] = pyvsadm(director, "-L -c -n")[1].splitlines()[2:]
+    assert row[:4] + row[11:] == "TCP SYN_RECV    [2001:db8:1::2]:40000 [2001:db8::100]:80 [2001:db8:2::11]:80"
+    assert row[4:10] in ("01:00 ", "00:59 ")  # SYN_RECV's 60 s, less what has passed
+    stats = pyvsadm(director, "-L -n --stats -t [2001:db8::100]:80")[1].splitlines()
+    assert stats[2] == "TCP  [2001:db8::100]:80                  1        1        0       60        0"
+    assert pyvsadm(director, "-Z -t [2001:db8::100]:80")[0] == 0
+    assert pyvsadm(director, "-L -n --stats -t [2001:db8::100]:80")[1].splitlines()[2].split()[2:] == ["0"] * 5
+
+
+def test_ipv6_save_restore_edit_and_a_mixed_family_refusal(director: Dataplane) -> None:
+    for line in ("-A -t [2001:db8::100]:443 -s wrr -p 600 -M 48", "-a -t [2001:db8::100]:443 -r [2001:db8:2::11]:443"):
+        assert pyvsadm(director, line)[0] == 0
+    load_tutorial(director)
+    saved = pyvsadm(director, "-S -n")[1]
+    assert "-A -t [2001:db8::100]:443 -s wrr -p 600 -M 48\n" in saved
+    assert "-a -t [2001:db8::100]:443 -r [2001:db8:2::11]:443 -g -w 1\n" in saved
+    before = saved
+    code, out, err = pyvsadm(director, "-a -t [2001:db8::100]:443 -r 198.18.2.12")
+    assert code == 1 and out == "" and "is IPv4 and the service [2001:db8::100]:443 IPv6" in err
+    code, _, err = pyvsadm(director, "-a -t 198.18.0.100:80 -r [2001:db8:2::12]:80")
+    assert code == 1 and "is IPv6 and the service 198.18.0.100:80 IPv4" in err
+    assert pyvsadm(director, "-S -n")[1] == before
+    assert pyvsadm(director, "-C")[0] == 0 and pyvsadm(director, "-R", stdin=saved)[0] == 0
+    assert pyvsadm(director, "-S -n")[1] == saved
+    assert pyvsadm(director, "-E -t [2001:db8::100]:443 -s rr")[0] == 0
+    assert pyvsadm(director, "-e -t [2001:db8::100]:443 -r [2001:db8:2::11]:443 -w 5")[0] == 0
+    listing = pyvsadm(director, "-L -n -t [2001:db8::100]:443")[1]
+    assert "TCP  [2001:db8::100]:443 rr\n  -> [2001:db8:2::11]:443         Route   5 " in listing
+    assert pyvsadm(director, "-d -t [2001:db8::100]:443 -r [2001:db8:2::11]:443")[0] == 0
+    assert pyvsadm(director, "-D -t [2001:db8::100]:443")[0] == 0
+    assert "2001:db8" not in pyvsadm(director, "-S -n")[1]
+    assert pyvsadm(director, "-a -t [2001:db8::100]:80 -r [2001:db8:9::1]:80")[0] == 1  # no service
+    assert pyvsadm(director, "-A -t [2001:db8::100]:80")[0] == 0
+    code, _, err = pyvsadm(director, "-a -t [2001:db8::100]:80 -r [2001:db8:9::1]:80")  # not on the segment
+    assert code == 1 and "2001:db8:9::1" in err

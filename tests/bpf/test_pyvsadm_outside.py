@@ -148,6 +148,24 @@ def test_pins_of_another_version_are_refused_and_migrate_keeps_the_rules(bare_ne
     assert pyvsadm("-L", "--timeout").stdout == "Timeout (tcp tcpfin udp): 100 20 30\n"
 
 
+IPV6_MAPS = ("services6", "vips6", "conns6", "half_open6", "frags6", "real_addrs6", "scratch6", "calls")
+
+
+def test_pins_made_before_ipv6_migrate_keeping_their_rules(bare_netns: Path) -> None:
+    """The previous version had no IPv6 maps (and another ABI): migrate reads its rules all the same."""
+    assert pyvsadm("-A", "-t", "198.18.0.100:80", "-s", "wrr", "-p", "60", "-M", "255.255.255.0").returncode == 0
+    for name in (*IPV6_MAPS, "pyvs_meta"):
+        (bare_netns / name).unlink()
+    refused = pyvsadm("-L", "-n")
+    assert refused.returncode == 1 and "maps missing: services6" in refused.stderr
+    migrated = pyvs("director", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "TCP  198.18.0.100:80 wrr persistent 60 mask 255.255.255.0" in pyvsadm("-L", "-n").stdout
+    assert all((bare_netns / name).exists() for name in IPV6_MAPS)
+    assert pyvsadm("-A", "-t", "[2001:db8::100]:80", "-s", "rr").returncode == 0
+    assert "TCP  [2001:db8::100]:80 rr" in pyvsadm("-L", "-n").stdout
+
+
 def test_a_layout_that_no_longer_reads_migrates_from_a_saved_listing(bare_netns: Path, tmp_path: Path) -> None:
     assert pyvsadm("-A", "-t", "198.18.0.100:80", "-s", "wrr").returncode == 0
     saved = tmp_path / "rules"

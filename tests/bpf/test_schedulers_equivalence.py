@@ -1,7 +1,8 @@
 """Every scheduler of the loaded XDP program makes the choices of the Python reference (pyvs.schedulers).
 
 The same sequence of new flows (scapy-built SYNs through BPF_PROG_TEST_RUN) goes through both; live counts
-start from preloaded values and each new connection adds an active one to its real, on both sides.
+start from preloaded values and each new connection adds an active one to its real, on both sides. Every case runs
+with IPv4 and with IPv6 services, reals and clients (IPVS hashes IPv6 addresses folded to 32 bits).
 """
 
 from __future__ import annotations
@@ -13,31 +14,36 @@ import random
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from scapy.layers.inet import TCP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from pyvs.dataplane import Dataplane, abi, libbpf, scratch_dataplane
 from pyvs.dataplane.build import object_path
+from pyvs.dataplane.codec import family_map, svc_key
 from pyvs.dataplane.neighbours import NextHop
-from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
+from pyvs.model import IPAddress, Protocol, Real, Rules, Service, ServiceKey
 from pyvs.schedulers import SCHEDULERS, Flow, RealState, SchedFlag, Scheduler, build_table, new_scheduler
 
-from .conftest import DIRECTOR_MAC
+from .conftest import CLIENT_MAC, DIRECTOR_MAC
 from .test_xdp import frame
 
 REAL_OVERLOAD = abi.read_defines()["PYVS_REAL_OVERLOAD"]
 VIPS = [IPv4Address(f"198.18.0.{n}") for n in (100, 101, 102)]
 RIPS = [IPv4Address(f"198.18.2.{n}") for n in range(21, 26)]
+VIPS6 = [IPv6Address(f"2001:db8::{n}") for n in (100, 101, 102)]
+RIPS6 = [IPv6Address(f"2001:db8:2::{n:x}") for n in range(21, 26)]
+FAMILY = {4: (VIPS, RIPS), 6: (VIPS6, RIPS6)}
 
 
-def mac_of(rip: IPv4Address) -> str:
-    return "02:00:00:00:02:" + f"{rip.packed[3]:02x}"
+def mac_of(rip: IPAddress) -> str:
+    return "02:00:00:00:02:" + f"{rip.packed[-1]:02x}"
 
 
-def neighbours(rip: IPv4Address) -> NextHop:
+def neighbours(rip: IPAddress) -> NextHop:
     return NextHop(0, DIRECTOR_MAC, mac_of(rip))
 
 
@@ -58,9 +64,10 @@ class Setup:
 class Harness:
     """One service per VIP with the same reals; the scheduler's tables written as the control plane would."""
 
-    def __init__(self, dp: Dataplane, name: str, setup: Setup, flags: int = 0, vips: list[IPv4Address] = VIPS[:1]):
+    def __init__(self, dp: Dataplane, name: str, setup: Setup, flags: int = 0, vips: list[IPAddress] = VIPS[:1]):
         self.dp, self.name, self.setup, self.vips = dp, name, setup, vips
-        rips = RIPS[:len(setup.weights)]
+        self.rips = rips = FAMILY[vips[0].version][1][:len(setup.weights)]
+        services = family_map("services", vips[0].version)
         rules = Rules()
         for vip in vips:
             svc = Service(ServiceKey(Protocol.TCP, vip, 80), "rr")
@@ -68,16 +75,18 @@ class Harness:
                 svc.reals[(rip, 80)] = Real(rip, 80, weight)
             rules.services[svc.key] = svc
         dp.apply(rules)  # services and reals through the API; the scheduler and its table below
-        self.fds = {name: libbpf.obj_get(str(dp.pin_dir / name)) for name in ("services", "reals", "sched_table",
+        self.fds = {name: libbpf.obj_get(str(dp.pin_dir / name)) for name in (services, "reals", "sched_table",
                                                                               "real_conns")}
-        self.slots: dict[tuple[IPv4Address, int], int] = {}
+        self.fds["services"] = self.fds.pop(services)
+        self.slots: dict[tuple[IPAddress, int], int] = {}
         entries = self._real_entries()
-        self.counts: dict[tuple[IPv4Address, int], list[int]] = {}
+        addresses = {r.slot: r.rip for r in dp._real_slots()}  # noqa: SLF001
+        self.counts: dict[tuple[IPAddress, int], list[int]] = {}
         for vip in vips:
             svc = abi.Svc()
             assert libbpf.map_lookup(self.fds["services"], _svc_key(vip), svc)
             for i, rip in enumerate(rips):
-                slot = next(s for s, e in entries.items() if e.svc_index == svc.index and _ip(e.rip) == rip)
+                slot = next(s for s, e in entries.items() if e.svc_index == svc.index and addresses[s] == rip)
                 self.slots[(vip, i)] = slot
                 self.counts[(vip, i)] = [setup.active[i], setup.inactive[i]]
                 if i in setup.overloaded:
@@ -89,7 +98,7 @@ class Harness:
                 libbpf.map_update(self.fds["sched_table"], ctypes.c_uint32(base + offset), ctypes.c_uint32(slot))
             svc.sched, svc.flags, svc.table_base, svc.table_len = abi.SCHEDULER_IDS[name], flags, base, len(table)
             libbpf.map_update(self.fds["services"], _svc_key(vip), svc)
-        self.reference: dict[IPv4Address, Scheduler] = {vip: new_scheduler(name, SchedFlag(flags)) for vip in vips}
+        self.reference: dict[IPAddress, Scheduler] = {vip: new_scheduler(name, SchedFlag(flags)) for vip in vips}
         self.mac_to_index = {mac_of(rip): i for i, rip in enumerate(rips)}
 
     def _real_entries(self) -> dict[int, abi.RealEntry]:
@@ -104,9 +113,9 @@ class Harness:
         for fd in self.fds.values():
             os.close(fd)
 
-    def states(self, vip: IPv4Address) -> list[RealState]:
+    def states(self, vip: IPAddress) -> list[RealState]:
         return [RealState(w, *self.counts.get((vip, i), [0, 0]), overloaded=i in self.setup.overloaded,
-                          rip=RIPS[i], port=80) for i, w in enumerate(self.setup.weights)]
+                          rip=self.rips[i], port=80) for i, w in enumerate(self.setup.weights)]
 
     def send(self, flow: Flow, write_counts: bool = True) -> tuple[int | None, int | None]:
         """(data plane's choice, reference's choice) for the SYN of `flow`."""
@@ -117,7 +126,12 @@ class Harness:
                 libbpf.map_update(self.fds["real_conns"], ctypes.c_uint32(slot),
                                   abi.RealConns.counted(active, inactive, parity))
         expected = self.reference[flow.daddr].pick(self.states(flow.daddr), flow)
-        packet = frame(TCP(sport=flow.sport, dport=80, flags="S", seq=1), dst=str(flow.daddr), src=str(flow.saddr))
+        tcp = TCP(sport=flow.sport, dport=80, flags="S", seq=1)
+        if flow.daddr.version == 6:
+            packet = bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IPv6(src=str(flow.saddr), dst=str(flow.daddr))
+                           / tcp)
+        else:
+            packet = frame(tcp, dst=str(flow.daddr), src=str(flow.saddr))
         result = self.dp.test_run(packet)
         got = self.mac_to_index[Ether(result.data).dst] if result.verdict_name == "XDP_TX" else None
         if result.verdict_name != "XDP_TX":
@@ -126,7 +140,7 @@ class Harness:
             self.counts[(flow.daddr, expected)][0] += 1  # a SYN: one more active connection (SYN_RECV)
         return got, expected
 
-    def live_counts(self, vip: IPv4Address) -> list[tuple[int, int]]:
+    def live_counts(self, vip: IPAddress) -> list[tuple[int, int]]:
         result = []
         for i in range(len(self.setup.weights)):
             value = abi.RealConns()
@@ -135,16 +149,18 @@ class Harness:
         return result
 
 
-def _ip(raw: int) -> IPv4Address:
-    return IPv4Address(raw.to_bytes(4, "little"))
+def _svc_key(vip: IPAddress) -> abi.SvcKey | abi.SvcKey6:
+    return svc_key(ServiceKey(Protocol.TCP, vip, 80))
 
 
-def _svc_key(vip: IPv4Address) -> abi.SvcKey:
-    return abi.SvcKey(vip=int.from_bytes(vip.packed, "little"), port=0x5000, proto=int(Protocol.TCP))  # port 80
-
-
-def random_flows(count: int, vips: list[IPv4Address], seed: int = 1) -> list[Flow]:
+def random_flows(count: int, vips: list[IPAddress], seed: int = 1) -> list[Flow]:
+    """Clients spread over a /17 (IPv4), or over the whole host part of 2001:db8:1::/48 (IPv6: every word of the
+    address varies, so the fold mixes them all)."""
     rng = random.Random(seed)
+    if vips[0].version == 6:
+        base6 = int(IPv6Address("2001:db8:1::"))
+        return [Flow(IPv6Address(base6 + rng.randrange(1 << 80)), rng.randrange(1024, 65536), rng.choice(vips), 80)
+                for _ in range(count)]
     base = int(IPv4Address("198.18.128.0"))
     return [Flow(IPv4Address(base + rng.randrange(1 << 15)), rng.randrange(1024, 65536), rng.choice(vips), 80)
             for _ in range(count)]
@@ -167,9 +183,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize(("name", "setup", "flags"), CASES)
-def test_data_plane_makes_the_reference_choices(plane: Dataplane, name: str, setup: Setup, flags: int) -> None:
-    vips = VIPS if name in ("dh", "lblc", "lblcr") else VIPS[:1]
+def test_data_plane_makes_the_reference_choices(plane: Dataplane, name: str, setup: Setup, flags: int,
+                                                family: int) -> None:
+    vips = FAMILY[family][0] if name in ("dh", "lblc", "lblcr") else FAMILY[family][0][:1]
     harness = Harness(plane, name, setup, flags, vips)
     try:
         pairs = [harness.send(flow) for flow in random_flows(150, vips)]

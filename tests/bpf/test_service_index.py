@@ -20,7 +20,7 @@ from .test_xdp import syn
 VIP = IPv4Address("198.18.0.100")
 KEYS = [ServiceKey(Protocol.TCP, VIP, 80), ServiceKey(Protocol.UDP, VIP, 80),
         ServiceKey(Protocol.TCP, IPv4Address("198.18.0.101"), 443)]
-RIPS = [rip for rip, (mac, ifindex) in REALS.items() if ifindex == 0 and not mac.startswith("00")]
+RIPS = [rip for rip, (mac, ifindex) in REALS.items() if ifindex == 0 and not mac.startswith("00") and rip.version == 4]
 
 
 def random_service(rng: random.Random, key: ServiceKey) -> Service:

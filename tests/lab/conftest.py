@@ -32,6 +32,26 @@ def lab(lab_topology: Topology) -> Iterator[Topology]:
         lab_api.down(lab_topology)
 
 
+@pytest.fixture(scope="session")
+def lab6_hosts() -> Iterator[Topology]:
+    """The dual-stack lab (`pyvs lab up --ipv6`, prefix LAB_PREFIX + "6") without the director's data plane: hosts,
+    gateway, real servers. Up for the whole session and always torn down."""
+    topo = default_topology(prefix=f"{LAB_PREFIX}6", ipv6=True)
+    atexit.register(lab_api.down, topo)
+    try:
+        lab_api.up(topo, director=False)
+        yield topo
+    finally:
+        lab_api.down(topo)
+
+
+@pytest.fixture
+def lab6(lab6_hosts: Topology) -> Topology:
+    """The dual-stack lab with the director's data plane (XDP, the tutorial's rules for both VIPs)."""
+    lab_api.up(lab6_hosts)  # adds what is missing: the director's part
+    return lab6_hosts
+
+
 @pytest.fixture
 def throwaway_netns() -> Iterator[str]:
     """A bare netns with a veth pair (eth0 198.18.3.2/24, default route) to play real server in."""

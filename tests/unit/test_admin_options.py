@@ -94,7 +94,7 @@ def test_help_and_version() -> None:
             ["-A", "-t", "198.18.0.100:nosuchport"],
             "illegal virtual server address[:port] specified: invalid port",
         ),
-        (["-A", "-t", "[2001:db8::1]:80"], "IPv6 is not supported yet"),
+        (["-A", "-t", "[2001:db8::1]"], "write an IPv6 address with a port as [ADDRESS]:PORT"),
         (
             ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.999"],
             "illegal real server address[:port] specified",

@@ -19,7 +19,7 @@ from pyvs.arp.packets import (
     gratuitous_arp,
     icmp_echo,
     parse_arp,
-    parse_ipv4,
+    parse_ip,
     tcp_segment,
     udp_datagram,
 )
@@ -80,13 +80,13 @@ def test_udp_and_icmp_checksums_scapy_agrees_with() -> None:
 
 
 def test_parse_ipv4_reads_syn_ack_udp_and_icmp_errors() -> None:
-    synack = parse_ipv4(bytes(Ether(src=REAL_MAC, dst=DIRECTOR_MAC) / IP(src=str(VIP), dst=str(DIP))
+    synack = parse_ip(bytes(Ether(src=REAL_MAC, dst=DIRECTOR_MAC) / IP(src=str(VIP), dst=str(DIP))
                               / TCP(sport=80, dport=40000, flags="SA", seq=7, ack=12346)))
     assert synack is not None and synack.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
     assert (synack.src, synack.sport, synack.dport, synack.ack, synack.eth_src) == (VIP, 80, 40000, 12346, REAL_MAC)
-    echo = parse_ipv4(bytes(Ether() / IP(src=str(VIP), dst=str(DIP)) / UDP(sport=80, dport=40001) / b"rs1 hi"))
+    echo = parse_ip(bytes(Ether() / IP(src=str(VIP), dst=str(DIP)) / UDP(sport=80, dport=40001) / b"rs1 hi"))
     assert echo is not None and echo.payload == b"rs1 hi"
-    error = parse_ipv4(bytes(Ether() / IP(src=str(VIP), dst=str(DIP)) / ICMP(type=3, code=3)
+    error = parse_ip(bytes(Ether() / IP(src=str(VIP), dst=str(DIP)) / ICMP(type=3, code=3)
                              / IPerror(src=str(DIP), dst=str(VIP)) / TCPerror(sport=40000, dport=80)))
     assert error is not None and (error.sport, error.dport) == (3, 3)
     assert error.payload[12:16] == DIP.packed and int.from_bytes(error.payload[20:22], "big") == 40000

@@ -97,7 +97,8 @@ def test_status_url_takes_host_port() -> None:
 
 
 def test_the_parser_defaults_agree_with_the_doctor() -> None:
-    assert (cli_arp.DEFAULT_CLIENT_IP, cli_arp.PROBE_WAIT) == (doctor.DEFAULT_CLIENT_IP, doctor.PROBE_WAIT)
+    assert (cli_arp.DEFAULT_CLIENT_IP, cli_arp.DEFAULT_CLIENT_IP6, cli_arp.PROBE_WAIT) == (
+        doctor.DEFAULT_CLIENT_IP, doctor.DEFAULT_CLIENT_IP6, doctor.PROBE_WAIT)
 
 
 def test_validate_names_the_programs_a_file_needs_and_this_host_lacks(tmp_path: Path) -> None:

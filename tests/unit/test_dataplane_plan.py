@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
 from pyvs.dataplane import abi
 from pyvs.dataplane.base import DataplaneError
-from pyvs.dataplane.codec import RealSlot, clear_bit, clear_bits, ip_to_be, port_to_be, set_bit, svc_value, table_chunks
+from pyvs.dataplane.codec import (
+    RealSlot,
+    be_to_ip,
+    clear_bit,
+    clear_bits,
+    fold_be,
+    ip_to_be,
+    port_to_be,
+    set_bit,
+    svc_value,
+    table_chunks,
+)
 from pyvs.dataplane.neighbours import NextHop
 from pyvs.dataplane.plan import Plan
-from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
+from pyvs.model import IPAddress, Protocol, Real, Rules, Service, ServiceKey
 
 VIP = IPv4Address("198.18.0.100")
 WEB, DNS = ServiceKey(Protocol.TCP, VIP, 80), ServiceKey(Protocol.UDP, VIP, 53)
 RS1, RS2, RS3 = (IPv4Address(f"198.18.2.{i}") for i in (11, 12, 13))
-resolved: list[IPv4Address] = []
+resolved: list[IPAddress] = []
 
 
-def resolver(rip: IPv4Address) -> NextHop:
+def resolver(rip: IPAddress) -> NextHop:
     resolved.append(rip)
     return NextHop(2, "02:00:00:00:00:0a", f"02:00:00:00:00:{int(rip) & 0xFF:02x}")
 
 
-def service(key: ServiceKey, *reals: tuple[IPv4Address, int], scheduler: str = "wrr") -> Service:
+def service(key: ServiceKey, *reals: tuple[IPAddress, int], scheduler: str = "wrr") -> Service:
     items = [Real(rip, key.port, weight) for rip, weight in reals]
     return Service(key, scheduler, reals={r.key: r for r in items})
 
@@ -35,7 +46,8 @@ def held(rules: Rules) -> tuple[dict[ServiceKey, abi.Svc], list[RealSlot], abi.S
     current = {key: svc_value(rules.services[key], index) for key, index in plan.service_index.items()}
     for key, svc in current.items():
         svc.table_base, svc.table_len = plan.table_base[key], plan.table_len[key]
-    return current, [RealSlot(slot, entry) for slot, entry in plan.entries.items()], plan.usage_after
+    return current, [RealSlot(slot, entry, plan.addresses6.get(slot) or be_to_ip(entry.rip))
+                     for slot, entry in plan.entries.items()], plan.usage_after
 
 
 def test_a_new_rule_set_takes_the_first_free_slots_and_resolves_each_address_once() -> None:
@@ -153,7 +165,42 @@ def test_the_pool_keeps_room_for_one_largest_table_so_that_any_service_can_still
              first.usage_after, lambda slot: abi.RealEntry())
     current = {WEB: svc_value(Service(WEB, "mh", **size), 0)}
     current[WEB].table_base, current[WEB].table_len = first.table_base[WEB], first.table_len[WEB]
-    slots = [RealSlot(slot, entry) for slot, entry in first.entries.items()]
+    slots = [RealSlot(slot, entry, be_to_ip(entry.rip)) for slot, entry in first.entries.items()]
     again = Plan(current, slots, Rules({WEB: Service(WEB, "mh", reals=service(WEB, (RS1, 1), (RS2, 1)).reals, **size)}),
                  resolver, first.usage_after, lambda slot: abi.RealEntry())  # the full pool still lets it change
     assert again.table_base[WEB] != first.table_base[WEB]
+
+
+def test_ipv6_reals_are_flagged_their_addresses_kept_apart_and_matched_on_the_next_change() -> None:
+    resolved.clear()
+    vip6 = IPv6Address("2001:db8::100")
+    web6 = ServiceKey(Protocol.TCP, vip6, 80)
+    rs6 = IPv6Address("2001:db8:2::11")
+    compatible = IPv6Address("::198.18.2.11")  # its integer is RS1's: keyed by address, each is resolved
+    rules = Rules({WEB: service(WEB, (RS1, 1)), web6: service(web6, (rs6, 1), (compatible, 2))})
+    plan = Plan({}, [], rules, resolver, abi.SlotUsage(), lambda slot: abi.RealEntry())
+    assert sorted(resolved, key=str) == sorted([RS1, rs6, compatible], key=str)
+    six = {plan.real_slot[web6][(int(r), 80)]: r for r in (rs6, compatible)}
+    assert plan.addresses6 == six
+    for slot, rip in six.items():
+        entry = plan.entries[slot]
+        assert entry.flags == abi.REAL_ACTIVE | abi.REAL_IPV6 and entry.rip == fold_be(rip)
+    four = plan.entries[plan.real_slot[WEB][(int(RS1), 80)]]
+    assert four.flags == abi.REAL_ACTIVE and four.rip == ip_to_be(RS1)
+    current, slots, usage = held(rules)
+    again = Plan(current, slots, rules, resolver, usage, lambda slot: abi.RealEntry())
+    assert again.changed_services == set() and again.new_slots == set() and again.freed_reals == []
+
+
+def test_ipv6_services_take_runs_of_the_same_pool_each_of_its_own_size() -> None:
+    web6 = ServiceKey(Protocol.TCP, IPv6Address("2001:db8::100"), 80)
+    mh6 = Service(web6, "mh", reals=service(web6, (IPv6Address("2001:db8:2::11"), 1)).reals, mh_table_size=16381)
+    rules = Rules({WEB: service(WEB, (RS1, 1), scheduler="mh"), web6: mh6})
+    current, slots, usage = held(rules)
+    assert current[WEB].table_len == 4093 and current[web6].table_len == 16381 and current[web6].table_size == 16381
+    web, six = (set(table_chunks(current[k].table_base, current[k].table_len)) for k in (WEB, web6))
+    assert len(six) == 64 and not web & six and taken_chunks(usage) == web | six
+    smaller = Rules({WEB: rules.services[WEB], web6: Service(web6, "mh", reals=mh6.reals, mh_table_size=251)})
+    plan = Plan(current, slots, smaller, resolver, usage, lambda slot: abi.RealEntry())
+    assert plan.changed_services == {web6} and plan.table_len[web6] == 251
+    assert taken_chunks(plan.usage_after) == web | set(table_chunks(plan.table_base[web6], 251))

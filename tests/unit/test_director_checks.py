@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from pyvs.director.notify import Notifier, event_argv
 from pyvs.director.status_client import status_table
 
 LOOPBACK = IPv4Address("127.0.0.1")
+LOOPBACK6 = IPv6Address("::1")
 BODY = b"healthy rs1\n"
 
 
@@ -192,3 +193,28 @@ def test_metrics_carry_the_connection_tables_as_the_sweeper_counted_them() -> No
     assert 'pyvs_conn_table_size{table="half_open"} 256.0' in text
     assert 'pyvs_conn_table_evicted_total{table="half_open"} 409000.0' in text
     assert "pyvs_new_connections_per_second 35.5" in text
+
+
+def test_checks_reach_an_ipv6_real_with_a_bracketed_host() -> None:
+    seen: list[bytes] = []
+
+    async def main() -> tuple[ProbeResult, ProbeResult, ProbeResult]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(f"HTTP/1.0 200 X\r\nContent-Length: {len(BODY)}\r\n\r\n".encode() + BODY)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        tcp = await probe(CheckSpec(type="tcp"), LOOPBACK6, port, asyncio.Semaphore(4))
+        http = await probe(CheckSpec(type="http", path="/h"), LOOPBACK6, port, asyncio.Semaphore(4))
+        server.close()
+        closed = await probe(CheckSpec(type="tcp"), LOOPBACK6, 1, asyncio.Semaphore(4))
+        return tcp, http, closed
+
+    tcp, http, closed = asyncio.run(main())
+    assert tcp.ok and tcp.detail.startswith("tcp [::1]:") and tcp.detail.endswith(" connected")
+    assert http.ok and http.detail.startswith("http://[::1]:") and http.detail.endswith("/h: status 200")
+    assert seen[0].startswith(b"GET /h HTTP/1.0\r\nHost: [::1]\r\n")
+    assert closed == ProbeResult(False, "tcp [::1]:1: Connection refused")

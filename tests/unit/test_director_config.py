@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -75,8 +75,9 @@ def test_a_full_config_is_read_with_defaults_and_per_real_checks() -> None:
     ('port = 53', 'port = 53\nport = 54', ":28: not valid TOML"),
     ('address = "198.18.2.12"', 'address = "198.18.2.11"', ":18: service tcp 198.18.0.100:80: real #2: "
      "real 198.18.2.11:80 is listed twice"),
-    ('vip = "198.18.0.100"\nport = 53', 'vip = "2001:db8::1"\nport = 53', ":26: service #2: 'vip': '2001:db8::1': "
-     "IPv6 is not supported yet"),
+    ('vip = "198.18.0.100"\nport = 53', 'vip = "2001:db8::1"\nport = 53', ":30: service udp [2001:db8::1]:53: real #1: "
+     "'address': real server 198.18.2.11 is IPv4 and the service IPv6"),
+    ('vip = "198.18.0.100"\nport = 53', 'vip = "[2001:db8::1"\nport = 53', ":26: service #2: 'vip': invalid IP"),
 ])  # fmt: skip
 def test_an_invalid_file_is_refused_naming_file_line_and_reason(change: str, line: str, message: str) -> None:
     assert change in GOOD
@@ -149,6 +150,60 @@ def test_persistence_netmask_scheduler_flags_and_port_0_are_carried_to_the_servi
 def test_bad_persistence_or_flags_are_refused_with_the_line(change: str, line: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(PERSISTENT.replace(change, line, 1), "director.toml")
+    assert str(caught.value).startswith("director.toml" + message), str(caught.value)
+
+
+IPV6 = """
+[director]
+status_listen = "[::1]:9180"
+
+[[service]]
+vip = "2001:db8::100"
+port = 80
+persistence_timeout = 600
+persistence_granularity = 64
+sorry_server = "[2001:db8:2::20]:80"
+
+[[service.real]]
+address = "2001:db8:2::11"
+
+[[service.real]]
+address = "[2001:db8:2::12]"
+check = { type = "http", path = "/" }
+"""
+
+
+def test_an_ipv6_service_with_reals_sorry_server_and_a_prefix_length_as_granularity() -> None:
+    config = parse_config(IPV6, "director.toml")
+    [svc] = config.services
+    assert config.status_listen == ("::1", 9180)
+    assert str(svc.key) == "[2001:db8::100]:80" and svc.netmask == 64
+    assert [str(r.rip) for r in svc.reals] == ["2001:db8:2::11", "2001:db8:2::12"]
+    assert svc.sorry_server == (IPv6Address("2001:db8:2::20"), 80)
+    assert svc.service().netmask == 64
+    default = parse_config(IPV6.replace("persistence_granularity = 64\n", "")).services[0]
+    assert default.netmask == 128 and default.service().netmask == 128  # IPVS's default for IPv6
+    bare = parse_config(IPV6.replace('"[2001:db8:2::20]:80"', '"2001:db8:2::20"')).services[0]
+    assert bare.sorry_server == (IPv6Address("2001:db8:2::20"), 80)  # a bare IPv6 address has no port
+
+
+@pytest.mark.parametrize(("change", "line", "message"), [
+    ("persistence_granularity = 64", 'persistence_granularity = "255.255.255.0"',
+     ":9: service tcp [2001:db8::100]:80: 'persistence_granularity': invalid IPv6 netmask '255.255.255.0': give a "
+     "prefix length"),
+    ("persistence_granularity = 64", "persistence_granularity = 129", ":9: service tcp [2001:db8::100]:80: "
+     "'persistence_granularity': invalid IPv6 netmask '129'"),
+    ('"[2001:db8:2::20]:80"', '"198.18.2.20"', ":10: service tcp [2001:db8::100]:80: 'sorry_server': the sorry "
+     "server 198.18.2.20 is IPv4 and the service IPv6"),
+    ('"[2001:db8:2::20]:80"', '"[2001:db8:2::20]:8080"', ":10: service tcp [2001:db8::100]:80: sorry server port "
+     "8080 differs"),
+    ('address = "2001:db8:2::11"', 'address = "198.18.2.11"', ":13: service tcp [2001:db8::100]:80: real #1: "
+     "'address': real server 198.18.2.11 is IPv4 and the service IPv6: direct routing keeps the packet"),
+])  # fmt: skip
+def test_bad_ipv6_settings_are_refused_with_the_line(change: str, line: str, message: str) -> None:
+    assert change in IPV6
+    with pytest.raises(ConfigError) as caught:
+        parse_config(IPV6.replace(change, line, 1), "director.toml")
     assert str(caught.value).startswith("director.toml" + message), str(caught.value)
 
 

@@ -32,7 +32,8 @@ def test_each_config_converts_to_a_config_that_validates(path: Path) -> None:
 
 def test_corpus_details_as_keepalived_reads_them() -> None:
     manpage = parse_config(import_keepalived_file(CORPUS / "manpage.conf")[0])
-    tls, web = manpage.services
+    tls, web, ipv6 = manpage.services
+    assert str(ipv6.key) == "[2001:db8::30]:80" and [str(r.rip) for r in ipv6.reals] == ["2001:db8::31"]
     assert tls.alpha and not tls.reals[0].inhibit_on_failure and tls.sched_flags == ("mh-port",)
     assert tls.reals[0].check.status == ((200, 299), (304, 304)) and tls.reals[0].check.port == 8443
     assert web.persistent == 360 and str(web.netmask) == "255.255.255.0"

@@ -165,7 +165,7 @@ def test_an_include_loop_is_refused(tmp_path: Path) -> None:
     (web(service="    delay_loop 0"), ("keepalived.conf:4: delay_loop:",)),
     (web(service="    retry 5000"), ("keepalived.conf:4: retry:",)),
     (web(service="    sorry_server"), ("keepalived.conf:4: sorry_server: needs a value",)),
-    (web(service="    sorry_server 2001:db8::1 80"), ("keepalived.conf:4: sorry_server:", "IPv6")),
+    (web(service="    sorry_server 2001:db8::1 80"), ("keepalived.conf:4: sorry_server:", "IPv6", "IPv4")),
     (web(service="    sorry_server sorry.example 80"), ("keepalived.conf:4: sorry_server:", "host names")),
     (web(service="    sorry_server 198.18.2.11"), ("keepalived.conf:4: sorry_server:", "also one of")),
     (web(service="    sorry_server 198.18.2.20 http"), ("keepalived.conf:4: sorry_server:", "'http'")),
@@ -274,3 +274,63 @@ def test_the_command_reads_a_latin1_byte_in_a_comment(tmp_path: Path) -> None:
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert 'vip = "198.18.0.100"' in result.stdout
+
+
+# --- IPv6 virtual servers ------------------------------------------------------------------------------------
+
+WEB6 = """virtual_server 2001:db8::100 80 {
+    lb_algo sh
+    lb_kind DR
+    persistence_timeout 600
+    persistence_granularity 64
+    sorry_server 2001:db8:2::20 80
+    real_server 2001:db8:2::11 80 {
+        weight 2
+        HTTP_GET {
+            url {
+                path /health
+            }
+            connect_timeout 2
+        }
+    }
+    real_server 2001:db8:2::12 80 {
+        TCP_CHECK {
+            connect_timeout 2
+        }
+    }
+}
+"""
+
+
+def test_an_ipv6_virtual_server_converts_with_its_reals_sorry_server_and_prefix_length() -> None:
+    config, warnings, toml = convert(WEB6)
+    [svc] = config.services
+    assert str(svc.key) == "[2001:db8::100]:80" and (svc.persistent, svc.netmask) == (600, 64)
+    assert [(str(r.rip), r.weight, r.check.type) for r in svc.reals] == [("2001:db8:2::11", 2, "http"),
+                                                                           ("2001:db8:2::12", 1, "tcp")]
+    assert svc.sorry_server is not None and str(svc.sorry_server[0]) == "2001:db8:2::20"
+    assert 'vip = "2001:db8::100"' in toml and "persistence_granularity = 64" in toml
+    assert not [w for w in warnings if "IPv6" in w]
+
+
+@pytest.mark.parametrize(("text", "parts"), [
+    (WEB6.replace("persistence_granularity 64", "persistence_granularity 255.255.255.0"),
+     ("keepalived.conf:5: persistence_granularity:", "prefix length")),
+    (WEB6.replace("sorry_server 2001:db8:2::20 80", "sorry_server 198.18.2.20 80"),
+     ("keepalived.conf:6: sorry_server:", "IPv4", "IPv6")),
+])  # fmt: skip
+def test_ipv6_values_of_the_wrong_family_are_refused_or_reported(text: str, parts: tuple[str, ...]) -> None:
+    try:
+        _, warnings, _ = convert(text)
+    except KeepalivedError as exc:
+        message = str(exc)
+    else:
+        message = "\n".join(warnings)
+    for part in parts:
+        assert part in message, (part, message)
+
+
+def test_a_real_of_the_other_family_is_skipped_with_a_warning() -> None:
+    config, warnings, _ = convert(WEB6.replace("real_server 2001:db8:2::12 80", "real_server 198.18.2.12 80"))
+    assert [str(r.rip) for r in config.services[0].reals] == ["2001:db8:2::11"]
+    assert any(w.startswith("keepalived.conf:16: real_server:") and "IPv4" in w and "IPv6" in w for w in warnings)

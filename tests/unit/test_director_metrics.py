@@ -110,3 +110,21 @@ def test_the_config_switch_defaults_on_and_is_checked() -> None:
     assert parse_config("[director]\nnode_exporter_metrics = false\n").node_exporter_metrics is False
     with pytest.raises(ConfigError, match=r"<config>:2: \[director\]: 'node_exporter_metrics' must be bool"):
         parse_config('[director]\nnode_exporter_metrics = "no"\n')
+
+
+def test_ipv6_labels_are_node_exporters_bare_addresses_and_pyvs_endpoints_in_brackets() -> None:
+    # node_exporter labels a backend with Go's net.IP.String(): the compressed address, no brackets
+    # (collector/ipvs_linux.go: backend.LocalAddress.String()); pyvs's own `real` label is ipvsadm's [ADDR]:PORT.
+    status = _status()
+    status["services"] = [
+        {"proto": "tcp", "vip": "2001:db8::100", "port": 80, "name": "tcp/[2001:db8::100]:80", "scheduler": "rr",
+         "owner": "daemon", "persistence_timeout": None, "sched_flags": [], "quorum": True, "sorry_active": False,
+         "conns": 1, "packets": 1, "bytes": 1, "reals": [_real("2001:db8:2::11", 80, 1, 2, 3)]},
+    ]  # fmt: skip
+    status["other_services"] = []
+    families = _families(status)
+    labels = {"local_address": "2001:db8::100", "local_port": "80", "remote_address": "2001:db8:2::11",
+              "remote_port": "80", "proto": "TCP", "local_mark": ""}
+    assert families["node_ipvs_backend_connections_active"][2] == {tuple(sorted(labels.items())): 2}
+    real = {"service": "tcp/[2001:db8::100]:80", "real": "[2001:db8:2::11]:80", "role": "real"}
+    assert families["pyvs_real_active_connections"][2] == {tuple(sorted(real.items())): 2}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from pyvs.director.config import parse_config
-from pyvs.director.daemon import Director
-from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
+from pyvs.director.daemon import Director, real_name, service_name
+from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, validate_real
 
 KEY = ServiceKey(Protocol.TCP, IPv4Address("198.18.0.100"), 80)
 RS1, RS2, SORRY = (IPv4Address("198.18.2.11"), 80), (IPv4Address("198.18.2.12"), 80), (IPv4Address("198.18.2.20"), 80)
@@ -77,3 +77,22 @@ def test_adoption_takes_health_from_the_data_plane() -> None:
     assert weights(director(sorry)) == {SORRY: 1}
     fresh = director(text=CONFIG.replace('scheduler = "wrr"', 'scheduler = "wrr"\nalpha = true'))
     assert weights(fresh) == {SORRY: 1}
+
+
+def test_an_ipv6_service_gets_its_prefix_length_reals_and_sorry_server_and_names_in_brackets() -> None:
+    text = CONFIG.replace("198.18.0.100", "2001:db8::100").replace('"198.18.2.20"', '"[2001:db8:2::20]:80"') \
+        .replace("198.18.2.11", "2001:db8:2::11").replace("198.18.2.12", "2001:db8:2::12") \
+        .replace('scheduler = "wrr"', 'scheduler = "wrr"\npersistence_timeout = 60\npersistence_granularity = 64')
+    daemon = director(text=text)
+    key6 = ServiceKey(Protocol.TCP, IPv6Address("2001:db8::100"), 80)
+    rs1, sorry = (IPv6Address("2001:db8:2::11"), 80), (IPv6Address("2001:db8:2::20"), 80)
+    svc = daemon.desired_rules().services[key6]
+    assert (svc.netmask, svc.persistent) == (64, 60)
+    assert {k: r.weight for k, r in svc.reals.items()} == {rs1: 2, (IPv6Address("2001:db8:2::12"), 80): 1}
+    for real in svc.reals.values():
+        validate_real(svc, real)
+    for target in list(daemon.reals):
+        daemon.reals[target].health.up = False
+    daemon._update_quorum(daemon.config.services[0])
+    assert list(daemon.desired_rules().services[key6].reals) == [sorry]
+    assert (service_name(key6), real_name(rs1)) == ("tcp/[2001:db8::100]:80", "[2001:db8:2::11]:80")

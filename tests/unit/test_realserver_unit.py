@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,40 @@ def test_sysctl_path_keeps_dots_in_interface_names() -> None:
     assert netns.sysctl_path("net.ipv4.ip_forward") == Path("/proc/sys/net/ipv4/ip_forward")
 
 
-def test_vip_must_be_an_ipv4_address() -> None:
-    with pytest.raises(realserver.RealServerError, match="not an IPv4 address"):
+def test_vips_of_both_families_are_taken_and_bad_ones_refused() -> None:
+    assert [str(v) for v in realserver.parse_vips(["198.18.0.100", "[2001:db8::100]", "198.18.0.100"])] == [
+        "198.18.0.100", "2001:db8::100"]
+    with pytest.raises(realserver.RealServerError, match="not an IP address"):
         realserver.check("198.18.0.300")
+    for bad in ("fe80::1", "ff02::1", "::", "::1"):
+        with pytest.raises(realserver.RealServerError, match="not a unicast address"):
+            realserver.parse_vips(bad)
+
+
+# What nft 1.0.6 lists for the rule that up() adds (nft -j list chain ip6 pyvs_realserver input).
+LISTED_RULE = {
+    "family": "ip6", "table": "pyvs_realserver", "chain": "input", "handle": 2, "comment": "pyvs realserver x",
+    "expr": [
+        {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                   "right": "nd-neighbor-solicit"}},
+        {"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 64, "len": 128}},
+                   "right": "0x20010db8000000000000000000000100"}},
+        {"counter": {"packets": 3, "bytes": 216}}, {"drop": None},
+    ],
+}
+
+
+def test_the_nd_rule_is_recognised_as_nft_lists_it_and_nothing_else_is() -> None:
+    vip = ipaddress.IPv6Address("2001:db8::100")
+    assert realserver._nd_target(LISTED_RULE) == vip
+    assert realserver._nd_target(realserver.nd_rule(vip)) == vip  # what up() writes reads back the same
+    accepting = {**LISTED_RULE, "expr": [*LISTED_RULE["expr"][:4], {"accept": None}]}
+    wider = {**LISTED_RULE, "expr": [LISTED_RULE["expr"][1], *LISTED_RULE["expr"][2:]]}  # lo not excepted
+    assert realserver._nd_target(accepting) is None and realserver._nd_target(wider) is None
+    command = realserver.nd_rule_command(vip)
+    assert "@th,64,128 0x20010db8000000000000000000000100 counter drop" in command
+    assert "iifname != lo icmpv6 type nd-neighbor-solicit" in command
 
 
 def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

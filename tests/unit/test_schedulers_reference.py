@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
 from pyvs.dataplane import abi
 from pyvs.model import ALL_SCHEDULERS, SCHED_FLAG_BITS
 from pyvs.schedulers import SCHEDULERS, Flow, RealState, SchedFlag, build_table, new_scheduler
+from pyvs.schedulers.common import addr_fold, hash_32
 from pyvs.schedulers.hashing import BUCKETS, dh_table, sh_table
 from pyvs.schedulers.locality import LBLCR_SET_SIZE, LocalityLeastConnection, LocalityLeastConnectionReplication
 from pyvs.schedulers.maglev import MH_SEED1, MH_SEED2, MH_TABLE_SIZE, MH_TABLE_SIZES, mh_turns
@@ -206,6 +207,24 @@ def test_dh_hashes_the_destination_address() -> None:
     assert len({scheduler.pick(servers, flow(k)) for k in range(50)}) == 1
     other = {scheduler.pick(servers, flow(0, daddr=IPv4Address(f"198.18.0.{n}"))) for n in range(1, 60)}
     assert other == {0, 1, 2}
+
+
+def test_ipv6_addresses_are_folded_to_32_bits_as_ipvs_does() -> None:
+    # ip_vs_sh/dh/mh/lblc's addr_fold: the four 32-bit words xor-ed, then ntohl.
+    assert addr_fold(IPv6Address("2001:db8::1")) == 0x20010DB8 ^ 1
+    assert addr_fold(IPv6Address("2001:db8:1:2:3:4:5:6")) == 0x20010DB8 ^ 0x00010002 ^ 0x00030004 ^ 0x00050006
+    assert addr_fold(IPv4Address("198.18.1.2")) == int(IPv4Address("198.18.1.2"))
+    servers = [RealState(1, rip=IPv6Address(f"2001:db8:2::{n}"), port=80) for n in range(4)]
+    sh = new_scheduler("sh")
+    for n in range(64):
+        client = IPv6Address(f"2001:db8:1:{n:x}::{n * 7:x}")
+        home = hash_32(addr_fold(client), 8)
+        assert sh.pick(servers, Flow(client, 1024 + n, IPv6Address("2001:db8::100"), 80)) == sh_table([1] * 4)[home]
+    # Two clients whose words xor to the same value share a bucket, as in IPVS.
+    a, b = IPv6Address("2001:db8::1:2:3:4"), IPv6Address("2001:db8::3:4:1:2")  # words swapped
+    assert addr_fold(a) == addr_fold(b)
+    assert sh.pick(servers, Flow(a, 1, IPv6Address("2001:db8::100"), 80)) == sh.pick(
+        servers, Flow(b, 2, IPv6Address("2001:db8::100"), 80))
 
 
 # ---- mh

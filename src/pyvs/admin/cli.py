@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from ipaddress import IPv4Address
 from typing import Protocol, TextIO
 
 from pyvs import __version__
@@ -30,6 +29,7 @@ from pyvs.model import (
     SUPPORTED_SCHEDULERS,
     Connection,
     Counters,
+    RealKey,
     Rules,
     Service,
     ServiceKey,
@@ -53,8 +53,8 @@ class Dataplane(Protocol):
     def read_timeouts(self) -> Timeouts: ...
     def set_timeouts(self, t: Timeouts) -> None: ...
     def service_stats(self) -> dict[ServiceKey, Counters]: ...
-    def real_stats(self) -> dict[tuple[ServiceKey, tuple[IPv4Address, int]], Counters]: ...
-    def conn_counts(self) -> dict[tuple[ServiceKey, tuple[IPv4Address, int]], tuple[int, int]]: ...
+    def real_stats(self) -> dict[tuple[ServiceKey, RealKey], Counters]: ...
+    def conn_counts(self) -> dict[tuple[ServiceKey, RealKey], tuple[int, int]]: ...
     def connections(self) -> list[Connection]: ...
     def zero(self, key: ServiceKey | None = None) -> None: ...
 
@@ -93,12 +93,13 @@ Either long or short options are allowed.
 virtual-service:
   --tcp-service|-t  service-address   service-address is host[:port]
   --udp-service|-u  service-address   service-address is host[:port]
+                                      (IPv6: [address]:port, e.g. [2001:db8::100]:80)
 
 Options:
   --scheduler    -s scheduler         one of {"|".join(SUPPORTED_SCHEDULERS)},
                                       the default scheduler is {DEFAULT_SCHEDULER}.
   --persistent   -p [timeout]         persistent service (default timeout {DEFAULT_PERSISTENCE} seconds)
-  --netmask      -M netmask           persistent granularity mask
+  --netmask      -M netmask           persistent granularity mask (IPv6: a prefix length, default 128)
   --sched-flags  -b flags             scheduler flags, comma-separated: sh-fallback, sh-port,
                                       mh-fallback, mh-port, flag-1, flag-2, flag-3
   --real-server  -r server-address    server-address is host (and port)
@@ -162,10 +163,10 @@ class _NoDataplane:
     def service_stats(self) -> dict[ServiceKey, Counters]:
         return {}
 
-    def real_stats(self) -> dict[tuple[ServiceKey, tuple[IPv4Address, int]], Counters]:
+    def real_stats(self) -> dict[tuple[ServiceKey, RealKey], Counters]:
         return {}
 
-    def conn_counts(self) -> dict[tuple[ServiceKey, tuple[IPv4Address, int]], tuple[int, int]]:
+    def conn_counts(self) -> dict[tuple[ServiceKey, RealKey], tuple[int, int]]:
         return {}
 
     def connections(self) -> list[Connection]:
@@ -194,9 +195,10 @@ def _xdp_attached_here() -> bool:
 def _attach_where_needed(dataplane: Dataplane, pin_dir: str | None) -> str | None:
     """ipvsadm's model: rules act on VIP traffic arriving on any interface, with no attach step. After a write
     that leaves services, this namespace's own data plane attaches pyvs's program (generic mode) to every
-    interface that is UP with an IPv4 address and runs no XDP program, unless pyvs already runs on one (the
-    admin chose where). Returns the one line to tell, None when nothing was done. A data plane named by
-    --pin-dir/$PYVS_PIN_DIR may be another namespace's: it is never attached here, only a note is given."""
+    interface that is UP with an IPv4 address (or a global IPv6 one, for IPv6 services) and runs no XDP program,
+    unless pyvs already runs on one (the admin chose where). Returns the one line to tell, None when nothing was
+    done. A data plane named by --pin-dir/$PYVS_PIN_DIR may be another namespace's: it is never attached here, only
+    a note is given."""
     from pyvs.pindir import chosen_pin_dir
 
     if chosen_pin_dir(pin_dir) is not None:

@@ -14,18 +14,21 @@ import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyvs.model import (
     DEFAULT_PERSISTENCE,
     MAX_WEIGHT,
     MH_TABLE_SIZES,
+    IPAddress,
     ModelError,
+    Netmask,
     Protocol,
     ServiceKey,
     Timeouts,
+    parse_address,
     parse_ipv4,
-    parse_netmask,
+    parse_netmask_for,
     parse_port,
     validate_weight,
 )
@@ -117,10 +120,10 @@ class Command:
     action: Action
     service: ServiceKey | None = None
     scheduler: str | None = None
-    real: tuple[IPv4Address, int] | None = None  # port already set to the service port (DR)
+    real: tuple[IPAddress, int] | None = None  # port already set to the service port (DR)
     weight: int | None = None
     persistent: int | None = None  # -p timeout, None without -p
-    netmask: IPv4Address | None = None
+    netmask: Netmask | None = None  # -M: a netmask (IPv4 service) or a prefix length (IPv6 service)
     sched_flags: tuple[str, ...] = ()
     mh_table_size: int | None = None  # --mh-table-size (pyvs extension)
     timeouts: Timeouts | None = None  # --set values; 0 leaves a timeout unchanged
@@ -185,7 +188,7 @@ _SPECS = (
     _Spec(None, "syncid", True, unsupported=_NO_DAEMON),
     _Spec(None, "sctp-service", True, unsupported="pyvs balances TCP and UDP services only"),
     _Spec("f", "fwmark-service", True, unsupported="pyvs has no firewall-mark services"),
-    _Spec("6", "ipv6", False, unsupported="pyvs has no firewall-mark services and no IPv6 yet"),
+    _Spec("6", "ipv6", False, unsupported="-6 is for firewall-mark services, which pyvs does not have"),
     _Spec("m", "masquerading", False, unsupported=_DR_ONLY),
     _Spec("i", "ipip", False, unsupported=_DR_ONLY),
     _Spec(None, "tun-type", True, unsupported=_DR_ONLY),
@@ -301,13 +304,25 @@ def _port(text: str, proto: Protocol) -> int:
         raise ModelError(f"invalid port '{text}': not a number or a known service name") from None
 
 
-def _address(text: str, proto: Protocol, what: str) -> tuple[IPv4Address, int | None]:
-    """host[:port] as ipvsadm's parse_service; the port is None when absent."""
+def _address(text: str, proto: Protocol, what: str) -> tuple[IPAddress, int | None]:
+    """host[:port], [ipv6]:port or a bare IPv6 address, as ipvsadm's parse_service; the port is None when absent.
+    As there, brackets need the port after them, and a bare IPv6 address has no port."""
     try:
         if text.isdigit():
             raise ModelError(f"'{text}' is not an address")
-        if text.startswith("[") or text.count(":") > 1:
-            raise ModelError(f"'{text}': IPv6 is not supported yet; use an IPv4 address")
+        if text.startswith("["):
+            inside, bracket, rest = text[1:].partition("]")
+            if not bracket or not rest.startswith(":"):
+                raise ModelError(f"'{text}': write an IPv6 address with a port as [ADDRESS]:PORT")
+            address = parse_address(inside)
+            if not isinstance(address, IPv6Address):
+                raise ModelError(f"'{text}': brackets are for IPv6 addresses only")
+            return address, _port(rest[1:], proto)
+        if text.count(":") > 1:
+            address = parse_address(text)
+            if not isinstance(address, IPv6Address):
+                raise ModelError(f"'{text}' is not an address")
+            return address, None
         host, sep, port = text.partition(":")
         return _host(host), (_port(port, proto) if sep else None)
     except ModelError as err:
@@ -425,10 +440,12 @@ def parse_args(argv: Sequence[str]) -> Command:
         persistent = _persistence(values["persistent"]) if "persistent" in values else DEFAULT_PERSISTENCE
     netmask = None
     if "netmask" in values:
+        family = service.family if service else 4
         try:
-            netmask = parse_netmask(values["netmask"])
+            netmask = parse_netmask_for(values["netmask"], family)
         except ModelError as err:
-            raise UsageError(f"illegal virtual server netmask specified: {err}") from None
+            what = "ipv6 netmask" if family == 6 else "virtual server netmask"
+            raise UsageError(f"illegal {what} specified: {err}") from None
     sched_flags = tuple(values["sched-flags"].split(",")) if "sched-flags" in values else ()
     mh_table_size = _mh_table_size(values["mh-table-size"]) if "mh-table-size" in values else None
 

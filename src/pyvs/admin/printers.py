@@ -1,7 +1,8 @@
 """ipvsadm 1.31's text output (list_all, print_title, print_service_entry, list_conn, -S).
 
 Column widths, trailing spaces and number rounding are ipvsadm's; each function returns
-the whole text and the caller writes it.
+the whole text and the caller writes it. IPv6 endpoints are written [address]:port; ipvsadm cuts an IPv4 service's
+name at 33 characters and a real's at 28, an IPv6 one's not at all (the columns after it move right).
 """
 
 from __future__ import annotations
@@ -10,9 +11,22 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from ipaddress import IPv4Address
 
-from pyvs.model import HOST_MASK, Connection, Counters, Protocol, Real, RealKey, Rules, Service, ServiceKey, Timeouts
+from pyvs.model import (
+    HOST_MASK,
+    HOST_PREFIX6,
+    Connection,
+    Counters,
+    IPAddress,
+    Protocol,
+    Real,
+    RealKey,
+    Rules,
+    Service,
+    ServiceKey,
+    Timeouts,
+    endpoint_text,
+)
 
 IPVS_VERSION = "1.2.1"  # the kernel IPVS version ipvsadm shows in its header
 DEFAULT_CONN_TABLE_SIZE = 4096
@@ -20,7 +34,7 @@ DEFAULT_CONN_TABLE_SIZE = 4096
 ServiceRealKey = tuple[ServiceKey, RealKey]
 
 
-def _reverse_dns(address: IPv4Address) -> str | None:
+def _reverse_dns(address: IPAddress) -> str | None:
     try:
         return socket.gethostbyaddr(str(address))[0]
     except OSError:
@@ -41,18 +55,20 @@ class Names:
     def __init__(
         self,
         numeric: bool,
-        host_name: Callable[[IPv4Address], str | None] = _reverse_dns,
+        host_name: Callable[[IPAddress], str | None] = _reverse_dns,
         port_name: Callable[[int, Protocol], str | None] = _service_name,
     ) -> None:
         self.numeric = numeric
         self._host_name = lru_cache(maxsize=None)(host_name)
         self._port_name = lru_cache(maxsize=None)(port_name)
 
-    def endpoint(self, address: IPv4Address, port: int, proto: Protocol) -> str:
+    def endpoint(self, address: IPAddress, port: int, proto: Protocol) -> str:
         if self.numeric:
-            return f"{address}:{port}"
+            return endpoint_text(address, port)
         host = self._host_name(address) or str(address)
-        return f"{host}:{self._port_name(port, proto) or port}"
+        if address.version == 6:
+            host = f"[{host}]"
+        return f"{host}:{self._port_name(port, proto) or port}"[:59]  # ipvsadm writes it into 60 bytes
 
 
 NUMERIC = Names(numeric=True)
@@ -97,7 +113,15 @@ def _title(stats: bool) -> str:
 
 
 def _services(rules: Rules, sort: bool) -> list[Service]:
-    return rules.sorted_services() if sort else list(rules.services.values())
+    """ipvsadm's order (ipvs_cmp_services): IPv4 services before IPv6 ones, then protocol, address, port."""
+    if not sort:
+        return list(rules.services.values())
+    return sorted(rules.services.values(), key=lambda svc: (svc.key.family, svc.key.sort_key()))
+
+
+def _mask(svc: Service) -> str | None:
+    """The persistence granularity ipvsadm shows: a netmask (IPv4) or prefix length (IPv6) other than the host's."""
+    return None if svc.netmask in (HOST_MASK, HOST_PREFIX6) else str(svc.netmask)
 
 
 def _reals(svc: Service, sort: bool) -> list[Real]:
@@ -113,7 +137,9 @@ def _counters(counters: Counters, exact: bool) -> str:
 
 def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, exact: bool, sort: bool) -> str:
     key = svc.key
-    name = f"{key.proto.label:<4} {names.endpoint(key.vip, key.port, key.proto)}"[:33]
+    name = f"{key.proto.label:<4} {names.endpoint(key.vip, key.port, key.proto)}"
+    if key.family == 4:
+        name = name[:33]
     if stats:
         lines = [f"{name:<33}{_counters(listing.service_stats.get(key, Counters()), exact)}"]
     else:
@@ -122,13 +148,15 @@ def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, ex
             line += f" ({','.join(svc.sched_flags)})"
         if svc.persistent is not None:
             line += f" persistent {svc.persistent}"
-            if svc.netmask != HOST_MASK:
-                line += f" mask {svc.netmask}"
+            if _mask(svc):
+                line += f" mask {_mask(svc)}"
         if svc.mh_table_size is not None:  # pyvs extension: only services that set it show it
             line += f" mh-table-size {svc.mh_table_size}"
         lines = [line]
     for real in _reals(svc, sort):
-        dest = names.endpoint(real.rip, real.port, key.proto)[:28]
+        dest = names.endpoint(real.rip, real.port, key.proto)
+        if key.family == 4:
+            dest = dest[:28]
         if stats:
             counters = listing.real_stats.get((key, real.key), Counters())
             lines.append(f"  -> {dest:<28}{_counters(counters, exact)}")
@@ -172,8 +200,8 @@ def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> s
         line = f"-A {selector} -s {svc.scheduler}"
         if svc.persistent is not None:
             line += f" -p {svc.persistent}"
-            if svc.netmask != HOST_MASK:
-                line += f" -M {svc.netmask}"
+            if _mask(svc):
+                line += f" -M {_mask(svc)}"
         if svc.sched_flags:
             line += f" -b {','.join(svc.sched_flags)}"
         if svc.mh_table_size is not None:

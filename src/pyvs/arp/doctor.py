@@ -1,10 +1,14 @@
 """`pyvs doctor`: verify an LVS-DR cluster from the director, on the wire.
 
 Run in the director. It reads the services and reals from the data plane, then asks the segment:
-- ARP ownership: an RFC 5227 probe (who-has VIP tell 0.0.0.0) must be answered by nobody but the director
+- ARP ownership (IPv4): an RFC 5227 probe (who-has VIP tell 0.0.0.0) must be answered by nobody but the director
   (which does not hear its own probe); any other MAC that answers, or announces the VIP, is named.
+- ND ownership (IPv6, its counterpart): a neighbour solicitation for the VIP from the director's own address must
+  be answered by nobody else; a real that answers (or announces the VIP) is IPv6's "ARP problem": clients reach
+  it without the director. The reals' MACs are asked the same way (ARP for IPv4, a solicitation for IPv6).
 - DR path: a TCP SYN (or UDP datagram) to VIP:port from the director's own address (DIP), sent to the real's
   MAC, must be answered from VIP:port. When it is not, a ping to the VIP and a probe of RIP:port tell why.
+  IPv6 services are probed the same way over IPv6 (ICMPv6 for the ping and the errors).
 - Return path: the same SYN from a client-like address must not come back to the director.
 - The director: maps pinned, XDP attached (and how), VIPs on the NIC, reals' MACs resolved and current,
   drop counters during the check.
@@ -21,16 +25,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from pyvs.arp.nd import NA_SOLICITED, Nd, neighbour_solicitation, parse_nd
 from pyvs.arp.packets import (
     ETH_P_ARP,
     ETH_P_IP,
-    ICMP_ECHO_REPLY,
-    ICMP_UNREACHABLE,
+    ETH_P_IPV6,
     IPPROTO_ICMP,
     IPPROTO_TCP,
     IPPROTO_UDP,
@@ -39,7 +43,7 @@ from pyvs.arp.packets import (
     TCP_RST,
     TCP_SYN,
     Arp,
-    Ipv4,
+    IpPacket,
     arp_probe,
     ethernet,
     icmp_echo,
@@ -48,23 +52,27 @@ from pyvs.arp.packets import (
     interface_of,
     packet_socket,
     parse_arp,
-    parse_ipv4,
+    parse_ip,
     tcp_segment,
     udp_datagram,
 )
 from pyvs.arp.watch import open_pinned
 from pyvs.dataplane import Dataplane
 from pyvs.dataplane.neighbours import ZERO_MAC, NextHop
-from pyvs.model import Protocol, Service, ServiceKey
+from pyvs.model import IPAddress, Protocol, RealKey, Service, ServiceKey, address_order
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLIENT_IP = IPv4Address("198.19.255.254")  # a client-like source for the return-path probe
+DEFAULT_CLIENT_IP6 = IPv6Address("2001:db8:ffff:ffff::fe")  # the same for IPv6 services
 ARP_WAIT = 0.3
 PROBE_WAIT = 1.0
 UDP_PROBE = b"pyvs doctor probe\n"
-ICMP_ADMIN_CODES = (9, 10, 13)  # network/host administratively prohibited, communication prohibited
-ICMP_PORT_UNREACHABLE = 3
+
+
+def _asking(version: int) -> str:
+    """How a host asks for an address's MAC on the segment."""
+    return "ARP" if version == 4 else "neighbour solicitations"
 
 
 class Status(StrEnum):
@@ -93,16 +101,20 @@ class DoctorError(Exception):
 class Answer:
     """The replies one probe got."""
 
-    replies: list[Ipv4] = field(default_factory=list)
+    replies: list[IpPacket] = field(default_factory=list)
 
-    def tcp(self, flags: int) -> Ipv4 | None:
+    def tcp(self, flags: int) -> IpPacket | None:
         return next((r for r in self.replies if r.proto == IPPROTO_TCP and r.flags & flags == flags), None)
 
-    def udp(self) -> Ipv4 | None:
+    def udp(self) -> IpPacket | None:
         return next((r for r in self.replies if r.proto == IPPROTO_UDP), None)
 
-    def icmp(self, icmp_type: int) -> Ipv4 | None:
-        return next((r for r in self.replies if r.proto == IPPROTO_ICMP and r.sport == icmp_type), None)
+    def unreachable(self) -> str | None:
+        """The kind of the first destination-unreachable error (ICMP or ICMPv6): "port", "admin" or "other"."""
+        return next((kind for r in self.replies if (kind := r.unreachable()) is not None), None)
+
+    def echo_reply(self) -> IpPacket | None:
+        return next((r for r in self.replies if r.echo_reply), None)
 
     @property
     def any(self) -> bool:
@@ -114,12 +126,12 @@ class RealProbe:
     """What the wire said about one real for one service."""
 
     key: ServiceKey
-    rip: IPv4Address
+    rip: IPAddress
     rport: int
-    mac: str | None  # from its ARP answer, else the data plane's
-    arp_answered: bool
+    mac: str | None  # from its ARP (IPv6: neighbour advertisement) answer, else the data plane's
+    arp_answered: bool  # it answered ARP (IPv6: a neighbour solicitation)
     vip: Answer  # the probe to VIP:port at the real's MAC
-    ping: Answer  # ICMP echo to the VIP at the real's MAC
+    ping: Answer  # echo request (ICMP, ICMPv6) to the VIP at the real's MAC
     rip_port: Answer  # the probe to RIP:rport
 
 
@@ -131,22 +143,26 @@ def dr_path_finding(probe: RealProbe) -> Finding:
     """The verdict on one real's DR path for one service, with the fix."""
     key, vip, port, proto = probe.key, probe.key.vip, probe.key.port, _proto(probe.key)
     subject = f"{probe.rip} {key.proto.label} {key}"
-    listen_fix = f"on {probe.rip}: start the service listening on {proto} 0.0.0.0:{port} (or {vip}:{port})"
-    firewall_fix = f"on {probe.rip}: allow it, e.g. iptables -I INPUT -d {vip} -p {proto} --dport {port} -j ACCEPT"
-    vip_fix = (f"on {probe.rip}: pyvs realserver up --vip {vip} (VIP on lo as /32, rp_filter off); "
+    listen = f"0.0.0.0:{port}" if vip.version == 4 else f"[::]:{port}"
+    listen_fix = f"on {probe.rip}: start the service listening on {proto} {listen} (or {key})"
+    tables = "iptables" if vip.version == 4 else "ip6tables"
+    firewall_fix = f"on {probe.rip}: allow it, e.g. {tables} -I INPUT -d {vip} -p {proto} --dport {port} -j ACCEPT"
+    on_lo = "VIP on lo as /32, rp_filter off" if vip.version == 4 else "VIP on lo as /128, deprecated"
+    vip_fix = (f"on {probe.rip}: pyvs realserver up --vip {vip} ({on_lo}); "
                f"pyvs realserver check --vip {vip} names the wrong setting")
+    asking = _asking(vip.version)
     if probe.mac is None:
-        return Finding(Status.FAIL, "dr-path", subject, f"{probe.rip} has no MAC: it does not answer ARP",
+        return Finding(Status.FAIL, "dr-path", subject, f"{probe.rip} has no MAC: it does not answer {asking}",
                        f"bring {probe.rip} up on the director's segment, then: pyvs director resolve")
     answer = probe.vip
-    prohibited = answer.icmp(ICMP_UNREACHABLE)
+    unreachable = answer.unreachable()
     if key.proto is Protocol.TCP:
         if (synack := answer.tcp(TCP_SYN | TCP_ACK)) is not None:
             if synack.src != vip:
                 return Finding(Status.FAIL, "dr-path", subject, f"SYN-ACK comes from {synack.src}, not the VIP",
                                vip_fix)
             return Finding(Status.OK, "dr-path", subject,
-                           f"SYN-ACK from {vip}:{port}: the real accepts the VIP and the service listens")
+                           f"SYN-ACK from {key}: the real accepts the VIP and the service listens")
         if answer.tcp(TCP_RST) is not None:
             return Finding(Status.FAIL, "dr-path", subject,
                            f"the real accepts the VIP but nothing listens on tcp port {port} (RST)", listen_fix)
@@ -156,115 +172,145 @@ def dr_path_finding(probe: RealProbe) -> Finding:
                 return Finding(Status.FAIL, "dr-path", subject,
                                f"the answer comes from {reply.src}, not the VIP: clients drop it",
                                f"on {probe.rip}: bind the service to {vip}, or answer from the address asked "
-                               "(IP_PKTINFO)")
-            return Finding(Status.OK, "dr-path", subject, f"answer from {vip}:{port}: the real accepts the VIP")
-        if prohibited is not None and prohibited.dport == ICMP_PORT_UNREACHABLE:
+                               "(IP_PKTINFO, IPV6_PKTINFO)")
+            return Finding(Status.OK, "dr-path", subject, f"answer from {key}: the real accepts the VIP")
+        if unreachable == "port":
             return Finding(Status.FAIL, "dr-path", subject,
                            f"the real accepts the VIP but nothing listens on udp port {port} (port unreachable)",
                            listen_fix)
-    if prohibited is not None and prohibited.dport in ICMP_ADMIN_CODES:
-        return Finding(Status.FAIL, "dr-path", subject, f"a firewall on {probe.rip} rejects {proto} to {vip}:{port}",
+    if unreachable == "admin":
+        return Finding(Status.FAIL, "dr-path", subject, f"a firewall on {probe.rip} rejects {proto} to {key}",
                        firewall_fix)
-    if probe.ping.icmp(ICMP_ECHO_REPLY) is not None:
+    if probe.ping.echo_reply() is not None:
         if key.proto is Protocol.UDP:
             return Finding(Status.WARN, "dr-path", subject,
-                           f"the real accepts the VIP (ping) but {vip}:{port} did not answer a UDP probe "
+                           f"the real accepts the VIP (ping) but {key} did not answer a UDP probe "
                            "(a firewall, or a service that ignores it)", firewall_fix)
         return Finding(Status.FAIL, "dr-path", subject,
-                       f"the real accepts the VIP (ping) but tcp {vip}:{port} is silent: a firewall drops it",
+                       f"the real accepts the VIP (ping) but tcp {key} is silent: a firewall drops it",
                        firewall_fix)
     if probe.rip_port.any:
+        why = "VIP not on lo, or rp_filter drops them" if vip.version == 4 else "VIP not on lo"
         return Finding(Status.FAIL, "dr-path", subject,
                        f"the real drops packets for the VIP ({probe.rip}:{probe.rport} answers, {vip} does not): "
-                       "VIP not on lo, or rp_filter drops them", vip_fix)
+                       f"{why}", vip_fix)
     if not probe.arp_answered:
-        return Finding(Status.FAIL, "dr-path", subject, f"{probe.rip} does not answer ARP: down or unplugged",
+        return Finding(Status.FAIL, "dr-path", subject, f"{probe.rip} does not answer {asking}: down or unplugged",
                        f"bring {probe.rip} up on the director's segment, then: pyvs director resolve")
     return Finding(Status.FAIL, "dr-path", subject,
-                   f"{probe.rip} answers ARP but not {vip}:{port}, ping or {probe.rip}:{probe.rport}: "
+                   f"{probe.rip} answers {asking} but not {key}, ping or {probe.rip}:{probe.rport}: "
                    "a firewall drops everything, or the service is down", firewall_fix)
 
 
-def arp_ownership_findings(vip: IPv4Address, director_mac: str, claims: Iterable[Arp],
-                           names: dict[str, str]) -> list[Finding]:
-    """Who else answers or announces the VIP; `names` maps a known MAC to the real it belongs to."""
+Claim = tuple[IPAddress, str, str]  # (address, MAC, "answers" or "announces")
+
+
+def arp_claims(arps: Iterable[Arp]) -> list[Claim]:
+    """What ARP frames claim: an answer (or a request) from an address, or its announcement."""
+    return [(arp.sender_ip, arp.sender_mac, "announces" if arp.gratuitous else "answers") for arp in arps]
+
+
+def nd_claims(nds: Iterable[Nd]) -> list[Claim]:
+    """What neighbour advertisements claim: a solicited one answers, an unsolicited one announces."""
+    return [(nd.target, nd.mac, "answers" if nd.flags & NA_SOLICITED else "announces")
+            for nd in nds if nd.advertisement]
+
+
+def ownership_findings(vip: IPAddress, director_mac: str, claims: Iterable[Claim],
+                       names: dict[str, str]) -> list[Finding]:
+    """Who else answers or announces the VIP (ARP for IPv4, neighbour advertisements for IPv6); `names` maps a
+    known MAC to the real it belongs to."""
     foreign: dict[str, set[str]] = {}
-    for arp in claims:
-        if arp.sender_ip == vip and arp.sender_mac != director_mac:
-            foreign.setdefault(arp.sender_mac, set()).add("answers" if arp.target_ip != vip else "announces")
+    for address, mac, kind in claims:
+        if address == vip and mac != director_mac:
+            foreign.setdefault(mac, set()).add(kind)
+    check, asking = ("arp", "ARP") if vip.version == 4 else ("nd", "neighbour solicitations")
     if not foreign:
-        return [Finding(Status.OK, "arp", f"VIP {vip}", f"only the director ({director_mac}) answers ARP for it")]
+        return [Finding(Status.OK, check, f"VIP {vip}", f"only the director ({director_mac}) answers {asking} for it")]
+    suppress = ("VIP on lo /32, arp_ignore=1, arp_announce=2" if vip.version == 4 else
+                "VIP on lo /128, an nftables rule drops solicitations for it")
     findings = []
     for mac, how in sorted(foreign.items()):
         who = names.get(mac, "an unknown host")
         host = names.get(mac, "that host")
+        what = "ARP for the VIP" if vip.version == 4 else "the VIP (neighbour advertisements)"
         findings.append(Finding(
-            Status.FAIL, "arp", f"VIP {vip}",
-            f"{who} at {mac} {' and '.join(sorted(how))} ARP for the VIP: clients can bypass the director",
-            f"on {host}: remove {vip} from its NIC, pyvs realserver up --vip {vip} (VIP on lo /32, arp_ignore=1, "
-            f"arp_announce=2); pyvs realserver check --vip {vip} shows what is wrong",
+            Status.FAIL, check, f"VIP {vip}",
+            f"{who} at {mac} {' and '.join(sorted(how))} {what}: clients can bypass the director",
+            f"on {host}: remove {vip} from its NIC, pyvs realserver up --vip {vip} ({suppress}); "
+            f"pyvs realserver check --vip {vip} shows what is wrong",
         ))
     return findings
+
+
+def arp_ownership_findings(vip: IPv4Address, director_mac: str, claims: Iterable[Arp],
+                           names: dict[str, str]) -> list[Finding]:
+    """Who else answers or announces an IPv4 VIP in ARP."""
+    return ownership_findings(vip, director_mac, arp_claims(claims), names)
 
 
 # -- the wire -----------------------------------------------------------------------------------------
 
 
 class _Capture:
-    """ARP and IPv4 frames arriving on the NIC while the doctor runs."""
+    """ARP, IPv4 and IPv6 frames (neighbour discovery among them) arriving on the NIC while the doctor runs."""
 
     def __init__(self, ifname: str):
-        self.arp_sock = packet_socket(ifname, ETH_P_ARP)
-        self.ip_sock = packet_socket(ifname, ETH_P_IP)
+        self.socks = {kind: packet_socket(ifname, kind) for kind in (ETH_P_ARP, ETH_P_IP, ETH_P_IPV6)}
         self.arps: list[Arp] = []
-        self.ips: list[Ipv4] = []
+        self.nds: list[Nd] = []
+        self.ips: list[IpPacket] = []
 
     def close(self) -> None:
-        self.arp_sock.close()
-        self.ip_sock.close()
+        for sock in self.socks.values():
+            sock.close()
 
     def send(self, frame: bytes) -> None:
-        self.ip_sock.send(frame)
+        self.socks[ETH_P_IP].send(frame)
 
     def collect(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
+        kinds = {sock: kind for kind, sock in self.socks.items()}
         while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.arp_sock, self.ip_sock], [], [], left)
+            ready, _, _ = select.select(list(kinds), [], [], left)
             for sock in ready:
                 frame, address = sock.recvfrom(65535)
                 if address[2] == PACKET_OUTGOING:
                     continue
-                if sock is self.arp_sock:
+                if kinds[sock] == ETH_P_ARP:
                     if (arp := parse_arp(frame)) is not None:
                         self.arps.append(arp)
-                elif (ip := parse_ipv4(frame)) is not None:
+                elif (nd := parse_nd(frame)) is not None:
+                    self.nds.append(nd)
+                elif (ip := parse_ip(frame)) is not None:
                     self.ips.append(ip)
+
+
+ECHO = IPPROTO_ICMP  # a probe's kind: an echo request (ICMP or ICMPv6, by the addresses' family)
 
 
 @dataclass
 class _Probe:
     real_mac: str
-    src: IPv4Address
-    dst: IPv4Address
-    proto: int
+    src: IPAddress
+    dst: IPAddress
+    proto: int  # IPPROTO_TCP, IPPROTO_UDP or ECHO
     sport: int
     dport: int
     seq: int
     answer: Answer = field(default_factory=Answer)
 
-    def matches(self, reply: Ipv4) -> bool:
-        if reply.proto == IPPROTO_ICMP and reply.sport == ICMP_UNREACHABLE:  # quotes our header + 8 bytes
-            quoted = reply.payload
-            if len(quoted) < 28:
-                return False
-            ihl = (quoted[0] & 0xF) * 4
-            return (quoted[9] == self.proto and quoted[16:20] == self.dst.packed
-                    and int.from_bytes(quoted[ihl:ihl + 2], "big") == self.sport)
+    def matches(self, reply: IpPacket) -> bool:
+        if reply.unreachable() is not None:  # quotes our header and the ports
+            return reply.quoted() == (self.proto, self.dst, self.sport)
         if reply.dst != self.src:
             return False
-        if self.proto == IPPROTO_ICMP:
-            return reply.proto == IPPROTO_ICMP and reply.sport == ICMP_ECHO_REPLY and reply.seq == self.seq
+        if self.proto == ECHO:
+            return reply.echo_reply and reply.seq == self.seq
         return reply.proto == self.proto and reply.dport == self.sport and reply.sport == self.dport
+
+    def _ethernet(self, director_mac: str, packet: bytes) -> bytes:
+        return ethernet(self.real_mac, director_mac, ETH_P_IP if self.src.version == 4 else ETH_P_IPV6, packet)
 
     def frame(self, director_mac: str) -> bytes:
         if self.proto == IPPROTO_TCP:
@@ -273,41 +319,45 @@ class _Probe:
             packet = udp_datagram(self.src, self.dst, self.sport, self.dport, UDP_PROBE)
         else:
             packet = icmp_echo(self.src, self.dst, self.seq >> 16, self.seq & 0xFFFF)
-        return ethernet(self.real_mac, director_mac, ETH_P_IP, packet)
+        return self._ethernet(director_mac, packet)
 
     def reset(self, director_mac: str) -> bytes:
         """A RST that closes what the SYN opened on the real."""
-        packet = tcp_segment(self.src, self.dst, self.sport, self.dport, self.seq + 1, 0, TCP_RST)
-        return ethernet(self.real_mac, director_mac, ETH_P_IP, packet)
+        return self._ethernet(director_mac, tcp_segment(self.src, self.dst, self.sport, self.dport, self.seq + 1, 0,
+                                                        TCP_RST))
 
 
-def _new_probe(rng: random.Random, mac: str, src: IPv4Address, dst: IPv4Address, proto: int, port: int) -> _Probe:
+def _new_probe(rng: random.Random, mac: str, src: IPAddress, dst: IPAddress, proto: int, port: int) -> _Probe:
     return _Probe(mac, src, dst, proto, rng.randrange(20000, 60000), port, rng.randrange(1, 1 << 31))
 
 
-def _director_address(addresses: list[tuple[IPv4Address, int]], vips: set[IPv4Address],
-                      rip: IPv4Address) -> IPv4Address | None:
-    """The director's own address (DIP) to probe rip from: one in rip's subnet first, never a VIP."""
-    own = [(a, p) for a, p in addresses if a not in vips]
+def _director_address(addresses: list[tuple[IPAddress, int]], vips: set[IPAddress],
+                      rip: IPAddress) -> IPAddress | None:
+    """The director's own address (DIP) to probe rip from: one of rip's family in rip's subnet first, never a VIP."""
+    own = [(a, p) for a, p in addresses if a not in vips and a.version == rip.version]
     for address, plen in own:
-        if rip in IPv4Network(f"{address}/{plen}", strict=False):
+        if rip in ip_network(f"{address}/{plen}", strict=False):
             return address
     return own[0][0] if own else None
 
 
-def _default_gateway() -> str | None:
+def _default_gateway(version: int) -> str | None:
     with IPRoute() as ipr:
-        for route in ipr.get_default_routes(family=socket.AF_INET):
+        for route in ipr.get_default_routes(family=socket.AF_INET if version == 4 else socket.AF_INET6):
             gateway = route.get_attr("RTA_GATEWAY")
             if gateway:
                 return str(gateway)
     return None
 
 
+def _all_addresses(dev: str) -> list[tuple[IPAddress, int]]:
+    return [*interface_addresses(dev, 4), *interface_addresses(dev, 6)]
+
+
 # -- the checks ---------------------------------------------------------------------------------------
 
 
-def _director_findings(dp: Dataplane, dev: str, vips: list[IPv4Address]) -> list[Finding]:
+def _director_findings(dp: Dataplane, dev: str, vips: list[IPAddress]) -> list[Finding]:
     findings = []
     mode = Dataplane.xdp_mode(dev)
     if mode is None:
@@ -316,18 +366,21 @@ def _director_findings(dp: Dataplane, dev: str, vips: list[IPv4Address]) -> list
     else:
         note = " (slower than native)" if mode[0] == "generic" else ""
         findings.append(Finding(Status.OK, "director", f"XDP on {dev}", f"{mode[0]} mode, program id {mode[1]}{note}"))
-    present = {address for address, _ in interface_addresses(dev)}
+    present = {address for address, _ in _all_addresses(dev)}
     for vip in vips:
         if vip in present:
-            findings.append(Finding(Status.OK, "director", f"VIP {vip}", f"on {dev}: the director answers ARP for it"))
+            findings.append(Finding(Status.OK, "director", f"VIP {vip}",
+                                    f"on {dev}: the director answers {_asking(vip.version)} for it"))
         else:
-            fix = f"pyvs director attach --dev {dev} --vip {vip} (or ip addr add {vip}/32 dev {dev})"
+            add = f"ip addr add {vip}/32 dev {dev}" if vip.version == 4 else \
+                f"ip addr add {vip}/128 dev {dev} nodad preferred_lft 0"
+            fix = f"pyvs director attach --dev {dev} --vip {vip} (or {add})"
             findings.append(Finding(Status.FAIL, "director", f"VIP {vip}", f"not an address of {dev}: nobody owns it",
                                     fix))
     return findings
 
 
-def _reals_interface(hops: dict[tuple[ServiceKey, tuple[IPv4Address, int]], NextHop]) -> str | None:
+def _reals_interface(hops: dict[tuple[ServiceKey, RealKey], NextHop]) -> str | None:
     """The interface toward the reals (the VIPs on lo): the egress of the first real with one."""
     for hop in hops.values():
         if hop.ifindex:
@@ -365,9 +418,10 @@ def attachment_findings(pin_dir: Path) -> list[Finding]:
     return findings
 
 
-def routed_reply_findings(vips: list[IPv4Address]) -> list[Finding]:
+def routed_reply_findings(vips: list[IPAddress]) -> list[Finding]:
     """A VIP on lo in a director that routes: the reals' replies (source: the VIP, local here) are dropped as
-    martians unless accept_local is on (measured here); without ip_forward they are not routed at all."""
+    martians unless accept_local is on (measured here, IPv4; IPv6 has no such check); without forwarding they
+    are not routed at all."""
     from pyvs.netns import read_sysctl
 
     findings = []
@@ -378,7 +432,7 @@ def routed_reply_findings(vips: list[IPv4Address]) -> list[Finding]:
             continue
         findings.append(Finding(Status.OK, "director", f"VIP {vip} on lo", "clients reach it by a route via this "
                                 "director (pyvs adds the VIP to no NIC)"))
-        if forwarding and not accept_local:
+        if vip.version == 4 and forwarding and not accept_local:
             findings.append(Finding(Status.WARN, "director", f"replies from {vip}",
                                     "this director routes (ip_forward=1) but a reply a real sends through it has a "
                                     "source local here (the VIP) and is dropped as a martian",
@@ -386,17 +440,18 @@ def routed_reply_findings(vips: list[IPv4Address]) -> list[Finding]:
     return findings
 
 
-def _mac_findings(hops: dict[IPv4Address, str], arp_macs: dict[IPv4Address, str]) -> list[Finding]:
+def _mac_findings(hops: dict[IPAddress, str], wire_macs: dict[IPAddress, str]) -> list[Finding]:
     findings = []
-    for rip, mac in sorted(hops.items()):
-        actual = arp_macs.get(rip)
+    for rip, mac in sorted(hops.items(), key=lambda item: address_order(item[0])):
+        actual = wire_macs.get(rip)
         if mac == ZERO_MAC:
             findings.append(Finding(Status.FAIL, "director", f"MAC of {rip}", "unresolved: its packets are dropped",
                                     "pyvs director resolve"))
         elif actual is not None and actual != mac:
+            follows = " (pyvs arpwatch follows such changes by itself)" if rip.version == 4 else ""
             findings.append(Finding(Status.FAIL, "director", f"MAC of {rip}",
                                     f"the data plane sends to {mac} but {rip} is at {actual} now",
-                                    "pyvs director resolve (pyvs arpwatch follows such changes by itself)"))
+                                    f"pyvs director resolve{follows}"))
         else:
             findings.append(Finding(Status.OK, "director", f"MAC of {rip}", f"{mac}"))
     return findings
@@ -414,7 +469,7 @@ def _drop_findings(before: dict[str, int], after: dict[str, int]) -> list[Findin
 
 
 def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IPv4Address = DEFAULT_CLIENT_IP,
-        wait: float = PROBE_WAIT) -> list[Finding]:
+        wait: float = PROBE_WAIT, client_ip6: IPv6Address = DEFAULT_CLIENT_IP6) -> list[Finding]:
     """Every check, in the calling thread's netns (the director's)."""
     path, pinned = open_pinned(pin_dir)
     if pinned is None:
@@ -431,7 +486,7 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         if not rules.services:
             return [*findings, Finding(Status.FAIL, "director", "services", "no services: nothing to check",
                                        "pyvsadm -A -t VIP:PORT -s rr; pyvsadm -a -t VIP:PORT -r RIP:PORT -g")]
-        vips = sorted({key.vip for key in rules.services})
+        vips = sorted({key.vip for key in rules.services}, key=address_order)
         on_nics = [vip for vip in vips if interface_of(vip) not in (None, "lo")]
         dev = dev or next(filter(None, (interface_of(vip) for vip in on_nics)), None) or _reals_interface(hops)
         if dev is None:
@@ -440,12 +495,12 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         findings += routed_reply_findings(vips)
         findings += _director_findings(dp, dev, [vip for vip in vips if interface_of(vip) != "lo"])[1:]
         clock_before = dp.clock()
-        dp_macs = {rip: hop.dmac for (_, (rip, _)), hop in hops.items()}
-        wire, arp_macs = _wire_checks(dev, rules.services, dp_macs, vips, client_ip, wait)
+        dp_macs: dict[IPAddress, str] = {rip: hop.dmac for (_, (rip, _)), hop in hops.items()}
+        wire, wire_macs = _wire_checks(dev, rules.services, dp_macs, vips, {4: client_ip, 6: client_ip6}, wait)
         after = dp.counters()
         findings.append(_timer_finding(clock_before, dp.clock(), dev))
         findings.append(table_finding(dp.conn_table_usage()))
-    return [*findings, *_mac_findings(dp_macs, arp_macs), *_drop_findings(before, after), *wire]
+    return [*findings, *_mac_findings(dp_macs, wire_macs), *_drop_findings(before, after), *wire]
 
 
 def table_finding(usage: dict[str, int | float]) -> Finding:
@@ -473,7 +528,7 @@ class _RealProbes:
     """The probes sent to one real for one service (none when it has no MAC or the director no DIP)."""
 
     svc: Service
-    rip: IPv4Address
+    rip: IPAddress
     rport: int
     mac: str | None
     vip: _Probe | None = None
@@ -485,37 +540,55 @@ class _RealProbes:
         return [p for p in (self.vip, self.ping, self.rip_port, self.back) if p is not None]
 
 
-def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IPv4Address, str],
-                 vips: list[IPv4Address], client_ip: IPv4Address,
-                 wait: float) -> tuple[list[Finding], dict[IPv4Address, str]]:
+def _who_has_frames(targets: list[IPAddress], director_mac: str, addresses: list[tuple[IPAddress, int]],
+                    vips: set[IPAddress], real_macs: dict[IPAddress, str]) -> list[bytes]:
+    """Ask the segment who has each target: an ARP probe for IPv4 (from 0.0.0.0: it teaches nobody anything), a
+    neighbour solicitation from the director's own IPv6 address for IPv6 (none without one). An IPv6 VIP is also
+    asked of each IPv6 real's MAC, unicast: an ND proxy answers that at once, a multicast one after up to
+    proxy_delay (0.8 s)."""
+    frames = []
+    for target in targets:
+        if isinstance(target, IPv4Address):
+            frames.append(arp_probe(target, director_mac).frame())
+        elif isinstance(own := _director_address(addresses, vips, target), IPv6Address):
+            frames.append(neighbour_solicitation(target, director_mac, own).frame())
+            if target in vips:
+                frames += [neighbour_solicitation(target, director_mac, own, unicast_mac=mac).frame()
+                           for rip, mac in real_macs.items() if rip.version == 6 and mac != ZERO_MAC]
+    return frames
+
+
+def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IPAddress, str],
+                 vips: list[IPAddress], client_ips: dict[int, IPAddress],
+                 wait: float) -> tuple[list[Finding], dict[IPAddress, str]]:
     director_mac = interface_mac(dev)
-    addresses = interface_addresses(dev)
+    addresses = _all_addresses(dev)
     rng = random.Random()
     rows: list[_RealProbes] = []
     capture = _Capture(dev)
     try:
-        for target in (*vips, *dp_macs):
-            capture.send(arp_probe(target, director_mac).frame())
+        for frame in _who_has_frames([*vips, *dp_macs], director_mac, addresses, set(vips), dp_macs):
+            capture.send(frame)
         capture.collect(ARP_WAIT)
-        arp_macs: dict[IPv4Address, str] = {}
-        for arp in capture.arps:
-            if arp.sender_ip in dp_macs and arp.sender_mac != director_mac:
-                arp_macs.setdefault(arp.sender_ip, arp.sender_mac)
+        wire_macs: dict[IPAddress, str] = {}  # the reals' MACs, as they answered ARP or a solicitation
+        for address, mac, _ in [*arp_claims(capture.arps), *nd_claims(capture.nds)]:
+            if address in dp_macs and mac != director_mac:
+                wire_macs.setdefault(address, mac)
 
         for _, svc in sorted(services.items()):  # a stable order: TCP before UDP, by address
             proto = IPPROTO_TCP if svc.key.proto is Protocol.TCP else IPPROTO_UDP
-            for rip, rport in sorted(svc.reals):
+            for rip, rport in sorted(svc.reals, key=lambda key: (address_order(key[0]), key[1])):
                 known = dp_macs.get(rip, ZERO_MAC)
-                row = _RealProbes(svc, rip, rport, arp_macs.get(rip) or (known if known != ZERO_MAC else None))
+                row = _RealProbes(svc, rip, rport, wire_macs.get(rip) or (known if known != ZERO_MAC else None))
                 rows.append(row)
                 dip = _director_address(addresses, set(vips), rip)
                 if row.mac is None or dip is None:
                     continue
                 row.vip = _new_probe(rng, row.mac, dip, svc.key.vip, proto, svc.key.port)
-                row.ping = _new_probe(rng, row.mac, dip, svc.key.vip, IPPROTO_ICMP, 0)
+                row.ping = _new_probe(rng, row.mac, dip, svc.key.vip, ECHO, 0)
                 row.rip_port = _new_probe(rng, row.mac, dip, rip, proto, rport)
                 if proto == IPPROTO_TCP:
-                    row.back = _new_probe(rng, row.mac, client_ip, svc.key.vip, proto, svc.key.port)
+                    row.back = _new_probe(rng, row.mac, client_ips[rip.version], svc.key.vip, proto, svc.key.port)
                 for probe in row.sent():
                     capture.send(probe.frame(director_mac))
         capture.collect(wait)
@@ -530,34 +603,40 @@ def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IP
     finally:
         capture.close()
 
-    names = {mac: f"real {rip}" for rip, mac in {**dp_macs, **arp_macs}.items() if mac != ZERO_MAC}
+    names = {mac: f"real {rip}" for rip, mac in {**dp_macs, **wire_macs}.items() if mac != ZERO_MAC}
     findings: list[Finding] = []
+    claims = [*arp_claims(capture.arps), *nd_claims(capture.nds)]
     for vip in vips:
-        findings += arp_ownership_findings(vip, director_mac, capture.arps, names)
-    gateway = _default_gateway() or "ROUTER"
+        if isinstance(vip, IPv6Address) and _director_address(addresses, set(vips), vip) is None:
+            findings.append(Finding(Status.FAIL, "nd", f"VIP {vip}", f"{dev} has no IPv6 address besides the VIPs to "
+                                    "ask from", f"ip addr add DIP/PREFIX dev {dev} (an IPv6 address of the director)"))
+            continue
+        findings += ownership_findings(vip, director_mac, claims, names)
     for row in rows:
         if row.mac is not None and row.vip is None:
             findings.append(Finding(Status.FAIL, "dr-path", f"{row.rip} {row.svc.key.proto.label} {row.svc.key}",
-                                    f"{dev} has no address besides the VIPs to probe from",
+                                    f"{dev} has no IPv{row.rip.version} address besides the VIPs to probe from",
                                     f"ip addr add DIP/PREFIX dev {dev} (the director's own address on the reals' net)"))
             continue
-        observed = RealProbe(row.svc.key, row.rip, row.rport, row.mac, row.rip in arp_macs,
-                          *(p.answer if p else Answer() for p in (row.vip, row.ping, row.rip_port)))
+        observed = RealProbe(row.svc.key, row.rip, row.rport, row.mac, row.rip in wire_macs,
+                             *(p.answer if p else Answer() for p in (row.vip, row.ping, row.rip_port)))
         verdict = dr_path_finding(observed)
         findings.append(verdict)
         if row.back is not None and verdict.status is Status.OK:
-            findings.append(_return_path_finding(row.svc.key, row.rip, client_ip, director_mac, row.back.answer,
+            gateway = _default_gateway(row.rip.version) or "ROUTER"
+            findings.append(_return_path_finding(row.svc.key, row.rip, row.back.src, director_mac, row.back.answer,
                                                  gateway))
-    return findings, arp_macs
+    return findings, wire_macs
 
 
-def _return_path_finding(key: ServiceKey, rip: IPv4Address, client_ip: IPv4Address, director_mac: str,
+def _return_path_finding(key: ServiceKey, rip: IPAddress, client_ip: IPAddress, director_mac: str,
                          answer: Answer, gateway: str) -> Finding:
     subject = f"{rip} {key.proto.label} {key}"
     came_back = answer.tcp(TCP_SYN | TCP_ACK)
     if came_back is not None and came_back.eth_dst == director_mac:
+        route = "ip route" if rip.version == 4 else "ip -6 route"
         return Finding(Status.WARN, "return-path", subject,
                        f"replies to clients ({client_ip}) come back through the director: DR works only by accident",
-                       f"on {rip}: ip route replace default via {gateway} (the router, not the director)")
+                       f"on {rip}: {route} replace default via {gateway} (the router, not the director)")
     return Finding(Status.OK, "return-path", subject,
                    f"replies to clients ({client_ip}) leave by the real's own route, not through the director")

@@ -17,6 +17,9 @@ talks. It reports structured events:
 - garp_flood: more than `garp_limit` gratuitous ARPs from one address within a second;
 - vip_announced: the defence re-announced the VIPs with gratuitous ARP;
 and counters (a summary event when it stops; with --metrics also served to Prometheus while it runs).
+ARP is IPv4's: the rules' IPv6 VIPs and reals are left out (the watching event names them); `pyvs doctor` checks
+who answers neighbour solicitations for an IPv6 VIP, and the daemon's takeover announces one with an unsolicited
+neighbour advertisement.
 Defence, when on: a contested VIP or an impersonated gateway or pinned address gets the VIPs re-announced at
 once and twice more within a second (a GARP overrides the neighbour caches' one-second lock time, and a second
 round outlasts a short burst). Pins are installed as permanent neighbour entries of the director, which no ARP
@@ -34,7 +37,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -61,6 +64,7 @@ from pyvs.dataplane import Dataplane, pinned_dataplane
 from pyvs.dataplane.neighbours import NUD_USABLE, NeighbourError, interface_index, resolve
 from pyvs.dataplane.pins import default_pin_dir
 from pyvs.mac import ZERO_MAC, normalize_mac
+from pyvs.model import IPAddress, address_order
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +336,7 @@ class Watcher:
             if mac != ZERO_MAC:
                 known[gateway] = mac
         self.guard = Guard({self.mac}, set(vips or ()), {}, gateways, dict(pins or {}), known, config)
+        self.ipv6_vips: list[IPAddress] = []  # the rules' IPv6 VIPs: no ARP, not watched
         self._announce_at: list[float] = []
         self._last_announce = -REANNOUNCE_GAP
 
@@ -340,9 +345,11 @@ class Watcher:
             return
         rules = self.dp.read_rules()
         if self._fixed_vips is None:
-            self.guard.vips = {key.vip for key in rules.services}
-        hops = {rip: hop.dmac for (_, (rip, _)), hop in self.dp.real_next_hops().items()}
-        self.guard.reals = hops
+            self.guard.vips = {key.vip for key in rules.services if isinstance(key.vip, IPv4Address)}
+        self.ipv6_vips = sorted({key.vip for key in rules.services if isinstance(key.vip, IPv6Address)},
+                                key=address_order)
+        self.guard.reals = {rip: hop.dmac for (_, (rip, _)), hop in self.dp.real_next_hops().items()
+                            if isinstance(rip, IPv4Address)}
 
     def _probe(self, sock: socket.socket) -> None:
         for target in sorted(self.guard.vips | set(self.guard.reals)):
@@ -387,8 +394,10 @@ class Watcher:
             self._refresh_rules()
             vips = ", ".join(str(v) for v in sorted(self.guard.vips))
             reals = ", ".join(f"{ip} at {mac}" for ip, mac in sorted(self.guard.reals.items()))
+            ipv6 = ", ".join(map(str, self.ipv6_vips))
             self.emit(Event("watching", self.ifname, self.mac, detail=f"VIPs {vips or 'none'}; reals {reals or 'none'}"
-                            + ("; defence on" if self.defend else "")))
+                            + ("; defence on" if self.defend else "")
+                            + (f"; IPv6 VIPs not watched (no ARP; pyvs doctor checks ND): {ipv6}" if ipv6 else "")))
             next_refresh = start + RULES_REFRESH
             try:
                 while duration is None or time.monotonic() - start < duration:

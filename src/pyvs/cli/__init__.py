@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 from typing import Any, NoReturn
 
-from pyvs.cli.arp import DEFAULT_CLIENT_IP, PROBE_WAIT, listen_address, pin_option
+from pyvs.cli.arp import DEFAULT_CLIENT_IP, DEFAULT_CLIENT_IP6, PROBE_WAIT, address_option, listen_address, pin_option
 from pyvs.cli.common import EXIT_FAILURE, EXIT_USAGE, CommandFailed, UsageError
 from pyvs.director.config import DEFAULT_LISTEN
 from pyvs.lab.topology import check_prefix, default_topology
@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
              "build the lab, or repair it (namespaces, links, reals, servers, XDP, the tutorial's rules) and say "
              "what was repaired", prefix)  # fmt: skip
     up.add_argument("--keep-on-failure", action="store_true", help="leave a half-built lab for inspection")
+    ipv6_help = ("dual-stack: IPv6 addresses (2001:db8::/32) and routes on every node, the gateway's DNAT and "
+                 "forwarding for IPv6, the reals' IPv6 VIP, the tutorial's rules for it (kept for the lab's later "
+                 "commands)")
+    up.add_argument("--ipv6", action="store_true", help=ipv6_help)
     add(lab_commands, "down", "lab:cmd_down", "remove the lab's namespaces, links, processes and pins", prefix)
     status = add(lab_commands, "status", "lab:cmd_status",
                  "check what the demo needs (nodes, servers, reals, XDP, the tutorial's rules); exit 1 if anything "
@@ -101,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                "bring up the lab, send requests from the client and show who answered and the director's counters",
                prefix)  # fmt: skip
     demo.add_argument("--requests", type=int, default=10, help="HTTP requests to send (default: 10)")
+    demo.add_argument("--ipv6", action="store_true", help=ipv6_help)
 
     director_help = "the XDP data plane of this host (its current netns)"
     director_parser = commands.add_parser("director", help=director_help, description=director_help)
@@ -134,16 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on: any TCP packet but RST without a connection starts one (IPVS's sloppy_tcp; for "
                              "mh/sh/dh behind several directors); off (default): only a SYN does, other misses "
                              "go to this host's kernel")
-    attach.add_argument("--vip", action="append", type=IPv4Address, default=[],
+    attach.add_argument("--vip", action="append", type=address_option, default=[],
                         help="a VIP to take over (repeatable; default: the VIPs of the rules): added to the NIC "
-                             "as /32 when missing, then announced with gratuitous ARP")
+                             "when missing (IPv4 /32; IPv6 /128, no DAD, never a source address), then announced "
+                             "(gratuitous ARP; IPv6: unsolicited neighbour advertisement)")
     attach.add_argument("--no-announce", action="store_true", help="attach only: no VIP takeover")
     attach.add_argument("--force", action="store_true",
                         help="replace an XDP program on the NIC that is not pyvs's (default: refuse)")
     detach = add(director_commands, "detach", "director:cmd_detach",
                  "remove the XDP program from a NIC (with --vip: only withdraw those VIPs, XDP stays)", pins, dev)
     detach.add_argument("--remove-rules", action="store_true", help="also remove the pinned maps (rules, counters)")
-    detach.add_argument("--vip", action="append", type=IPv4Address, default=[],
+    detach.add_argument("--vip", action="append", type=address_option, default=[],
                         help="withdraw only these VIPs and keep XDP attached (without --vip: detach XDP and withdraw "
                              "every VIP that attach added)")
     detach.add_argument("--force", action="store_true",
@@ -183,21 +189,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do with this real server", dest="command_name", required=True, metavar="{up,down,check}"
     )
     vip = Parser(add_help=False)
-    vip.add_argument("--vip", required=True, help="the virtual IP address served by the director")
+    vip.add_argument("--vip", required=True, action="append",
+                     help="a virtual IP address served by the director, IPv4 or IPv6 (repeatable: a dual-stack real "
+                          "gives one of each)")
     vip.add_argument("--dev", help="the NIC facing the director (default: that of the default route)")
-    rs_up = add(rs_commands, "up", "realserver:cmd_up", "put the VIP on lo as /32 and suppress ARP for it", vip)
+    rs_up = add(rs_commands, "up", "realserver:cmd_up",
+                "put each VIP on lo (IPv4 /32; IPv6 /128, no DAD, never a source address) and keep this host from "
+                "answering ARP (IPv4) or neighbour solicitations (IPv6, an nftables rule) for it", vip)
     rs_up.add_argument(
         "--method", choices=RS_METHODS, default="sysctl",
-        help="ARP suppression: sysctl (arp_ignore/arp_announce, default) or arptables rules",
+        help="IPv4's ARP suppression: sysctl (arp_ignore/arp_announce, default) or arptables rules",
     )  # fmt: skip
-    add(rs_commands, "down", "realserver:cmd_down", "undo exactly what 'pyvs realserver up' changed")
-    add(rs_commands, "check", "realserver:cmd_check", "verify the real-server settings; exit 1 if any is wrong", vip)
+    rs_down = add(rs_commands, "down", "realserver:cmd_down", "undo exactly what 'pyvs realserver up' changed")
+    rs_down.add_argument("--vip", action="append", default=[],
+                         help="undo only this VIP's address and rules (repeatable; the sysctls go back with the last "
+                              "VIP; default: everything)")
+    add(rs_commands, "check", "realserver:cmd_check",
+        "verify the real-server settings (IPv6: with a neighbour solicitation handed to the NIC); exit 1 if any is "
+        "wrong", vip)
     doctor_help = "verify the DR cluster from the director, on the wire; a table of findings with the fix"
     doctor_parser = add(commands, "doctor", "arp:cmd_doctor", doctor_help, pins)
     doctor_parser.add_argument("--dev", help="the director's NIC facing the reals (default: the one with the VIP)")
-    doctor_parser.add_argument("--client-ip", type=IPv4Address, default=DEFAULT_CLIENT_IP,
+    doctor_parser.add_argument("--client-ip", type=address_option, action="append", default=[],
                                help="source of the return-path probe, an address the reals reach through their "
-                                    f"router (default {DEFAULT_CLIENT_IP})")
+                                    f"router (repeatable, one per family; default {DEFAULT_CLIENT_IP} and "
+                                    f"{DEFAULT_CLIENT_IP6})")
     doctor_parser.add_argument("--wait", type=float, default=PROBE_WAIT,
                                help=f"seconds to wait for the probes' answers (default {PROBE_WAIT:g})")
     doctor_parser.add_argument("--json", action="store_true", help="print the findings as JSON")

@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyvs.cli.common import EXIT_FAILURE, UsageError, pin_dir_arg, print_table
-from pyvs.model import ModelError, parse_listen
+from pyvs.model import IPAddress, ModelError, parse_address, parse_listen
 
 DEFAULT_CLIENT_IP = IPv4Address("198.19.255.254")  # pyvs.arp.doctor's; checked equal in a test
+DEFAULT_CLIENT_IP6 = IPv6Address("2001:db8:ffff:ffff::fe")  # the same
 PROBE_WAIT = 1.0
+
+
+def address_option(value: str) -> IPAddress:
+    try:
+        return parse_address(value)
+    except ModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -20,8 +28,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     if args.dev:
         require_nic(args.dev)
+    clients = {4: DEFAULT_CLIENT_IP, 6: DEFAULT_CLIENT_IP6, **{ip.version: ip for ip in args.client_ip}}
     try:
-        findings = doctor.run(args.dev, pin_dir_arg(args), args.client_ip, args.wait)
+        findings = doctor.run(args.dev, pin_dir_arg(args), clients[4], args.wait, clients[6])
     except doctor.DoctorError as exc:
         raise UsageError(str(exc)) from None
     bad = [f for f in findings if f.status is not doctor.Status.OK]

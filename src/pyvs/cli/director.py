@@ -15,6 +15,7 @@ from pathlib import Path
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, pin_dir_arg, print_actions, print_table
 from pyvs.director.config import DirectorConfig, load_config
 from pyvs.director.runfile import daemon_alive, read_run_file, run_file
+from pyvs.model import address_order, endpoint_text
 
 RELOAD_WAIT = 10.0  # seconds for the daemon to confirm a reload
 
@@ -59,7 +60,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         for warning in native_veth_warnings():
             if warning.startswith(f"{args.dev}:"):
                 print(f"pyvs: note: {warning}", file=sys.stderr)
-        vips = args.vip or sorted({key.vip for key in dp.read_rules().services})
+        vips = args.vip or sorted({key.vip for key in dp.read_rules().services}, key=address_order)
     if not args.no_announce:  # VIP takeover: the gateway and switches learn this director's MAC now
         print_actions(takeover.announce(vips, args.dev), "no VIP to announce (no --vip and no services yet)")
     return 0
@@ -110,6 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         usage = dp.conn_table_usage()
         switches = dp.switches()
         owners = service_owners(dp.pin_dir, list(dp.read_rules().services))
+        ipv6 = dp.has_ipv6_services()
         print(f"maps: {dp.pin_dir}")
         print(f"rules and tables: fingerprint {dp.fingerprint()} (the same on directors with the same rules)")
         for line in table_usage_lines(usage):
@@ -117,9 +119,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("switches: " + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in switches.items()))
     from pyvs.dataplane.attachment import attachment_rows
 
-    print_table(attachment_rows(dp.pin_dir))  # native mode on a veth: `attach` and `pyvs doctor` warn
+    # native mode on a veth: `attach` and `pyvs doctor` warn
+    print_table(attachment_rows(dp.pin_dir, ipv6))
     rows = [["service", "real", "mac", "via ifindex"]]
-    rows += [[f"{key.proto.label} {key}", f"{rip}:{port}", hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
+    rows += [[f"{key.proto.label} {key}", endpoint_text(rip, port), hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
               str(hop.ifindex)] for (key, (rip, port)), hop in sorted(hops.items())]
     print_table(rows)
     print_table([["service", "owner"], *([f"{key.proto.label} {key}", owner] for key, owner in owners)])

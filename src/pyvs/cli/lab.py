@@ -13,7 +13,11 @@ from pyvs.lab.topology import Topology, default_topology
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    return default_topology(prefix=args.prefix)
+    """The lab of --prefix: dual-stack with --ipv6, or when it was brought up so."""
+    topo = default_topology(prefix=args.prefix)
+    if getattr(args, "ipv6", False) or lab.recorded_ipv6(topo):
+        return default_topology(prefix=args.prefix, ipv6=True)
+    return topo
 
 
 def _prefix_option(topo: Topology) -> str:

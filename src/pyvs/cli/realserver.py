@@ -1,4 +1,4 @@
-"""`pyvs realserver ...`: the real-server side (no BPF needed)."""
+"""`pyvs realserver ...`: the real-server side (no BPF data plane needed)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    print_actions(realserver.down(), "nothing to restore: pyvs realserver up made no changes here")
+    print_actions(realserver.down(args.vip or None), "nothing to restore: pyvs realserver up made no changes here")
     return 0
 
 

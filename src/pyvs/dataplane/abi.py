@@ -40,6 +40,8 @@ PASS_TICKS = _D["PYVS_PASS_TICKS"]
 VIP_FILTER_SIZE = _D["PYVS_VIP_FILTER_SIZE"]
 VIP_F_ANY_PORT = _D["PYVS_VIP_F_ANY_PORT"]
 REAL_ACTIVE = _D["PYVS_REAL_ACTIVE"]
+REAL_IPV6 = _D["PYVS_REAL_IPV6"]
+MAX_EXT_HEADERS = _D["PYVS_MAX_EXT_HEADERS"]
 CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
 CFG_SLOPPY_TCP = _D["PYVS_CFG_SLOPPY_TCP"]
 CONN_F_TEMPLATE = _D["PYVS_CONN_F_TEMPLATE"]
@@ -80,6 +82,16 @@ COUNTER_NAMES: dict[int, str] = {
 class SvcKey(ctypes.Structure):
     _fields_ = [("vip", ctypes.c_uint32), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint8),
                 ("pad", ctypes.c_uint8)]
+
+
+class Addr6(ctypes.Structure):
+    """An IPv6 address: its 16 network-order bytes, as four words."""
+
+    _fields_ = [("w", ctypes.c_uint32 * 4)]
+
+
+class SvcKey6(ctypes.Structure):
+    _fields_ = [("vip", Addr6), ("port", ctypes.c_uint16), ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8)]
 
 
 class Svc(ctypes.Structure):
@@ -128,6 +140,21 @@ class FragPorts(ctypes.Structure):
     _fields_ = [("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16)]
 
 
+class ConnKey6(ctypes.Structure):
+    _fields_ = [("saddr", Addr6), ("daddr", Addr6), ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+                ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+
+
+class FragKey6(ctypes.Structure):
+    _fields_ = [("saddr", Addr6), ("daddr", Addr6), ("id", ctypes.c_uint32), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 3)]
+
+
+class FragPorts6(ctypes.Structure):
+    _fields_ = [("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 3)]
+
+
 class Conn(ctypes.Structure):
     _fields_ = [("last_seen", ctypes.c_uint64), ("real", ctypes.c_uint32), ("gen", ctypes.c_uint32),
                 ("svc_index", ctypes.c_uint32), ("svc_gen", ctypes.c_uint32), ("timeout", ctypes.c_uint32),
@@ -161,7 +188,8 @@ class SweepStats(ctypes.Structure):
                 ("half_open", ctypes.c_uint64), ("scanning_entries", ctypes.c_uint64),
                 ("scanning_half_open", ctypes.c_uint64), ("pass_ended", ctypes.c_uint64),
                 ("prev_pass_ended", ctypes.c_uint64), ("new_conns", ctypes.c_uint64),
-                ("prev_new_conns", ctypes.c_uint64)]
+                ("prev_new_conns", ctypes.c_uint64), ("entries6", ctypes.c_uint64), ("half_open6", ctypes.c_uint64),
+                ("scanning_entries6", ctypes.c_uint64), ("scanning_half_open6", ctypes.c_uint64)]
 
 
 class Sweeper(ctypes.Structure):
@@ -170,9 +198,18 @@ class Sweeper(ctypes.Structure):
     _fields_ = [("timer", ctypes.c_uint64 * 2), ("stats", SweepStats)]
 
 
+# The connection tables (maps of maps whose shards Python creates) and the key of each.
+CONN_TABLES: dict[str, type[ctypes.Structure]] = {"conns": ConnKey, "half_open": ConnKey, "conns6": ConnKey6,
+                                                  "half_open6": ConnKey6}
+
 # Mirror name -> C struct name, for the BTF check.
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_svc_key": SvcKey,
+    "pyvs_addr6": Addr6,
+    "pyvs_svc6_key": SvcKey6,
+    "pyvs_conn6_key": ConnKey6,
+    "pyvs_frag6_key": FragKey6,
+    "pyvs_frag6_ports": FragPorts6,
     "pyvs_svc": Svc,
     "pyvs_real": RealEntry,
     "pyvs_conn_key": ConnKey,

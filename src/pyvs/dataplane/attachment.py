@@ -2,7 +2,8 @@
 
 IPVS acts on VIP traffic arriving on any interface of the director, with no attach step. pyvs does the same
 by attaching its program where it must:
-- the default interfaces are every interface that is UP, not loopback, and holds an IPv4 address;
+- the default interfaces are every interface that is UP, not loopback, and holds an IPv4 address, or (when the
+  data plane has IPv6 services) a global IPv6 address;
 - the default mode is generic (skb) mode: it never re-configures a NIC's queues or blinks its link, and a
   redirect from it to another interface delivers on every device (native XDP into a veth whose peer runs no
   XDP program drops the frame); native mode is chosen explicitly (`pyvs director attach --mode native`);
@@ -30,6 +31,7 @@ from pyvs.netns import netns_cookie
 AUTO_MODE = "generic"
 STATE_DIR = Path("/run/pyvs/attach")
 IFF_UP, IFF_LOOPBACK = 0x1, 0x8
+RT_SCOPE_UNIVERSE = 0  # a global address (link-local ones have scope 253)
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,8 @@ class AttachReport:
                          "traffic arriving there is forwarded (`pyvs director status` lists the interfaces)")
         else:
             parts.append("no interface of this network namespace could take pyvs's XDP program (none is UP with "
-                         "an IPv4 address), so these rules forward nothing yet; `pyvs director attach --dev NIC` "
-                         "attaches it")
+                         "an IPv4 address, or a global IPv6 one for IPv6 services), so these rules forward nothing "
+                         "yet; `pyvs director attach --dev NIC` attaches it")
         if self.skipped:
             parts.append("left alone: " + ", ".join(f"{name} ({why})" for name, why in sorted(self.skipped.items())))
         return "; ".join(parts)
@@ -89,12 +91,16 @@ def interfaces() -> list[Interface]:
     return result
 
 
-def default_interfaces() -> list[str]:
-    """The interfaces pyvs attaches itself to: UP, not loopback, with an IPv4 address (sorted by index)."""
+def default_interfaces(ipv6: bool = False) -> list[str]:
+    """The interfaces pyvs attaches itself to: UP, not loopback, with an IPv4 address, or with `ipv6` (there are
+    IPv6 services) a global IPv6 address (sorted by index)."""
     with IPRoute() as ipr:
-        with_ipv4 = {addr["index"] for addr in ipr.get_addr(family=socket.AF_INET)}
+        addressed = {addr["index"] for addr in ipr.get_addr(family=socket.AF_INET)}
+        if ipv6:
+            addressed |= {addr["index"] for addr in ipr.get_addr(family=socket.AF_INET6)
+                          if addr["scope"] == RT_SCOPE_UNIVERSE}
         return [link.get_attr("IFLA_IFNAME") for link in sorted(ipr.get_links(), key=lambda link: link["index"])
-                if link["flags"] & IFF_UP and not link["flags"] & IFF_LOOPBACK and link["index"] in with_ipv4]
+                if link["flags"] & IFF_UP and not link["flags"] & IFF_LOOPBACK and link["index"] in addressed]
 
 
 def pyvs_interfaces() -> dict[str, str]:
@@ -168,7 +174,7 @@ def attach_defaults(dp: Dataplane, mode: str = AUTO_MODE, only_if_none: bool = T
                             for i in found.values()):
         return report
     recorded = auto_attached(dp.pin_dir) if record_as_auto else {}
-    for name in default_interfaces():
+    for name in default_interfaces(ipv6=dp.has_ipv6_services()):
         iface = found.get(name)
         if iface is None:
             continue
@@ -191,10 +197,11 @@ def attach_defaults(dp: Dataplane, mode: str = AUTO_MODE, only_if_none: bool = T
     return report
 
 
-def attachment_rows(pin_dir: Path) -> list[list[str]]:
-    """`pyvs director status`'s table of interfaces: name, kind, XDP program, mode, auto or explicit."""
+def attachment_rows(pin_dir: Path, ipv6: bool = False) -> list[list[str]]:
+    """`pyvs director status`'s table of interfaces: name, kind, XDP program, mode, auto or explicit (`ipv6`: the
+    data plane has IPv6 services, so interfaces with only a global IPv6 address are defaults too)."""
     auto = auto_attached(pin_dir)
-    defaults = set(default_interfaces())
+    defaults = set(default_interfaces(ipv6))
     rows = [["interface", "kind", "xdp program", "mode", "attached"]]
     for iface in interfaces():
         if iface.xdp is None and iface.name not in defaults:

@@ -1,5 +1,6 @@
-"""The data plane's codec: model values to the shared structs' fields and back (byte order, addresses, MACs),
-the service entry's settings, and the bit sets of the slot usage. Pure: no map is read or written here."""
+"""The data plane's codec: model values to the shared structs' fields and back (byte order, addresses of both
+families, MACs), the service entry's settings, and the bit sets of the slot usage. Pure: no map is read or written
+here. IPv6 services live in maps of their own (services6, vips6, conns6, ...): `family_map` names them."""
 
 from __future__ import annotations
 
@@ -8,12 +9,21 @@ import functools
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyvs.dataplane import abi
 from pyvs.dataplane.neighbours import NextHop
 from pyvs.mac import mac_bytes
-from pyvs.model import HOST_MASK, Protocol, Service, ServiceKey, sched_flag_bits, sched_flag_names
+from pyvs.model import (
+    HOST_MASK,
+    HOST_PREFIX6,
+    IPAddress,
+    Protocol,
+    Service,
+    ServiceKey,
+    sched_flag_bits,
+    sched_flag_names,
+)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -30,28 +40,77 @@ def port_to_be(port: int) -> int:
     return socket.htons(port)
 
 
-def svc_key(key: ServiceKey) -> abi.SvcKey:
+def addr6(address: IPv6Address) -> abi.Addr6:
+    return abi.Addr6.from_buffer_copy(address.packed)
+
+
+@functools.lru_cache(maxsize=65536)
+def _ip6(raw: bytes) -> IPv6Address:
+    return IPv6Address(raw)
+
+
+def addr6_ip(raw: abi.Addr6) -> IPv6Address:
+    return _ip6(bytes(raw))
+
+
+@functools.lru_cache(maxsize=65536)
+def fold_be(address: IPAddress) -> int:
+    """An address as one u32 of network-order bytes read natively: IPv4 itself, IPv6 its four words xor-ed (IPVS's
+    addr_fold). The program computes the same: the VIP pre-filter's input, and the rip field of an IPv6 real."""
+    if isinstance(address, IPv4Address):
+        return ip_to_be(address)
+    words = int.from_bytes(address.packed, "little")
+    return (words ^ words >> 32 ^ words >> 64 ^ words >> 96) & 0xFFFFFFFF
+
+
+def family_map(name: str, family: int) -> str:
+    """The map of a family: "services" -> "services6" for IPv6 (vips, conns, half_open, frags alike)."""
+    return f"{name}6" if family == 6 else name
+
+
+def svc_key(key: ServiceKey) -> abi.SvcKey | abi.SvcKey6:
+    if isinstance(key.vip, IPv6Address):
+        return abi.SvcKey6(vip=addr6(key.vip), port=port_to_be(key.port), proto=int(key.proto))
     return abi.SvcKey(vip=ip_to_be(key.vip), port=port_to_be(key.port), proto=int(key.proto))
 
 
-def service_key(raw: abi.SvcKey) -> ServiceKey:
-    return ServiceKey(Protocol(raw.proto), be_to_ip(raw.vip), socket.ntohs(raw.port))
+def service_key(raw: abi.SvcKey | abi.SvcKey6) -> ServiceKey:
+    vip = addr6_ip(raw.vip) if isinstance(raw, abi.SvcKey6) else be_to_ip(raw.vip)
+    return ServiceKey(Protocol(raw.proto), vip, socket.ntohs(raw.port))
+
+
+def vip_key(address: IPAddress) -> ctypes.c_uint32 | abi.Addr6:
+    """A VIP's key in vips (IPv4) or vips6."""
+    return addr6(address) if isinstance(address, IPv6Address) else ctypes.c_uint32(ip_to_be(address))
+
+
+def conn_addresses(key: abi.ConnKey | abi.ConnKey6) -> tuple[IPAddress, IPAddress]:
+    """(client, VIP) of a connection table's key."""
+    if isinstance(key, abi.ConnKey6):
+        return addr6_ip(key.saddr), addr6_ip(key.daddr)
+    return be_to_ip(key.saddr), be_to_ip(key.daddr)
 
 
 @dataclass
 class RealSlot:
-    """A slot of the reals map and what it holds."""
+    """A slot of the reals map, what it holds, and the real's address (an IPv6 real's is in real_addrs6)."""
     slot: int
     entry: abi.RealEntry
+    rip: IPAddress
+
+
+def real_entry(rip: IPAddress) -> abi.RealEntry:
+    """A new active entry for a real at `rip`: an IPv6 one is flagged, its rip field the address folded."""
+    return abi.RealEntry(rip=fold_be(rip), flags=abi.REAL_ACTIVE | (abi.REAL_IPV6 if rip.version == 6 else 0))
 
 
 def svc_value(svc: Service, index: int) -> abi.Svc:
     flags = sched_flag_bits(svc.sched_flags) | (abi.SVC_F_PERSISTENT if svc.persistent is not None else 0)
     if svc.reals and not any(real.weight for real in svc.reals.values()):
         flags |= abi.SVC_F_NO_WEIGHT  # (mh's table is built from last weights: its fallback walk would find none)
+    netmask = svc.netmask if isinstance(svc.netmask, int) else ip_to_be(svc.netmask)  # IPv6: a prefix length
     return abi.Svc(index=index, sched=abi.SCHEDULER_IDS[svc.scheduler], flags=flags,
-                   persist_timeout=svc.persistent or 0, netmask=ip_to_be(svc.netmask),
-                   table_size=svc.mh_table_size or 0)
+                   persist_timeout=svc.persistent or 0, netmask=netmask, table_size=svc.mh_table_size or 0)
 
 
 def same_settings(a: abi.Svc, b: abi.Svc) -> bool:
@@ -62,13 +121,17 @@ def same_settings(a: abi.Svc, b: abi.Svc) -> bool:
 def service_from(key: ServiceKey, raw: abi.Svc) -> Service:
     scheduler = abi.SCHEDULER_NAMES[raw.sched]
     persistent = raw.persist_timeout if raw.flags & abi.SVC_F_PERSISTENT else None
-    netmask = be_to_ip(raw.netmask) if persistent is not None else HOST_MASK
+    netmask: IPv4Address | int
+    if key.family == 6:
+        netmask = raw.netmask if persistent is not None else HOST_PREFIX6
+    else:
+        netmask = be_to_ip(raw.netmask) if persistent is not None else HOST_MASK
     return Service(key, scheduler, persistent, netmask, sched_flag_names(scheduler, raw.flags & 7),
                    mh_table_size=raw.table_size or None)
 
 
 def vip_filter_slot(vip: int) -> int:
-    """The pre-filter slot of a VIP (the u32 of its network-order bytes), as the program computes it."""
+    """The pre-filter slot of a VIP (fold_be of its address), as the program computes it."""
     return (vip ^ (vip >> 16)) & (abi.VIP_FILTER_SIZE - 1)
 
 

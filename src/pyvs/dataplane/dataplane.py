@@ -21,17 +21,20 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Address
 from pathlib import Path
 
 from pyvs.dataplane import abi, libbpf
-from pyvs.dataplane.base import PROGRAM_NAME, PYVS_PROGRAMS, DataplaneError, Resolver, start_sweeper
+from pyvs.dataplane.base import PROGRAM_NAME, PYVS_PROGRAMS, DataplaneError, Resolver, install_calls, start_sweeper
 from pyvs.dataplane.build import object_path
 from pyvs.dataplane.codec import (
     RealSlot,
+    addr6,
+    addr6_ip,
     be_to_ip,
     clear_bits,
-    ip_to_be,
+    conn_addresses,
+    family_map,
+    fold_be,
     service_from,
     service_key,
     set_bit,
@@ -41,12 +44,24 @@ from pyvs.dataplane.codec import (
     svc_value,
     table_chunks,
     vip_filter_slot,
+    vip_key,
 )
 from pyvs.dataplane.neighbours import NeighbourError, NextHop, interface_index, resolve
 from pyvs.dataplane.pinmeta import MIGRATE_HINT
 from pyvs.dataplane.plan import Plan
 from pyvs.mac import ZERO_MAC, mac_bytes, mac_text
-from pyvs.model import Connection, Counters, Protocol, Real, RealKey, Rules, Service, ServiceKey, Timeouts
+from pyvs.model import (
+    Connection,
+    Counters,
+    IPAddress,
+    Protocol,
+    Real,
+    RealKey,
+    Rules,
+    Service,
+    ServiceKey,
+    Timeouts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +105,7 @@ class Dataplane:
         """The XDP program loaded against this data plane's maps."""
         if self._program is None:
             self._program = libbpf.BpfObject(str(object_path("xdp")), str(self.pin_dir))
+            install_calls(self._program)
         return self._program
 
     def program_fd(self) -> int:
@@ -109,14 +125,17 @@ class Dataplane:
         fd = self._shard_fd(table, 0) if self.conn_shards else None
         return libbpf.map_info(fd).max_entries if fd is not None else 0
 
-    def table_entries(self, table: str) -> Iterator[tuple[int, abi.ConnKey, abi.Conn]]:
-        """Every entry of a sharded table (expired ones not swept yet included), with its shard's fd."""
+    def table_entries(self, table: str) -> Iterator[tuple[int, abi.ConnKey | abi.ConnKey6, abi.Conn]]:
+        """Every entry of a sharded table (conns, half_open, conns6, half_open6; expired ones not swept yet
+        included), with its shard's fd."""
+        if table not in self._fds:
+            return  # a data plane made before IPv6 (migrate reads it)
         size = self._shard_size(table)
         for index in range(self.conn_shards):
             fd = self._shard_fd(table, index)
             if fd is None:
                 continue
-            keys, values, count = libbpf.map_lookup_batch(fd, abi.ConnKey, abi.Conn, size)
+            keys, values, count = libbpf.map_lookup_batch(fd, abi.CONN_TABLES[table], abi.Conn, size)
             for i in range(count):
                 yield fd, keys[i], values[i]
 
@@ -185,8 +204,8 @@ class Dataplane:
     def _check_shards(self) -> None:
         """The connection tables' shards hold this version's keys and values (they are made by Python, not the
         object, so the pin check cannot see them)."""
-        want = (ctypes.sizeof(abi.ConnKey), ctypes.sizeof(abi.Conn))
-        for table in ("conns", "half_open"):
+        for table, key in abi.CONN_TABLES.items():
+            want = (ctypes.sizeof(key), ctypes.sizeof(abi.Conn))
             fd = self._shard_fd(table, 0) if self.conn_shards else None
             if fd is None:
                 raise DataplaneError(f"the data plane at {self.pin_dir} has no {table} table: {MIGRATE_HINT}")
@@ -210,13 +229,34 @@ class Dataplane:
     # ---- reading --------------------------------------------------------------------------------
 
     def _services(self) -> dict[ServiceKey, abi.Svc]:
-        fd = self._fds["services"]
+        """Every service, IPv4 (services) and IPv6 (services6)."""
         result = {}
-        for key in libbpf.map_keys(fd, abi.SvcKey):
-            value = abi.Svc()
-            if libbpf.map_lookup(fd, key, value):
-                result[service_key(key)] = value
+        for name, key_type in (("services", abi.SvcKey), ("services6", abi.SvcKey6)):
+            fd = self._fds.get(name)
+            if fd is None:
+                continue  # a data plane made before IPv6 (migrate reads it)
+            for key in libbpf.map_keys(fd, key_type):
+                value = abi.Svc()
+                if libbpf.map_lookup(fd, key, value):
+                    result[service_key(key)] = value
         return result
+
+    def _services_fd(self, key: ServiceKey) -> int:
+        return self._fds[family_map("services", key.family)]
+
+    def has_ipv6_services(self) -> bool:
+        fd = self._fds.get("services6")
+        return fd is not None and bool(libbpf.map_keys(fd, abi.SvcKey6))
+
+    def _rip(self, slot: int, entry: abi.RealEntry) -> IPAddress:
+        """A real's address: the entry's own for IPv4, real_addrs6's for IPv6 (:: when it has none)."""
+        if not entry.flags & abi.REAL_IPV6:
+            return be_to_ip(entry.rip)
+        raw = abi.Addr6()
+        fd = self._fds.get("real_addrs6")
+        if fd is not None:
+            libbpf.map_lookup(fd, ctypes.c_uint32(slot), raw)
+        return addr6_ip(raw)
 
     def _real_slots(self) -> list[RealSlot]:
         """Slots ever used (active, or with a generation to keep)."""
@@ -227,7 +267,7 @@ class Dataplane:
         flags_at, gen_at = abi.RealEntry.flags.offset // 4, abi.RealEntry.gen.offset // 4
         used = [i for i, (f, g) in enumerate(zip(words[flags_at::stride], words[gen_at::stride], strict=True))
                 if (f or g) and i < count]
-        return [RealSlot(keys[i], values[i]) for i in used]
+        return [RealSlot(keys[i], values[i], self._rip(keys[i], values[i])) for i in used]
 
     def read_rules(self) -> Rules:
         services = self._services()
@@ -237,22 +277,20 @@ class Dataplane:
             entry = real.entry
             key = by_index.get(entry.svc_index)
             if entry.flags & abi.REAL_ACTIVE and key is not None:
-                item = Real(be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
-                            last_weight=entry.last_weight)
+                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
                 rules.services[key].reals[item.key] = item
         return rules
 
     def read_service(self, key: ServiceKey) -> Service | None:
         """One service with its reals, read through the service's slot index (not every real)."""
         raw = abi.Svc()
-        if not libbpf.map_lookup(self._fds["services"], svc_key(key), raw):
+        if not libbpf.map_lookup(self._services_fd(key), svc_key(key), raw):
             return None
         svc = service_from(key, raw)
         for real in self._service_slots(raw.index):
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE:
-                item = Real(be_to_ip(entry.rip), socket.ntohs(entry.port), entry.weight,
-                            last_weight=entry.last_weight)
+                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
                 svc.reals[item.key] = item
         return svc
 
@@ -274,13 +312,13 @@ class Dataplane:
         names no real of the service. Real slots differ from one director to another, this does not: directors
         holding the same rules hold the same tables."""
         raw = abi.Svc()
-        if not libbpf.map_lookup(self._fds["services"], svc_key(key), raw):
+        if not libbpf.map_lookup(self._services_fd(key), svc_key(key), raw):
             raise DataplaneError("No such service")
         if not raw.table_len:
             return []
         with self._table_slots(raw.table_base, raw.table_len) as slots:
             values = slots.tolist()
-        reals = {r.slot: (be_to_ip(r.entry.rip), socket.ntohs(r.entry.port))
+        reals = {r.slot: (r.rip, socket.ntohs(r.entry.port))
                  for r in self._service_slots(raw.index) if r.entry.flags & abi.REAL_ACTIVE}
         return [reals.get(slot) for slot in values]
 
@@ -316,7 +354,8 @@ class Dataplane:
                 entries = [(keys[i], values[i]) for i in range(count)]
             else:
                 entries = [(slot, self._read_entry(slot)) for slot in slots[start:end]]
-            result += [RealSlot(slot, entry) for slot, entry in entries if entry.svc_index == index]
+            result += [RealSlot(slot, entry, self._rip(slot, entry)) for slot, entry in entries
+                       if entry.svc_index == index]
             start = end
         return result
 
@@ -445,7 +484,7 @@ class Dataplane:
         for real in self._real_slots():
             key = by_index.get(real.entry.svc_index)
             if real.entry.flags & abi.REAL_ACTIVE and key is not None:
-                rkey = (be_to_ip(real.entry.rip), socket.ntohs(real.entry.port))
+                rkey = (real.rip, socket.ntohs(real.entry.port))
                 result[(key, rkey)] = self._stats_at(abi.MAX_SERVICES + real.slot)
         return result
 
@@ -481,13 +520,13 @@ class Dataplane:
         result["rx"] = sum(v for k, v in result.items() if k in ("tx", "redirect") or k.startswith(("pass", "drop_")))
         return result
 
-    def _live_connections(self) -> list[tuple[int, abi.ConnKey, abi.Conn, float]]:
+    def _live_connections(self) -> list[tuple[int, abi.ConnKey | abi.ConnKey6, abi.Conn, float]]:
         """Unexpired entries of both tables (connections, half-open ones, templates) with their shard's fd and
         seconds left."""
         timeouts = self._config().timeouts
         now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)  # the program's bpf_ktime_get_coarse_ns()
         live = []
-        for table in ("conns", "half_open"):
+        for table in abi.CONN_TABLES:
             for fd, key, value in self.table_entries(table):
                 state = value.state if value.state < abi.STATE_COUNT else abi.STATES["CLOSE"]
                 left = (value.timeout or timeouts[state]) - (now - value.last_seen) / 1e9
@@ -495,9 +534,9 @@ class Dataplane:
                     live.append((fd, key, value, left))
         return live
 
-    def _owners(self) -> tuple[dict[int, ServiceKey], dict[int, abi.RealEntry]]:
+    def _owners(self) -> tuple[dict[int, ServiceKey], dict[int, RealSlot]]:
         by_index = {svc.index: key for key, svc in self._services().items()}
-        reals = {r.slot: r.entry for r in self._real_slots() if r.entry.flags & abi.REAL_ACTIVE}
+        reals = {r.slot: r for r in self._real_slots() if r.entry.flags & abi.REAL_ACTIVE}
         return by_index, reals
 
     def connections(self) -> list[Connection]:
@@ -505,12 +544,13 @@ class Dataplane:
         result = []
         for _, key, value, left in self._live_connections():
             real = reals.get(value.real)
-            if value.svc_index not in by_index or real is None or real.gen != value.gen:
+            if value.svc_index not in by_index or real is None or real.entry.gen != value.gen:
                 continue
+            client, vip = conn_addresses(key)
             result.append(Connection(
-                Protocol(key.proto), be_to_ip(key.saddr), socket.ntohs(key.sport), be_to_ip(key.daddr),
-                socket.ntohs(key.dport), be_to_ip(real.rip), socket.ntohs(real.port),
-                abi.STATE_NAMES.get(value.state, "ERR!"), left, template=bool(value.flags & abi.CONN_F_TEMPLATE),
+                Protocol(key.proto), client, socket.ntohs(key.sport), vip, socket.ntohs(key.dport), real.rip,
+                socket.ntohs(real.entry.port), abi.STATE_NAMES.get(value.state, "ERR!"), left,
+                template=bool(value.flags & abi.CONN_F_TEMPLATE),
             ))
         return result
 
@@ -535,20 +575,20 @@ class Dataplane:
         by_index, reals = self._owners()
         parity = self.sweep_stats().parity
         result = {}
-        for slot, entry in reals.items():
-            if entry.svc_index in by_index:
+        for slot, real in reals.items():
+            if real.entry.svc_index in by_index:
                 counts = abi.RealConns()
                 libbpf.map_lookup(self._fds["real_conns"], ctypes.c_uint32(slot), counts)
-                key = (by_index[entry.svc_index], (be_to_ip(entry.rip), socket.ntohs(entry.port)))
+                key = (by_index[real.entry.svc_index], (real.rip, socket.ntohs(real.entry.port)))
                 result[key] = counts.live(parity)
         return result
 
     def real_next_hops(self) -> dict[tuple[ServiceKey, RealKey], NextHop]:
         by_index, reals = self._owners()
         return {
-            (by_index[e.svc_index], (be_to_ip(e.rip), socket.ntohs(e.port))):
-                NextHop(e.ifindex, mac_text(e.smac), mac_text(e.dmac))
-            for e in reals.values() if e.svc_index in by_index
+            (by_index[r.entry.svc_index], (r.rip, socket.ntohs(r.entry.port))):
+                NextHop(r.entry.ifindex, mac_text(r.entry.smac), mac_text(r.entry.dmac))
+            for r in reals.values() if r.entry.svc_index in by_index
         }
 
     # ---- writing --------------------------------------------------------------------------------
@@ -655,7 +695,7 @@ class Dataplane:
             raise ValueError(f"service {service.key} given for {key}")
         with self._writing():
             raw = abi.Svc()
-            current = {key: raw} if libbpf.map_lookup(self._fds["services"], svc_key(key), raw) else {}
+            current = {key: raw} if libbpf.map_lookup(self._services_fd(key), svc_key(key), raw) else {}
             slots = self._service_slots(raw.index) if current else []
             usage = abi.SlotUsage()
             libbpf.map_lookup(self._fds["slot_usage"], ctypes.c_uint32(0), usage)
@@ -663,7 +703,7 @@ class Dataplane:
             plan = Plan(current, slots, rules, resolver, usage, self._read_entry)
             vip_keys = None
             if bool(current) != (service is not None):  # a service comes or goes: the VIP maps follow
-                vip_keys = {service_key(k) for k in libbpf.map_keys(self._fds["services"], abi.SvcKey)}
+                vip_keys = set(self._services())
                 vip_keys.discard(key)
                 if service is not None:
                     vip_keys.add(key)
@@ -676,15 +716,18 @@ class Dataplane:
             self._write_svc_reals(plan.service_index[key], plan.slots_of(key) + plan.freed_of(key))
         libbpf.map_update(self._fds["slot_usage"], ctypes.c_uint32(0), plan.usage_during)
         for key in plan.removed_services:
-            libbpf.map_delete(self._fds["services"], svc_key(key))
+            libbpf.map_delete(self._services_fd(key), svc_key(key))
             self._bump_svc_gen(plan.current[key].index)
         self._write_reals(plan)
         for key in sorted(plan.changed_services):
             self._write_service(rules.services[key], plan)
         for slot in plan.freed_reals:
             entry = plan.entries[slot]
+            was_ipv6 = entry.flags & abi.REAL_IPV6
             entry.flags = 0
             libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
+            if was_ipv6:
+                libbpf.map_delete(self._fds["real_addrs6"], ctypes.c_uint32(slot))
         if vip_keys is not None:
             self._write_vips(vip_keys)
         for key in plan.changed_services:
@@ -702,7 +745,7 @@ class Dataplane:
         listed.slots[:len(slots)] = sorted(slots)
         libbpf.map_update(self._fds["svc_reals"], ctypes.c_uint32(index), listed)
 
-    def set_real_mac(self, rip: IPv4Address, mac: str, old_mac: str | None = None) -> int:
+    def set_real_mac(self, rip: IPAddress, mac: str, old_mac: str | None = None) -> int:
         """Point every active real with address `rip` at a new MAC (its NIC changed); with `old_mac`, only those
         still sending to `old_mac`. Only the MAC changes: each entry is re-read under the writers' lock, so a
         real deleted or a slot reused meanwhile is left as it is. Returns how many entries changed."""
@@ -711,7 +754,8 @@ class Dataplane:
         with self._writing():
             for real in self._real_slots():
                 entry = self._read_entry(real.slot)  # under the lock: what the maps hold now
-                if not entry.flags & abi.REAL_ACTIVE or be_to_ip(entry.rip) != rip or mac_text(entry.dmac) == mac:
+                if (not entry.flags & abi.REAL_ACTIVE or self._rip(real.slot, entry) != rip
+                        or mac_text(entry.dmac) == mac):
                     continue
                 if old_mac is not None and mac_text(entry.dmac) != old_mac:
                     continue
@@ -729,7 +773,7 @@ class Dataplane:
             index = services[key].index
             slots = {r.slot for r in self._real_slots()
                      if r.entry.flags & abi.REAL_ACTIVE and r.entry.svc_index == index
-                     and (be_to_ip(r.entry.rip), socket.ntohs(r.entry.port)) == real}
+                     and (r.rip, socket.ntohs(r.entry.port)) == real}
             flushed = 0
             for fd, conn_key, value, _ in self._live_connections():
                 if value.svc_index == index and value.real in slots:
@@ -751,35 +795,38 @@ class Dataplane:
         present), and new connections per second over the last pass."""
         st = self.sweep_stats()
         c = self.counters()
-        evicted = c["conn_inserted"] - c["conn_swept"] - c["conn_deleted"] - st.entries
-        half_evicted = c["half_open_new"] - c["half_open_promoted"] - c["half_open_swept"] - st.half_open
+        evicted = c["conn_inserted"] - c["conn_swept"] - c["conn_deleted"] - st.entries - st.entries6
+        half_evicted = (c["half_open_new"] - c["half_open_promoted"] - c["half_open_swept"] - st.half_open
+                        - st.half_open6)
         seconds = (st.pass_ended - st.prev_pass_ended) / 1e9 if st.prev_pass_ended else 0.0
         rate = (st.new_conns - st.prev_new_conns) / seconds if seconds > 0 else 0.0
+        fullest = max(st.entries, st.entries6)
         return {"entries": st.entries, "size": self.conn_table_size, "evicted": max(evicted, 0),
                 "half_open": st.half_open, "half_open_size": self.half_open_size,
                 "half_open_evicted": max(half_evicted, 0), "new_per_second": round(rate, 1), "passes": st.runs,
-                "nearly_full": int(st.entries >= CONN_TABLE_WARN_SHARE * self.conn_table_size)}
+                "nearly_full": int(fullest >= CONN_TABLE_WARN_SHARE * self.conn_table_size),
+                "entries6": st.entries6, "half_open6": st.half_open6}
 
     def refresh_macs(self, only_missing: bool = False,
-                     unresolved: Callable[[IPv4Address, str], None] | None = None) -> int:
+                     unresolved: Callable[[IPAddress, str], None] | None = None) -> int:
         """Resolve the MAC of every real again (only the unresolved ones with only_missing); returns how many
         entries changed. Resolution (up to a second per silent real) happens before the writers' lock; a real
         that cannot be resolved is skipped and told to `unresolved` (default: logged). Under the lock only the
         next hop of an entry that still holds the same real (address, generation) changes."""
-        wanted: dict[int, abi.RealEntry] = {}
+        wanted: dict[int, RealSlot] = {}
         for real in self._real_slots():
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE and not (only_missing and mac_text(entry.dmac) != ZERO_MAC):
-                wanted[real.slot] = entry
-        hops: dict[int, NextHop] = {}
-        for rip in sorted({entry.rip for entry in wanted.values()}):
+                wanted[real.slot] = real
+        hops: dict[IPAddress, NextHop] = {}
+        for rip in sorted({real.rip for real in wanted.values()}, key=lambda a: (a.version, int(a))):
             try:
-                hops[rip] = self._resolver(be_to_ip(rip))
+                hops[rip] = self._resolver(rip)
             except NeighbourError as exc:
                 if unresolved is None:
-                    log.warning("real server %s: %s", be_to_ip(rip), exc)
+                    log.warning("real server %s: %s", rip, exc)
                 else:
-                    unresolved(be_to_ip(rip), str(exc))
+                    unresolved(rip, str(exc))
         changed = 0
         with self._writing():
             for slot, seen in wanted.items():
@@ -788,8 +835,8 @@ class Dataplane:
                     continue
                 entry = self._read_entry(slot)
                 now = (mac_text(entry.dmac), entry.ifindex, mac_text(entry.smac))
-                if (not entry.flags & abi.REAL_ACTIVE or (entry.rip, entry.gen) != (seen.rip, seen.gen)
-                        or now == (hop.dmac, hop.ifindex, hop.smac)):
+                if (not entry.flags & abi.REAL_ACTIVE or (entry.rip, entry.gen) != (seen.entry.rip, seen.entry.gen)
+                        or self._rip(slot, entry) != seen.rip or now == (hop.dmac, hop.ifindex, hop.smac)):
                     continue
                 set_hop(entry, hop)
                 libbpf.map_update(self._fds["reals"], ctypes.c_uint32(slot), entry)
@@ -803,21 +850,21 @@ class Dataplane:
         if len(rules.services) == 1:
             [key] = rules.services
             raw = abi.Svc()
-            held = (self._service_slots(raw.index) if libbpf.map_lookup(self._fds["services"], svc_key(key), raw)
+            held = (self._service_slots(raw.index) if libbpf.map_lookup(self._services_fd(key), svc_key(key), raw)
                     else [])
         else:
             held = self._real_slots()
-        known = {r.entry.rip for r in held if r.entry.flags & abi.REAL_ACTIVE}
-        hops: dict[IPv4Address, NextHop] = {}
+        known = {r.rip for r in held if r.entry.flags & abi.REAL_ACTIVE}
+        hops: dict[IPAddress, NextHop] = {}
         for svc in rules.services.values():
             for real in svc.reals.values():
-                if ip_to_be(real.rip) not in known and real.rip not in hops:
+                if real.rip not in known and real.rip not in hops:
                     try:
                         hops[real.rip] = self._resolver(real.rip)
                     except NeighbourError:
                         pass  # the plan asks again, and reports it, if the real is still new under the lock
 
-        def resolver(rip: IPv4Address) -> NextHop:
+        def resolver(rip: IPAddress) -> NextHop:
             hop = hops.get(rip)
             return hop if hop is not None else self._resolver(rip)
         return resolver
@@ -828,6 +875,8 @@ class Dataplane:
         slots = sorted(plan.real_changed)
         if not slots:
             return
+        for slot, rip in plan.addresses6.items():  # the address first: an active entry always has one
+            libbpf.map_update(self._fds["real_addrs6"], ctypes.c_uint32(slot), addr6(rip))
         keys = (ctypes.c_uint32 * len(slots))(*slots)
         values = (abi.RealEntry * len(slots))(*(plan.entries[slot] for slot in slots))
         for slot in slots:
@@ -852,27 +901,32 @@ class Dataplane:
             with self._table_slots(base, len(table)) as slots:
                 slots[:] = array("I", table)
         value.table_base, value.table_len = base, len(table)
-        libbpf.map_update(self._fds["services"], svc_key(svc.key), value)
+        libbpf.map_update(self._services_fd(svc.key), svc_key(svc.key), value)
 
     def _bump_svc_gen(self, index: int) -> None:
         gen = ctypes.c_uint32()
         libbpf.map_lookup(self._fds["svc_gens"], ctypes.c_uint32(index), gen)
         libbpf.map_update(self._fds["svc_gens"], ctypes.c_uint32(index), ctypes.c_uint32((gen.value + 1) & 0xFFFFFFFF))
 
+    def _vips(self) -> set[IPAddress]:
+        """The VIPs in vips and vips6."""
+        found: set[IPAddress] = {be_to_ip(raw.value) for raw in libbpf.map_keys(self._fds["vips"], ctypes.c_uint32)}
+        found.update(addr6_ip(raw) for raw in libbpf.map_keys(self._fds["vips6"], abi.Addr6))
+        return found
+
     def _write_vips(self, keys: Iterable[ServiceKey]) -> None:
-        """The vips map (flags per VIP) and the pre-filter (VIPs per slot) for these services."""
-        flags: dict[int, int] = {}
+        """The vips maps (flags per VIP, one map per family) and the pre-filter (VIPs per slot, both families) for
+        these services."""
+        flags: dict[IPAddress, int] = {}
         for key in keys:
-            vip = ip_to_be(key.vip)
-            flags[vip] = flags.get(vip, 0) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
-        fd = self._fds["vips"]
-        old = {raw.value for raw in libbpf.map_keys(fd, ctypes.c_uint32)}
+            flags[key.vip] = flags.get(key.vip, 0) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
+        old = self._vips()
         for vip, value in flags.items():
-            libbpf.map_update(fd, ctypes.c_uint32(vip), ctypes.c_uint32(value))
+            libbpf.map_update(self._fds[family_map("vips", vip.version)], vip_key(vip), ctypes.c_uint32(value))
         slots: dict[int, int] = {}
         for vip in flags:
-            slots[vip_filter_slot(vip)] = slots.get(vip_filter_slot(vip), 0) + 1
-        for slot in {vip_filter_slot(vip) for vip in old} | set(slots):
+            slots[vip_filter_slot(fold_be(vip))] = slots.get(vip_filter_slot(fold_be(vip)), 0) + 1
+        for slot in {vip_filter_slot(fold_be(vip)) for vip in old} | set(slots):
             libbpf.map_update(self._fds["vip_filter"], ctypes.c_uint32(slot), ctypes.c_uint32(slots.get(slot, 0)))
         for vip in old - set(flags):
-            libbpf.map_delete(fd, ctypes.c_uint32(vip))
+            libbpf.map_delete(self._fds[family_map("vips", vip.version)], vip_key(vip))

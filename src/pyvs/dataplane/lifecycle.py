@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pyvs.dataplane import abi, libbpf
-from pyvs.dataplane.base import MAP_NAMES, PROGRAM_NAME, DataplaneError, Resolver, start_sweeper
+from pyvs.dataplane.base import MAP_NAMES, PROGRAM_NAME, DataplaneError, Resolver, install_calls, start_sweeper
 from pyvs.dataplane.build import BuildError, object_path
 from pyvs.dataplane.dataplane import Dataplane
 from pyvs.dataplane.neighbours import interface_index, resolve
@@ -35,16 +35,19 @@ def table_shape(size: int) -> tuple[int, int, int]:
 
 
 def _create_shards(size: int) -> dict[str, list[int]]:
-    """New shards (map fds) of conns and half_open for a connection table of `size` entries."""
+    """New shards (map fds) of conns and half_open, and of their IPv6 twins, for a connection table of `size`
+    entries (each family has a table of that size)."""
     shards, per_shard, half_per_shard = table_shape(size)
-    key_size, value_size = ctypes.sizeof(abi.ConnKey), ctypes.sizeof(abi.Conn)
-    created: dict[str, list[int]] = {"conns": [], "half_open": []}
+    value_size = ctypes.sizeof(abi.Conn)
+    created: dict[str, list[int]] = {table: [] for table in abi.CONN_TABLES}
     try:
-        for table, entries, flags in (("conns", per_shard, 0),
-                                      ("half_open", half_per_shard, libbpf.BPF_F_NO_COMMON_LRU)):
+        for table, key in abi.CONN_TABLES.items():
+            half = table.startswith("half_open")
+            entries, flags = (half_per_shard, libbpf.BPF_F_NO_COMMON_LRU) if half else (per_shard, 0)
             for index in range(shards):
-                created[table].append(libbpf.map_create(libbpf.BPF_MAP_TYPE_LRU_HASH, f"pyvs_{table[:4]}{index}",
-                                                        key_size, value_size, entries, flags))
+                name = f"pyvs_{table[:4]}{'6_' if table.endswith('6') else ''}{index}"  # pyvs_conn12, pyvs_half6_12
+                created[table].append(libbpf.map_create(libbpf.BPF_MAP_TYPE_LRU_HASH, name,
+                                                        ctypes.sizeof(key), value_size, entries, flags))
     except OSError:
         _close_shards(created)
         raise
@@ -87,10 +90,11 @@ def _create(path: Path, conn_table_size: int) -> None:
     try:
         shards = _create_shards(conn_table_size)
         try:
-            with libbpf.BpfObject(str(object_path("xdp")), str(building), inner_map_fds={
-                    "conns": shards["conns"][0], "half_open": shards["half_open"][0]}) as obj:
+            with libbpf.BpfObject(str(object_path("xdp")), str(building),
+                                  inner_map_fds={table: fds[0] for table, fds in shards.items()}) as obj:
                 fds = {name: obj.map_fd(name) for name in MAP_NAMES}
                 _install_tables(fds, shards)
+                install_calls(obj)
                 write_meta(building)
                 start_sweeper(obj)
         finally:
@@ -125,7 +129,9 @@ def open_dataplane(pin_dir: str | Path | None = None, resolver: Resolver = resol
             raise DataplaneError(state.message(path))
         if state.state in ("absent", "stale"):
             _create(path, conn_table_size or abi.CONN_TABLE_SIZE)
-        fds = {name: libbpf.obj_get(str(path / name)) for name in MAP_NAMES}
+        # Unchecked (migrate) an older version's pins may lack maps of this one (IPv6's): they read as empty.
+        names = MAP_NAMES if check else [name for name in MAP_NAMES if (path / name).exists()]
+        fds = {name: libbpf.obj_get(str(path / name)) for name in names}
     except (OSError, BuildError) as exc:
         raise DataplaneError(f"cannot open the data plane at {path}: {exc}") from None
     dp = Dataplane(path, fds, resolver)

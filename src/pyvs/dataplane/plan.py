@@ -8,6 +8,7 @@ import logging
 import re
 import socket
 from collections.abc import Callable
+from ipaddress import IPv6Address
 
 from pyvs.dataplane import abi
 from pyvs.dataplane.base import DataplaneError, Resolver
@@ -17,8 +18,8 @@ from pyvs.dataplane.codec import (
     clear_bit,
     clear_bits,
     find_run,
-    ip_to_be,
     port_to_be,
+    real_entry,
     same_settings,
     set_bit,
     set_hop,
@@ -28,7 +29,7 @@ from pyvs.dataplane.codec import (
 )
 from pyvs.dataplane.neighbours import NeighbourError
 from pyvs.mac import ZERO_MAC
-from pyvs.model import ModelError, Real, Rules, ServiceKey, sched_flag_bits, validate_service
+from pyvs.model import IPAddress, ModelError, Real, Rules, ServiceKey, sched_flag_bits, validate_service
 from pyvs.schedulers import build_table
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Plan:
         self.real_slot: dict[ServiceKey, dict[tuple[int, int], int]] = {}  # service -> (rip, port) -> real slot
         self.real_changed: dict[int, bool] = {}
         self.new_slots: set[int] = set()
+        self.addresses6: dict[int, IPv6Address] = {}  # new IPv6 reals' slot -> address (for real_addrs6)
         self.changed_services: set[ServiceKey] = set()
         self._assign_service_indexes(rules, usage)
         existing = self._existing_reals(slots)
@@ -87,7 +89,7 @@ class Plan:
         existing: dict[tuple[int, int, int], int] = {}
         for s in slots:
             if s.entry.flags & abi.REAL_ACTIVE:
-                existing[(s.entry.svc_index, socket.ntohl(s.entry.rip), socket.ntohs(s.entry.port))] = s.slot
+                existing[(s.entry.svc_index, int(s.rip), socket.ntohs(s.entry.port))] = s.slot
         return existing
 
     def _match_reals(self, rules: Rules, existing: dict[tuple[int, int, int], int]
@@ -166,18 +168,18 @@ class Plan:
         the slot's next generation."""
         taken = set(existing.values())
         free_slots = (i for i in clear_bits(usage.reals, abi.MAX_REALS) if i not in taken)
-        hops: dict[int, abi.RealEntry] = {}  # rip -> an entry with its next hop, copied for each real there
+        hops: dict[IPAddress, abi.RealEntry] = {}  # rip -> an entry with its next hop, copied for each real there
         for key, real in new_reals:
             slot = next(free_slots, None)
             if slot is None:
                 raise DataplaneError(f"too many real servers (the data plane holds {abi.MAX_REALS})")
-            template = hops.get(int(real.rip))
+            template = hops.get(real.rip)
             if template is None:
                 try:
                     hop = resolver(real.rip)
                 except NeighbourError as exc:
                     raise DataplaneError(str(exc)) from None
-                template = hops[int(real.rip)] = abi.RealEntry(rip=ip_to_be(real.rip), flags=abi.REAL_ACTIVE)
+                template = hops[real.rip] = real_entry(real.rip)
                 set_hop(template, hop)
                 if hop.dmac == ZERO_MAC:
                     log.warning("real server %s: MAC address not resolved; its packets are dropped until it is",
@@ -191,6 +193,8 @@ class Plan:
             self.real_slot[key][(int(real.rip), real.port)] = slot
             self.real_changed[slot] = True
             self.new_slots.add(slot)
+            if isinstance(real.rip, IPv6Address):
+                self.addresses6[slot] = real.rip
 
     def _place_tables(self, rules: Rules, positions: dict[ServiceKey, list[int]], usage: abi.SlotUsage) -> None:
         """Step 5: each rebuilt table gets a free run of chunks in the pool (sched_table); the runs of the tables

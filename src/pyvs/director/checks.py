@@ -20,9 +20,9 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
 from pyvs.director.config import CheckSpec, ScriptError, check_script_security, user_ids
+from pyvs.model import IPAddress, endpoint_text
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ def _tls_context(verify: bool) -> ssl.SSLContext:
     return context
 
 
-async def _tcp(rip: IPv4Address, port: int) -> ProbeResult:
+async def _tcp(rip: IPAddress, port: int) -> ProbeResult:
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET if rip.version == 4 else socket.AF_INET6, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
@@ -91,13 +91,13 @@ async def _tcp(rip: IPv4Address, port: int) -> ProbeResult:
         # number, and the loop spins on it. Unregister before closing.
         loop.remove_writer(sock.fileno())
         sock.close()
-    return ProbeResult(True, f"tcp {rip}:{port} connected")
+    return ProbeResult(True, f"tcp {endpoint_text(rip, port)} connected")
 
 
-async def _http(spec: CheckSpec, rip: IPv4Address, port: int) -> ProbeResult:
+async def _http(spec: CheckSpec, rip: IPAddress, port: int) -> ProbeResult:
     scheme = spec.type
     context = _tls_context(spec.tls_verify) if scheme == "https" else None
-    host = spec.host or str(rip)
+    host = spec.host or (f"[{rip}]" if rip.version == 6 else str(rip))  # RFC 3986: an IPv6 literal in brackets
     reader, writer = await asyncio.open_connection(
         str(rip), port, ssl=context, server_hostname=spec.host if context and spec.host else None
     )
@@ -140,7 +140,7 @@ def command_identity(user: str | None) -> dict[str, object]:
     return {"user": uid, "group": gid, "extra_groups": []}
 
 
-async def _command(spec: CheckSpec, rip: IPv4Address, port: int, limit: asyncio.Semaphore) -> ProbeResult:
+async def _command(spec: CheckSpec, rip: IPAddress, port: int, limit: asyncio.Semaphore) -> ProbeResult:
     argv = [arg.replace("{rip}", str(rip)).replace("{port}", str(port)) for arg in spec.command]
     async with limit:
         try:
@@ -171,7 +171,7 @@ async def _command(spec: CheckSpec, rip: IPv4Address, port: int, limit: asyncio.
     return ProbeResult(False, f"check command {argv[0]} exited {proc.returncode}" + (f": {text}" if text else ""))
 
 
-async def probe(spec: CheckSpec, rip: IPv4Address, port: int, commands: asyncio.Semaphore) -> ProbeResult:
+async def probe(spec: CheckSpec, rip: IPAddress, port: int, commands: asyncio.Semaphore) -> ProbeResult:
     """One check of one real, never longer than spec.timeout (plus the time to kill a hung command)."""
     port = spec.port or port
     if spec.type == "none":
@@ -185,18 +185,18 @@ async def probe(spec: CheckSpec, rip: IPv4Address, port: int, commands: asyncio.
                 return await _tcp(rip, port)
             return await _http(spec, rip, port)
     except TimeoutError:
-        return ProbeResult(False, f"{spec.type} {rip}:{port}: no answer within {spec.timeout}s")
+        return ProbeResult(False, f"{spec.type} {endpoint_text(rip, port)}: no answer within {spec.timeout}s")
     except ssl.SSLError as exc:
-        return ProbeResult(False, f"{spec.type} {rip}:{port}: TLS error: {exc.reason or exc}")
+        return ProbeResult(False, f"{spec.type} {endpoint_text(rip, port)}: TLS error: {exc.reason or exc}")
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        return ProbeResult(False, f"{spec.type} {rip}:{port}: {reason}")
+        return ProbeResult(False, f"{spec.type} {endpoint_text(rip, port)}: {reason}")
 
 
 OnResult = Callable[[ProbeResult, Health, bool], None]
 
 
-async def check_loop(spec: CheckSpec, rip: IPv4Address, port: int, health: Health, on_result: OnResult,
+async def check_loop(spec: CheckSpec, rip: IPAddress, port: int, health: Health, on_result: OnResult,
                      commands: asyncio.Semaphore) -> None:
     """Probe one real forever; on_result(result, health, changed) after each probe."""
     await asyncio.sleep(random.uniform(0, spec.interval))  # spread thousands of checks over the interval

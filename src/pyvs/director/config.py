@@ -14,17 +14,18 @@
     scheduler = "sh"
     scheduler_flags = ["sh-port"]       # ipvsadm -b
     persistence_timeout = 600           # ipvsadm -p (seconds)
-    persistence_granularity = "255.255.255.0"   # ipvsadm -M
+    persistence_granularity = "255.255.255.0"   # ipvsadm -M (an IPv6 service: a prefix length, e.g. 64)
     mh_table_size = 65521               # scheduler mh only: pyvsadm --mh-table-size (default: from the reals)
-    sorry_server = "198.18.2.20"
+    sorry_server = "198.18.2.20"        # IPv6: "2001:db8:2::20" or "[2001:db8:2::20]:80"
     check = { type = "http", path = "/", status = [200], interval = 1.0, timeout = 1.0, rise = 2, fall = 2 }
 
     [[service.real]]
     address = "198.18.2.11"
     weight = 1
 
-Every error names the file and the line it comes from; a file with any error is refused whole. A command
-(check or notify) must be a file that only root can change (keepalived's enable_script_security):
+A service is IPv4 or IPv6 (`vip = "2001:db8::100"`); its reals and sorry server are of its family (direct routing
+keeps the packet). Every error names the file and the line it comes from; a file with any error is refused whole.
+A command (check or notify) must be a file that only root can change (keepalived's enable_script_security):
 load_config checks it, and the daemon checks again before each run.
 """
 
@@ -39,23 +40,26 @@ import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from pyvs.model import (
     DEFAULT_PERSISTENCE,
     HOST_MASK,
+    HOST_PREFIX6,
     MAX_WEIGHT,
+    IPAddress,
     ModelError,
+    Netmask,
     Protocol,
     RealKey,
     Service,
     ServiceKey,
+    endpoint_text,
+    parse_address,
     parse_endpoint,
-    parse_ipv4,
     parse_listen,
-    parse_netmask,
+    parse_netmask_for,
     sched_flag_bits,
     sched_flag_names,
     validate_scheduler,
@@ -99,7 +103,7 @@ class CheckSpec:
 
 @dataclass(frozen=True)
 class RealSpec:
-    rip: IPv4Address
+    rip: IPAddress
     port: int
     weight: int
     check: CheckSpec
@@ -120,7 +124,7 @@ class ServiceSpec:
     hysteresis: int = 0
     alpha: bool = False  # start with every real down until a check succeeds
     persistent: int | None = None  # ipvsadm -p: persistence timeout in seconds
-    netmask: IPv4Address = HOST_MASK  # ipvsadm -M: persistence granularity
+    netmask: Netmask = HOST_MASK  # ipvsadm -M: persistence granularity (IPv6: a prefix length, 128 by default)
     sched_flags: tuple[str, ...] = ()  # ipvsadm -b, in the names ipvsadm prints
     mh_table_size: int | None = None  # pyvsadm --mh-table-size; None: chosen from the reals in the data plane
 
@@ -349,6 +353,11 @@ def _listen(value: Any) -> tuple[str, int] | None:
     return parse_listen(str(value))
 
 
+def listen_text(listen: tuple[str, int]) -> str:
+    """A listen address as HOST:PORT, an IPv6 host in brackets (what a URL takes)."""
+    return endpoint_text(parse_address(listen[0]), listen[1])
+
+
 def _token(value: Any) -> str:
     if not isinstance(value, str) or len(value) < 16 or not value.isprintable() or not value.isascii() \
             or value != value.strip():
@@ -446,8 +455,15 @@ def _sub(reader: _Reader, key: str, allowed: tuple[str, ...], label: str) -> _Re
     return _Reader(reader.path, reader.lines, table, (*reader.where, key), f"{reader.label}: {label}", allowed)
 
 
+def _family_error(what: str, address: IPAddress, key: ServiceKey) -> str:
+    return (f"{what} {address} is IPv{address.version} and the service IPv{key.family}: direct routing keeps the "
+            "packet, so both must be of one family")
+
+
 def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool) -> RealSpec:
-    rip = reader.convert("address", parse_ipv4, required=True)
+    rip = reader.convert("address", lambda v: parse_address(str(v)), required=True)
+    if rip.version != svc_key.family:
+        reader.fail("address", f"'address': {_family_error('real server', rip, svc_key)}")
     port = reader.integer("port", svc_key.port, 0, 65535)
     if port != svc_key.port:
         reader.fail("port", f"real port {port} differs from the service port {svc_key.port}: "
@@ -464,13 +480,14 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     proto = reader.get("proto", str, "tcp").upper()
     if proto not in Protocol.__members__:
         reader.fail("proto", f"unknown protocol '{proto.lower()}' (tcp or udp)")
-    vip = reader.convert("vip", parse_ipv4, required=True)
+    vip = reader.convert("vip", lambda v: parse_address(str(v)), required=True)
     port = reader.integer("port", 0, 0, 65535) if "port" in table else reader.get("port", int, required=True)
     key = ServiceKey(Protocol[proto], vip, port)
     reader.label = f"service {proto.lower()} {key}"
     scheduler = reader.convert("scheduler", validate_scheduler, "wrr")
     persistent = reader.convert("persistence_timeout", _persistence)
-    netmask = reader.convert("persistence_granularity", lambda v: parse_netmask(str(v)), HOST_MASK)
+    netmask = reader.convert("persistence_granularity", lambda v: parse_netmask_for(str(v), key.family),
+                             HOST_MASK if key.family == 4 else HOST_PREFIX6)
     if "persistence_granularity" in table and persistent is None:
         reader.fail("persistence_granularity", "'persistence_granularity' needs 'persistence_timeout' "
                                                "(ipvsadm's -M goes with -p)")
@@ -503,6 +520,8 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
         real_keys.add(real.key)
         reals.append(real)
     sorry = reader.convert("sorry_server", lambda v: parse_endpoint(str(v), port))
+    if sorry is not None and sorry[0].version != key.family:
+        reader.fail("sorry_server", f"'sorry_server': {_family_error('the sorry server', sorry[0], key)}")
     if sorry is not None and sorry[1] != port:
         reader.fail("sorry_server", f"sorry server port {sorry[1]} differs from the service port {port}: "
                                     "direct routing cannot change the port")

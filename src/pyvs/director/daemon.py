@@ -33,7 +33,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,12 +40,20 @@ from pyvs.arp import takeover
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
 from pyvs.dataplane.base import PYVS_PROGRAMS
 from pyvs.director import checks, sdnotify
-from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
+from pyvs.director.config import (
+    ConfigError,
+    DirectorConfig,
+    RealKey,
+    RealSpec,
+    ServiceSpec,
+    listen_text,
+    load_config,
+)
 from pyvs.director.notify import Notifier
 from pyvs.director.runfile import RUN_DIR, daemon_alive, read_run_file, run_file  # noqa: F401 - re-exported
 from pyvs.director.status_server import PageActions, serve_status
 from pyvs.director.statusdoc import OtherService, RealStatus, ReloadStatus, ServiceStatus, StatusDocument
-from pyvs.model import Counters, Real, Rules, Service, ServiceKey
+from pyvs.model import Counters, IPAddress, Real, Rules, Service, ServiceKey, address_order, endpoint_text
 
 log = logging.getLogger("pyvs.director")
 
@@ -75,7 +82,7 @@ def service_name(key: ServiceKey) -> str:
 
 
 def real_name(key: RealKey) -> str:
-    return f"{key[0]}:{key[1]}"
+    return endpoint_text(*key)
 
 
 class DirectorError(RuntimeError):
@@ -536,7 +543,8 @@ class Director:
         new_vips = set(self._vips())
         if self.config.interface and (new_vips != old_vips):
             ifname = self.config.interface
-            added, gone = sorted(new_vips - old_vips), sorted(old_vips - new_vips)
+            added = sorted(new_vips - old_vips, key=address_order)
+            gone = sorted(old_vips - new_vips, key=address_order)
             await self.in_dataplane_thread(lambda: self._move_vips(ifname, added, gone))
         self.last_reload = {"ok": ok, "error": self.apply_error, "at": time.time()}
         log_event(logging.INFO, "reloaded", config=new.path, generation=self.generation, services=len(new.services),
@@ -544,7 +552,7 @@ class Director:
         self._write_run_file()
         return ok
 
-    def _move_vips(self, ifname: str, added: list[IPv4Address], gone: list[IPv4Address]) -> None:
+    def _move_vips(self, ifname: str, added: list[IPAddress], gone: list[IPAddress]) -> None:
         """Data plane thread: take the new VIPs over (address, gratuitous ARP); let go of the VIPs the config
         no longer has, unless a service of the data plane (one added by hand) still uses them."""
         if added:
@@ -552,10 +560,10 @@ class Director:
                 log_event(logging.INFO, "vip_takeover", interface=ifname, action=action)
         if gone:
             used = {key.vip for key in self.dp.read_rules().services}
-            for vip in sorted(set(gone) & used):
+            for vip in sorted(set(gone) & used, key=address_order):
                 log_event(logging.INFO, "vip_kept", interface=ifname, vip=vip,
                           reason="a service not in the config still uses it")
-            for action in takeover.withdraw(sorted(set(gone) - used), ifname):
+            for action in takeover.withdraw(sorted(set(gone) - used, key=address_order), ifname):
                 log_event(logging.INFO, "vip_withdrawn", interface=ifname, action=action)
 
     # ---- status ----------------------------------------------------------------------------------
@@ -655,7 +663,7 @@ class Director:
         listen = self.config.status_listen if self.server is not None else None
         info = {
             "pid": os.getpid(), "config": str(self.config.path), "pin_dir": str(self.dp.pin_dir),
-            "status_url": f"http://{listen[0]}:{listen[1]}" if listen else None, "generation": self.generation,
+            "status_url": f"http://{listen_text(listen)}" if listen else None, "generation": self.generation,
             "last_reload": self.last_reload, "services": [service_name(svc.key) for svc in self.config.services],
         }  # fmt: skip
         path = run_file(self.dp.pin_dir)
@@ -673,7 +681,7 @@ class Director:
             return await serve_status(self.status_snapshot, host, port,
                                       PageActions(lambda: self.config.page_token, self.page_action))
         except OSError as exc:
-            raise DirectorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise DirectorError(f"cannot listen on {listen_text((host, port))}: {exc.strerror or exc}") from None
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or until a background task keeps failing: DirectorError)."""
@@ -692,8 +700,7 @@ class Director:
             self._write_run_file()
             log_event(logging.INFO, "started", config=self.config.path, pin_dir=self.dp.pin_dir,
                       services=len(self.config.services), reals=len(self.reals),
-                      status=f"{self.config.status_listen[0]}:{self.config.status_listen[1]}"
-                      if self.config.status_listen else "off")
+                      status=listen_text(self.config.status_listen) if self.config.status_listen else "off")
             self.spawn("ready", self._notify_ready, restart=False)
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
@@ -819,8 +826,8 @@ class Director:
             for action in takeover.withdraw(self._vips(), self.config.interface):
                 log_event(logging.INFO, "vip_withdrawn", interface=self.config.interface, action=action)
 
-    def _vips(self) -> list[IPv4Address]:
-        return sorted({svc.key.vip for svc in self.config.services})
+    def _vips(self) -> list[IPAddress]:
+        return sorted({svc.key.vip for svc in self.config.services}, key=address_order)
 
 
 def run_daemon(config_path: Path | str, pin_dir: Path | str | None = None) -> None:

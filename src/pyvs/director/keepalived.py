@@ -37,8 +37,8 @@ from pyvs.model import (
     Protocol,
     Service,
     ServiceKey,
-    parse_ipv4,
-    parse_netmask,
+    parse_address,
+    parse_netmask_for,
     validate_service,
 )
 
@@ -305,10 +305,11 @@ class _Converter:
             self.warn(vs, f"'{' '.join(vs.args)}' skipped: only 'virtual_server IP PORT' is supported")
             return None
         try:
-            vip = str(parse_ipv4(vs.args[0]))
+            vip_address = parse_address(vs.args[0])
         except ModelError as exc:
             self.warn(vs, f"'{' '.join(vs.args)[:80]}' skipped: {exc}")
             return None
+        vip, family = str(vip_address), vip_address.version
         port = self.integer(vs, 0, 65535, vs.args[1]) if len(vs.args) > 1 else 0
         service: dict[str, Any] = {"proto": "tcp", "vip": vip, "port": port, "scheduler": "wlc"}
         timing: dict[str, Block] = {}
@@ -355,8 +356,10 @@ class _Converter:
                                                   else DEFAULT_PERSISTENCE_TIMEOUT)
                 where["persistence_timeout"] = child
             elif key == "persistence_granularity":
-                try:
-                    service["persistence_granularity"] = str(parse_netmask(args[0] if args else ""))
+                try:  # an IPv6 service's is a prefix length (keepalived's pgr_handler)
+                    granularity = parse_netmask_for(args[0] if args else "", family)
+                    service["persistence_granularity"] = granularity if isinstance(granularity, int) \
+                        else str(granularity)
                 except ModelError as exc:
                     self.warn(child, f"{exc}; not carried over")
             elif key in SCHED_FLAG_BITS:
@@ -373,11 +376,13 @@ class _Converter:
         if "persistence_granularity" in service and "persistence_timeout" not in service:
             self.warn(vs, "persistence_granularity without persistence_timeout has no effect; not carried over")
             del service["persistence_granularity"]
-        svc_key = ServiceKey(Protocol[service["proto"].upper()], parse_ipv4(vip), port)
+        svc_key = ServiceKey(Protocol[service["proto"].upper()], vip_address, port)
+        settings = Service(svc_key, service["scheduler"], service.get("persistence_timeout"),
+                           sched_flags=tuple(service.get("scheduler_flags", ())))
+        if "persistence_granularity" in service:
+            settings.netmask = parse_netmask_for(str(service["persistence_granularity"]), family)
         try:
-            validate_service(Service(svc_key, service["scheduler"], service.get("persistence_timeout"),
-                                     parse_netmask(service.get("persistence_granularity", "32")),
-                                     tuple(service.get("scheduler_flags", ()))))
+            validate_service(settings)
         except ModelError as exc:
             text = str(exc)
             culprit = (where.get("scheduler_flags") if "flag" in text else where.get("persistence_timeout")
@@ -390,7 +395,7 @@ class _Converter:
         reals: list[dict[str, Any]] = []
         seen: dict[str, Block] = {}
         for rs in vs.all("real_server"):
-            real = self.real(rs, port, timing, default_host)
+            real = self.real(rs, port, timing, default_host, family)
             if real is None:
                 continue
             if (other := seen.get(real["address"])) is not None:
@@ -412,11 +417,16 @@ class _Converter:
     def sorry(self, block: Block, service: dict[str, Any], reals: dict[str, Block]) -> None:
         address = self.arg(block)
         port = service["port"]
+        family = parse_address(service["vip"]).version
         try:
-            sorry_ip = str(parse_ipv4(address))
+            sorry_address = parse_address(address)
         except ModelError:
-            self.fail(block, f"'{address[:80]}': pyvs takes an IPv4 address as sorry server (IPv6 and host "
-                             "names are not supported yet)")
+            self.fail(block, f"'{address[:80]}': pyvs takes an IP address as sorry server (host names are not "
+                             "supported)")
+        if sorry_address.version != family:
+            self.fail(block, f"{sorry_address} is IPv{sorry_address.version} and the virtual server "
+                             f"IPv{family}: direct routing keeps the packet, so the sorry server must be IPv{family}")
+        sorry_ip = str(sorry_address)
         sorry_port = self.integer(block, 0, 65535, block.args[1]) if len(block.args) > 1 else port
         if sorry_port != port:
             self.warn(block, f"port {sorry_port} differs from the service port {port}: "
@@ -429,12 +439,18 @@ class _Converter:
                              "reals are (direct routing)")
         service["sorry_server"] = sorry_ip
 
-    def real(self, rs: Block, port: int, vs_timing: dict[str, Block], host: str | None) -> dict[str, Any] | None:
+    def real(self, rs: Block, port: int, vs_timing: dict[str, Block], host: str | None,
+             family: int) -> dict[str, Any] | None:
         try:
-            rip = str(parse_ipv4(self.arg(rs)))
+            address = parse_address(self.arg(rs))
         except ModelError as exc:
             self.warn(rs, f"'{' '.join(rs.args)[:80]}' skipped: {exc}")
             return None
+        if address.version != family:
+            self.warn(rs, f"{address} is IPv{address.version} and the virtual server IPv{family}: direct routing "
+                          "keeps the packet; real skipped")
+            return None
+        rip = str(address)
         real_port = self.integer(rs, 0, 65535, rs.args[1]) if len(rs.args) > 1 else port
         if real_port != port:
             self.warn(rs, f"{rip} port {real_port} differs from the service port {port}: direct routing cannot "

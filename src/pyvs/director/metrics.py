@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pyvs.director.statusdoc import StatusDocument
+from pyvs.director.statusdoc import StatusDocument, endpoint
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SERVICE = ["service"]
@@ -31,7 +31,8 @@ def node_ipvs_families(status: StatusDocument) -> list[Metric]:
     services; with direct routing nothing comes back through the director: outgoing stays 0). A backend is a real
     in the data plane (a sorry server too while it takes the traffic, as keepalived adds it to IPVS); a real that
     health checks took out is not listed, as in /proc/net/ip_vs. Label values as node_exporter writes them: the
-    protocol in capitals ("TCP", "UDP"), ports in decimal, local_mark "" (no fwmark services).
+    protocol in capitals ("TCP", "UDP"), ports in decimal, local_mark "" (no fwmark services), addresses bare (an
+    IPv6 one compressed, without brackets: Go's net.IP.String()).
     """
     services, others = status["services"], status.get("other_services", [])
     totals = {name: sum(s[name] for s in services) + sum(o[name] for o in others)
@@ -119,7 +120,7 @@ class SnapshotCollector(Collector):
             families["service_quorum"].add_metric(labels, int(svc["quorum"]))
             families["service_sorry"].add_metric(labels, int(svc["sorry_active"]))
             for real in svc["reals"]:
-                real_labels = [svc["name"], f"{real['address']}:{real['port']}", real["role"]]
+                real_labels = [svc["name"], endpoint(real["address"], real["port"]), real["role"]]
                 families["real_connections"].add_metric(real_labels, real["conns"])
                 families["real_packets"].add_metric(real_labels, real["packets"])
                 families["real_bytes"].add_metric(real_labels, real["bytes"])

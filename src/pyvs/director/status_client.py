@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pyvs.director.statusdoc import StatusDocument
+from pyvs.director.statusdoc import StatusDocument, endpoint
 
 REQUEST_TIMEOUT = 5.0
 
@@ -48,7 +48,7 @@ def status_table(current: StatusDocument, previous: StatusDocument | None = None
     for svc in previous["services"] if previous else []:
         before[(svc["name"], "")] = svc
         for real in svc["reals"]:
-            before[(svc["name"], f"{real['address']}:{real['port']}")] = real
+            before[(svc["name"], endpoint(real["address"], real["port"]))] = real
     rows = [["service / real", "health", "weight", "active", "inact", "conn/s", "pkt/s", "bytes/s", "conns"]]
     for svc in current["services"]:
         old = before.get((svc["name"], ""))
@@ -58,7 +58,7 @@ def status_table(current: StatusDocument, previous: StatusDocument | None = None
                      _rate(svc["packets"], _was(old, "packets"), seconds),
                      _bytes_rate(svc["bytes"], _was(old, "bytes"), seconds), str(svc["conns"])])
         for real in svc["reals"]:
-            name = f"{real['address']}:{real['port']}"
+            name = endpoint(real["address"], real["port"])
             old = before.get((svc["name"], name))
             label = f"  -> {name}" + (" (sorry server)" if real["role"] == "sorry" else "")
             health = real["health"].upper() if real["health"] == "down" else real["health"]
@@ -70,8 +70,8 @@ def status_table(current: StatusDocument, previous: StatusDocument | None = None
     for other in current.get("other_services", []):  # in the data plane, not in the daemon's config
         rows.append([f"{other['name']} {other['scheduler']}", "not the daemon's (left alone)", "", "", "", "", "", "",
                      str(other["conns"])])
-        rows.extend([f"  -> {real['address']}:{real['port']}", "-", str(real["weight"]), "", "", "", "", "", ""]
-                    for real in other["reals"])
+        rows.extend([f"  -> {endpoint(real['address'], real['port'])}", "-", str(real["weight"]),
+                     "", "", "", "", "", ""] for real in other["reals"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     drops = {k[len("drop_"):]: v for k, v in current["counters"].items() if k.startswith("drop_") and v}

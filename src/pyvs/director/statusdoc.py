@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from pyvs.model import endpoint_text, parse_address
+
+
+def endpoint(address: str, port: int) -> str:
+    """A document's address and port as ipvsadm writes them (an IPv6 address in brackets): the reals' names on
+    the page, in `pyvs status` and in the metrics' `real` label."""
+    return endpoint_text(parse_address(address), port)
+
 
 class ReloadStatus(TypedDict):
     ok: bool

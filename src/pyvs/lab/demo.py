@@ -31,8 +31,9 @@ def run_demo(topo: Topology, say: Callable[[str], None], requests: int = 10) -> 
 
 def _traffic(topo: Topology, say: Callable[[str], None], requests: int) -> None:
     client = topo.client.netns
+    vips = " and ".join(topo.vips)
     say(f"lab {topo.prefix}: client {topo.address_of('client')} -> gateway {topo.public_ip} "
-        f"(DNAT to VIP {topo.vip}) -> director -> {', '.join(n.name for n in topo.reals)}")
+        f"(DNAT to VIP {vips}) -> director -> {', '.join(n.name for n in topo.reals)}")
     before_port = director_port_bytes(topo)
     before_client = link_bytes(client, "eth0")
     served: Counter[str] = Counter()
@@ -52,6 +53,13 @@ def _traffic(topo: Topology, say: Callable[[str], None], requests: int) -> None:
     size = 1024 * 1024
     download = http_get(client, topo.public_ip, f"/bytes/{size}")
     say(f"  GET http://{topo.public_ip}/bytes/{size} answered by {download.server}: {download.body_bytes} bytes")
+    if topo.public_ip6:  # a dual-stack lab: the same over IPv6
+        try:
+            reply = http_get(client, topo.public_ip6, "/")
+            udp = udp_ask(client, topo.public_ip6, b"ping")
+        except OSError as exc:
+            raise OSError(f"http://[{topo.public_ip6}]/ and UDP from the client over IPv6: {exc}") from exc
+        say(f"  GET http://[{topo.public_ip6}]/ answered by {reply.server}; UDP 'ping' answered: {udp!r}")
     port = director_port_bytes(topo)
     client_bytes = link_bytes(client, "eth0")
 

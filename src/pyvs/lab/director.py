@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Address
 from pathlib import Path
 
 from pyvs.dataplane import Dataplane, DataplaneError, attach_pass_program, open_dataplane, remove_pins
 from pyvs.dataplane.base import PYVS_PROGRAMS
 from pyvs.dataplane.pins import bpffs_root
 from pyvs.lab.topology import Topology
-from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
+from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, parse_address
 from pyvs.netns import exists, in_netns
 
 log = logging.getLogger(__name__)
@@ -22,15 +21,17 @@ def pin_dir(topo: Topology) -> Path:
 
 
 def tutorial_rules(topo: Topology, scheduler: str = "rr") -> Rules:
-    """`-A -t VIP:80 -s rr` with every real added `-g`, and the same for each other lab service."""
+    """`-A -t VIP:80 -s rr` with every real added `-g`, and the same for each other lab service (and, in a
+    dual-stack lab, for the IPv6 VIP with the reals' IPv6 addresses)."""
     rules = Rules()
-    for spec in topo.services:
-        key = ServiceKey(Protocol[spec.protocol.upper()], IPv4Address(topo.vip), spec.port)
-        svc = Service(key, scheduler)
-        for node in topo.reals:
-            rip = IPv4Address(topo.address_of(node.name))
-            svc.reals[(rip, spec.port)] = Real(rip, spec.port, 1)
-        rules.services[key] = svc
+    for version, vip in zip((4, 6), topo.vips, strict=False):
+        for spec in topo.services:
+            key = ServiceKey(Protocol[spec.protocol.upper()], parse_address(vip), spec.port)
+            svc = Service(key, scheduler)
+            for node in topo.reals:
+                rip = parse_address(topo.address_of(node.name, version))
+                svc.reals[(rip, spec.port)] = Real(rip, spec.port, 1)
+            rules.services[key] = svc
     return rules
 
 

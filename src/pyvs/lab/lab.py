@@ -21,6 +21,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 import pyvs
 from pyvs import netns, realserver
@@ -64,6 +65,18 @@ def _save_state(topo: Topology, state: dict[str, Any]) -> None:
 
 
 # -- namespaces, links, bridge ----------------------------------------------------------------
+
+
+def _record_ipv6(topo: Topology) -> None:
+    state = _load_state(topo)
+    if state.get("ipv6") != topo.ipv6:
+        state["ipv6"] = topo.ipv6
+        _save_state(topo, state)
+
+
+def recorded_ipv6(topo: Topology) -> bool:
+    """Whether the lab of this prefix was brought up dual-stack (`pyvs lab up --ipv6`)."""
+    return bool(_load_state(topo).get("ipv6"))
 
 
 def _ns(topo: Topology, node_name: str) -> str:
@@ -129,10 +142,14 @@ def _ensure_tx_checksum_off(topo: Topology, port: Port, actions: list[str]) -> N
         actions.append(f"tx checksum offload off on {ns}:{port.ifname}")
 
 
+def _family(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
 def _route_present(ipr: IPRoute, route: Route, oif: int | None) -> bool:
     dst, _, plen = route.dst.partition("/")
-    dst_len = 0 if route.dst == "default" else int(plen or 32)
-    for existing in ipr.get_routes(family=socket.AF_INET, table=254):
+    dst_len = 0 if route.dst == "default" else int(plen or (32 if route.family == 4 else 128))
+    for existing in ipr.get_routes(family=_family(route.family), table=254):
         if existing["dst_len"] != dst_len or (dst_len and existing.get("RTA_DST") != dst):
             continue
         same_gateway = existing.get("RTA_GATEWAY") == route.gateway
@@ -152,11 +169,12 @@ def _ensure_node_network(topo: Topology, node: Node, actions: list[str]) -> None
             if port.mac and ipr.get_links(index)[0].get("IFLA_ADDRESS") != port.mac:
                 ipr.link("set", index=index, address=port.mac)
                 actions.append(f"set MAC {port.mac} on {node.netns}:{port.ifname}")
-            present = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=2, index=index)}
+            present = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)}
             for cidr in port.addresses:  # in order: the first one of a subnet is primary
                 if cidr not in present:
                     address, plen = cidr.split("/")
-                    ipr.addr("add", index=index, address=address, prefixlen=int(plen))
+                    nodad = {"flags": IFA_F_NODAD} if ":" in address else {}  # usable at once
+                    ipr.addr("add", index=index, address=address, prefixlen=int(plen), **nodad)
                     actions.append(f"added {cidr} to {node.netns}:{port.ifname}")
         for ifname in ifnames:
             index = _require_index(ipr, ifname)
@@ -167,7 +185,7 @@ def _ensure_node_network(topo: Topology, node: Node, actions: list[str]) -> None
             oif = _require_index(ipr, route.dev) if route.dev else None
             if _route_present(ipr, route, oif):
                 continue
-            spec: dict[str, Any] = {"dst": route.dst}
+            spec: dict[str, Any] = {"dst": route.dst, "family": _family(route.family)}
             if route.gateway:
                 spec["gateway"] = route.gateway
             if oif is not None:
@@ -187,22 +205,27 @@ def _ensure_sysctls(node: Node, actions: list[str]) -> None:
 
 
 def dnat_rule(dnat: Dnat) -> list[str]:
-    """iptables arguments after the action (-A/-C/-D) for one DNAT spec."""
+    """iptables (ip6tables) arguments after the action (-A/-C/-D) for one DNAT spec."""
+    host, target = (32, dnat.target_ip) if dnat.family == 4 else (128, f"[{dnat.target_ip}]")
     return [
-        "PREROUTING", "-t", "nat", "-d", f"{dnat.public_ip}/32", "-p", dnat.protocol,
-        "--dport", str(dnat.port), "-j", "DNAT", "--to-destination", f"{dnat.target_ip}:{dnat.target_port}",
+        "PREROUTING", "-t", "nat", "-d", f"{dnat.public_ip}/{host}", "-p", dnat.protocol,
+        "--dport", str(dnat.port), "-j", "DNAT", "--to-destination", f"{target}:{dnat.target_port}",
     ]  # fmt: skip
+
+
+def iptables(dnat: Dnat) -> str:
+    return "iptables" if dnat.family == 4 else "ip6tables"
 
 
 def dnat_present(topo: Topology, dnat: Dnat) -> bool:
     ns = _ns(topo, dnat.node)
-    return netns.run_in_netns(ns, ["iptables", "-C", *dnat_rule(dnat)], check=False).returncode == 0
+    return netns.run_in_netns(ns, [iptables(dnat), "-C", *dnat_rule(dnat)], check=False).returncode == 0
 
 
 def _ensure_dnat(topo: Topology, actions: list[str]) -> None:
     for dnat in topo.dnat:
         if not dnat_present(topo, dnat):
-            netns.run_in_netns(_ns(topo, dnat.node), ["iptables", "-A", *dnat_rule(dnat)])
+            netns.run_in_netns(_ns(topo, dnat.node), [iptables(dnat), "-A", *dnat_rule(dnat)])
             actions.append(f"DNAT {dnat.protocol} {dnat.public_ip}:{dnat.port} -> {dnat.target_ip}")
 
 
@@ -210,7 +233,7 @@ def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
     for node in topo.reals:
         nic = topo.ports(node.name)[0].ifname
         with netns.in_netns(node.netns):
-            changes = realserver.up(topo.vip, nic=nic)
+            changes = realserver.up(topo.vips, nic=nic)
         actions.extend(f"{node.netns}: {change}" for change in changes)
 
 
@@ -220,7 +243,7 @@ def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
 def _server_argv(topo: Topology, node: Node) -> list[str]:
     return [
         sys.executable, "-m", WEBSERVER_MODULE, "--name", node.name, "--lab", topo.prefix,
-        "--port", str(topo.web_port), "--udp-port", str(topo.udp_echo_port),
+        "--port", str(topo.web_port), "--udp-port", str(topo.udp_echo_port), *(["--ipv6"] if topo.ipv6 else []),
     ]  # fmt: skip
 
 
@@ -284,8 +307,13 @@ def _ensure_server(topo: Topology, node: Node, actions: list[str]) -> None:
     pid = netns.spawn_in_netns(node.netns, _server_argv(topo, node), log_path=log_path, env=_child_env())
     state["servers"][node.name] = pid
     _save_state(topo, state)  # recorded at once: down() must find it even if we crash
-    _wait_listening(node.netns, topo.address_of(node.name), topo.web_port, pid)
+    for version in _versions(topo):
+        _wait_listening(node.netns, topo.address_of(node.name, version), topo.web_port, pid)
     actions.append(f"started web server in {node.netns} (pid {pid})")
+
+
+def _versions(topo: Topology) -> tuple[int, ...]:
+    return (4, 6) if topo.ipv6 else (4,)
 
 
 def _ensure_servers(topo: Topology, actions: list[str]) -> None:
@@ -355,8 +383,10 @@ def _director_module() -> ModuleType | None:
 # -- public API -------------------------------------------------------------------------------
 
 
-def up(topo: Topology, keep_on_failure: bool = False) -> list[str]:
-    """Build the lab (or finish a partial one); returns what was changed, [] if it was complete.
+def up(topo: Topology, keep_on_failure: bool = False, director: bool = True) -> list[str]:
+    """Build the lab (or finish a partial one); returns what was changed, [] if it was complete. Without
+    `director`, the director's data plane (XDP, the tutorial's rules) is left out: the hosts, links, addresses,
+    gateway, real servers and web servers alone.
 
     On failure the lab is removed again unless keep_on_failure.
     """
@@ -374,10 +404,11 @@ def up(topo: Topology, keep_on_failure: bool = False) -> list[str]:
             _ensure_sysctls(node, actions)
         _ensure_dnat(topo, actions)
         _ensure_realservers(topo, actions)
+        _record_ipv6(topo)
         _ensure_servers(topo, actions)
-        director = _director_module()
-        if director is not None:
-            actions.extend(director.setup_director(topo))
+        module = _director_module() if director else None
+        if module is not None:
+            actions.extend(module.setup_director(topo))
     except (OSError, NetlinkError, netns.NetnsError, realserver.RealServerError, LabError) as exc:
         if not keep_on_failure:
             down(topo)
@@ -433,8 +464,9 @@ def remove_node(topo: Topology, node: str) -> None:
         netns.remove(ns)
 
 
-def status(topo: Topology) -> dict[str, Any]:
-    """What exists: namespaces, interfaces with addresses, server processes, and overall health."""
+def status(topo: Topology, director: bool = True) -> dict[str, Any]:
+    """What exists: namespaces, interfaces with addresses, server processes, and overall health (without
+    `director`: not counting the director's data plane, as `up(topo, director=False)` leaves it out)."""
     healthy = True
     nodes: dict[str, Any] = {}
     for node in topo.nodes:
@@ -446,8 +478,10 @@ def status(topo: Topology) -> dict[str, Any]:
                     index = link["index"]
                     interfaces[link.get("IFLA_IFNAME")] = {
                         "up": bool(link["flags"] & IFF_UP),
-                        "addresses": [
-                            f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=2, index=index)
+                        "addresses": [  # IPv4 first, then IPv6 (not the kernel's link-local ones)
+                            f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for family in (socket.AF_INET, socket.AF_INET6)
+                            for a in ipr.get_addr(family=family, index=index)
+                            if not str(a.get("IFA_ADDRESS")).startswith("fe80:")
                         ],
                     }
         for port in topo.ports(node.name):
@@ -468,9 +502,9 @@ def status(topo: Topology) -> dict[str, Any]:
     if not problems and not healthy:
         problems.append("an interface is down or lacks its addresses")
     problems += _real_problems(topo)
-    director = _director_module()
-    if director is not None:
-        problems += director.director_problems(topo)
+    module = _director_module() if director else None
+    if module is not None:
+        problems += module.director_problems(topo)
     healthy = healthy and not problems
     return {"prefix": topo.prefix, "healthy": healthy, "problems": problems, "nodes": nodes, "servers": servers}
 
@@ -484,17 +518,19 @@ def _real_problems(topo: Topology) -> list[str]:
         nic = topo.ports(node.name)[0].ifname
         try:
             with netns.in_netns(node.netns):
-                wrong = [f.name for f in realserver.check(topo.vip, nic=nic) if not f.ok]
+                wrong = [f.name for f in realserver.check(topo.vips, nic=nic) if not f.ok]
         except realserver.RealServerError as exc:
             wrong = [str(exc)]
         if wrong:
             problems.append(f"{node.name} is not set up as a real server ({', '.join(wrong)})")
         if not netns.exists(topo.director.netns):
             continue
-        address = topo.address_of(node.name)
-        try:
-            with netns.in_netns(topo.director.netns):
-                socket.create_connection((address, topo.web_port), timeout=1.0).close()
-        except OSError as exc:
-            problems.append(f"{node.name} does not answer on {address}:{topo.web_port}: {exc.strerror or exc}")
+        for version in _versions(topo):
+            address = topo.address_of(node.name, version)
+            where = f"[{address}]:{topo.web_port}" if version == 6 else f"{address}:{topo.web_port}"
+            try:
+                with netns.in_netns(topo.director.netns):
+                    socket.create_connection((address, topo.web_port), timeout=1.0).close()
+            except OSError as exc:
+                problems.append(f"{node.name} does not answer on {where}: {exc.strerror or exc}")
     return problems

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 
 class Role(StrEnum):
@@ -25,6 +26,11 @@ class Route:
     gateway: str | None = None
     dev: str | None = None
     onlink: bool = False
+
+    @property
+    def family(self) -> int:
+        """4 or 6, as the destination or the gateway is written."""
+        return 6 if ":" in f"{self.dst}{self.gateway or ''}" else 4
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ class Bridge:
 
 @dataclass(frozen=True)
 class Dnat:
-    """Destination NAT on a node: public_ip:port -> target_ip:target_port."""
+    """Destination NAT on a node: public_ip:port -> target_ip:target_port (both IPv4, or both IPv6)."""
 
     node: str
     protocol: str  # "tcp" or "udp"
@@ -74,6 +80,10 @@ class Dnat:
     port: int
     target_ip: str
     target_port: int
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.public_ip else 4
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,17 @@ class Topology:
     director_switch_port: Port  # its peer in the switch namespace
     web_port: int = 80
     udp_echo_port: int = 80
+    vip6: str | None = None  # a dual-stack lab's IPv6 VIP (bare address); None: IPv4 only
+    public_ip6: str | None = None  # the gateway's client-facing IPv6 address
+
+    @property
+    def ipv6(self) -> bool:
+        return self.vip6 is not None
+
+    @property
+    def vips(self) -> tuple[str, ...]:
+        """The VIPs: IPv4's, and IPv6's in a dual-stack lab."""
+        return (self.vip, self.vip6) if self.vip6 else (self.vip,)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -128,12 +149,13 @@ class Topology:
     def switch(self) -> Node:
         return self.nodes_with_role(Role.SWITCH)[0]
 
-    def address_of(self, node: str) -> str:
-        """The node's first address, without prefix length (for a real: its RIP)."""
+    def address_of(self, node: str, version: int = 4) -> str:
+        """The node's first address of a family, without prefix length (for a real: its RIP)."""
         for port in self.ports(node):
-            if port.addresses:
-                return port.addresses[0].split("/")[0]
-        raise KeyError(f"node {node} has no address")
+            for cidr in port.addresses:
+                if (":" in cidr) == (version == 6):
+                    return cidr.split("/")[0]
+        raise KeyError(f"node {node} has no IPv{version} address")
 
     def ports(self, node: str | None = None) -> tuple[Port, ...]:
         """All veth ends, or those of one node."""
@@ -160,14 +182,16 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def default_topology(prefix: str = "pyvs", attacker: bool = False) -> Topology:
-    """The LVS-DR tutorial cluster in 198.18.0.0/15.
+def default_topology(prefix: str = "pyvs", attacker: bool = False, ipv6: bool = False) -> Topology:
+    """The LVS-DR tutorial cluster in 198.18.0.0/15 (and, with ipv6, in 2001:db8::/32 too, the same layout).
 
     client 198.18.1.2 -- 198.18.1.1 gateway 198.18.0.1 --+-- switch (bridge) --+ director VIP 198.18.0.100,
                                                                                 |          DIP 198.18.2.10
                                                                                 + rs1 198.18.2.11
                                                                                 + rs2 198.18.2.12
                                                                                 + attacker 198.18.2.66 (attacker=True)
+    IPv6: client 2001:db8:1::2, gateway 2001:db8:1::1 (public, DNAT to the VIP) and 2001:db8::1, director VIP
+    2001:db8::100 and DIP 2001:db8:2::10, rs1 2001:db8:2::11, rs2 2001:db8:2::12 (attacker 2001:db8:2::66).
     """
     check_prefix(prefix)
 
@@ -178,19 +202,28 @@ def default_topology(prefix: str = "pyvs", attacker: bool = False) -> Topology:
     gateway_inside = "198.18.0.1"
     rips = {"rs1": "198.18.2.11", "rs2": "198.18.2.12"}
     default_via_gateway = Route("default", gateway=gateway_inside, dev="eth0", onlink=True)
+    # IPv6, the same layout: the VIP's net 2001:db8::/64, the reals' 2001:db8:2::/64, the client's 2001:db8:1::/64
+    vip6, public_ip6, gateway_inside6 = "2001:db8::100", "2001:db8:1::1", "2001:db8::1"
+    rips6 = {"rs1": "2001:db8:2::11", "rs2": "2001:db8:2::12"}
+    default_via_gateway6 = Route("default", gateway=gateway_inside6, dev="eth0", onlink=True)
+
+    def v6(*items: Any) -> tuple[Any, ...]:
+        return items if ipv6 else ()
 
     nodes = (
-        Node("client", Role.CLIENT, ns("client"), routes=(Route("default", gateway=public_ip, dev="eth0"),)),
+        Node("client", Role.CLIENT, ns("client"), routes=(Route("default", gateway=public_ip, dev="eth0"),
+                                                          *v6(Route("default", gateway=public_ip6, dev="eth0")))),
         Node(
             "gateway",
             Role.GATEWAY,
             ns("gateway"),
             # The reals ARP for 198.18.0.1 from their RIP: the gateway needs a route back.
-            routes=(Route("198.18.2.0/24", dev="inside"),),
-            sysctls=(("net.ipv4.ip_forward", "1"), *_rp_filter_off("inside", "outside")),
+            routes=(Route("198.18.2.0/24", dev="inside"), *v6(Route("2001:db8:2::/64", dev="inside"))),
+            sysctls=(("net.ipv4.ip_forward", "1"), *_rp_filter_off("inside", "outside"),
+                     *v6(("net.ipv6.conf.all.forwarding", "1"))),
         ),
-        Node("director", Role.DIRECTOR, ns("director"), routes=(default_via_gateway,)),
-        *(Node(name, Role.REAL, ns(name), routes=(default_via_gateway,)) for name in rips),
+        Node("director", Role.DIRECTOR, ns("director"), routes=(default_via_gateway, *v6(default_via_gateway6))),
+        *(Node(name, Role.REAL, ns(name), routes=(default_via_gateway, *v6(default_via_gateway6))) for name in rips),
         Node("switch", Role.SWITCH, ns("switch")),
         *((Node("attacker", Role.ATTACKER, ns("attacker")),) if attacker else ()),
     )
@@ -199,11 +232,15 @@ def default_topology(prefix: str = "pyvs", attacker: bool = False) -> Topology:
         return Port("switch", f"{prefix}-{name}")
 
     links = (
-        Link(Port("client", "eth0", ("198.18.1.2/24",)), Port("gateway", "outside", (f"{public_ip}/24",))),
-        Link(Port("gateway", "inside", (f"{gateway_inside}/24",)), switch_port("gw")),
-        Link(Port("director", "eth0", (f"{vip}/24", "198.18.2.10/24")), switch_port("dir")),
-        *(Link(Port(name, "eth0", (f"{rip}/24",)), switch_port(name)) for name, rip in rips.items()),
-        *((Link(Port("attacker", "eth0", ("198.18.2.66/24",)), switch_port("atk")),) if attacker else ()),
+        Link(Port("client", "eth0", ("198.18.1.2/24", *v6("2001:db8:1::2/64"))),
+             Port("gateway", "outside", (f"{public_ip}/24", *v6(f"{public_ip6}/64")))),
+        Link(Port("gateway", "inside", (f"{gateway_inside}/24", *v6(f"{gateway_inside6}/64"))), switch_port("gw")),
+        Link(Port("director", "eth0", (f"{vip}/24", "198.18.2.10/24", *v6(f"{vip6}/64", "2001:db8:2::10/64"))),
+             switch_port("dir")),
+        *(Link(Port(name, "eth0", (f"{rip}/24", *v6(f"{rips6[name]}/64"))), switch_port(name))
+          for name, rip in rips.items()),
+        *((Link(Port("attacker", "eth0", ("198.18.2.66/24", *v6("2001:db8:2::66/64"))), switch_port("atk")),)
+          if attacker else ()),
     )
     # Locally administered MACs 02:c6:12:00:<link>:<end> (c6:12 = 198.18).
     links = tuple(
@@ -213,7 +250,8 @@ def default_topology(prefix: str = "pyvs", attacker: bool = False) -> Topology:
     director_nic, director_switch_port = links[2].a, links[2].b
     bridge = Bridge("switch", f"{prefix}-br", tuple(link.b.ifname for link in links[1:]))
     services = (Service("tcp", 80), Service("udp", 80))
-    dnat = tuple(Dnat("gateway", s.protocol, public_ip, s.port, vip, s.port) for s in services)
+    dnat = tuple(Dnat("gateway", s.protocol, public_ip, s.port, vip, s.port) for s in services) + tuple(
+        Dnat("gateway", s.protocol, public_ip6, s.port, vip6, s.port) for s in services if ipv6)
     return Topology(
         prefix=prefix,
         nodes=nodes,
@@ -226,4 +264,6 @@ def default_topology(prefix: str = "pyvs", attacker: bool = False) -> Topology:
         services=services,
         director_nic=director_nic,
         director_switch_port=director_switch_port,
+        vip6=vip6 if ipv6 else None,
+        public_ip6=public_ip6 if ipv6 else None,
     )

@@ -66,7 +66,7 @@ def keepalive_get(conn: http.client.HTTPConnection, path: str = "/") -> Reply:
 def udp_ask(netns: str, host: str, payload: bytes, port: int = 80, timeout: float = 3.0) -> str:
     """Send one datagram from a fresh source port inside `netns`; returns the text of the answer."""
     with in_netns(netns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
         sock.settimeout(timeout)
         sock.sendto(payload, (host, port))

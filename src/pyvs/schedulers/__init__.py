@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from ipaddress import IPv4Address
 from typing import Protocol
 
-from pyvs.model import ALL_SCHEDULERS
+from pyvs.model import ALL_SCHEDULERS, IPAddress
 from pyvs.schedulers.common import NO_FLAGS, Flow, RealState, SchedFlag, Scheduler, fmix32, hash_32
 from pyvs.schedulers.hashing import DestinationHashing, SourceHashing, dh_table, sh_table
 from pyvs.schedulers.leastconn import (
@@ -37,7 +36,7 @@ class RealLike(Protocol):
     """What a table needs of a real (pyvs.model.Real and RealState both fit)."""
 
     @property
-    def rip(self) -> IPv4Address: ...
+    def rip(self) -> IPAddress: ...
 
     @property
     def port(self) -> int: ...

@@ -1,7 +1,8 @@
 """What every scheduler sees: the reals in list order with their live counts, the flow, the flags.
 
 The definitions follow IPVS (net/netfilter/ipvs/ip_vs_*.c, include/net/ip_vs.h); the hash
-functions are the ones the XDP program computes too (schedule.h), bit for bit.
+functions are the ones the XDP program computes too (schedule.h), bit for bit. IPv6 addresses are hashed as IPVS
+hashes them: folded to 32 bits (`addr_fold`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntFlag
 from ipaddress import IPv4Address
+
+from pyvs.model import IPAddress
 
 U32 = 0xFFFFFFFF
 GOLDEN_RATIO_32 = 0x61C88647  # include/linux/hash.h
@@ -35,7 +38,7 @@ class RealState:
     active: int = 0
     inactive: int = 0
     overloaded: bool = False  # IPVS's IP_VS_DEST_F_OVERLOAD (upper connection threshold reached)
-    rip: IPv4Address = IPv4Address(0)
+    rip: IPAddress = IPv4Address(0)
     port: int = 0
     last_weight: int | None = None  # mh: the last non-zero weight (IPVS's dest->last_weight); None = weight
 
@@ -53,10 +56,17 @@ class RealState:
 class Flow:
     """The first packet of a connection: client address and port, virtual address and port."""
 
-    saddr: IPv4Address
+    saddr: IPAddress
     sport: int
-    daddr: IPv4Address
+    daddr: IPAddress
     dport: int
+
+
+def addr_fold(address: IPAddress) -> int:
+    """ntohl(addr_fold) of IPVS's sh, dh, lblc, lblcr and mh: an IPv4 address itself, an IPv6 one's four 32-bit
+    words xor-ed."""
+    value = int(address)
+    return (value ^ value >> 32 ^ value >> 64 ^ value >> 96) & U32
 
 
 def hash_32(value: int, bits: int) -> int:
@@ -86,7 +96,7 @@ class Scheduler(ABC):
 
     def __init__(self, flags: SchedFlag = NO_FLAGS):
         self.flags = flags
-        self._config: tuple[tuple[int, IPv4Address, int, int | None], ...] | None = None
+        self._config: tuple[tuple[int, IPAddress, int, int | None], ...] | None = None
 
     def update(self, reals: Sequence[RealState]) -> None:
         self._config = _config(reals)
@@ -101,5 +111,5 @@ class Scheduler(ABC):
         """The choice for `flow` with the configuration of the last update."""
 
 
-def _config(reals: Sequence[RealState]) -> tuple[tuple[int, IPv4Address, int, int | None], ...]:
+def _config(reals: Sequence[RealState]) -> tuple[tuple[int, IPAddress, int, int | None], ...]:
     return tuple((r.weight, r.rip, r.port, r.last_weight) for r in reals)

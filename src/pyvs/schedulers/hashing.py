@@ -1,13 +1,14 @@
 """sh and dh (ip_vs_sh.c, ip_vs_dh.c): 256 buckets of reals, indexed by a hash of an address.
 
-Bucket of an address: hash_32(ntohl(addr) [+ ntohs(sport) with sh-port], 8), as the current kernel computes it.
+Bucket of an address: hash_32(ntohl(addr) [+ ntohs(sport) with sh-port], 8), as the current kernel computes it;
+an IPv6 address is folded to 32 bits first (addr_fold).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyvs.schedulers.common import Flow, RealState, SchedFlag, Scheduler, hash_32
+from pyvs.schedulers.common import Flow, RealState, SchedFlag, Scheduler, addr_fold, hash_32
 
 BUCKET_BITS = 8
 BUCKETS = 1 << BUCKET_BITS
@@ -37,7 +38,7 @@ def dh_table(weights: Sequence[int]) -> list[int]:
 
 def sh_key(flow: Flow, flags: SchedFlag) -> int:
     port = flow.sport if flags & SchedFlag.PORT else 0
-    return (port + int(flow.saddr)) & 0xFFFFFFFF
+    return (port + addr_fold(flow.saddr)) & 0xFFFFFFFF
 
 
 def bucket_lookup(table: Sequence[int], reals: Sequence[RealState], key: int, fallback: bool) -> int | None:
@@ -75,4 +76,4 @@ class DestinationHashing(Scheduler):
         self.table = dh_table([r.weight for r in reals])
 
     def choose(self, reals: Sequence[RealState], flow: Flow) -> int | None:
-        return bucket_lookup(self.table, reals, int(flow.daddr), fallback=False)
+        return bucket_lookup(self.table, reals, addr_fold(flow.daddr), fallback=False)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
+from pyvs.model import IPAddress
 from pyvs.schedulers.common import Flow, RealState, Scheduler
 from pyvs.schedulers.leastconn import weighted_least_connection
 
@@ -42,7 +42,7 @@ class LocalityLeastConnection(Scheduler):
         super().__init__()
         self.clock = clock
         self.expiration = expiration
-        self.cache: dict[IPv4Address, _CacheEntry] = {}
+        self.cache: dict[IPAddress, _CacheEntry] = {}
 
     def choose(self, reals: Sequence[RealState], flow: Flow) -> int | None:
         now = self.clock()
@@ -106,7 +106,7 @@ class LocalityLeastConnectionReplication(Scheduler):
         super().__init__()
         self.clock = clock
         self.expiration = expiration
-        self.cache: dict[IPv4Address, _ServerSet] = {}
+        self.cache: dict[IPAddress, _ServerSet] = {}
 
     def choose(self, reals: Sequence[RealState], flow: Flow) -> int | None:
         now = self.clock()

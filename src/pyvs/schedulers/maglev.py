@@ -5,6 +5,7 @@ pyvs's hashes (IPVS uses hsiphash with keys we cannot mirror in BPF):
 - a real's permutation: offset = fmix32((port + ntohl(rip)) ^ MH_SEED1) % M,
   skip = fmix32((port + ntohl(rip)) ^ MH_SEED2) % (M - 1) + 1, slots offset, offset+skip, ... (mod M);
 - a flow's slot: fmix32((ntohl(saddr) + [ntohs(sport) with mh-port]) ^ MH_SEED1) % M;
+- an IPv6 address (a real's or a flow's) is folded to 32 bits first, as ip_vs_mh_hashkey does (addr_fold);
 - mh-fallback, as ip_vs_mh_get_fallback(): when that slot's real is unavailable, try the slots
   fmix32((key + r) ^ MH_SEED1) % M for r = (home + offset) % M, offset = 0, 1, ... M-1.
 All sums are modulo 2^32. schedule.h computes the same.
@@ -13,12 +14,11 @@ All sums are modulo 2^32. schedule.h computes the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from ipaddress import IPv4Address
 from itertools import chain, repeat
 from math import gcd
 
-from pyvs.model import MH_TABLE_SIZES
-from pyvs.schedulers.common import NO_FLAGS, U32, Flow, RealState, SchedFlag, Scheduler, fmix32
+from pyvs.model import MH_TABLE_SIZES, IPAddress
+from pyvs.schedulers.common import NO_FLAGS, U32, Flow, RealState, SchedFlag, Scheduler, addr_fold, fmix32
 
 MH_TABLE_SIZE = 4093  # IPVS's default (CONFIG_IP_VS_MH_TAB_INDEX 12), the smallest table pyvs chooses
 MH_SLOTS_PER_REAL = 50  # the chosen size is at least this many slots per real: max/mean load <= 1 + 1/50
@@ -55,13 +55,13 @@ def mh_table_size(reals: int, size: int | None = None) -> int:
     return next((m for m in MH_TABLE_SIZES if m >= wanted), MH_TABLE_SIZES[-1])
 
 
-def mh_table(reals: Sequence[tuple[IPv4Address, int, int]], size: int = MH_TABLE_SIZE) -> list[int]:
+def mh_table(reals: Sequence[tuple[IPAddress, int, int]], size: int = MH_TABLE_SIZE) -> list[int]:
     """ip_vs_mh_populate(): `reals` are (rip, port, weight) in list order; slot -> index of its real.
     Deterministic: the same reals in the same order give the same table in every process."""
     turns = mh_turns([w for _, _, w in reals])
     if not any(turns):
         return []
-    keys = [(port + int(rip)) & U32 for rip, port, _ in reals]
+    keys = [(port + addr_fold(rip)) & U32 for rip, port, _ in reals]
     next_slot = [mh_hash(k, MH_SEED1) % size for k in keys]
     # One entry per turn (a real with n turns takes n slots in a row), whole rounds until the table is full.
     turn = [(i, mh_hash(k, MH_SEED2) % (size - 1) + 1) for i, (n, k) in enumerate(zip(turns, keys, strict=True))
@@ -81,7 +81,7 @@ def mh_table(reals: Sequence[tuple[IPv4Address, int, int]], size: int = MH_TABLE
 
 def mh_key(flow: Flow, flags: SchedFlag) -> int:
     port = flow.sport if flags & SchedFlag.PORT else 0
-    return (port + int(flow.saddr)) & U32
+    return (port + addr_fold(flow.saddr)) & U32
 
 
 def mh_lookup(table: Sequence[int], reals: Sequence[RealState], key: int, fallback: bool) -> int | None:

@@ -21,7 +21,22 @@ struct {
 	__type(value, __u32);
 } vips SEC(".maps");
 
-/* vip_filter_slot(addr) -> number of VIPs in that slot: most packets that are not for a VIP
+/* The IPv6 services and VIPs: the same values, keyed by IPv6 addresses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PYVS_MAX_SERVICES);
+	__type(key, struct pyvs_svc6_key);
+	__type(value, struct pyvs_svc);
+} services6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PYVS_MAX_SERVICES);
+	__type(key, struct pyvs_addr6);
+	__type(value, __u32);
+} vips6 SEC(".maps");
+
+/* vip_filter_slot(addr) -> number of VIPs in that slot (an IPv6 VIP's slot is that of its words xor-ed): most packets that are not for a VIP
  * leave after this array lookup, without a hash lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -104,6 +119,36 @@ struct {
 	__array(values, struct half_open_shard);
 } half_open SEC(".maps");
 
+/* The IPv6 connection tables: shards of the same number and sizes, swept in the same steps. */
+struct conn6_shard {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PYVS_CONN_SHARD_TARGET);
+	__uint(key_size, sizeof(struct pyvs_conn6_key));
+	__uint(value_size, sizeof(struct pyvs_conn));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, PYVS_MAX_CONN_SHARDS);
+	__type(key, __u32);
+	__array(values, struct conn6_shard);
+} conns6 SEC(".maps");
+
+struct half_open6_shard {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, PYVS_CONN_SHARD_TARGET / PYVS_HALF_OPEN_DIVISOR);
+	__uint(key_size, sizeof(struct pyvs_conn6_key));
+	__uint(value_size, sizeof(struct pyvs_conn));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, PYVS_MAX_CONN_SHARDS);
+	__type(key, __u32);
+	__array(values, struct half_open6_shard);
+} half_open6 SEC(".maps");
+
 /* Fragments to a VIP: (source, destination, protocol, IP ID) -> the first fragment's ports. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -111,6 +156,37 @@ struct {
 	__type(key, struct pyvs_frag_key);
 	__type(value, struct pyvs_frag_ports);
 } frags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PYVS_FRAG_TABLE_SIZE);
+	__type(key, struct pyvs_frag6_key);
+	__type(value, struct pyvs_frag6_ports);
+} frags6 SEC(".maps");
+
+/* The IPv6 path: pyvs_xdp tail-calls pyvs_xdp6, a program of its own (with a stack of its own), which the control
+ * plane puts here when it loads the programs. Pinned, so that the entry outlives the process that loaded it. */
+#define PYVS_CALL_IPV6 0
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} calls SEC(".maps");
+
+/* Per-CPU room for pyvs_xdp6: an IPv6 packet's key and a new connection's template key. Its stack has no room for
+ * them beside the scheduler's (a call chain has 512 bytes of stack). */
+struct pyvs_scratch6 {
+	struct pyvs_conn6_key key;
+	struct pyvs_conn6_key tkey;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pyvs_scratch6);
+} scratch6 SEC(".maps");
 
 /* Index: service slot, then PYVS_MAX_SERVICES + real slot. */
 struct {
@@ -150,6 +226,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pyvs_slot_usage);
 } slot_usage SEC(".maps");
+
+/* Control plane only: the address of each IPv6 real (PYVS_REAL_IPV6) by its slot; reals keeps its IPv4 layout. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, PYVS_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct pyvs_addr6);
+} real_addrs6 SEC(".maps");
 
 /* The timer that keeps the packet path's clock (every PYVS_CLOCK_TICK_NS) and sweeps the tables, one
  * shard per step: expired entries leave, every live entry is counted again (see pyvs_xdp.c). */

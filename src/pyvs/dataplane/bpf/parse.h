@@ -1,13 +1,16 @@
-/* Packet parsing: Ethernet (up to two 802.1Q/802.1ad tags), IPv4 (with options), the TCP/UDP ports. */
+/* Packet parsing: Ethernet (up to two 802.1Q/802.1ad tags), IPv4 (with options), IPv6 (with extension headers),
+ * the TCP/UDP ports. */
 #ifndef PYVS_PARSE_H
 #define PYVS_PARSE_H
 
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/in.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
+#include "pyvs_abi.h"
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
@@ -17,6 +20,17 @@
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
 #endif
+#define IP6_MF 0x0001     /* the fragment header's M flag */
+#define IP6_OFFSET 0xFFF8 /* its fragment offset, in bytes */
+#define IP6_HEADERS_MAX 0x3FFF /* headers are read this far from an IPv6 header at most (a bound for the verifier) */
+
+/* An offset already checked to be <= IP6_HEADERS_MAX, masked so that the verifier knows it too (the compiler tests
+ * the bound on a copy, and would drop a plain mask). */
+static __always_inline __u32 ip6_bounded(__u32 off)
+{
+	asm volatile("" : "+r"(off));
+	return off & IP6_HEADERS_MAX;
+}
 
 enum parse_result {
 	PARSE_NOT_IPV4,   /* not for us: pass */
@@ -25,6 +39,8 @@ enum parse_result {
 	PARSE_FRAGMENT,   /* a fragment (first or not): pkt has the addresses, the protocol and the IPv4 header */
 	PARSE_VLAN_DEPTH, /* more than two VLAN tags: not looked into */
 	PARSE_OK,
+	PARSE_IPV6,       /* an IPv6 frame: parse_packet6 (pyvs_xdp6) takes it */
+	PARSE_EXT_DEPTH,  /* IPv6 with more than PYVS_MAX_EXT_HEADERS extension headers: not looked into */
 };
 
 struct vlan_tag {
@@ -44,6 +60,10 @@ struct icmp_hdr {
 #define ICMP_SOURCE_QUENCH 4
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PARAMPROB 4      /* errors are types 1 (unreachable) to 4 (parameter problem), 2: packet too big */
+#define NDISC_ROUTER_SOLICITATION 133
+#define NDISC_REDIRECT 137      /* neighbour discovery: 133 to 137 */
 
 struct packet {
 	struct ethhdr *eth;
@@ -94,11 +114,33 @@ static __always_inline enum parse_result parse_ports(struct iphdr *iph, void *da
 	return PARSE_OK;
 }
 
+/* The EtherType of a frame whose own is not IPv4, after one or two VLAN tags (kept: only MACs change); *l3 is where
+ * that protocol's header starts. A VLAN EtherType back means a third tag; 0, a frame cut inside its tags. */
+static __always_inline __be16 skip_tags(struct ethhdr *eth, void *data_end, void **l3)
+{
+	struct vlan_tag *tag = (void *)(eth + 1);
+	__be16 proto = eth->h_proto;
+
+	*l3 = tag;
+	if (!is_vlan(proto))
+		return proto;
+	if ((void *)(tag + 1) > data_end)
+		return 0;
+	proto = tag->proto;
+	*l3 = tag + 1;
+	if (!is_vlan(proto))
+		return proto;
+	tag += 1;
+	if ((void *)(tag + 1) > data_end)
+		return 0;
+	*l3 = tag + 1;
+	return tag->proto;
+}
+
 static __always_inline enum parse_result parse_packet(void *data, void *data_end, struct packet *pkt)
 {
 	struct ethhdr *eth = data;
 	struct iphdr *iph;
-	struct vlan_tag *tag;
 	__be16 proto;
 
 	if ((void *)(eth + 1) > data_end)
@@ -106,24 +148,13 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 	pkt->eth = eth;
 	iph = (void *)(eth + 1);
 	proto = eth->h_proto;
-	/* Untagged IPv4 takes no branch more than before; a tagged frame keeps its tags (only MACs change). */
+	/* Untagged IPv4 takes no branch more than before. */
 	if (proto != bpf_htons(ETH_P_IP)) {
-		if (!is_vlan(proto))
-			return PARSE_NOT_IPV4;
-		tag = (void *)(eth + 1);
-		if ((void *)(tag + 1) > data_end)
-			return PARSE_NOT_IPV4;
-		proto = tag->proto;
-		iph = (void *)(tag + 1);
-		if (is_vlan(proto)) {
-			tag += 1;
-			if ((void *)(tag + 1) > data_end)
-				return PARSE_NOT_IPV4;
-			proto = tag->proto;
-			iph = (void *)(tag + 1);
-			if (is_vlan(proto))
-				return PARSE_VLAN_DEPTH;
-		}
+		proto = skip_tags(eth, data_end, (void **)&iph);
+		if (proto == bpf_htons(ETH_P_IPV6))
+			return PARSE_IPV6;
+		if (is_vlan(proto))
+			return PARSE_VLAN_DEPTH;
 		if (proto != bpf_htons(ETH_P_IP))
 			return PARSE_NOT_IPV4;
 	}
@@ -140,6 +171,125 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return PARSE_FRAGMENT;
 	return parse_ports(iph, data_end, pkt);
+}
+
+/* ---- IPv6 ---- */
+
+/* An IPv6 TCP/UDP packet: `base` as parse_packet fills it, but with saddr and daddr the addresses' words xor-ed
+ * (IPVS's addr_fold: what the schedulers hash, and the VIP pre-filter's input); `key` (room given by the caller) its
+ * key in the IPv6 tables: the addresses themselves, the ports, the protocol. */
+struct packet6 {
+	struct packet base;
+	struct ipv6hdr *ip6h;
+	struct pyvs_conn6_key *key;
+	__u32 l3_off;    /* the IPv6 header, from the frame's start */
+	__u32 frag_id;   /* a fragment: its fragment header's identification (network order) */
+	__u16 l4_off;    /* the upper-layer header, from the IPv6 header (a non-first fragment: its data) */
+	__u16 frag_off;  /* a fragment: its offset in bytes (0: the first fragment) */
+	__u8 frag;       /* the packet is a fragment (a fragment header that is not an atomic one) */
+	__u8 frag_proto; /* a fragment: its fragment header's next header */
+};
+
+/* Where an extension header walk is: the offset of the next header from the IPv6 header and its type. */
+struct ext_walk {
+	__u32 off;
+	__u32 limit;     /* bytes of the packet from the IPv6 header: every header must end within them */
+	__u8 next;
+	__u8 frag;
+	__u8 frag_proto;
+	__u8 pad;
+	__u16 frag_off;
+	__u16 pad2;
+	__u32 frag_id;
+};
+
+static __always_inline __u32 fold6(const struct pyvs_addr6 *a)
+{
+	return a->w[0] ^ a->w[1] ^ a->w[2] ^ a->w[3];
+}
+
+static __always_inline int is_ext_header(__u8 next)
+{
+	return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT;
+}
+
+/* Walk the extension headers (hop-by-hop, routing, destination options, fragment) from `w->off` of the header at
+ * `l3` to the upper-layer one: PARSE_OK with w->next its protocol and w->off where it starts; PARSE_FRAGMENT at a
+ * non-first fragment's fragment header (nothing after it can be read); PARSE_TRUNCATED when a header is cut off,
+ * ends beyond w->limit, or is a hop-by-hop header that is not the first; PARSE_EXT_DEPTH after
+ * PYVS_MAX_EXT_HEADERS of them. A fragment header is noted in w; an atomic one (offset 0, no M flag) is skipped. */
+static __always_inline enum parse_result walk_ext6(void *l3, void *data_end, struct ext_walk *w)
+{
+	__u32 off = w->off, len;
+	__u8 next = w->next, *hdr;
+	__u16 frag_off;
+
+	for (int i = 0; i < PYVS_MAX_EXT_HEADERS; i++) {
+		if (!is_ext_header(next))
+			break;
+		if (off > IP6_HEADERS_MAX)
+			return PARSE_TRUNCATED;
+		hdr = l3 + ip6_bounded(off);
+		if ((void *)(hdr + 8) > data_end || off + 8 > w->limit)
+			return PARSE_TRUNCATED;
+		if (next == IPPROTO_FRAGMENT) {
+			frag_off = bpf_ntohs(*(__be16 *)(hdr + 2));
+			next = hdr[0];
+			off += 8;
+			if (!(frag_off & (IP6_OFFSET | IP6_MF)))
+				continue; /* an atomic fragment: a whole packet */
+			w->frag = 1;
+			w->frag_proto = next;
+			w->frag_off = frag_off & IP6_OFFSET;
+			w->frag_id = *(__u32 *)(hdr + 4);
+			if (w->frag_off) {
+				w->next = next;
+				w->off = off;
+				return PARSE_FRAGMENT;
+			}
+			continue;
+		}
+		if (next == IPPROTO_HOPOPTS && off != w->off)
+			return PARSE_TRUNCATED; /* hop-by-hop options come first or not at all */
+		len = ((__u32)hdr[1] + 1) * 8;
+		if (off + len > w->limit)
+			return PARSE_TRUNCATED;
+		next = hdr[0];
+		off += len;
+	}
+	if (is_ext_header(next))
+		return PARSE_EXT_DEPTH;
+	w->next = next;
+	w->off = off;
+	return PARSE_OK;
+}
+
+/* The fixed header of an IPv6 frame (parse_packet said PARSE_IPV6): addresses and length. PARSE_NOT_IPV4 when it
+ * is cut off (nothing tells where it goes), PARSE_TRUNCATED when it is inconsistent. */
+static __always_inline enum parse_result parse_header6(void *data, void *data_end, struct packet6 *p)
+{
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6h;
+	__u32 tot_len;
+
+	if ((void *)(eth + 1) > data_end || skip_tags(eth, data_end, (void **)&ip6h) != bpf_htons(ETH_P_IPV6))
+		return PARSE_NOT_IPV4;
+	if ((void *)(ip6h + 1) > data_end)
+		return PARSE_NOT_IPV4;
+	p->base.eth = eth;
+	p->ip6h = ip6h;
+	p->l3_off = (void *)ip6h - data;
+	*p->key = (struct pyvs_conn6_key){};
+	__builtin_memcpy(&p->key->saddr, &ip6h->saddr, sizeof(p->key->saddr));
+	__builtin_memcpy(&p->key->daddr, &ip6h->daddr, sizeof(p->key->daddr));
+	p->base.saddr = fold6(&p->key->saddr);
+	p->base.daddr = fold6(&p->key->daddr);
+	tot_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
+	/* Bytes as IPVS counts them (skb->len); a GRO packet beyond 65535 bytes is counted as 65535. */
+	p->base.tot_len = tot_len > 0xFFFF ? 0xFFFF : tot_len;
+	if (ip6h->version != 6 || (void *)ip6h + tot_len > data_end)
+		return PARSE_TRUNCATED;
+	return PARSE_OK;
 }
 
 #endif

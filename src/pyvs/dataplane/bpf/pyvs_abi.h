@@ -22,6 +22,7 @@
 #define PYVS_VIP_FILTER_SIZE 65536 /* slots of the cheap "may be a VIP" pre-filter */
 #define PYVS_MAX_REALS_PER_SERVICE 4096
 #define PYVS_FRAG_TABLE_SIZE 8192 /* fragmented datagrams to a VIP whose first fragment was seen (LRU) */
+#define PYVS_MAX_EXT_HEADERS 6 /* IPv6 extension headers walked before the upper-layer header; more: passed */
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
 #define PYVS_SCHED_RR 0
@@ -48,6 +49,7 @@
 /* Real flags. */
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
 #define PYVS_REAL_OVERLOAD 2 /* IPVS's IP_VS_DEST_F_OVERLOAD: no new connections (thresholds) */
+#define PYVS_REAL_IPV6 4 /* an IPv6 real: rip holds its address folded to 32 bits, real_addrs6 the address */
 
 /* Connection entry flags, and where an entry is counted. */
 #define PYVS_CONN_F_TEMPLATE 1 /* a persistence template: client (masked), port 0 */
@@ -109,10 +111,25 @@
 #define PYVS_CNT_FRAG_FIRST 27     /* first fragments to a VIP: their ports recorded for the fragments that follow */
 #define PYVS_CNT_FRAG_FOLLOWED 28  /* non-first fragments given the ports of their first fragment */
 #define PYVS_CNT_PASS_VLAN_DEPTH 29 /* frames with more than two VLAN tags: passed to the kernel unparsed */
-#define PYVS_CNT_COUNT 30
+#define PYVS_CNT_PASS_ND 30        /* ICMPv6 neighbour discovery to a VIP (NS, NA, RS, RA, redirect): the kernel's */
+#define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
+#define PYVS_CNT_COUNT 32
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */
+	__u16 port;  /* network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+/* An IPv6 address as four words of its network-order bytes. IPv6 has maps of its own (services6, vips6, conns6,
+ * half_open6, frags6): the IPv4 keys keep their size. */
+struct pyvs_addr6 {
+	__u32 w[4];
+};
+
+struct pyvs_svc6_key {
+	struct pyvs_addr6 vip;
 	__u16 port;  /* network order */
 	__u8 proto;
 	__u8 pad;
@@ -125,7 +142,7 @@ struct pyvs_svc {
 	__u32 table_base; /* first slot of the live table in sched_table */
 	__u32 table_len;  /* 0: no real can take new connections */
 	__u32 persist_timeout; /* seconds, with PYVS_SVC_F_PERSISTENT */
-	__u32 netmask;    /* persistence granularity, network order */
+	__u32 netmask;    /* persistence granularity: IPv4 a mask, network order; IPv6 a prefix length (0-128) */
 	__u32 table_size; /* control plane only: the mh table size the admin set; 0: chosen from the reals */
 };
 
@@ -138,7 +155,7 @@ struct pyvs_real_conns {
 };
 
 struct pyvs_real {
-	__u32 rip;        /* network order */
+	__u32 rip;        /* network order; an IPv6 real (PYVS_REAL_IPV6): its address's words xor-ed */
 	__u16 port;       /* network order */
 	__u16 weight;
 	__u32 svc_index;
@@ -185,6 +202,32 @@ struct pyvs_frag_key {
 struct pyvs_frag_ports {
 	__u16 sport;
 	__u16 dport;
+};
+
+struct pyvs_conn6_key {
+	struct pyvs_addr6 saddr;
+	struct pyvs_addr6 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3]; /* pad[0]: PYVS_CONN_F_TEMPLATE in a template's key */
+};
+
+/* An IPv6 fragmented datagram: (source, destination, the fragment header's identification and next header). */
+struct pyvs_frag6_key {
+	struct pyvs_addr6 saddr;
+	struct pyvs_addr6 daddr;
+	__u32 id;     /* network order */
+	__u8 proto;   /* the fragment header's next header */
+	__u8 pad[3];
+};
+
+/* The first fragment's ports and upper-layer protocol (extension headers may follow the fragment header). */
+struct pyvs_frag6_ports {
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
 };
 
 struct pyvs_conn {
@@ -235,6 +278,10 @@ struct pyvs_sweep_stats {
 	__u64 prev_pass_ended;
 	__u64 new_conns;          /* counter conn_new, summed over the CPUs, when the last pass ended */
 	__u64 prev_new_conns;
+	__u64 entries6;           /* the same for conns6 and half_open6 (the IPv6 tables) */
+	__u64 half_open6;
+	__u64 scanning_entries6;
+	__u64 scanning_half_open6;
 };
 
 #endif
