@@ -24,12 +24,12 @@ from benchmarks.packet_cost import HERE, NEW_FLOWS, client, frame, populate, rul
 from pyvs.dataplane import libbpf, scratch_dataplane
 from pyvs.dataplane.build import BPF_DIR, CACHE_DIR, build_object
 
-SVC_STATS = ("\taccount(svc_index, pkt.tot_len, new_conn);\n", "")
-REAL_STATS = ("\taccount(PYVS_MAX_SERVICES + real_id, pkt.tot_len, new_conn);\n", "")
+SVC_STATS = ("\taccount(svc_index, pkt->tot_len, new_conn);\n", "")
+REAL_STATS = ("\taccount(PYVS_MAX_SERVICES + real_id, pkt->tot_len, new_conn);\n", "")
 TX_COUNT = ("\t\tcount(PYVS_CNT_TX);\n", "")
 TIMEOUT = ("expired(conn, cfg, now) || ", "")
 SVC_GEN = ("svc_gen(conn->svc_index) != conn->svc_gen || ", "")
-TCP_STATE = ("\t\tif (pkt.proto == IPPROTO_TCP && conn != half) {\n\t\t\tstate", "\t\tif (0) {\n\t\t\tstate")
+TCP_STATE = ("\t\tif (pkt->proto == IPPROTO_TCP && conn != half) {\n\t\t\tstate", "\t\tif (0) {\n\t\t\tstate")
 CLOCK = ("\tnow = clock_now(st);\n", "\tnow = 1;\n")
 REAL_CHECK = ("if (!real || !(real->flags & PYVS_REAL_ACTIVE) || real->gen != conn->gen) {", "if (!real) {")
 LAST_SEEN = ("\t\tif (conn->last_seen != now)\n\t\t\tconn->last_seen = now;\n\t} else {", "\t} else {")

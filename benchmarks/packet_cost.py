@@ -7,8 +7,10 @@ TCP flows under a flood (--new-repeat): a SYN from a new source each repetition 
 and a whole handshake, a SYN from a new source then its ACK (the ACK moves the entry to the connection table).
 The references are an empty program, a bare MAC swap, a bare LRU-hash hit / miss+insert of the 5-tuple, the
 same miss+insert in an LRU hash with per-CPU lists (BPF_F_NO_COMMON_LRU) and a handshake (insert, then hit) in
-it. The kernel reports the average time of one repetition; each figure is the median of --runs runs (the spread
-is printed too). Handshakes are driven by bench_handshake (bpf/bare.c), which rewrites the frame and tail-calls
+it. The same cases run with IPv6 (IPv6 services beside the IPv4 ones, as many connections, references keyed by
+the IPv6 5-tuple); their figures come after the IPv4 ones, so the IPv4 figures keep their places in the results.
+The kernel reports the average time of one repetition; each figure is the median of --runs runs (the spread is
+printed too). Handshakes are driven by bench_handshake(6) (bpf/bare.c), which rewrites the frame and tail-calls
 the program measured; its own cost (measured around the empty program) is taken out of the handshake figures.
 """
 
@@ -20,19 +22,23 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from pyvs.dataplane import Dataplane, libbpf, scratch_dataplane
+from pyvs.dataplane.base import install_calls
 from pyvs.dataplane.build import build_object, object_path
 from pyvs.dataplane.neighbours import NextHop
-from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
+from pyvs.model import IPAddress, Protocol, Real, Rules, Service, ServiceKey
 
 HERE = Path(__file__).parent
 VIP = IPv4Address("198.18.0.100")
+VIP6 = IPv6Address("2001:db8::100")
+V6 = " (IPv6)"  # the suffix of the IPv6 cases' names
 NEW_FLOWS = ("PYVS_BENCH_NEW_FLOWS",)
 
 
@@ -48,24 +54,33 @@ def frame(l4: TCP | UDP, src: str = "198.18.1.2", dst: str = str(VIP)) -> bytes:
     return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:0a") / IP(src=src, dst=dst) / l4)
 
 
+def frame6(l4: TCP | UDP, src: str = "2001:db8:1::2", dst: str = str(VIP6)) -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:0a") / IPv6(src=src, dst=dst) / l4)
+
+
 def measure(prog_fd: int, packet: bytes, repeat: int, runs: int) -> tuple[float, float]:
     samples = [libbpf.prog_test_run(prog_fd, packet, repeat).duration_ns for _ in range(runs)]
     return statistics.median(samples), max(samples) - min(samples)
 
 
-def static_neighbour(rip: IPv4Address) -> NextHop:
-    return NextHop(0, "02:00:00:00:00:0a", f"02:00:00:00:{rip.packed[2]:02x}:{rip.packed[3]:02x}")
+def static_neighbour(rip: IPAddress) -> NextHop:
+    return NextHop(0, "02:00:00:00:00:0a", f"02:00:00:00:{rip.packed[-2]:02x}:{rip.packed[-1]:02x}")
 
 
-def rules_with(reals: int) -> Rules:
+def rules_with(reals: int, ipv6: bool = False) -> Rules:
+    """rr services on TCP and UDP port 80 of the VIP over `reals` reals (and the same for IPv6 with `ipv6`)."""
     rules = Rules()
-    for proto in (Protocol.TCP, Protocol.UDP):
-        key = ServiceKey(proto, VIP, 80)
-        svc = Service(key, "rr")
-        for n in range(reals):
-            rip = IPv4Address(int(IPv4Address("198.18.4.0")) + 1 + n)
-            svc.reals[(rip, 80)] = Real(rip, 80, 1)
-        rules.services[key] = svc
+    families: list[tuple[IPAddress, IPAddress]] = [(VIP, IPv4Address("198.18.4.0"))]
+    if ipv6:
+        families.append((VIP6, IPv6Address("2001:db8:4::")))
+    for vip, first in families:
+        for proto in (Protocol.TCP, Protocol.UDP):
+            key = ServiceKey(proto, vip, 80)
+            svc = Service(key, "rr")
+            for n in range(reals):
+                rip = type(first)(int(first) + 1 + n)
+                svc.reals[(rip, 80)] = Real(rip, 80, 1)
+            rules.services[key] = svc
     return rules
 
 
@@ -74,53 +89,81 @@ def client(n: int) -> tuple[str, int]:
     return str(IPv4Address(int(IPv4Address("198.19.0.0")) + n % 65536)), 1024 + n // 65536
 
 
-def populate(dp: Dataplane, conns: int) -> None:
+def client6(n: int) -> tuple[str, int]:
+    """The n-th synthetic IPv6 client: an address in 2001:db8:1::/64 and a source port."""
+    return str(IPv6Address(int(IPv6Address("2001:db8:1::")) + 1 + n % 65536)), 1024 + n // 65536
+
+
+def populate(dp: Dataplane, conns: int, ipv6: bool = False) -> None:
     """`conns` established TCP connections, as the program itself records them."""
     fd = dp.program_fd()
+    make, who = (frame6, client6) if ipv6 else (frame, client)
     for n in range(conns):
-        src, sport = client(n)
-        libbpf.prog_test_run(fd, frame(TCP(sport=sport, dport=80, flags="S"), src=src))
-        libbpf.prog_test_run(fd, frame(TCP(sport=sport, dport=80, flags="A"), src=src))
+        src, sport = who(n)
+        libbpf.prog_test_run(fd, make(TCP(sport=sport, dport=80, flags="S"), src=src))
+        libbpf.prog_test_run(fd, make(TCP(sport=sport, dport=80, flags="A"), src=src))
 
 
 def measure_handshake(wrapper: libbpf.BpfObject, target_fd: int, packet: bytes, repeat: int, runs: int,
-                      overhead: float) -> tuple[float, float]:
+                      overhead: float, driver: str = "bench_handshake") -> tuple[float, float]:
     """ns of one handshake (SYN + ACK) of `target_fd`, less the wrapper's own cost of two packets."""
     libbpf.map_update(wrapper.map_fd("handshake_target"), ctypes.c_uint32(0), ctypes.c_uint32(target_fd))
-    median, spread = measure(wrapper.prog_fd("bench_handshake"), packet, repeat, runs)
+    median, spread = measure(wrapper.prog_fd(driver), packet, repeat, runs)
     return 2 * (median - overhead), 2 * spread
 
 
-def bench_pyvs(reals: int, conns: int, repeat: int, new_repeat: int, runs: int, overhead: float) -> list[Figure]:
+def bench_pyvs(reals: int, conns: int, repeat: int, new_repeat: int, runs: int, overhead: float
+               ) -> tuple[list[Figure], list[Figure]]:
+    """The IPv4 figures and the IPv6 ones, of one data plane holding both families' services and connections."""
     with scratch_dataplane(f"pyvsbench-{reals}", static_neighbour) as dp:
-        dp.apply(rules_with(reals))
+        dp.apply(rules_with(reals, ipv6=True))
         populate(dp, conns)
+        populate(dp, conns, ipv6=True)
         libbpf.prog_test_run(dp.program_fd(), frame(UDP(sport=5353, dport=80)))
+        libbpf.prog_test_run(dp.program_fd(), frame6(UDP(sport=5353, dport=80)))
         src, sport = client(conns // 2)
+        src6, sport6 = client6(conns // 2)
         cases = {
-            "established TCP": (dp.program_fd(), frame(TCP(sport=sport, dport=80, flags="A"), src=src)),
-            "established UDP": (dp.program_fd(), frame(UDP(sport=5353, dport=80))),
-            "pass-through": (dp.program_fd(), frame(TCP(sport=1, dport=22, flags="A"), dst="198.18.0.1")),
+            "established TCP": frame(TCP(sport=sport, dport=80, flags="A"), src=src),
+            "established UDP": frame(UDP(sport=5353, dport=80)),
+            "pass-through": frame(TCP(sport=1, dport=22, flags="A"), dst="198.18.0.1"),
         }
-        figures = [Figure(name, reals, *measure(fd, packet, repeat, runs)) for name, (fd, packet) in cases.items()]
+        cases6 = {
+            "established TCP" + V6: frame6(TCP(sport=sport6, dport=80, flags="A"), src=src6),
+            "established UDP" + V6: frame6(UDP(sport=5353, dport=80)),
+            "pass-through" + V6: frame6(TCP(sport=1, dport=22, flags="A"), dst="2001:db8::1"),
+        }
+        figures = [Figure(name, reals, *measure(dp.program_fd(), packet, repeat, runs))
+                   for name, packet in cases.items()]
+        figures6 = [Figure(name, reals, *measure(dp.program_fd(), packet, repeat, runs))
+                    for name, packet in cases6.items()]
         syn = frame(TCP(sport=40000, dport=80, flags="S"))
-        inner = {table: dp._shard_fd(table, 0) for table in ("conns", "half_open")}  # noqa: SLF001
+        syn6 = frame6(TCP(sport=40000, dport=80, flags="S"))
+        inner = {table: dp._shard_fd(table, 0) for table in ("conns", "half_open", "conns6", "half_open6")}  # noqa: SLF001
         with libbpf.BpfObject(str(object_path("xdp", NEW_FLOWS)), str(dp.pin_dir),
                               inner_map_fds={k: v for k, v in inner.items() if v is not None}) as new_flows:
             figures.append(Figure("new TCP flow: SYN", reals,
                                   *measure(new_flows.prog_fd("pyvs_xdp"), syn, new_repeat, runs)))
-        promoted = dp.counters()["half_open_promoted"]
-        with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c"))) as wrapper:
-            figures.append(Figure("new TCP flow: SYN+ACK", reals,
-                                  *measure_handshake(wrapper, dp.program_fd(), syn, new_repeat, runs, overhead)))
-        promoted = dp.counters()["half_open_promoted"] - promoted
-        if promoted < 0.9 * new_repeat * runs / 2:  # the driver's ACKs must find their SYN's half-open entry
-            raise RuntimeError(f"only {promoted} of {new_repeat * runs // 2} handshakes completed")
-        return figures
+            install_calls(new_flows)  # its pyvs_xdp tail-calls its own pyvs_xdp6 (new flows too)
+            try:
+                figures6.append(Figure("new TCP flow: SYN" + V6, reals,
+                                       *measure(new_flows.prog_fd("pyvs_xdp"), syn6, new_repeat, runs)))
+            finally:
+                install_calls(dp.program())
+        for driver, packet, target in (("bench_handshake", syn, figures), ("bench_handshake6", syn6, figures6)):
+            promoted = dp.counters()["half_open_promoted"]
+            with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c"))) as wrapper:
+                target.append(Figure("new TCP flow: SYN+ACK" + (V6 if target is figures6 else ""), reals,
+                                     *measure_handshake(wrapper, dp.program_fd(), packet, new_repeat, runs, overhead,
+                                                        driver)))
+            promoted = dp.counters()["half_open_promoted"] - promoted
+            if promoted < 0.9 * new_repeat * runs / 2:  # the driver's ACKs must find their SYN's half-open entry
+                raise RuntimeError(f"{driver}: only {promoted} of {new_repeat * runs // 2} handshakes completed")
+        return figures, figures6
 
 
 def bench_bare(repeat: int, new_repeat: int, runs: int) -> tuple[list[Figure], float]:
-    """The reference figures, and the handshake driver's own cost per packet (around the empty program)."""
+    """The IPv4 reference figures, and the handshake driver's own cost per packet (around the empty program)."""
     packet = frame(TCP(sport=40000, dport=80, flags="A"))
     figures = []
     with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c"))) as bare:
@@ -142,22 +185,45 @@ def bench_bare(repeat: int, new_repeat: int, runs: int) -> tuple[list[Figure], f
     return figures, overhead
 
 
-TARGETS = (  # (pyvs case, reference, allowed ratio or None: printed only), at the largest real count
+def bench_bare6(repeat: int, new_repeat: int, runs: int, overhead: float) -> list[Figure]:
+    """The IPv6 references: an LRU hit, a per-CPU LRU insert and handshake, keyed by the IPv6 5-tuple."""
+    packet = frame6(TCP(sport=40000, dport=80, flags="A"))
+    with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c"))) as bare:
+        figures = [Figure("bare LRU hit" + V6, None, *measure(bare.prog_fd("bare_lru6"), packet, repeat, runs))]
+        with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c"))) as wrapper:
+            figures.append(Figure("bare per-CPU LRU SYN+ACK" + V6, None,
+                                  *measure_handshake(wrapper, bare.prog_fd("bare_lru6_percpu"), packet, new_repeat,
+                                                     runs, overhead, "bench_handshake6")))
+    with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c", NEW_FLOWS))) as bare:
+        figures.append(Figure("bare per-CPU LRU insert" + V6, None,
+                              *measure(bare.prog_fd("bare_lru6_percpu"), packet, new_repeat, runs)))
+    return figures
+
+
+TARGETS = (  # (pyvs case, reference, allowed ratio or None: printed only), at the largest real count; a reference
+    # that is a pyvs case too (the IPv4 one of an IPv6 case) is taken at that count
     ("established TCP", "bare LRU hit", 1.2),
     ("pass-through", "bare MAC swap", 1.2),
     ("new TCP flow: SYN", "bare per-CPU LRU insert", None),
     ("new TCP flow: SYN+ACK", "bare per-CPU LRU SYN+ACK", None),
     ("new TCP flow: SYN+ACK", "bare per-CPU LRU insert", None),
+    ("established TCP" + V6, "bare LRU hit" + V6, 1.2),
+    ("established TCP" + V6, "established TCP", None),
+    ("pass-through" + V6, "bare MAC swap", 1.2),
+    ("new TCP flow: SYN" + V6, "bare per-CPU LRU insert" + V6, None),
+    ("new TCP flow: SYN+ACK" + V6, "bare per-CPU LRU SYN+ACK" + V6, None),
 )
 
 
 def report(figures: list[Figure], largest: int) -> list[str]:
-    lines = [f"{'case':<24} {'reals':>6} {'ns/packet':>10} {'spread':>8}"]
-    lines += [f"{f.name:<24} {f.reals or '':>6} {f.median_ns:>10.1f} {f.spread_ns:>8.1f}" for f in figures]
+    width = max(len(f.name) for f in figures)
+    lines = [f"{'case':<{width}} {'reals':>6} {'ns/packet':>10} {'spread':>8}"]
+    lines += [f"{f.name:<{width}} {f.reals or '':>6} {f.median_ns:>10.1f} {f.spread_ns:>8.1f}" for f in figures]
     lines.append("")
     by_name = {(f.name, f.reals): f for f in figures}
     for case, reference, limit in TARGETS:
-        ratio = by_name[(case, largest)].median_ns / max(by_name[(reference, None)].median_ns, 1)
+        base = by_name.get((reference, largest)) or by_name[(reference, None)]
+        ratio = by_name[(case, largest)].median_ns / max(base.median_ns, 1)
         verdict = "(no target)" if limit is None else f"(target <= {limit}x) {'met' if ratio <= limit else 'MISSED'}"
         lines.append(f"{case} at {largest} reals / {reference}: {ratio:.2f}x {verdict}")
     return lines
@@ -177,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(n) for n in args.reals.split(",")]
     started = time.time()
     figures, overhead = bench_bare(args.repeat, args.new_repeat, args.runs)
+    figures6 = bench_bare6(args.repeat, args.new_repeat, args.runs, overhead)
     for reals in counts:
-        figures += bench_pyvs(reals, args.conns, args.repeat, args.new_repeat, args.runs, overhead)
+        four, six = bench_pyvs(reals, args.conns, args.repeat, args.new_repeat, args.runs, overhead)
+        figures += four
+        figures6 += six
+    figures += figures6  # after the IPv4 figures: theirs keep their places in the results file
     lines = report(figures, max(counts))
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)

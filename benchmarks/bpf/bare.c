@@ -3,7 +3,8 @@
  * insert on a miss) of the 5-tuple; bare_lru_percpu does the same in an LRU hash with per-CPU lists
  * (BPF_F_NO_COMMON_LRU, as pyvs's half-open table). With -DPYVS_BENCH_NEW_FLOWS every packet is a new flow.
  * bench_handshake drives another program (tail call through `handshake_target`) with a TCP handshake per
- * two repetitions: a SYN from a new random source, then that source's ACK. */
+ * two repetitions: a SYN from a new random source, then that source's ACK. The *6 programs are the same for IPv6
+ * (the fixed header, TCP/UDP right after it, a 40-byte key). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
@@ -20,6 +21,21 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, __u32);
 } flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct pyvs_conn6_key);
+	__type(value, __u32);
+} flows6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, 262144);
+	__type(key, struct pyvs_conn6_key);
+	__type(value, __u32);
+} flows6_percpu SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -108,6 +124,67 @@ SEC("xdp")
 int bare_lru_percpu(struct xdp_md *ctx)
 {
 	return lru_forward(ctx, &flows_percpu);
+}
+
+/* IPv6: the fixed header and the ports right after it. */
+static __always_inline int lru_forward6(struct xdp_md *ctx, void *flows)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct pyvs_conn6_key key = {};
+	struct packet6 pkt = {.key = &key};
+	__u16 *ports;
+	__u32 one = 1, *real;
+
+	if (parse_packet(data, data_end, &pkt.base) != PARSE_IPV6 || parse_header6(data, data_end, &pkt) != PARSE_OK)
+		return XDP_PASS;
+	ports = (void *)(pkt.ip6h + 1);
+	if ((void *)(ports + 2) > data_end)
+		return XDP_PASS;
+#ifdef PYVS_BENCH_NEW_FLOWS
+	key.saddr.w[3] ^= bpf_get_prandom_u32();
+#endif
+	key.sport = ports[0];
+	key.dport = ports[1];
+	key.proto = pkt.ip6h->nexthdr;
+	real = bpf_map_lookup_elem(flows, &key);
+	if (!real)
+		bpf_map_update_elem(flows, &key, &one, BPF_ANY);
+	swap_macs(pkt.base.eth);
+	return XDP_TX;
+}
+
+SEC("xdp")
+int bare_lru6(struct xdp_md *ctx)
+{
+	return lru_forward6(ctx, &flows6);
+}
+
+SEC("xdp")
+int bare_lru6_percpu(struct xdp_md *ctx)
+{
+	return lru_forward6(ctx, &flows6_percpu);
+}
+
+SEC("xdp")
+int bench_handshake6(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6h = (void *)(eth + 1);
+	__u8 *flags = (void *)(ip6h + 1) + 13;
+	__u32 zero = 0;
+	struct handshake *hs = bpf_map_lookup_elem(&handshake_state, &zero);
+
+	if (!hs || (void *)(flags + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6) ||
+	    ip6h->nexthdr != IPPROTO_TCP)
+		return XDP_ABORTED;
+	if (!(hs->seq & 1))
+		hs->saddr = bpf_get_prandom_u32();
+	hs->seq += 1;
+	ip6h->saddr.in6_u.u6_addr32[3] = hs->saddr;
+	*flags = hs->seq & 1 ? 0x02 /* SYN */ : 0x10 /* ACK */;
+	bpf_tail_call(ctx, &handshake_target, 0);
+	return XDP_ABORTED;
 }
 
 SEC("xdp")

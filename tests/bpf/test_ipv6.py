@@ -146,7 +146,10 @@ def test_a_deleted_real_drops_its_connections_and_expired_entries_are_swept(two_
     two_reals6.test_run(frame6(UDP(sport=5353, dport=80)))
     two_reals6.wait_passes(2)
     usage = two_reals6.conn_table_usage()
-    assert (usage["entries"], usage["entries6"]) == (0, 2)
+    assert (usage["entries"], usage["entries6"], usage["evicted"]) == (0, 2, 0)
+    from pyvs.cli.director import table_usage_lines
+
+    assert "IPv6 tables: 2 connections, 0 half-open" in table_usage_lines(usage)
     other = RS6_2 if real == RS6_1 else RS6_1
     two_reals6.apply(rules(service(TCP6, "rr", (other, 1)), service(UDP6, "rr", (RS6_1, 1), (RS6_2, 1))))
     assert two_reals6.test_run(ack6(sport=44000)).verdict_name == "XDP_DROP"

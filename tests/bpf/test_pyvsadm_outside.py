@@ -6,6 +6,7 @@ write attaches nothing and says once why nothing forwards (it used to say "no XD
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -72,6 +73,25 @@ def test_a_write_works_and_says_once_that_nothing_forwards_yet(bare_netns: Path)
     assert "TCP  198.18.0.100:80 rr" in listed.stdout and listed.stderr == ""
     restored = pyvsadm("-R", env={})
     assert restored.returncode == 0 and len(restored.stderr.splitlines()) == 1
+
+
+def test_an_interface_with_only_a_global_ipv6_address_is_attached_for_ipv6_services(bare_netns: Path) -> None:
+    from pyroute2 import NetNS
+
+    with NetNS(NETNS) as ns:
+        ns.link("add", ifname="pyvsx0", kind="veth", peer="pyvsx1")
+        for name in ("pyvsx0", "pyvsx1"):  # both get a link-local address; pyvsx0 a global one too
+            ns.link("set", index=ns.link_lookup(ifname=name)[0], state="up")
+        ns.addr("add", index=ns.link_lookup(ifname="pyvsx0")[0], address="2001:db8:2::10", prefixlen=64,
+                flags=0x02)  # IFA_F_NODAD
+    four = pyvsadm("-A", "-t", "198.18.0.100:80", "-s", "rr")
+    assert four.returncode == 0 and "forward nothing yet" in four.stderr  # no interface has an IPv4 address
+    six = pyvsadm("-A", "-t", "[2001:db8::100]:80", "-s", "rr")
+    assert six.returncode == 0, six.stderr
+    assert "pyvs's XDP program attached (generic mode) to pyvsx0:" in six.stderr
+    status = pyvs("director", "status").stdout
+    assert re.search(r"pyvsx0 +veth +pyvs_xdp \(id \d+\) +generic +auto", status), status
+    assert not re.search(r"pyvsx1 .*pyvs_xdp", status)  # only a link-local address there
 
 
 def test_pin_dir_option_and_environment(bare_netns: Path) -> None:

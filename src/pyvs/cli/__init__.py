@@ -121,10 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--dev", required=True, help="the director's NIC facing the VIP's segment")
     attach = add(director_commands, "attach", "director:cmd_attach",
                  "load the XDP program on a NIC (without --dev: on every interface that is UP with an IPv4 "
-                 "address, as pyvsadm does by itself); pyvsadm rules then apply to its traffic", pins)  # fmt: skip
+                 "address, or a global IPv6 one for IPv6 services, as pyvsadm does by itself); pyvsadm rules then "
+                 "apply to its traffic", pins)  # fmt: skip
     attach.add_argument("--dev", default=None,
                         help="the director's NIC facing the VIP's segment (default: every interface that is UP, not "
-                             "loopback, with an IPv4 address, and runs no other XDP program; no VIP takeover then)")
+                             "loopback, with an IPv4 address (or a global IPv6 one, for IPv6 services), and runs no "
+                             "other XDP program; no VIP takeover then)")
     attach.add_argument("--mode", choices=("native", "generic"), default=None,
                         help="XDP mode: native (driver) or generic (any device, slower); default native with "
                              "--dev, generic without")

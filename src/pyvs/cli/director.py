@@ -49,7 +49,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
             for ifname, why in sorted(report.skipped.items()):
                 print(f"{ifname} left alone: {why}", file=sys.stderr)
             if not report.attached:
-                print("no interface without an XDP program is UP with an IPv4 address: nothing attached")
+                print("no interface without an XDP program is UP with an IPv4 address (or a global IPv6 one, for "
+                      "IPv6 services): nothing attached")
             for ifname in report.attached:
                 note_explicit(dp.pin_dir, ifname)
             return 0
@@ -137,8 +138,11 @@ def table_usage_lines(usage: dict[str, int | float]) -> list[str]:
              f"half-open table: {usage['half_open']} of {usage['half_open_size']} entries, "
              f"{usage['half_open_evicted']} evicted (SYNs whose handshake did not complete in time)",
              f"new connections: {usage['new_per_second']}/s over the last sweep pass"]
+    if usage.get("entries6") or usage.get("half_open6"):  # IPv6's tables, of the same sizes
+        lines.insert(2, f"IPv6 tables: {usage['entries6']} connections, {usage['half_open6']} half-open")
     if usage["nearly_full"]:
-        lines.append(f"WARNING: the connection table is {usage['entries'] / usage['size']:.0%} full; when full, "
+        fullest = max(usage["entries"], usage.get("entries6", 0))
+        lines.append(f"WARNING: the connection table is {fullest / usage['size']:.0%} full; when full, "
                      "the LRU evicts established connections: recreate the data plane with a larger "
                      "--conn-table-size")
     return lines

@@ -692,7 +692,8 @@ static __always_inline enum parse_result parse_rest6(struct xdp_md *ctx, void *d
 	void *l4;
 
 	w.limit = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
-	result = pyvs_walk6(ctx, p->l3_off, &w);
+	/* Most packets have no extension header: the walk (a function call) only for those that have. */
+	result = is_ext_header(w.next) ? pyvs_walk6(ctx, p->l3_off, &w) : PARSE_OK;
 	if (result != PARSE_OK && result != PARSE_FRAGMENT)
 		return result;
 	p->frag = w.frag;
