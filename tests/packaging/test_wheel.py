@@ -20,10 +20,19 @@ from tests.packaging.conftest import lab_prefix
 
 def test_wheel_ships_objects_for_these_sources(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
-    for program, source in build.PROGRAMS.items():
-        digest = build._digest(build.BPF_DIR / source, ())
-        assert f"pyvs/dataplane/bpf/prebuilt/{digest}/{Path(source).stem}.o" in names, program
+    wanted = {f"pyvs/dataplane/bpf/prebuilt/{build._digest(build.BPF_DIR / source, ())}/{Path(source).stem}.o"
+              for source in build.PROGRAMS.values()}
+    # these and no others: a tree built before its BPF sources changed keeps no stale object in a later wheel
+    assert {name for name in names if "/prebuilt/" in name and name.endswith(".o")} == wanted
     assert "pyvs/dataplane/bpf/pyvs_xdp.c" in names  # the developer path stays possible
+
+
+def test_compiling_the_shipped_objects_removes_those_of_older_sources(tmp_path: Path) -> None:
+    stale = tmp_path / "prebuilt" / "0000000000000000" / "pyvs_pass.o"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    built = build.compile_shipped(tmp_path)
+    assert sorted(tmp_path.glob("prebuilt/*/*")) == sorted(built) and not stale.parent.exists()
 
 
 def test_shipped_object_is_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

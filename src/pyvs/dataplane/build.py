@@ -89,10 +89,13 @@ def object_path(program: str = "xdp", defines: tuple[str, ...] = ()) -> Path:
 
 
 def compile_shipped(package_bpf_dir: Path, clang: str | None = None) -> list[Path]:
-    """Package build time: compile every program into <package_bpf_dir>/prebuilt/<digest>/ (needs clang)."""
+    """Package build time: compile every program into <package_bpf_dir>/prebuilt/<digest>/ (needs clang). The
+    objects of other digests (a build directory kept from before the sources changed) are removed: never shipped."""
     built = []
     for name in PROGRAMS.values():
         source = BPF_DIR / name
         built.append(_compile(source, package_bpf_dir / "prebuilt" / _digest(source, ()) / f"{Path(name).stem}.o",
                               clang=clang))
+    for stale in {p for p in (package_bpf_dir / "prebuilt").iterdir() if p.is_dir()} - {p.parent for p in built}:
+        shutil.rmtree(stale)
     return built
