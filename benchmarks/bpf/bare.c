@@ -135,7 +135,7 @@ static __always_inline int lru_forward6(struct xdp_md *ctx, void *flows)
 	__u16 *ports;
 	__u32 one = 1, *real;
 
-	if (parse_packet(data, data_end, &pkt.base) != PARSE_IPV6 || parse_header6(data, data_end, &pkt) != PARSE_OK)
+	if (parse_header6(data, data_end, &pkt) != PARSE_OK)
 		return XDP_PASS;
 	ports = (void *)(pkt.ip6h + 1);
 	if ((void *)(ports + 2) > data_end)

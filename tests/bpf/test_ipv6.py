@@ -185,6 +185,9 @@ def test_extension_headers_are_walked_to_the_ports_and_kept(two_reals6: Dataplan
     [conn] = two_reals6.connections()
     assert (conn.cport, conn.vport, conn.state) == (45000, 80, "ESTABLISHED")
     assert real_of(two_reals6.test_run(ack6(sport=45000)).data) == real  # one flow, with or without them
+    assert nonzero(two_reals6) == {"tx": 3, "conn_new": 1, "half_open_new": 1, "half_open_promoted": 1,
+                                   "conn_inserted": 1}
+    assert two_reals6.service_stats()[TCP6].inbytes == len(first) + len(second) + len(ack6(sport=45000)) - 3 * 14
 
 
 def test_more_extension_headers_than_walked_are_passed_and_counted(two_reals6: Dataplane) -> None:
@@ -433,6 +436,20 @@ def test_persistence_with_a_prefix_length_keeps_a_network_on_one_real(dataplane:
     assert sorted(str(c.client) for c in templates) == ["2001:db8:1:1::", "2001:db8:1::"]
     assert {(c.cport, c.vport) for c in templates} == {(0, 80)}
     assert dataplane.read_rules().services[TCP6].netmask == 64
+
+
+def test_a_template_lives_while_a_connection_it_placed_lives(dataplane: Dataplane) -> None:
+    svc = Service(TCP6, "rr", persistent=1, netmask=64)  # the template alone would expire after one idle second
+    for rip in (RS6_1, RS6_2):
+        svc.reals[(rip, 80)] = Real(rip, 80, 1)
+    dataplane.apply(Rules({TCP6: svc}))
+    dataplane.set_pass_ticks(40)  # a sweep pass every 0.1 s
+    first = real_of(dataplane.test_run(syn6(sport=54000)).data)
+    dataplane.test_run(ack6(sport=54000))
+    time.sleep(2.5)  # idle but ESTABLISHED (900 s): the sweeper keeps its template (IPVS's n_control)
+    assert [c.rip for c in dataplane.connections() if c.template] == [first]
+    assert real_of(dataplane.test_run(syn6(sport=54001, src="2001:db8:1::99")).data) == first  # same /64
+    assert dataplane.counters()["persist_hit"] == 1
 
 
 def test_persistence_without_a_prefix_is_per_client(dataplane: Dataplane) -> None:

@@ -39,7 +39,7 @@ enum parse_result {
 	PARSE_FRAGMENT,   /* a fragment (first or not): pkt has the addresses, the protocol and the IPv4 header */
 	PARSE_VLAN_DEPTH, /* more than two VLAN tags: not looked into */
 	PARSE_OK,
-	PARSE_IPV6,       /* an IPv6 frame: parse_packet6 (pyvs_xdp6) takes it */
+	PARSE_IPV6,       /* an IPv6 frame: pkt->eth, and pkt->iph where its IPv6 header starts (parse_header6) */
 	PARSE_EXT_DEPTH,  /* IPv6 with more than PYVS_MAX_EXT_HEADERS extension headers: not looked into */
 };
 
@@ -114,33 +114,11 @@ static __always_inline enum parse_result parse_ports(struct iphdr *iph, void *da
 	return PARSE_OK;
 }
 
-/* The EtherType of a frame whose own is not IPv4, after one or two VLAN tags (kept: only MACs change); *l3 is where
- * that protocol's header starts. A VLAN EtherType back means a third tag; 0, a frame cut inside its tags. */
-static __always_inline __be16 skip_tags(struct ethhdr *eth, void *data_end, void **l3)
-{
-	struct vlan_tag *tag = (void *)(eth + 1);
-	__be16 proto = eth->h_proto;
-
-	*l3 = tag;
-	if (!is_vlan(proto))
-		return proto;
-	if ((void *)(tag + 1) > data_end)
-		return 0;
-	proto = tag->proto;
-	*l3 = tag + 1;
-	if (!is_vlan(proto))
-		return proto;
-	tag += 1;
-	if ((void *)(tag + 1) > data_end)
-		return 0;
-	*l3 = tag + 1;
-	return tag->proto;
-}
-
 static __always_inline enum parse_result parse_packet(void *data, void *data_end, struct packet *pkt)
 {
 	struct ethhdr *eth = data;
 	struct iphdr *iph;
+	struct vlan_tag *tag;
 	__be16 proto;
 
 	if ((void *)(eth + 1) > data_end)
@@ -148,13 +126,28 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 	pkt->eth = eth;
 	iph = (void *)(eth + 1);
 	proto = eth->h_proto;
-	/* Untagged IPv4 takes no branch more than before. */
+	/* Untagged IPv4 takes no branch more than before; a tagged frame keeps its tags (only MACs change). */
 	if (proto != bpf_htons(ETH_P_IP)) {
-		proto = skip_tags(eth, data_end, (void **)&iph);
-		if (proto == bpf_htons(ETH_P_IPV6))
+		if (is_vlan(proto)) {
+			tag = (void *)(eth + 1);
+			if ((void *)(tag + 1) > data_end)
+				return PARSE_NOT_IPV4;
+			proto = tag->proto;
+			iph = (void *)(tag + 1);
+			if (is_vlan(proto)) {
+				tag += 1;
+				if ((void *)(tag + 1) > data_end)
+					return PARSE_NOT_IPV4;
+				proto = tag->proto;
+				iph = (void *)(tag + 1);
+				if (is_vlan(proto))
+					return PARSE_VLAN_DEPTH;
+			}
+		}
+		if (proto == bpf_htons(ETH_P_IPV6)) {
+			pkt->iph = iph; /* not an IPv4 header: where the IPv6 one starts */
 			return PARSE_IPV6;
-		if (is_vlan(proto))
-			return PARSE_VLAN_DEPTH;
+		}
 		if (proto != bpf_htons(ETH_P_IP))
 			return PARSE_NOT_IPV4;
 	}
@@ -268,15 +261,14 @@ static __always_inline enum parse_result walk_ext6(void *l3, void *data_end, str
  * is cut off (nothing tells where it goes), PARSE_TRUNCATED when it is inconsistent. */
 static __always_inline enum parse_result parse_header6(void *data, void *data_end, struct packet6 *p)
 {
-	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6h;
 	__u32 tot_len;
 
-	if ((void *)(eth + 1) > data_end || skip_tags(eth, data_end, (void **)&ip6h) != bpf_htons(ETH_P_IPV6))
+	if (parse_packet(data, data_end, &p->base) != PARSE_IPV6)
 		return PARSE_NOT_IPV4;
+	ip6h = (void *)p->base.iph;
 	if ((void *)(ip6h + 1) > data_end)
 		return PARSE_NOT_IPV4;
-	p->base.eth = eth;
 	p->ip6h = ip6h;
 	p->l3_off = (void *)ip6h - data;
 	*p->key = (struct pyvs_conn6_key){};

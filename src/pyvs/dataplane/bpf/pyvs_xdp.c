@@ -777,8 +777,9 @@ static __always_inline int icmp_to_conn(struct xdp_md *ctx, struct ethhdr *eth, 
  * VIP:vport to the client. It goes to that connection's real, as IPVS's ip_vs_in_icmp and Katran do, so that
  * path-MTU discovery works through the director. Only the quoted ports are read (8 bytes of L4 are all a
  * router must quote). Everything else (echo requests among it) is the kernel's. Nothing here is on the
- * path of a TCP/UDP packet. */
-static __always_inline int icmp_to_vip(struct xdp_md *ctx, struct packet *pkt, void *data_end)
+ * path of a TCP/UDP packet: a function of its own, so that its stack is not pyvs_xdp's (which, with the
+ * scheduler's, must fit the 512 bytes of a call chain). */
+static __noinline int icmp_to_vip(struct xdp_md *ctx, struct packet *pkt, void *data_end)
 {
 	struct iphdr *iph = pkt->iph, *inner;
 	struct pyvs_conn_key ckey = {};
@@ -925,8 +926,8 @@ static __always_inline int follow_fragment(struct packet *pkt, void *data_end)
 
 /* The same for IPv6, by the fragment header (parse_rest6 read the first fragment's ports): the key is (source,
  * destination, identification, the fragment header's next header), the first fragment's upper-layer protocol is
- * kept with its ports (destination options may come between). */
-static __always_inline int follow_fragment6(struct packet6 *p)
+ * kept with its ports (destination options may come between). A function of its own, as icmp_to_vip. */
+static __noinline int follow_fragment6(struct packet6 *p)
 {
 	struct pyvs_frag6_key key = {.saddr = p->key->saddr, .daddr = p->key->daddr, .id = p->frag_id,
 				     .proto = p->frag_proto};
