@@ -132,6 +132,22 @@ def test_ipv4_and_ipv6_services_side_by_side(dataplane: Dataplane) -> None:
     assert real_of(dataplane.test_run(syn(sport=43001)).data) == RS1
 
 
+def test_the_sweeper_visits_the_ipv6_tables_while_there_are_ipv6_services(dataplane: Dataplane) -> None:
+    def flagged() -> bool:
+        return bool(dataplane._config().flags & abi.CFG_IPV6)  # noqa: SLF001
+
+    assert not flagged()  # IPv4 alone: its sweeps do not visit IPv6's empty shards
+    dataplane.apply(rules(service(TCP80, "rr", (RS1, 1)), service(UDP6, "rr", (RS6_1, 1))))
+    assert flagged()
+    dataplane.test_run(frame6(UDP(sport=5353, dport=80)))
+    dataplane.wait_passes(2)
+    assert dataplane.conn_table_usage()["entries6"] == 1
+    dataplane.apply(rules(service(TCP80, "rr", (RS1, 1))))
+    assert not flagged()
+    dataplane.apply_service(UDP6, service(UDP6, "rr", (RS6_1, 1)))  # one service alone: the same
+    assert flagged()
+
+
 def test_a_real_behind_another_interface_gets_a_redirect_one_without_mac_nothing(dataplane: Dataplane) -> None:
     dataplane.apply(rules(service(TCP6, "rr", (RS6_OTHER_NIC, 1)), service(UDP6, "rr", (RS6_NO_MAC, 1))))
     assert dataplane.test_run(syn6()).verdict_name == "XDP_REDIRECT"

@@ -930,3 +930,6 @@ class Dataplane:
             libbpf.map_update(self._fds["vip_filter"], ctypes.c_uint32(slot), ctypes.c_uint32(slots.get(slot, 0)))
         for vip in old - set(flags):
             libbpf.map_delete(self._fds[family_map("vips", vip.version)], vip_key(vip))
+        ipv6 = any(vip.version == 6 for vip in flags)
+        if bool(self._config().flags & abi.CFG_IPV6) != ipv6:  # the sweeper visits IPv6's tables only when needed
+            self._set_flag(abi.CFG_IPV6, ipv6)

@@ -64,6 +64,7 @@
 /* Config flags. */
 #define PYVS_CFG_EXPIRE_NODEST_CONN 1
 #define PYVS_CFG_SLOPPY_TCP 2 /* IPVS's sloppy_tcp: a TCP packet other than SYN may start a connection */
+#define PYVS_CFG_IPV6 4 /* there are IPv6 services: the sweeper visits the IPv6 tables too (set with the VIPs) */
 
 /* Connection states: IPVS's TCP state numbers, then one for UDP. */
 #define PYVS_STATE_NONE 0

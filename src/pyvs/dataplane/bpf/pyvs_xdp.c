@@ -563,10 +563,12 @@ static __always_inline void sweep_step(struct pyvs_sweep_stats *st, struct pyvs_
 		st->scanning_entries += ctx.live;
 		sweep_shard(&half_open, st->shard, &ctx, PYVS_CNT_HALF_OPEN_SWEPT, 0);
 		st->scanning_half_open += ctx.live;
-		sweep_shard(&conns6, st->shard, &ctx, PYVS_CNT_CONN_SWEPT, 1);
-		st->scanning_entries6 += ctx.live;
-		sweep_shard(&half_open6, st->shard, &ctx, PYVS_CNT_HALF_OPEN_SWEPT, 1);
-		st->scanning_half_open6 += ctx.live;
+		if (cfg->flags & PYVS_CFG_IPV6) { /* an empty shard costs its buckets: IPv4 alone pays nothing */
+			sweep_shard(&conns6, st->shard, &ctx, PYVS_CNT_CONN_SWEPT, 1);
+			st->scanning_entries6 += ctx.live;
+			sweep_shard(&half_open6, st->shard, &ctx, PYVS_CNT_HALF_OPEN_SWEPT, 1);
+			st->scanning_half_open6 += ctx.live;
+		}
 		st->shard += 1;
 	}
 	if (st->shard >= shards && st->zeroed >= PYVS_MAX_REALS)
