@@ -124,7 +124,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     print_table(rows)
     print_table([["service", "owner"], *([f"{key.proto.label} {key}", owner] for key, owner in owners)])
     print_table([["counter", "value"], *([name, str(value)] for name, value in counters.items())])
+    bgp_lines(dp.pin_dir)
     return 0
+
+
+def bgp_lines(pin_dir: Path) -> None:
+    """The BGP speaker of this data plane (the daemon's [bgp]), asked through its control socket: its sessions
+    and the VIPs it announces. Nothing when none runs."""
+    from pyvs.director import bgp
+
+    speaker = bgp.Speaker(bgp.run_dir(pin_dir))
+    pid = speaker.pid
+    if pid is None:
+        print("bgp: no speaker runs for this data plane (no [bgp] in the daemon's config, or no daemon)")
+        return
+    try:
+        peers, announced = speaker.peers(), speaker.announced()
+    except bgp.BgpError as exc:
+        print(f"bgp: BIRD (pid {pid}) does not answer: {exc}")
+        return
+    print(f"bgp: BIRD pid {pid} ({speaker.ctl}); announced: {', '.join(announced) or 'nothing (all withdrawn)'}")
+    rows = [["peer", "session", "since", "routes out", "last error"]]
+    rows += [[p.address, p.state, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.since)) if p.since else "-",
+              str(p.exported), p.last_error or "-"] for p in peers]
+    print_table(rows)
 
 
 def table_usage_lines(usage: dict[str, int | float]) -> list[str]:

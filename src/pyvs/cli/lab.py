@@ -9,11 +9,22 @@ from typing import Any
 from pyvs import netns
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, print_actions, print_table
 from pyvs.lab import lab
-from pyvs.lab.topology import Topology, default_topology
+from pyvs.lab.topology import Topology, default_topology, ecmp_topology
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    return default_topology(prefix=args.prefix)
+    """The lab of --prefix: with the directors `lab up --directors N` recorded (or asked for now)."""
+    from pyvs.lab.ecmp import recorded_directors
+
+    recorded = recorded_directors(args.prefix)
+    asked = getattr(args, "directors", None)
+    if asked is not None and recorded is not None and asked != recorded:
+        raise UsageError(f"lab {args.prefix} runs with {recorded} directors: `pyvs lab down"
+                         f"{'' if args.prefix == 'pyvs' else ' --prefix ' + args.prefix}` first")
+    directors = asked or recorded or 1
+    if directors == 1:
+        return default_topology(prefix=args.prefix)
+    return ecmp_topology(prefix=args.prefix, directors=directors)
 
 
 def _prefix_option(topo: Topology) -> str:

@@ -376,7 +376,12 @@ def up(topo: Topology, keep_on_failure: bool = False) -> list[str]:
         _ensure_realservers(topo, actions)
         _ensure_servers(topo, actions)
         director = _director_module()
-        if director is not None:
+        if topo.bgp is not None:  # several directors behind a BGP router (lab/ecmp.py)
+            from pyvs.lab import ecmp
+
+            ecmp.record_directors(topo)
+            actions.extend(ecmp.setup(topo))
+        elif director is not None:
             actions.extend(director.setup_director(topo))
     except (OSError, NetlinkError, netns.NetnsError, realserver.RealServerError, LabError) as exc:
         if not keep_on_failure:
@@ -391,6 +396,13 @@ def up(topo: Topology, keep_on_failure: bool = False) -> list[str]:
 def down(topo: Topology) -> list[str]:
     """Remove the lab: director setup, server processes, namespaces, state. Never fails halfway."""
     actions: list[str] = []
+    if topo.bgp is not None:
+        from pyvs.lab import ecmp
+
+        try:
+            actions.extend(ecmp.teardown(topo))
+        except Exception as exc:  # noqa: BLE001 - teardown must go on
+            log.warning("lab: ECMP teardown failed: %s", exc)
     director = _director_module()
     if director is not None:
         try:
@@ -469,7 +481,11 @@ def status(topo: Topology) -> dict[str, Any]:
         problems.append("an interface is down or lacks its addresses")
     problems += _real_problems(topo)
     director = _director_module()
-    if director is not None:
+    if topo.bgp is not None:
+        from pyvs.lab import ecmp
+
+        problems += ecmp.problems(topo)
+    elif director is not None:
         problems += director.director_problems(topo)
     healthy = healthy and not problems
     return {"prefix": topo.prefix, "healthy": healthy, "problems": problems, "nodes": nodes, "servers": servers}
