@@ -255,7 +255,7 @@ class Director:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dataplane_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
         # [bgp]: the BIRD of this data plane (started only with [bgp]), what it was last given and told
-        self.speaker = bgp.Speaker(bgp.run_dir(dp.pin_dir))
+        self._speaker: bgp.Speaker | None = None
         self.bgp_vips: dict[IPv4Address, str] = {}  # VIP -> '' announced, else why it is withdrawn
         self.bgp_peers: list[bgp.PeerState] = []
         self.bgp_error = ""
@@ -822,6 +822,13 @@ class Director:
             await self.reconcile(full=full)
 
     # ---- BGP ---------------------------------------------------------------------------------------
+
+    @property
+    def speaker(self) -> bgp.Speaker:
+        """The BIRD of this data plane (its files are found from the pin dir, also after a restart)."""
+        if self._speaker is None:
+            self._speaker = bgp.Speaker(bgp.run_dir(self.dp.pin_dir))
+        return self._speaker
 
     async def _keep_announced(self) -> None:
         """[bgp]: announce each VIP while the data plane forwards and its services have their quorum, withdraw it
