@@ -28,7 +28,7 @@ from .conftest import LAB_PREFIX
 
 DIRECTORS = 3
 HOLD = HOLD_TIME
-DOWNLOAD_SIZE = 3 << 20  # bytes, read at RATE: each download lasts ~10 s
+DOWNLOAD_SIZE = 4 << 20  # bytes, read at RATE: each download lasts ~14 s
 RATE = 300_000
 
 
@@ -49,7 +49,7 @@ def ecmp_lab() -> Iterator[Topology]:
 def lab(ecmp_lab: Topology) -> Topology:
     """The lab with every director plugged in, running and announcing (repaired after an earlier test)."""
     for node in ecmp_lab.directors:
-        ecmp.set_cable(ecmp_lab, node, plugged=True)
+        ecmp.isolate(ecmp_lab, node, isolated=False)
     lab_api.up(ecmp_lab)  # starts the daemons that are not running, waits until the router routes to all
     return ecmp_lab
 
@@ -159,32 +159,33 @@ def test_a_killed_director_is_withdrawn_and_its_flows_go_on(lab: Topology) -> No
         withdrawn = wait_for(lambda: len(hops(lab)) == DIRECTORS - 1, HOLD + 1, "the router withdraws the victim")
         converged = time.monotonic()
         time.sleep(3)
+        still = {d.source_port for d in theirs if not d.ended}
+        moved = ecmp.flow_directors(lab, still)  # who forwards them now
     attempts = loop.results()
-    assert withdrawn <= HOLD
+    assert withdrawn < 1.0  # not the hold time: the router heard the session close
     assert director_address(lab.directors.index(victim) + 1) not in hops(lab)
     assert not failures(attempts, since=converged), failures(attempts, since=converged)[:5]
     assert_completed(running)
     assert all(d.ended > killed_at + 1 for d in theirs)  # they were running across the kill
-    moved = ecmp.flow_directors(lab, {d.source_port for d in theirs})
-    assert all(set(names) - {victim.name} for names in moved.values()), moved  # finished through another one
+    assert still and all(names and victim.name not in names for names in moved.values()), (victim.name, moved)
 
 
 def test_a_dead_director_is_withdrawn_within_the_hold_time(lab: Topology) -> None:
-    """The director dies with its machine (cable pulled, daemon and BIRD killed: no FIN, no keepalive): the
-    router's hold timer takes it out; requests through it fail until then and none after."""
+    """The director's machine hangs (the switch drops every frame to and from it, its daemon and BIRD killed: no
+    FIN, no keepalive): the router's hold timer takes it out; requests through it fail until then, none after."""
     running = downloads(lab, 9)
     victim, theirs = victim_of(lab, running)
     with RequestLoop(lab.client.netns, lab.public_ip, workers=3) as loop:
         time.sleep(1)
         killed_at = time.monotonic()
-        ecmp.set_cable(lab, victim, plugged=False)
+        ecmp.isolate(lab, victim, isolated=True)
         ecmp.kill_director(lab, victim)
         withdrawn = wait_for(lambda: len(hops(lab)) == DIRECTORS - 1, HOLD + 2, "the hold timer expires")
         converged = time.monotonic()
         time.sleep(3)
     attempts = loop.results()
     # BIRD jitters its timers by up to a quarter (RFC 4271 section 10): the hold timer runs out 2.25 to 3 s after
-    # the last keepalive, which came up to 1 s before the cable went: 1.25 to 3 s after it.
+    # the last keepalive, which came up to 1 s before the machine hung: 1.25 to 3 s after it.
     assert 0.75 <= withdrawn <= HOLD + 0.5, withdrawn
     assert not failures(attempts, since=converged), failures(attempts, since=converged)[:5]
     failed = failures(attempts)

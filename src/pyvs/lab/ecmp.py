@@ -171,7 +171,7 @@ def kill_director(topo: Topology, node: Node) -> list[int]:
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
-    bird = bgp.kill_bird(bgp.run_dir(pin_dir(node)))
+    bird = bgp.kill_bird(bgp.run_dir(pin_dir(node)))  # at once: both die at the same moment
     if bird is not None:
         killed.append(bird)
     for pid in killed:
@@ -188,7 +188,10 @@ def _reap(pid: int, timeout: float) -> bool:
                 return True
         except ChildProcessError:
             pass
-        if not Path(f"/proc/{pid}").exists():
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True  # dead; its parent (not us) reaps it
+        except (OSError, IndexError):
             return True
         if time.monotonic() > deadline:
             return False
@@ -441,13 +444,17 @@ def record_directors(topo: Topology) -> None:
 
 # ---- what the tests and benchmarks look at -------------------------------------------------------------
 
-def flow_directors(topo: Topology, ports: set[int]) -> dict[int, list[str]]:
-    """Client source port -> the directors whose connection table holds that flow (to the VIP)."""
+def flow_directors(topo: Topology, ports: set[int], within: float = 2.0) -> dict[int, list[str]]:
+    """Client source port -> the directors that forwarded a packet of that established flow (to the VIP) in the
+    last `within` seconds (an entry's idle time is its state's timeout minus the time it has left; older entries
+    of a source port used before, or of a flow that moved away, are left out)."""
     found: dict[int, list[str]] = {port: [] for port in ports}
     for node in topo.directors:
         with netns.in_netns(node.netns), open_dataplane(pin_dir(node)) as dp:
+            timeout = dp.read_timeouts().tcp
             for conn in dp.connections():
-                if conn.cport in found and str(conn.vip) == topo.vip:
+                if conn.cport in found and str(conn.vip) == topo.vip and conn.state == "ESTABLISHED" \
+                        and timeout - conn.expires <= within:
                     found[conn.cport].append(node.name)
     return found
 
@@ -461,10 +468,29 @@ def scheduled(topo: Topology) -> dict[str, int]:
     return counts
 
 
-def set_cable(topo: Topology, node: Node, plugged: bool) -> None:
-    """Unplug a director's cable (its switch port goes down: a dead machine, no FIN, no keepalive, every frame
-    to it lost) or plug it in again; the director's own configuration stays as it is."""
+def _switch_port(topo: Topology, node: Node) -> str:
     nic = topo.ports(node.name)[0]
-    port = next(link.b for link in topo.links if link.a == nic)
-    with IPRoute(netns=topo.switch.netns, flags=0) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname=port.ifname)[0], state="up" if plugged else "down")
+    return next(link.b for link in topo.links if link.a == nic).ifname
+
+
+ISOLATION_TABLE = "pyvs_isolate"
+
+
+def isolate(topo: Topology, node: Node, isolated: bool) -> None:
+    """A hung director: the switch drops every frame to and from its port (nftables, bridge family) while the
+    link stays up and the switch keeps its MAC, so frames for it go on arriving at a box that does nothing, until
+    the router's hold timer runs out. `isolated=False` takes the rules away. (Not a port taken down: the bridge
+    would forget the MAC and flood its frames, and a veth has no MAC filter, so the other directors' XDP would
+    forward them, which a real NIC does not.)"""
+    port = _switch_port(topo, node)
+    table = f"bridge {ISOLATION_TABLE}"
+    netns.run_in_netns(topo.switch.netns, ["nft", f"add table {table}"])
+    netns.run_in_netns(topo.switch.netns, ["nft", f"add chain {table} forward "
+                                                  "{ type filter hook forward priority 0; policy accept; }"])
+    listing = netns.run_in_netns(topo.switch.netns, ["nft", "-a", "list", "chain", *table.split(), "forward"]).stdout
+    handles = [line.rsplit("# handle ", 1)[1] for line in listing.splitlines() if f'"{port}"' in line]
+    for handle in handles:
+        netns.run_in_netns(topo.switch.netns, ["nft", "delete", "rule", *table.split(), "forward", "handle", handle])
+    if isolated:
+        for direction in ("iifname", "oifname"):
+            netns.run_in_netns(topo.switch.netns, ["nft", f'add rule {table} forward {direction} "{port}" drop'])
