@@ -113,6 +113,24 @@ def summary(rounds: list[Round]) -> list[str]:
     return lines
 
 
+def scenarios(rounds: list[Round]) -> dict[str, dict[str, float]]:
+    """Per scenario: the longest and median times to withdrawal and to the last failure (0: none failed)."""
+    result = {}
+    for scenario in dict.fromkeys(r.scenario for r in rounds):
+        mine = [r for r in rounds if r.scenario == scenario]
+        lasts = [r.last_failure_s or 0.0 for r in mine]
+        result[scenario] = {
+            "withdrawn_max_s": max(r.withdrawn_s for r in mine),
+            "withdrawn_median_s": statistics.median(r.withdrawn_s for r in mine),
+            "last_failure_max_s": max(lasts), "last_failure_median_s": statistics.median(lasts),
+            "failed_after_convergence": sum(r.failed_after_convergence for r in mine),
+            "downloads_through_victim": sum(r.downloads_through_victim for r in mine),
+            "downloads_completed": sum(r.downloads_completed for r in mine),
+            "back_max_s": max(r.back_s for r in mine), "failed_on_return": sum(r.failed_on_return for r in mine),
+        }
+    return result
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks failover", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per scenario (default 3)")
@@ -134,6 +152,6 @@ def main(argv: list[str]) -> int:
     print("\n".join(lines))
     result = {"directors": args.directors, "hold_time_s": HOLD_TIME, "request_timeout_s": TIMEOUT,
               "workers": WORKERS, "downloads": DOWNLOADS, "download_bytes": DOWNLOAD_SIZE, "read_rate": RATE,
-              "rounds": [asdict(r) for r in rounds], "summary": "\n".join(lines)}
+              "rounds": [asdict(r) for r in rounds], "scenarios": scenarios(rounds), "summary": "\n".join(lines)}
     (HERE / "results" / "failover.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
