@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from ipaddress import IPv4Address
 from urllib.request import urlopen
 
 import pytest
@@ -267,3 +268,32 @@ def test_a_clean_stop_withdraws_before_the_session_closes(lab: Topology) -> None
     assert seen[-1][0] - withdrawn_first[0] >= 0.9  # withdraw_wait = 1 s in the lab's config
     assert ecmp._reap(pid, 10)
     assert bgp.bird_pid(bgp.run_dir(ecmp.pin_dir(node))) is None  # its BIRD stopped with it
+
+
+def router_view(topo: Topology, peer: str) -> str:
+    """The router's route to the VIP as learned from one director (its BGP attributes)."""
+    with bgp.BirdControl(ecmp.router_dir(topo) / "bird.ctl") as ctl:
+        text = "\n".join(line for _, line in ctl.command(f"show route {topo.vip}/32 all"))
+    parts = text.split(f"[{bgp.protocol_name(IPv4Address(peer))} ")
+    return parts[1].split("unicast [")[0] if len(parts) > 1 else ""
+
+
+def test_a_reload_changes_what_is_announced(lab: Topology) -> None:
+    node = lab.directors[1]
+    address = director_address(2)
+    config = ecmp.config_path(lab, node)
+    original = config.read_text()
+    reload = [sys.executable, "-m", "pyvs.cli", "director", "reload", "--pin-dir", str(ecmp.pin_dir(node))]
+    assert "(65001,443)" not in router_view(lab, address)
+    since = ecmp.router_peers(lab)[address].since
+    config.write_text(original.replace('communities = ["65001:80"]', 'communities = ["65001:80", "65001:443"]'))
+    try:
+        netns.run_in_netns(node.netns, reload)
+        wait_for(lambda: "(65001,443)" in router_view(lab, address), 5, "the new community at the router")
+        peer = ecmp.router_peers(lab)[address]
+        assert peer.established and peer.since == since  # changed in place: the session stayed up
+        assert len(hops(lab)) == DIRECTORS
+    finally:
+        config.write_text(original)
+        netns.run_in_netns(node.netns, reload)
+    wait_for(lambda: "(65001,443)" not in router_view(lab, address), 5, "the community gone again")

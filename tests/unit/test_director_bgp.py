@@ -214,3 +214,20 @@ def test_metrics_and_the_status_line_show_sessions_and_announcements() -> None:
     no_bgp = _status(True)
     no_bgp["bgp"] = None
     assert bgp_summary(no_bgp) == [] and "pyvs_bgp" not in render(no_bgp).decode()
+
+
+def test_notes_name_what_breaks_a_moved_flow_and_validate_needs_bird(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    from pyvs.cli.director import runnable_problems
+
+    config = parse_config(SERVICES.replace('port = 443\nscheduler = "mh"', 'port = 443\nscheduler = "rr"') + BGP)
+    assert bgp.ecmp_notes(config) == ["service tcp/198.18.0.101:443 uses rr: behind ECMP a flow that moves to "
+                                      "another director may get another real there (mh picks the same one on "
+                                      "every director)"]
+    off = parse_config(SERVICES + BGP.replace("[bgp]", "[director]\nsloppy_tcp = false\n[bgp]"))
+    assert bgp.ecmp_notes(off) == ["sloppy_tcp is off: a TCP flow that ECMP moves to this director mid-stream is "
+                                   "not forwarded"]
+    assert bgp.ecmp_notes(parse_config(SERVICES)) == []
+    assert runnable_problems(config) == []  # bird is installed here (scripts/setup.sh)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert runnable_problems(config) == ["[bgp]: bird (BIRD 2, the Debian package bird2) is not installed"]

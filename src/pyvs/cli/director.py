@@ -212,6 +212,11 @@ def runnable_problems(config: DirectorConfig) -> list[str]:
             socket.if_nametoindex(config.interface)
         except OSError:
             problems.append(f"interface {config.interface!r} is not in this network namespace")
+    if config.bgp is not None:
+        from pyvs.director.bgp import BIRD
+
+        if shutil.which(BIRD) is None:
+            problems.append(f"[bgp]: {BIRD} (BIRD 2, the Debian package bird2) is not installed")
     return problems
 
 
@@ -222,6 +227,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not problems:
             load_config(args.config)  # the programs exist: now whether only root can change them
         counts = f"{len(config.services)} service(s), {sum(len(s.reals) for s in config.services)} real(s)"
+        from pyvs.director.bgp import ecmp_notes
+
+        for note in ecmp_notes(config):
+            print(f"pyvs: {config.path}: note: {note}", file=sys.stderr)
         if problems:
             for problem in problems:
                 print(f"pyvs: {config.path}: {problem}", file=sys.stderr)

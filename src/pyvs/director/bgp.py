@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from pyvs.director.config import BgpSpec, ServiceSpec
+from pyvs.director.config import BgpSpec, DirectorConfig, ServiceSpec
 from pyvs.model import ServiceKey
 
 RUN_ROOT = Path("/run/pyvs/bgp")
@@ -71,6 +71,21 @@ def announcement(services: Iterable[ServiceSpec], quorum: Mapping[ServiceKey, bo
         elif not quorum.get(svc.key, True) and svc.sorry_server is None and not result[vip]:
             result[vip] = f"{svc.key.proto.label.lower()}/{svc.key} lost its quorum"
     return dict(sorted(result.items()))
+
+
+HASHING = ("mh", "sh", "dh")  # schedulers whose choice is a function of the flow and the reals alone
+
+
+def ecmp_notes(config: DirectorConfig) -> list[str]:
+    """With [bgp], what keeps a flow that ECMP moves to another director from reaching the same real."""
+    if config.bgp is None:
+        return []
+    notes = [f"service {svc.key.proto.label.lower()}/{svc.key} uses {svc.scheduler}: behind ECMP a flow that moves "
+             f"to another director may get another real there (mh picks the same one on every director)"
+             for svc in config.services if svc.scheduler not in HASHING]
+    if config.sloppy_tcp is False:
+        notes.append("sloppy_tcp is off: a TCP flow that ECMP moves to this director mid-stream is not forwarded")
+    return notes
 
 
 def _community(parts: tuple[int, ...]) -> str:

@@ -835,7 +835,11 @@ class Director:
         otherwise; look again every BGP_INTERVAL seconds and at once when a quorum or the config changes. Once
         the first checks are in: a restarted director announces only what its checks confirmed."""
         await self._first_checks()
+        noted: set[str] = set()
         while True:
+            for note in set(bgp.ecmp_notes(self.config)) - noted:  # once per note (a reload may bring new ones)
+                log_event(logging.WARNING, "bgp_note", note=note)
+                noted.add(note)
             self._bgp_dirty.clear()
             try:
                 await self._bgp_step()
