@@ -297,3 +297,21 @@ def test_a_reload_changes_what_is_announced(lab: Topology) -> None:
         config.write_text(original)
         netns.run_in_netns(node.netns, reload)
     wait_for(lambda: "(65001,443)" not in router_view(lab, address), 5, "the community gone again")
+
+
+def test_down_after_a_crash_leaves_nothing(lab: Topology) -> None:
+    """The lab's record lost (a crash) and `lab down` called for the one-director lab of that prefix: the router,
+    every director, their daemons and BIRDs, pins and files go all the same. (Last: it removes the lab.)"""
+    from pyvs.lab.topology import default_topology
+
+    pids = [ecmp.daemon_pid(lab, node) for node in lab.directors]
+    pids += [bgp.bird_pid(bgp.run_dir(ecmp.pin_dir(node))) for node in lab.directors]
+    pids.append(bgp.bird_pid(ecmp.router_dir(lab)))
+    assert None not in pids
+    (lab_api.state_dir(lab) / "state.json").unlink()
+    lab_api.down(default_topology(prefix=lab.prefix))
+    assert not [name for name in netns.list_netns() if name.startswith(f"{lab.prefix}-")]
+    assert not [pid for pid in pids if pid is not None and os.path.exists(f"/proc/{pid}/cmdline")
+                and open(f"/proc/{pid}/cmdline").read()]  # gone (a zombie has an empty cmdline)
+    assert not list(bgp.RUN_ROOT.glob(f"{lab.prefix}-*")) and not lab_api.state_dir(lab).exists()
+    assert not [p for p in ecmp.pin_dir(lab.director).parent.glob(f"{lab.prefix}-*")]

@@ -137,10 +137,15 @@ def _is_daemon(pid: int, config: Path) -> bool:
 
 
 def daemon_pid(topo: Topology, node: Node) -> int | None:
+    """The PID of a director's daemon: recorded, else found by its config path (a crash may have lost the record)."""
     from pyvs.lab.lab import _load_state
 
+    config = config_path(topo, node)
     pid = _load_state(topo).get("daemons", {}).get(node.name)
-    return int(pid) if pid is not None and _is_daemon(int(pid), config_path(topo, node)) else None
+    if pid is not None and _is_daemon(int(pid), config):
+        return int(pid)
+    running = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return next((pid for pid in running if _is_daemon(pid, config)), None)
 
 
 def start_daemon(topo: Topology, node: Node) -> int:
@@ -393,14 +398,14 @@ def problems(topo: Topology) -> list[str]:
 def teardown(topo: Topology) -> list[str]:
     """Stop the daemons (they withdraw and stop their BIRD), any BIRD a killed daemon left, the router's BIRD;
     remove the daemons' run files and BIRD's directories."""
-    from pyvs.lab.lab import _load_state
 
-    actions = stop_daemons(topo) if all(netns.exists(n.netns) for n in topo.directors) else []
-    state = _load_state(topo)
-    for name, pid in state.get("daemons", {}).items():  # a director whose namespace is gone
-        if _is_daemon(int(pid), config_path(topo, topo.node(name))):
-            os.kill(int(pid), signal.SIGKILL)
-            _reap(int(pid), 2.0)
+    alive = [node for node in topo.directors if netns.exists(node.netns)]
+    actions = stop_daemons(topo, alive) if alive else []
+    for node in topo.directors:  # a director whose namespace is gone: its daemon cannot withdraw
+        pid = daemon_pid(topo, node)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid, 2.0)
     for node in topo.directors:
         directory = bgp.run_dir(pin_dir(node))
         pid = bgp.kill_bird(directory)
@@ -432,6 +437,21 @@ def recorded_directors(prefix: str) -> int | None:
         return None
     count = data.get("directors")
     return int(count) if count else None
+
+
+def leftover_directors(prefix: str) -> int | None:
+    """The directors of an ECMP lab of this prefix that is (partly) there: recorded, else counted from the
+    namespaces and BIRD directories left (a crash may have taken the record); None when there is none."""
+    from pyvs.lab.lab import STATE_ROOT
+
+    recorded = recorded_directors(prefix)
+    if recorded:
+        return recorded
+    found = [n for n in range(2, MAX_DIRECTORS + 1) if netns.exists(f"{prefix}-director{n}")
+             or bgp.run_dir(Path(f"{prefix}-director{n}")).exists()]
+    if found or netns.exists(f"{prefix}-router") or (STATE_ROOT / prefix / "router").exists():
+        return max([2, *found])
+    return None
 
 
 def record_directors(topo: Topology) -> None:

@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -24,7 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 import pyvs
 from pyvs import netns, realserver
-from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology
+from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology, ecmp_topology
 from pyvs.links import link_index
 
 log = logging.getLogger(__name__)
@@ -396,9 +397,11 @@ def up(topo: Topology, keep_on_failure: bool = False) -> list[str]:
 def down(topo: Topology) -> list[str]:
     """Remove the lab: director setup, server processes, namespaces, state. Never fails halfway."""
     actions: list[str] = []
-    if topo.bgp is not None:
-        from pyvs.lab import ecmp
+    from pyvs.lab import ecmp
 
+    if topo.bgp is None and (count := ecmp.leftover_directors(topo.prefix)):  # brought up with --directors
+        topo = ecmp_topology(topo.prefix, count, base=topo)
+    if topo.bgp is not None:
         try:
             actions.extend(ecmp.teardown(topo))
         except Exception as exc:  # noqa: BLE001 - teardown must go on
@@ -423,10 +426,7 @@ def down(topo: Topology) -> list[str]:
             actions.append(f"removed netns {node.netns}")
         except OSError as exc:
             log.warning("lab: cannot remove netns %s: %s", node.netns, exc)
-    for path in sorted(state_dir(topo).glob("*"), reverse=True):
-        path.unlink(missing_ok=True)
-    if state_dir(topo).exists():
-        state_dir(topo).rmdir()
+    shutil.rmtree(state_dir(topo), ignore_errors=True)
     for action in actions:
         log.debug("lab: %s", action)
     return actions
