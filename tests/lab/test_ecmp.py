@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
+from pathlib import Path
 from urllib.request import urlopen
 
 import pytest
@@ -146,6 +147,15 @@ def test_the_daemons_report_their_sessions_and_announcements(lab: Topology) -> N
     with bgp.BirdControl(ecmp.router_dir(lab) / "bird.ctl") as ctl:
         route = "\n".join(text for _, text in ctl.command(f"show route {lab.vip}/32 all"))
     assert "BGP.community: (65001,80)" in route
+
+
+def test_the_status_page_shows_the_sessions_and_the_vips(lab: Topology, tmp_path: Path) -> None:
+    from .test_status_page import Browser  # headless Chromium in the first director's namespace
+
+    dom = Browser(lab, tmp_path).dom("http://127.0.0.1:9180/page")
+    assert re.search(r'<div id="bgp-section">', dom), "the BGP section is hidden"
+    assert '<tr class="" data-peer="198.18.2.1" data-state="Established">' in dom
+    assert f'<tr class="" data-vip="{lab.vip}" data-announced="true">' in dom
 
 
 def test_a_killed_director_is_withdrawn_and_its_flows_go_on(lab: Topology) -> None:
