@@ -61,6 +61,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, server in report["servers"].items():
         running = "running" if server["running"] else "NOT running"
         rows.append([f"{name} web", "", running, f"pid {server['pid']}"])
+    for name, pid in report.get("processes", {}).items():  # the ECMP lab's BIRDs and daemons
+        rows.append([name, "", "running" if pid else "NOT running", f"pid {pid}" if pid else ""])
     print_table(rows)
     for problem in report["problems"]:
         print(f"problem: {problem}")

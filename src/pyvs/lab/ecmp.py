@@ -333,6 +333,15 @@ def setup(topo: Topology) -> list[str]:
     return actions
 
 
+def processes(topo: Topology) -> dict[str, int | None]:
+    """What runs for the ECMP lab: the router's BIRD, each director's daemon and BIRD (None: not running)."""
+    found: dict[str, int | None] = {"router bird": bgp.bird_pid(router_dir(topo))}
+    for node in topo.directors:
+        found[f"{node.name} daemon"] = daemon_pid(topo, node)
+        found[f"{node.name} bird"] = bgp.bird_pid(bgp.run_dir(pin_dir(node)))
+    return found
+
+
 def fingerprints(topo: Topology) -> dict[str, str]:
     """Each director's fingerprint of rules and tables (the same on every director that forwards alike)."""
     found = {}

@@ -488,7 +488,12 @@ def status(topo: Topology) -> dict[str, Any]:
     elif director is not None:
         problems += director.director_problems(topo)
     healthy = healthy and not problems
-    return {"prefix": topo.prefix, "healthy": healthy, "problems": problems, "nodes": nodes, "servers": servers}
+    report = {"prefix": topo.prefix, "healthy": healthy, "problems": problems, "nodes": nodes, "servers": servers}
+    if topo.bgp is not None:
+        from pyvs.lab import ecmp
+
+        report["processes"] = ecmp.processes(topo)
+    return report
 
 
 def _real_problems(topo: Topology) -> list[str]:
