@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -108,6 +108,23 @@ def victim_of(topo: Topology, running: list[Download]) -> tuple[Node, list[Downl
     name = max(by_director, key=lambda n: len(by_director[n]))
     assert by_director[name], f"no download found in any director's table: {by_director}"
     return topo.node(name), by_director[name]
+
+
+def test_the_topology_fits_names_addresses_and_the_bridge() -> None:
+    topo = ecmp_topology(prefix="pyvs123456", directors=4)
+    assert [n.name for n in topo.directors] == ["director", "director2", "director3", "director4"]
+    assert topo.bgp is not None and topo.node(topo.bgp.router).netns == "pyvs123456-router"
+    for port in topo.ports():
+        assert len(port.ifname) <= 15, port
+        assert all(IPv4Interface(cidr).ip in IPv4Network("198.18.0.0/15") for cidr in port.addresses)
+    macs = [port.mac for port in topo.ports()]
+    assert len(set(macs)) == len(macs)
+    assert {link.b.ifname for link in topo.links if link.b.node == "switch"} == set(topo.bridge.ports)
+    assert all(topo.vip not in " ".join(topo.ports(n.name)[0].addresses) for n in topo.directors)  # routed to them
+    assert any(r.dst == f"{topo.vip}/32" for r in topo.gateway.routes)
+    for wrong in (1, 5):
+        with pytest.raises(ValueError, match="2 to 4 directors"):
+            ecmp_topology(directors=wrong)
 
 
 def test_the_router_spreads_new_connections_over_every_director(lab: Topology) -> None:
