@@ -473,19 +473,28 @@ def record_directors(topo: Topology) -> None:
 
 # ---- what the tests and benchmarks look at -------------------------------------------------------------
 
-def flow_directors(topo: Topology, ports: set[int], within: float = 2.0) -> dict[int, list[str]]:
-    """Client source port -> the directors that forwarded a packet of that established flow (to the VIP) in the
-    last `within` seconds (an entry's idle time is its state's timeout minus the time it has left; older entries
-    of a source port used before, or of a flow that moved away, are left out)."""
-    found: dict[int, list[str]] = {port: [] for port in ports}
-    for node in topo.directors:
-        with netns.in_netns(node.netns), open_dataplane(pin_dir(node)) as dp:
-            timeout = dp.read_timeouts().tcp
-            for conn in dp.connections():
-                if conn.cport in found and str(conn.vip) == topo.vip and conn.state == "ESTABLISHED" \
-                        and timeout - conn.expires <= within:
-                    found[conn.cport].append(node.name)
-    return found
+def flow_directors(topo: Topology, ports: set[int], window: float = 0.5) -> dict[int, list[str]]:
+    """Client source port -> the directors that forward packets of that TCP flow (to the VIP) now: their entry was
+    refreshed within `window` seconds (read twice: its time left did not shrink), whatever its state (a flow moved
+    onto an old entry of the same source port keeps that entry's state). Old entries of a source port used
+    before, or of a flow that moved away, are left out."""
+    def entries() -> dict[tuple[str, int], float]:
+        found = {}
+        for node in topo.directors:
+            with netns.in_netns(node.netns), open_dataplane(pin_dir(node)) as dp:
+                for conn in dp.connections():
+                    if conn.cport in ports and str(conn.vip) == topo.vip and not conn.template:
+                        found[(node.name, conn.cport)] = conn.expires
+        return found
+
+    first = entries()
+    time.sleep(window)
+    second = entries()
+    result: dict[int, list[str]] = {port: [] for port in ports}
+    for (name, port), left in second.items():
+        if (name, port) in first and left > first[(name, port)] - window * 0.8:
+            result[port].append(name)
+    return result
 
 
 def scheduled(topo: Topology) -> dict[str, int]:
