@@ -152,6 +152,6 @@ def main(argv: list[str]) -> int:
     print("\n".join(lines))
     result = {"directors": args.directors, "hold_time_s": HOLD_TIME, "request_timeout_s": TIMEOUT,
               "workers": WORKERS, "downloads": DOWNLOADS, "download_bytes": DOWNLOAD_SIZE, "read_rate": RATE,
-              "rounds": [asdict(r) for r in rounds], "scenarios": scenarios(rounds), "summary": "\n".join(lines)}
+              "rounds": [asdict(r) for r in rounds], "scenarios": scenarios(rounds), "summary": lines}
     (HERE / "results" / "failover.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
