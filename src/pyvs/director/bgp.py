@@ -22,6 +22,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -285,6 +286,7 @@ class Speaker:
         self.pidfile = directory / "bird.pid"
         self.log = directory / "bird.log"
         self._child: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()  # one change at a time (calls come from worker threads)
 
     @property
     def pid(self) -> int | None:
@@ -314,6 +316,10 @@ class Speaker:
 
     def start(self, text: str) -> str:
         """Run BIRD with `text` as its config: adopt the one that runs (and configure it), else start one."""
+        with self._lock:
+            return self._start(text)
+
+    def _start(self, text: str) -> str:
         pid = self.pid
         if pid is not None:
             self.configure(text)
@@ -342,10 +348,11 @@ class Speaker:
 
     def configure(self, text: str) -> None:
         """Give the running BIRD a new config (soft: established sessions stay up)."""
-        self.check(text)
-        self._write(text)
-        with BirdControl(self.ctl) as ctl:
-            ctl.command(f'configure "{self.conf}"')
+        with self._lock:
+            self.check(text)
+            self._write(text)
+            with BirdControl(self.ctl) as ctl:
+                ctl.command(f'configure "{self.conf}"')
 
     def peers(self) -> list[PeerState]:
         with BirdControl(self.ctl) as ctl:
@@ -368,6 +375,10 @@ class Speaker:
 
     def stop(self) -> None:
         """End BIRD (`down`: its sessions close with a Cease); SIGKILL when it does not go in time."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
         pid = self.pid
         if pid is None:
             return
