@@ -18,7 +18,7 @@ from urllib.request import urlopen
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyvs.dataplane import Dataplane
+from pyvs.dataplane import Dataplane, remove_pins
 from pyvs.lab import lab as lab_api
 from pyvs.lab.director import open_director, pin_dir, tutorial_rules
 from pyvs.lab.topology import Topology
@@ -327,6 +327,26 @@ port = 8080
     time.sleep(1.0)
     assert request_loop.failures(since=out_at) == []
     assert set(request_loop.served(since=out_at)) == {"rs2"}
+
+
+def test_daemon_replaces_a_pyvs_program_whose_pins_were_lost(lab: Topology, tmp_path: Path) -> None:
+    # The program stays attached with maps no longer pinned: the daemon's rules would never reach it.
+    nic = lab.director_nic.ifname
+    remove_pins(pin_dir(lab))
+    config = tmp_path / "director.toml"
+    config.write_text(config_text(lab, tmp_path / "notify.log").replace(
+        "[director]\n", f'[director]\ninterface = "{nic}"\n'))
+    daemon = Daemon(lab, config, tmp_path / "daemon.log", tmp_path / "notify.log")
+    try:
+        daemon.start()
+        assert "xdp_replaced_stale" in daemon.log.read_text()
+        with in_netns(lab.director.netns), open_director(lab) as dp:
+            found = Dataplane.xdp_program(nic)
+            assert found is not None and dp.serves(found[1])
+        assert http_get(lab.client.netns, lab.public_ip).server in ("rs1", "rs2")
+    finally:
+        daemon.stop()
+        lab_api.up(lab)
 
 
 def test_daemon_takes_the_vip_over_with_gratuitous_arp_when_it_starts(lab: Topology, tmp_path: Path) -> None:

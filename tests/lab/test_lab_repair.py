@@ -6,7 +6,9 @@ from __future__ import annotations
 import sys
 
 from pyvs import netns
+from pyvs.dataplane import Dataplane, remove_pins
 from pyvs.lab import lab as lab_api
+from pyvs.lab.director import open_director, pin_dir
 from pyvs.lab.topology import Topology
 
 VIP = "198.18.0.100"
@@ -58,6 +60,25 @@ def test_status_finds_and_up_repairs_rules_attachment_and_reals(lab: Topology) -
         code, out, _ = pyvs("lab", "status", *prefix)
         assert (code, out.splitlines()[0]) == (0, f"lab {lab.prefix}: healthy"), out
         assert pyvs("lab", "up", *prefix)[1] == f"lab {lab.prefix} is up: nothing to repair\n"
+        code, out, err = pyvs("lab", "demo", *prefix)
+        assert code == 0 and "split: rs1 5, rs2 5" in out, err
+    finally:
+        lab_api.up(lab)
+
+
+def test_a_program_left_attached_after_its_pins_were_removed_is_found_and_replaced(lab: Topology) -> None:
+    prefix = ["--prefix", lab.prefix]
+    nic = lab.director_nic.ifname
+    try:
+        # The pins go (an admin's rm -r, a bpffs remounted) while the program stays attached with its old maps.
+        remove_pins(pin_dir(lab))
+        code, out, _ = pyvs("lab", "up", *prefix)
+        assert code == 0, out
+        assert f"replaced the stale pyvs program on {lab.prefix}-director:{nic}" in out, out
+        with netns.in_netns(lab.director.netns), open_director(lab) as dp:
+            found = Dataplane.xdp_program(nic)
+            assert found is not None and dp.serves(found[1])
+        # The rules written to the new pins are the ones that forward.
         code, out, err = pyvs("lab", "demo", *prefix)
         assert code == 0 and "split: rs1 5, rs2 5" in out, err
     finally:

@@ -1,4 +1,4 @@
-"""Fixtures for packaging tests: a wheel built from this tree, a PATH without clang."""
+"""Fixtures for packaging tests: a wheel and a .deb built from this tree, a PATH without clang, lab prefixes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,23 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    capture_output=True, text=True, env={**os.environ, "PYVS_SHIP_BPF": "1"})
     (found,) = out.glob("pyvs-*.whl")
     return found
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb of this tree, built by scripts/build-deb.sh."""
+    out = tmp_path_factory.mktemp("deb")
+    result = subprocess.run(["bash", str(ROOT / "scripts/build-deb.sh"), str(out)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def lab_prefix(suffix: str) -> str:
+    """A lab prefix of its own for a test that runs `pyvs lab`: 'pyvs' + at most 6 characters, from the run's
+    $PYVS_TEST_LAB_PREFIX (parallel runs each set their own)."""
+    base = os.environ.get("PYVS_TEST_LAB_PREFIX", "pyvst")
+    return (base if len(base) < 10 else base[:-1]) + suffix
 
 
 @pytest.fixture(scope="session")

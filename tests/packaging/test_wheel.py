@@ -6,7 +6,6 @@ dependencies (pyroute2, prometheus-client) through a .pth line, which does not r
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import sysconfig
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pyvs.dataplane import build
+from tests.packaging.conftest import lab_prefix
 
 
 def test_wheel_ships_objects_for_these_sources(wheel: Path) -> None:
@@ -80,8 +80,7 @@ def test_installed_wheel_runs_the_lab_demo_without_clang(installed: Path, path_w
                                                          tmp_path: Path) -> None:
     env = {"PATH": f"{installed / 'bin'}:{path_without_clang}", "PYVS_CACHE_DIR": str(tmp_path), "HOME": str(tmp_path)}
     pyvs = str(installed / "bin/pyvs")
-    base = os.environ.get("PYVS_TEST_LAB_PREFIX", "pyvst")
-    prefix = (base if len(base) < 10 else base[:-1]) + "w"  # its own lab: 'pyvs' + at most 6 characters
+    prefix = lab_prefix("w")
     try:
         result = subprocess.run([pyvs, "lab", "demo", "--prefix", prefix], env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=300)

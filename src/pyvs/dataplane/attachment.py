@@ -164,7 +164,8 @@ def attach_defaults(dp: Dataplane, mode: str = AUTO_MODE, only_if_none: bool = T
     pyvsadm leaves that choice alone). An interface running another XDP program is skipped."""
     report = AttachReport(mode=mode)
     found = {i.name: i for i in interfaces()}
-    if only_if_none and any(i.xdp is not None and i.xdp[2] == PROGRAM_NAME for i in found.values()):
+    if only_if_none and any(i.xdp is not None and i.xdp[2] == PROGRAM_NAME and dp.serves(i.xdp[1])
+                            for i in found.values()):
         return report
     recorded = auto_attached(dp.pin_dir) if record_as_auto else {}
     for name in default_interfaces():
@@ -174,7 +175,9 @@ def attach_defaults(dp: Dataplane, mode: str = AUTO_MODE, only_if_none: bool = T
         if iface.xdp is not None:
             if iface.xdp[2] != PROGRAM_NAME:
                 report.skipped[name] = f"runs the XDP program {iface.xdp[2] or '(unnamed)'}, not pyvs's"
-            continue
+            if iface.xdp[2] != PROGRAM_NAME or dp.serves(iface.xdp[1]):
+                continue
+            # else: a pyvs program on maps that are no longer pinned (the rules never reach it): replaced.
         try:
             dp.attach(name, mode)
         except DataplaneError as exc:

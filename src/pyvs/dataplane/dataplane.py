@@ -151,6 +151,11 @@ class Dataplane:
                 return mode, prog_id
         return None
 
+    def serves(self, prog_id: int) -> bool:
+        """Whether the loaded program `prog_id` works on this data plane's maps (a pyvs program left attached
+        after its pins were lost or recreated does not: rules written here never reach it)."""
+        return libbpf.map_info(self._fds["services"]).id in libbpf.prog_map_ids(prog_id)
+
     @staticmethod
     def xdp_program(ifname: str) -> tuple[str, int, str] | None:
         """(mode, program id, program name) of the XDP program on `ifname`, None when there is none."""

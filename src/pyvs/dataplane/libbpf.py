@@ -218,6 +218,26 @@ def prog_name(prog_id: int) -> str:
     finally:
         os.close(fd)
 
+def prog_map_ids(prog_id: int) -> list[int]:
+    """The ids of the maps a loaded BPF program uses ([] when it is gone)."""
+    fd = _prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return []
+    try:
+        info = ProgInfo()
+        size = _u32(ctypes.sizeof(info))
+        if _obj_info(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            return []
+        ids = (_u32 * info.nr_map_ids)()
+        info = ProgInfo(nr_map_ids=len(ids), map_ids=ctypes.addressof(ids))
+        size = _u32(ctypes.sizeof(info))
+        if _obj_info(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            return []
+        return list(ids[: info.nr_map_ids])
+    finally:
+        os.close(fd)
+
+
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_F_NO_COMMON_LRU = 1 << 1
 

@@ -43,6 +43,7 @@ from typing import TypeVar
 
 from pyvs.arp import takeover
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
+from pyvs.dataplane.base import PYVS_PROGRAMS
 from pyvs.director import bgp, checks, sdnotify
 from pyvs.director.config import ConfigError, DirectorConfig, RealKey, RealSpec, ServiceSpec, load_config
 from pyvs.director.notify import Notifier
@@ -934,8 +935,13 @@ class Director:
             if self.auto_attach:
                 self._attach_defaults()
             return
-        attached = Dataplane.xdp_mode(ifname)
-        if attached:
+        attached = Dataplane.xdp_program(ifname)
+        if attached and attached[2] in PYVS_PROGRAMS and not self.dp.serves(attached[1]):
+            # A pyvs program left over from pins that were lost or recreated: the rules never reach it.
+            self.dp.attach(ifname, attached[0])
+            log_event(logging.WARNING, "xdp_replaced_stale", interface=ifname, mode=attached[0],
+                      stale_program=attached[1])
+        elif attached:
             log_event(logging.INFO, "xdp_present", interface=ifname, mode=attached[0], program=attached[1])
         else:
             self.dp.attach(ifname, self.config.xdp_mode)

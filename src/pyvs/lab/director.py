@@ -7,6 +7,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from pyvs.dataplane import Dataplane, DataplaneError, attach_pass_program, open_dataplane, remove_pins
+from pyvs.dataplane.base import PYVS_PROGRAMS
 from pyvs.dataplane.pins import bpffs_root
 from pyvs.lab.topology import Topology
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
@@ -77,9 +78,14 @@ def setup_director(topo: Topology, mode: str = "native") -> list[str]:
     nic = topo.director_nic.ifname
     with in_netns(topo.director.netns):
         with open_director(topo) as dp:
-            if Dataplane.xdp_mode(nic) is None:
+            found = Dataplane.xdp_program(nic)
+            if found is None:
                 dp.attach(nic, mode)
                 actions.append(f"attached XDP ({mode}) to {topo.director.netns}:{nic}")
+            elif found[2] in PYVS_PROGRAMS and not dp.serves(found[1]):
+                dp.attach(nic, found[0])
+                actions.append(f"replaced the stale pyvs program on {topo.director.netns}:{nic} (it used maps "
+                               "that are no longer pinned)")
             wanted = tutorial_rules(topo)
             for key, problem in sorted(_rule_problems(dp, topo).items()):
                 dp.apply_service(key, wanted.services.get(key))
@@ -107,6 +113,10 @@ def director_problems(topo: Topology) -> list[str]:
                 problems.append(f"no data plane pinned at {pin_dir(topo)}")
                 return problems
             with open_director(topo) as dp:
+                found = Dataplane.xdp_program(nic)
+                if found is not None and found[2] in PYVS_PROGRAMS and not dp.serves(found[1]):
+                    problems.append(f"the XDP program on {topo.director.netns}:{nic} (id {found[1]}) uses maps that "
+                                    f"are no longer pinned at {pin_dir(topo)}: the rules do not reach it")
                 for key, problem in sorted(_rule_problems(dp, topo).items()):
                     problems.append(f"service {_label(key)}: {problem}")
     except (OSError, ValueError, DataplaneError) as exc:
