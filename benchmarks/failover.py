@@ -15,8 +15,9 @@ One second in, the director that carries the most downloads is taken out:
 Measured from the kill: when the router's kernel route loses the director (`withdrawn`), when the last request
 that failed was sent (`last failure`: a request sent then waited its 1 s and failed), how many requests failed of
 how many, and whether the downloads that went through the director completed. Then the director comes back
-(the switch lets its frames through again, its daemon is started, which adopts its data plane and announces again) while the traffic
-runs: the time until the router routes to it again and the requests that failed meanwhile.
+(the switch lets its frames through again, its daemon is started, which adopts its data plane and announces
+again) while the traffic runs: the time until the router routes to it again and the requests that failed
+meanwhile.
 """
 
 from __future__ import annotations

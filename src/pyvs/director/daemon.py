@@ -855,11 +855,13 @@ class Director:
                 pass
 
     def _forwarding(self) -> bool:
-        """Data plane thread: pyvs's program is attached (on the configured interface, or on any)."""
-        from pyvs.dataplane.attachment import pyvs_interfaces
+        """Data plane thread: pyvs's program runs on this data plane's maps (on the configured interface, or on
+        any); a program left over from pins that were lost does not count, the rules never reach it."""
+        from pyvs.dataplane.attachment import interfaces
+        from pyvs.dataplane.base import PROGRAM_NAME
 
-        running = pyvs_interfaces()
-        return self.config.interface in running if self.config.interface else bool(running)
+        return any(i.xdp is not None and i.xdp[2] == PROGRAM_NAME and self.dp.serves(i.xdp[1])
+                   for i in interfaces() if not self.config.interface or i.name == self.config.interface)
 
     async def _bgp_step(self) -> None:
         spec = self.config.bgp

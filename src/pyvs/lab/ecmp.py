@@ -31,6 +31,7 @@ from pyroute2 import IPRoute
 
 from pyvs import netns
 from pyvs.dataplane import Dataplane, DataplaneError, attach_pass_program, open_dataplane
+from pyvs.dataplane.base import PYVS_PROGRAMS
 from pyvs.dataplane.pins import bpffs_root
 from pyvs.director import bgp
 from pyvs.director.runfile import run_file
@@ -301,9 +302,14 @@ def _setup_dataplane(topo: Topology, node: Node) -> list[str]:
                 ipr.addr("del", index=index, address=topo.vip, prefixlen=addr["prefixlen"])
                 actions.append(f"removed the VIP from {node.netns}:{nic.ifname}")
     with netns.in_netns(node.netns), open_dataplane(pin_dir(node)) as dp:
-        if Dataplane.xdp_mode(nic.ifname) is None:
+        found = Dataplane.xdp_program(nic.ifname)
+        if found is None:
             dp.attach(nic.ifname, "native")
             actions.append(f"attached XDP (native) to {node.netns}:{nic.ifname}")
+        elif found[2] in PYVS_PROGRAMS and not dp.serves(found[1]):
+            dp.attach(nic.ifname, found[0])
+            actions.append(f"replaced the stale pyvs program on {node.netns}:{nic.ifname} (it used maps that are no "
+                           "longer pinned)")
         if not dp.switches().get("sloppy_tcp"):
             dp.set_sloppy_tcp(True)
             actions.append(f"sloppy TCP on in {node.netns}")
@@ -369,6 +375,10 @@ def problems(topo: Topology) -> list[str]:
                     found.append(f"no data plane pinned at {pin_dir(node)}")
                     continue
                 with open_dataplane(pin_dir(node)) as dp:
+                    found_program = Dataplane.xdp_program(nic)
+                    if found_program and found_program[2] in PYVS_PROGRAMS and not dp.serves(found_program[1]):
+                        found.append(f"the XDP program on {node.netns}:{nic} uses maps that are no longer pinned at "
+                                     f"{pin_dir(node)}: the rules do not reach it")
                     present = dp.read_rules()
                     for key in sorted(set(wanted.services) | set(present.services)):
                         if _service_text(present.services.get(key)) != _service_text(wanted.services.get(key)):
