@@ -293,7 +293,7 @@ def test_a_clean_stop_withdraws_before_the_session_closes(lab: Topology) -> None
     assert withdrawn_first, f"the route was still there when the session closed: {seen[-3:]}"
     assert seen[-1][2] != "Established", "the session never closed"
     assert seen[-1][0] - withdrawn_first[0] >= 0.9  # withdraw_wait = 1 s in the lab's config
-    assert ecmp._reap(pid, 10)
+    assert ecmp.reap(pid, 10)
     assert bgp.bird_pid(bgp.run_dir(ecmp.pin_dir(node))) is None  # its BIRD stopped with it
 
 

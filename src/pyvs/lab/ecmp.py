@@ -181,11 +181,11 @@ def kill_director(topo: Topology, node: Node) -> list[int]:
     if bird is not None:
         killed.append(bird)
     for pid in killed:
-        _reap(pid, 2.0)
+        reap(pid, 2.0)
     return killed
 
 
-def _reap(pid: int, timeout: float) -> bool:
+def reap(pid: int, timeout: float) -> bool:
     """Wait until pid is gone (reaping it when it is our child); True when it is."""
     deadline = time.monotonic() + timeout
     while True:
@@ -212,9 +212,9 @@ def stop_daemons(topo: Topology, nodes: list[Node] | None = None) -> list[str]:
         os.kill(pid, signal.SIGTERM)
     actions = []
     for name, pid in running.items():
-        if not _reap(pid, STOP_TIMEOUT):
+        if not reap(pid, STOP_TIMEOUT):
             os.kill(pid, signal.SIGKILL)
-            _reap(pid, 2.0)
+            reap(pid, 2.0)
         actions.append(f"stopped the daemon of {name} (pid {pid})")
     return actions
 
@@ -266,13 +266,8 @@ def router_next_hops(topo: Topology) -> set[str]:
     return hops
 
 
-def director_of(topo: Topology, address: str) -> str:
-    names = director_names(MAX_DIRECTORS)
-    return next(name for n, name in enumerate(names, start=1) if director_address(n) == address)
-
-
 def wait_next_hops(topo: Topology, count: int, timeout: float) -> float:
-    """Seconds until the router's route has `count` next hops; LabError-like NetnsError after `timeout`."""
+    """Seconds until the router's route has `count` next hops; NetnsError (lab up: LabError) after `timeout`."""
     started = time.monotonic()
     while len(router_next_hops(topo)) != count:
         if time.monotonic() - started > timeout:
@@ -424,12 +419,12 @@ def teardown(topo: Topology) -> list[str]:
         pid = daemon_pid(topo, node)
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
-            _reap(pid, 2.0)
+            reap(pid, 2.0)
     for node in topo.directors:
         directory = bgp.run_dir(pin_dir(node))
         pid = bgp.kill_bird(directory)
         if pid is not None:
-            _reap(pid, 2.0)
+            reap(pid, 2.0)
             actions.append(f"killed the BIRD of {node.name} (pid {pid})")
         shutil.rmtree(directory, ignore_errors=True)
         run_file(pin_dir(node)).unlink(missing_ok=True)
@@ -440,7 +435,7 @@ def teardown(topo: Topology) -> list[str]:
             bgp.Speaker(directory).stop()
         except (bgp.BgpError, OSError):
             bgp.kill_bird(directory)
-        _reap(pid, 2.0)
+        reap(pid, 2.0)
         actions.append(f"stopped the router's BIRD (pid {pid})")
     shutil.rmtree(directory, ignore_errors=True)
     return actions
