@@ -7,7 +7,8 @@ APT_PACKAGES=(python3 python3-venv python3-pip clang llvm libbpf-dev libbpf1 lin
               iproute2 iptables ethtool arptables nftables curl wrk
               groff-base man-db systemd  # man pages and units checked by tests/packaging
               debootstrap systemd-container  # the .deb installed in a clean Debian 12 root and booted (test_deb_install.py)
-              chromium)  # chromium: the status page's browser test (tests/lab/test_status_page.py)
+              chromium  # chromium: the status page's browser test (tests/lab/test_status_page.py)
+              bird2)  # BGP: the speaker `pyvs director run` drives for [bgp], and the ECMP lab's router
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -39,7 +39,8 @@ README = REPO / "README.md"
 MARKER = re.compile(r"^<!-- test: (?P<kind>run|transcript|file|doctest|skip)\b(?P<rest>.*?)-->\s*$")
 FENCE = re.compile(r"^```")
 VARIABLE = re.compile(r"«[^»]*»")
-NODES = ("client", "gateway", "director", "rs1", "rs2", "switch", "attacker")
+NODES = ("client", "gateway", "director", "rs1", "rs2", "switch", "attacker", "router", "director2", "director3",
+         "director4")
 COMMAND_TIMEOUT = 120.0
 
 

@@ -57,7 +57,7 @@ def test_pyvsadm_page_and_completion_cover_every_option() -> None:
 
 def test_config_page_names_every_key() -> None:
     page = (MAN / "pyvs-director.toml.5").read_text().replace("\\-", "-")
-    keys = {*config.DIRECTOR_KEYS, *config.SERVICE_KEYS, *config.REAL_KEYS, *config.CHECK_KEYS}
+    keys = {*config.DIRECTOR_KEYS, *config.SERVICE_KEYS, *config.REAL_KEYS, *config.CHECK_KEYS, *config.BGP_KEYS}
     assert not {k for k in keys if f"\\fB{k}\\fR" not in page and k != "real"}
 
 
@@ -81,4 +81,5 @@ def test_pyvs_completion() -> None:
     assert {"lab", "director", "status", "realserver", "doctor", "arpwatch"} <= set(_complete("pyvs", ["pyvs", ""]))
     assert set(_complete("pyvs", ["pyvs", "director", "r"])) == {"resolve", "run", "reload"}
     assert {"--config", "--validate"} <= set(_complete("pyvs", ["pyvs", "director", "run", "--"]))
-    assert set(_complete("pyvs", ["pyvs", "-v", "lab", "exec", "d"])) == {"director"}
+    assert set(_complete("pyvs", ["pyvs", "-v", "lab", "exec", "d"])) == {"director", "director2", "director3",
+                                                                           "director4"}

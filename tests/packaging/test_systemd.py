@@ -7,8 +7,11 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -49,7 +52,8 @@ def test_director_unit_is_hardened() -> None:
     assert unit["NoNewPrivileges"] == ["yes"] and unit["ProtectSystem"] == ["strict"] and unit["ProtectHome"] == ["yes"]
     assert "pyvs" in unit["RuntimeDirectory"][0].split() and unit["RuntimeDirectoryPreserve"] == ["yes"]
     assert set(unit["CapabilityBoundingSet"][0].split()) == {
-        "CAP_NET_ADMIN", "CAP_BPF", "CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
+        "CAP_NET_ADMIN", "CAP_BPF", "CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_KILL",
+        "CAP_NET_BIND_SERVICE"}
     assert all(cmd.startswith("/usr/sbin/pyvs ") for key in ("ExecStart", "ExecStartPre", "ExecReload")
                for cmd in unit[key])
     rules = settings("pyvs-rules.service")
@@ -77,6 +81,55 @@ def test_the_bounded_capabilities_suffice_and_cap_sys_admin_is_needed() -> None:
     assert allowed.returncode == 0 and "ok" in allowed.stdout, allowed.stderr
     without = _open_with([c for c in caps if c != "CAP_SYS_ADMIN"])
     assert without.returncode != 0  # BPF_MAP_GET_FD_BY_ID (and CAP_PERFMON's part of loading) need it
+
+
+def _bird_with(caps: list[str], directory: Path) -> str:
+    """BIRD started as the daemon starts it ([bgp]), under the unit's capability set, in a namespace of its own:
+    its BGP session's state and last error after a second and a half (no peer answers there)."""
+    from pyvs import netns
+    from pyvs.director import bgp
+    from pyvs.director.config import BgpPeer, BgpSpec
+
+    name = "pyvst-unitbgp"
+    if netns.exists(name):
+        netns.remove(name)
+    netns.create(name)
+    pid = 0
+    try:
+        netns.run_in_netns(name, ["ip", "link", "set", "lo", "up"])
+        netns.run_in_netns(name, ["ip", "addr", "add", "198.18.9.1/24", "dev", "lo"])
+        spec = BgpSpec(65001, (BgpPeer(IPv4Address("198.18.9.2"), 65000),), local_address=IPv4Address("198.18.9.1"))
+        speaker = bgp.Speaker(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        speaker.conf.write_text(bgp.render_config(spec, []))
+        set_ = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in caps)])
+        pid = netns.spawn_in_netns(name, ["setpriv", f"--inh-caps={set_}", f"--bounding-set={set_}", bgp.BIRD, "-f",
+                                          "-c", str(speaker.conf), "-s", str(speaker.ctl), "-P", str(speaker.pidfile)],
+                                   log_path=directory / "bird.log")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                peers = speaker.peers()
+            except bgp.BgpError:
+                continue
+            if peers and time.monotonic() > deadline - 8.5:
+                return f"{peers[0].state}: {peers[0].last_error}"
+        return "no answer"
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        netns.remove(name)
+
+
+def test_the_bounded_capabilities_let_birds_sessions_listen(tmp_path: Path) -> None:
+    """[bgp]: the BIRD the daemon starts needs to listen on port 179; CAP_NET_BIND_SERVICE is in the set for it."""
+    caps = settings("pyvs-director.service")["CapabilityBoundingSet"][0].split()
+    able = _bird_with(caps, tmp_path / "with")
+    assert able.startswith(("Active", "Connect")) and "listening" not in able, able  # it tries the peer
+    unable = _bird_with([c for c in caps if c != "CAP_NET_BIND_SERVICE"], tmp_path / "without")
+    assert "No listening socket" in unable, unable
 
 
 def test_exec_reload_fails_on_an_invalid_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

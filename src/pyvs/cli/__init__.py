@@ -20,12 +20,13 @@ from typing import Any, NoReturn
 from pyvs.cli.arp import DEFAULT_CLIENT_IP, DEFAULT_CLIENT_IP6, PROBE_WAIT, address_option, listen_address, pin_option
 from pyvs.cli.common import EXIT_FAILURE, EXIT_USAGE, CommandFailed, UsageError
 from pyvs.director.config import DEFAULT_LISTEN
-from pyvs.lab.topology import check_prefix, default_topology
+from pyvs.lab.topology import MAX_DIRECTORS, check_prefix, default_topology, ecmp_topology
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 LAB_PREFIX_ENV = "PYVS_LAB_PREFIX"
-NODE_NAMES = tuple(node.name for node in default_topology().nodes)
+NODE_NAMES = tuple(dict.fromkeys(node.name for topo in (default_topology(), ecmp_topology(directors=MAX_DIRECTORS))
+                                  for node in topo.nodes))
 RS_METHODS = ("sysctl", "arptables")
 
 __all__ = ["EXIT_FAILURE", "EXIT_USAGE", "CommandFailed", "UsageError", "build_parser", "main"]
@@ -42,6 +43,16 @@ def _prefix(value: str) -> str:
         return check_prefix(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _directors(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_DIRECTORS:
+        raise argparse.ArgumentTypeError(f"--directors is a number from 1 to {MAX_DIRECTORS}, not {value!r}")
+    return count
 
 
 def _handler(spec: str) -> Callable[[argparse.Namespace], int]:
@@ -90,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "forwarding for IPv6, the reals' IPv6 VIP, the tutorial's rules for it (kept for the lab's later "
                  "commands)")
     up.add_argument("--ipv6", action="store_true", help=ipv6_help)
+    up.add_argument("--directors", type=_directors, default=None, metavar="N",
+                    help=f"1 to {MAX_DIRECTORS} directors (default 1: one director reached by ARP); 2 or more stand "
+                         "behind a BGP router that spreads the flows over them (ECMP), each running `pyvs director "
+                         "run` with mh, sloppy TCP and a [bgp] session to the router; the lab's other commands "
+                         "follow the number it was brought up with")
     add(lab_commands, "down", "lab:cmd_down", "remove the lab's namespaces, links, processes and pins", prefix)
     status = add(lab_commands, "status", "lab:cmd_status",
                  "check what the demo needs (nodes, servers, reals, XDP, the tutorial's rules); exit 1 if anything "

@@ -128,7 +128,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     print_table(rows)
     print_table([["service", "owner"], *([f"{key.proto.label} {key}", owner] for key, owner in owners)])
     print_table([["counter", "value"], *([name, str(value)] for name, value in counters.items())])
+    bgp_lines(dp.pin_dir)
     return 0
+
+
+def bgp_lines(pin_dir: Path) -> None:
+    """The BGP speaker of this data plane (the daemon's [bgp]), asked through its control socket: its sessions
+    and the VIPs it announces. Nothing when none runs."""
+    from pyvs.director import bgp
+
+    speaker = bgp.Speaker(bgp.run_dir(pin_dir))
+    pid = speaker.pid
+    if pid is None:
+        print("bgp: no speaker runs for this data plane (no [bgp] in the daemon's config, or no daemon)")
+        return
+    try:
+        peers, announced = speaker.peers(), speaker.announced()
+    except bgp.BgpError as exc:
+        print(f"bgp: BIRD (pid {pid}) does not answer: {exc}")
+        return
+    print(f"bgp: BIRD pid {pid} ({speaker.ctl}); announced: {', '.join(announced) or 'nothing (all withdrawn)'}")
+    rows = [["peer", "session", "since", "routes out", "last error"]]
+    rows += [[p.address, p.state, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.since)) if p.since else "-",
+              str(p.exported), p.last_error or "-"] for p in peers]
+    print_table(rows)
 
 
 def table_usage_lines(usage: dict[str, int | float]) -> list[str]:
@@ -196,6 +219,11 @@ def runnable_problems(config: DirectorConfig) -> list[str]:
             socket.if_nametoindex(config.interface)
         except OSError:
             problems.append(f"interface {config.interface!r} is not in this network namespace")
+    if config.bgp is not None:
+        from pyvs.director.bgp import BIRD
+
+        if shutil.which(BIRD) is None:
+            problems.append(f"[bgp]: {BIRD} (BIRD 2, the Debian package bird2) is not installed")
     return problems
 
 
@@ -206,6 +234,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not problems:
             load_config(args.config)  # the programs exist: now whether only root can change them
         counts = f"{len(config.services)} service(s), {sum(len(s.reals) for s in config.services)} real(s)"
+        from pyvs.director.bgp import ecmp_notes
+
+        for note in ecmp_notes(config):
+            print(f"pyvs: {config.path}: note: {note}", file=sys.stderr)
         if problems:
             for problem in problems:
                 print(f"pyvs: {config.path}: {problem}", file=sys.stderr)

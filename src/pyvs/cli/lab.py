@@ -9,15 +9,32 @@ from typing import Any
 from pyvs import netns
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, print_actions, print_table
 from pyvs.lab import lab
-from pyvs.lab.topology import Topology, default_topology
+from pyvs.lab.topology import Topology, default_topology, ecmp_topology
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    """The lab of --prefix: dual-stack with --ipv6, or when it was brought up so."""
+    """The lab of --prefix: dual-stack with --ipv6, with the directors of --directors N, or as it was brought up
+    (both are recorded)."""
+    from pyvs.lab.ecmp import recorded_directors
+
+    option = "" if args.prefix == "pyvs" else f" --prefix {args.prefix}"
+    recorded = recorded_directors(args.prefix)
+    asked = getattr(args, "directors", None)
+    if asked is not None and recorded is not None and asked != recorded:
+        raise UsageError(f"lab {args.prefix} runs with {recorded} directors: `pyvs lab down{option}` first")
+    directors = asked or recorded or 1
     topo = default_topology(prefix=args.prefix)
-    if getattr(args, "ipv6", False) or lab.recorded_ipv6(topo):
-        return default_topology(prefix=args.prefix, ipv6=True)
-    return topo
+    recorded_ipv6 = lab.recorded_ipv6(topo)
+    ipv6 = getattr(args, "ipv6", False) or recorded_ipv6
+    if ipv6 and directors > 1:
+        running = ("" if asked is None and not recorded_ipv6 else
+                   f" (lab {args.prefix} runs {'dual-stack' if recorded_ipv6 else f'with {recorded} directors'}: "
+                   f"`pyvs lab down{option}` first)")
+        raise UsageError(f"--ipv6 and --directors {directors} do not go together: the lab with several directors "
+                         f"behind the BGP router is IPv4 only; the dual-stack lab has one director{running}")
+    if directors == 1:
+        return default_topology(prefix=args.prefix, ipv6=ipv6) if ipv6 else topo
+    return ecmp_topology(prefix=args.prefix, directors=directors)
 
 
 def _prefix_option(topo: Topology) -> str:
@@ -54,6 +71,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, server in report["servers"].items():
         running = "running" if server["running"] else "NOT running"
         rows.append([f"{name} web", "", running, f"pid {server['pid']}"])
+    for name, pid in report.get("processes", {}).items():  # the ECMP lab's BIRDs and daemons
+        rows.append([name, "", "running" if pid else "NOT running", f"pid {pid}" if pid else ""])
     print_table(rows)
     for problem in report["problems"]:
         print(f"problem: {problem}")

@@ -23,6 +23,13 @@
     address = "198.18.2.11"
     weight = 1
 
+    [bgp]                               # optional: announce the VIPs over BGP (active/active behind ECMP)
+    local_asn = 65001
+    peer_asn = 65000
+    peers = ["198.18.2.1"]              # or tables: { address = "198.18.2.2", asn = 65010 }
+    hold_time = 9                       # seconds; keepalives every third of it
+    communities = ["65001:80"]          # standard (ASN:VALUE) or large (ASN:A:B) communities
+
 A service is IPv4 or IPv6 (`vip = "2001:db8::100"`); its reals and sorry server are of its family (direct routing
 keeps the packet). Every error names the file and the line it comes from; a file with any error is refused whole.
 A command (check or notify) must be a file that only root can change (keepalived's enable_script_security):
@@ -40,6 +47,7 @@ import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +66,7 @@ from pyvs.model import (
     endpoint_text,
     parse_address,
     parse_endpoint,
+    parse_ipv4,
     parse_listen,
     parse_netmask_for,
     sched_flag_bits,
@@ -138,6 +147,27 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class BgpPeer:
+    address: IPv4Address
+    asn: int
+
+
+@dataclass(frozen=True)
+class BgpSpec:
+    """[bgp]: the sessions of the BGP speaker (BIRD) that announces the VIPs; see director/bgp.py."""
+
+    local_asn: int
+    peers: tuple[BgpPeer, ...]
+    local_address: IPv4Address | None = None  # source of the sessions; None: the kernel's choice
+    router_id: IPv4Address | None = None  # None: local_address, else BIRD's choice (its lowest address)
+    next_hop: IPv4Address | None = None  # None: the session's own address (next hop self)
+    communities: tuple[tuple[int, ...], ...] = ()  # (asn, value) standard, (asn, a, b) large
+    hold_time: int = 9  # seconds; BIRD sends keepalives every third of it
+    connect_retry: int = 5  # seconds between attempts to open a session
+    withdraw_wait: float = 2.0  # clean stop: seconds after the withdrawal is sent before the speaker stops
+
+
+@dataclass(frozen=True)
 class DirectorConfig:
     path: Path
     services: tuple[ServiceSpec, ...]
@@ -153,6 +183,7 @@ class DirectorConfig:
     expire_nodest_conn: bool | None = None
     node_exporter_metrics: bool = True  # /metrics adds node_exporter's ipvs collector families (node_ipvs_*)
     page_token: str | None = None  # the status page's actions (drain/undrain) need it; None: read-only page
+    bgp: BgpSpec | None = None  # [bgp]: the VIPs announced over BGP by a BIRD the daemon drives; None: no BGP
 
     def service(self, key: ServiceKey) -> ServiceSpec | None:
         return next((s for s in self.services if s.key == key), None)
@@ -257,6 +288,10 @@ SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persist
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
                 "inhibit_on_failure", "check", "real")
 REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
+BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "router_id", "next_hop", "communities", "hold_time",
+            "connect_retry", "withdraw_wait")
+PEER_KEYS = ("address", "asn")
+MAX_ASN = (1 << 32) - 1
 CHECK_KEYS = ("type", "interval", "timeout", "retry_interval", "rise", "fall", "port", "path", "status", "digest",
               "regex", "host", "tls_verify", "command", "user")
 
@@ -534,6 +569,50 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     )
 
 
+def _community(value: Any) -> tuple[int, ...]:
+    parts = str(value).split(":") if isinstance(value, str) else []
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        raise ValueError(f"a community is \"ASN:VALUE\" (standard) or \"ASN:A:B\" (large), not {value!r}")
+    numbers = tuple(int(p) for p in parts)
+    limit = 0xFFFF if len(numbers) == 2 else MAX_ASN
+    if any(n > limit for n in numbers):
+        raise ValueError(f"community {value!r}: each part of a {'standard' if limit == 0xFFFF else 'large'} "
+                         f"community is at most {limit}")
+    return numbers
+
+
+def _bgp(reader: _Reader) -> BgpSpec:
+    local_asn = reader.integer("local_asn", 0, 1, MAX_ASN) if "local_asn" in reader.table else \
+        reader.get("local_asn", int, required=True)
+    peer_asn: int | None = reader.integer("peer_asn", 1, 1, MAX_ASN) if "peer_asn" in reader.table else None
+    items = reader.get("peers", list, required=True)
+    if not items:
+        reader.fail("peers", "'peers' is empty: at least one peer (the router) is needed")
+    peers: list[BgpPeer] = []
+    for number, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"address": item}
+        if not isinstance(item, dict):
+            reader.fail("peers", f"peer #{number + 1} is an address or a table {{ address = ..., asn = ... }}")
+        peer = _Reader(reader.path, reader.lines, item, reader.where, f"[bgp]: peer #{number + 1}", PEER_KEYS)
+        address = peer.convert("address", parse_ipv4, required=True)
+        asn = peer.integer("asn", 1, 1, MAX_ASN) if "asn" in item else peer_asn or 0
+        if not asn:
+            reader.fail("peers", f"peer {address} has no ASN: set 'peer_asn' or the peer's 'asn'")
+        if any(p.address == address for p in peers):
+            reader.fail("peers", f"peer {address} is listed twice")
+        peers.append(BgpPeer(address, asn))
+    communities = reader.convert("communities", lambda v: tuple(_community(c) for c in (
+        v if isinstance(v, list) else [v])), ())
+    return BgpSpec(
+        local_asn=local_asn, peers=tuple(peers), local_address=reader.convert("local_address", parse_ipv4),
+        router_id=reader.convert("router_id", parse_ipv4), next_hop=reader.convert("next_hop", parse_ipv4),
+        communities=communities, hold_time=reader.integer("hold_time", 9, 3, 65535),
+        connect_retry=reader.integer("connect_retry", 5, 1, 65535),
+        withdraw_wait=reader.number("withdraw_wait", 2.0, minimum=0.0),
+    )  # fmt: skip
+
+
 def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool = False) -> DirectorConfig:
     """Parse and validate a config text; raises ConfigError naming the file and line. With check_scripts,
     every command (check, notify) must be a file only root can change."""
@@ -545,7 +624,7 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         where = f"{path}:{match.group(1)}" if match else str(path)
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     lines = _Lines(text)
-    top = _Reader(path, lines, data, (), "config", ("director", "service"))
+    top = _Reader(path, lines, data, (), "config", ("director", "service", "bgp"))
     director = _Reader(path, lines, top.get("director", dict, {}), ("director",), "[director]", DIRECTOR_KEYS)
     mode = director.get("xdp_mode", str, "native")
     if mode not in XDP_MODES:
@@ -563,6 +642,10 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         if svc.key in keys:
             raise ConfigError(f"{path}:{lines.of(('service', str(index)))}: service {svc.key.proto.label.lower()} "
                               f"{svc.key} is defined twice")
+        if "bgp" in data and svc.key.vip.version == 6:
+            raise ConfigError(f"{path}:{lines.of(('service', str(index)), 'vip')}: service "
+                              f"{svc.key.proto.label.lower()} {svc.key}: [bgp] announces IPv4 VIPs only; an IPv6 "
+                              f"service needs a config without [bgp]")
         keys.add(svc.key)
         services.append(svc)
     return DirectorConfig(
@@ -571,10 +654,12 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         notify=notify, notify_timeout=director.number("notify_timeout", 10.0),
         flush_on_failure=director.get("flush_on_failure", bool, True), user=user,
         drift_check=director.number("drift_check", 10.0, minimum=0.0),
-        sloppy_tcp=director.get("sloppy_tcp", bool, None),
+        # Behind ECMP a flow may reach a director in mid-stream: sloppy TCP lets it go on (unless set off).
+        sloppy_tcp=director.get("sloppy_tcp", bool, True if "bgp" in data else None),
         expire_nodest_conn=director.get("expire_nodest_conn", bool, None),
         node_exporter_metrics=director.get("node_exporter_metrics", bool, True),
         page_token=director.convert("page_token", _token),
+        bgp=_bgp(_Reader(path, lines, top.get("bgp", dict), ("bgp",), "[bgp]", BGP_KEYS)) if "bgp" in data else None,
     )  # fmt: skip
 
 

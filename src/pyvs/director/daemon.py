@@ -17,6 +17,10 @@ makes the daemon exit non-zero (systemd restarts it), never a silent half-daemon
 The data plane's state outlives the daemon (pinned maps): on start the daemon adopts it, taking each
 real's health from what the data plane shows, so a restart changes nothing that is in step.
 
+BGP ([bgp], director/bgp.py): the daemon drives a BIRD that announces the VIPs to the routers in front (ECMP
+over several directors). A VIP is announced while pyvs's program is attached and every service on it has its
+quorum, withdrawn otherwise, and withdrawn first on a clean stop; the VIPs are then not taken over with ARP.
+
 Drains (the status page's action, with [director] page_token): a drained real is kept with weight 0 in what the
 daemon writes (its flows go on, new ones go elsewhere) until it is undrained or the config is reloaded. It is
 the daemon's own state, not a hand edit, so the drift check keeps it instead of undoing it.
@@ -33,13 +37,14 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypeVar
 
 from pyvs.arp import takeover
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
 from pyvs.dataplane.base import PYVS_PROGRAMS
-from pyvs.director import checks, sdnotify
+from pyvs.director import bgp, checks, sdnotify
 from pyvs.director.config import (
     ConfigError,
     DirectorConfig,
@@ -52,7 +57,14 @@ from pyvs.director.config import (
 from pyvs.director.notify import Notifier
 from pyvs.director.runfile import RUN_DIR, daemon_alive, read_run_file, run_file  # noqa: F401 - re-exported
 from pyvs.director.status_server import PageActions, serve_status
-from pyvs.director.statusdoc import OtherService, RealStatus, ReloadStatus, ServiceStatus, StatusDocument
+from pyvs.director.statusdoc import (
+    BgpStatus,
+    OtherService,
+    RealStatus,
+    ReloadStatus,
+    ServiceStatus,
+    StatusDocument,
+)
 from pyvs.model import Counters, IPAddress, Real, Rules, Service, ServiceKey, address_order, endpoint_text
 
 log = logging.getLogger("pyvs.director")
@@ -63,6 +75,7 @@ ATTACH_INTERVAL = 5.0  # seconds between looks for interfaces that appeared with
 RESTART_DELAY = 1.0  # seconds before a failed background task is started again (times its recent failures)
 FAILURE_WINDOW = 60.0  # a task failing more than MAX_RESTARTS times within this many seconds ends the daemon
 MAX_RESTARTS = 5
+BGP_INTERVAL = 1.0  # seconds between looks at the data plane's program and the BGP sessions
 
 Target = tuple[ServiceKey, RealKey]
 T = TypeVar("T")
@@ -250,6 +263,13 @@ class Director:
         self._commands: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._dataplane_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
+        # [bgp]: the BIRD of this data plane (started only with [bgp]), what it was last given and told
+        self._speaker: bgp.Speaker | None = None
+        self.bgp_vips: dict[IPv4Address, str] = {}  # VIP -> '' announced, else why it is withdrawn
+        self.bgp_peers: list[bgp.PeerState] = []
+        self.bgp_error = ""
+        self._bgp_text: str | None = None  # the config BIRD runs with (None: not started or adopted yet)
+        self._bgp_dirty = asyncio.Event()
 
     # ---- desired state ---------------------------------------------------------------------------
 
@@ -295,6 +315,7 @@ class Director:
             log_event(logging.WARNING, event, service=service_name(svc.key), live_weight=weight,
                       quorum=svc.quorum, sorry_server=sorry)
             self.notifier.notify(event, service_name(svc.key), sorry, "up" if has else "down")
+            self._bgp_dirty.set()
 
     def desired_rules(self, quiesce: set[Target] | frozenset[Target] = frozenset()) -> Rules:
         """The rules the data plane should have now for the daemon's services (no other service);
@@ -538,10 +559,11 @@ class Director:
             self.quorum.setdefault(svc.key, True)
             self._update_quorum(svc)
         self.generation += 1
+        self._bgp_dirty.set()
         await self.in_dataplane_thread(self._set_switches)
         ok = await self.reconcile(full=True)
         new_vips = set(self._vips())
-        if self.config.interface and (new_vips != old_vips):
+        if self.config.interface and self.config.bgp is None and (new_vips != old_vips):
             ifname = self.config.interface
             added = sorted(new_vips - old_vips, key=address_order)
             gone = sorted(old_vips - new_vips, key=address_order)
@@ -633,7 +655,19 @@ class Director:
             "last_reload": self.last_reload, "apply_error": self.apply_error, "services": services,
             "other_services": others, "counters": snapshot.counters, "tables": snapshot.tables,
             "switches": snapshot.switches, "node_exporter_metrics": self.config.node_exporter_metrics,
-            "page_actions": bool(self.config.page_token),
+            "page_actions": bool(self.config.page_token), "bgp": self.bgp_status(),
+        }  # fmt: skip
+
+    def bgp_status(self) -> BgpStatus | None:
+        spec = self.config.bgp
+        if spec is None:
+            return None
+        return {
+            "speaker_pid": self.speaker.pid, "local_asn": spec.local_asn, "hold_time": spec.hold_time,
+            "peers": [{"address": p.address, "state": p.state, "since": p.since, "info": p.info,
+                       "last_error": p.last_error, "exported": p.exported} for p in self.bgp_peers],
+            "vips": [{"vip": str(vip), "announced": not why, "reason": why} for vip, why in self.bgp_vips.items()],
+            "error": self.bgp_error,
         }  # fmt: skip
 
     async def page_action(self, action: str, service: str, real: str, client: str) -> tuple[int, str]:
@@ -702,6 +736,7 @@ class Director:
                       services=len(self.config.services), reals=len(self.reals),
                       status=listen_text(self.config.status_listen) if self.config.status_listen else "off")
             self.spawn("ready", self._notify_ready, restart=False)
+            self.spawn("bgp", self._keep_announced)
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
             if self.auto_attach:
@@ -714,14 +749,18 @@ class Director:
         if self.exit_reason:
             raise DirectorError(self.exit_reason)
 
-    async def _notify_ready(self) -> None:
-        """Tell systemd (Type=notify) the director is ready: the data plane is attached and in step (run() did
-        that before starting this task) and every real has had its first check, or its first check's time ran
-        out (interval + timeout: a check starts within one interval)."""
+    async def _first_checks(self) -> None:
+        """Until every real has had its first check, or its first check's time ran out (interval + timeout: a
+        check starts within one interval)."""
         bound = max((c.spec.check.interval + c.spec.check.timeout for c in self.reals.values()), default=0.0)
         deadline = time.monotonic() + bound + 1.0
         while time.monotonic() < deadline and any(c.health.checks == 0 for c in self.reals.values()):
             await asyncio.sleep(0.05)
+
+    async def _notify_ready(self) -> None:
+        """Tell systemd (Type=notify) the director is ready: the data plane is attached and in step (run() did
+        that before starting this task) and every real has had its first check."""
+        await self._first_checks()
         up = sum(c.health.up for c in self.reals.values())
         sdnotify.ready(f"{len(self.config.services)} services, {up}/{len(self.reals)} reals up")
 
@@ -734,6 +773,7 @@ class Director:
         if self.server is not None:
             self.server.close()
         await self.notifier.drain()
+        await self._bgp_stop("the daemon stops")
         try:
             await self.in_dataplane_thread(self._withdraw)
         finally:
@@ -790,6 +830,106 @@ class Director:
             self._dirty.clear()
             await self.reconcile(full=full)
 
+    # ---- BGP ---------------------------------------------------------------------------------------
+
+    @property
+    def speaker(self) -> bgp.Speaker:
+        """The BIRD of this data plane (its files are found from the pin dir, also after a restart)."""
+        if self._speaker is None:
+            self._speaker = bgp.Speaker(bgp.run_dir(self.dp.pin_dir))
+        return self._speaker
+
+    async def _keep_announced(self) -> None:
+        """[bgp]: announce each VIP while the data plane forwards and its services have their quorum, withdraw it
+        otherwise; look again every BGP_INTERVAL seconds and at once when a quorum or the config changes. Once
+        the first checks are in: a restarted director announces only what its checks confirmed."""
+        await self._first_checks()
+        noted: set[str] = set()
+        while True:
+            for note in set(bgp.ecmp_notes(self.config)) - noted:  # once per note (a reload may bring new ones)
+                log_event(logging.WARNING, "bgp_note", note=note)
+                noted.add(note)
+            self._bgp_dirty.clear()
+            try:
+                await self._bgp_step()
+            except bgp.BgpError as exc:
+                if str(exc) != self.bgp_error:
+                    log_event(logging.ERROR, "bgp_error", error=exc)
+                self.bgp_error = str(exc)
+            try:
+                async with asyncio.timeout(BGP_INTERVAL):
+                    await self._bgp_dirty.wait()
+            except TimeoutError:
+                pass
+
+    def _forwarding(self) -> bool:
+        """Data plane thread: pyvs's program runs on this data plane's maps (on the configured interface, or on
+        any); a program left over from pins that were lost does not count, the rules never reach it."""
+        from pyvs.dataplane.attachment import interfaces
+        from pyvs.dataplane.base import PROGRAM_NAME
+
+        return any(i.xdp is not None and i.xdp[2] == PROGRAM_NAME and self.dp.serves(i.xdp[1])
+                   for i in interfaces() if not self.config.interface or i.name == self.config.interface)
+
+    async def _bgp_step(self) -> None:
+        spec = self.config.bgp
+        if spec is None:  # no [bgp] (or a reload took it out): no speaker of this data plane runs
+            if self._bgp_text is not None or self.speaker.pid is not None:
+                await self._bgp_stop("[bgp] is not in the config")
+            return
+        forwarding = await self.in_dataplane_thread(self._forwarding)
+        decision = bgp.announcement(self.config.services, self.quorum, forwarding)
+        text = bgp.render_config(spec, [vip for vip, why in decision.items() if not why])
+        if self._bgp_text is None or self.speaker.pid is None:
+            action = await asyncio.to_thread(self.speaker.start, text)
+            log_event(logging.INFO, "bgp_speaker", action=action, socket=self.speaker.ctl)
+        elif text != self._bgp_text:
+            await asyncio.to_thread(self.speaker.configure, text)
+        self._bgp_text = text
+        self._log_announcements(decision)
+        peers = await asyncio.to_thread(self.speaker.peers)
+        before = {p.address: p for p in self.bgp_peers}
+        for peer in peers:
+            was = before.get(peer.address)
+            if was is None or was.state != peer.state:  # a session that went down is worth a warning
+                log_event(logging.WARNING if was and was.established else logging.INFO, "bgp_session",
+                          peer=peer.address, state=peer.state, info=peer.info, last_error=peer.last_error or "none")
+        self.bgp_peers = peers
+        if self.bgp_error:
+            log_event(logging.INFO, "bgp_recovered")
+        self.bgp_error = ""
+
+    def _log_announcements(self, decision: dict[IPv4Address, str]) -> None:
+        for vip, why in decision.items():
+            if self.bgp_vips.get(vip, "not yet") == why:
+                continue
+            if why:
+                log_event(logging.WARNING, "bgp_withdraw", vip=vip, reason=why)
+            else:
+                log_event(logging.INFO, "bgp_announce", vip=vip)
+        self.bgp_vips = decision
+
+    async def _bgp_stop(self, reason: str) -> None:
+        """Withdraw every VIP, wait until BIRD exports none and then withdraw_wait seconds (the peers take the
+        route out of their forwarding), then stop BIRD. Bounded; a failure is logged, never raised."""
+        if self._bgp_text is None and self.speaker.pid is None:
+            return
+        spec = self.config.bgp
+        try:
+            if spec is not None and self._bgp_text is not None:
+                await asyncio.to_thread(self.speaker.configure, bgp.render_config(spec, []))
+                self._log_announcements({vip: reason for vip in self.bgp_vips})
+                sent = await asyncio.to_thread(self.speaker.wait_unexported)
+                log_event(logging.INFO, "bgp_withdrawn", sent="yes" if sent else "not confirmed",
+                          wait=f"{spec.withdraw_wait:g}s")
+                await asyncio.sleep(spec.withdraw_wait)
+            await asyncio.to_thread(self.speaker.stop)
+            log_event(logging.INFO, "bgp_speaker", action="stopped BIRD", reason=reason)
+        except (bgp.BgpError, OSError) as exc:
+            log_event(logging.ERROR, "bgp_error", error=exc, during="stop")
+        self._bgp_text = None
+        self.bgp_peers = []
+
     def _set_switches(self) -> None:
         """The data plane's switches the config sets (the others are left as they are)."""
         if self.config.sloppy_tcp is not None:
@@ -816,13 +956,15 @@ class Director:
         else:
             self.dp.attach(ifname, self.config.xdp_mode)
             log_event(logging.INFO, "xdp_attached", interface=ifname, mode=self.config.xdp_mode)
+        if self.config.bgp is not None:
+            return  # the VIPs reach this director by routing (BGP), not by ARP on its segment
         # Gratuitous ARP: the gateway and the switches learn at once that the VIPs are here.
         for action in takeover.announce(self._vips(), ifname):
             log_event(logging.INFO, "vip_takeover", interface=ifname, action=action)
 
     def _withdraw(self) -> None:
         """On a clean stop, remove the VIPs that the takeover added (an admin-configured VIP stays)."""
-        if self.config.interface:
+        if self.config.interface and self.config.bgp is None:
             for action in takeover.withdraw(self._vips(), self.config.interface):
                 log_event(logging.INFO, "vip_withdrawn", interface=self.config.interface, action=action)
 

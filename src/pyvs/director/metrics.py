@@ -162,6 +162,21 @@ class SnapshotCollector(Collector):
         generation.add_metric([], self.status["generation"])
         yield reload_ok
         yield generation
+        bgp = self.status.get("bgp")
+        if bgp:
+            session = GaugeMetricFamily("pyvs_bgp_session_up", "1 when the BGP session with the peer is established",
+                                        labels=["peer"])
+            routes = GaugeMetricFamily("pyvs_bgp_routes_exported", "Routes announced to the peer", labels=["peer"])
+            for peer in bgp["peers"]:
+                session.add_metric([peer["address"]], int(peer["state"] == "Established"))
+                routes.add_metric([peer["address"]], peer["exported"])
+            announced = GaugeMetricFamily("pyvs_bgp_vip_announced", "1 when the VIP is announced, 0 when withdrawn",
+                                          labels=["vip"])
+            for vip in bgp["vips"]:
+                announced.add_metric([vip["vip"]], int(vip["announced"]))
+            speaker = GaugeMetricFamily("pyvs_bgp_speaker_up", "1 when the BGP speaker (BIRD) runs")
+            speaker.add_metric([], int(bgp["speaker_pid"] is not None))
+            yield from (session, routes, announced, speaker)
         if self.status.get("node_exporter_metrics", True):
             yield from node_ipvs_families(self.status)
 

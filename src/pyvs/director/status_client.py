@@ -78,7 +78,19 @@ def status_table(current: StatusDocument, previous: StatusDocument | None = None
     header = (f"pyvs director pid {current['pid']}, config {current['config']} (generation {current['generation']})"
               + ("" if current["last_reload"]["ok"] else f"; LAST RELOAD FAILED: {current['last_reload']['error']}"))
     footer = "drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
-    return [header, *lines, footer]
+    return [header, *lines, footer, *bgp_summary(current)]
+
+
+def bgp_summary(status: StatusDocument) -> list[str]:
+    """One line for [bgp]: the sessions and what is announced or withdrawn (nothing without [bgp])."""
+    bgp = status.get("bgp")
+    if not bgp:
+        return []
+    sessions = ", ".join(f"{p['address']} {p['state']}" for p in bgp["peers"]) or "none yet"
+    vips = ", ".join(v["vip"] + ("" if v["announced"] else f" WITHDRAWN ({v['reason']})") for v in bgp["vips"])
+    speaker = f"BIRD pid {bgp['speaker_pid']}" if bgp["speaker_pid"] else "BIRD NOT RUNNING"
+    return [f"bgp: AS{bgp['local_asn']}, {speaker}; sessions: {sessions}; VIPs: {vips or 'none'}"
+            + (f"; error: {bgp['error']}" if bgp["error"] else "")]
 
 
 def watch(url: str, interval: float, count: int | None, show: Callable[[list[str], bool], None]) -> None:

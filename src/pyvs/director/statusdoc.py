@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from pyvs.model import endpoint_text, parse_address
 
@@ -81,6 +81,32 @@ class OtherService(TypedDict):
     bytes: int
 
 
+class BgpPeerStatus(TypedDict):
+    address: str
+    state: str  # BGP's session state: Established, Active, Connect, Idle, ...
+    since: float | None
+    info: str
+    last_error: str
+    exported: int  # routes announced on the session
+
+
+class BgpVipStatus(TypedDict):
+    vip: str
+    announced: bool
+    reason: str  # why it is withdrawn ('' when announced)
+
+
+class BgpStatus(TypedDict):
+    """[bgp]: the speaker (BIRD) the daemon drives, its sessions and what it announces."""
+
+    speaker_pid: int | None
+    local_asn: int
+    hold_time: int
+    peers: list[BgpPeerStatus]
+    vips: list[BgpVipStatus]
+    error: str  # the last failure to reach or configure BIRD ('' when none)
+
+
 class StatusDocument(TypedDict):
     pid: int
     config: str
@@ -97,3 +123,4 @@ class StatusDocument(TypedDict):
     switches: dict[str, bool]
     node_exporter_metrics: bool  # [director] node_exporter_metrics: /metrics adds node_exporter's node_ipvs_* families
     page_actions: bool  # [director] page_token is set: the page offers drain/undrain
+    bgp: NotRequired[BgpStatus | None]  # None: no [bgp]

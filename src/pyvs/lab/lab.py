@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -25,7 +26,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 import pyvs
 from pyvs import netns, realserver
-from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology
+from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology, ecmp_topology
 from pyvs.links import link_index
 
 log = logging.getLogger(__name__)
@@ -407,7 +408,12 @@ def up(topo: Topology, keep_on_failure: bool = False, director: bool = True) -> 
         _record_ipv6(topo)
         _ensure_servers(topo, actions)
         module = _director_module() if director else None
-        if module is not None:
+        if director and topo.bgp is not None:  # several directors behind a BGP router (lab/ecmp.py)
+            from pyvs.lab import ecmp
+
+            ecmp.record_directors(topo)
+            actions.extend(ecmp.setup(topo))
+        elif module is not None:
             actions.extend(module.setup_director(topo))
     except (OSError, NetlinkError, netns.NetnsError, realserver.RealServerError, LabError) as exc:
         if not keep_on_failure:
@@ -422,6 +428,15 @@ def up(topo: Topology, keep_on_failure: bool = False, director: bool = True) -> 
 def down(topo: Topology) -> list[str]:
     """Remove the lab: director setup, server processes, namespaces, state. Never fails halfway."""
     actions: list[str] = []
+    from pyvs.lab import ecmp
+
+    if topo.bgp is None and (count := ecmp.leftover_directors(topo.prefix)):  # brought up with --directors
+        topo = ecmp_topology(topo.prefix, count, base=topo)
+    if topo.bgp is not None:
+        try:
+            actions.extend(ecmp.teardown(topo))
+        except Exception as exc:  # noqa: BLE001 - teardown must go on
+            log.warning("lab: ECMP teardown failed: %s", exc)
     director = _director_module()
     if director is not None:
         try:
@@ -442,10 +457,7 @@ def down(topo: Topology) -> list[str]:
             actions.append(f"removed netns {node.netns}")
         except OSError as exc:
             log.warning("lab: cannot remove netns %s: %s", node.netns, exc)
-    for path in sorted(state_dir(topo).glob("*"), reverse=True):
-        path.unlink(missing_ok=True)
-    if state_dir(topo).exists():
-        state_dir(topo).rmdir()
+    shutil.rmtree(state_dir(topo), ignore_errors=True)
     for action in actions:
         log.debug("lab: %s", action)
     return actions
@@ -503,10 +515,19 @@ def status(topo: Topology, director: bool = True) -> dict[str, Any]:
         problems.append("an interface is down or lacks its addresses")
     problems += _real_problems(topo)
     module = _director_module() if director else None
-    if module is not None:
+    if director and topo.bgp is not None:
+        from pyvs.lab import ecmp
+
+        problems += ecmp.problems(topo)
+    elif module is not None:
         problems += module.director_problems(topo)
     healthy = healthy and not problems
-    return {"prefix": topo.prefix, "healthy": healthy, "problems": problems, "nodes": nodes, "servers": servers}
+    report = {"prefix": topo.prefix, "healthy": healthy, "problems": problems, "nodes": nodes, "servers": servers}
+    if topo.bgp is not None:
+        from pyvs.lab import ecmp
+
+        report["processes"] = ecmp.processes(topo)
+    return report
 
 
 def _real_problems(topo: Topology) -> list[str]:

@@ -18,6 +18,7 @@ class Role(StrEnum):
     REAL = "real"
     SWITCH = "switch"
     ATTACKER = "attacker"  # a host on the segment that spoofs ARP (tests of pyvs arpwatch)
+    ROUTER = "router"  # the BGP router in front of several directors (ECMP, lab/ecmp.py)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,18 @@ class Service:
 
 
 @dataclass(frozen=True)
+class BgpLab:
+    """Several directors behind a router that spreads the VIP's traffic over them (ECMP, fed by BGP)."""
+
+    router: str  # the router's node name
+    router_asn: int
+    director_asn: int
+    router_address: str  # on the reals' segment: where the directors' sessions go
+    hold_time: int
+    vip_route: str  # the gateway's route to the VIP: via the router
+
+
+@dataclass(frozen=True)
 class Topology:
     prefix: str
     nodes: tuple[Node, ...]
@@ -118,6 +131,7 @@ class Topology:
     def vips(self) -> tuple[str, ...]:
         """The VIPs: IPv4's, and IPv6's in a dual-stack lab."""
         return (self.vip, self.vip6) if self.vip6 else (self.vip,)
+    bgp: BgpLab | None = None  # None: one director on the segment, reached by ARP (the tutorial's lab)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -136,6 +150,10 @@ class Topology:
     @property
     def director(self) -> Node:
         return self.nodes_with_role(Role.DIRECTOR)[0]
+
+    @property
+    def directors(self) -> tuple[Node, ...]:
+        return self.nodes_with_role(Role.DIRECTOR)
 
     @property
     def gateway(self) -> Node:
@@ -267,3 +285,63 @@ def default_topology(prefix: str = "pyvs", attacker: bool = False, ipv6: bool = 
         vip6=vip6 if ipv6 else None,
         public_ip6=public_ip6 if ipv6 else None,
     )
+
+
+# ---- several directors behind a BGP router (`pyvs lab up --directors N`; lab/ecmp.py runs it) ----------------
+
+MAX_DIRECTORS = 4
+ROUTER_ASN = 65000
+DIRECTOR_ASN = 65001
+HOLD_TIME = 3  # seconds: a director that dies silently is withdrawn by the router within this
+ROUTER_ADDRESS = "198.18.2.1"  # the router on the reals' segment
+GATEWAY_LINK, ROUTER_LINK = "198.18.4.1", "198.18.4.2"  # gateway <-> router
+
+
+def director_names(count: int) -> list[str]:
+    return ["director", *(f"director{n}" for n in range(2, count + 1))]
+
+
+def director_address(number: int) -> str:
+    """The DIP of director number 1, 2, ...: 198.18.2.10, .20, ..."""
+    return f"198.18.2.{10 * number}"
+
+
+def ecmp_topology(prefix: str = "pyvs", directors: int = 3, base: Topology | None = None) -> Topology:
+    """The tutorial's lab with `directors` directors behind a BGP router instead of one reached by ARP."""
+    if not 2 <= directors <= MAX_DIRECTORS:
+        raise ValueError(f"an ECMP lab has 2 to {MAX_DIRECTORS} directors, not {directors}")
+    base = base or default_topology(prefix)
+    if base.ipv6:
+        raise ValueError("an ECMP lab is IPv4 only: the dual-stack lab (--ipv6) has one director")
+    vip = base.vip
+    gateway = base.gateway
+    gateway = replace(gateway, routes=(*gateway.routes, Route(f"{vip}/32", gateway=ROUTER_LINK, dev="rtr")),
+                      sysctls=(*gateway.sysctls, ("net.ipv4.conf.rtr.rp_filter", "0")))
+    director = base.director
+    router = Node("router", Role.ROUTER, f"{prefix}-router",
+                  routes=(Route("198.18.1.0/24", gateway=GATEWAY_LINK, dev="gw"),),
+                  sysctls=(("net.ipv4.ip_forward", "1"), ("net.ipv4.fib_multipath_hash_policy", "1"),
+                           *((f"net.ipv4.conf.{i}.rp_filter", "0") for i in ("all", "default", "gw", "seg"))))
+    names = director_names(directors)
+    others = tuple(replace(director, name=name, netns=f"{prefix}-{name}") for name in names[1:])
+    nodes: list[Node] = []
+    for node in base.nodes:
+        nodes.append(gateway if node.name == gateway.name else node)
+        if node.name == director.name:
+            nodes.extend(others)
+    nodes.append(router)
+    nic = replace(base.director_nic, addresses=(f"{director_address(1)}/24",))  # no VIP: it is routed here
+    links = [Link(nic, link.b, link.queues) if link.a == base.director_nic else link for link in base.links]
+    added = [
+        Link(Port("gateway", "rtr", (f"{GATEWAY_LINK}/24",)), Port("router", "gw", (f"{ROUTER_LINK}/24",))),
+        Link(Port("router", "seg", (f"{ROUTER_ADDRESS}/24",)), Port("switch", f"{prefix}-rtr")),
+        *(Link(Port(name, "eth0", (f"{director_address(n)}/24",)), Port("switch", f"{prefix}-dir{n}"))
+          for n, name in enumerate(names[1:], start=2)),
+    ]
+    # Locally administered MACs 02:c6:12:00:<link>:<end>, numbered after the tutorial's links.
+    links += [Link(replace(link.a, mac=f"02:c6:12:00:{n:02x}:01"), replace(link.b, mac=f"02:c6:12:00:{n:02x}:02"))
+              for n, link in enumerate(added, start=0x10)]
+    bridge = replace(base.bridge, ports=(*base.bridge.ports, *(link.b.ifname for link in added[1:])))
+    lab = BgpLab(router="router", router_asn=ROUTER_ASN, director_asn=DIRECTOR_ASN, router_address=ROUTER_ADDRESS,
+                 hold_time=HOLD_TIME, vip_route=f"{vip}/32 via {ROUTER_LINK}")
+    return replace(base, nodes=tuple(nodes), links=tuple(links), bridge=bridge, director_nic=nic, bgp=lab)
