@@ -116,8 +116,11 @@ class Daemon:
     def start(self) -> None:
         argv = [sys.executable, "-m", "pyvs.cli", "director", "run", "--config", str(self.config),
                 "--pin-dir", str(pin_dir(self.topo))]
+        before = self.log.read_text().count("event=started") if self.log.exists() else 0
         self.pid = spawn_in_netns(self.topo.director.netns, argv, log_path=self.log)
-        wait_for(self._answers, 10, f"the daemon answers on its status endpoint (log: {self.log.read_text()})")
+        # It serves its status before it attaches and writes its rules; "started" is logged once they are written.
+        wait_for(lambda: self._answers() and self.log.read_text().count("event=started") > before, 10,
+                 f"the daemon answers on its status endpoint and has written its rules (log: {self.log.read_text()})")
 
     def _answers(self) -> bool:
         if not Path(f"/proc/{self.pid}").exists():
