@@ -245,7 +245,7 @@ def test_an_ipv6_service_with_bgp_is_refused_with_file_and_line() -> None:
 def test_the_dual_stack_lab_has_one_director(capsys: pytest.CaptureFixture[str]) -> None:
     from pyvs import netns
     from pyvs.cli import main
-    from pyvs.lab.lab import STATE_ROOT
+    from pyvs.lab.state import STATE_ROOT
     from pyvs.lab.topology import default_topology, ecmp_topology
 
     assert main(["lab", "up", "--prefix", "pyvsu6", "--ipv6", "--directors", "2"]) == 2

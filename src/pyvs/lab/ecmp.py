@@ -35,6 +35,7 @@ from pyvs.dataplane.base import PYVS_PROGRAMS
 from pyvs.dataplane.pins import bpffs_root
 from pyvs.director import bgp
 from pyvs.director.runfile import run_file
+from pyvs.lab.state import STATE_ROOT, child_env, load_state, save_state, state_dir
 from pyvs.lab.topology import (
     MAX_DIRECTORS,
     Node,
@@ -121,13 +122,11 @@ template bgp pyvs_directors {{
 # ---- processes: the router's BIRD and a daemon per director ---------------------------------------------
 
 def router_dir(topo: Topology) -> Path:
-    from pyvs.lab.lab import state_dir
 
     return state_dir(topo) / "router"
 
 
 def config_path(topo: Topology, node: Node) -> Path:
-    from pyvs.lab.lab import state_dir
 
     return state_dir(topo) / f"{node.name}.toml"
 
@@ -139,10 +138,9 @@ def _is_daemon(pid: int, config: Path) -> bool:
 
 def daemon_pid(topo: Topology, node: Node) -> int | None:
     """The PID of a director's daemon: recorded, else found by its config path (a crash may have lost the record)."""
-    from pyvs.lab.lab import _load_state
 
     config = config_path(topo, node)
-    pid = _load_state(topo).get("daemons", {}).get(node.name)
+    pid = load_state(topo).get("daemons", {}).get(node.name)
     if pid is not None and _is_daemon(int(pid), config):
         return int(pid)
     running = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
@@ -151,7 +149,6 @@ def daemon_pid(topo: Topology, node: Node) -> int | None:
 
 def start_daemon(topo: Topology, node: Node) -> int:
     """Start `pyvs director run` in a director (no-op when it runs); returns its PID, recorded at once."""
-    from pyvs.lab.lab import _child_env, _load_state, _save_state, state_dir
 
     pid = daemon_pid(topo, node)
     if pid is not None:
@@ -162,10 +159,10 @@ def start_daemon(topo: Topology, node: Node) -> int:
     argv = [sys.executable, "-m", "pyvs.cli", "director", "run", "--config", str(config),
             "--pin-dir", str(pin_dir(node))]
     pid = netns.spawn_in_netns(node.netns, argv, log_path=state_dir(topo) / f"{node.name}-daemon.log",
-                               env=_child_env())
-    state = _load_state(topo)
+                               env=child_env())
+    state = load_state(topo)
     state.setdefault("daemons", {})[node.name] = pid
-    _save_state(topo, state)
+    save_state(topo, state)
     return pid
 
 
@@ -221,7 +218,6 @@ def stop_daemons(topo: Topology, nodes: list[Node] | None = None) -> list[str]:
 
 def start_router(topo: Topology) -> str | None:
     """Start the router's BIRD unless it runs; returns what was done."""
-    from pyvs.lab.lab import _load_state, _save_state
 
     directory = router_dir(topo)
     if bgp.bird_pid(directory) is not None:
@@ -233,9 +229,9 @@ def start_router(topo: Topology) -> str | None:
             "-P", str(directory / "bird.pid")]
     assert topo.bgp is not None
     pid = netns.spawn_in_netns(topo.node(topo.bgp.router).netns, argv, log_path=directory / "bird.log")
-    state = _load_state(topo)
+    state = load_state(topo)
     state["router_bird"] = pid
-    _save_state(topo, state)
+    save_state(topo, state)
     deadline = time.monotonic() + bgp.START_TIMEOUT
     while bgp.bird_pid(directory) is None or not (directory / "bird.ctl").exists():
         if time.monotonic() > deadline or not Path(f"/proc/{pid}").exists():
@@ -443,7 +439,6 @@ def teardown(topo: Topology) -> list[str]:
 
 def recorded_directors(prefix: str) -> int | None:
     """How many directors the lab of this prefix was brought up with (None: no lab, or one director)."""
-    from pyvs.lab.lab import STATE_ROOT
 
     try:
         data: dict[str, Any] = json.loads((STATE_ROOT / prefix / "state.json").read_text())
@@ -456,7 +451,6 @@ def recorded_directors(prefix: str) -> int | None:
 def leftover_directors(prefix: str) -> int | None:
     """The directors of an ECMP lab of this prefix that is (partly) there: recorded, else counted from the
     namespaces and BIRD directories left (a crash may have taken the record); None when there is none."""
-    from pyvs.lab.lab import STATE_ROOT
 
     recorded = recorded_directors(prefix)
     if recorded:
@@ -469,11 +463,10 @@ def leftover_directors(prefix: str) -> int | None:
 
 
 def record_directors(topo: Topology) -> None:
-    from pyvs.lab.lab import _load_state, _save_state
 
-    state = _load_state(topo)
+    state = load_state(topo)
     state["directors"] = len(topo.directors)
-    _save_state(topo, state)
+    save_state(topo, state)
 
 
 # ---- what the tests and benchmarks look at -------------------------------------------------------------

@@ -8,7 +8,6 @@ and recorded PIDs alone, so it also cleans up after a crash.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import shutil
@@ -24,14 +23,13 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-import pyvs
 from pyvs import netns, realserver
+from pyvs.lab.state import child_env, load_state, save_state, state_dir
 from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology, ecmp_topology
 from pyvs.links import link_index
 
 log = logging.getLogger(__name__)
 
-STATE_ROOT = Path("/run/pyvs/lab")
 WEBSERVER_MODULE = "pyvs.lab.webserver"
 RTNH_F_ONLINK = 4
 IFF_UP = 1
@@ -43,41 +41,19 @@ class LabError(Exception):
     """The lab cannot be built, inspected or removed."""
 
 
-def state_dir(topo: Topology) -> Path:
-    return STATE_ROOT / topo.prefix
-
-
-def _state_file(topo: Topology) -> Path:
-    return state_dir(topo) / "state.json"
-
-
-def _load_state(topo: Topology) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(_state_file(topo).read_text())
-        return data
-    except (FileNotFoundError, ValueError):
-        return {"servers": {}}
-
-
-def _save_state(topo: Topology, state: dict[str, Any]) -> None:
-    path = _state_file(topo)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state, indent=2))
-
-
 # -- namespaces, links, bridge ----------------------------------------------------------------
 
 
 def _record_ipv6(topo: Topology) -> None:
-    state = _load_state(topo)
+    state = load_state(topo)
     if state.get("ipv6") != topo.ipv6:
         state["ipv6"] = topo.ipv6
-        _save_state(topo, state)
+        save_state(topo, state)
 
 
 def recorded_ipv6(topo: Topology) -> bool:
     """Whether the lab of this prefix was brought up dual-stack (`pyvs lab up --ipv6`)."""
-    return bool(_load_state(topo).get("ipv6"))
+    return bool(load_state(topo).get("ipv6"))
 
 
 def _ns(topo: Topology, node_name: str) -> str:
@@ -290,24 +266,16 @@ def _wait_listening(ns: str, address: str, port: int, pid: int) -> None:
     raise LabError(f"web server in {ns} (pid {pid}) did not come up on {address}:{port}")
 
 
-def _child_env() -> dict[str, str]:
-    """The environment for lab processes: pyvs importable even when not installed."""
-    env = dict(os.environ)
-    src = str(Path(pyvs.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _ensure_server(topo: Topology, node: Node, actions: list[str]) -> None:
-    state = _load_state(topo)
+    state = load_state(topo)
     pid = state["servers"].get(node.name)
     if _server_running(pid, topo, node.name):
         return
     log_path = state_dir(topo) / f"{node.name}-web.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    pid = netns.spawn_in_netns(node.netns, _server_argv(topo, node), log_path=log_path, env=_child_env())
+    pid = netns.spawn_in_netns(node.netns, _server_argv(topo, node), log_path=log_path, env=child_env())
     state["servers"][node.name] = pid
-    _save_state(topo, state)  # recorded at once: down() must find it even if we crash
+    save_state(topo, state)  # recorded at once: down() must find it even if we crash
     for version in _versions(topo):
         _wait_listening(node.netns, topo.address_of(node.name, version), topo.web_port, pid)
     actions.append(f"started web server in {node.netns} (pid {pid})")
@@ -324,11 +292,11 @@ def _ensure_servers(topo: Topology, actions: list[str]) -> None:
 
 def stop_web_server(topo: Topology, name: str) -> None:
     """Stop one real's web server (e.g. to fail its health check); start_web_server brings it back."""
-    state = _load_state(topo)
+    state = load_state(topo)
     pid = state["servers"].pop(name, None)
     if pid is not None and _is_lab_server(int(pid), topo, name):
         _stop(int(pid))
-    _save_state(topo, state)
+    save_state(topo, state)
 
 
 def start_web_server(topo: Topology, name: str) -> None:
@@ -360,7 +328,7 @@ def _stop(pid: int) -> None:
 
 def _lab_server_pids(topo: Topology) -> set[int]:
     """Recorded PIDs plus any of this lab's servers whose PID was never recorded (a crash)."""
-    recorded = {int(pid) for pid in _load_state(topo)["servers"].values()}
+    recorded = {int(pid) for pid in load_state(topo)["servers"].values()}
     running = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
     return {pid for pid in recorded | running if _is_lab_server(pid, topo)}
 
@@ -503,7 +471,7 @@ def status(topo: Topology, director: bool = True) -> dict[str, Any]:
         healthy = healthy and exists
         nodes[node.name] = {"netns": node.netns, "exists": exists, "interfaces": interfaces}
     servers: dict[str, Any] = {}
-    recorded = _load_state(topo)["servers"]
+    recorded = load_state(topo)["servers"]
     for node in topo.reals:
         pid = recorded.get(node.name)
         running = _server_running(pid, topo, node.name)
