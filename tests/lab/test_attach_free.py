@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -22,9 +21,7 @@ from pathlib import Path
 import pytest
 
 from pyvs import netns
-from pyvs.dataplane import remove_pins
-from pyvs.dataplane.attachment import STATE_DIR
-from pyvs.dataplane.pins import bpffs_root
+from tests.lab.chain import cleanup, sh, wire_chain
 
 PREFIX = os.environ.get("PYVS_TEST_LAB_PREFIX", "pyvst")
 CLIENT, DIRECTOR, REAL = (f"{PREFIX}-af{role}" for role in ("c", "d", "r"))
@@ -65,22 +62,8 @@ UDP_CLIENT = textwrap.dedent(f"""
 """)
 
 
-def sh(ns: str | None, *argv: str) -> str:
-    return netns.run_in_netns(ns, list(argv)).stdout
-
-
 def _cleanup(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for ns in (CLIENT, DIRECTOR, REAL):
-        if netns.exists(ns):
-            netns.remove(ns)
-    for pins in (bpffs_root() / "pyvs").glob(f"{DIRECTOR}*"):  # the _new_<pid> of a creation cut short too
-        remove_pins(pins)
-    (STATE_DIR / f"{DIRECTOR}.json").unlink(missing_ok=True)
+    cleanup(pids, CLIENT, DIRECTOR, REAL)
 
 
 @pytest.fixture
@@ -89,18 +72,8 @@ def three_namespaces(tmp_path: Path) -> Iterator[list[int]]:
     pids: list[int] = []
     _cleanup(pids)
     try:
-        for ns in (CLIENT, DIRECTOR, REAL):
-            netns.create(ns)
-            sh(ns, "ip", "link", "set", "lo", "up")
-        # veth pairs made in the director, one end moved out (names prefixed, renamed where they land).
-        sh(DIRECTOR, "ip", "link", "add", f"{PREFIX}afc0", "type", "veth", "peer", "name", f"{PREFIX}afc1")
-        sh(DIRECTOR, "ip", "link", "add", f"{PREFIX}afr0", "type", "veth", "peer", "name", f"{PREFIX}afr1")
-        sh(DIRECTOR, "ip", "link", "set", f"{PREFIX}afc1", "netns", CLIENT)
-        sh(DIRECTOR, "ip", "link", "set", f"{PREFIX}afr1", "netns", REAL)
-        for ns, dev, addr in ((DIRECTOR, f"{PREFIX}afc0", CLIENT_NET[0]), (CLIENT, f"{PREFIX}afc1", CLIENT_NET[1]),
-                              (DIRECTOR, f"{PREFIX}afr0", REAL_NET[0]), (REAL, f"{PREFIX}afr1", REAL_NET[1])):
-            sh(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
-            sh(ns, "ip", "link", "set", dev, "up")
+        wire_chain(CLIENT, DIRECTOR, REAL, f"{PREFIX}af", CLIENT_NET, REAL_NET,
+                   lambda addr, dev: ["addr", "add", f"{addr}/24", "dev", dev])
         sh(DIRECTOR, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
         # The director routes the real's replies to the client (their source, the VIP, is local to it).
         for key in ("net.ipv4.ip_forward", "net.ipv4.conf.all.accept_local",

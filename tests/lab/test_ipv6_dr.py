@@ -11,7 +11,6 @@ UDP exchange succeed, and `pyvsadm -L -c -n` lists the IPv6 connection.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import textwrap
 import time
@@ -21,9 +20,7 @@ from pathlib import Path
 import pytest
 
 from pyvs import netns
-from pyvs.dataplane import remove_pins
-from pyvs.dataplane.attachment import STATE_DIR
-from pyvs.dataplane.pins import bpffs_root
+from tests.lab.chain import cleanup, sh, wire_chain
 
 PREFIX = os.environ.get("PYVS_TEST_LAB_PREFIX", "pyvst")
 CLIENT, DIRECTOR, REAL = (f"{PREFIX}-6{role}" for role in ("c", "d", "r"))
@@ -72,22 +69,8 @@ UDP_CLIENT = textwrap.dedent(f"""
 """)
 
 
-def sh(ns: str, *argv: str) -> str:
-    return netns.run_in_netns(ns, list(argv)).stdout
-
-
 def _cleanup(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for ns in (CLIENT, DIRECTOR, REAL):
-        if netns.exists(ns):
-            netns.remove(ns)
-    for pins in (bpffs_root() / "pyvs").glob(f"{DIRECTOR}*"):
-        remove_pins(pins)
-    (STATE_DIR / f"{DIRECTOR}.json").unlink(missing_ok=True)
+    cleanup(pids, CLIENT, DIRECTOR, REAL)
 
 
 @pytest.fixture
@@ -96,17 +79,8 @@ def ipv6_namespaces(tmp_path: Path) -> Iterator[list[int]]:
     pids: list[int] = []
     _cleanup(pids)
     try:
-        for ns in (CLIENT, DIRECTOR, REAL):
-            netns.create(ns)
-            sh(ns, "ip", "link", "set", "lo", "up")
-        sh(DIRECTOR, "ip", "link", "add", f"{PREFIX}6c0", "type", "veth", "peer", "name", f"{PREFIX}6c1")
-        sh(DIRECTOR, "ip", "link", "add", f"{PREFIX}6r0", "type", "veth", "peer", "name", f"{PREFIX}6r1")
-        sh(DIRECTOR, "ip", "link", "set", f"{PREFIX}6c1", "netns", CLIENT)
-        sh(DIRECTOR, "ip", "link", "set", f"{PREFIX}6r1", "netns", REAL)
-        for ns, dev, addr in ((DIRECTOR, f"{PREFIX}6c0", CLIENT_NET[0]), (CLIENT, f"{PREFIX}6c1", CLIENT_NET[1]),
-                              (DIRECTOR, f"{PREFIX}6r0", REAL_NET[0]), (REAL, f"{PREFIX}6r1", REAL_NET[1])):
-            sh(ns, "ip", "-6", "addr", "add", f"{addr}/64", "dev", dev, "nodad")
-            sh(ns, "ip", "link", "set", dev, "up")
+        wire_chain(CLIENT, DIRECTOR, REAL, f"{PREFIX}6", CLIENT_NET, REAL_NET,
+                   lambda addr, dev: ["-6", "addr", "add", f"{addr}/64", "dev", dev, "nodad"])
         for ns in (DIRECTOR, REAL):
             sh(ns, "ip", "-6", "addr", "add", f"{VIP}/128", "dev", "lo", "nodad")
         netns.write_sysctl("net.ipv6.conf.all.forwarding", 1, DIRECTOR)  # the real's replies go back through it
