@@ -17,6 +17,7 @@ SCHED_FLAG_BITS = {"flag-1": 1, "sh-fallback": 1, "mh-fallback": 1, "flag-2": 2,
 DEFAULT_SCHEDULER = "wlc"  # ipvsadm's DEF_SCHED
 DEFAULT_PERSISTENCE = 300  # seconds, ipvsadm's -p default
 MAX_WEIGHT = 65535
+MAX_THRESHOLD = 2**31 - 1  # ipvsadm -x/-y: 0 (none) to INT_MAX
 MH_TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)  # IPVS's mh table primes
 HOST_MASK = IPv4Address("255.255.255.255")
 HOST_PREFIX6 = 128  # ipvsadm -M for an IPv6 service is a prefix length, 128 by default
@@ -107,6 +108,10 @@ class Real:
     # The last non-zero weight, as the data plane keeps it (IPVS's dest->last_weight: mh builds its table
     # from it, so draining a real to 0 leaves the others' slots where they are). None: not known.
     last_weight: int | None = field(default=None, compare=False)
+    # Connection thresholds (ipvsadm -x, -y; 0: none): OVERLOAD when activeconns + inactconns reach u_threshold,
+    # cleared below l_threshold (3/4 of u_threshold when 0), as IPVS does.
+    u_threshold: int = 0
+    l_threshold: int = 0
 
     @property
     def key(self) -> RealKey:
@@ -131,6 +136,7 @@ class Service:
     sched_flags: tuple[str, ...] = ()
     reals: dict[RealKey, Real] = field(default_factory=dict)
     mh_table_size: int | None = None  # a pyvs extension: the mh table's size; None: chosen from the reals
+    onepacket: bool = False  # ipvsadm -o: one-packet scheduling (UDP only): every datagram scheduled, no entry kept
 
     def __post_init__(self) -> None:
         # The default granularity follows the service's family (HOST_MASK is only IPv4's).
@@ -158,6 +164,17 @@ class Counters:
     outpkts: int = 0
     inbytes: int = 0
     outbytes: int = 0
+
+
+@dataclass
+class Rates:
+    """Rates of a service or a real as ipvsadm --rate shows them: connections, packets and bytes per second."""
+
+    cps: int = 0
+    inpps: int = 0
+    outpps: int = 0
+    inbps: int = 0
+    outbps: int = 0
 
 
 @dataclass
@@ -194,8 +211,10 @@ class Rules:
                     svc.persistent,
                     svc.netmask,
                     svc.sched_flags,
-                    {rk: Real(r.rip, r.port, r.weight, r.forwarding) for rk, r in svc.reals.items()},
+                    {rk: Real(r.rip, r.port, r.weight, r.forwarding, u_threshold=r.u_threshold,
+                              l_threshold=r.l_threshold) for rk, r in svc.reals.items()},
                     svc.mh_table_size,
+                    onepacket=svc.onepacket,
                 )
                 for key, svc in self.services.items()
             }
@@ -344,12 +363,25 @@ def validate_service(svc: Service) -> None:
         raise ModelError(f"persistence netmask {svc.netmask} does not fit the IPv{svc.key.family} service {svc.key}")
     validate_sched_flags(svc.scheduler, svc.sched_flags)
     validate_mh_table_size(svc.scheduler, svc.mh_table_size)
+    if svc.onepacket and svc.key.proto is not Protocol.UDP:
+        raise ModelError(ONEPACKET_UDP_ONLY)
     for real in svc.reals.values():
         validate_real(svc, real)
 
 
+ONEPACKET_UDP_ONLY = "One-Packet Scheduling is only for UDP virtual services"  # ipvsadm's words
+
+
+def validate_threshold(value: int, which: str = "u_threshold") -> int:
+    if not 0 <= value <= MAX_THRESHOLD:
+        raise ModelError(f"{which} {value} is out of range (0-{MAX_THRESHOLD})")
+    return value
+
+
 def validate_real(svc: Service, real: Real) -> None:
     validate_weight(real.weight)
+    validate_threshold(real.u_threshold, "u_threshold")
+    validate_threshold(real.l_threshold, "l_threshold")
     if real.rip.version != svc.key.family:
         raise ModelError(
             f"real server {real} is IPv{real.rip.version} and the service {svc.key} IPv{svc.key.family}: "

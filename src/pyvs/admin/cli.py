@@ -29,6 +29,7 @@ from pyvs.model import (
     SUPPORTED_SCHEDULERS,
     Connection,
     Counters,
+    Rates,
     RealKey,
     Rules,
     Service,
@@ -54,6 +55,8 @@ class Dataplane(Protocol):
     def set_timeouts(self, t: Timeouts) -> None: ...
     def service_stats(self) -> dict[ServiceKey, Counters]: ...
     def real_stats(self) -> dict[tuple[ServiceKey, RealKey], Counters]: ...
+    def service_rates(self) -> dict[ServiceKey, Rates]: ...
+    def real_rates(self) -> dict[tuple[ServiceKey, RealKey], Rates]: ...
     def conn_counts(self) -> dict[tuple[ServiceKey, RealKey], tuple[int, int]]: ...
     def connections(self) -> list[Connection]: ...
     def zero(self, key: ServiceKey | None = None) -> None: ...
@@ -105,9 +108,14 @@ Options:
   --real-server  -r server-address    server-address is host (and port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
   --weight       -w weight            capacity of real server
+  --u-threshold  -x uthreshold        upper threshold of connections
+  --l-threshold  -y lthreshold        lower threshold of connections
+  --ops          -o                   one-packet scheduling (UDP services)
   --connection   -c                   output of current IPVS connections
   --timeout                           output of timeout (tcp tcpfin udp)
   --stats                             output of statistics information
+  --rate                              output of rate information
+  --thresholds                        output of thresholds information
   --exact        -X                   expand numbers (display exact values)
   --nosort                            disable sorting output of service/server entries
   --sort                              does nothing, for backwards compatibility
@@ -121,8 +129,8 @@ pyvs's own options:
                                       at least 4093. -L and -S show it only when set.
 
 pyvs forwards by direct routing only and refuses, changing nothing, the ipvsadm options
-it does not implement: -m -i --tun-*, -f -6 --sctp-service, --pe -o, -x -y,
---rate --thresholds --persistent-conn --tun-info, the sync daemon options.
+it does not implement: -m -i --tun-*, -f -6 --sctp-service, --pe (no SIP parser: persistence
+engines read the payload), --persistent-conn --tun-info, the sync daemon options.
 """
 
 
@@ -164,6 +172,12 @@ class _NoDataplane:
         return {}
 
     def real_stats(self) -> dict[tuple[ServiceKey, RealKey], Counters]:
+        return {}
+
+    def service_rates(self) -> dict[ServiceKey, Rates]:
+        return {}
+
+    def real_rates(self) -> dict[tuple[ServiceKey, RealKey], Rates]:
         return {}
 
     def conn_counts(self) -> dict[tuple[ServiceKey, RealKey], tuple[int, int]]:
@@ -252,11 +266,13 @@ def _list(dataplane: Dataplane, command: Command) -> str:
     if command.stats:
         listing.service_stats = dataplane.service_stats()
         listing.real_stats = dataplane.real_stats()
+    elif command.rate:
+        listing.service_rates = dataplane.service_rates()
+        listing.real_rates = dataplane.real_rates()
     else:
         listing.conn_counts = dataplane.conn_counts()
-    return format_list(
-        listing, names, stats=command.stats, exact=command.exact, sort=command.sort, service=command.service
-    )
+    return format_list(listing, names, stats=command.stats, rate=command.rate, thresholds=command.thresholds,
+                       exact=command.exact, sort=command.sort, service=command.service)
 
 
 def _run(dataplane: Dataplane, command: Command, stdin: TextIO) -> str:

@@ -52,7 +52,7 @@ def _validated(svc: Service) -> Service:
 def _settings(key: ServiceKey, command: Command) -> Service:
     """A service with the settings of an -A or -E command."""
     return Service(key, _scheduler(command.scheduler), command.persistent, command.netmask or HOST_MASK,
-                   command.sched_flags, mh_table_size=command.mh_table_size)
+                   command.sched_flags, mh_table_size=command.mh_table_size, onepacket=command.onepacket)
 
 
 def _service(rules: Rules, key: ServiceKey, missing: str) -> Service:
@@ -112,7 +112,9 @@ def _apply_server(svc: Service, command: Command) -> None:
     if command.action is Action.EDIT_SERVER and not exists:
         raise CommandError("No such destination")
     weight = DEFAULT_WEIGHT if command.weight is None else command.weight
-    real = Real(real_key[0], real_key[1], weight)
+    # As ipvsadm: -e sends the thresholds too; one not given goes back to 0 (none).
+    real = Real(real_key[0], real_key[1], weight, u_threshold=command.u_threshold or 0,
+                l_threshold=command.l_threshold or 0)
     try:
         validate_real(svc, real)
     except ModelError as err:

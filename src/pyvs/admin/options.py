@@ -18,8 +18,10 @@ from ipaddress import IPv4Address, IPv6Address
 
 from pyvs.model import (
     DEFAULT_PERSISTENCE,
+    MAX_THRESHOLD,
     MAX_WEIGHT,
     MH_TABLE_SIZES,
+    ONEPACKET_UDP_ONLY,
     IPAddress,
     ModelError,
     Netmask,
@@ -87,10 +89,15 @@ OPTION_NAMES = (
     "real-server",
     "forwarding-method",
     "weight",
+    "u-threshold",
+    "l-threshold",
     "timeout",
     "stats",
+    "rate",
+    "thresholds",
     "nosort",
     "exact",
+    "ops",
     "sched-flags",
     "mh-table-size",  # pyvs extension
 )
@@ -98,18 +105,18 @@ OPTION_NAMES = (
 # ipvsadm's commands_v_options, reduced to OPTION_NAMES (one character per option):
 # '+' compulsory, 'x' illegal, '1' at most one of the '1' options, ' ' optional.
 LEGALITY = {
-    Action.ADD_SERVICE: "xx+   xxxxxxx  ",
-    Action.EDIT_SERVICE: "xx+   xxxxxxx  ",
-    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxx",
-    Action.FLUSH: "xxxxxxxxxxxxxxx",
-    Action.LIST: " 11xxxxxx1   xx",
-    Action.ADD_SERVER: "xx+xxx+  xxxxxx",
-    Action.DELETE_SERVER: "xx+xxx+xxxxxxxx",
-    Action.EDIT_SERVER: "xx+xxx+  xxxxxx",
-    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxx",
-    Action.RESTORE: "xxxxxxxxxxxxxxx",
-    Action.SAVE: " xxxxxxxxxxxxxx",
-    Action.ZERO: "xx xxxxxxxxxxxx",
+    Action.ADD_SERVICE: "xx+   xxxxxxxxxxx   ",
+    Action.EDIT_SERVICE: "xx+   xxxxxxxxxxx   ",
+    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxxxxxxx",
+    Action.FLUSH: "xxxxxxxxxxxxxxxxxxxx",
+    Action.LIST: " 11xxxxxxxx1     xxx",
+    Action.ADD_SERVER: "xx+xxx+    xxxxxxxxx",
+    Action.DELETE_SERVER: "xx+xxx+xxxxxxxxxxxxx",
+    Action.EDIT_SERVER: "xx+xxx+    xxxxxxxxx",
+    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxxxxxxx",
+    Action.RESTORE: "xxxxxxxxxxxxxxxxxxxx",
+    Action.SAVE: " xxxxxxxxxxxxxxxxxxx",
+    Action.ZERO: "xx xxxxxxxxxxxxxxxxx",
 }
 
 
@@ -126,11 +133,16 @@ class Command:
     netmask: Netmask | None = None  # -M: a netmask (IPv4 service) or a prefix length (IPv6 service)
     sched_flags: tuple[str, ...] = ()
     mh_table_size: int | None = None  # --mh-table-size (pyvs extension)
+    onepacket: bool = False  # -o
+    u_threshold: int | None = None  # -x
+    l_threshold: int | None = None  # -y
     timeouts: Timeouts | None = None  # --set values; 0 leaves a timeout unchanged
     numeric: bool = False
     connection: bool = False
     list_timeouts: bool = False
     stats: bool = False
+    rate: bool = False
+    thresholds: bool = False
     exact: bool = False
     sort: bool = True
 
@@ -147,7 +159,8 @@ class _Spec:
 
 _DR_ONLY = "pyvs forwards by direct routing only"
 _NO_DAEMON = "pyvs has no connection sync daemon"
-_NO_THRESHOLDS = "connection thresholds are not implemented by pyvs"
+_NO_PE = ("a persistence engine reads the packet's payload (sip: the Call-ID of SIP messages) and pyvs's data "
+          "plane reads only the headers; it has no SIP parser (use -p, persistence by client address)")
 _SPECS = (
     _Spec("A", "add-service", False, Action.ADD_SERVICE),
     _Spec("E", "edit-service", False, Action.EDIT_SERVICE),
@@ -199,14 +212,14 @@ _SPECS = (
     _Spec(None, "tun-info", False, unsupported=_DR_ONLY),
     _Spec("p", "persistent", False, optional_arg=True),
     _Spec("M", "netmask", True),
-    _Spec(None, "pe", True, unsupported="persistence engines are not implemented by pyvs"),
-    _Spec("o", "ops", False, unsupported="one-packet scheduling is not implemented by pyvs"),
+    _Spec(None, "pe", True, unsupported=_NO_PE),
+    _Spec("o", "ops", False),
     _Spec("b", "sched-flags", True),
     _Spec(None, "mh-table-size", True),
-    _Spec("x", "u-threshold", True, unsupported=_NO_THRESHOLDS),
-    _Spec("y", "l-threshold", True, unsupported=_NO_THRESHOLDS),
-    _Spec(None, "thresholds", False, unsupported=_NO_THRESHOLDS),
-    _Spec(None, "rate", False, unsupported="rate estimation is not implemented by pyvs"),
+    _Spec("x", "u-threshold", True),
+    _Spec("y", "l-threshold", True),
+    _Spec(None, "thresholds", False),
+    _Spec(None, "rate", False),
     _Spec(None, "persistent-conn", False, unsupported="listing persistent connections is not implemented yet"),
 )
 _BY_SHORT = {spec.short: spec for spec in _SPECS if spec.short}
@@ -358,6 +371,13 @@ def _mh_table_size(text: str) -> int:
     return value
 
 
+def _threshold(text: str, which: str) -> int:
+    value = _number(text)
+    if value is None or not 0 <= value <= MAX_THRESHOLD:
+        raise UsageError(f"illegal {which} specified: '{text}' (0-{MAX_THRESHOLD})")
+    return value
+
+
 def _timeout(text: str) -> int:
     value = _number(text)
     if value is None or not 0 <= value <= MAX_TIMEOUT:
@@ -448,11 +468,16 @@ def parse_args(argv: Sequence[str]) -> Command:
             raise UsageError(f"illegal {what} specified: {err}") from None
     sched_flags = tuple(values["sched-flags"].split(",")) if "sched-flags" in values else ()
     mh_table_size = _mh_table_size(values["mh-table-size"]) if "mh-table-size" in values else None
+    u_threshold = _threshold(values["u-threshold"], "u_threshold") if "u-threshold" in values else None
+    l_threshold = _threshold(values["l-threshold"], "l_threshold") if "l-threshold" in values else None
 
     _check_legality(action, given)
     if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0 and persistent is None:
         raise UsageError("Zero port specified for non-persistent service")
-    if action is Action.LIST and given & {"connection", "timeout"} and "stats" in given:
+    if (action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and "ops" in given and service
+            and service.proto is not Protocol.UDP):
+        raise UsageError(ONEPACKET_UDP_ONLY)
+    if action is Action.LIST and given & {"connection", "timeout"} and given & {"stats", "rate", "thresholds"}:
         raise UsageError("options conflicts in the list command")
     return Command(
         action,
@@ -464,11 +489,16 @@ def parse_args(argv: Sequence[str]) -> Command:
         netmask=netmask,
         sched_flags=sched_flags,
         mh_table_size=mh_table_size,
+        onepacket="ops" in given,
+        u_threshold=u_threshold,
+        l_threshold=l_threshold,
         timeouts=timeouts,
         numeric="numeric" in given,
         connection="connection" in given,
         list_timeouts="timeout" in given,
         stats="stats" in given,
+        rate="rate" in given,
+        thresholds="thresholds" in given,
         exact="exact" in given,
         sort="nosort" not in given,
     )

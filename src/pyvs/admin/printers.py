@@ -19,6 +19,7 @@ from pyvs.model import (
     Counters,
     IPAddress,
     Protocol,
+    Rates,
     Real,
     RealKey,
     Rules,
@@ -83,6 +84,8 @@ class Listing:
     conn_counts: dict[ServiceRealKey, tuple[int, int]] = field(default_factory=dict)  # (active, inactive)
     service_stats: dict[ServiceKey, Counters] = field(default_factory=dict)
     real_stats: dict[ServiceRealKey, Counters] = field(default_factory=dict)
+    service_rates: dict[ServiceKey, Rates] = field(default_factory=dict)
+    real_rates: dict[ServiceRealKey, Rates] = field(default_factory=dict)
 
 
 def format_largenum(value: int, exact: bool = False) -> str:
@@ -102,9 +105,22 @@ def format_header(conn_table_size: int) -> str:
     return f"IP Virtual Server version {IPVS_VERSION} (size={conn_table_size})\n"
 
 
-def _title(stats: bool) -> str:
-    if stats:
-        columns = " ".join(f"{name:>8}" for name in ("Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"))
+# The listings of -L (print_title's order: --stats first, then --rate, then --thresholds).
+PLAIN, STATS, RATE, THRESHOLDS = "plain", "stats", "rate", "thresholds"
+
+
+def list_mode(stats: bool = False, rate: bool = False, thresholds: bool = False) -> str:
+    return STATS if stats else RATE if rate else THRESHOLDS if thresholds else PLAIN
+
+
+def _title(mode: str) -> str:
+    if mode in (STATS, RATE):
+        names = (("Conns", "InPkts", "OutPkts", "InBytes", "OutBytes") if mode == STATS
+                 else ("CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"))
+        columns = " ".join(f"{name:>8}" for name in names)
+        return f"{'Prot LocalAddress:Port':<33} {columns}\n  -> RemoteAddress:Port\n"
+    if mode == THRESHOLDS:
+        columns = " ".join(f"{name:<10}" for name in ("Uthreshold", "Lthreshold", "ActiveConn", "InActConn"))
         return f"{'Prot LocalAddress:Port':<33} {columns}\n  -> RemoteAddress:Port\n"
     return (
         "Prot LocalAddress:Port Scheduler Flags\n"
@@ -135,13 +151,20 @@ def _counters(counters: Counters, exact: bool) -> str:
     )
 
 
-def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, exact: bool, sort: bool) -> str:
+def _rates(rates: Rates, exact: bool) -> str:
+    return "".join(format_largenum(value, exact)
+                   for value in (rates.cps, rates.inpps, rates.outpps, rates.inbps, rates.outbps))
+
+
+def _service_entry(svc: Service, listing: Listing, names: Names, mode: str, exact: bool, sort: bool) -> str:
     key = svc.key
     name = f"{key.proto.label:<4} {names.endpoint(key.vip, key.port, key.proto)}"
     if key.family == 4:
         name = name[:33]
-    if stats:
+    if mode == STATS:
         lines = [f"{name:<33}{_counters(listing.service_stats.get(key, Counters()), exact)}"]
+    elif mode == RATE:
+        lines = [f"{name:<33}{_rates(listing.service_rates.get(key, Rates()), exact)}"]
     else:
         line = f"{name} {svc.scheduler}"
         if svc.sched_flags:
@@ -150,6 +173,8 @@ def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, ex
             line += f" persistent {svc.persistent}"
             if _mask(svc):
                 line += f" mask {_mask(svc)}"
+        if svc.onepacket:
+            line += " ops"
         if svc.mh_table_size is not None:  # pyvs extension: only services that set it show it
             line += f" mh-table-size {svc.mh_table_size}"
         lines = [line]
@@ -157,9 +182,17 @@ def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, ex
         dest = names.endpoint(real.rip, real.port, key.proto)
         if key.family == 4:
             dest = dest[:28]
-        if stats:
+        if mode == STATS:
             counters = listing.real_stats.get((key, real.key), Counters())
             lines.append(f"  -> {dest:<28}{_counters(counters, exact)}")
+        elif mode == RATE:  # ipvsadm prints a real's CPS and PPS whole (%8llu), only its BPS through largenum
+            rates = listing.real_rates.get((key, real.key), Rates())
+            lines.append(f"  -> {dest:<28} {rates.cps:8d} {rates.inpps:8d} {rates.outpps:8d}"
+                         f"{format_largenum(rates.inbps, exact)}{format_largenum(rates.outbps, exact)}")
+        elif mode == THRESHOLDS:
+            active, inactive = listing.conn_counts.get((key, real.key), (0, 0))
+            lines.append(f"  -> {dest:<28} {real.u_threshold:<10} {real.l_threshold:<10} {active:<10} "
+                         f"{inactive:<10}")
         else:
             active, inactive = listing.conn_counts.get((key, real.key), (0, 0))
             lines.append(
@@ -173,6 +206,8 @@ def format_list(
     names: Names = NUMERIC,
     *,
     stats: bool = False,
+    rate: bool = False,
+    thresholds: bool = False,
     exact: bool = False,
     sort: bool = True,
     service: ServiceKey | None = None,
@@ -187,8 +222,9 @@ def format_list(
     else:
         chosen = _services(listing.rules, sort)
         head = format_header(listing.conn_table_size)
-    body = "".join(_service_entry(svc, listing, names, stats, exact, sort) for svc in chosen)
-    return head + _title(stats) + body
+    mode = list_mode(stats, rate, thresholds)
+    body = "".join(_service_entry(svc, listing, names, mode, exact, sort) for svc in chosen)
+    return head + _title(mode) + body
 
 
 def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> str:
@@ -202,6 +238,8 @@ def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> s
             line += f" -p {svc.persistent}"
             if _mask(svc):
                 line += f" -M {_mask(svc)}"
+        if svc.onepacket:
+            line += " -o"
         if svc.sched_flags:
             line += f" -b {','.join(svc.sched_flags)}"
         if svc.mh_table_size is not None:
@@ -209,7 +247,13 @@ def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> s
         lines.append(line)
         for real in _reals(svc, sort):
             dest = names.endpoint(real.rip, real.port, key.proto)
-            lines.append(f"-a {selector} -r {dest} {real.forwarding.option} -w {real.weight}")
+            line = f"-a {selector} -r {dest} {real.forwarding.option} -w {real.weight}"
+            # ipvsadm 1.31's -S leaves thresholds out (its -R loses them); pyvs writes them, which -R reads back
+            if real.u_threshold:
+                line += f" -x {real.u_threshold}"
+            if real.l_threshold:
+                line += f" -y {real.l_threshold}"
+            lines.append(line)
     return "".join(line + "\n" for line in lines)
 
 

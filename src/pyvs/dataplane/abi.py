@@ -41,6 +41,8 @@ VIP_FILTER_SIZE = _D["PYVS_VIP_FILTER_SIZE"]
 VIP_F_ANY_PORT = _D["PYVS_VIP_F_ANY_PORT"]
 REAL_ACTIVE = _D["PYVS_REAL_ACTIVE"]
 REAL_IPV6 = _D["PYVS_REAL_IPV6"]
+REAL_OVERLOAD = _D["PYVS_REAL_OVERLOAD"]
+EST_ROWS = _D["PYVS_EST_ROWS"]
 MAX_EXT_HEADERS = _D["PYVS_MAX_EXT_HEADERS"]
 CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
 CFG_SLOPPY_TCP = _D["PYVS_CFG_SLOPPY_TCP"]
@@ -60,6 +62,7 @@ SVC_F_SCHED2 = _D["PYVS_SVC_F_SCHED2"]
 SVC_F_SCHED3 = _D["PYVS_SVC_F_SCHED3"]
 SVC_F_PERSISTENT = _D["PYVS_SVC_F_PERSISTENT"]
 SVC_F_NO_WEIGHT = _D["PYVS_SVC_F_NO_WEIGHT"]
+SVC_F_ONEPACKET = _D["PYVS_SVC_F_ONEPACKET"]
 SCHEDULER_NAMES: dict[int, str] = {value: name for name, value in SCHEDULER_IDS.items()}
 
 # State number -> IPVS state name (as ipvsadm -L -c prints it).
@@ -199,6 +202,23 @@ class Sweeper(ctypes.Structure):
     _fields_ = [("timer", ctypes.c_uint64 * 2), ("stats", SweepStats)]
 
 
+class RealLimits(ctypes.Structure):
+    _fields_ = [("u_threshold", ctypes.c_uint32), ("l_threshold", ctypes.c_uint32)]
+
+
+class Est(ctypes.Structure):
+    """A rate estimator: the counters at the last estimate and the averages (cps, pps scaled by 2^10, bps by 2^5)."""
+
+    _fields_ = [("last_conns", ctypes.c_uint64), ("last_inpkts", ctypes.c_uint64), ("last_outpkts", ctypes.c_uint64),
+                ("last_inbytes", ctypes.c_uint64), ("last_outbytes", ctypes.c_uint64), ("cps", ctypes.c_uint64),
+                ("inpps", ctypes.c_uint64), ("outpps", ctypes.c_uint64), ("inbps", ctypes.c_uint64),
+                ("outbps", ctypes.c_uint64), ("gen", ctypes.c_uint32), ("rounds", ctypes.c_uint32)]
+
+
+class EstClock(ctypes.Structure):
+    _fields_ = [("next_due", ctypes.c_uint64), ("row", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
 # The connection tables (maps of maps whose shards Python creates) and the key of each.
 CONN_TABLES: dict[str, type[ctypes.Structure]] = {"conns": ConnKey, "half_open": ConnKey, "conns6": ConnKey6,
                                                   "half_open6": ConnKey6}
@@ -224,6 +244,9 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_slot_usage": SlotUsage,
     "pyvs_sweep_stats": SweepStats,
     "sweeper": Sweeper,
+    "pyvs_real_limits": RealLimits,
+    "pyvs_est": Est,
+    "pyvs_est_clock": EstClock,
 }
 
 def fill_config_defaults(cfg: Config) -> bool:

@@ -97,6 +97,7 @@ class RealSlot:
     slot: int
     entry: abi.RealEntry
     rip: IPAddress
+    limits: tuple[int, int] = (0, 0)  # (u_threshold, l_threshold), from real_limits
 
 
 def real_entry(rip: IPAddress) -> abi.RealEntry:
@@ -106,6 +107,8 @@ def real_entry(rip: IPAddress) -> abi.RealEntry:
 
 def svc_value(svc: Service, index: int) -> abi.Svc:
     flags = sched_flag_bits(svc.sched_flags) | (abi.SVC_F_PERSISTENT if svc.persistent is not None else 0)
+    if svc.onepacket:
+        flags |= abi.SVC_F_ONEPACKET
     if svc.reals and not any(real.weight for real in svc.reals.values()):
         flags |= abi.SVC_F_NO_WEIGHT  # (mh's table is built from last weights: its fallback walk would find none)
     netmask = svc.netmask if isinstance(svc.netmask, int) else ip_to_be(svc.netmask)  # IPv6: a prefix length
@@ -127,7 +130,19 @@ def service_from(key: ServiceKey, raw: abi.Svc) -> Service:
     else:
         netmask = be_to_ip(raw.netmask) if persistent is not None else HOST_MASK
     return Service(key, scheduler, persistent, netmask, sched_flag_names(scheduler, raw.flags & 7),
-                   mh_table_size=raw.table_size or None)
+                   mh_table_size=raw.table_size or None, onepacket=bool(raw.flags & abi.SVC_F_ONEPACKET))
+
+
+def overload_after_edit(overloaded: bool, old_upper: int, new_upper: int) -> bool:
+    """A real's OVERLOAD flag after its thresholds are written (__ip_vs_update_dest): cleared when the new upper
+    threshold is 0 or higher than the old one, else kept."""
+    return overloaded and new_upper != 0 and new_upper <= old_upper
+
+
+def decode_rates(est: abi.Est) -> tuple[int, int, int, int, int]:
+    """(cps, inpps, outpps, inbps, outbps) from an estimator, rounded as ip_vs_read_estimator."""
+    return ((est.cps + 0x1FF) >> 10, (est.inpps + 0x1FF) >> 10, (est.outpps + 0x1FF) >> 10,
+            (est.inbps + 0xF) >> 5, (est.outbps + 0xF) >> 5)
 
 
 def vip_filter_slot(vip: int) -> int:

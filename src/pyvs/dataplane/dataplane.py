@@ -33,6 +33,7 @@ from pyvs.dataplane.codec import (
     be_to_ip,
     clear_bits,
     conn_addresses,
+    decode_rates,
     family_map,
     fold_be,
     service_from,
@@ -55,6 +56,7 @@ from pyvs.model import (
     Counters,
     IPAddress,
     Protocol,
+    Rates,
     Real,
     RealKey,
     Rules,
@@ -267,7 +269,25 @@ class Dataplane:
         flags_at, gen_at = abi.RealEntry.flags.offset // 4, abi.RealEntry.gen.offset // 4
         used = [i for i, (f, g) in enumerate(zip(words[flags_at::stride], words[gen_at::stride], strict=True))
                 if (f or g) and i < count]
-        return [RealSlot(keys[i], values[i], self._rip(keys[i], values[i])) for i in used]
+        limits = self._all_limits()
+        return [RealSlot(keys[i], values[i], self._rip(keys[i], values[i]), limits.get(keys[i], (0, 0)))
+                for i in used]
+
+    def _all_limits(self) -> dict[int, tuple[int, int]]:
+        """Every real slot's thresholds that are not 0 (real_limits, in one batch)."""
+        fd = self._fds.get("real_limits")
+        if fd is None:
+            return {}  # a data plane made before thresholds (migrate reads it)
+        keys, values, count = libbpf.map_lookup_batch(fd, ctypes.c_uint32, abi.RealLimits, abi.MAX_REALS)
+        words = memoryview(values).cast("B").cast("I")[:2 * count]
+        return {keys[i]: (words[2 * i], words[2 * i + 1]) for i in range(count) if words[2 * i] or words[2 * i + 1]}
+
+    def _limits(self, slot: int) -> tuple[int, int]:
+        fd = self._fds.get("real_limits")
+        value = abi.RealLimits()
+        if fd is not None:
+            libbpf.map_lookup(fd, ctypes.c_uint32(slot), value)
+        return value.u_threshold, value.l_threshold
 
     def read_rules(self) -> Rules:
         services = self._services()
@@ -277,7 +297,8 @@ class Dataplane:
             entry = real.entry
             key = by_index.get(entry.svc_index)
             if entry.flags & abi.REAL_ACTIVE and key is not None:
-                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
+                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight,
+                            u_threshold=real.limits[0], l_threshold=real.limits[1])
                 rules.services[key].reals[item.key] = item
         return rules
 
@@ -290,7 +311,8 @@ class Dataplane:
         for real in self._service_slots(raw.index):
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE:
-                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
+                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight,
+                            u_threshold=real.limits[0], l_threshold=real.limits[1])
                 svc.reals[item.key] = item
         return svc
 
@@ -354,7 +376,7 @@ class Dataplane:
                 entries = [(keys[i], values[i]) for i in range(count)]
             else:
                 entries = [(slot, self._read_entry(slot)) for slot in slots[start:end]]
-            result += [RealSlot(slot, entry, self._rip(slot, entry)) for slot, entry in entries
+            result += [RealSlot(slot, entry, self._rip(slot, entry), self._limits(slot)) for slot, entry in entries
                        if entry.svc_index == index]
             start = end
         return result
@@ -488,6 +510,28 @@ class Dataplane:
                 result[(key, rkey)] = self._stats_at(abi.MAX_SERVICES + real.slot)
         return result
 
+    def _rates_at(self, index: int) -> Rates:
+        est = abi.Est()
+        fd = self._fds.get("estimators")
+        if fd is not None:
+            libbpf.map_lookup(fd, ctypes.c_uint32(index), est)
+        return Rates(*decode_rates(est))
+
+    def service_rates(self) -> dict[ServiceKey, Rates]:
+        """The rate estimator's figures per service (ipvsadm -L --rate), as the sweeper's timer computes them."""
+        return {key: self._rates_at(svc.index) for key, svc in self._services().items()}
+
+    def real_rates(self) -> dict[tuple[ServiceKey, RealKey], Rates]:
+        by_index, reals = self._owners()
+        return {(by_index[r.entry.svc_index], (r.rip, socket.ntohs(r.entry.port))):
+                self._rates_at(abi.MAX_SERVICES + r.slot) for r in reals.values() if r.entry.svc_index in by_index}
+
+    def overloaded(self) -> set[tuple[ServiceKey, RealKey]]:
+        """The reals whose OVERLOAD flag is set (their upper connection threshold reached)."""
+        by_index, reals = self._owners()
+        return {(by_index[r.entry.svc_index], (r.rip, socket.ntohs(r.entry.port))) for r in reals.values()
+                if r.entry.svc_index in by_index and r.entry.flags & abi.REAL_OVERLOAD}
+
     def sweep_stats(self) -> abi.SweepStats:
         value = abi.Sweeper()
         libbpf.map_lookup(self._fds["sweeper"], ctypes.c_uint32(0), value)
@@ -607,7 +651,13 @@ class Dataplane:
                 self._zero_stats(index)
 
     def _zero_stats(self, index: int) -> None:
+        """Zero a service's or real's counters and its rates (ip_vs_zero_stats zeroes the estimator too)."""
         libbpf.map_update(self._fds["stats"], ctypes.c_uint32(index), (abi.CountersEntry * self._ncpus)())
+        fd = self._fds.get("estimators")
+        if fd is not None:
+            est = abi.Est()
+            libbpf.map_lookup(fd, ctypes.c_uint32(index), est)
+            libbpf.map_update(fd, ctypes.c_uint32(index), abi.Est(gen=est.gen))
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -872,6 +922,8 @@ class Dataplane:
     def _write_reals(self, plan: Plan) -> None:
         """The real entries of the plan that are new or changed, in one batch; a slot that served
         another real before starts with zero counts and counters."""
+        for slot, (upper, lower) in plan.limits.items():  # before the entries: a new real starts with its own
+            libbpf.map_update(self._fds["real_limits"], ctypes.c_uint32(slot), abi.RealLimits(upper, lower))
         slots = sorted(plan.real_changed)
         if not slots:
             return

@@ -18,6 +18,7 @@ from pyvs.dataplane.codec import (
     clear_bit,
     clear_bits,
     find_run,
+    overload_after_edit,
     port_to_be,
     real_entry,
     same_settings,
@@ -47,6 +48,8 @@ class Plan:
                  resolver: Resolver, usage: abi.SlotUsage, read_entry: Callable[[int], abi.RealEntry]):
         self.current = current
         self.entries = {s.slot: s.entry for s in slots}
+        self.old_limits = {s.slot: s.limits for s in slots}
+        self.limits: dict[int, tuple[int, int]] = {}  # slot -> thresholds to write (changed, or a new real's)
         self.real_slot: dict[ServiceKey, dict[tuple[int, int], int]] = {}  # service -> (rip, port) -> real slot
         self.real_changed: dict[int, bool] = {}
         self.new_slots: set[int] = set()
@@ -121,6 +124,14 @@ class Plan:
                         entry.weight, entry.last_weight = real.weight, last_here[rid]
                         self.real_changed[slot] = True
                         self.changed_services.add(svc.key)
+                    limits = (real.u_threshold, real.l_threshold)
+                    old_limits = self.old_limits.get(slot, (0, 0))
+                    if limits != old_limits:
+                        self.limits[slot] = limits
+                        overloaded = bool(entry.flags & abi.REAL_OVERLOAD)
+                        if overloaded and not overload_after_edit(overloaded, old_limits[0], limits[0]):
+                            entry.flags &= ~abi.REAL_OVERLOAD
+                            self.real_changed[slot] = True
                 else:
                     last_here[rid] = real.weight
                     new_reals.append((svc.key, real))
@@ -193,6 +204,7 @@ class Plan:
             self.real_slot[key][(int(real.rip), real.port)] = slot
             self.real_changed[slot] = True
             self.new_slots.add(slot)
+            self.limits[slot] = (real.u_threshold, real.l_threshold)
             if isinstance(real.rip, IPv6Address):
                 self.addresses6[slot] = real.rip
 

@@ -23,6 +23,7 @@
 #define PYVS_MAX_REALS_PER_SERVICE 4096
 #define PYVS_FRAG_TABLE_SIZE 8192 /* fragmented datagrams to a VIP whose first fragment was seen (LRU) */
 #define PYVS_MAX_EXT_HEADERS 6 /* IPv6 extension headers walked before the upper-layer header; more: passed */
+#define PYVS_EST_ROWS 800 /* the rate estimator's rows: one per 2.5 ms tick, each stats slot once every 2 s */
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
 #define PYVS_SCHED_RR 0
@@ -45,6 +46,7 @@
 #define PYVS_SVC_F_SCHED3 4
 #define PYVS_SVC_F_PERSISTENT 8
 #define PYVS_SVC_F_NO_WEIGHT 16 /* no real has a weight: no new connection, and no table walk to learn it */
+#define PYVS_SVC_F_ONEPACKET 32 /* ipvsadm -o: every UDP datagram is scheduled, no connection entry is kept */
 
 /* Real flags. */
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
@@ -114,7 +116,11 @@
 #define PYVS_CNT_PASS_VLAN_DEPTH 29 /* frames with more than two VLAN tags: passed to the kernel unparsed */
 #define PYVS_CNT_PASS_ND 30        /* ICMPv6 neighbour discovery to a VIP (NS, NA, RS, RA, redirect): the kernel's */
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
-#define PYVS_CNT_COUNT 32
+#define PYVS_CNT_ONEPACKET 52     /* UDP datagrams of a one-packet (-o) service scheduled without an entry */
+#define PYVS_CNT_OVERLOAD_SET 53  /* a real reached its upper connection threshold (-x): OVERLOAD set */
+#define PYVS_CNT_OVERLOAD_CLEARED 54 /* a real's connections fell below its lower threshold (-y): OVERLOAD cleared */
+#define PYVS_CNT_EST_ROWS 55      /* rows of the rate estimator done (a row every 2.5 ms: every slot every 2 s) */
+#define PYVS_CNT_COUNT 56
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */
@@ -283,6 +289,36 @@ struct pyvs_sweep_stats {
 	__u64 half_open6;
 	__u64 scanning_entries6;
 	__u64 scanning_half_open6;
+};
+
+/* A real's connection thresholds (ipvsadm -x, -y), by real slot (real_limits); 0: none. */
+struct pyvs_real_limits {
+	__u32 u_threshold;
+	__u32 l_threshold;
+};
+
+/* The rate estimator of one service or real (IPVS's struct ip_vs_estimator), by the index of `stats`: the counters
+ * at its last estimate and the rates, cps and pps scaled by 2^10, bps by 2^5 (ip_vs_est.c). */
+struct pyvs_est {
+	__u64 last_conns;
+	__u64 last_inpkts;
+	__u64 last_outpkts;
+	__u64 last_inbytes;
+	__u64 last_outbytes;
+	__u64 cps;
+	__u64 inpps;
+	__u64 outpps;
+	__u64 inbps;
+	__u64 outbps;
+	__u32 gen;   /* the service's or real's generation it estimates; another one starts afresh */
+	__u32 rounds; /* estimates made */
+};
+
+/* Where the estimator is: the row of slots it does next and when (every PYVS_EST_ROWS rows make 2 s). */
+struct pyvs_est_clock {
+	__u64 next_due; /* bpf_ktime_get_ns() */
+	__u32 row;
+	__u32 pad;
 };
 
 #endif

@@ -46,6 +46,8 @@ static __always_inline int drop(__u32 id)
 	return XDP_DROP;
 }
 
+#include "adm.h" /* thresholds, one-packet scheduling, the rate estimator: after count(), which it uses */
+
 static __always_inline void account(__u32 index, __u64 bytes, int new_conn)
 {
 	struct pyvs_counters *c = bpf_map_lookup_elem(&stats, &index);
@@ -446,9 +448,12 @@ static __always_inline void keep_template6(const struct pyvs_conn6_key *key, con
 static __always_inline int sweep_entry(void *map, void *key, struct pyvs_conn *conn, struct sweep_ctx *ctx)
 {
 	if (expired(conn, ctx->cfg, ctx->now)) {
+		__u32 real_id = conn->real;
+
 		recount(conn, PYVS_COUNTED_NONE);
 		if (bpf_map_delete_elem(map, key) == 0)
 			count(ctx->swept_counter);
+		pyvs_threshold_unbind(real_id);
 		return 0;
 	}
 	ctx->live += 1;
@@ -488,6 +493,7 @@ static long zero_one(__u32 i, struct zero_ctx *z)
 		return 1;
 	c->active[p & 3] = 0;
 	c->inactive[p & 3] = 0;
+	pyvs_threshold_unbind(slot); /* counts that fell without an event (LRU evictions, flushes) */
 	return 0;
 }
 
@@ -587,6 +593,7 @@ static int tick(void *map, __u32 *key, struct sweeper *sw)
 	st->ticks += 1;
 	if (cfg && cfg->conn_shards)
 		sweep_step(st, cfg, st->now);
+	pyvs_estimate();
 	st->last_step_ns = bpf_ktime_get_ns() - started;
 	if (st->last_step_ns > st->max_step_ns)
 		st->max_step_ns = st->last_step_ns;
@@ -956,6 +963,14 @@ static __noinline int follow_fragment6(struct packet6 *p)
 	return -1;
 }
 
+/* Whether the packet of a one-packet service is a fragment (its datagram needs an entry for the others). */
+static __always_inline int onepacket_fragment(const struct packet *pkt, const int v6)
+{
+	if (v6)
+		return ((const struct packet6 *)pkt)->frag; /* pkt is its packet6's base, the first member */
+	return (pkt->iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
+}
+
 /* The connection path of a TCP/UDP packet to a VIP, for either family: `ckey` is the packet's key in the family's
  * tables (a struct pyvs_conn_key, or pyvs_conn6_key when `v6`, a constant: each caller gets its own code), and
  * pkt->saddr/daddr what the schedulers hash (IPv6: the addresses' words xor-ed, as IPVS folds them). */
@@ -986,19 +1001,23 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 	/* An established flow needs no service lookup: its entry names the service and the real. */
 	conn = bpf_map_lookup_elem(main_shard, ckey);
 	if (conn && stale(conn, cfg, now, event)) {
+		real_id = conn->real;
 		count(PYVS_CNT_CONN_REPLACED);
 		recount(conn, PYVS_COUNTED_NONE);
 		if (bpf_map_delete_elem(main_shard, ckey) == 0)
 			count(PYVS_CNT_CONN_DELETED);
+		pyvs_threshold_unbind(real_id);
 		conn = NULL;
 	}
 	if (!conn && pkt->proto == IPPROTO_TCP) {
 		half_shard = family_half_open_shard(ckey, cfg, v6);
 		half = half_shard ? bpf_map_lookup_elem(half_shard, ckey) : NULL;
 		if (half && stale(half, cfg, now, event)) {
+			real_id = half->real;
 			recount(half, PYVS_COUNTED_NONE);
 			if (bpf_map_delete_elem(half_shard, ckey) == 0)
 				count(PYVS_CNT_HALF_OPEN_SWEPT);
+			pyvs_threshold_unbind(real_id);
 			half = NULL;
 		}
 		if (half)
@@ -1043,6 +1062,18 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 		if (!real || !(real->flags & PYVS_REAL_ACTIVE))
 			return drop(PYVS_CNT_DROP_NO_REAL);
 		svc_index = svc->index;
+		if ((svc->flags & PYVS_SVC_F_ONEPACKET) && pkt->proto == IPPROTO_UDP) {
+			/* ipvsadm -o: IPVS binds a one-packet connection and expires it after the packet; here no
+			 * entry at all, the counts do not move. A fragmented datagram keeps an entry (below) for 1 s
+			 * idle, so that its other fragments follow its first one. */
+			if (!onepacket_fragment(pkt, v6)) {
+				count(PYVS_CNT_ONEPACKET);
+				count(PYVS_CNT_CONN_NEW);
+				new_conn = 1;
+				goto forward;
+			}
+			fresh.timeout = 1;
+		}
 		state = pkt->proto == IPPROTO_TCP ? tcp_next_state(PYVS_STATE_NONE, event) : PYVS_STATE_UDP;
 		new_entry(&fresh, real_id, real, svc_index, state, parity, now);
 		if (svc->flags & PYVS_SVC_F_PERSISTENT)
@@ -1051,6 +1082,7 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 		rc = bpf_map_update_elem(table, ckey, &fresh, BPF_NOEXIST);
 		if (rc == 0) {
 			add_count(real_id, parity, fresh.counted, 1);
+			pyvs_threshold_bind(real_id);
 			count(table == main_shard ? PYVS_CNT_CONN_INSERTED : PYVS_CNT_HALF_OPEN_NEW);
 			count(PYVS_CNT_CONN_NEW);
 			new_conn = 1;
@@ -1068,6 +1100,7 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 		}
 	}
 
+forward:
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
 	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);

@@ -89,14 +89,54 @@ static __always_inline __u32 table_real(__u32 key)
 	return slot ? *slot : NO_REAL;
 }
 
+/* A walk of the rr/wrr table from `start` for the first real that is not overloaded. */
+struct next_walk {
+	__u32 base;
+	__u32 len;
+	__u32 start;
+	__u32 found;
+	__u32 offset;
+};
+
+static __always_inline int takes_new(__u32 slot)
+{
+	struct pyvs_real *real = bpf_map_lookup_elem(&reals, &slot);
+
+	return real && real->weight > 0 && !(real->flags & PYVS_REAL_OVERLOAD);
+}
+
+static long next_step(__u32 i, void *ctx)
+{
+	struct next_walk *w = ctx;
+
+	if (!takes_new(table_real(w->base + (w->start + i) % w->len)))
+		return 0;
+	w->found = 1;
+	w->offset = i;
+	return 1;
+}
+
+/* The next real of the table; an overloaded one is passed over (ip_vs_rr.c and ip_vs_wrr.c walk on from the last
+ * pick to the next available real: the table is that walk's order, wrr's one period of it), and the next pick starts
+ * after the one taken. */
 static __always_inline __u32 pick_next(const struct pyvs_svc *svc)
 {
 	__u32 index = svc->index;
 	__u32 *position = bpf_map_lookup_elem(&sched_state, &index);
+	struct next_walk w = { .base = svc->table_base, .len = svc->table_len };
+	__u32 slot;
 
 	if (!position)
 		return NO_REAL;
-	return table_real(svc->table_base + __sync_fetch_and_add(position, 1) % svc->table_len);
+	w.start = __sync_fetch_and_add(position, 1) % svc->table_len;
+	slot = table_real(w.base + w.start);
+	if (takes_new(slot))
+		return slot;
+	bpf_loop(w.len, next_step, &w, 0);
+	if (!w.found)
+		return NO_REAL;
+	*position = w.start + w.offset + 1;
+	return table_real(w.base + (w.start + w.offset) % w.len);
 }
 
 /* ---- scans: lc, wlc, sed, nq, fo, ovf ----------------------------------------------------------- */
