@@ -171,8 +171,10 @@ PLAIN = Setup([5, 3, 1, 0, 2])
 
 CASES = [
     pytest.param("rr", PLAIN, 0, id="rr"),
+    pytest.param("rr", BUSY, 0, id="rr-overloaded"),
     pytest.param("wrr", PLAIN, 0, id="wrr"),
     pytest.param("wrr", Setup([4, 3, 2]), 0, id="wrr-4-3-2"),
+    pytest.param("wrr", Setup([4, 3, 2, 5], overloaded=frozenset({0, 3})), 0, id="wrr-overloaded"),
     *[pytest.param(name, BUSY, 0, id=name) for name in ("lc", "wlc", "sed", "nq", "fo", "ovf", "lblc", "lblcr")],
     pytest.param("nq", PLAIN, 0, id="nq-idle-first"),
     pytest.param("ovf", Setup([4, 3, 2], active=(4, 0, 0, 0, 0)), 0, id="ovf-weight-limited"),

@@ -133,12 +133,6 @@ def service_from(key: ServiceKey, raw: abi.Svc) -> Service:
                    mh_table_size=raw.table_size or None, onepacket=bool(raw.flags & abi.SVC_F_ONEPACKET))
 
 
-def overload_after_edit(overloaded: bool, old_upper: int, new_upper: int) -> bool:
-    """A real's OVERLOAD flag after its thresholds are written (__ip_vs_update_dest): cleared when the new upper
-    threshold is 0 or higher than the old one, else kept."""
-    return overloaded and new_upper != 0 and new_upper <= old_upper
-
-
 def decode_rates(est: abi.Est) -> tuple[int, int, int, int, int]:
     """(cps, inpps, outpps, inbps, outbps) from an estimator, rounded as ip_vs_read_estimator."""
     return ((est.cps + 0x1FF) >> 10, (est.inpps + 0x1FF) >> 10, (est.outpps + 0x1FF) >> 10,

@@ -18,7 +18,6 @@ from pyvs.dataplane.codec import (
     clear_bit,
     clear_bits,
     find_run,
-    overload_after_edit,
     port_to_be,
     real_entry,
     same_settings,
@@ -32,6 +31,7 @@ from pyvs.dataplane.neighbours import NeighbourError
 from pyvs.mac import ZERO_MAC
 from pyvs.model import IPAddress, ModelError, Real, Rules, ServiceKey, sched_flag_bits, validate_service
 from pyvs.schedulers import build_table
+from pyvs.schedulers.thresholds import after_edit
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Plan:
                     if limits != old_limits:
                         self.limits[slot] = limits
                         overloaded = bool(entry.flags & abi.REAL_OVERLOAD)
-                        if overloaded and not overload_after_edit(overloaded, old_limits[0], limits[0]):
+                        if overloaded and not after_edit(overloaded, old_limits[0], limits[0]):
                             entry.flags &= ~abi.REAL_OVERLOAD
                             self.real_changed[slot] = True
                 else:

@@ -41,8 +41,9 @@ static __noinline int pyvs_threshold_bind(__u32 real_id)
 	return 1;
 }
 
-/* ip_vs_unbind_dest's check, after a connection of `real_id` was uncounted (or its counts fell). */
-static __noinline int pyvs_threshold_unbind(__u32 real_id)
+/* ip_vs_unbind_dest's check, after a connection of `real_id` was uncounted; `periodic`: the sweeper's look at counts
+ * that fell without an event, which leaves a real without thresholds alone (only an unbind clears its flag). */
+static __noinline int pyvs_threshold_unbind(__u32 real_id, int periodic)
 {
 	struct pyvs_real *real = bpf_map_lookup_elem(&reals, &real_id);
 	struct pyvs_real_limits *lim;
@@ -51,7 +52,7 @@ static __noinline int pyvs_threshold_unbind(__u32 real_id)
 	if (!real || !(real->flags & PYVS_REAL_OVERLOAD))
 		return 0;
 	lim = bpf_map_lookup_elem(&real_limits, &real_id);
-	if (!lim)
+	if (!lim || (periodic && !lim->u_threshold && !lim->l_threshold))
 		return 0;
 	real_live_counts(real_id, &active, &inactive);
 	total = active + inactive;

@@ -453,7 +453,7 @@ static __always_inline int sweep_entry(void *map, void *key, struct pyvs_conn *c
 		recount(conn, PYVS_COUNTED_NONE);
 		if (bpf_map_delete_elem(map, key) == 0)
 			count(ctx->swept_counter);
-		pyvs_threshold_unbind(real_id);
+		pyvs_threshold_unbind(real_id, 0);
 		return 0;
 	}
 	ctx->live += 1;
@@ -493,7 +493,7 @@ static long zero_one(__u32 i, struct zero_ctx *z)
 		return 1;
 	c->active[p & 3] = 0;
 	c->inactive[p & 3] = 0;
-	pyvs_threshold_unbind(slot); /* counts that fell without an event (LRU evictions, flushes) */
+	pyvs_threshold_unbind(slot, 1); /* counts that fell without an event (LRU evictions, flushes) */
 	return 0;
 }
 
@@ -1006,7 +1006,7 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 		recount(conn, PYVS_COUNTED_NONE);
 		if (bpf_map_delete_elem(main_shard, ckey) == 0)
 			count(PYVS_CNT_CONN_DELETED);
-		pyvs_threshold_unbind(real_id);
+		pyvs_threshold_unbind(real_id, 0);
 		conn = NULL;
 	}
 	if (!conn && pkt->proto == IPPROTO_TCP) {
@@ -1017,7 +1017,7 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 			recount(half, PYVS_COUNTED_NONE);
 			if (bpf_map_delete_elem(half_shard, ckey) == 0)
 				count(PYVS_CNT_HALF_OPEN_SWEPT);
-			pyvs_threshold_unbind(real_id);
+			pyvs_threshold_unbind(real_id, 0);
 			half = NULL;
 		}
 		if (half)
