@@ -209,3 +209,42 @@ def test_ipv6_save_restore_edit_and_a_mixed_family_refusal(director: Dataplane) 
     assert pyvsadm(director, "-A -t [2001:db8::100]:80")[0] == 0
     code, _, err = pyvsadm(director, "-a -t [2001:db8::100]:80 -r [2001:db8:9::1]:80")  # not on the segment
     assert code == 1 and "2001:db8:9::1" in err
+
+
+ADM_RULES = """\
+-A -t 198.18.0.100:80 -s wlc
+-a -t 198.18.0.100:80 -r 198.18.2.11:80 -g -w 1 -x 100 -y 80
+-a -t 198.18.0.100:80 -r 198.18.2.12:80 -g -w 2 -x 50
+-A -u 198.18.0.100:53 -s rr -p 60 -o
+-a -u 198.18.0.100:53 -r 198.18.2.11:53 -g -w 1
+-A -u [2001:db8::100]:53 -s mh -p 300 -M 64 -o -b mh-fallback,mh-port
+-a -u [2001:db8::100]:53 -r [2001:db8:2::11]:53 -g -w 3 -x 7 -y 2
+"""
+
+
+def test_thresholds_and_one_packet_save_restore_round_trip(director: Dataplane) -> None:
+    """Every option of thresholds and one-packet scheduling through the maps and back, byte for byte."""
+    assert pyvsadm(director, "-R", stdin=ADM_RULES)[0] == 0
+    assert pyvsadm(director, "-S -n")[1] == ADM_RULES
+    assert pyvsadm(director, "-C")[0] == 0
+    assert pyvsadm(director, "-R", stdin=ADM_RULES)[0] == 0
+    assert pyvsadm(director, "-S -n")[1] == ADM_RULES
+    listing = pyvsadm(director, "-L -n --thresholds")[1]
+    assert "  -> 198.18.2.11:80               100        80         0          0         \n" in listing
+    assert "UDP  198.18.0.100:53 rr persistent 60 ops\n" in pyvsadm(director, "-L -n")[1]
+    code, out, err = pyvsadm(director, "-E -t 198.18.0.100:80 -s wlc -o")
+    assert code == 2 and "only for UDP" in err
+    assert pyvsadm(director, "-e -t 198.18.0.100:80 -r 198.18.2.11 -w 1")[0] == 0  # thresholds back to none
+    assert "-a -t 198.18.0.100:80 -r 198.18.2.11:80 -g -w 1\n" in pyvsadm(director, "-S -n")[1]
+
+
+def test_rate_and_exact_stats_list_every_service(director: Dataplane) -> None:
+    load_tutorial(director)
+    rate = pyvsadm(director, "-L -n --rate")[1].splitlines()
+    assert rate[1] == "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS"
+    assert rate[3] == "TCP  198.18.0.100:80                     0        0        0        0        0"
+    assert rate[4] == "  -> 198.18.2.11:80                      0        0        0        0        0"
+    stats = pyvsadm(director, "-L -n --stats --exact")[1].splitlines()
+    assert stats[3] == "TCP  198.18.0.100:80                     0        0        0        0        0"
+    code, _, err = pyvsadm(director, "-A -u 198.18.0.100:5060 -p --pe sip")
+    assert code == 2 and "no SIP parser" in err
