@@ -112,6 +112,8 @@ class Real:
     # cleared below l_threshold (3/4 of u_threshold when 0), as IPVS does.
     u_threshold: int = 0
     l_threshold: int = 0
+    # IPVS's OVERLOAD flag as the data plane holds it (read back, never written): a state, not a setting.
+    overloaded: bool = field(default=False, compare=False)
 
     @property
     def key(self) -> RealKey:

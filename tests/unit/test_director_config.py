@@ -274,3 +274,41 @@ def test_the_data_planes_switches_are_set_or_left_alone() -> None:
     assert config.sloppy_tcp is True and config.expire_nodest_conn is None
     with pytest.raises(ConfigError, match="sloppy_tcp"):
         parse_config(GOOD.replace('interface = "eth0"', 'interface = "eth0"\nsloppy_tcp = "yes"'), "d.toml")
+
+
+ADM = """
+[[service]]
+proto = "udp"
+vip = "198.18.0.100"
+port = 53
+scheduler = "rr"
+ops = true
+check = { type = "none" }
+
+[[service.real]]
+address = "198.18.2.11"
+uthreshold = 100
+lthreshold = 80
+"""
+
+
+def test_ops_and_thresholds_reach_the_service_and_its_reals() -> None:
+    svc = parse_config(ADM).services[0]
+    assert svc.onepacket and svc.service().onepacket
+    assert (svc.reals[0].u_threshold, svc.reals[0].l_threshold) == (100, 80)
+    plain = parse_config(ADM.replace("ops = true\n", "").replace("lthreshold = 80\n", "")).services[0]
+    assert not plain.onepacket and plain.reals[0].l_threshold == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "message"),
+    [
+        ('proto = "udp"', 'proto = "tcp"', "only for UDP"),
+        ("uthreshold = 100", "uthreshold = -1", "uthreshold"),
+        ("lthreshold = 80", "lthreshold = 2147483648", "lthreshold"),
+        ("ops = true", 'ops = "yes"', "ops"),
+    ],
+)
+def test_bad_ops_or_thresholds_are_refused(change: str, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(ADM.replace(change, line, 1), "director.toml")

@@ -194,3 +194,33 @@ def test_the_command_prints_toml_on_stdout_and_warnings_on_stderr(tmp_path: Path
                             capture_output=True, text=True, check=True)
     assert parse_config(result.stdout).services[0].key.port == 80
     assert result.stderr.count("pyvs: not carried over: ") == 8
+
+
+def test_ops_and_thresholds_are_carried_over() -> None:
+    conf = """
+virtual_server 198.18.0.100 53 {
+    lb_algo rr
+    lb_kind DR
+    ops
+    protocol UDP
+    real_server 198.18.2.11 53 {
+        weight 2
+        uthreshold 100
+        lthreshold 80
+    }
+}
+virtual_server 198.18.0.100 80 {
+    lb_kind DR
+    ops
+    real_server 198.18.2.12 80 {
+        uthreshold 5
+    }
+}
+"""
+    text, warnings = import_keepalived(conf)
+    config = parse_config(text)
+    udp, tcp = sorted(config.services, key=lambda s: s.key.port)
+    assert udp.onepacket and not tcp.onepacket
+    assert (udp.reals[0].u_threshold, udp.reals[0].l_threshold) == (100, 80)
+    assert tcp.reals[0].u_threshold == 5
+    assert any("ops (one-packet scheduling) is for UDP services only" in w for w in warnings)

@@ -298,7 +298,8 @@ class Dataplane:
             key = by_index.get(entry.svc_index)
             if entry.flags & abi.REAL_ACTIVE and key is not None:
                 item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight,
-                            u_threshold=real.limits[0], l_threshold=real.limits[1])
+                            u_threshold=real.limits[0], l_threshold=real.limits[1],
+                            overloaded=bool(entry.flags & abi.REAL_OVERLOAD))
                 rules.services[key].reals[item.key] = item
         return rules
 
@@ -312,7 +313,8 @@ class Dataplane:
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE:
                 item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight,
-                            u_threshold=real.limits[0], l_threshold=real.limits[1])
+                            u_threshold=real.limits[0], l_threshold=real.limits[1],
+                            overloaded=bool(entry.flags & abi.REAL_OVERLOAD))
                 svc.reals[item.key] = item
         return svc
 

@@ -19,9 +19,13 @@
     sorry_server = "198.18.2.20"        # IPv6: "2001:db8:2::20" or "[2001:db8:2::20]:80"
     check = { type = "http", path = "/", status = [200], interval = 1.0, timeout = 1.0, rise = 2, fall = 2 }
 
+    ops = false                         # UDP only: one-packet scheduling (ipvsadm -o, keepalived's ops)
+
     [[service.real]]
     address = "198.18.2.11"
     weight = 1
+    uthreshold = 0                      # ipvsadm -x: no new connections at this many (0: no limit)
+    lthreshold = 0                      # ipvsadm -y: new ones again below this many (0: 3/4 of uthreshold)
 
     [bgp]                               # optional: announce the VIPs over BGP (active/active behind ECMP)
     local_asn = 65001
@@ -55,6 +59,7 @@ from pyvs.model import (
     DEFAULT_PERSISTENCE,
     HOST_MASK,
     HOST_PREFIX6,
+    MAX_THRESHOLD,
     MAX_WEIGHT,
     IPAddress,
     ModelError,
@@ -117,6 +122,8 @@ class RealSpec:
     weight: int
     check: CheckSpec
     inhibit_on_failure: bool
+    u_threshold: int = 0  # ipvsadm -x (keepalived's uthreshold)
+    l_threshold: int = 0  # ipvsadm -y (keepalived's lthreshold)
 
     @property
     def key(self) -> RealKey:
@@ -136,6 +143,7 @@ class ServiceSpec:
     netmask: Netmask = HOST_MASK  # ipvsadm -M: persistence granularity (IPv6: a prefix length, 128 by default)
     sched_flags: tuple[str, ...] = ()  # ipvsadm -b, in the names ipvsadm prints
     mh_table_size: int | None = None  # pyvsadm --mh-table-size; None: chosen from the reals in the data plane
+    onepacket: bool = False  # ipvsadm -o (keepalived's ops)
 
     def real(self, key: RealKey) -> RealSpec | None:
         return next((r for r in self.reals if r.key == key), None)
@@ -143,7 +151,7 @@ class ServiceSpec:
     def service(self) -> Service:
         """The service's settings as the data plane holds them (no reals yet)."""
         return Service(self.key, self.scheduler, self.persistent, self.netmask, self.sched_flags,
-                       mh_table_size=self.mh_table_size)
+                       mh_table_size=self.mh_table_size, onepacket=self.onepacket)
 
 
 @dataclass(frozen=True)
@@ -286,8 +294,8 @@ DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_tim
                  "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics", "page_token")
 SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
-                "inhibit_on_failure", "check", "real")
-REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
+                "inhibit_on_failure", "check", "real", "ops")
+REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check", "uthreshold", "lthreshold")
 BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "router_id", "next_hop", "communities", "hold_time",
             "connect_retry", "withdraw_wait")
 PEER_KEYS = ("address", "asn")
@@ -505,7 +513,9 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool)
                             "direct routing cannot change the port")
     weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
     real_check = _check(_sub(reader, "check", CHECK_KEYS, "check"), check) if "check" in reader.table else check
-    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit))
+    upper = reader.integer("uthreshold", 0, 0, MAX_THRESHOLD)
+    lower = reader.integer("lthreshold", 0, 0, MAX_THRESHOLD)
+    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit), upper, lower)
 
 
 def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check_scripts: bool,
@@ -528,11 +538,14 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
                                                "(ipvsadm's -M goes with -p)")
     flags = reader.convert("scheduler_flags", _flags, ())
     table_size = reader.get("mh_table_size", int, None)
+    onepacket = reader.get("ops", bool, False)
     try:
-        validate_service(Service(key, scheduler, persistent, netmask, flags, mh_table_size=table_size))
+        validate_service(Service(key, scheduler, persistent, netmask, flags, mh_table_size=table_size,
+                                 onepacket=onepacket))
     except ModelError as exc:
         setting = ("scheduler_flags" if "flag" in str(exc) else "persistence_timeout" if "persistence" in str(exc)
-                   else "mh_table_size" if "table size" in str(exc) else "port")
+                   else "mh_table_size" if "table size" in str(exc) else "ops" if "One-Packet" in str(exc)
+                   else "port")
         reader.fail(setting, str(exc))
     flags = sched_flag_names(scheduler, sched_flag_bits(flags))  # as the data plane reads them back
     check = _check(_sub(reader, "check", CHECK_KEYS, "check"), CheckSpec(port=None, user=user))
@@ -565,7 +578,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     return ServiceSpec(
         key, scheduler, tuple(reals), sorry, reader.integer("quorum", 1, 0, 1 << 30),
         reader.integer("hysteresis", 0, 0, 1 << 30), reader.get("alpha", bool, False),
-        persistent, netmask, flags, table_size,
+        persistent, netmask, flags, table_size, onepacket,
     )
 
 

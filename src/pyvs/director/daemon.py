@@ -113,7 +113,8 @@ def service_diff(current: Service | None, expected: Service | None) -> list[str]
                             ("persistence", current.persistent, expected.persistent),
                             ("netmask", current.netmask, expected.netmask),
                             ("flags", ",".join(current.sched_flags), ",".join(expected.sched_flags)),
-                            ("mh table size", current.mh_table_size, expected.mh_table_size)):
+                            ("mh table size", current.mh_table_size, expected.mh_table_size),
+                            ("one-packet scheduling", current.onepacket, expected.onepacket)):
         if now != then:
             changes.append(f"{name} {now or '-'} (expected {then or '-'})")
     for key in sorted(set(current.reals) | set(expected.reals)):
@@ -124,6 +125,9 @@ def service_diff(current: Service | None, expected: Service | None) -> list[str]
             changes.append(f"real {real_name(key)} removed")
         elif now_real.weight != then_real.weight:
             changes.append(f"real {real_name(key)} weight {now_real.weight} (expected {then_real.weight})")
+        elif (now_real.u_threshold, now_real.l_threshold) != (then_real.u_threshold, then_real.l_threshold):
+            changes.append(f"real {real_name(key)} thresholds {now_real.u_threshold}/{now_real.l_threshold} "
+                           f"(expected {then_real.u_threshold}/{then_real.l_threshold})")
     return changes
 
 
@@ -332,9 +336,11 @@ class Director:
                     continue
                 if self.reals[target].health.up:
                     weight = 0 if target in self.drained else real.weight
-                    service.reals[real.key] = Real(real.rip, real.port, weight)
+                    service.reals[real.key] = Real(real.rip, real.port, weight, u_threshold=real.u_threshold,
+                                                   l_threshold=real.l_threshold)
                 elif real.inhibit_on_failure or target in quiesce:
-                    service.reals[real.key] = Real(real.rip, real.port, 0)
+                    service.reals[real.key] = Real(real.rip, real.port, 0, u_threshold=real.u_threshold,
+                                                   l_threshold=real.l_threshold)
             rules.services[svc.key] = service
         return rules
 
@@ -622,6 +628,7 @@ class Director:
                     "last_check_ok": health.last_ok if health else None,
                     "last_check_at": health.checked_at if health else None,
                     "active": active, "inactive": inactive, "drained": (svc.key, key) in self.drained,
+                    "overloaded": bool(live and live.overloaded),
                     "conns": counters.conns if counters else 0, "packets": counters.inpkts if counters else 0,
                     "bytes": counters.inbytes if counters else 0,
                 })  # fmt: skip
@@ -643,7 +650,7 @@ class Director:
             others.append({
                 "proto": other.key.proto.label.lower(), "vip": str(other.key.vip), "port": other.key.port,
                 "name": service_name(other.key), "scheduler": other.scheduler, "owner": "other",
-                "reals": [{"address": str(r.rip), "port": r.port, "weight": r.weight,
+                "reals": [{"address": str(r.rip), "port": r.port, "weight": r.weight, "overloaded": r.overloaded,
                            "active": conns.get((other.key, r.key), (0, 0))[0],
                            "inactive": conns.get((other.key, r.key), (0, 0))[1]} for r in other.sorted_reals()],
                 "conns": counted.conns if counted else 0, "packets": counted.inpkts if counted else 0,

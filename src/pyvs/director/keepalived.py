@@ -10,7 +10,8 @@ compared without case, as keepalived does. Reading is linear in the input's size
 is held in memory at a time.
 
 Carried over: lb_algo/lvs_sched, the scheduler flags (flag-1..3, sh-port, sh-fallback, mh-port, mh-fallback),
-lb_kind/lvs_method DR, protocol, persistence_timeout, persistence_granularity, weight, inhibit_on_failure,
+lb_kind/lvs_method DR, protocol, persistence_timeout, persistence_granularity, ops, weight, uthreshold, lthreshold,
+inhibit_on_failure,
 sorry_server, quorum, hysteresis, alpha, virtualhost, delay_loop, connect_timeout, retry/nb_get_retry,
 delay_before_retry, connect_port, TCP_CHECK, HTTP_GET and SSL_GET (url path, status_code, digest, virtualhost,
 regex) and MISC_CHECK (misc_path as argv, misc_timeout, default delay_loop as keepalived's). Every other option
@@ -31,6 +32,7 @@ from typing import Any, NoReturn
 
 from pyvs.director.config import _digest, _regex, _status_ranges
 from pyvs.model import (
+    MAX_THRESHOLD,
     MAX_WEIGHT,
     SCHED_FLAG_BITS,
     ModelError,
@@ -365,20 +367,27 @@ class _Converter:
             elif key in SCHED_FLAG_BITS:
                 service.setdefault("scheduler_flags", []).append(key)
                 where.setdefault("scheduler_flags", child)
+            elif key == "ops":
+                service["ops"] = True
+                where["ops"] = child
             elif key == "persistence_engine":
-                self.warn(child, "persistence engines (--pe) are not implemented by pyvs; not carried over")
+                self.warn(child, "persistence engines (--pe) need a payload parser (sip), which pyvs does not have; "
+                                 "not carried over")
             elif key in ("quorum_up", "quorum_down"):
                 self.warn(child, "use [director] notify: it runs for quorum_up/quorum_down events too")
             else:
                 self.warn(child, "not supported by pyvs; not carried over")
         if not method_seen:
             self.warn(vs, f"{vip} {port} has no lb_kind (keepalived's default is NAT); converted as DR")
+        if service.get("ops") and service["proto"] != "udp":
+            self.warn(where["ops"], "ops (one-packet scheduling) is for UDP services only; not carried over")
+            del service["ops"]
         if "persistence_granularity" in service and "persistence_timeout" not in service:
             self.warn(vs, "persistence_granularity without persistence_timeout has no effect; not carried over")
             del service["persistence_granularity"]
         svc_key = ServiceKey(Protocol[service["proto"].upper()], vip_address, port)
         settings = Service(svc_key, service["scheduler"], service.get("persistence_timeout"),
-                           sched_flags=tuple(service.get("scheduler_flags", ())))
+                           sched_flags=tuple(service.get("scheduler_flags", ())), onepacket=service.get("ops", False))
         if "persistence_granularity" in service:
             settings.netmask = parse_netmask_for(str(service["persistence_granularity"]), family)
         try:
@@ -462,6 +471,8 @@ class _Converter:
         for child in rs.children:
             if child.keyword == "weight":
                 real["weight"] = self.integer(child, 0, MAX_WEIGHT)
+            elif child.keyword in ("uthreshold", "lthreshold"):
+                real[child.keyword] = self.integer(child, 0, MAX_THRESHOLD)
             elif child.keyword == "inhibit_on_failure":
                 real["inhibit_on_failure"] = self.boolean(child)
             elif child.keyword in TIMING:

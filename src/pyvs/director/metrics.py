@@ -109,6 +109,9 @@ class SnapshotCollector(Collector):
             "real_weight": GaugeMetricFamily(
                 "pyvs_real_weight", "Weight in the data plane (-1: not in the data plane)", labels=REAL),
             "real_up": GaugeMetricFamily("pyvs_real_up", "Health: 1 up, 0 down", labels=REAL),
+            "real_overloaded": GaugeMetricFamily(
+                "pyvs_real_overloaded", "1 when the real reached its upper connection threshold (OVERLOAD)",
+                labels=REAL),
             "real_transitions": CounterMetricFamily(
                 "pyvs_real_health_transitions", "Health state changes", labels=REAL),
         }  # fmt: skip
@@ -127,6 +130,7 @@ class SnapshotCollector(Collector):
                 families["real_active"].add_metric(real_labels, real["active"])
                 families["real_inactive"].add_metric(real_labels, real["inactive"])
                 families["real_weight"].add_metric(real_labels, -1 if real["weight"] is None else real["weight"])
+                families["real_overloaded"].add_metric(real_labels, int(real.get("overloaded", False)))
                 if real["role"] == "real":
                     families["real_up"].add_metric(real_labels, int(real["health"] == "up"))
                     families["real_transitions"].add_metric(real_labels, real["transitions"])

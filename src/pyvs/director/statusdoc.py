@@ -36,6 +36,7 @@ class RealStatus(TypedDict):
     active: int  # the schedulers' own counts (no table scan)
     inactive: int
     drained: bool  # the page's drain: weight 0 until undrained or reloaded
+    overloaded: bool  # IPVS's OVERLOAD: its upper connection threshold reached, no new connections
     conns: int
     packets: int
     bytes: int
@@ -62,6 +63,7 @@ class OtherReal(TypedDict):
     address: str
     port: int
     weight: int
+    overloaded: bool
     active: int  # the schedulers' own counts, as for the daemon's reals
     inactive: int
 
