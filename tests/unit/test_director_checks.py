@@ -218,3 +218,12 @@ def test_checks_reach_an_ipv6_real_with_a_bracketed_host() -> None:
     assert http.ok and http.detail.startswith("http://[::1]:") and http.detail.endswith("/h: status 200")
     assert seen[0].startswith(b"GET /h HTTP/1.0\r\nHost: [::1]\r\n")
     assert closed == ProbeResult(False, "tcp [::1]:1: Connection refused")
+
+
+def test_an_overloaded_real_is_shown_in_the_table_and_the_metrics() -> None:
+    snapshot = _snapshot(30, 12.0)
+    snapshot["services"][0]["reals"][0].update(health="up", overloaded=True)
+    assert status_table(snapshot)[3].split()[2] == "up,OVERLOAD"
+    labels = 'real="198.18.2.11:80",role="real",service="tcp/198.18.0.100:80"'
+    assert f"pyvs_real_overloaded{{{labels}}} 1.0" in render(snapshot).decode()
+    assert f"pyvs_real_overloaded{{{labels}}} 0.0" in render(_snapshot(30, 12.0)).decode()

@@ -62,6 +62,8 @@ def status_table(current: StatusDocument, previous: StatusDocument | None = None
             old = before.get((svc["name"], name))
             label = f"  -> {name}" + (" (sorry server)" if real["role"] == "sorry" else "")
             health = real["health"].upper() if real["health"] == "down" else real["health"]
+            if real.get("overloaded"):
+                health += ",OVERLOAD"  # its upper connection threshold reached: no new connections
             rows.append([label, health, "-" if real["weight"] is None else str(real["weight"]),
                          str(real["active"]), str(real["inactive"]),
                          _rate(real["conns"], _was(old, "conns"), seconds),
