@@ -75,6 +75,7 @@ class Harness:
                 svc.reals[(rip, 80)] = Real(rip, 80, weight)
             rules.services[svc.key] = svc
         dp.apply(rules)  # services and reals through the API; the scheduler and its table below
+        dp.program()  # loaded now: a load slower than two sweep passes would outlast the counts written for a flow
         self.fds = {name: libbpf.obj_get(str(dp.pin_dir / name)) for name in (services, "reals", "sched_table",
                                                                               "real_conns")}
         self.fds["services"] = self.fds.pop(services)

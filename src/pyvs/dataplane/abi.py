@@ -216,7 +216,8 @@ class Est(ctypes.Structure):
 
 
 class EstClock(ctypes.Structure):
-    _fields_ = [("next_due", ctypes.c_uint64), ("row", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("next_due", ctypes.c_uint64), ("rows", ctypes.c_uint64), ("row", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
 
 
 # The connection tables (maps of maps whose shards Python creates) and the key of each.

@@ -119,8 +119,7 @@
 #define PYVS_CNT_ONEPACKET 52     /* UDP datagrams of a one-packet (-o) service scheduled without an entry */
 #define PYVS_CNT_OVERLOAD_SET 53  /* a real reached its upper connection threshold (-x): OVERLOAD set */
 #define PYVS_CNT_OVERLOAD_CLEARED 54 /* a real's connections fell below its lower threshold (-y): OVERLOAD cleared */
-#define PYVS_CNT_EST_ROWS 55      /* rows of the rate estimator done (a row every 2.5 ms: every slot every 2 s) */
-#define PYVS_CNT_COUNT 56
+#define PYVS_CNT_COUNT 55
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */
@@ -317,6 +316,7 @@ struct pyvs_est {
 /* Where the estimator is: the row of slots it does next and when (every PYVS_EST_ROWS rows make 2 s). */
 struct pyvs_est_clock {
 	__u64 next_due; /* bpf_ktime_get_ns() */
+	__u64 rows;     /* rows done since the timer started */
 	__u32 row;
 	__u32 pad;
 };
