@@ -136,7 +136,7 @@ def interface_info(name: str) -> tuple[int, int, IPv4Address | None]:
     with IPRoute() as ipr:
         links = ipr.link_lookup(ifname=name)
         if not links:
-            raise SyncError(f"Unknown mcast interface: {name}")
+            raise SyncError(f"No such device: {name} (the mcast interface)")
         link = ipr.get_links(links[0])[0]
         addrs = ipr.get_addr(index=links[0], family=socket.AF_INET)
     first = IPv4Address(addrs[0].get_attr("IFA_ADDRESS")) if addrs else None

@@ -1,0 +1,167 @@
+"""The sync daemons between two namespaces joined by a veth pair: `pyvsadm --start-daemon master` in one,
+`--start-daemon backup` in the other, the kernel's multicast between them. A connection the master's program makes
+(BPF_PROG_TEST_RUN on its pinned maps) appears in the backup's tables with the same real, and the backup's program
+forwards its packets there; without the daemons it passes them to the kernel."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from pyvs import netns
+from pyvs.dataplane import Dataplane, open_dataplane, remove_pins
+from pyvs.dataplane.neighbours import NextHop
+from pyvs.dataplane.pins import bpffs_root
+from pyvs.model import IPAddress, Protocol, Real, Rules, Service, ServiceKey
+from pyvs.sync import daemon
+
+from .conftest import LAB_PREFIX
+
+VIP = IPv4Address("198.18.0.100")
+CLIENT = "198.18.1.2"
+REALS = {IPv4Address("198.18.2.11"): "02:00:00:00:00:11", IPv4Address("198.18.2.12"): "02:00:00:00:00:12"}
+DIRECTOR_MAC, CLIENT_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:01"
+TCP80 = ServiceKey(Protocol.TCP, VIP, 80)
+MASTER, BACKUP = f"{LAB_PREFIX}-sym", f"{LAB_PREFIX}-syb"
+LINK = f"{LAB_PREFIX}sv"
+PYVSADM = [sys.executable, "-m", "pyvs.admin.cli"]
+
+
+def static(rip: IPAddress) -> NextHop:
+    return NextHop(0, DIRECTOR_MAC, REALS[rip])  # type: ignore[index]
+
+
+def rules(order: list[IPv4Address]) -> Rules:
+    svc = Service(TCP80, "rr")
+    for rip in order:
+        svc.reals[(rip, 80)] = Real(rip, 80, 1)
+    return Rules({TCP80: svc})
+
+
+def tcp(flags: str, sport: int, payload: bytes = b"") -> bytes:
+    return bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src=CLIENT, dst=str(VIP))
+                 / TCP(sport=sport, dport=80, flags=flags) / Raw(payload))
+
+
+def pyvsadm(ns: str, pin_dir: Path, *argv: str, check: bool = True) -> tuple[int, str, str]:
+    proc = netns.run_in_netns(ns, [*PYVSADM, "--pin-dir", str(pin_dir), *argv], check=check)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Dataplane, Dataplane]]:
+    """Two namespaces joined by {LINK}0/{LINK}1, each with a data plane pinned for it (made here, with static MACs)."""
+    pins = [bpffs_root() / "pyvs" / f"{ns}-sync" for ns in (MASTER, BACKUP)]
+    for ns in (MASTER, BACKUP):
+        if netns.exists(ns):
+            netns.remove(ns)
+        netns.create(ns)
+    opened: list[Dataplane] = []
+    try:
+        netns.run_in_netns(MASTER, ["ip", "link", "add", f"{LINK}0", "type", "veth", "peer", "name", f"{LINK}1"])
+        netns.run_in_netns(MASTER, ["ip", "link", "set", f"{LINK}1", "netns", BACKUP])
+        for ns, dev, addr in ((MASTER, f"{LINK}0", "198.18.9.1/24"), (BACKUP, f"{LINK}1", "198.18.9.2/24")):
+            netns.run_in_netns(ns, ["ip", "addr", "add", addr, "dev", dev])
+            netns.run_in_netns(ns, ["ip", "link", "set", dev, "up"])
+            netns.run_in_netns(ns, ["ip", "link", "set", "lo", "up"])
+        for path in pins:
+            remove_pins(path)
+        master = open_dataplane(pins[0], static)
+        opened.append(master)
+        backup = open_dataplane(pins[1], static)
+        opened.append(backup)
+        master.apply(rules(list(REALS)))
+        backup.apply(rules(list(reversed(REALS))))  # rr on the backup would pick the other real first
+        yield master, backup
+    finally:
+        for ns, path in zip((MASTER, BACKUP), pins, strict=True):
+            for state in ("master", "backup"):
+                try:
+                    daemon.stop(path, state)
+                except Exception:  # noqa: BLE001 - not running
+                    pass
+        for dp in opened:
+            dp.close()
+        for ns in (MASTER, BACKUP):
+            if netns.exists(ns):
+                netns.remove(ns)
+        for path in pins:
+            remove_pins(path)
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def stats(pin_dir: Path, state: str) -> dict[str, int]:
+    return dict(json.loads(daemon.state_file(pin_dir, state).read_text())["stats"])
+
+
+def test_a_connection_made_on_the_master_is_forwarded_by_the_backup_to_the_same_real(
+        pair: tuple[Dataplane, Dataplane]) -> None:
+    master, backup = pair
+    pyvsadm(MASTER, master.pin_dir, "--start-daemon", "master", "--mcast-interface", f"{LINK}0", "--syncid", "5")
+    pyvsadm(BACKUP, backup.pin_dir, "--start-daemon", "backup", "--mcast-interface", f"{LINK}1", "--syncid", "5")
+    assert pyvsadm(MASTER, master.pin_dir, "-L", "--daemon")[1] == (
+        f"master sync daemon (mcast={LINK}0, syncid=5, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n")
+    assert pyvsadm(BACKUP, backup.pin_dir, "-L", "--daemon")[1] == (
+        f"backup sync daemon (mcast={LINK}1, syncid=5, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n")
+    # ipvsadm's errors: a second master, a missing backup.
+    code, _, err = pyvsadm(MASTER, master.pin_dir, "--start-daemon", "master", "--mcast-interface", f"{LINK}0",
+                           check=False)
+    assert (code, err) == (1, "pyvsadm: Daemon has already run\n")
+    code, _, err = pyvsadm(MASTER, master.pin_dir, "--stop-daemon", "backup", check=False)
+    assert (code, err) == (1, "pyvsadm: No daemon is running\n")
+
+    packet = tcp("PA", 40000, b"data")
+    assert backup.test_run(packet).verdict_name == "XDP_PASS"  # no connection there yet
+    assert master.test_run(tcp("S", 40000)).verdict_name == "XDP_TX"
+    real = master.test_run(tcp("A", 40000)).data[:6]
+    wait_for(lambda: any(c.cport == 40000 for c in backup.connections()))
+    (conn,) = backup.connections()
+    assert (conn.rip, conn.state) == (next(ip for ip, mac in REALS.items() if bytes.fromhex(mac.replace(":", ""))
+                                           == real), "ESTABLISHED")
+    result = backup.test_run(packet)
+    assert result.verdict_name == "XDP_TX"
+    assert result.data[:6] == real and result.data[12:] == packet[12:]
+    wait_for(lambda: stats(master.pin_dir, "master")["messages_sent"] >= 1
+             and stats(backup.pin_dir, "backup")["conns_applied"] >= 1)
+    assert master.counters()["sync_events"] == 1
+
+    pyvsadm(MASTER, master.pin_dir, "--stop-daemon", "master")
+    assert pyvsadm(MASTER, master.pin_dir, "-L", "--daemon")[1] == ""
+    assert master.counters()["sync_events"] == 1
+    master.test_run(tcp("S", 40001))
+    master.test_run(tcp("A", 40001))
+    assert master.counters()["sync_events"] == 1  # the master is gone: the program writes no event
+
+
+def test_a_backup_with_another_syncid_counts_the_messages_and_takes_nothing(
+        pair: tuple[Dataplane, Dataplane]) -> None:
+    master, backup = pair
+    pyvsadm(MASTER, master.pin_dir, "--start-daemon", "master", "--mcast-interface", f"{LINK}0", "--syncid", "5")
+    pyvsadm(BACKUP, backup.pin_dir, "--start-daemon", "backup", "--mcast-interface", f"{LINK}1", "--syncid", "6")
+    master.test_run(tcp("S", 40000))
+    master.test_run(tcp("A", 40000))
+    wait_for(lambda: stats(backup.pin_dir, "backup")["wrong_syncid"] >= 1)
+    assert backup.connections() == []
+
+
+def test_an_unknown_interface_is_refused(pair: tuple[Dataplane, Dataplane]) -> None:
+    master, _ = pair
+    code, _, err = pyvsadm(MASTER, master.pin_dir, "--start-daemon", "master", check=False)  # eth0, by default
+    assert (code, err) == (1, "pyvsadm: No such device: eth0 (the mcast interface)\n")
+    assert pyvsadm(MASTER, master.pin_dir, "-L", "--daemon")[1] == ""
