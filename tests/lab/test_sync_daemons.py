@@ -6,6 +6,8 @@ forwards its packets there; without the daemons it passes them to the kernel."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -85,10 +87,17 @@ def pair() -> Iterator[tuple[Dataplane, Dataplane]]:
     finally:
         for ns, path in zip((MASTER, BACKUP), pins, strict=True):
             for state in ("master", "backup"):
-                try:
-                    daemon.stop(path, state)
-                except Exception:  # noqa: BLE001 - not running
+                if netns.exists(ns):
+                    pyvsadm(ns, path, "--stop-daemon", state, check=False)
+                record = daemon.state_file(path, state)
+                try:  # a daemon the command did not stop: by its PID
+                    pid = int(json.loads(record.read_text())["pid"])
+                    if daemon.daemon_alive(pid):
+                        os.kill(pid, signal.SIGKILL)
+                except (OSError, ValueError, KeyError):
                     pass
+                record.unlink(missing_ok=True)
+                daemon.log_file(path, state).unlink(missing_ok=True)
         for dp in opened:
             dp.close()
         for ns in (MASTER, BACKUP):

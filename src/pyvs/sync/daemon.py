@@ -40,7 +40,8 @@ def log_file(pin_dir: Path | None, state: str) -> Path:
     return RUN_DIR / f"{_key(pin_dir)}-{state}.log"
 
 
-def _alive(pid: int) -> bool:
+def daemon_alive(pid: int) -> bool:
+    """Whether `pid` is a sync daemon."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -55,7 +56,7 @@ def read_state(pin_dir: Path | None, state: str) -> dict[str, Any] | None:
         data: dict[str, Any] = json.loads(state_file(pin_dir, state).read_text())
     except (OSError, ValueError):
         return None
-    if data.get("netns_cookie") != netns_cookie() or not _alive(int(data.get("pid", 0))):
+    if data.get("netns_cookie") != netns_cookie() or not daemon_alive(int(data.get("pid", 0))):
         return None
     return data
 
@@ -121,9 +122,9 @@ def stop(pin_dir: Path | None, state: str, timeout: float = 10.0) -> None:
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while daemon_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    if _alive(pid):
+    if daemon_alive(pid):
         os.kill(pid, signal.SIGKILL)
     state_file(pin_dir, state).unlink(missing_ok=True)
 
