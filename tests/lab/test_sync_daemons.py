@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -174,3 +175,80 @@ def test_an_unknown_interface_is_refused(pair: tuple[Dataplane, Dataplane]) -> N
     code, _, err = pyvsadm(MASTER, master.pin_dir, "--start-daemon", "master", check=False)  # eth0, by default
     assert (code, err) == (1, "pyvsadm: No such device: eth0 (the mcast interface)\n")
     assert pyvsadm(MASTER, master.pin_dir, "-L", "--daemon")[1] == ""
+
+
+DIRECTOR_CONFIG = """\
+[director]
+status_listen = "127.0.0.1:9180"
+
+[[service]]
+proto = "tcp"
+vip = "198.18.0.100"
+port = 80
+scheduler = "rr"
+check = {{ type = "none" }}
+
+[[service.real]]
+address = "{first}"
+
+[[service.real]]
+address = "{second}"
+
+[sync]
+role = "both"
+interface = "{interface}"
+syncid = 3
+"""
+
+
+def metrics(ns: str) -> str:
+    with netns.in_netns(ns), urlopen("http://127.0.0.1:9180/metrics", timeout=5) as response:  # noqa: S310
+        return str(response.read().decode())
+
+
+def test_directors_with_sync_both_ways_take_each_others_connections(
+        pair: tuple[Dataplane, Dataplane], tmp_path: Path) -> None:
+    """[sync] role = "both" in `pyvs director run` on two active/active peers: each sends and receives."""
+    master, backup = pair
+    pids = []
+    try:
+        for ns, dp, dev, order in ((MASTER, master, f"{LINK}0", list(REALS)),
+                                   (BACKUP, backup, f"{LINK}1", list(reversed(REALS)))):
+            config = tmp_path / f"{ns}.toml"
+            config.write_text(DIRECTOR_CONFIG.format(first=order[0], second=order[1], interface=dev))
+            pids.append(netns.spawn_in_netns(ns, [sys.executable, "-m", "pyvs.cli", "director", "run", "--config",
+                                                  str(config), "--pin-dir", str(dp.pin_dir)],
+                                             log_path=tmp_path / f"{ns}.log"))
+        for ns in (MASTER, BACKUP):
+            wait_for(lambda ns=ns: _up(ns), 20)
+        # A connection on each director appears on the other one, with its real.
+        for here, there, sport in ((master, backup, 41000), (backup, master, 42000)):
+            here.test_run(tcp("S", sport))
+            here.test_run(tcp("A", sport))
+            made = {c.cport: c.rip for c in here.connections()}[sport]
+            wait_for(lambda there=there, sport=sport: sport in {c.cport for c in there.connections()})
+            assert {c.cport: c.rip for c in there.connections()}[sport] == made
+        text = metrics(MASTER)
+        assert "pyvs_sync_up 1.0" in text
+        assert "pyvs_sync_messages_sent_total 1.0" in text and "pyvs_sync_conns_applied_total 1.0" in text
+    finally:
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                time.sleep(0.05)
+
+
+def _up(ns: str) -> bool:
+    try:
+        return "pyvs_sync_up 1.0" in metrics(ns)
+    except OSError:
+        return False

@@ -65,6 +65,7 @@ from pyvs.director.statusdoc import (
     ServiceStatus,
     StatusDocument,
 )
+from pyvs.director.syncrun import SyncRunner
 from pyvs.model import Counters, IPAddress, Real, Rules, Service, ServiceKey, address_order, endpoint_text
 
 log = logging.getLogger("pyvs.director")
@@ -270,6 +271,7 @@ class Director:
         self.bgp_error = ""
         self._bgp_text: str | None = None  # the config BIRD runs with (None: not started or adopted yet)
         self._bgp_dirty = asyncio.Event()
+        self.sync = SyncRunner()  # [sync]: the connection sync engine (pyvs/sync), in a thread of its own
 
     # ---- desired state ---------------------------------------------------------------------------
 
@@ -656,6 +658,7 @@ class Director:
             "other_services": others, "counters": snapshot.counters, "tables": snapshot.tables,
             "switches": snapshot.switches, "node_exporter_metrics": self.config.node_exporter_metrics,
             "page_actions": bool(self.config.page_token), "bgp": self.bgp_status(),
+            "sync": self.sync.status(snapshot.counters),
         }  # fmt: skip
 
     def bgp_status(self) -> BgpStatus | None:
@@ -737,6 +740,7 @@ class Director:
                       status=listen_text(self.config.status_listen) if self.config.status_listen else "off")
             self.spawn("ready", self._notify_ready, restart=False)
             self.spawn("bgp", self._keep_announced)
+            self.spawn("sync", self._keep_syncing)
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
             if self.auto_attach:
@@ -774,6 +778,7 @@ class Director:
             self.server.close()
         await self.notifier.drain()
         await self._bgp_stop("the daemon stops")
+        await asyncio.to_thread(self.sync.stop)
         try:
             await self.in_dataplane_thread(self._withdraw)
         finally:
@@ -829,6 +834,12 @@ class Director:
                 full = True
             self._dirty.clear()
             await self.reconcile(full=full)
+
+    async def _keep_syncing(self) -> None:
+        """[sync]: the sync engine runs as the config says (a reload may add, change or remove the section)."""
+        while True:
+            await asyncio.to_thread(self.sync.follow, self.config.sync, self.dp.pin_dir)
+            await asyncio.sleep(1.0)
 
     # ---- BGP ---------------------------------------------------------------------------------------
 
