@@ -127,6 +127,7 @@ def stop(pin_dir: Path | None, state: str, timeout: float = 10.0) -> None:
     if daemon_alive(pid):
         os.kill(pid, signal.SIGKILL)
     state_file(pin_dir, state).unlink(missing_ok=True)
+    log_file(pin_dir, state).unlink(missing_ok=True)  # kept only while it runs, or when it failed to start
 
 
 def serve(pin_dir: Path | None, cfg: SyncConfig) -> int:
