@@ -46,3 +46,18 @@ def test_sync_metrics() -> None:
     assert errors["malformed"] == 1 and errors["unknown_real"] == 2 and errors["wrong_syncid"] == 0
     assert families["pyvs_sync_events_lost"].samples[0].value == 5
     assert families["pyvs_sync_up"].samples[0].value == 1
+
+
+def test_the_status_table_has_a_sync_line() -> None:
+    from pyvs.director.status_client import sync_summary
+
+    status = {"sync": {"role": "both", "interface": "eth1", "syncid": 1, "error": "", "daemons": ["..."],
+                       "stats": {"messages_sent": 4, "conns_sent": 9, "messages_received": 3, "conns_applied": 7,
+                                 "unknown_real": 2}, "events_lost": 0}}
+    assert sync_summary(status) == [  # type: ignore[arg-type]
+        "sync: both on eth1, syncid 1; sent 9 conns in 4 messages, received 7 conns in 3 messages, refused 2, "
+        "events lost 0"]
+    status["sync"].update(daemons=[], error="No such device: eth1 (the mcast interface)")
+    assert sync_summary(status) == [  # type: ignore[arg-type]
+        "sync: both on eth1, syncid 1: NOT RUNNING (No such device: eth1 (the mcast interface))"]
+    assert sync_summary({}) == []  # type: ignore[typeddict-item]
