@@ -16,6 +16,7 @@ from pyvs.dataplane.dataplane import CLOCK_MONOTONIC_COARSE, Dataplane
 from pyvs.model import IPAddress, ServiceKey
 
 NSEC = 1_000_000_000
+MISS_REREAD = 1.0  # an entry of an unknown service or real re-reads the rules at most this often (a read is ~50 ms)
 
 
 def set_sync(dp: Dataplane, on: bool) -> None:
@@ -116,7 +117,7 @@ class SyncTable:
     def service(self, key: ServiceKey) -> abi.Svc | None:
         self._fresh()
         svc = self._services.get(key)
-        if svc is None and self._read_at < time.monotonic() - 0.1:
+        if svc is None and self._read_at < time.monotonic() - MISS_REREAD:
             self._read()
             svc = self._services.get(key)
         return svc
@@ -131,7 +132,7 @@ class SyncTable:
             return "unknown_service"
         real = self._reals.get((svc.index, rip, rport))
         if real is None:
-            self._fresh(force=time.monotonic() - self._read_at > 0.1)
+            self._fresh(force=time.monotonic() - self._read_at > MISS_REREAD)
             real = self._reals.get((svc.index, rip, rport))
         if real is None:
             return "unknown_real"
