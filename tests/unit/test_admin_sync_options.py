@@ -54,8 +54,8 @@ def test_list_daemon_allows_syncid_as_ipvsadm_does() -> None:
      "backup sync daemon (mcast=pyvsv0, syncid=0, maxlen=8972, group=224.0.0.81, port=8848, ttl=1)"),
     (SyncConfig("backup", "eth1", 0, 100), 1500,  # a backup reads at least 1024 bytes
      "backup sync daemon (mcast=eth1, syncid=0, maxlen=1024, group=224.0.0.81, port=8848, ttl=1)"),
-    (SyncConfig("master", "eth1", 9, 0, "ff02::81", 9000, 3), 1500,
-     "master sync daemon (mcast=eth1, syncid=9, maxlen=1452, group=ff02::81, port=9000, ttl=3)"),
+    (SyncConfig("master", "eth1", 9, 0, "ff3e:30:2001:db8::81", 9000, 3), 1500,
+     "master sync daemon (mcast=eth1, syncid=9, maxlen=1452, group=ff3e:30:2001:db8::81, port=9000, ttl=3)"),
 ])
 def test_the_daemon_line_is_ipvsadm_s_with_the_kernels_values(cfg: SyncConfig, mtu: int, line: str) -> None:
     assert cfg.effective(mtu).describe() == line
