@@ -73,6 +73,7 @@ def pair() -> Iterator[tuple[Dataplane, Dataplane]]:
         netns.run_in_netns(MASTER, ["ip", "link", "add", f"{LINK}0", "type", "veth", "peer", "name", f"{LINK}1"])
         netns.run_in_netns(MASTER, ["ip", "link", "set", f"{LINK}1", "netns", BACKUP])
         for ns, dev, addr in ((MASTER, f"{LINK}0", "198.18.9.1/24"), (BACKUP, f"{LINK}1", "198.18.9.2/24")):
+            netns.write_sysctl(f"net.ipv6.conf.{dev}.accept_dad", 0, ns)  # link-local addresses usable at once
             netns.run_in_netns(ns, ["ip", "addr", "add", addr, "dev", dev])
             netns.run_in_netns(ns, ["ip", "link", "set", dev, "up"])
             netns.run_in_netns(ns, ["ip", "link", "set", "lo", "up"])
@@ -252,3 +253,17 @@ def _up(ns: str) -> bool:
         return "pyvs_sync_up 1.0" in metrics(ns)
     except OSError:
         return False
+
+
+def test_an_ipv6_group_carries_the_messages_too(pair: tuple[Dataplane, Dataplane]) -> None:
+    master, backup = pair
+    group = "ff3e:30:2001:db8::81"  # a global-scope group derived from the documentation prefix
+    pyvsadm(MASTER, master.pin_dir, "--start-daemon", "master", "--mcast-interface", f"{LINK}0",
+            "--mcast-group", group, "--mcast-port", "8849")
+    pyvsadm(BACKUP, backup.pin_dir, "--start-daemon", "backup", "--mcast-interface", f"{LINK}1",
+            "--mcast-group", group, "--mcast-port", "8849")
+    assert pyvsadm(BACKUP, backup.pin_dir, "-L", "--daemon")[1] == (
+        f"backup sync daemon (mcast={LINK}1, syncid=0, maxlen=1452, group={group}, port=8849, ttl=1)\n")
+    master.test_run(tcp("S", 40000))
+    master.test_run(tcp("A", 40000))
+    wait_for(lambda: any(c.cport == 40000 for c in backup.connections()))
