@@ -198,3 +198,35 @@ def test_a_full_ring_buffer_is_counted_as_lost_events(pair: tuple[Dataplane, Dat
     assert counters["sync_events"] + counters["sync_events_lost"] == room + 10
     assert 10 <= counters["sync_events_lost"] <= 11  # the kernel keeps one record's room free
     assert len(events(master)) == counters["sync_events"]
+
+
+def test_the_master_sends_again_the_connections_that_saw_packets_since_its_last_refresh(
+        pair: tuple[Dataplane, Dataplane]) -> None:
+    """IPVS re-sends a connection every 50 packets; pyvs re-sends every refresh period the live connections that
+    saw a packet since the last one, so that the backup's entries do not expire under a long connection."""
+    import time
+
+    from pyvs.sync.engine import SyncConfig, SyncEngine
+
+    master, backup = pair
+    engine = SyncEngine(master, SyncConfig("master", "lo"), refresh_period=0)
+    try:
+        for sport in (40000, 40001):
+            master.test_run(tcp("S", sport))
+            master.test_run(tcp("A", sport))
+        engine.step(0)
+        assert [c.cport for c in engine._pending] == [40000, 40001]  # the promotions' events
+        engine._pending.clear()
+        assert engine.refresh() == 2
+        assert sorted((c.cport, c.state) for c in engine._pending) == [(40000, 1), (40001, 1)]
+        engine._pending.clear()
+        time.sleep(0.1)  # the program's clock ticks every 2.5 ms
+        master.test_run(tcp("A", 40001, payload=b"more"))
+        assert engine.refresh() == 1 and [c.cport for c in engine._pending] == [40001]
+        stats = SyncStats()
+        for conn in decode_message(encode_message(engine._pending, 0)).conns:
+            apply_conn(conn, SyncTable(backup), stats)
+        assert stats.conns_applied == 1 and [c.cport for c in backup.connections()] == [40001]
+    finally:
+        engine.close()
+    assert not master.counters()["sync_events_lost"]

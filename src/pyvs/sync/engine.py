@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 STATES = ("master", "backup")
 FLUSH_DELAY = 0.02  # seconds an event waits for others to share its message (IPVS: IPVS_SYNC_SEND_DELAY, 20 ms)
+REFRESH_PERIOD = 120.0  # seconds between re-sends of the connections that saw packets since (below UDP's 300 s)
+REFRESH_MARGIN_NS = 20_000_000  # the program stamps entries with the coarse clock of its last tick: a little behind
 IP_PMTUDISC_DONT = 0
 IP_MTU_DISCOVER = 10
 
@@ -111,6 +113,7 @@ class SyncStats:
     send_errors: int = 0
     events: int = 0
     events_stale: int = 0  # events of a real whose slot changed hands before they were read
+    conns_refreshed: int = 0  # live connections sent again, so that a backup's entries do not expire
     messages_received: int = 0
     conns_received: int = 0
     conns_applied: int = 0
@@ -202,6 +205,20 @@ def conn_of_event(ev: abi.SyncEvent, table: SyncTable) -> SyncConn | None:
                     wire_state, flags, 0, ev.timeout or timeouts[state])
 
 
+def event_of_entry(key: abi.ConnKey | abi.ConnKey6, value: abi.Conn) -> abi.SyncEvent:
+    """The event the program would write for a connection table's entry."""
+    ev = abi.SyncEvent(cport=key.sport, vport=key.dport, proto=key.proto, state=value.state,
+                       flags=value.flags & abi.CONN_F_TEMPLATE, real=value.real, gen=value.gen, timeout=value.timeout)
+    if isinstance(key, abi.ConnKey6):
+        ev.family = 6
+        ev.caddr[:] = list(key.saddr.w)
+        ev.vaddr[:] = list(key.daddr.w)
+    else:
+        ev.family = 4
+        ev.caddr[0], ev.vaddr[0] = key.saddr, key.daddr
+    return ev
+
+
 def apply_conn(conn: SyncConn, table: SyncTable, stats: SyncStats) -> None:
     """Write one received entry into this director's tables (counted in `stats` when it cannot be)."""
     stats.conns_received += 1
@@ -234,13 +251,16 @@ class SyncEngine:
     """A master, a backup, or both, over one data plane. `run()` serves until `stop()`."""
 
     def __init__(self, dp: Dataplane, master: SyncConfig | None = None, backup: SyncConfig | None = None,
-                 flush_delay: float = FLUSH_DELAY) -> None:
+                 flush_delay: float = FLUSH_DELAY, refresh_period: float = REFRESH_PERIOD) -> None:
         if master is None and backup is None:
             raise SyncError("neither a master nor a backup to run")
         self.dp = dp
         self.table = SyncTable(dp)
         self.stats = SyncStats()
         self.flush_delay = flush_delay
+        self.refresh_period = refresh_period
+        self._refreshed_at = time.monotonic()
+        self._refreshed_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         self._stop = threading.Event()
         self.master = self.backup = None
         self._sender: socket.socket | None = None
@@ -302,6 +322,27 @@ class SyncEngine:
                 log.warning("sync: sending a message failed: %s", exc)
         self._pending = list(keep)
 
+    def refresh(self) -> int:
+        """Queue every connection (and template) that saw a packet since the last refresh: IPVS re-sends a
+        connection every 50 packets (sync_period); pyvs, without a per-packet cost, every refresh_period. A
+        backup's entry then outlives its timeout as long as the master's does. Returns how many were queued."""
+        since, self._refreshed_ns = self._refreshed_ns - REFRESH_MARGIN_NS, time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self._refreshed_at = time.monotonic()
+        queued = 0
+        for table in ("conns", "conns6"):
+            for _, key, value in self.dp.table_entries(table):
+                if value.last_seen < since:
+                    continue
+                conn = conn_of_event(event_of_entry(key, value), self.table)
+                if conn is None:
+                    continue
+                if not self._pending:
+                    self._first_pending = time.monotonic()
+                self._pending.append(conn)
+                queued += 1
+        self.stats.conns_refreshed += queued
+        return queued
+
     # ---- backup ----
 
     def receive(self, data: bytes) -> None:
@@ -339,6 +380,8 @@ class SyncEngine:
         if self._ring is not None:
             wait = 0 if self._receiver is not None else int(timeout * 1000)
             self._ring.poll(wait)
+            if self.refresh_period and time.monotonic() - self._refreshed_at >= self.refresh_period:
+                self.refresh()
             self.flush()
         if self._receiver is not None:
             ready, _, _ = select.select([self._receiver], [], [], timeout)
