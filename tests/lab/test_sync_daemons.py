@@ -267,3 +267,13 @@ def test_an_ipv6_group_carries_the_messages_too(pair: tuple[Dataplane, Dataplane
     master.test_run(tcp("S", 40000))
     master.test_run(tcp("A", 40000))
     wait_for(lambda: any(c.cport == 40000 for c in backup.connections()))
+
+
+def test_a_daemon_ends_when_its_data_plane_is_removed(pair: tuple[Dataplane, Dataplane]) -> None:
+    """As IPVS's sync threads end with their namespace: `pyvs lab down` and `detach --remove-rules` leave none."""
+    master, _ = pair
+    pyvsadm(MASTER, master.pin_dir, "--start-daemon", "master", "--mcast-interface", f"{LINK}0")
+    pid = int(json.loads(daemon.state_file(master.pin_dir, "master").read_text())["pid"])
+    remove_pins(master.pin_dir)
+    wait_for(lambda: not daemon.daemon_alive(pid), 10)
+    assert not daemon.state_file(master.pin_dir, "master").exists()

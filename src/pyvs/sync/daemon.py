@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pyvs.dataplane import libbpf
+from pyvs.dataplane.synctable import sync_events_fd
 from pyvs.netns import current_netns_name, netns_cookie
 from pyvs.sync.engine import STATES, SyncConfig, SyncEngine, SyncError
 
@@ -130,10 +132,23 @@ def stop(pin_dir: Path | None, state: str, timeout: float = 10.0) -> None:
     log_file(pin_dir, state).unlink(missing_ok=True)  # kept only while it runs, or when it failed to start
 
 
+def _same_map(path: Path, map_id: int) -> bool:
+    """Whether the map pinned at `path` is still the one of id `map_id`."""
+    try:
+        fd = libbpf.obj_get(str(path))
+    except OSError:
+        return False
+    try:
+        return bool(libbpf.map_info(fd).id == map_id)
+    finally:
+        os.close(fd)
+
+
 def serve(pin_dir: Path | None, cfg: SyncConfig) -> int:
     """The daemon process: open the data plane, run the engine, keep the state file, until SIGTERM."""
     from pyvs.dataplane import open_dataplane
 
+    path = state_file(pin_dir, cfg.state)
     with open_dataplane(pin_dir) as dp:
         master = cfg if cfg.state == "master" else None
         backup = cfg if cfg.state == "backup" else None
@@ -141,9 +156,14 @@ def serve(pin_dir: Path | None, cfg: SyncConfig) -> int:
         try:
             effective = engine.master or engine.backup
             assert effective is not None
-            path = state_file(pin_dir, cfg.state)
+            ring = dp.pin_dir / "sync_events"
+            ring_id = libbpf.map_info(sync_events_fd(dp)).id
 
             def record() -> None:
+                if not _same_map(ring, ring_id):  # the data plane was removed (pyvs lab down, detach --remove-rules)
+                    log.info("the data plane at %s is gone: the %s sync daemon stops", dp.pin_dir, cfg.state)
+                    engine.stop()
+                    return
                 stats = engine.stats.as_dict()
                 counters = dp.counters()
                 stats["events_lost"] = counters.get("sync_events_lost", 0)
@@ -157,6 +177,12 @@ def serve(pin_dir: Path | None, cfg: SyncConfig) -> int:
             engine.run(on_tick=record)
         finally:
             engine.close()
+            try:  # its own record goes with it
+                if json.loads(path.read_text()).get("pid") == os.getpid():
+                    path.unlink()
+                    log_file(pin_dir, cfg.state).unlink(missing_ok=True)
+            except (OSError, ValueError):
+                pass
     return 0
 
 
