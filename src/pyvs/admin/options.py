@@ -58,6 +58,8 @@ class Action(Enum):
     DELETE_SERVER = "delete-server"
     EDIT_SERVER = "edit-server"
     SET_TIMEOUTS = "set"
+    START_DAEMON = "start-daemon"
+    STOP_DAEMON = "stop-daemon"
     RESTORE = "restore"
     SAVE = "save"
     ZERO = "zero"
@@ -100,23 +102,32 @@ OPTION_NAMES = (
     "ops",
     "sched-flags",
     "mh-table-size",  # pyvs extension
+    "mcast-interface",
+    "daemon",
+    "syncid",
+    "mcast-group",
+    "mcast-port",
+    "mcast-ttl",
+    "sync-maxlen",
 )
 
 # ipvsadm's commands_v_options, reduced to OPTION_NAMES (one character per option):
 # '+' compulsory, 'x' illegal, '1' at most one of the '1' options, ' ' optional.
 LEGALITY = {
-    Action.ADD_SERVICE: "xx+   xxxxxxxxxxx   ",
-    Action.EDIT_SERVICE: "xx+   xxxxxxxxxxx   ",
-    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxxxxxxx",
-    Action.FLUSH: "xxxxxxxxxxxxxxxxxxxx",
-    Action.LIST: " 11xxxxxxxx1     xxx",
-    Action.ADD_SERVER: "xx+xxx+    xxxxxxxxx",
-    Action.DELETE_SERVER: "xx+xxx+xxxxxxxxxxxxx",
-    Action.EDIT_SERVER: "xx+xxx+    xxxxxxxxx",
-    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxxxxxxx",
-    Action.RESTORE: "xxxxxxxxxxxxxxxxxxxx",
-    Action.SAVE: " xxxxxxxxxxxxxxxxxxx",
-    Action.ZERO: "xx xxxxxxxxxxxxxxxxx",
+    Action.ADD_SERVICE: "xx+   xxxxxxxxxxx   " "xxxxxxx",
+    Action.EDIT_SERVICE: "xx+   xxxxxxxxxxx   " "xxxxxxx",
+    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.FLUSH: "xxxxxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.LIST: " 11xxxxxxxx1     xxx" "x1 xxxx",
+    Action.ADD_SERVER: "xx+xxx+    xxxxxxxxx" "xxxxxxx",
+    Action.DELETE_SERVER: "xx+xxx+xxxxxxxxxxxxx" "xxxxxxx",
+    Action.EDIT_SERVER: "xx+xxx+    xxxxxxxxx" "xxxxxxx",
+    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.START_DAEMON: "xxxxxxxxxxxxxxxxxxxx" " x     ",
+    Action.STOP_DAEMON: "xxxxxxxxxxxxxxxxxxxx" "xx xxxx",
+    Action.RESTORE: "xxxxxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.SAVE: " xxxxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.ZERO: "xx xxxxxxxxxxxxxxxxx" "xxxxxxx",
 }
 
 
@@ -145,6 +156,14 @@ class Command:
     thresholds: bool = False
     exact: bool = False
     sort: bool = True
+    daemon_state: str | None = None  # --start-daemon/--stop-daemon master|backup
+    list_daemon: bool = False  # -L --daemon
+    mcast_interface: str = ""  # --start-daemon's settings; "" and 0: the defaults
+    syncid: int = 0
+    sync_maxlen: int = 0
+    mcast_group: str = ""
+    mcast_port: int = 0
+    mcast_ttl: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,7 +177,6 @@ class _Spec:
 
 
 _DR_ONLY = "pyvs forwards by direct routing only"
-_NO_DAEMON = "pyvs has no connection sync daemon"
 _NO_PE = ("a persistence engine reads the packet's payload (sip: the Call-ID of SIP messages) and pyvs's data "
           "plane reads only the headers; it has no SIP parser (use -p, persistence by client address)")
 _SPECS = (
@@ -190,15 +208,15 @@ _SPECS = (
     _Spec(None, "nosort", False),
     _Spec(None, "sort", False),
     _Spec("X", "exact", False),
-    _Spec(None, "start-daemon", True, unsupported=_NO_DAEMON),
-    _Spec(None, "stop-daemon", True, unsupported=_NO_DAEMON),
-    _Spec(None, "daemon", False, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-interface", True, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-group", True, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-port", True, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-ttl", True, unsupported=_NO_DAEMON),
-    _Spec(None, "sync-maxlen", True, unsupported=_NO_DAEMON),
-    _Spec(None, "syncid", True, unsupported=_NO_DAEMON),
+    _Spec(None, "start-daemon", True, Action.START_DAEMON),
+    _Spec(None, "stop-daemon", True, Action.STOP_DAEMON),
+    _Spec(None, "daemon", False),
+    _Spec(None, "mcast-interface", True),
+    _Spec(None, "mcast-group", True),
+    _Spec(None, "mcast-port", True),
+    _Spec(None, "mcast-ttl", True),
+    _Spec(None, "sync-maxlen", True),
+    _Spec(None, "syncid", True),
     _Spec(None, "sctp-service", True, unsupported="pyvs balances TCP and UDP services only"),
     _Spec("f", "fwmark-service", True, unsupported="pyvs has no firewall-mark services"),
     _Spec("6", "ipv6", False, unsupported="-6 is for firewall-mark services, which pyvs does not have"),
@@ -385,6 +403,36 @@ def _timeout(text: str) -> int:
     return value
 
 
+DEFAULT_MCAST_INTERFACE = "eth0"  # ipvsadm's DEF_MCAST_IFN
+
+
+def _bounded(values: dict[str, str], name: str, low: int, high: int, message: str) -> int:
+    """An option's number in low..high (0 when absent), as ipvsadm's string_to_number; else `message`."""
+    if name not in values:
+        return 0
+    value = _number(values[name])
+    if value is None or not low <= value <= high:
+        raise UsageError(message)
+    return value
+
+
+def _mcast_group(text: str) -> str:
+    """--mcast-group: a multicast address of either family, as ipvsadm checks it."""
+    if ":" in text:
+        try:
+            if IPv6Address(text).is_multicast:
+                return text
+        except ValueError:
+            pass
+        raise UsageError(f"invalid IPv6 mcast-group `{text}'")
+    try:
+        if IPv4Address(text).is_multicast:
+            return text
+    except ValueError:
+        pass
+    raise UsageError(f"invalid IPv4 mcast-group `{text}'")
+
+
 def _check_legality(action: Action, given: set[str]) -> None:
     """ipvsadm's generic_opt_check, with its messages."""
     table = LEGALITY[action]
@@ -408,6 +456,7 @@ def _check_legality(action: Action, given: set[str]) -> None:
 def parse_args(argv: Sequence[str]) -> Command:
     """Parse one ipvsadm invocation (without the program name). Raises UsageError."""
     action: Action | None = None
+    daemon_state: str | None = None
     given: set[str] = set()
     positionals: list[str] = []
     values: dict[str, str] = {}
@@ -420,6 +469,11 @@ def parse_args(argv: Sequence[str]) -> Command:
             if action is not None:
                 raise UsageError("multiple commands specified")
             action = spec.action
+            if action in (Action.START_DAEMON, Action.STOP_DAEMON):
+                if value not in ("master", "backup"):
+                    raise UsageError("illegal start-daemon parameter specified" if action is Action.START_DAEMON
+                                     else "illegal start_daemon specified")  # sic, ipvsadm's words
+                daemon_state = value
             continue
         if spec.long == "sort":
             continue  # the default; a no-op kept for compatibility, as in ipvsadm
@@ -470,14 +524,32 @@ def parse_args(argv: Sequence[str]) -> Command:
     mh_table_size = _mh_table_size(values["mh-table-size"]) if "mh-table-size" in values else None
     u_threshold = _threshold(values["u-threshold"], "u_threshold") if "u-threshold" in values else None
     l_threshold = _threshold(values["l-threshold"], "l_threshold") if "l-threshold" in values else None
+    syncid = _bounded(values, "syncid", 0, 255, "illegal syncid specified")
+    mcast_port = _bounded(values, "mcast-port", 1, 65535, "illegal mcast-port specified")
+    mcast_ttl = _bounded(values, "mcast-ttl", 1, 255, "illegal mcast-ttl specified")
+    sync_maxlen = _bounded(values, "sync-maxlen", 1, 65535 - 20 - 8, "illegal sync-maxlen specified")
+    mcast_group = _mcast_group(values["mcast-group"]) if "mcast-group" in values else ""
+    mcast_interface = values.get("mcast-interface", "")[:15]  # IP_VS_IFNAME_MAXLEN - 1
+    if action is Action.START_DAEMON and not mcast_interface:
+        mcast_interface = DEFAULT_MCAST_INTERFACE
 
     _check_legality(action, given)
     if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0 and persistent is None:
         raise UsageError("Zero port specified for non-persistent service")
-    if (action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and "ops" in given and service
-            and service.proto is not Protocol.UDP):
-        raise UsageError(ONEPACKET_UDP_ONLY)
-    if action is Action.LIST and given & {"connection", "timeout"} and given & {"stats", "rate", "thresholds"}:
+    Action.ADD_SERVICE: "xx+   xxxxxxxxxxx   " "xxxxxxx",
+    Action.EDIT_SERVICE: "xx+   xxxxxxxxxxx   " "xxxxxxx",
+    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.FLUSH: "xxxxxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.LIST: " 11xxxxxxxx1     xxx" "x1 xxxx",
+    Action.ADD_SERVER: "xx+xxx+    xxxxxxxxx" "xxxxxxx",
+    Action.DELETE_SERVER: "xx+xxx+xxxxxxxxxxxxx" "xxxxxxx",
+    Action.EDIT_SERVER: "xx+xxx+    xxxxxxxxx" "xxxxxxx",
+    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.START_DAEMON: "xxxxxxxxxxxxxxxxxxxx" " x     ",
+    Action.STOP_DAEMON: "xxxxxxxxxxxxxxxxxxxx" "xx xxxx",
+    Action.RESTORE: "xxxxxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.SAVE: " xxxxxxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.ZERO: "xx xxxxxxxxxxxxxxxxx" "xxxxxxx",
         raise UsageError("options conflicts in the list command")
     return Command(
         action,
@@ -501,6 +573,14 @@ def parse_args(argv: Sequence[str]) -> Command:
         thresholds="thresholds" in given,
         exact="exact" in given,
         sort="nosort" not in given,
+        daemon_state=daemon_state,
+        list_daemon="daemon" in given,
+        mcast_interface=mcast_interface,
+        syncid=syncid,
+        sync_maxlen=sync_maxlen,
+        mcast_group=mcast_group,
+        mcast_port=mcast_port,
+        mcast_ttl=mcast_ttl,
     )
 
 

@@ -23,6 +23,7 @@
 #define PYVS_MAX_REALS_PER_SERVICE 4096
 #define PYVS_FRAG_TABLE_SIZE 8192 /* fragmented datagrams to a VIP whose first fragment was seen (LRU) */
 #define PYVS_MAX_EXT_HEADERS 6 /* IPv6 extension headers walked before the upper-layer header; more: passed */
+#define PYVS_SYNC_RING_SIZE 1048576 /* bytes of the sync_events ring buffer (~21000 events of 48 bytes) */
 #define PYVS_EST_ROWS 800 /* the rate estimator's rows: one per 2.5 ms tick, each stats slot once every 2 s */
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
@@ -67,6 +68,7 @@
 #define PYVS_CFG_EXPIRE_NODEST_CONN 1
 #define PYVS_CFG_SLOPPY_TCP 2 /* IPVS's sloppy_tcp: a TCP packet other than SYN may start a connection */
 #define PYVS_CFG_IPV6 4 /* there are IPv6 services: the sweeper visits the IPv6 tables too (set with the VIPs) */
+#define PYVS_CFG_SYNC 8 /* a sync master reads sync_events: new connections and state changes are written there */
 
 /* Connection states: IPVS's TCP state numbers, then one for UDP. */
 #define PYVS_STATE_NONE 0
@@ -116,6 +118,8 @@
 #define PYVS_CNT_PASS_VLAN_DEPTH 29 /* frames with more than two VLAN tags: passed to the kernel unparsed */
 #define PYVS_CNT_PASS_ND 30        /* ICMPv6 neighbour discovery to a VIP (NS, NA, RS, RA, redirect): the kernel's */
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
+#define PYVS_CNT_SYNC_EVENTS 32     /* connection events written to sync_events (PYVS_CFG_SYNC) */
+#define PYVS_CNT_SYNC_EVENTS_LOST 33 /* events not written: the ring buffer was full (the sync master is behind) */
 #define PYVS_CNT_ONEPACKET 52     /* UDP datagrams of a one-packet (-o) service scheduled without an entry */
 #define PYVS_CNT_OVERLOAD_SET 53  /* a real reached its upper connection threshold (-x): OVERLOAD set */
 #define PYVS_CNT_OVERLOAD_CLEARED 54 /* a real's connections fell below its lower threshold (-y): OVERLOAD cleared */
@@ -319,6 +323,23 @@ struct pyvs_est_clock {
 	__u64 rows;     /* rows done since the timer started */
 	__u32 row;
 	__u32 pad;
+};
+
+/* A connection event for the sync master (ring buffer sync_events, written while PYVS_CFG_SYNC is set): a connection
+ * entered the connection table (a promoted handshake, a new UDP flow, a sloppy start), changed its TCP state, or a
+ * persistence template was made. Addresses of both families in 16 bytes (IPv4: the first word). */
+struct pyvs_sync_event {
+	__u32 caddr[4];   /* client (a template's: masked), network order */
+	__u32 vaddr[4];   /* the VIP */
+	__u16 cport;      /* network order; 0 in a template */
+	__u16 vport;      /* network order; 0 in a template of a service on every port */
+	__u8 proto;
+	__u8 family;      /* 4 or 6 */
+	__u8 state;       /* PYVS_STATE_* */
+	__u8 flags;       /* PYVS_CONN_F_* (TEMPLATE) */
+	__u32 real;       /* slot in reals */
+	__u32 gen;        /* the real's gen when the connection was scheduled */
+	__u32 timeout;    /* the entry's own timeout (seconds; templates); 0: its state's */
 };
 
 #endif
