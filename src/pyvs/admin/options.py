@@ -536,20 +536,11 @@ def parse_args(argv: Sequence[str]) -> Command:
     _check_legality(action, given)
     if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0 and persistent is None:
         raise UsageError("Zero port specified for non-persistent service")
-    Action.ADD_SERVICE: "xx+   xxxxxxxxxxx   " "xxxxxxx",
-    Action.EDIT_SERVICE: "xx+   xxxxxxxxxxx   " "xxxxxxx",
-    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxxxxxxx" "xxxxxxx",
-    Action.FLUSH: "xxxxxxxxxxxxxxxxxxxx" "xxxxxxx",
-    Action.LIST: " 11xxxxxxxx1     xxx" "x1 xxxx",
-    Action.ADD_SERVER: "xx+xxx+    xxxxxxxxx" "xxxxxxx",
-    Action.DELETE_SERVER: "xx+xxx+xxxxxxxxxxxxx" "xxxxxxx",
-    Action.EDIT_SERVER: "xx+xxx+    xxxxxxxxx" "xxxxxxx",
-    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxxxxxxx" "xxxxxxx",
-    Action.START_DAEMON: "xxxxxxxxxxxxxxxxxxxx" " x     ",
-    Action.STOP_DAEMON: "xxxxxxxxxxxxxxxxxxxx" "xx xxxx",
-    Action.RESTORE: "xxxxxxxxxxxxxxxxxxxx" "xxxxxxx",
-    Action.SAVE: " xxxxxxxxxxxxxxxxxxx" "xxxxxxx",
-    Action.ZERO: "xx xxxxxxxxxxxxxxxxx" "xxxxxxx",
+    if (action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and "ops" in given and service
+            and service.proto is not Protocol.UDP):
+        raise UsageError(ONEPACKET_UDP_ONLY)
+    if (action is Action.LIST and given & {"connection", "timeout", "daemon"}
+            and given & {"stats", "rate", "thresholds"}):
         raise UsageError("options conflicts in the list command")
     return Command(
         action,
