@@ -5,6 +5,7 @@ checked with scapy."""
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -15,8 +16,10 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import checksum
 
-from pyvs.dataplane import Dataplane, DataplaneError, scratch_dataplane
+from pyvs.dataplane import Dataplane, DataplaneError, libbpf, scratch_dataplane
+from pyvs.dataplane.build import object_path
 from pyvs.dataplane.neighbours import NextHop
+from pyvs.decap import COUNTER_NAMES, DecapConfig
 from pyvs.model import Forwarding, IPAddress, Real, Rules, Service, Tunnel
 
 from .conftest import CLIENT_MAC, DIRECTOR_MAC
@@ -209,3 +212,73 @@ def test_bad_tunnel_settings_are_refused_and_nothing_changes(dataplane: Dataplan
     with pytest.raises(DataplaneError, match=message):
         dataplane.apply(tunnel_rules(tunnel))
     assert dataplane.read_rules().services == {}
+
+
+# ---- the real server's side: pyvs_decap ----
+
+@pytest.fixture
+def decap() -> Iterator[tuple[int, int, int]]:
+    """pyvs_decap loaded (not attached) for ON_LINK, every tunnel type, GUE on GUE_PORT: (program, config, counters)
+    fds."""
+
+    with libbpf.BpfObject(str(object_path("decap"))) as obj:
+        config = DecapConfig(addr=int.from_bytes(ON_LINK.packed, "little"),
+                             gue_port=int.from_bytes(GUE_PORT.to_bytes(2, "big"), "little"), types=7)
+        libbpf.map_update(obj.map_fd("decap_config"), ctypes.c_uint32(0), config)
+        yield obj.prog_fd("pyvs_decap"), obj.map_fd("decap_config"), obj.map_fd("decap_counters")
+
+
+def decap_counters(fd: int) -> dict[str, int]:
+
+    result = {}
+    for index, name in enumerate(COUNTER_NAMES):
+        values = (ctypes.c_uint64 * libbpf.num_possible_cpus())()
+        libbpf.map_lookup(fd, ctypes.c_uint32(index), values)
+        result[name] = sum(values)
+    return result
+
+
+@pytest.mark.parametrize("tunnel", [t for t, _, _ in CASES if t is not None],
+                         ids=["ipip", "gue", "gue-csum", "gue-remcsum", "gre", "gre-csum"])
+def test_pyvs_decap_gives_the_kernel_the_clients_packet(dataplane: Dataplane, decap: tuple[int, int, int],
+                                                        tunnel: Tunnel) -> None:
+
+    prog, _, counters = decap
+    dataplane.apply(tunnel_rules(tunnel, ON_LINK, TCP80))
+    sent = syn(sport=40000)
+    tagged = bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / Dot1Q(vlan=7) / IP(src=CLIENT, dst=str(VIP))
+                   / TCP(sport=40001, dport=80, flags="S"))
+    for frame_in, l2 in ((sent, 14), (tagged, 18)):
+        encapsulated = dataplane.test_run(frame_in).data
+        result = libbpf.prog_test_run(prog, encapsulated)
+        assert result.verdict == 2  # XDP_PASS
+        assert result.data[:l2] == encapsulated[:l2]  # the real's own Ethernet header (and tag)
+        assert result.data[l2:] == frame_in[l2:]  # the client's packet, as the client sent it
+    assert decap_counters(counters)[tunnel.type] == 2
+
+
+@pytest.mark.parametrize(("packet", "why"), [
+    (IP(src=DIRECTOR, dst="198.18.2.99", proto=4) / IP(src=CLIENT, dst=str(VIP)) / TCP(), "another address"),
+    (IP(src=DIRECTOR, dst=str(ON_LINK)) / UDP(sport=40000, dport=6081) / Raw(bytes([0, 4, 0, 0])), "another port"),
+    (IP(src=DIRECTOR, dst=str(ON_LINK)) / UDP(sport=40000, dport=GUE_PORT) / Raw(bytes([0x80, 4, 0, 0])),
+     "a GUE control message"),
+    (IP(src=DIRECTOR, dst=str(ON_LINK), proto=47) / Raw(b"\x20\x00\x08\x00" + bytes(4)), "GRE with a key"),
+    (IP(src=DIRECTOR, dst=str(ON_LINK)) / TCP(dport=80), "plain TCP"),
+])
+def test_pyvs_decap_passes_what_is_not_its_tunnel_untouched(decap: tuple[int, int, int], packet: IP,
+                                                            why: str) -> None:
+
+    frame_in = bytes(Ether(src=DIRECTOR_MAC, dst=REAL_MAC) / packet)
+    result = libbpf.prog_test_run(decap[0], frame_in)
+    assert (result.verdict, result.data) == (2, frame_in), why
+
+
+def test_pyvs_decap_drops_a_tunnel_packet_cut_short_and_passes_a_fragment(decap: tuple[int, int, int]) -> None:
+
+    cut = bytes(Ether(src=DIRECTOR_MAC, dst=REAL_MAC) / IP(src=DIRECTOR, dst=str(ON_LINK), proto=4) / Raw(bytes(8)))
+    assert libbpf.prog_test_run(decap[0], cut).verdict == 1  # XDP_DROP
+    fragment = bytes(Ether(src=DIRECTOR_MAC, dst=REAL_MAC) / IP(src=DIRECTOR, dst=str(ON_LINK), proto=4, flags="MF")
+                     / IP(src=CLIENT, dst=str(VIP)) / TCP())
+    assert libbpf.prog_test_run(decap[0], fragment).verdict == 2
+    counters = decap_counters(decap[2])
+    assert (counters["drop_malformed"], counters["pass_fragment"]) == (1, 1)
