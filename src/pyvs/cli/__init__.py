@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "behind a BGP router that spreads the flows over them (ECMP), each running `pyvs director "
                          "run` with mh, sloppy TCP and a [bgp] session to the router; the lab's other commands "
                          "follow the number it was brought up with")
+    up.add_argument("--method", choices=("dr", "tun"), default=None,
+                    help="how the director forwards: dr (direct routing, the default) or tun (tunnelling, -i: every "
+                         "real decapsulates, and rs2 is routed on 198.18.6.0/24 behind a router); the lab's other "
+                         "commands follow the method it was brought up with")
+    up.add_argument("--tun-type", choices=("ipip", "gue", "gre"), default=None,
+                    help="with --method tun: the tunnel (default ipip; gue on UDP port 6080)")
     add(lab_commands, "down", "lab:cmd_down", "remove the lab's namespaces, links, processes and pins", prefix)
     status = add(lab_commands, "status", "lab:cmd_status",
                  "check what the demo needs (nodes, servers, reals, XDP, the tutorial's rules); exit 1 if anything "
