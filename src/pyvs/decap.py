@@ -5,6 +5,7 @@ LVS documentation sets them up (tunl0 or gre0 up, with rp_filter off; GUE: a fou
 of machine: no ipip, fou or gre), pyvs's own XDP program, pyvs_decap (bpf/pyvs_decap.c), is attached to the NIC: it
 strips the outer headers of tunnel packets to this real's address and passes the inner packet to the kernel, which
 delivers it to the VIP on lo. The program stays attached when the command ends (no pins needed: the NIC holds it).
+libbpf is imported only by the functions that load or read the program (`pyvs realserver` stays light).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from pyvs.dataplane import libbpf
-from pyvs.dataplane.build import object_path
 from pyvs.links import link_index
 
 DECAP_PROGRAM = "pyvs_decap"
@@ -89,6 +88,8 @@ def _ifindex(nic: str) -> int:
 
 
 def _attached(ifindex: int) -> tuple[str, int] | None:
+    from pyvs.dataplane import libbpf
+
     for mode, flags in (("native", libbpf.XDP_FLAGS_DRV_MODE), ("generic", libbpf.XDP_FLAGS_SKB_MODE)):
         prog_id = libbpf.xdp_query_id(ifindex, flags)
         if prog_id:
@@ -100,6 +101,9 @@ def attach(nic: str, tunnels: tuple[str, ...], addr: IPv4Address | None, gue_por
            xdp_mode: str = "native") -> str:
     """Attach pyvs_decap to `nic` for these tunnel types (replacing an earlier pyvs_decap); returns the XDP mode
     used. Native mode falls back to generic where the driver has none. Another XDP program is never replaced."""
+    from pyvs.dataplane import libbpf
+    from pyvs.dataplane.build import object_path
+
     unknown = set(tunnels) - set(TUNNELS)
     if unknown or not tunnels:
         raise DecapError(f"tunnel types {sorted(unknown) or '(none)'}: give some of {', '.join(TUNNELS)}")
@@ -134,6 +138,8 @@ def attach(nic: str, tunnels: tuple[str, ...], addr: IPv4Address | None, gue_por
 
 def detach(nic: str) -> bool:
     """Remove pyvs_decap from `nic`; False when it was not there (another program is left alone)."""
+    from pyvs.dataplane import libbpf
+
     try:
         ifindex = _ifindex(nic)
     except DecapError:
@@ -147,6 +153,8 @@ def detach(nic: str) -> bool:
 
 def status(nic: str) -> DecapStatus | None:
     """What pyvs_decap on `nic` takes and has done, None when it is not attached."""
+    from pyvs.dataplane import libbpf
+
     found = _attached(_ifindex(nic))
     if found is None or libbpf.prog_name(found[1]) != DECAP_PROGRAM:
         return None

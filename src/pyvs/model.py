@@ -151,6 +151,13 @@ class Real:
     def key(self) -> RealKey:
         return (self.rip, self.port)
 
+    @property
+    def method(self) -> tuple[Forwarding, Tunnel | None]:
+        """How the real is reached, normalized: (TUNNEL, its tunnel, ipip when not given) or (ROUTE, None)."""
+        if self.forwarding is Forwarding.TUNNEL:
+            return self.forwarding, self.tunnel or Tunnel()
+        return self.forwarding, None
+
     def sort_key(self) -> tuple[int, int, int, int]:
         return (self.rip.version, int(self.rip), self.port, self.weight)
 

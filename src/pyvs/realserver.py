@@ -676,22 +676,20 @@ def _ipv6_findings(nic: str, vips: list[IPv6Address], probe: bool) -> list[Findi
     return findings
 
 
-def _decap_findings(nic: str, tunnel: str | None) -> list[Finding]:
-    """Who decapsulates the director's tunnel: pyvs_decap on the NIC (what it takes, what it did), or the kernel's
-    modules with their fallback device up."""
+def _decap_findings(nic: str, tunnel: str) -> list[Finding]:
+    """Who decapsulates the director's tunnel (`tunnel`): pyvs_decap on the NIC (what it takes, what it did), or the
+    kernel's modules with their fallback device up."""
     try:
         found = decap_status(nic)
     except (DecapError, OSError):
         found = None
-    fix = f"pyvs realserver up --vip VIP --tunnel {tunnel or 'ipip'}" + (" --tun-port PORT" if tunnel == "gue" else "")
+    fix = f"pyvs realserver up --vip VIP --tunnel {tunnel}" + (" --tun-port PORT" if tunnel == "gue" else "")
     if found is not None:
         takes = ", ".join(f"gue:{found.gue_port}" if t == "gue" else t for t in found.tunnels)
         done = ", ".join(f"{found.counters[t]} {t}" for t in found.tunnels)
-        ok = tunnel is None or tunnel in found.tunnels
+        ok = tunnel in found.tunnels
         return [Finding("tunnel decapsulation", ok, f"XDP {DECAP_PROGRAM} ({found.mode}) for {takes} to "
-                        f"{found.addr or 'any address'}; decapsulated {done}", tunnel or "any", None if ok else fix)]
-    if tunnel is None:
-        return []
+                        f"{found.addr or 'any address'}; decapsulated {done}", tunnel, None if ok else fix)]
     if kernel_can_decapsulate(tunnel):
         device = KERNEL_DEVICES[tunnel]
         with IPRoute() as ipr:
@@ -707,7 +705,7 @@ def check(vips: str | Sequence[str], nic: str | None = None, probe: bool = True,
           tunnel: str | None = None) -> list[Finding]:
     """Report every real-server setting for the VIPs as right or wrong, with the command that fixes it. For an
     IPv6 VIP, `probe` sends solicitations into the NIC's receive path and reports whether the host answers. For a
-    tunnel real (or one where pyvs_decap is attached), who decapsulates."""
+    tunnel real (`tunnel`), who decapsulates."""
     wanted = parse_vips(vips)
     v4 = [vip for vip in wanted if isinstance(vip, IPv4Address)]
     v6 = [vip for vip in wanted if isinstance(vip, IPv6Address)]
@@ -737,4 +735,4 @@ def check(vips: str | Sequence[str], nic: str | None = None, probe: bool = True,
         findings.append(_read_finding(nic, *RP_FILTER))
     if v6:
         findings += _ipv6_findings(nic, v6, probe)
-    return findings + _decap_findings(nic, tunnel)
+    return findings + (_decap_findings(nic, tunnel) if tunnel else [])
