@@ -220,9 +220,9 @@ def _ensure_dnat(topo: Topology, actions: list[str]) -> None:
 def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
     for node in topo.reals:
         nic = topo.ports(node.name)[0].ifname
-        tunnel = {"tunnel": topo.tun_type, "tun_port": topo.tun_port} if topo.method == "tun" else {}
+        tunnel = topo.tun_type if topo.method == "tun" else None
         with netns.in_netns(node.netns):
-            changes = realserver.up(topo.vips, nic=nic, **tunnel)  # type: ignore[arg-type]
+            changes = realserver.up(topo.vips, nic=nic, tunnel=tunnel, tun_port=topo.tun_port)
         actions.extend(f"{node.netns}: {change}" for change in changes)
 
 
