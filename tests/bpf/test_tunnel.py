@@ -282,3 +282,26 @@ def test_pyvs_decap_drops_a_tunnel_packet_cut_short_and_passes_a_fragment(decap:
     assert libbpf.prog_test_run(decap[0], fragment).verdict == 2
     counters = decap_counters(decap[2])
     assert (counters["drop_malformed"], counters["pass_fragment"]) == (1, 1)
+
+
+def test_a_tunnel_real_s_connection_syncs_as_a_tunnel_one_and_the_backup_encapsulates_it() -> None:
+    from pyvs.dataplane.synctable import SyncTable, set_sync
+    from pyvs.sync.codec import CONN_F_FWD_MASK, CONN_F_TUNNEL, decode_message, encode_message
+    from pyvs.sync.engine import SyncStats, apply_conn, conn_of_event
+
+    from .test_sync import events
+
+    with scratch_dataplane("pyvst-tunm", neighbours) as master, scratch_dataplane("pyvst-tunb", neighbours) as backup:
+        for dp in (master, backup):
+            dp.apply(tunnel_rules(Tunnel("gre"), ON_LINK, TCP80))
+        set_sync(master, True)
+        master.test_run(syn(sport=42000))
+        master.test_run(frame(TCP(sport=42000, dport=80, flags="A")))
+        conns = [c for c in (conn_of_event(ev, SyncTable(master)) for ev in events(master)) if c is not None]
+        assert conns and all(c.flags & CONN_F_FWD_MASK == CONN_F_TUNNEL for c in conns)
+        stats = SyncStats()
+        for conn in decode_message(encode_message(conns, 7), 7).conns:
+            apply_conn(conn, SyncTable(backup), stats)
+        assert stats.unknown_service == 0
+        result = backup.test_run(frame(TCP(sport=42000, dport=80, flags="A")))
+        assert result.verdict_name == "XDP_TX" and outer(result.data).proto == 47

@@ -37,7 +37,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypeVar
 
@@ -65,6 +64,7 @@ from pyvs.director.statusdoc import (
     ServiceStatus,
     StatusDocument,
 )
+from pyvs.director.syncrun import SyncRunner
 from pyvs.model import Counters, IPAddress, Real, Rules, Service, ServiceKey, address_order, endpoint_text
 
 log = logging.getLogger("pyvs.director")
@@ -273,11 +273,12 @@ class Director:
         self._dataplane_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
         # [bgp]: the BIRD of this data plane (started only with [bgp]), what it was last given and told
         self._speaker: bgp.Speaker | None = None
-        self.bgp_vips: dict[IPv4Address, str] = {}  # VIP -> '' announced, else why it is withdrawn
+        self.bgp_vips: dict[IPAddress, str] = {}  # VIP -> '' announced, else why it is withdrawn
         self.bgp_peers: list[bgp.PeerState] = []
         self.bgp_error = ""
         self._bgp_text: str | None = None  # the config BIRD runs with (None: not started or adopted yet)
         self._bgp_dirty = asyncio.Event()
+        self.sync = SyncRunner()  # [sync]: the connection sync engine (pyvs/sync), in a thread of its own
 
     # ---- desired state ---------------------------------------------------------------------------
 
@@ -664,7 +665,13 @@ class Director:
             "other_services": others, "counters": snapshot.counters, "tables": snapshot.tables,
             "switches": snapshot.switches, "node_exporter_metrics": self.config.node_exporter_metrics,
             "page_actions": bool(self.config.page_token), "bgp": self.bgp_status(),
+            "sync": self.sync.status(snapshot.counters),
         }  # fmt: skip
+
+    @property
+    def vip_families(self) -> set[int]:
+        """The address families of the config's VIPs: a BGP channel each."""
+        return {svc.key.vip.version for svc in self.config.services} or {4}
 
     def bgp_status(self) -> BgpStatus | None:
         spec = self.config.bgp
@@ -745,6 +752,7 @@ class Director:
                       status=listen_text(self.config.status_listen) if self.config.status_listen else "off")
             self.spawn("ready", self._notify_ready, restart=False)
             self.spawn("bgp", self._keep_announced)
+            self.spawn("sync", self._keep_syncing)
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
             if self.auto_attach:
@@ -782,6 +790,7 @@ class Director:
             self.server.close()
         await self.notifier.drain()
         await self._bgp_stop("the daemon stops")
+        await asyncio.to_thread(self.sync.stop)
         try:
             await self.in_dataplane_thread(self._withdraw)
         finally:
@@ -838,6 +847,12 @@ class Director:
             self._dirty.clear()
             await self.reconcile(full=full)
 
+    async def _keep_syncing(self) -> None:
+        """[sync]: the sync engine runs as the config says (a reload may add, change or remove the section)."""
+        while True:
+            await asyncio.to_thread(self.sync.follow, self.config.sync, self.dp.pin_dir)
+            await asyncio.sleep(1.0)
+
     # ---- BGP ---------------------------------------------------------------------------------------
 
     @property
@@ -887,7 +902,7 @@ class Director:
             return
         forwarding = await self.in_dataplane_thread(self._forwarding)
         decision = bgp.announcement(self.config.services, self.quorum, forwarding)
-        text = bgp.render_config(spec, [vip for vip, why in decision.items() if not why])
+        text = bgp.render_config(spec, [vip for vip, why in decision.items() if not why], self.vip_families)
         if self._bgp_text is None or self.speaker.pid is None:
             action = await asyncio.to_thread(self.speaker.start, text)
             log_event(logging.INFO, "bgp_speaker", action=action, socket=self.speaker.ctl)
@@ -907,7 +922,7 @@ class Director:
             log_event(logging.INFO, "bgp_recovered")
         self.bgp_error = ""
 
-    def _log_announcements(self, decision: dict[IPv4Address, str]) -> None:
+    def _log_announcements(self, decision: dict[IPAddress, str]) -> None:
         for vip, why in decision.items():
             if self.bgp_vips.get(vip, "not yet") == why:
                 continue
@@ -925,7 +940,7 @@ class Director:
         spec = self.config.bgp
         try:
             if spec is not None and self._bgp_text is not None:
-                await asyncio.to_thread(self.speaker.configure, bgp.render_config(spec, []))
+                await asyncio.to_thread(self.speaker.configure, bgp.render_config(spec, [], self.vip_families))
                 self._log_announcements({vip: reason for vip in self.bgp_vips})
                 sent = await asyncio.to_thread(self.speaker.wait_unexported)
                 log_event(logging.INFO, "bgp_withdrawn", sent="yes" if sent else "not confirmed",

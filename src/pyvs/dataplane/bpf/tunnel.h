@@ -29,9 +29,11 @@ struct {
 	__type(value, struct pyvs_tunnel);
 } tunnels SEC(".maps");
 
-/* Per-CPU room to copy the inner packet into, a chunk at a time, for the GUE and GRE checksums. */
+/* Per-CPU room: the inner packet copied a chunk at a time for the GUE and GRE checksums, and the frame's Ethernet
+ * header and tags while its head moves (tunnel_xmit's stack has little room: it may run under icmp_to_vip). */
 struct tun_scratch_buf {
 	__u8 buf[TUN_CHUNK + 4];
+	__u8 l2[TUN_L2_MAX + 2];
 };
 
 struct {
@@ -143,16 +145,17 @@ static __always_inline int restore_l2(void *data, void *data_end, __u32 l3_off, 
 /* ICMP fragmentation needed back to the client, from the VIP, quoting the packet's IP header and 8 bytes, with
  * the MTU its packets must fit (icmp_send's: type 3 code 4, the MTU in the header's last two bytes, TOS 0xc0 with
  * the packet's TOS bits, TTL 64). The frame goes back out where it came in, MACs swapped. */
-static __noinline int frag_needed(struct xdp_md *ctx, __u32 l3_off, __u32 mtu)
+static __noinline int frag_needed(struct xdp_md *ctx, __u32 mtu)
 {
 	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
 	struct l2_copy l2 = {};
 	struct iphdr *iph, *quoted;
 	struct icmp_hdr *icmp;
-	__u32 quote, len, vip, client;
+	__u32 quote, len, vip, client, l3_off;
 	__u8 tos, mac[ETH_ALEN];
 	__u64 sum;
 
+	l3_off = l3_offset(data, data_end);
 	if (l3_off != 14 && l3_off != 18 && l3_off != 22)
 		return XDP_DROP;
 	iph = data + l3_off;
@@ -222,21 +225,26 @@ static __always_inline __u32 encap_extra(const struct pyvs_tunnel *tun)
 	return 0;
 }
 
-/* Encapsulate the frame for tunnel real `real_id` and send it to the real's next hop. A global function's worth
- * of stack of its own (the connection path and the scheduler's use most of a call chain's 512 bytes). */
+/* Encapsulate the frame for tunnel real `real_id` and send it to the real's next hop: an XDP verdict, or, for a
+ * packet with DF too big for the tunnel, minus the MTU it must fit (the caller answers with frag_needed: not called
+ * from here, so that no call chain holds both under icmp_to_vip). A function with a stack of its own (the
+ * connection path and the scheduler's use most of a call chain's 512 bytes). */
 static __noinline int tunnel_xmit(struct xdp_md *ctx, __u32 real_id)
 {
 	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
 	struct pyvs_tunnel *tun = bpf_map_lookup_elem(&tunnels, &real_id);
 	struct pyvs_real *real = bpf_map_lookup_elem(&reals, &real_id);
-	struct l2_copy l2 = {};
+	struct tun_scratch_buf *scratch;
 	struct iphdr *inner, *outer;
 	__u32 l3_off, extra, hlen, tot_len, hash;
 	__u16 inner_id, df, sport = 0;
 	__u8 tos, ttl;
 	__u64 sum;
 
-	if (!tun || !real || !tun->daddr || !tun->mtu)
+	__u32 zero = 0;
+
+	scratch = bpf_map_lookup_elem(&tun_scratch, &zero);
+	if (!tun || !real || !tun->daddr || !tun->mtu || !scratch)
 		return drop(PYVS_CNT_DROP_ENCAP);
 	l3_off = l3_offset(data, data_end);
 	if (l3_off != 14 && l3_off != 18 && l3_off != 22)
@@ -251,7 +259,7 @@ static __noinline int tunnel_xmit(struct xdp_md *ctx, __u32 real_id)
 	if (tot_len + hlen > tun->mtu) {
 		if (df) {
 			count(PYVS_CNT_DROP_FRAG_NEEDED);
-			return frag_needed(ctx, l3_off, tun->mtu - hlen);
+			return -(int)((tun->mtu - hlen) & 0xffff);
 		}
 		return drop(PYVS_CNT_DROP_TOO_BIG);
 	}
@@ -266,13 +274,13 @@ static __noinline int tunnel_xmit(struct xdp_md *ctx, __u32 real_id)
 		if ((void *)(ports + 1) <= data_end)
 			hash ^= *ports;
 	}
-	if (save_l2(data, data_end, l3_off, &l2))
+	if (save_l2(data, data_end, l3_off, (struct l2_copy *)scratch->l2))
 		return drop(PYVS_CNT_DROP_ENCAP);
 	if (bpf_xdp_adjust_head(ctx, -(int)hlen))
 		return drop(PYVS_CNT_DROP_ENCAP);
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (restore_l2(data, data_end, l3_off, &l2))
+	if (restore_l2(data, data_end, l3_off, (struct l2_copy *)scratch->l2))
 		return drop(PYVS_CNT_DROP_ENCAP);
 	__builtin_memcpy(((struct ethhdr *)data)->h_dest, real->dmac, ETH_ALEN);
 	__builtin_memcpy(((struct ethhdr *)data)->h_source, real->smac, ETH_ALEN);
