@@ -11,6 +11,7 @@ from pyvs.model import (
     ALL_SCHEDULERS,
     DEFAULT_SCHEDULER,
     HOST_MASK,
+    Forwarding,
     ModelError,
     Real,
     Rules,
@@ -112,9 +113,9 @@ def _apply_server(svc: Service, command: Command) -> None:
     if command.action is Action.EDIT_SERVER and not exists:
         raise CommandError("No such destination")
     weight = DEFAULT_WEIGHT if command.weight is None else command.weight
-    # As ipvsadm: -e sends the thresholds too; one not given goes back to 0 (none).
-    real = Real(real_key[0], real_key[1], weight, u_threshold=command.u_threshold or 0,
-                l_threshold=command.l_threshold or 0)
+    # As ipvsadm, -e sends the forwarding method and the thresholds too: left out, it is -g again and they are 0.
+    real = Real(real_key[0], real_key[1], weight, command.forwarding or Forwarding.ROUTE, tunnel=command.tunnel,
+                u_threshold=command.u_threshold or 0, l_threshold=command.l_threshold or 0)
     try:
         validate_real(svc, real)
     except ModelError as err:

@@ -17,6 +17,7 @@ from pyvs.model import (
     HOST_PREFIX6,
     Connection,
     Counters,
+    Forwarding,
     IPAddress,
     Protocol,
     Rates,
@@ -26,6 +27,7 @@ from pyvs.model import (
     Service,
     ServiceKey,
     Timeouts,
+    Tunnel,
     endpoint_text,
 )
 
@@ -113,7 +115,7 @@ def list_mode(stats: bool = False, rate: bool = False, thresholds: bool = False)
     return STATS if stats else RATE if rate else THRESHOLDS if thresholds else PLAIN
 
 
-def _title(mode: str) -> str:
+def _title(mode: str, tun_info: bool = False) -> str:
     if mode in (STATS, RATE):
         names = (("Conns", "InPkts", "OutPkts", "InBytes", "OutBytes") if mode == STATS
                  else ("CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"))
@@ -122,6 +124,9 @@ def _title(mode: str) -> str:
     if mode == THRESHOLDS:
         columns = " ".join(f"{name:<10}" for name in ("Uthreshold", "Lthreshold", "ActiveConn", "InActConn"))
         return f"{'Prot LocalAddress:Port':<33} {columns}\n  -> RemoteAddress:Port\n"
+    if tun_info:
+        return ("Prot LocalAddress:Port Scheduler Flags\n"
+                "  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn\n")
     return (
         "Prot LocalAddress:Port Scheduler Flags\n"
         "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
@@ -156,7 +161,23 @@ def _rates(rates: Rates, exact: bool) -> str:
                    for value in (rates.cps, rates.inpps, rates.outpps, rates.inbps, rates.outbps))
 
 
-def _service_entry(svc: Service, listing: Listing, names: Names, mode: str, exact: bool, sort: bool) -> str:
+def tunnel_info(real: Real) -> str:
+    """ipvsadm's TunnelInfo column: the tunnel of a tunnel real, n/a for the others."""
+    if real.forwarding is not Forwarding.TUNNEL:
+        return "n/a"
+    return (real.tunnel or Tunnel()).info()
+
+
+def tunnel_options(real: Real) -> str:
+    """What -S writes after -w for a tunnel real, as ipvsadm's print_tunnel_rule."""
+    tunnel = real.tunnel or Tunnel()
+    port = f" --tun-port {tunnel.port}" if tunnel.type == "gue" else ""
+    csum = f" --tun-{tunnel.csum}" if tunnel.type != "ipip" else ""
+    return f" --tun-type {tunnel.type}{port}{csum}"
+
+
+def _service_entry(svc: Service, listing: Listing, names: Names, mode: str, exact: bool, sort: bool,
+                   tun_info: bool = False) -> str:
     key = svc.key
     name = f"{key.proto.label:<4} {names.endpoint(key.vip, key.port, key.proto)}"
     if key.family == 4:
@@ -195,8 +216,9 @@ def _service_entry(svc: Service, listing: Listing, names: Names, mode: str, exac
                          f"{inactive:<10}")
         else:
             active, inactive = listing.conn_counts.get((key, real.key), (0, 0))
+            info = f" {tunnel_info(real):<13}" if tun_info else ""
             lines.append(
-                f"  -> {dest:<28} {real.forwarding.value:<7} {real.weight:<6} {active:<10} {inactive:<10}"
+                f"  -> {dest:<28} {real.forwarding.value:<7}{info} {real.weight:<6} {active:<10} {inactive:<10}"
             )
     return "".join(line + "\n" for line in lines)
 
@@ -211,6 +233,7 @@ def format_list(
     exact: bool = False,
     sort: bool = True,
     service: ServiceKey | None = None,
+    tun_info: bool = False,
 ) -> str:
     """`-L` (all services, with the version header) or `-L -t VIP:port` (one, without it).
 
@@ -223,8 +246,8 @@ def format_list(
         chosen = _services(listing.rules, sort)
         head = format_header(listing.conn_table_size)
     mode = list_mode(stats, rate, thresholds)
-    body = "".join(_service_entry(svc, listing, names, mode, exact, sort) for svc in chosen)
-    return head + _title(mode) + body
+    body = "".join(_service_entry(svc, listing, names, mode, exact, sort, tun_info) for svc in chosen)
+    return head + _title(mode, tun_info) + body
 
 
 def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> str:
@@ -247,7 +270,8 @@ def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> s
         lines.append(line)
         for real in _reals(svc, sort):
             dest = names.endpoint(real.rip, real.port, key.proto)
-            line = f"-a {selector} -r {dest} {real.forwarding.option} -w {real.weight}"
+            tunnel = tunnel_options(real) if real.forwarding is Forwarding.TUNNEL else ""
+            line = f"-a {selector} -r {dest} {real.forwarding.option} -w {real.weight}{tunnel}"
             # ipvsadm 1.31's -S leaves thresholds out (its -R loses them); pyvs writes them, which -R reads back
             if real.u_threshold:
                 line += f" -x {real.u_threshold}"

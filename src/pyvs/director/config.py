@@ -27,6 +27,11 @@
     uthreshold = 0                      # ipvsadm -x: no new connections at this many (0: no limit)
     lthreshold = 0                      # ipvsadm -y: new ones again below this many (0: 3/4 of uthreshold)
 
+    [[service.real]]
+    address = "198.18.6.12"             # routed: tunnelled to (ipvsadm -i); forwarding may be set per service too
+    forwarding = "tun"                  # "dr" (the default) or "tun"
+    tunnel = { type = "gue", port = 6080, csum = "nocsum" }   # --tun-type, --tun-port, --tun-{nocsum,csum,remcsum}
+
     [bgp]                               # optional: announce the VIPs over BGP (active/active behind ECMP)
     local_asn = 65001
     peer_asn = 65000
@@ -68,13 +73,16 @@ from pyvs.model import (
     HOST_PREFIX6,
     MAX_THRESHOLD,
     MAX_WEIGHT,
+    Forwarding,
     IPAddress,
     ModelError,
     Netmask,
     Protocol,
+    Real,
     RealKey,
     Service,
     ServiceKey,
+    Tunnel,
     endpoint_text,
     parse_address,
     parse_endpoint,
@@ -85,6 +93,7 @@ from pyvs.model import (
     sched_flag_names,
     validate_scheduler,
     validate_service,
+    validate_tunnel,
 )
 
 CHECK_TYPES = ("tcp", "http", "https", "command", "none")
@@ -129,8 +138,15 @@ class RealSpec:
     weight: int
     check: CheckSpec
     inhibit_on_failure: bool
+    forwarding: Forwarding = Forwarding.ROUTE
+    tunnel: Tunnel | None = None  # with Forwarding.TUNNEL
     u_threshold: int = 0  # ipvsadm -x (keepalived's uthreshold)
     l_threshold: int = 0  # ipvsadm -y (keepalived's lthreshold)
+
+    def real(self, weight: int) -> Real:
+        """The model's real with this weight, reached as the spec says, with its thresholds."""
+        return Real(self.rip, self.port, weight, self.forwarding, tunnel=self.tunnel, u_threshold=self.u_threshold,
+                    l_threshold=self.l_threshold)
 
     @property
     def key(self) -> RealKey:
@@ -324,8 +340,11 @@ DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_tim
                  "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics", "page_token")
 SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
-                "inhibit_on_failure", "check", "real", "ops")
-REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check", "uthreshold", "lthreshold")
+                "inhibit_on_failure", "check", "real", "forwarding", "tunnel", "ops")
+REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check", "forwarding", "tunnel", "uthreshold",
+             "lthreshold")
+FORWARDING = {"dr": Forwarding.ROUTE, "tun": Forwarding.TUNNEL}
+TUNNEL_KEYS = ("type", "port", "csum")
 BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "local_address6", "router_id", "next_hop",
             "next_hop6", "communities", "hold_time", "connect_retry", "withdraw_wait")
 PEER_KEYS = ("address", "asn")
@@ -534,7 +553,31 @@ def _family_error(what: str, address: IPAddress, key: ServiceKey) -> str:
             "packet, so both must be of one family")
 
 
-def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool) -> RealSpec:
+def _method(reader: _Reader, default: tuple[Forwarding, Tunnel | None]) -> tuple[Forwarding, Tunnel | None]:
+    """`forwarding` ("dr" or "tun") and `tunnel` ({type, port, csum}) of a service or a real (a real's default: its
+    service's)."""
+    def forwarding_of(value: Any) -> Forwarding:
+        if str(value) not in FORWARDING:
+            raise ValueError(f"unknown forwarding method {value!r} (dr or tun)")
+        return FORWARDING[str(value)]
+
+    forwarding = reader.convert("forwarding", forwarding_of, default[0])
+    if "tunnel" not in reader.table:
+        return forwarding, default[1] if forwarding is Forwarding.TUNNEL else None
+    if forwarding is not Forwarding.TUNNEL:
+        reader.fail("tunnel", "'tunnel' goes with forwarding = \"tun\" (ipvsadm: Tunnel options conflict with "
+                              "forward method)")
+    sub = _sub(reader, "tunnel", TUNNEL_KEYS, "tunnel")
+    try:
+        tunnel = validate_tunnel(Tunnel(sub.get("type", str, "ipip"), sub.get("port", int, 0),
+                                        sub.get("csum", str, "nocsum")))
+    except ModelError as exc:
+        reader.fail("tunnel", f"'tunnel': {exc}")
+    return forwarding, tunnel
+
+
+def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool,
+          method: tuple[Forwarding, Tunnel | None] = (Forwarding.ROUTE, None)) -> RealSpec:
     rip = reader.convert("address", lambda v: parse_address(str(v)), required=True)
     if rip.version != svc_key.family:
         reader.fail("address", f"'address': {_family_error('real server', rip, svc_key)}")
@@ -544,9 +587,13 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool)
                             "direct routing cannot change the port")
     weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
     real_check = _check(_sub(reader, "check", CHECK_KEYS, "check"), check) if "check" in reader.table else check
+    forwarding, tunnel = _method(reader, method)
+    if forwarding is Forwarding.TUNNEL and rip.version != 4:
+        reader.fail("forwarding", f"real server {rip}: pyvs tunnels to IPv4 real servers only")
     upper = reader.integer("uthreshold", 0, 0, MAX_THRESHOLD)
     lower = reader.integer("lthreshold", 0, 0, MAX_THRESHOLD)
-    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit), upper, lower)
+    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit), forwarding,
+                    tunnel, upper, lower)
 
 
 def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check_scripts: bool,
@@ -583,6 +630,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     if key.proto is Protocol.UDP and check.type in ("tcp", "http", "https") and "check" not in table:
         check = CheckSpec(type="none")
     inhibit = reader.get("inhibit_on_failure", bool, False)
+    method = _method(reader, (Forwarding.ROUTE, None))
     reals_table = reader.get("real", list, [])
     reals: list[RealSpec] = []
     real_keys: set[RealKey] = set()
@@ -591,7 +639,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
         if not isinstance(item, dict):
             reader.fail("real", f"real #{number + 1} must be a table")
         real_reader = _Reader(path, lines, item, (*where, "real", str(number)), label, REAL_KEYS)
-        real = _real(real_reader, key, check, inhibit)
+        real = _real(real_reader, key, check, inhibit, method)
         if check_scripts and real.check.type == "command":
             _check_command(real_reader if "check" in item else reader, real.check)
         if real.key in real_keys:
