@@ -404,7 +404,7 @@ def down(topo: Topology) -> list[str]:
     from pyvs.lab import ecmp, vrrp
 
     if topo.bgp is None and topo.vrrp is None and vrrp.recorded(topo.prefix):  # brought up with --vrrp
-        topo = vrrp_topology(topo.prefix, base=topo)
+        topo = vrrp_topology(topo.prefix)
     if topo.bgp is None and topo.vrrp is None and (count := ecmp.leftover_directors(topo.prefix)):  # --directors
         topo = ecmp_topology(topo.prefix, count, base=topo)
     if topo.vrrp is not None:
