@@ -101,6 +101,20 @@ instance = "{INSTANCE}"
 {sync}{services}"""
 
 
+def sync_section(topo: Topology) -> str:
+    """The [sync] section of the connection sync (branch sync): both roles on each director (a takeover and the
+    failback reverse who sends), on the segment's NIC, the VRRP instance's id as syncid."""
+    assert topo.vrrp is not None
+    return f'[sync]\nrole = "both"\ninterface = "{topo.director_nic.ifname}"\nsyncid = {topo.vrrp.vrid}\n'
+
+
+def restart_daemons(topo: Topology, sync: str = "") -> None:
+    """Stop both daemons and start them again with (or without) a [sync] section."""
+    ecmp.stop_daemons(topo)
+    for node in topo.directors:
+        ecmp.start_daemon(topo, node, daemon_config(topo, node, sync))
+
+
 # ---- keepalived, one per director ----------------------------------------------------------------------------
 
 def _pid_file(topo: Topology, node: Node, which: str) -> Path:
