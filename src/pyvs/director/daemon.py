@@ -983,13 +983,14 @@ class Director:
         holding = vrrp.held(vips, ifname)
         served = self.dp.set_standby(holding, False)
         standby = self.dp.set_standby(set(vips) - holding, True)
+        changed_at = time.time()  # the data plane follows from now on
         if served and spec.announce_count:
             takeover.send_gratuitous(served, ifname, spec.announce_count)
         before = vrrp.role(self.vrrp_held, {v for v, h in self.vrrp_held.items() if h}) if self.vrrp_held else ""
         self.vrrp_held = {vip: vip in holding for vip in vips}
         now = vrrp.role(vips, holding)
         if before != now:
-            self.vrrp_since = time.time()
+            self.vrrp_since = changed_at
             self.vrrp_transitions += bool(before)
             log_event(logging.WARNING if before else logging.INFO, "vrrp_role", role=now, was=before or "none",
                       instance=spec.instance or "-", interface=ifname,

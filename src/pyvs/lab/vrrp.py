@@ -315,6 +315,28 @@ def standby(topo: Topology) -> dict[str, set[str]]:
     return found
 
 
+def role_since(topo: Topology, node: Node, role: str) -> float:
+    """When (time.time()) a director's daemon saw its VRRP role become `role`, from its status; ValueError if it is
+    not in that role."""
+    import json
+    from urllib.request import urlopen
+
+    with netns.in_netns(node.netns), urlopen("http://127.0.0.1:9180/status", timeout=5) as response:  # noqa: S310
+        status = json.loads(response.read())["vrrp"]
+    if status["role"] != role:
+        raise ValueError(f"{node.name} is {status['role']}, not {role}")
+    return float(status["since"])
+
+
+def forget_flows(topo: Topology, node: Node) -> int:
+    """Delete every connection entry of a director's data plane (as a director that never carried these flows):
+    a client's source port used again later would otherwise find the old entry, closed or not, and follow it to
+    its real; returns how many were deleted."""
+    with netns.in_netns(node.netns), open_dataplane(ecmp.pin_dir(node)) as dp:
+        return sum(dp.flush_connections(svc.key, real.key) for svc in dp.read_rules().services.values()
+                   for real in svc.reals.values())
+
+
 def record(topo: Topology) -> None:
     state = load_state(topo)
     state["vrrp"] = True
