@@ -3,8 +3,8 @@ each serving it only where keepalived put it.
 
 Requests and long, throttled downloads run from the client while the master's keepalived and daemon are killed with
 SIGKILL: the backup takes the VIP within VRRP's master-down interval (3 x advert_int + skew, measured) and serves new
-requests; without connection sync (rr, no sloppy TCP) the downloads that ran through the killed master break, which
-is what sync is for."""
+requests; without connection sync (rr, no sloppy TCP) the downloads that ran through the killed master break, with
+it ([sync] in both daemons) they complete."""
 
 from __future__ import annotations
 
@@ -212,11 +212,10 @@ def backup_ports(topo: Topology, node: Node) -> set[int]:
         return {conn.cport for conn in dp.connections() if str(conn.vip) == topo.vip}
 
 
-def downloads_survive_with_sync(lab: Topology) -> None:
-    """With connection sync (branch sync, `[sync]` in the daemon's config; not on main yet): the same death of the
-    master, and the downloads that ran through it complete on the backup. To enable once sync is merged: rename to
-    test_... (the half above without sync stays: together they prove the sync matters). Passed on a trial merge of
-    the sync branch (3 downloads of 3 MiB, all complete)."""
+def test_with_connection_sync_the_downloads_survive_the_masters_death(lab: Topology) -> None:
+    """The same death of the master with `[sync]` in both daemons (role both: the master sends its connections, the
+    backup writes them into its tables): the downloads that ran through the master complete on the backup, which
+    sends their segments to the same reals. With the test above (no sync: all reset) it proves the sync matters."""
     master, backup = lab.directors
     vrrp.restart_daemons(lab, vrrp.sync_section(lab))
     try:

@@ -56,6 +56,8 @@ class Action(Enum):
     DELETE_SERVER = "delete-server"
     EDIT_SERVER = "edit-server"
     SET_TIMEOUTS = "set"
+    START_DAEMON = "start-daemon"
+    STOP_DAEMON = "stop-daemon"
     RESTORE = "restore"
     SAVE = "save"
     ZERO = "zero"
@@ -93,23 +95,32 @@ OPTION_NAMES = (
     "exact",
     "sched-flags",
     "mh-table-size",  # pyvs extension
+    "mcast-interface",
+    "daemon",
+    "syncid",
+    "mcast-group",
+    "mcast-port",
+    "mcast-ttl",
+    "sync-maxlen",
 )
 
 # ipvsadm's commands_v_options, reduced to OPTION_NAMES (one character per option):
 # '+' compulsory, 'x' illegal, '1' at most one of the '1' options, ' ' optional.
 LEGALITY = {
-    Action.ADD_SERVICE: "xx+   xxxxxxx  ",
-    Action.EDIT_SERVICE: "xx+   xxxxxxx  ",
-    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxx",
-    Action.FLUSH: "xxxxxxxxxxxxxxx",
-    Action.LIST: " 11xxxxxx1   xx",
-    Action.ADD_SERVER: "xx+xxx+  xxxxxx",
-    Action.DELETE_SERVER: "xx+xxx+xxxxxxxx",
-    Action.EDIT_SERVER: "xx+xxx+  xxxxxx",
-    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxx",
-    Action.RESTORE: "xxxxxxxxxxxxxxx",
-    Action.SAVE: " xxxxxxxxxxxxxx",
-    Action.ZERO: "xx xxxxxxxxxxxx",
+    Action.ADD_SERVICE: "xx+   xxxxxxx  " "xxxxxxx",
+    Action.EDIT_SERVICE: "xx+   xxxxxxx  " "xxxxxxx",
+    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxx" "xxxxxxx",
+    Action.FLUSH: "xxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.LIST: " 11xxxxxx1   xx" "x1 xxxx",
+    Action.ADD_SERVER: "xx+xxx+  xxxxxx" "xxxxxxx",
+    Action.DELETE_SERVER: "xx+xxx+xxxxxxxx" "xxxxxxx",
+    Action.EDIT_SERVER: "xx+xxx+  xxxxxx" "xxxxxxx",
+    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.START_DAEMON: "xxxxxxxxxxxxxxx" " x     ",
+    Action.STOP_DAEMON: "xxxxxxxxxxxxxxx" "xx xxxx",
+    Action.RESTORE: "xxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.SAVE: " xxxxxxxxxxxxxx" "xxxxxxx",
+    Action.ZERO: "xx xxxxxxxxxxxx" "xxxxxxx",
 }
 
 
@@ -133,6 +144,14 @@ class Command:
     stats: bool = False
     exact: bool = False
     sort: bool = True
+    daemon_state: str | None = None  # --start-daemon/--stop-daemon master|backup
+    list_daemon: bool = False  # -L --daemon
+    mcast_interface: str = ""  # --start-daemon's settings; "" and 0: the defaults
+    syncid: int = 0
+    sync_maxlen: int = 0
+    mcast_group: str = ""
+    mcast_port: int = 0
+    mcast_ttl: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,7 +165,6 @@ class _Spec:
 
 
 _DR_ONLY = "pyvs forwards by direct routing only"
-_NO_DAEMON = "pyvs has no connection sync daemon"
 _NO_THRESHOLDS = "connection thresholds are not implemented by pyvs"
 _SPECS = (
     _Spec("A", "add-service", False, Action.ADD_SERVICE),
@@ -177,15 +195,15 @@ _SPECS = (
     _Spec(None, "nosort", False),
     _Spec(None, "sort", False),
     _Spec("X", "exact", False),
-    _Spec(None, "start-daemon", True, unsupported=_NO_DAEMON),
-    _Spec(None, "stop-daemon", True, unsupported=_NO_DAEMON),
-    _Spec(None, "daemon", False, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-interface", True, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-group", True, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-port", True, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-ttl", True, unsupported=_NO_DAEMON),
-    _Spec(None, "sync-maxlen", True, unsupported=_NO_DAEMON),
-    _Spec(None, "syncid", True, unsupported=_NO_DAEMON),
+    _Spec(None, "start-daemon", True, Action.START_DAEMON),
+    _Spec(None, "stop-daemon", True, Action.STOP_DAEMON),
+    _Spec(None, "daemon", False),
+    _Spec(None, "mcast-interface", True),
+    _Spec(None, "mcast-group", True),
+    _Spec(None, "mcast-port", True),
+    _Spec(None, "mcast-ttl", True),
+    _Spec(None, "sync-maxlen", True),
+    _Spec(None, "syncid", True),
     _Spec(None, "sctp-service", True, unsupported="pyvs balances TCP and UDP services only"),
     _Spec("f", "fwmark-service", True, unsupported="pyvs has no firewall-mark services"),
     _Spec("6", "ipv6", False, unsupported="-6 is for firewall-mark services, which pyvs does not have"),
@@ -365,6 +383,36 @@ def _timeout(text: str) -> int:
     return value
 
 
+DEFAULT_MCAST_INTERFACE = "eth0"  # ipvsadm's DEF_MCAST_IFN
+
+
+def _bounded(values: dict[str, str], name: str, low: int, high: int, message: str) -> int:
+    """An option's number in low..high (0 when absent), as ipvsadm's string_to_number; else `message`."""
+    if name not in values:
+        return 0
+    value = _number(values[name])
+    if value is None or not low <= value <= high:
+        raise UsageError(message)
+    return value
+
+
+def _mcast_group(text: str) -> str:
+    """--mcast-group: a multicast address of either family, as ipvsadm checks it."""
+    if ":" in text:
+        try:
+            if IPv6Address(text).is_multicast:
+                return text
+        except ValueError:
+            pass
+        raise UsageError(f"invalid IPv6 mcast-group `{text}'")
+    try:
+        if IPv4Address(text).is_multicast:
+            return text
+    except ValueError:
+        pass
+    raise UsageError(f"invalid IPv4 mcast-group `{text}'")
+
+
 def _check_legality(action: Action, given: set[str]) -> None:
     """ipvsadm's generic_opt_check, with its messages."""
     table = LEGALITY[action]
@@ -388,6 +436,7 @@ def _check_legality(action: Action, given: set[str]) -> None:
 def parse_args(argv: Sequence[str]) -> Command:
     """Parse one ipvsadm invocation (without the program name). Raises UsageError."""
     action: Action | None = None
+    daemon_state: str | None = None
     given: set[str] = set()
     positionals: list[str] = []
     values: dict[str, str] = {}
@@ -400,6 +449,11 @@ def parse_args(argv: Sequence[str]) -> Command:
             if action is not None:
                 raise UsageError("multiple commands specified")
             action = spec.action
+            if action in (Action.START_DAEMON, Action.STOP_DAEMON):
+                if value not in ("master", "backup"):
+                    raise UsageError("illegal start-daemon parameter specified" if action is Action.START_DAEMON
+                                     else "illegal start_daemon specified")  # sic, ipvsadm's words
+                daemon_state = value
             continue
         if spec.long == "sort":
             continue  # the default; a no-op kept for compatibility, as in ipvsadm
@@ -448,11 +502,19 @@ def parse_args(argv: Sequence[str]) -> Command:
             raise UsageError(f"illegal {what} specified: {err}") from None
     sched_flags = tuple(values["sched-flags"].split(",")) if "sched-flags" in values else ()
     mh_table_size = _mh_table_size(values["mh-table-size"]) if "mh-table-size" in values else None
+    syncid = _bounded(values, "syncid", 0, 255, "illegal syncid specified")
+    mcast_port = _bounded(values, "mcast-port", 1, 65535, "illegal mcast-port specified")
+    mcast_ttl = _bounded(values, "mcast-ttl", 1, 255, "illegal mcast-ttl specified")
+    sync_maxlen = _bounded(values, "sync-maxlen", 1, 65535 - 20 - 8, "illegal sync-maxlen specified")
+    mcast_group = _mcast_group(values["mcast-group"]) if "mcast-group" in values else ""
+    mcast_interface = values.get("mcast-interface", "")[:15]  # IP_VS_IFNAME_MAXLEN - 1
+    if action is Action.START_DAEMON and not mcast_interface:
+        mcast_interface = DEFAULT_MCAST_INTERFACE
 
     _check_legality(action, given)
     if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0 and persistent is None:
         raise UsageError("Zero port specified for non-persistent service")
-    if action is Action.LIST and given & {"connection", "timeout"} and "stats" in given:
+    if action is Action.LIST and given & {"connection", "timeout", "daemon"} and "stats" in given:
         raise UsageError("options conflicts in the list command")
     return Command(
         action,
@@ -471,6 +533,14 @@ def parse_args(argv: Sequence[str]) -> Command:
         stats="stats" in given,
         exact="exact" in given,
         sort="nosort" not in given,
+        daemon_state=daemon_state,
+        list_daemon="daemon" in given,
+        mcast_interface=mcast_interface,
+        syncid=syncid,
+        sync_maxlen=sync_maxlen,
+        mcast_group=mcast_group,
+        mcast_port=mcast_port,
+        mcast_ttl=mcast_ttl,
     )
 
 

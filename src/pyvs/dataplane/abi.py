@@ -46,6 +46,8 @@ MAX_EXT_HEADERS = _D["PYVS_MAX_EXT_HEADERS"]
 CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
 CFG_SLOPPY_TCP = _D["PYVS_CFG_SLOPPY_TCP"]
 CFG_IPV6 = _D["PYVS_CFG_IPV6"]
+CFG_SYNC = _D["PYVS_CFG_SYNC"]
+SYNC_RING_SIZE = _D["PYVS_SYNC_RING_SIZE"]
 CONN_F_TEMPLATE = _D["PYVS_CONN_F_TEMPLATE"]
 CONN_F_PERSISTED = _D["PYVS_CONN_F_PERSISTED"]
 STATE_COUNT = _D["PYVS_STATE_COUNT"]
@@ -200,6 +202,15 @@ class Sweeper(ctypes.Structure):
     _fields_ = [("timer", ctypes.c_uint64 * 2), ("stats", SweepStats)]
 
 
+class SyncEvent(ctypes.Structure):
+    """A connection event of the ring buffer sync_events (addresses of both families in 16 bytes)."""
+
+    _fields_ = [("caddr", ctypes.c_uint32 * 4), ("vaddr", ctypes.c_uint32 * 4), ("cport", ctypes.c_uint16),
+                ("vport", ctypes.c_uint16), ("proto", ctypes.c_uint8), ("family", ctypes.c_uint8),
+                ("state", ctypes.c_uint8), ("flags", ctypes.c_uint8), ("real", ctypes.c_uint32),
+                ("gen", ctypes.c_uint32), ("timeout", ctypes.c_uint32)]
+
+
 # The connection tables (maps of maps whose shards Python creates) and the key of each.
 CONN_TABLES: dict[str, type[ctypes.Structure]] = {"conns": ConnKey, "half_open": ConnKey, "conns6": ConnKey6,
                                                   "half_open6": ConnKey6}
@@ -225,6 +236,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_slot_usage": SlotUsage,
     "pyvs_sweep_stats": SweepStats,
     "sweeper": Sweeper,
+    "pyvs_sync_event": SyncEvent,
 }
 
 def fill_config_defaults(cfg: Config) -> bool:

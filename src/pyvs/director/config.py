@@ -33,6 +33,11 @@
 
     [vrrp]                              # optional: active/backup; keepalived's VRRP owns the VIPs on `interface`
     instance = "VI_1"                   # keepalived's vrrp_instance (named in the status and logs)
+    [sync]                              # optional: IPVS connection sync with the other directors
+    role = "both"                       # master (send), backup (receive) or both (active/active peers)
+    interface = "eth1"                  # ipvsadm --mcast-interface
+    syncid = 1                          # 0-255; a backup with 0 takes every master's messages
+    group = "224.0.0.81"                # --mcast-group; port = 8848, ttl = 1, maxlen = 0 (from the MTU) as ipvsadm
 
 A service is IPv4 or IPv6 (`vip = "2001:db8::100"`); its reals and sorry server are of its family (direct routing
 keeps the packet). Every error names the file and the line it comes from; a file with any error is refused whole.
@@ -173,6 +178,26 @@ class BgpSpec:
     withdraw_wait: float = 2.0  # clean stop: seconds after the withdrawal is sent before the speaker stops
 
 
+SYNC_ROLES = ("master", "backup", "both")
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """[sync]: the sync daemons the director runs (pyvs/sync): their settings as ipvsadm --start-daemon takes them."""
+
+    role: str
+    interface: str
+    syncid: int = 0
+    group: str = ""  # "": 224.0.0.81
+    port: int = 0  # 0: 8848
+    ttl: int = 0  # 0: 1
+    maxlen: int = 0  # 0: from the interface's MTU, as the kernel
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return ("master", "backup") if self.role == "both" else (self.role,)
+
+
 @dataclass(frozen=True)
 class VrrpSpec:
     """[vrrp]: keepalived's VRRP moves the VIPs (its virtual_ipaddress) onto `interface`; the daemon serves a VIP while
@@ -200,6 +225,7 @@ class DirectorConfig:
     page_token: str | None = None  # the status page's actions (drain/undrain) need it; None: read-only page
     bgp: BgpSpec | None = None  # [bgp]: the VIPs announced over BGP by a BIRD the daemon drives; None: no BGP
     vrrp: VrrpSpec | None = None  # [vrrp]: active/backup, the VIPs moved by keepalived; None: the daemon owns them
+    sync: SyncSpec | None = None  # [sync]: connection sync with the other directors; None: none
 
     def service(self, key: ServiceKey) -> ServiceSpec | None:
         return next((s for s in self.services if s.key == key), None)
@@ -308,6 +334,7 @@ VRRP_KEYS = ("instance", "announce_count")
 BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "local_address6", "router_id", "next_hop",
             "next_hop6", "communities", "hold_time", "connect_retry", "withdraw_wait")
 PEER_KEYS = ("address", "asn")
+SYNC_KEYS = ("role", "interface", "syncid", "group", "port", "ttl", "maxlen")
 MAX_ASN = (1 << 32) - 1
 CHECK_KEYS = ("type", "interval", "timeout", "retry_interval", "rise", "fall", "port", "path", "status", "digest",
               "regex", "host", "tls_verify", "command", "user")
@@ -645,6 +672,27 @@ def _bgp(reader: _Reader, families: set[int]) -> BgpSpec:
     )  # fmt: skip
 
 
+def _multicast(value: Any) -> str:
+    if not isinstance(value, str) or not parse_address(value).is_multicast:
+        raise ValueError(f"{value!r} is not a multicast address (IPVS's default: 224.0.0.81)")
+    return value
+
+
+def _sync(reader: _Reader) -> SyncSpec:
+    role = reader.get("role", str, "both")
+    if role not in SYNC_ROLES:
+        reader.fail("role", f"unknown role '{role}' (master, backup or both)")
+    interface = reader.get("interface", str, required=True)
+    if not 0 < len(interface) < 16:
+        reader.fail("interface", f"'{interface}' is not an interface name")
+    def optional(key: str, high: int) -> int:  # absent: 0, the kernel's default
+        return reader.integer(key, 0, 1, high) if key in reader.table else 0
+
+    return SyncSpec(role, interface, syncid=reader.integer("syncid", 0, 0, 255),
+                    group=reader.convert("group", _multicast, ""), port=optional("port", 65535),
+                    ttl=optional("ttl", 255), maxlen=optional("maxlen", 65535 - 28))
+
+
 def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool = False) -> DirectorConfig:
     """Parse and validate a config text; raises ConfigError naming the file and line. With check_scripts,
     every command (check, notify) must be a file only root can change."""
@@ -656,7 +704,7 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         where = f"{path}:{match.group(1)}" if match else str(path)
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     lines = _Lines(text)
-    top = _Reader(path, lines, data, (), "config", ("director", "service", "bgp", "vrrp"))
+    top = _Reader(path, lines, data, (), "config", ("director", "service", "bgp", "vrrp", "sync"))
     director = _Reader(path, lines, top.get("director", dict, {}), ("director",), "[director]", DIRECTOR_KEYS)
     mode = director.get("xdp_mode", str, "native")
     if mode not in XDP_MODES:
@@ -690,6 +738,8 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         bgp=_bgp(_Reader(path, lines, top.get("bgp", dict), ("bgp",), "[bgp]", BGP_KEYS),
                  {svc.key.vip.version for svc in services}) if "bgp" in data else None,
         vrrp=_vrrp(top, director, path, lines) if "vrrp" in data else None,
+        sync=_sync(_Reader(path, lines, top.get("sync", dict), ("sync",), "[sync]", SYNC_KEYS))
+        if "sync" in data else None,
     )  # fmt: skip
 
 

@@ -69,6 +69,7 @@ from pyvs.director.statusdoc import (
     StatusDocument,
     VrrpStatus,
 )
+from pyvs.director.syncrun import SyncRunner
 from pyvs.model import Counters, IPAddress, Real, Rules, Service, ServiceKey, address_order, endpoint_text
 
 log = logging.getLogger("pyvs.director")
@@ -279,6 +280,7 @@ class Director:
         self.vrrp_since = time.time()
         self.vrrp_transitions = 0
         self._vrrp_wake = asyncio.Event()
+        self.sync = SyncRunner()  # [sync]: the connection sync engine (pyvs/sync), in a thread of its own
 
     # ---- desired state ---------------------------------------------------------------------------
 
@@ -666,6 +668,7 @@ class Director:
             "other_services": others, "counters": snapshot.counters, "tables": snapshot.tables,
             "switches": snapshot.switches, "node_exporter_metrics": self.config.node_exporter_metrics,
             "page_actions": bool(self.config.page_token), "bgp": self.bgp_status(), "vrrp": self.vrrp_status(),
+            "sync": self.sync.status(snapshot.counters),
         }  # fmt: skip
 
     @property
@@ -755,6 +758,7 @@ class Director:
             self.spawn("bgp", self._keep_announced)
             if self.config.vrrp is not None:
                 self.spawn("vrrp", self._follow_vrrp)
+            self.spawn("sync", self._keep_syncing)
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
             if self.auto_attach:
@@ -792,6 +796,7 @@ class Director:
             self.server.close()
         await self.notifier.drain()
         await self._bgp_stop("the daemon stops")
+        await asyncio.to_thread(self.sync.stop)
         try:
             await self.in_dataplane_thread(self._withdraw)
         finally:
@@ -847,6 +852,12 @@ class Director:
                 full = True
             self._dirty.clear()
             await self.reconcile(full=full)
+
+    async def _keep_syncing(self) -> None:
+        """[sync]: the sync engine runs as the config says (a reload may add, change or remove the section)."""
+        while True:
+            await asyncio.to_thread(self.sync.follow, self.config.sync, self.dp.pin_dir)
+            await asyncio.sleep(1.0)
 
     # ---- BGP ---------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@
 #define PYVS_MAX_REALS_PER_SERVICE 4096
 #define PYVS_FRAG_TABLE_SIZE 8192 /* fragmented datagrams to a VIP whose first fragment was seen (LRU) */
 #define PYVS_MAX_EXT_HEADERS 6 /* IPv6 extension headers walked before the upper-layer header; more: passed */
+#define PYVS_SYNC_RING_SIZE 1048576 /* bytes of the sync_events ring buffer (~21000 events of 48 bytes) */
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
 #define PYVS_SCHED_RR 0
@@ -66,6 +67,7 @@
 #define PYVS_CFG_EXPIRE_NODEST_CONN 1
 #define PYVS_CFG_SLOPPY_TCP 2 /* IPVS's sloppy_tcp: a TCP packet other than SYN may start a connection */
 #define PYVS_CFG_IPV6 4 /* there are IPv6 services: the sweeper visits the IPv6 tables too (set with the VIPs) */
+#define PYVS_CFG_SYNC 8 /* a sync master reads sync_events: new connections and state changes are written there */
 
 /* Connection states: IPVS's TCP state numbers, then one for UDP. */
 #define PYVS_STATE_NONE 0
@@ -115,7 +117,9 @@
 #define PYVS_CNT_PASS_VLAN_DEPTH 29 /* frames with more than two VLAN tags: passed to the kernel unparsed */
 #define PYVS_CNT_PASS_ND 30        /* ICMPv6 neighbour discovery to a VIP (NS, NA, RS, RA, redirect): the kernel's */
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
-#define PYVS_CNT_COUNT 32
+#define PYVS_CNT_SYNC_EVENTS 32     /* connection events written to sync_events (PYVS_CFG_SYNC) */
+#define PYVS_CNT_SYNC_EVENTS_LOST 33 /* events not written: the ring buffer was full (the sync master is behind) */
+#define PYVS_CNT_COUNT 34
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */
@@ -284,6 +288,23 @@ struct pyvs_sweep_stats {
 	__u64 half_open6;
 	__u64 scanning_entries6;
 	__u64 scanning_half_open6;
+};
+
+/* A connection event for the sync master (ring buffer sync_events, written while PYVS_CFG_SYNC is set): a connection
+ * entered the connection table (a promoted handshake, a new UDP flow, a sloppy start), changed its TCP state, or a
+ * persistence template was made. Addresses of both families in 16 bytes (IPv4: the first word). */
+struct pyvs_sync_event {
+	__u32 caddr[4];   /* client (a template's: masked), network order */
+	__u32 vaddr[4];   /* the VIP */
+	__u16 cport;      /* network order; 0 in a template */
+	__u16 vport;      /* network order; 0 in a template of a service on every port */
+	__u8 proto;
+	__u8 family;      /* 4 or 6 */
+	__u8 state;       /* PYVS_STATE_* */
+	__u8 flags;       /* PYVS_CONN_F_* (TEMPLATE) */
+	__u32 real;       /* slot in reals */
+	__u32 gen;        /* the real's gen when the connection was scheduled */
+	__u32 timeout;    /* the entry's own timeout (seconds; templates); 0: its state's */
 };
 
 #endif
