@@ -102,7 +102,7 @@ instance = "{INSTANCE}"
 
 
 def sync_section(topo: Topology) -> str:
-    """The [sync] section of the connection sync (branch sync): both roles on each director (a takeover and the
+    """The [sync] section of connection sync (pyvs/sync): both roles on each director (a takeover and the
     failback reverse who sends), on the segment's NIC, the VRRP instance's id as syncid."""
     assert topo.vrrp is not None
     return f'[sync]\nrole = "both"\ninterface = "{topo.director_nic.ifname}"\nsyncid = {topo.vrrp.vrid}\n'
