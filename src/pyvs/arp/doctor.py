@@ -518,8 +518,9 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         rules = dp.read_rules()
         before = dp.counters()
         hops = dp.real_next_hops()
+        fingerprint = dp.fingerprint()
         findings = [Finding(Status.OK, "director", "maps", f"pinned at {path}"),
-                    Finding(Status.OK, "director", "rules and tables", f"fingerprint {dp.fingerprint()}: directors "
+                    Finding(Status.OK, "director", "rules and tables", f"fingerprint {fingerprint}: directors "
                             "that should forward alike (ECMP, VRRP) must show the same one")]
         if peers:
             from pyvs.director.config import listen_text
@@ -530,7 +531,7 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
                     answers[listen_text(peer)] = peer_fingerprint(peer)
                 except (OSError, ValueError, KeyError) as exc:
                     answers[listen_text(peer)] = exc
-            findings.append(agreement_finding(dp.fingerprint(), answers))
+            findings.append(agreement_finding(fingerprint, answers))
         if not rules.services:
             return [*findings, Finding(Status.FAIL, "director", "services", "no services: nothing to check",
                                        "pyvsadm -A -t VIP:PORT -s rr; pyvsadm -a -t VIP:PORT -r RIP:PORT -g")]

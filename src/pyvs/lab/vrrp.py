@@ -15,17 +15,20 @@ by PID and stopped by `pyvs lab down`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 from pyroute2 import IPRoute
 
 from pyvs import netns
 from pyvs.dataplane import DataplaneError, open_dataplane
+from pyvs.director.runfile import run_file
 from pyvs.lab import ecmp
-from pyvs.lab.state import load_state, save_state, state_dir
+from pyvs.lab.state import STATE_ROOT, load_state, save_state, state_dir
 from pyvs.lab.topology import Node, Topology
 from pyvs.model import Rules
 
@@ -300,8 +303,6 @@ def teardown(topo: Topology) -> list[str]:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             ecmp.reap(pid, 2.0)
-        from pyvs.director.runfile import run_file
-
         run_file(ecmp.pin_dir(node)).unlink(missing_ok=True)
     return actions
 
@@ -318,9 +319,6 @@ def standby(topo: Topology) -> dict[str, set[str]]:
 def role_since(topo: Topology, node: Node, role: str) -> float:
     """When (time.time()) a director's daemon saw its VRRP role become `role`, from its status; ValueError if it is
     not in that role."""
-    import json
-    from urllib.request import urlopen
-
     with netns.in_netns(node.netns), urlopen("http://127.0.0.1:9180/status", timeout=5) as response:  # noqa: S310
         status = json.loads(response.read())["vrrp"]
     if status["role"] != role:
@@ -345,11 +343,7 @@ def record(topo: Topology) -> None:
 
 def recorded(prefix: str) -> bool:
     """Whether the lab of this prefix was brought up with --vrrp (or left a second director's namespace behind)."""
-    from pyvs.lab.state import STATE_ROOT
-
     try:
-        import json
-
         if json.loads((STATE_ROOT / prefix / "state.json").read_text()).get("vrrp"):
             return True
     except (OSError, ValueError):
