@@ -108,11 +108,19 @@ Options:
                                       mh-fallback, mh-port, flag-1, flag-2, flag-3
   --real-server  -r server-address    server-address is host (and port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
+  --ipip         -i                   ipip encapsulation (tunneling)
+  --tun-type      type                one of ipip|gue|gre,
+                                      the default tunnel type is ipip.
+  --tun-port      port                tunnel destination port
+  --tun-nocsum                        tunnel encapsulation without checksum
+  --tun-csum                          tunnel encapsulation with checksum
+  --tun-remcsum                       tunnel encapsulation with remote checksum
   --weight       -w weight            capacity of real server
   --connection   -c                   output of current IPVS connections
   --timeout                           output of timeout (tcp tcpfin udp)
   --daemon                            output of daemon information
   --stats                             output of statistics information
+  --tun-info                          output of tunnel information
   --exact        -X                   expand numbers (display exact values)
   --nosort                            disable sorting output of service/server entries
   --sort                              does nothing, for backwards compatibility
@@ -133,9 +141,9 @@ pyvs's own options:
                                       (251 ... 131071); default: the smallest with 50 slots per real,
                                       at least 4093. -L and -S show it only when set.
 
-pyvs forwards by direct routing only and refuses, changing nothing, the ipvsadm options
-it does not implement: -m -i --tun-*, -f -6 --sctp-service, --pe -o, -x -y,
---rate --thresholds --persistent-conn --tun-info. The sync daemon is a background process per data plane
+pyvs forwards by direct routing and tunnelling (IPv4 reals) and refuses, changing nothing,
+the ipvsadm options it does not implement: -m, -f -6 --sctp-service, --pe -o, -x -y,
+--rate --thresholds --persistent-conn. The sync daemon is a background process per data plane
 (python -m pyvs.sync.daemon), speaking the kernel's sync protocol version 1.
 """
 
@@ -269,7 +277,8 @@ def _list(dataplane: Dataplane, command: Command) -> str:
     else:
         listing.conn_counts = dataplane.conn_counts()
     return format_list(
-        listing, names, stats=command.stats, exact=command.exact, sort=command.sort, service=command.service
+        listing, names, stats=command.stats, exact=command.exact, sort=command.sort, service=command.service,
+        tun_info=command.tun_info
     )
 
 

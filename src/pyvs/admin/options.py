@@ -20,12 +20,15 @@ from pyvs.model import (
     DEFAULT_PERSISTENCE,
     MAX_WEIGHT,
     MH_TABLE_SIZES,
+    TUN_TYPES,
+    Forwarding,
     IPAddress,
     ModelError,
     Netmask,
     Protocol,
     ServiceKey,
     Timeouts,
+    Tunnel,
     parse_address,
     parse_ipv4,
     parse_netmask_for,
@@ -137,6 +140,9 @@ class Command:
     netmask: Netmask | None = None  # -M: a netmask (IPv4 service) or a prefix length (IPv6 service)
     sched_flags: tuple[str, ...] = ()
     mh_table_size: int | None = None  # --mh-table-size (pyvs extension)
+    forwarding: Forwarding | None = None  # -g, -i; None: not given (the default, -g)
+    tunnel: Tunnel | None = None  # -i's --tun-type, --tun-port, --tun-*csum
+    tun_info: bool = False  # -L --tun-info
     timeouts: Timeouts | None = None  # --set values; 0 leaves a timeout unchanged
     numeric: bool = False
     connection: bool = False
@@ -164,7 +170,7 @@ class _Spec:
     optional_arg: bool = False  # -p [timeout]: takes the next word when it is a number
 
 
-_DR_ONLY = "pyvs forwards by direct routing only"
+_DR_ONLY = "pyvs forwards by direct routing (-g) and tunnelling (-i), not NAT"
 _NO_THRESHOLDS = "connection thresholds are not implemented by pyvs"
 _SPECS = (
     _Spec("A", "add-service", False, Action.ADD_SERVICE),
@@ -208,13 +214,13 @@ _SPECS = (
     _Spec("f", "fwmark-service", True, unsupported="pyvs has no firewall-mark services"),
     _Spec("6", "ipv6", False, unsupported="-6 is for firewall-mark services, which pyvs does not have"),
     _Spec("m", "masquerading", False, unsupported=_DR_ONLY),
-    _Spec("i", "ipip", False, unsupported=_DR_ONLY),
-    _Spec(None, "tun-type", True, unsupported=_DR_ONLY),
-    _Spec(None, "tun-port", True, unsupported=_DR_ONLY),
-    _Spec(None, "tun-nocsum", False, unsupported=_DR_ONLY),
-    _Spec(None, "tun-csum", False, unsupported=_DR_ONLY),
-    _Spec(None, "tun-remcsum", False, unsupported=_DR_ONLY),
-    _Spec(None, "tun-info", False, unsupported=_DR_ONLY),
+    _Spec("i", "ipip", False),
+    _Spec(None, "tun-type", True),
+    _Spec(None, "tun-port", True),
+    _Spec(None, "tun-nocsum", False),
+    _Spec(None, "tun-csum", False),
+    _Spec(None, "tun-remcsum", False),
+    _Spec(None, "tun-info", False),
     _Spec("p", "persistent", False, optional_arg=True),
     _Spec("M", "netmask", True),
     _Spec(None, "pe", True, unsupported="persistence engines are not implemented by pyvs"),
@@ -235,7 +241,12 @@ _OPTION_OF = {
     "udp-service": "service-address",
     "real-server": "real-server",
     "gatewaying": "forwarding-method",
+    "ipip": "forwarding-method",
 }
+# ipvsadm's tunnel options (last in its optnames[]): legal with -a and -e only, --tun-info with -L only.
+TUNNEL_OPTIONS = ("tun-type", "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum")
+# ipvsadm's tunnel_types_v_options over tun-port, tun-nocsum, tun-csum, tun-remcsum.
+TUNNEL_LEGALITY = {"ipip": "xxxx", "gue": "+111", "gre": "x11x"}
 
 
 def _unsupported(spec: _Spec, written: str) -> UsageError:
@@ -433,6 +444,45 @@ def _check_legality(action: Action, given: set[str]) -> None:
             first_exclusive = name
 
 
+def _check_tunnel(action: Action, given: set[str], values: dict[str, str]) -> Tunnel | None:
+    """ipvsadm's checks of the tunnel options (its messages): where they are legal, that they go with -i, and its
+    table of tunnel types and options. Returns the tunnel of an -a or -e with -i."""
+    for name in (*TUNNEL_OPTIONS, "tun-info"):
+        legal = action in (Action.ADD_SERVER, Action.EDIT_SERVER) if name != "tun-info" else action is Action.LIST
+        if name in given and not legal:
+            raise UsageError(f"Illegal '{name}' option with the '{action.value}' command")
+    if action not in (Action.ADD_SERVER, Action.EDIT_SERVER):
+        return None
+    tunnel_given = any(name in given for name in TUNNEL_OPTIONS)
+    if values.get("forwarding-method") != "ipip":
+        if tunnel_given:
+            raise UsageError("Tunnel options conflict with forward method")
+        return None
+    kind = values.get("tun-type", "ipip")
+    if kind not in TUN_TYPES:
+        raise UsageError("illegal tunnel type specified")
+    port = 0
+    if "tun-port" in values:
+        number = _number(values["tun-port"])
+        if number is None or not 1 <= number <= 65535:
+            raise UsageError("illegal tunnel port specified")
+        port = number
+    first_exclusive: str | None = None
+    for name, rule in zip(TUNNEL_OPTIONS[1:], TUNNEL_LEGALITY[kind], strict=True):
+        if name not in given:
+            if rule == "+":
+                raise UsageError(f"You need to supply the '{name}' option for the '{kind}' tunnel type")
+        elif rule == "x":
+            raise UsageError(f"Illegal '{name}' option with the '{kind}' tunnel type")
+        elif rule == "1":
+            if first_exclusive is not None:
+                raise UsageError(f"The option '{name}' conflicts with the '{first_exclusive}' option in the "
+                                 f"'{kind}' tunnel type")
+            first_exclusive = name
+    csum = first_exclusive[len("tun-"):] if first_exclusive else "nocsum"
+    return Tunnel(kind, port, csum)
+
+
 def parse_args(argv: Sequence[str]) -> Command:
     """Parse one ipvsadm invocation (without the program name). Raises UsageError."""
     action: Action | None = None
@@ -463,6 +513,8 @@ def parse_args(argv: Sequence[str]) -> Command:
         given.add(name)
         if value is not None:
             values[name] = value
+        if name == "forwarding-method":
+            values[name] = spec.long
         if spec.long == "udp-service":
             proto = Protocol.UDP
     if action is None:
@@ -511,7 +563,11 @@ def parse_args(argv: Sequence[str]) -> Command:
     if action is Action.START_DAEMON and not mcast_interface:
         mcast_interface = DEFAULT_MCAST_INTERFACE
 
-    _check_legality(action, given)
+    _check_legality(action, given - {*TUNNEL_OPTIONS, "tun-info"})
+    tunnel = _check_tunnel(action, given, values)
+    forwarding = None
+    if "forwarding-method" in values:
+        forwarding = Forwarding.TUNNEL if values["forwarding-method"] == "ipip" else Forwarding.ROUTE
     if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0 and persistent is None:
         raise UsageError("Zero port specified for non-persistent service")
     if action is Action.LIST and given & {"connection", "timeout", "daemon"} and "stats" in given:
@@ -526,6 +582,9 @@ def parse_args(argv: Sequence[str]) -> Command:
         netmask=netmask,
         sched_flags=sched_flags,
         mh_table_size=mh_table_size,
+        forwarding=forwarding,
+        tunnel=tunnel,
+        tun_info="tun-info" in given,
         timeouts=timeouts,
         numeric="numeric" in given,
         connection="connection" in given,
@@ -558,7 +617,7 @@ def parse_restore(text: str) -> list[tuple[int, Command]]:
 
 # The two line shapes `-S -n` writes, parsed without the general parser (a rule file has 1e5 of them).
 _IPV4 = r"(\d{1,3}(?:\.\d{1,3}){3})"
-_SAVED_ADD_SERVER = re.compile(rf"-a -([tu]) {_IPV4}:(\d{{1,5}}) -r {_IPV4}(?::\d{{1,5}})?(?: -g)?(?: -w (\d{{1,5}}))?")
+_SAVED_ADD_SERVER = re.compile(rf"-a -([tu]) {_IPV4}:(\d{{1,5}}) -r {_IPV4}(?::\d{{1,5}})?( -g)?(?: -w (\d{{1,5}}))?")
 _SAVED_ADD_SERVICE = re.compile(rf"-A -([tu]) {_IPV4}:(\d{{1,5}}) -s ([a-z]+)")
 _PROTOCOLS = {"t": Protocol.TCP, "u": Protocol.UDP}
 
@@ -594,12 +653,13 @@ class _SavedLines:
             match = _SAVED_ADD_SERVER.fullmatch(line)
             if match is None:
                 return None
-            proto, vip, vport, rip, weight = match.groups()
+            proto, vip, vport, rip, gatewaying, weight = match.groups()
             service, real = self._service(proto, vip, vport), self._address(rip)
             if service is None or real is None or (weight is not None and int(weight) > MAX_WEIGHT):
                 return None
             return Command(Action.ADD_SERVER, service=service, real=(real, service.port),
-                           weight=None if weight is None else int(weight))
+                           weight=None if weight is None else int(weight),
+                           forwarding=Forwarding.ROUTE if gatewaying else None)
         if line.startswith("-A "):
             match = _SAVED_ADD_SERVICE.fullmatch(line)
             if match is None:

@@ -42,6 +42,11 @@ VIP_F_ANY_PORT = _D["PYVS_VIP_F_ANY_PORT"]
 VIP_F_STANDBY = _D["PYVS_VIP_F_STANDBY"]
 REAL_ACTIVE = _D["PYVS_REAL_ACTIVE"]
 REAL_IPV6 = _D["PYVS_REAL_IPV6"]
+REAL_FWD_TUNNEL = _D["PYVS_REAL_FWD_TUNNEL"]
+TUN_F_CSUM = _D["PYVS_TUN_F_CSUM"]
+TUN_F_REMCSUM = _D["PYVS_TUN_F_REMCSUM"]
+TUN_F_ROUTED = _D["PYVS_TUN_F_ROUTED"]
+TUN_TYPES: dict[str, int] = {"ipip": _D["PYVS_TUN_IPIP"], "gue": _D["PYVS_TUN_GUE"], "gre": _D["PYVS_TUN_GRE"]}
 MAX_EXT_HEADERS = _D["PYVS_MAX_EXT_HEADERS"]
 CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
 CFG_SLOPPY_TCP = _D["PYVS_CFG_SLOPPY_TCP"]
@@ -128,6 +133,12 @@ class RealEntry(ctypes.Structure):
                 ("svc_index", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("gen", ctypes.c_uint32),
                 ("ifindex", ctypes.c_uint32), ("dmac", ctypes.c_uint8 * 6), ("smac", ctypes.c_uint8 * 6),
                 ("last_weight", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class Tunnel(ctypes.Structure):
+    _fields_ = [("saddr", ctypes.c_uint32), ("daddr", ctypes.c_uint32), ("port", ctypes.c_uint16),
+                ("mtu", ctypes.c_uint16), ("type", ctypes.c_uint8), ("flags", ctypes.c_uint8),
+                ("pad", ctypes.c_uint16)]
 
 
 class ConnKey(ctypes.Structure):
@@ -225,6 +236,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_frag6_ports": FragPorts6,
     "pyvs_svc": Svc,
     "pyvs_real": RealEntry,
+    "pyvs_tunnel": Tunnel,
     "pyvs_conn_key": ConnKey,
     "pyvs_conn": Conn,
     "pyvs_frag_key": FragKey,

@@ -82,18 +82,22 @@ class SyncTable:
         self._services: dict[ServiceKey, abi.Svc] = {}
         self._reals: dict[tuple[int, IPAddress, int], RealRef] = {}
         self._slots: dict[int, tuple[int, IPAddress, int]] = {}
+        self._tunnels: set[int] = set()  # slots of tunnel reals (ipvsadm -i)
         self._timeouts: list[int] = []
 
     def _read(self) -> None:
         self._services = self.dp._services()
         self._reals = {}
         self._slots = {}
+        self._tunnels = set()
         for real in self.dp._real_slots():
             e = real.entry
             if e.flags & abi.REAL_ACTIVE:
                 port = socket.ntohs(e.port)
                 self._reals[(e.svc_index, real.rip, port)] = RealRef(real.slot, e.gen, e.svc_index)
                 self._slots[real.slot] = (e.gen, real.rip, port)
+                if e.flags & abi.REAL_FWD_TUNNEL:
+                    self._tunnels.add(real.slot)
         self._timeouts = list(self.dp._config().timeouts)
         self._read_at = time.monotonic()
 
@@ -113,6 +117,10 @@ class SyncTable:
             self._read()
             found = self._slots.get(slot)
         return None if found is None or found[0] != gen else (found[1], found[2])
+
+    def tunnelled(self, slot: int) -> bool:
+        """Whether the real in `slot` is reached by tunnelling (as real_of last read it)."""
+        return slot in self._tunnels
 
     def service(self, key: ServiceKey) -> abi.Svc | None:
         self._fresh()

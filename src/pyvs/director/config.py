@@ -23,6 +23,11 @@
     address = "198.18.2.11"
     weight = 1
 
+    [[service.real]]
+    address = "198.18.6.12"             # routed: tunnelled to (ipvsadm -i); forwarding may be set per service too
+    forwarding = "tun"                  # "dr" (the default) or "tun"
+    tunnel = { type = "gue", port = 6080, csum = "nocsum" }   # --tun-type, --tun-port, --tun-{nocsum,csum,remcsum}
+
     [bgp]                               # optional: announce the VIPs over BGP (active/active behind ECMP)
     local_asn = 65001
     peer_asn = 65000
@@ -65,13 +70,16 @@ from pyvs.model import (
     HOST_MASK,
     HOST_PREFIX6,
     MAX_WEIGHT,
+    Forwarding,
     IPAddress,
     ModelError,
     Netmask,
     Protocol,
+    Real,
     RealKey,
     Service,
     ServiceKey,
+    Tunnel,
     endpoint_text,
     parse_address,
     parse_endpoint,
@@ -82,6 +90,7 @@ from pyvs.model import (
     sched_flag_names,
     validate_scheduler,
     validate_service,
+    validate_tunnel,
 )
 
 CHECK_TYPES = ("tcp", "http", "https", "command", "none")
@@ -126,6 +135,12 @@ class RealSpec:
     weight: int
     check: CheckSpec
     inhibit_on_failure: bool
+    forwarding: Forwarding = Forwarding.ROUTE
+    tunnel: Tunnel | None = None  # with Forwarding.TUNNEL
+
+    def real(self, weight: int) -> Real:
+        """The model's real with this weight, reached as the spec says."""
+        return Real(self.rip, self.port, weight, self.forwarding, tunnel=self.tunnel)
 
     @property
     def key(self) -> RealKey:
@@ -328,8 +343,10 @@ DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_tim
                  "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics", "page_token")
 SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
-                "inhibit_on_failure", "check", "real")
-REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
+                "inhibit_on_failure", "check", "real", "forwarding", "tunnel")
+REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check", "forwarding", "tunnel")
+FORWARDING = {"dr": Forwarding.ROUTE, "tun": Forwarding.TUNNEL}
+TUNNEL_KEYS = ("type", "port", "csum")
 VRRP_KEYS = ("instance", "announce_count")
 BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "local_address6", "router_id", "next_hop",
             "next_hop6", "communities", "hold_time", "connect_retry", "withdraw_wait")
@@ -539,7 +556,31 @@ def _family_error(what: str, address: IPAddress, key: ServiceKey) -> str:
             "packet, so both must be of one family")
 
 
-def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool) -> RealSpec:
+def _method(reader: _Reader, default: tuple[Forwarding, Tunnel | None]) -> tuple[Forwarding, Tunnel | None]:
+    """`forwarding` ("dr" or "tun") and `tunnel` ({type, port, csum}) of a service or a real (a real's default: its
+    service's)."""
+    def forwarding_of(value: Any) -> Forwarding:
+        if str(value) not in FORWARDING:
+            raise ValueError(f"unknown forwarding method {value!r} (dr or tun)")
+        return FORWARDING[str(value)]
+
+    forwarding = reader.convert("forwarding", forwarding_of, default[0])
+    if "tunnel" not in reader.table:
+        return forwarding, default[1] if forwarding is Forwarding.TUNNEL else None
+    if forwarding is not Forwarding.TUNNEL:
+        reader.fail("tunnel", "'tunnel' goes with forwarding = \"tun\" (ipvsadm: Tunnel options conflict with "
+                              "forward method)")
+    sub = _sub(reader, "tunnel", TUNNEL_KEYS, "tunnel")
+    try:
+        tunnel = validate_tunnel(Tunnel(sub.get("type", str, "ipip"), sub.get("port", int, 0),
+                                        sub.get("csum", str, "nocsum")))
+    except ModelError as exc:
+        reader.fail("tunnel", f"'tunnel': {exc}")
+    return forwarding, tunnel
+
+
+def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool,
+          method: tuple[Forwarding, Tunnel | None] = (Forwarding.ROUTE, None)) -> RealSpec:
     rip = reader.convert("address", lambda v: parse_address(str(v)), required=True)
     if rip.version != svc_key.family:
         reader.fail("address", f"'address': {_family_error('real server', rip, svc_key)}")
@@ -549,7 +590,11 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool)
                             "direct routing cannot change the port")
     weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
     real_check = _check(_sub(reader, "check", CHECK_KEYS, "check"), check) if "check" in reader.table else check
-    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit))
+    forwarding, tunnel = _method(reader, method)
+    if forwarding is Forwarding.TUNNEL and rip.version != 4:
+        reader.fail("forwarding", f"real server {rip}: pyvs tunnels to IPv4 real servers only")
+    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit), forwarding,
+                    tunnel)
 
 
 def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check_scripts: bool,
@@ -583,6 +628,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     if key.proto is Protocol.UDP and check.type in ("tcp", "http", "https") and "check" not in table:
         check = CheckSpec(type="none")
     inhibit = reader.get("inhibit_on_failure", bool, False)
+    method = _method(reader, (Forwarding.ROUTE, None))
     reals_table = reader.get("real", list, [])
     reals: list[RealSpec] = []
     real_keys: set[RealKey] = set()
@@ -591,7 +637,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
         if not isinstance(item, dict):
             reader.fail("real", f"real #{number + 1} must be a table")
         real_reader = _Reader(path, lines, item, (*where, "real", str(number)), label, REAL_KEYS)
-        real = _real(real_reader, key, check, inhibit)
+        real = _real(real_reader, key, check, inhibit, method)
         if check_scripts and real.check.type == "command":
             _check_command(real_reader if "check" in item else reader, real.check)
         if real.key in real_keys:

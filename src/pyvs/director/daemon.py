@@ -107,6 +107,11 @@ class DirectorError(RuntimeError):
     """The daemon cannot start or cannot go on; the message says why."""
 
 
+def _method_text(real: Real) -> str:
+    forwarding, tunnel = real.method
+    return f"{forwarding.value} {tunnel.info()}" if tunnel else forwarding.value
+
+
 def service_diff(current: Service | None, expected: Service | None) -> list[str]:
     """What differs between a service in the data plane and what it should be, in words."""
     if current is None:
@@ -129,6 +134,9 @@ def service_diff(current: Service | None, expected: Service | None) -> list[str]
             changes.append(f"real {real_name(key)} removed")
         elif now_real.weight != then_real.weight:
             changes.append(f"real {real_name(key)} weight {now_real.weight} (expected {then_real.weight})")
+        elif now_real.method != then_real.method:
+            changes.append(f"real {real_name(key)} forwarding {_method_text(now_real)} (expected "
+                           f"{_method_text(then_real)})")
     return changes
 
 
@@ -343,9 +351,9 @@ class Director:
                     continue
                 if self.reals[target].health.up:
                     weight = 0 if target in self.drained else real.weight
-                    service.reals[real.key] = Real(real.rip, real.port, weight)
+                    service.reals[real.key] = real.real(weight)
                 elif real.inhibit_on_failure or target in quiesce:
-                    service.reals[real.key] = Real(real.rip, real.port, 0)
+                    service.reals[real.key] = real.real(0)
             rules.services[svc.key] = service
         return rules
 

@@ -24,6 +24,7 @@ from pyvs.sync.codec import (
     CONN_F_FWD_MASK,
     CONN_F_INACTIVE,
     CONN_F_TEMPLATE,
+    CONN_F_TUNNEL,
     DEFAULT_GROUP,
     DEFAULT_PORT,
     DEFAULT_TTL,
@@ -195,7 +196,7 @@ def conn_of_event(ev: abi.SyncEvent, table: SyncTable) -> SyncConn | None:
     template = bool(ev.flags & abi.CONN_F_TEMPLATE)
     timeouts = table.timeouts()
     state = ev.state if ev.state < len(timeouts) else abi.STATES["CLOSE"]
-    flags = CONN_F_DROUTE
+    flags = CONN_F_TUNNEL if table.tunnelled(ev.real) else CONN_F_DROUTE
     if template:
         flags |= CONN_F_TEMPLATE
     elif ev.proto != IPPROTO_TCP or state not in abi.ACTIVE_STATES:
@@ -223,8 +224,8 @@ def apply_conn(conn: SyncConn, table: SyncTable, stats: SyncStats) -> None:
     """Write one received entry into this director's tables (counted in `stats` when it cannot be)."""
     stats.conns_received += 1
     if conn.fwmark or conn.protocol not in (IPPROTO_TCP, IPPROTO_UDP) or \
-            (conn.flags & CONN_F_FWD_MASK) != CONN_F_DROUTE:
-        stats.unknown_service += 1  # pyvs has no firewall-mark or SCTP services and forwards by direct routing
+            (conn.flags & CONN_F_FWD_MASK) not in (CONN_F_DROUTE, CONN_F_TUNNEL):
+        stats.unknown_service += 1  # pyvs has no firewall-mark or SCTP services, nor NAT
         return
     if type(conn.caddr) is not type(conn.daddr):
         stats.unknown_real += 1

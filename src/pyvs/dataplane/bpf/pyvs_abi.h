@@ -51,6 +51,17 @@
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
 #define PYVS_REAL_OVERLOAD 2 /* IPVS's IP_VS_DEST_F_OVERLOAD: no new connections (thresholds) */
 #define PYVS_REAL_IPV6 4 /* an IPv6 real: rip holds its address folded to 32 bits, real_addrs6 the address */
+#define PYVS_REAL_FWD_TUNNEL 16 /* ipvsadm -i: the frame is encapsulated (tunnels[slot] says how) */
+
+/* Tunnel types (struct pyvs_tunnel.type): IPVS's IP_VS_CONN_F_TUNNEL_TYPE_* numbers. */
+#define PYVS_TUN_IPIP 0
+#define PYVS_TUN_GUE 1
+#define PYVS_TUN_GRE 2
+/* Tunnel flags (struct pyvs_tunnel.flags): IPVS's IP_VS_TUNNEL_ENCAP_FLAG_* bits (0: --tun-nocsum). */
+#define PYVS_TUN_F_CSUM 1
+#define PYVS_TUN_F_REMCSUM 2
+#define PYVS_TUN_F_ROUTED 128 /* control plane only: the real is reached through a gateway (its MAC is the next hop) */
+#define PYVS_TUN_CSUM_CHUNKS 8 /* a checksum over the inner packet reads at most this many 512-byte chunks */
 
 /* Connection entry flags, and where an entry is counted. */
 #define PYVS_CONN_F_TEMPLATE 1 /* a persistence template: client (masked), port 0 */
@@ -119,7 +130,11 @@
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
 #define PYVS_CNT_SYNC_EVENTS 32     /* connection events written to sync_events (PYVS_CFG_SYNC) */
 #define PYVS_CNT_SYNC_EVENTS_LOST 33 /* events not written: the ring buffer was full (the sync master is behind) */
-#define PYVS_CNT_COUNT 34
+#define PYVS_CNT_TUN_ENCAP 44       /* frames encapsulated for a tunnel real (also counted tx or redirect) */
+#define PYVS_CNT_DROP_FRAG_NEEDED 45 /* DF packet too big for the tunnel: dropped, ICMP fragmentation needed sent back */
+#define PYVS_CNT_DROP_TOO_BIG 46    /* packet without DF too big for the tunnel (XDP cannot fragment): dropped */
+#define PYVS_CNT_DROP_ENCAP 47      /* a tunnel real without tunnel settings, or no room to encapsulate: dropped */
+#define PYVS_CNT_COUNT 48
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */
@@ -171,6 +186,17 @@ struct pyvs_real {
 	__u8 dmac[6];     /* the real's MAC; all zero when unresolved */
 	__u8 smac[6];     /* the egress interface's MAC */
 	__u16 last_weight; /* control plane only: the last non-zero weight (IPVS builds mh tables from it) */
+	__u16 pad;
+};
+
+/* How a tunnel real's frames are encapsulated (tunnels[real slot]), as ip_vs_tunnel_xmit builds them. */
+struct pyvs_tunnel {
+	__u32 saddr;  /* outer source: the director's address toward the real (network order) */
+	__u32 daddr;  /* outer destination: the real's address (network order) */
+	__u16 port;   /* GUE: the UDP destination port (network order) */
+	__u16 mtu;    /* MTU of the path to the real's next hop: larger packets do not fit once encapsulated */
+	__u8 type;    /* PYVS_TUN_* */
+	__u8 flags;   /* PYVS_TUN_F_* */
 	__u16 pad;
 };
 

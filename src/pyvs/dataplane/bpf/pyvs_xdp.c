@@ -676,6 +676,8 @@ static __always_inline int has_mac(const struct pyvs_real *real)
 	return real->dmac[0] | real->dmac[1] | real->dmac[2] | real->dmac[3] | real->dmac[4] | real->dmac[5];
 }
 
+#include "tunnel.h" /* tunnel_xmit: ipvsadm -i */
+
 /* walk_ext6 over the header `l3_off` bytes into the frame: a global function, so that the verifier checks the walk
  * once, not once more for every state it leaves the connection path in. */
 __noinline int pyvs_walk6(struct xdp_md *ctx, __u32 l3_off, struct ext_walk *w)
@@ -772,11 +774,16 @@ static __always_inline int icmp_to_conn(struct xdp_md *ctx, struct ethhdr *eth, 
 		return pass(PYVS_CNT_PASS_ICMP_NO_CONN);
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
-	__builtin_memcpy(eth->h_dest, real->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, real->smac, ETH_ALEN);
 	account(conn->svc_index, tot_len, 0);
 	account(PYVS_MAX_SERVICES + real_id, tot_len, 0);
 	count(PYVS_CNT_ICMP_TO_REAL);
+	if (!v6 && (real->flags & PYVS_REAL_FWD_TUNNEL)) { /* ip_vs_icmp_xmit: a tunnel real's errors go through it */
+		int action = tunnel_xmit(ctx, real_id);
+
+		return action >= 0 ? action : drop(PYVS_CNT_DROP_TOO_BIG);
+	}
+	__builtin_memcpy(eth->h_dest, real->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, real->smac, ETH_ALEN);
 	return transmit(ctx, eth, real);
 }
 
@@ -1079,10 +1086,15 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
-	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);
-	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
 	account(svc_index, pkt->tot_len, new_conn);
 	account(PYVS_MAX_SERVICES + real_id, pkt->tot_len, new_conn);
+	if (!v6 && (real->flags & PYVS_REAL_FWD_TUNNEL)) {
+		int action = tunnel_xmit(ctx, real_id);
+
+		return action >= 0 ? action : frag_needed(ctx, -action); /* a DF packet too big for the tunnel */
+	}
+	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);
+	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
 	return transmit(ctx, pkt->eth, real);
 }
 
