@@ -45,7 +45,7 @@ class Protocol(IntEnum):
 
 
 class Forwarding(Enum):
-    """IPVS forwarding methods; pyvs forwards by direct routing only."""
+    """IPVS forwarding methods; pyvs forwards by direct routing and NAT (IPv4)."""
 
     ROUTE = "Route"
     MASQ = "Masq"
@@ -355,10 +355,17 @@ def validate_real(svc: Service, real: Real) -> None:
             f"real server {real} is IPv{real.rip.version} and the service {svc.key} IPv{svc.key.family}: "
             "direct routing keeps the packet, so both must be of one family"
         )
+    if real.forwarding is Forwarding.MASQ:
+        if real.rip.version != 4:
+            raise ModelError(f"real server {real}: masquerading (-m) is IPv4 only in pyvs so far")
+        if svc.key.port == 0 and real.port != 0:
+            raise ModelError(f"real server {real}: a service of every port (port 0) keeps the client's port; "
+                             "its masqueraded reals take port 0")
+        return  # NAT rewrites the port: VIP:80 -> RIP:8080
     if real.forwarding is not Forwarding.ROUTE:
         raise ModelError(
             f"forwarding method {real.forwarding.value} ({real.forwarding.option}) is not supported; "
-            "pyvs forwards by direct routing only (-g)"
+            "pyvs forwards by direct routing (-g) and masquerading (-m)"
         )
     if real.port != svc.key.port:
         raise ModelError(

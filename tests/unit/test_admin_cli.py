@@ -117,10 +117,10 @@ def test_help_and_version_need_no_dataplane() -> None:
 
 @pytest.mark.usefixtures("no_dataplane")
 def test_usage_errors_exit_2_before_opening_the_dataplane() -> None:
-    code, out, err = run(None, "-A", "-t", "198.18.0.100:80", "-m")
+    code, out, err = run(None, "-A", "-t", "198.18.0.100:80", "-i")
     assert (code, out) == (2, "")
     assert err == (
-        "pyvsadm: option '-m' (masquerading) is not supported: pyvs forwards by direct routing only\n"
+        "pyvsadm: option '-i' (ipip) is not supported: pyvs forwards by direct routing (-g) and masquerading (-m)\n"
     )
     code, _, err = run(None, "--bogus")
     assert code == 2

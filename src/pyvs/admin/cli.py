@@ -104,6 +104,7 @@ Options:
                                       mh-fallback, mh-port, flag-1, flag-2, flag-3
   --real-server  -r server-address    server-address is host (and port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
+  --masquerading -m                   masquerading (NAT, IPv4): the real's port may differ
   --weight       -w weight            capacity of real server
   --connection   -c                   output of current IPVS connections
   --timeout                           output of timeout (tcp tcpfin udp)

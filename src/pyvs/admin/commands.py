@@ -112,7 +112,7 @@ def _apply_server(svc: Service, command: Command) -> None:
     if command.action is Action.EDIT_SERVER and not exists:
         raise CommandError("No such destination")
     weight = DEFAULT_WEIGHT if command.weight is None else command.weight
-    real = Real(real_key[0], real_key[1], weight)
+    real = Real(real_key[0], real_key[1], weight, command.forwarding)
     try:
         validate_real(svc, real)
     except ModelError as err:

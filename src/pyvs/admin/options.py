@@ -20,6 +20,7 @@ from pyvs.model import (
     DEFAULT_PERSISTENCE,
     MAX_WEIGHT,
     MH_TABLE_SIZES,
+    Forwarding,
     IPAddress,
     ModelError,
     Netmask,
@@ -120,7 +121,8 @@ class Command:
     action: Action
     service: ServiceKey | None = None
     scheduler: str | None = None
-    real: tuple[IPAddress, int] | None = None  # port already set to the service port (DR)
+    real: tuple[IPAddress, int] | None = None  # port already set to the service port (DR), or as given (-m)
+    forwarding: Forwarding = Forwarding.ROUTE  # -g (the default, as ipvsadm's, also for -e) or -m
     weight: int | None = None
     persistent: int | None = None  # -p timeout, None without -p
     netmask: Netmask | None = None  # -M: a netmask (IPv4 service) or a prefix length (IPv6 service)
@@ -145,7 +147,7 @@ class _Spec:
     optional_arg: bool = False  # -p [timeout]: takes the next word when it is a number
 
 
-_DR_ONLY = "pyvs forwards by direct routing only"
+_DR_ONLY = "pyvs forwards by direct routing (-g) and masquerading (-m)"
 _NO_DAEMON = "pyvs has no connection sync daemon"
 _NO_THRESHOLDS = "connection thresholds are not implemented by pyvs"
 _SPECS = (
@@ -189,7 +191,7 @@ _SPECS = (
     _Spec(None, "sctp-service", True, unsupported="pyvs balances TCP and UDP services only"),
     _Spec("f", "fwmark-service", True, unsupported="pyvs has no firewall-mark services"),
     _Spec("6", "ipv6", False, unsupported="-6 is for firewall-mark services, which pyvs does not have"),
-    _Spec("m", "masquerading", False, unsupported=_DR_ONLY),
+    _Spec("m", "masquerading", False),
     _Spec("i", "ipip", False, unsupported=_DR_ONLY),
     _Spec(None, "tun-type", True, unsupported=_DR_ONLY),
     _Spec(None, "tun-port", True, unsupported=_DR_ONLY),
@@ -217,7 +219,9 @@ _OPTION_OF = {
     "udp-service": "service-address",
     "real-server": "real-server",
     "gatewaying": "forwarding-method",
+    "masquerading": "forwarding-method",
 }
+_FORWARDING_OF = {"gatewaying": Forwarding.ROUTE, "masquerading": Forwarding.MASQ}
 
 
 def _unsupported(spec: _Spec, written: str) -> UsageError:
@@ -392,6 +396,7 @@ def parse_args(argv: Sequence[str]) -> Command:
     positionals: list[str] = []
     values: dict[str, str] = {}
     proto = Protocol.TCP
+    forwarding = Forwarding.ROUTE
     for written, spec, value in _tokens(argv):
         if spec is None:
             positionals.append(written)
@@ -411,6 +416,7 @@ def parse_args(argv: Sequence[str]) -> Command:
             values[name] = value
         if spec.long == "udp-service":
             proto = Protocol.UDP
+        forwarding = _FORWARDING_OF.get(spec.long, forwarding)
     if action is None:
         raise UsageError("no command specified", show_help=True)
     if action in (Action.HELP, Action.VERSION):
@@ -431,9 +437,12 @@ def parse_args(argv: Sequence[str]) -> Command:
         service = ServiceKey(proto, vip, vport or 0)
     real = None
     if "real-server" in values:
-        rip, _ = _address(values["real-server"], proto, "real server")
-        # Direct routing cannot change the port: ipvsadm sets the real port to the service port.
-        real = (rip, service.port if service else 0)
+        rip, rport = _address(values["real-server"], proto, "real server")
+        # Without a port, the service's. -a/-e by direct routing take the service's whatever was written (ipvsadm:
+        # "The destination port must be equal to the service port"); masquerading and -d take the one given.
+        vport = service.port if service else 0
+        routed = action in (Action.ADD_SERVER, Action.EDIT_SERVER) and forwarding is Forwarding.ROUTE
+        real = (rip, vport if rport is None or routed else rport)
     weight = _weight(values["weight"]) if "weight" in values else None
     persistent = None
     if "persistent" in given:
@@ -459,6 +468,7 @@ def parse_args(argv: Sequence[str]) -> Command:
         service=service,
         scheduler=values.get("scheduler"),
         real=real,
+        forwarding=forwarding,
         weight=weight,
         persistent=persistent,
         netmask=netmask,

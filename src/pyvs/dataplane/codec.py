@@ -17,6 +17,7 @@ from pyvs.mac import mac_bytes
 from pyvs.model import (
     HOST_MASK,
     HOST_PREFIX6,
+    Forwarding,
     IPAddress,
     Protocol,
     Service,
@@ -102,6 +103,27 @@ class RealSlot:
 def real_entry(rip: IPAddress) -> abi.RealEntry:
     """A new active entry for a real at `rip`: an IPv6 one is flagged, its rip field the address folded."""
     return abi.RealEntry(rip=fold_be(rip), flags=abi.REAL_ACTIVE | (abi.REAL_IPV6 if rip.version == 6 else 0))
+
+
+FORWARDING_FLAGS = abi.REAL_FWD_MASQ  # the real flags that name its forwarding method (none: direct routing)
+
+
+def forwarding_flag(forwarding: Forwarding) -> int:
+    """The real flag of a forwarding method."""
+    return abi.REAL_FWD_MASQ if forwarding is Forwarding.MASQ else 0
+
+
+def forwarding_of(flags: int) -> Forwarding:
+    """The forwarding method a real entry's flags name."""
+    return Forwarding.MASQ if flags & abi.REAL_FWD_MASQ else Forwarding.ROUTE
+
+
+def set_forwarding(entry: abi.RealEntry, forwarding: Forwarding) -> bool:
+    """Give an entry the flag of `forwarding`; True when that changed it."""
+    flags = (entry.flags & ~FORWARDING_FLAGS) | forwarding_flag(forwarding)
+    changed = flags != entry.flags
+    entry.flags = flags
+    return changed
 
 
 def svc_value(svc: Service, index: int) -> abi.Svc:

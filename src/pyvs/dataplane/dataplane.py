@@ -35,6 +35,7 @@ from pyvs.dataplane.codec import (
     conn_addresses,
     family_map,
     fold_be,
+    forwarding_of,
     service_from,
     service_key,
     set_bit,
@@ -53,6 +54,7 @@ from pyvs.mac import ZERO_MAC, mac_bytes, mac_text
 from pyvs.model import (
     Connection,
     Counters,
+    Forwarding,
     IPAddress,
     Protocol,
     Real,
@@ -277,7 +279,8 @@ class Dataplane:
             entry = real.entry
             key = by_index.get(entry.svc_index)
             if entry.flags & abi.REAL_ACTIVE and key is not None:
-                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
+                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, forwarding_of(entry.flags),
+                            last_weight=entry.last_weight)
                 rules.services[key].reals[item.key] = item
         return rules
 
@@ -290,7 +293,8 @@ class Dataplane:
         for real in self._service_slots(raw.index):
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE:
-                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
+                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, forwarding_of(entry.flags),
+                            last_weight=entry.last_weight)
                 svc.reals[item.key] = item
         return svc
 
@@ -331,7 +335,8 @@ class Dataplane:
             digest.update(f"{svc.key.proto.label} {svc.key} {svc.scheduler} {','.join(svc.sched_flags)} "
                           f"{svc.persistent} {svc.netmask} {svc.mh_table_size}\n".encode())
             for real in svc.sorted_reals():
-                digest.update(f" {real} {real.weight} {real.last_weight}\n".encode())
+                method = "" if real.forwarding is Forwarding.ROUTE else f" {real.forwarding.option}"
+                digest.update(f" {real} {real.weight} {real.last_weight}{method}\n".encode())
             digest.update(" ".join(str(r and f"{r[0]}:{r[1]}") for r in self.read_table(svc.key)).encode() + b"\n")
         return digest.hexdigest()[:16]
 
@@ -679,6 +684,12 @@ class Dataplane:
                     set_bit(usage.reals, real.slot)
             plan = Plan(current, slots, rules, resolver, usage, lambda slot: abi.RealEntry())
             self._carry_out(plan, rules, set(rules.services))
+            # A whole apply knows every real: the flag goes when the last NAT real has gone (a change of one
+            # service only ever sets it: telling would read every real).
+            masq = any(real.forwarding is Forwarding.MASQ for svc in rules.services.values()
+                       for real in svc.reals.values())
+            if bool(self._config().flags & abi.CFG_MASQ) != masq:
+                self._set_flag(abi.CFG_MASQ, masq)
 
     def apply_service(self, key: ServiceKey, service: Service | None) -> None:
         """Make one service as `service` says (None: delete it), touching no other service.
@@ -877,6 +888,9 @@ class Dataplane:
             return
         for slot, rip in plan.addresses6.items():  # the address first: an active entry always has one
             libbpf.map_update(self._fds["real_addrs6"], ctypes.c_uint32(slot), addr6(rip))
+        if any(plan.entries[slot].flags & abi.REAL_FWD_MASQ for slot in slots) and \
+                not self._config().flags & abi.CFG_MASQ:
+            self._set_flag(abi.CFG_MASQ, True)  # before the reals: their replies are looked for from the first packet
         keys = (ctypes.c_uint32 * len(slots))(*slots)
         values = (abi.RealEntry * len(slots))(*(plan.entries[slot] for slot in slots))
         for slot in slots:

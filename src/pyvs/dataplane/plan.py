@@ -22,6 +22,7 @@ from pyvs.dataplane.codec import (
     real_entry,
     same_settings,
     set_bit,
+    set_forwarding,
     set_hop,
     set_table_chunks,
     svc_value,
@@ -121,6 +122,9 @@ class Plan:
                         entry.weight, entry.last_weight = real.weight, last_here[rid]
                         self.real_changed[slot] = True
                         self.changed_services.add(svc.key)
+                    if set_forwarding(entry, real.forwarding):  # new connections only: each keeps its own
+                        self.real_changed[slot] = True
+                        self.changed_services.add(svc.key)
                 else:
                     last_here[rid] = real.weight
                     new_reals.append((svc.key, real))
@@ -187,6 +191,7 @@ class Plan:
             old_entry = self.entries.get(slot) or read_entry(slot)
             entry = abi.RealEntry.from_buffer_copy(template)
             entry.port, entry.weight, entry.last_weight = port_to_be(real.port), real.weight, real.weight
+            set_forwarding(entry, real.forwarding)
             entry.svc_index = self.service_index[key]
             entry.gen = (old_entry.gen + 1) & 0xFFFFFFFF
             self.entries[slot] = entry

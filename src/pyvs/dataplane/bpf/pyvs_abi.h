@@ -23,6 +23,7 @@
 #define PYVS_MAX_REALS_PER_SERVICE 4096
 #define PYVS_FRAG_TABLE_SIZE 8192 /* fragmented datagrams to a VIP whose first fragment was seen (LRU) */
 #define PYVS_MAX_EXT_HEADERS 6 /* IPv6 extension headers walked before the upper-layer header; more: passed */
+#define PYVS_NAT_TABLE_SIZE 262144 /* replies of NAT connections: (real, client) -> the connection (LRU) */
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
 #define PYVS_SCHED_RR 0
@@ -50,10 +51,12 @@
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
 #define PYVS_REAL_OVERLOAD 2 /* IPVS's IP_VS_DEST_F_OVERLOAD: no new connections (thresholds) */
 #define PYVS_REAL_IPV6 4 /* an IPv6 real: rip holds its address folded to 32 bits, real_addrs6 the address */
+#define PYVS_REAL_FWD_MASQ 8 /* ipvsadm -m: NAT; the destination becomes rip:port, replies come back through pyvs */
 
 /* Connection entry flags, and where an entry is counted. */
 #define PYVS_CONN_F_TEMPLATE 1 /* a persistence template: client (masked), port 0 */
 #define PYVS_CONN_F_PERSISTED 2 /* a connection placed by a template: keeps it alive (IPVS's n_control) */
+#define PYVS_CONN_F_MASQ 4 /* a NAT connection: it has an entry in nat_replies, its TCP state sees both directions */
 #define PYVS_COUNTED_NONE 0
 #define PYVS_COUNTED_ACTIVE 1
 #define PYVS_COUNTED_INACTIVE 2
@@ -65,6 +68,7 @@
 #define PYVS_CFG_EXPIRE_NODEST_CONN 1
 #define PYVS_CFG_SLOPPY_TCP 2 /* IPVS's sloppy_tcp: a TCP packet other than SYN may start a connection */
 #define PYVS_CFG_IPV6 4 /* there are IPv6 services: the sweeper visits the IPv6 tables too (set with the VIPs) */
+#define PYVS_CFG_MASQ 8 /* there are NAT reals: packets not to a VIP are looked up in nat_replies */
 
 /* Connection states: IPVS's TCP state numbers, then one for UDP. */
 #define PYVS_STATE_NONE 0
@@ -114,7 +118,13 @@
 #define PYVS_CNT_PASS_VLAN_DEPTH 29 /* frames with more than two VLAN tags: passed to the kernel unparsed */
 #define PYVS_CNT_PASS_ND 30        /* ICMPv6 neighbour discovery to a VIP (NS, NA, RS, RA, redirect): the kernel's */
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
-#define PYVS_CNT_COUNT 32
+#define PYVS_CNT_NAT_FORWARD 36    /* packets to a NAT real: destination rewritten to the real's address and port */
+#define PYVS_CNT_NAT_REPLY 37      /* replies of NAT connections: source rewritten to VIP:vport, sent to the client side */
+#define PYVS_CNT_PASS_NAT_NO_CONN 38 /* a reply whose NAT connection is gone, stale or another real's: the kernel's */
+#define PYVS_CNT_PASS_NAT_TTL 39   /* a NAT reply whose TTL runs out here: the kernel's (it sends time exceeded) */
+#define PYVS_CNT_NAT_ICMP_TO_REAL 40 /* ICMP errors about a NAT connection: quoted header rewritten, sent to its real */
+#define PYVS_CNT_NAT_REPLY_FRAG 41 /* non-first fragments of NAT replies given their first fragment's ports */
+#define PYVS_CNT_COUNT 42
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */
@@ -242,6 +252,15 @@ struct pyvs_conn {
 	__u8 counted;     /* PYVS_COUNTED_*: where the entry is counted in real_conns */
 	__u8 flags;       /* PYVS_CONN_F_* */
 	__u8 parity;      /* the pass parity the entry is counted in (real_conns) */
+};
+
+/* nat_replies: a NAT connection seen from its real's side. Key: a pyvs_conn_key (real, client, real port, client
+ * port, protocol); value: the connection's key and the way back to the client, learnt from its first packet. */
+struct pyvs_nat_reply {
+	struct pyvs_conn_key conn; /* client -> VIP:vport: the connection's key in conns/half_open */
+	__u32 ifindex;             /* the interface the client's packets came in on */
+	__u8 dmac[6];              /* their source MAC: the next hop towards the client */
+	__u8 smac[6];              /* their destination MAC: this director's, on that interface */
 };
 
 struct pyvs_counters {
