@@ -103,7 +103,7 @@ class Real:
     rip: IPAddress
     port: int
     weight: int = 1
-    forwarding: Forwarding = field(default=Forwarding.ROUTE, compare=False)
+    forwarding: Forwarding = Forwarding.ROUTE
     # The last non-zero weight, as the data plane keeps it (IPVS's dest->last_weight: mh builds its table
     # from it, so draining a real to 0 leaves the others' slots where they are). None: not known.
     last_weight: int | None = field(default=None, compare=False)

@@ -56,10 +56,12 @@ from pyvs.model import (
     HOST_MASK,
     HOST_PREFIX6,
     MAX_WEIGHT,
+    Forwarding,
     IPAddress,
     ModelError,
     Netmask,
     Protocol,
+    Real,
     RealKey,
     Service,
     ServiceKey,
@@ -71,6 +73,7 @@ from pyvs.model import (
     parse_netmask_for,
     sched_flag_bits,
     sched_flag_names,
+    validate_real,
     validate_scheduler,
     validate_service,
 )
@@ -117,6 +120,7 @@ class RealSpec:
     weight: int
     check: CheckSpec
     inhibit_on_failure: bool
+    forwarding: Forwarding = Forwarding.ROUTE  # forward = "dr" (ipvsadm -g) or "nat" (-m)
 
     @property
     def key(self) -> RealKey:
@@ -286,8 +290,9 @@ DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_tim
                  "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics", "page_token")
 SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
-                "inhibit_on_failure", "check", "real")
-REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
+                "inhibit_on_failure", "forward", "check", "real")
+REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "forward", "check")
+FORWARDS = {"dr": Forwarding.ROUTE, "nat": Forwarding.MASQ}  # forward = ...: ipvsadm's -g and -m
 BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "router_id", "next_hop", "communities", "hold_time",
             "connect_retry", "withdraw_wait")
 PEER_KEYS = ("address", "asn")
@@ -495,17 +500,28 @@ def _family_error(what: str, address: IPAddress, key: ServiceKey) -> str:
             "packet, so both must be of one family")
 
 
-def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool) -> RealSpec:
+def _forward(text: object) -> Forwarding:
+    if text not in FORWARDS:
+        raise ValueError(f"unknown forwarding method '{text}' (dr or nat)")
+    return FORWARDS[str(text)]
+
+
+def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool, forward: Forwarding) -> RealSpec:
     rip = reader.convert("address", lambda v: parse_address(str(v)), required=True)
     if rip.version != svc_key.family:
         reader.fail("address", f"'address': {_family_error('real server', rip, svc_key)}")
+    forward = reader.convert("forward", _forward, forward)
     port = reader.integer("port", svc_key.port, 0, 65535)
-    if port != svc_key.port:
+    if port != svc_key.port and forward is Forwarding.ROUTE:
         reader.fail("port", f"real port {port} differs from the service port {svc_key.port}: "
-                            "direct routing cannot change the port")
+                            "direct routing cannot change the port (forward = \"nat\" can)")
     weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
+    try:
+        validate_real(Service(svc_key), Real(rip, port, weight, forward))
+    except ModelError as exc:
+        reader.fail("forward" if "forward" in reader.table else "port", str(exc))
     real_check = _check(_sub(reader, "check", CHECK_KEYS, "check"), check) if "check" in reader.table else check
-    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit))
+    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit), forward)
 
 
 def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check_scripts: bool,
@@ -539,6 +555,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     if key.proto is Protocol.UDP and check.type in ("tcp", "http", "https") and "check" not in table:
         check = CheckSpec(type="none")
     inhibit = reader.get("inhibit_on_failure", bool, False)
+    forward = reader.convert("forward", _forward, Forwarding.ROUTE)
     reals_table = reader.get("real", list, [])
     reals: list[RealSpec] = []
     real_keys: set[RealKey] = set()
@@ -547,7 +564,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
         if not isinstance(item, dict):
             reader.fail("real", f"real #{number + 1} must be a table")
         real_reader = _Reader(path, lines, item, (*where, "real", str(number)), label, REAL_KEYS)
-        real = _real(real_reader, key, check, inhibit)
+        real = _real(real_reader, key, check, inhibit, forward)
         if check_scripts and real.check.type == "command":
             _check_command(real_reader if "check" in item else reader, real.check)
         if real.key in real_keys:

@@ -124,6 +124,9 @@ def service_diff(current: Service | None, expected: Service | None) -> list[str]
             changes.append(f"real {real_name(key)} removed")
         elif now_real.weight != then_real.weight:
             changes.append(f"real {real_name(key)} weight {now_real.weight} (expected {then_real.weight})")
+        if now_real is not None and then_real is not None and now_real.forwarding != then_real.forwarding:
+            changes.append(f"real {real_name(key)} forwarding {now_real.forwarding.value} "
+                           f"(expected {then_real.forwarding.value})")
     return changes
 
 
@@ -332,9 +335,9 @@ class Director:
                     continue
                 if self.reals[target].health.up:
                     weight = 0 if target in self.drained else real.weight
-                    service.reals[real.key] = Real(real.rip, real.port, weight)
+                    service.reals[real.key] = Real(real.rip, real.port, weight, real.forwarding)
                 elif real.inhibit_on_failure or target in quiesce:
-                    service.reals[real.key] = Real(real.rip, real.port, 0)
+                    service.reals[real.key] = Real(real.rip, real.port, 0, real.forwarding)
             rules.services[svc.key] = service
         return rules
 

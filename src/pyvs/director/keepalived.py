@@ -10,7 +10,8 @@ compared without case, as keepalived does. Reading is linear in the input's size
 is held in memory at a time.
 
 Carried over: lb_algo/lvs_sched, the scheduler flags (flag-1..3, sh-port, sh-fallback, mh-port, mh-fallback),
-lb_kind/lvs_method DR, protocol, persistence_timeout, persistence_granularity, weight, inhibit_on_failure,
+lb_kind/lvs_method DR and NAT (IPv4; per virtual_server and per real_server; absent: NAT, keepalived's default),
+protocol, persistence_timeout, persistence_granularity, weight, inhibit_on_failure,
 sorry_server, quorum, hysteresis, alpha, virtualhost, delay_loop, connect_timeout, retry/nb_get_retry,
 delay_before_retry, connect_port, TCP_CHECK, HTTP_GET and SSL_GET (url path, status_code, digest, virtualhost,
 regex) and MISC_CHECK (misc_path as argv, misc_timeout, default delay_loop as keepalived's). Every other option
@@ -315,6 +316,7 @@ class _Converter:
         timing: dict[str, Block] = {}
         default_host: str | None = None
         method_seen = False
+        forward = "nat" if family == 4 else "dr"  # keepalived's default is NAT; pyvs's NAT is IPv4 only
         where: dict[str, Block] = {}  # setting -> the statement it comes from
         sorry: Block | None = None
         for child in vs.children:
@@ -324,10 +326,12 @@ class _Converter:
                 where["scheduler"] = child
             elif key in ("lb_kind", "lvs_method"):
                 method_seen = True
-                if self.arg(child) != "DR":
-                    self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing only; "
+                method = self.method(child, family)
+                if method is None:
+                    self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing and NAT (IPv4); "
                                      f"virtual_server {vip} {port} skipped")
                     return None
+                forward = method
             elif key == "protocol":
                 proto = self.arg(child).upper()  # keepalived compares without case (strcasecmp)
                 if proto in ("TCP", "UDP"):
@@ -371,8 +375,11 @@ class _Converter:
                 self.warn(child, "use [director] notify: it runs for quorum_up/quorum_down events too")
             else:
                 self.warn(child, "not supported by pyvs; not carried over")
-        if not method_seen:
-            self.warn(vs, f"{vip} {port} has no lb_kind (keepalived's default is NAT); converted as DR")
+        if not method_seen and family == 6:
+            self.warn(vs, f"{vip} {port} has no lb_kind (keepalived's default is NAT, IPv4 only in pyvs); "
+                          "converted as DR")
+        if forward == "nat":
+            service["forward"] = "nat"
         if "persistence_granularity" in service and "persistence_timeout" not in service:
             self.warn(vs, "persistence_granularity without persistence_timeout has no effect; not carried over")
             del service["persistence_granularity"]
@@ -395,7 +402,7 @@ class _Converter:
         reals: list[dict[str, Any]] = []
         seen: dict[str, Block] = {}
         for rs in vs.all("real_server"):
-            real = self.real(rs, port, timing, default_host, family)
+            real = self.real(rs, port, timing, default_host, family, forward)
             if real is None:
                 continue
             if (other := seen.get(real["address"])) is not None:
@@ -439,8 +446,13 @@ class _Converter:
                              "reals are (direct routing)")
         service["sorry_server"] = sorry_ip
 
+    def method(self, block: Block, family: int) -> str | None:
+        """lb_kind/lvs_method's forward value: DR, or NAT for IPv4; None: not supported (TUN, NAT for IPv6)."""
+        kind = self.arg(block).upper()
+        return {"DR": "dr", "NAT": "nat" if family == 4 else None}.get(kind)
+
     def real(self, rs: Block, port: int, vs_timing: dict[str, Block], host: str | None,
-             family: int) -> dict[str, Any] | None:
+             family: int, forward: str) -> dict[str, Any] | None:
         try:
             address = parse_address(self.arg(rs))
         except ModelError as exc:
@@ -451,12 +463,28 @@ class _Converter:
                           "keeps the packet; real skipped")
             return None
         rip = str(address)
+        own = next((c for c in rs.children if c.keyword in ("lb_kind", "lvs_method")), None)
+        if own is not None:
+            method = self.method(own, family)
+            if method is None:
+                self.warn(own, f"{' '.join(own.args)}: pyvs forwards by direct routing and NAT (IPv4); real skipped")
+                return None
+            forward_here = method
+        else:
+            forward_here = forward
         real_port = self.integer(rs, 0, 65535, rs.args[1]) if len(rs.args) > 1 else port
-        if real_port != port:
+        if real_port != port and forward_here == "dr":
             self.warn(rs, f"{rip} port {real_port} differs from the service port {port}: direct routing cannot "
                           "change the port; real skipped")
             return None
+        if forward_here == "nat" and port == 0 and real_port != 0:
+            self.warn(rs, f"{rip} port {real_port}: a service of every port keeps the client's port; real skipped")
+            return None
         real: dict[str, Any] = {"address": rip, "weight": 1}
+        if real_port != port:
+            real["port"] = real_port
+        if forward_here != forward:
+            real["forward"] = forward_here
         timing = dict(vs_timing)
         checkers = []
         for child in rs.children:
@@ -468,6 +496,8 @@ class _Converter:
                 timing[child.keyword] = child
             elif child.keyword in CHECKERS:
                 checkers.append(child)
+            elif child.keyword in ("lb_kind", "lvs_method"):
+                continue  # read above
             elif child.keyword in UNSUPPORTED_CHECKERS:
                 self.warn(child, "this checker is not implemented by pyvs; not carried over")
             elif child.keyword in ("notify_up", "notify_down"):
