@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from pyvs.cli.arp import DEFAULT_CLIENT_IP, DEFAULT_CLIENT_IP6, PROBE_WAIT, address_option, listen_address, pin_option
 from pyvs.cli.common import EXIT_FAILURE, EXIT_USAGE, CommandFailed, UsageError
 from pyvs.director.config import DEFAULT_LISTEN
-from pyvs.lab.topology import MAX_DIRECTORS, check_prefix, default_topology, ecmp_topology
+from pyvs.lab.topology import MAX_DIRECTORS, METHODS, check_prefix, default_topology, ecmp_topology
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "forwarding for IPv6, the reals' IPv6 VIP, the tutorial's rules for it (kept for the lab's later "
                  "commands)")
     up.add_argument("--ipv6", action="store_true", help=ipv6_help)
+    up.add_argument("--method", choices=METHODS, default=None,
+                    help="how the director forwards: dr (direct routing, ipvsadm -g; the default) or nat "
+                         "(masquerading, -m: the reals' default route is the director, they hold no VIP, rs2 serves "
+                         "on port 8080; IPv4, one director); kept for the lab's later commands")
     up.add_argument("--directors", type=_directors, default=None, metavar="N",
                     help=f"1 to {MAX_DIRECTORS} directors (default 1: one director reached by ARP); 2 or more stand "
                          "behind a BGP router that spreads the flows over them (ECMP), each running `pyvs director "

@@ -9,7 +9,7 @@ from typing import Any
 from pyvs import netns
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, print_actions, print_table
 from pyvs.lab import lab
-from pyvs.lab.topology import Topology, default_topology, ecmp_topology
+from pyvs.lab.topology import Topology, default_topology, ecmp_topology, nat_topology
 
 
 def _topology(args: argparse.Namespace) -> Topology:
@@ -32,6 +32,16 @@ def _topology(args: argparse.Namespace) -> Topology:
                    f"`pyvs lab down{option}` first)")
         raise UsageError(f"--ipv6 and --directors {directors} do not go together: the lab with several directors "
                          f"behind the BGP router is IPv4 only; the dual-stack lab has one director{running}")
+    asked_method = getattr(args, "method", None)
+    recorded_method = lab.recorded_method(topo)
+    if asked_method is not None and recorded_method is not None and asked_method != recorded_method:
+        raise UsageError(f"lab {args.prefix} runs with --method {recorded_method}: `pyvs lab down{option}` first")
+    method = asked_method or recorded_method or "dr"
+    if method == "nat":
+        if ipv6 or directors > 1:
+            raise UsageError("--method nat goes with one director and IPv4 only (pyvs's NAT is IPv4): not with "
+                             "--ipv6 or --directors")
+        return nat_topology(prefix=args.prefix)
     if directors == 1:
         return default_topology(prefix=args.prefix, ipv6=ipv6) if ipv6 else topo
     return ecmp_topology(prefix=args.prefix, directors=directors)

@@ -46,9 +46,16 @@ class LabError(Exception):
 
 def _record_ipv6(topo: Topology) -> None:
     state = load_state(topo)
-    if state.get("ipv6") != topo.ipv6:
+    if state.get("ipv6") != topo.ipv6 or state.get("method", "dr") != topo.method:
         state["ipv6"] = topo.ipv6
+        state["method"] = topo.method
         save_state(topo, state)
+
+
+def recorded_method(topo: Topology) -> str | None:
+    """How the lab of this prefix forwards (`pyvs lab up --method`), None when it is not up."""
+    method = load_state(topo).get("method")
+    return str(method) if method else None
 
 
 def recorded_ipv6(topo: Topology) -> bool:
@@ -207,6 +214,8 @@ def _ensure_dnat(topo: Topology, actions: list[str]) -> None:
 
 
 def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
+    if topo.method == "nat":
+        return  # NAT reals hold no VIP: the director gives them their own address
     for node in topo.reals:
         nic = topo.ports(node.name)[0].ifname
         with netns.in_netns(node.netns):
@@ -220,7 +229,8 @@ def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
 def _server_argv(topo: Topology, node: Node) -> list[str]:
     return [
         sys.executable, "-m", WEBSERVER_MODULE, "--name", node.name, "--lab", topo.prefix,
-        "--port", str(topo.web_port), "--udp-port", str(topo.udp_echo_port), *(["--ipv6"] if topo.ipv6 else []),
+        "--port", str(topo.port_of(node.name)), "--udp-port", str(topo.port_of(node.name, topo.udp_echo_port)),
+        *(["--ipv6"] if topo.ipv6 else []),
     ]  # fmt: skip
 
 
@@ -277,7 +287,7 @@ def _ensure_server(topo: Topology, node: Node, actions: list[str]) -> None:
     state["servers"][node.name] = pid
     save_state(topo, state)  # recorded at once: down() must find it even if we crash
     for version in _versions(topo):
-        _wait_listening(node.netns, topo.address_of(node.name, version), topo.web_port, pid)
+        _wait_listening(node.netns, topo.address_of(node.name, version), topo.port_of(node.name), pid)
     actions.append(f"started web server in {node.netns} (pid {pid})")
 
 
@@ -507,7 +517,8 @@ def _real_problems(topo: Topology) -> list[str]:
         nic = topo.ports(node.name)[0].ifname
         try:
             with netns.in_netns(node.netns):
-                wrong = [f.name for f in realserver.check(topo.vips, nic=nic) if not f.ok]
+                wrong = [] if topo.method == "nat" else [f.name for f in realserver.check(topo.vips, nic=nic)
+                                                         if not f.ok]
         except realserver.RealServerError as exc:
             wrong = [str(exc)]
         if wrong:
@@ -515,11 +526,11 @@ def _real_problems(topo: Topology) -> list[str]:
         if not netns.exists(topo.director.netns):
             continue
         for version in _versions(topo):
-            address = topo.address_of(node.name, version)
-            where = f"[{address}]:{topo.web_port}" if version == 6 else f"{address}:{topo.web_port}"
+            address, port = topo.address_of(node.name, version), topo.port_of(node.name)
+            where = f"[{address}]:{port}" if version == 6 else f"{address}:{port}"
             try:
                 with netns.in_netns(topo.director.netns):
-                    socket.create_connection((address, topo.web_port), timeout=1.0).close()
+                    socket.create_connection((address, port), timeout=1.0).close()
             except OSError as exc:
                 problems.append(f"{node.name} does not answer on {where}: {exc.strerror or exc}")
     return problems

@@ -122,6 +122,12 @@ class Topology:
     udp_echo_port: int = 80
     vip6: str | None = None  # a dual-stack lab's IPv6 VIP (bare address); None: IPv4 only
     public_ip6: str | None = None  # the gateway's client-facing IPv6 address
+    method: str = "dr"  # how the director forwards to the reals: "dr" (ipvsadm -g) or "nat" (-m)
+    real_ports: tuple[tuple[str, int], ...] = ()  # a real's own port where it is not the service's (NAT only)
+
+    def port_of(self, real: str, port: int | None = None) -> int:
+        """The port a real serves the service on `port` (default: the web port) at: its own under NAT."""
+        return dict(self.real_ports).get(real, self.web_port if port is None else port)
 
     @property
     def ipv6(self) -> bool:
@@ -285,6 +291,19 @@ def default_topology(prefix: str = "pyvs", attacker: bool = False, ipv6: bool = 
         vip6=vip6 if ipv6 else None,
         public_ip6=public_ip6 if ipv6 else None,
     )
+
+
+METHODS = ("dr", "nat")
+NAT_REAL_PORT = ("rs2", 8080)  # the NAT lab's port-mapped real: VIP:80 -> 198.18.2.12:8080
+
+
+def nat_topology(prefix: str = "pyvs") -> Topology:
+    """The tutorial's lab forwarding by NAT (ipvsadm -m): the reals hold no VIP, their default route is the director's
+    DIP (198.18.2.10), and rs2 serves on port 8080 (VIP:80 -> 198.18.2.12:8080, TCP and UDP)."""
+    base = default_topology(prefix)
+    via_director = Route("default", gateway="198.18.2.10", dev="eth0", onlink=True)
+    nodes = tuple(replace(node, routes=(via_director,)) if node.role is Role.REAL else node for node in base.nodes)
+    return replace(base, nodes=nodes, method="nat", real_ports=(NAT_REAL_PORT,))
 
 
 # ---- several directors behind a BGP router (`pyvs lab up --directors N`; lab/ecmp.py runs it) ----------------
