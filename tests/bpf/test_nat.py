@@ -90,6 +90,24 @@ def test_the_reals_reply_gets_the_vip_back_and_goes_to_the_client_the_way_it_cam
     assert counters["nat_reply"] == 1 and counters["pass_nat_no_conn"] == 0
 
 
+def reply_entries(dp: Dataplane) -> tuple[int, int]:
+    """Entries of nat_replies and nat_half."""
+    return tuple(len(libbpf.map_keys(dp._fds[name], abi.ConnKey)) for name in ("nat_replies", "nat_half"))  # type: ignore[return-value]
+
+
+def test_a_half_open_connections_reply_entry_is_apart_and_follows_it_when_established(nat: Dataplane) -> None:
+    nat.test_run(frame(TCP(sport=40020, dport=80, flags="S")))
+    assert reply_entries(nat) == (0, 1)  # a SYN flood churns nat_half alone
+    result = nat.test_run(reply(TCP(sport=8080, dport=40020, flags="SA")))
+    assert result.verdict_name == "XDP_TX" and Ether(result.data)[IP].src == str(VIP)
+    nat.test_run(frame(TCP(sport=40020, dport=80, flags="A")))
+    assert reply_entries(nat) == (1, 0)
+    result = nat.test_run(reply(TCP(sport=8080, dport=40020, flags="PA") / Raw(b"hello")))
+    assert result.verdict_name == "XDP_TX" and Ether(result.data)[IP].src == str(VIP)
+    nat.test_run(frame(UDP(sport=5600, dport=80) / Raw(b"q")))
+    assert reply_entries(nat) == (2, 0)  # UDP has no half-open state
+
+
 def test_tcp_state_follows_both_directions_as_ipvs_nat_does(nat: Dataplane) -> None:
     def client(flags: str) -> None:
         assert nat.test_run(frame(TCP(sport=40010, dport=80, flags=flags))).verdict_name == "XDP_TX"
@@ -241,11 +259,11 @@ def test_the_sweeper_removes_a_nat_connections_reply_entry_with_it(nat: Dataplan
     nat.set_timeouts(Timeouts(0, 0, 1))  # udp entries live 1 s
     nat.test_run(frame(UDP(sport=5500, dport=80) / Raw(b"q")))
     fd = nat._fds["nat_replies"]
-    assert len(libbpf.map_keys(fd, abi.ConnKey)) == 1
+    assert reply_entries(nat) == (1, 0)
     deadline = time.monotonic() + 5
     while nat.counters()["conn_swept"] == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert nat.counters()["conn_swept"] == 1
-    assert libbpf.map_keys(fd, abi.ConnKey) == []
+    assert reply_entries(nat) == (0, 0)
     value = abi.NatReply()
     assert not libbpf.map_lookup(fd, abi.ConnKey(), value) and ctypes.sizeof(value) == 32

@@ -7,13 +7,35 @@
 #define PYVS_NAT_H
 
 /* (real, client, real port, client port, protocol) -> the connection and the way back to its client. Written when
- * a NAT connection is created, removed by the sweeper with it; the LRU ages what a lost race left. */
+ * a NAT connection is created, removed by the sweeper with it; the LRU ages what a lost race left. As the
+ * connections, they have two tables: a half-open TCP connection's entry is in nat_half (per-CPU LRU lists, a quarter
+ * of the size), moved to nat_replies when the connection is; a SYN flood churns nat_half alone and evicts no
+ * established connection's way back. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, PYVS_NAT_TABLE_SIZE);
 	__type(key, struct pyvs_conn_key);
 	__type(value, struct pyvs_nat_reply);
 } nat_replies SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, PYVS_NAT_TABLE_SIZE / PYVS_HALF_OPEN_DIVISOR);
+	__type(key, struct pyvs_conn_key);
+	__type(value, struct pyvs_nat_reply);
+} nat_half SEC(".maps");
+
+/* The reply entry's key of a NAT connection `key` (client -> VIP:vport) given to `real`. */
+static __always_inline void nat_reply_key(struct pyvs_conn_key *rkey, const struct pyvs_conn_key *key,
+					  const struct pyvs_real *real)
+{
+	rkey->saddr = real->rip;
+	rkey->daddr = key->saddr;
+	rkey->sport = real->port ? real->port : key->dport;
+	rkey->dport = key->sport;
+	rkey->proto = key->proto;
+}
 
 /* One's complement arithmetic on 16-bit words as they lie in memory (the sum does not depend on byte order). */
 static __always_inline __u16 csum_fold32(__u32 sum)
@@ -91,26 +113,47 @@ ports_only:
 	return 0;
 }
 
-/* A new NAT connection (`ckey` client -> VIP:vport, given to `real`): its reply entry, with the way back learnt
- * from this packet (called before the MACs change). */
+/* A new NAT connection (`ckey` client -> VIP:vport, given to `real`): its reply entry, in nat_half when the
+ * connection is half-open, with the way back learnt from this packet (called before the MACs change). */
 static __always_inline void nat_remember(struct xdp_md *ctx, const struct ethhdr *eth, const struct pyvs_conn_key *ckey,
-					 const struct pyvs_real *real)
+					 const struct pyvs_real *real, int half)
 {
-	struct pyvs_conn_key rkey = {.saddr = real->rip, .daddr = ckey->saddr, .sport = real->port ? real->port : ckey->dport,
-				     .dport = ckey->sport, .proto = ckey->proto};
+	struct pyvs_conn_key rkey = {};
 	struct pyvs_nat_reply value = {.conn = *ckey, .ifindex = ctx->ingress_ifindex};
 
+	nat_reply_key(&rkey, ckey, real);
 	__builtin_memcpy(value.dmac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(value.smac, eth->h_dest, ETH_ALEN);
-	if (bpf_map_update_elem(&nat_replies, &rkey, &value, BPF_ANY))
+	if (bpf_map_update_elem(half ? (void *)&nat_half : (void *)&nat_replies, &rkey, &value, BPF_ANY))
 		count(PYVS_CNT_INSERT_FAILED);
+}
+
+/* A half-open NAT connection moved to the connection table: its reply entry moves to nat_replies. */
+static __noinline void nat_promote(const struct pyvs_conn_key *key, const struct pyvs_conn *conn)
+{
+	struct pyvs_conn_key rkey = {};
+	struct pyvs_nat_reply *value;
+	struct pyvs_real *real;
+	__u32 real_id = conn->real;
+
+	real = bpf_map_lookup_elem(&reals, &real_id);
+	if (!real || real->gen != conn->gen)
+		return;
+	nat_reply_key(&rkey, key, real);
+	value = bpf_map_lookup_elem(&nat_half, &rkey);
+	if (!value)
+		return; /* another CPU moved it, or the LRU took it */
+	if (bpf_map_update_elem(&nat_replies, &rkey, value, BPF_ANY))
+		count(PYVS_CNT_INSERT_FAILED);
+	else
+		bpf_map_delete_elem(&nat_half, &rkey);
 }
 
 /* A packet of a NAT connection from its client: the reply entry when this packet made the connection, then the
  * destination becomes the real's address and port (a real's port 0, on a service of every port: the packet's own).
  * Called before the MACs change. A function of its own: conn_path's stack has no room for it. */
 static __noinline int nat_forward(struct xdp_md *ctx, struct packet *pkt, const struct pyvs_conn_key *ckey,
-				  const struct pyvs_real *real, int new_conn)
+				  const struct pyvs_real *real, int new_conn /* 0: no, 1: in conns, 2: in half_open */)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = pkt->eth;
@@ -118,7 +161,7 @@ static __noinline int nat_forward(struct xdp_md *ctx, struct packet *pkt, const 
 	if ((void *)(eth + 1) > data_end)
 		return -1;
 	if (new_conn)
-		nat_remember(ctx, eth, ckey, real);
+		nat_remember(ctx, eth, ckey, real, new_conn == 2);
 	if (nat_rewrite(ctx, pkt->iph, real->rip, real->port ? real->port : pkt->dport, 1) < 0)
 		return -1;
 	count(PYVS_CNT_NAT_FORWARD);
@@ -132,18 +175,17 @@ static __always_inline void nat_forget(const struct pyvs_conn_key *key, __u32 re
 	struct pyvs_real *real = bpf_map_lookup_elem(&reals, &real_id);
 	struct pyvs_conn_key rkey = {};
 	struct pyvs_nat_reply *value;
+	void *map = &nat_replies;
 
 	if (!real || real->gen != gen)
 		return; /* the slot changed hands: its address is not known; the LRU ages the entry */
-	rkey.saddr = real->rip;
-	rkey.daddr = key->saddr;
-	rkey.sport = real->port ? real->port : key->dport;
-	rkey.dport = key->sport;
-	rkey.proto = key->proto;
-	value = bpf_map_lookup_elem(&nat_replies, &rkey);
-	if (value && value->conn.saddr == key->saddr && value->conn.daddr == key->daddr &&
-	    value->conn.sport == key->sport && value->conn.dport == key->dport)
-		bpf_map_delete_elem(&nat_replies, &rkey);
+	nat_reply_key(&rkey, key, real);
+	for (int i = 0; i < 2; i++, map = &nat_half) {
+		value = bpf_map_lookup_elem(map, &rkey);
+		if (value && value->conn.saddr == key->saddr && value->conn.daddr == key->daddr &&
+		    value->conn.sport == key->sport && value->conn.dport == key->dport)
+			bpf_map_delete_elem(map, &rkey);
+	}
 }
 
 /* A packet from a real of a NAT connection to its client, or not: returns -1 when it is not one (the caller goes
@@ -167,6 +209,8 @@ static __noinline int nat_reply(struct xdp_md *ctx, struct packet *pkt, int frag
 	if (!cfg || !(cfg->flags & PYVS_CFG_MASQ))
 		return -1;
 	rev = bpf_map_lookup_elem(&nat_replies, &rkey);
+	if (!rev && pkt->proto == IPPROTO_TCP)
+		rev = bpf_map_lookup_elem(&nat_half, &rkey); /* a half-open connection's: the SYN-ACK */
 	if (!rev)
 		return -1;
 	now = clock_now(sweep_stats());

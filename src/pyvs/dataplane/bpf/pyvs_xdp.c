@@ -986,7 +986,7 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 	__u16 vport;
 	__u64 now;
 	__u8 parity, state;
-	void *main_shard, *half_shard = NULL, *table;
+	void *main_shard, *half_shard = NULL, *table = NULL;
 	int event = EV_ACK, new_conn = 0, action;
 	__u8 masq = 0;
 	long rc;
@@ -1018,8 +1018,11 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 				count(PYVS_CNT_HALF_OPEN_SWEPT);
 			half = NULL;
 		}
-		if (half)
+		if (half) {
 			conn = half_open_step(half_shard, main_shard, ckey, half, event, now);
+			if (!v6 && conn && conn != half && (conn->flags & PYVS_CONN_F_MASQ))
+				nat_promote(ckey, conn); /* its reply entry follows it */
+		}
 	}
 	if (conn) {
 		svc_index = conn->svc_index;
@@ -1098,7 +1101,7 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
-	if (!v6 && masq && nat_forward(ctx, pkt, ckey, real, new_conn) < 0)
+	if (!v6 && masq && nat_forward(ctx, pkt, ckey, real, new_conn ? (table == main_shard ? 1 : 2) : 0) < 0)
 		return drop(PYVS_CNT_DROP_MALFORMED);
 	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);
 	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
