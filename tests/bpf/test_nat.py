@@ -88,6 +88,11 @@ def test_the_reals_reply_gets_the_vip_back_and_goes_to_the_client_the_way_it_cam
     assert (ip.src, ip.dst, ip[TCP].sport, ip[TCP].dport, ip.ttl) == (str(VIP), CLIENT, 80, 40000, 63)
     counters = nat.counters()
     assert counters["nat_reply"] == 1 and counters["pass_nat_no_conn"] == 0
+    stats = nat.service_stats()[TCP80]
+    assert (stats.inpkts, stats.outpkts, stats.outbytes) == (1, 1, 40)  # as IPVS counts a NAT reply: OutPkts
+    assert nat.real_stats()[(TCP80, (RS1, 8080))].outpkts == 1
+    nat.zero(TCP80)
+    assert nat.service_stats()[TCP80].outpkts == 0
 
 
 def reply_entries(dp: Dataplane) -> tuple[int, int]:

@@ -174,6 +174,12 @@ class NatReply(ctypes.Structure):
                 ("smac", ctypes.c_uint8 * 6)]
 
 
+class OutCountersEntry(ctypes.Structure):
+    """out_stats' value: the replies of NAT connections (IPVS's OutPkts, OutBytes)."""
+
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
 class CountersEntry(ctypes.Structure):
     _fields_ = [("conns", ctypes.c_uint64), ("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
@@ -236,6 +242,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_sweep_stats": SweepStats,
     "sweeper": Sweeper,
     "pyvs_nat_reply": NatReply,
+    "pyvs_out_counters": OutCountersEntry,
 }
 
 def fill_config_defaults(cfg: Config) -> bool:

@@ -475,9 +475,13 @@ class Dataplane:
     def _stats_at(self, index: int) -> Counters:
         values = (abi.CountersEntry * self._ncpus)()
         libbpf.map_lookup(self._fds["stats"], ctypes.c_uint32(index), values)
+        out = (abi.OutCountersEntry * self._ncpus)()
+        if "out_stats" in self._fds:  # (pins of a version before NAT, opened to migrate them, have none)
+            libbpf.map_lookup(self._fds["out_stats"], ctypes.c_uint32(index), out)
         return Counters(
             conns=sum(v.conns for v in values), inpkts=sum(v.packets for v in values),
-            inbytes=sum(v.bytes for v in values),
+            inbytes=sum(v.bytes for v in values), outpkts=sum(v.packets for v in out),
+            outbytes=sum(v.bytes for v in out),
         )
 
     def service_stats(self) -> dict[ServiceKey, Counters]:
@@ -613,6 +617,8 @@ class Dataplane:
 
     def _zero_stats(self, index: int) -> None:
         libbpf.map_update(self._fds["stats"], ctypes.c_uint32(index), (abi.CountersEntry * self._ncpus)())
+        if "out_stats" in self._fds:
+            libbpf.map_update(self._fds["out_stats"], ctypes.c_uint32(index), (abi.OutCountersEntry * self._ncpus)())
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

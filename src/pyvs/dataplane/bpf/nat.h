@@ -26,6 +26,25 @@ struct {
 	__type(value, struct pyvs_nat_reply);
 } nat_half SEC(".maps");
 
+/* The replies of NAT connections, as IPVS's OutPkts/OutBytes: index as stats (service slot, then
+ * PYVS_MAX_SERVICES + real slot). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PYVS_MAX_SERVICES + PYVS_MAX_REALS);
+	__type(key, __u32);
+	__type(value, struct pyvs_out_counters);
+} out_stats SEC(".maps");
+
+static __always_inline void account_out(__u32 index, __u64 bytes)
+{
+	struct pyvs_out_counters *c = bpf_map_lookup_elem(&out_stats, &index);
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += bytes;
+	}
+}
+
 /* The reply entry's key of a NAT connection `key` (client -> VIP:vport) given to `real`. */
 static __always_inline void nat_reply_key(struct pyvs_conn_key *rkey, const struct pyvs_conn_key *key,
 					  const struct pyvs_real *real)
@@ -234,6 +253,8 @@ static __noinline int nat_reply(struct xdp_md *ctx, struct packet *pkt, int frag
 		return drop(PYVS_CNT_DROP_MALFORMED);
 	if (iph->ttl <= 1)
 		return pass(PYVS_CNT_PASS_NAT_TTL); /* the kernel says time exceeded */
+	account_out(conn->svc_index, bpf_ntohs(iph->tot_len));
+	account_out(PYVS_MAX_SERVICES + real_id, bpf_ntohs(iph->tot_len));
 	if (pkt->proto == IPPROTO_TCP && !frag) {
 		state = tcp_next_state_output(conn->state, tcp_event(pkt->tcp_flags));
 		if (state != conn->state) {

@@ -263,6 +263,12 @@ struct pyvs_nat_reply {
 	__u8 smac[6];              /* their destination MAC: this director's, on that interface */
 };
 
+/* out_stats: what IPVS counts as OutPkts/OutBytes, the replies of NAT connections (by service, then real, as stats). */
+struct pyvs_out_counters {
+	__u64 packets;
+	__u64 bytes;
+};
+
 struct pyvs_counters {
 	__u64 conns;
 	__u64 packets;
