@@ -6,7 +6,8 @@
  * two repetitions: a SYN from a new random source, then that source's ACK. The *6 programs are the same for IPv6
  * (the fixed header, TCP/UDP right after it, a 40-byte key). bench_restore drives another program (the same tail
  * call) on a frame whose first RESTORE_BYTES bytes it writes back from `restore_frame` first: a program that rewrites
- * the frame (NAT) sees the same packet every repetition. */
+ * the frame (NAT) sees the same packet every repetition. bare_fib swaps the MACs after a bpf_fib_lookup of the
+ * packet's destination (what a NAT reply would cost routed by the kernel's FIB, as Katran and Cilium route). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
@@ -210,6 +211,30 @@ int bench_handshake(struct xdp_md *ctx)
 	*flags = hs->seq & 1 ? 0x02 /* SYN */ : 0x10 /* ACK */;
 	bpf_tail_call(ctx, &handshake_target, 0);
 	return XDP_ABORTED;
+}
+
+SEC("xdp")
+int bare_fib(struct xdp_md *ctx)
+{
+	struct bpf_fib_lookup fib = {};
+	struct packet pkt = {};
+	long rc;
+
+	if (parse_packet((void *)(long)ctx->data, (void *)(long)ctx->data_end, &pkt) != PARSE_OK)
+		return XDP_PASS;
+	fib.family = 2; /* AF_INET */
+	fib.l4_protocol = pkt.proto;
+	fib.sport = pkt.sport;
+	fib.dport = pkt.dport;
+	fib.tot_len = pkt.tot_len;
+	fib.ipv4_src = pkt.saddr;
+	fib.ipv4_dst = pkt.daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return XDP_DROP; /* measured only where the lookup found a route */
+	swap_macs(pkt.eth);
+	return XDP_TX;
 }
 
 #define RESTORE_BYTES 64
