@@ -121,8 +121,8 @@ pyvs's own options:
                                       (251 ... 131071); default: the smallest with 50 slots per real,
                                       at least 4093. -L and -S show it only when set.
 
-pyvs forwards by direct routing only and refuses, changing nothing, the ipvsadm options
-it does not implement: -m -i --tun-*, -f -6 --sctp-service, --pe -o, -x -y,
+pyvs forwards by direct routing (-g) and NAT (-m, IPv4) and refuses, changing nothing, the
+ipvsadm options it does not implement: -i --tun-*, -f -6 --sctp-service, --pe -o, -x -y,
 --rate --thresholds --persistent-conn --tun-info, the sync daemon options.
 """
 
