@@ -272,3 +272,13 @@ def test_the_sweeper_removes_a_nat_connections_reply_entry_with_it(nat: Dataplan
     assert reply_entries(nat) == (0, 0)
     value = abi.NatReply()
     assert not libbpf.map_lookup(fd, abi.ConnKey(), value) and ctypes.sizeof(value) == 32
+
+
+def test_replies_are_looked_for_only_while_nat_reals_exist(dataplane: Dataplane) -> None:
+    assert not dataplane._config().flags & abi.CFG_MASQ
+    dataplane.apply_service(TCP80, nat_service(TCP80, (RS1, 8080, Forwarding.MASQ)))  # one service: sets it
+    assert dataplane._config().flags & abi.CFG_MASQ
+    dataplane.apply(rules(nat_service(TCP80, (RS1, 80, Forwarding.ROUTE))))  # a whole apply without NAT: clears it
+    assert not dataplane._config().flags & abi.CFG_MASQ
+    packet = reply(TCP(sport=8080, dport=40000, flags="SA"))
+    assert dataplane.test_run(packet).data == packet and dataplane.counters()["pass_nat_no_conn"] == 0
