@@ -26,7 +26,7 @@ def test_masquerading_keeps_the_reals_port_and_direct_routing_takes_the_services
     routed = parse_args(["-a", "-t", "198.18.0.100:80", "-r", "198.18.2.11:8080", "-g"])
     assert (routed.real, routed.forwarding) == ((RS1, 80), Forwarding.ROUTE)
     edit = parse_args(["-e", "-t", "198.18.0.100:80", "-r", "198.18.2.11:8080", "-w", "3"])
-    assert (edit.real, edit.forwarding) == ((RS1, 80), Forwarding.ROUTE)  # -e without -m: -g, as ipvsadm
+    assert (edit.real, edit.forwarding) == ((RS1, 80), None)  # -e without a method: -g, as ipvsadm
     delete = parse_args(["-d", "-t", "198.18.0.100:80", "-r", "198.18.2.11:8080"])
     assert delete.action is Action.DELETE_SERVER and delete.real == (RS1, 8080)
 

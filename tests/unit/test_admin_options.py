@@ -129,12 +129,8 @@ def test_refused_command_lines(argv: list[str], message: str) -> None:
     ("argv", "named"),
     [
         (
-            ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "-i"],
-            "option '-i' (ipip) is not supported: pyvs forwards by direct routing (-g) and masquerading (-m)",
-        ),
-        (
-            ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "--ipip"],
-            "option '--ipip' (ipip) is not supported",
+            ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "-6"],
+            "option '-6' (ipv6) is not supported: -6 is for firewall-mark services",
         ),
         (["-A", "-f", "1"], "option '-f' (fwmark-service) is not supported"),
         (
@@ -151,13 +147,9 @@ def test_refused_command_lines(argv: list[str], message: str) -> None:
             ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "-y", "5"],
             "option '-y' (l-threshold) is not supported",
         ),
-        (["--start-daemon", "master"], "option '--start-daemon' (start-daemon) is not supported"),
-        (["--stop-daemon", "master"], "option '--stop-daemon' (stop-daemon) is not supported"),
-        (["-L", "--daemon"], "option '--daemon' (daemon) is not supported"),
         (["-L", "--rate"], "option '--rate' (rate) is not supported"),
         (["-L", "--thresholds"], "option '--thresholds' (thresholds) is not supported"),
         (["-L", "--persistent-conn"], "option '--persistent-conn' (persistent-conn) is not supported"),
-        (["-L", "--tun-info"], "option '--tun-info' (tun-info) is not supported"),
         (["-A", "-f", "1", "-6"], "option '-f' (fwmark-service) is not supported"),
     ],
 )

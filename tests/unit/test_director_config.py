@@ -277,18 +277,18 @@ def test_the_data_planes_switches_are_set_or_left_alone() -> None:
 
 
 def test_forward_nat_per_service_and_per_real() -> None:
-    text = ('[[service]]\nproto = "tcp"\nvip = "198.18.0.100"\nport = 80\nforward = "nat"\n'
+    text = ('[[service]]\nproto = "tcp"\nvip = "198.18.0.100"\nport = 80\nforwarding = "nat"\n'
             '[[service.real]]\naddress = "198.18.2.11"\nport = 8080\n'
-            '[[service.real]]\naddress = "198.18.2.12"\nforward = "dr"\n')
+            '[[service.real]]\naddress = "198.18.2.12"\nforwarding = "dr"\n')
     [svc] = parse_config(text).services
     assert [(r.port, r.forwarding) for r in svc.reals] == [(8080, Forwarding.MASQ), (80, Forwarding.ROUTE)]
     for bad, message in (
-        ('forward = "dr"\n[[service.real]]\naddress = "198.18.2.11"\nport = 8080\n',
+        ('forwarding = "dr"\n[[service.real]]\naddress = "198.18.2.11"\nport = 8080\n',
          "real port 8080 differs from the service port 80: direct routing cannot change the port"),
-        ('forward = "tun"\n', "unknown forwarding method 'tun' \\(dr or nat\\)"),
+        ('forwarding = "masq"\n', "unknown forwarding method 'masq' \\(dr, nat or tun\\)"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config('[[service]]\nproto = "tcp"\nvip = "198.18.0.100"\nport = 80\n' + bad)
     with pytest.raises(ConfigError, match="IPv4 only"):
-        parse_config('[[service]]\nproto = "tcp"\nvip = "2001:db8::100"\nport = 80\nforward = "nat"\n'
+        parse_config('[[service]]\nproto = "tcp"\nvip = "2001:db8::100"\nport = 80\nforwarding = "nat"\n'
                      '[[service.real]]\naddress = "2001:db8:2::11"\n')

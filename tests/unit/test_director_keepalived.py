@@ -175,7 +175,7 @@ def test_defaults_unsupported_scheduler_and_missing_lb_kind_are_reported() -> No
     assert 'scheduler = "wlc"' in text
     assert "check = { type = \"tcp\", interval = 60.0, timeout = 5.0, rise = 1, fall = 2, retry_interval = 1.0 }" \
         in text
-    assert 'forward = "nat"' in text  # keepalived's default: NAT
+    assert 'forwarding = "nat"' in text  # keepalived's default: NAT
     assert not any("lb_kind" in w for w in warnings)
     assert not any("lb_algo" in w for w in warnings)  # every IPVS scheduler is carried over
 
@@ -205,7 +205,6 @@ def test_lb_kind_nat_per_virtual_server_and_per_real_server_and_what_stays_refus
         "  real_server 198.18.2.11 8080 {\n  }\n"
         "  real_server 198.18.2.12 80 {\n    lb_kind DR\n  }\n"
         "  real_server 198.18.2.13 81 {\n    lvs_method DR\n  }\n}\n"
-        "virtual_server 198.18.0.101 80 {\n  lb_kind TUN\n}\n"
         "virtual_server 2001:db8::100 80 {\n  lb_kind NAT\n}\n")
     [svc] = parse_config(text).services
     assert [(str(r.rip), r.port, r.forwarding) for r in svc.reals] == [
@@ -213,6 +212,6 @@ def test_lb_kind_nat_per_virtual_server_and_per_real_server_and_what_stays_refus
     assert [w.split(": ", 2)[1:] for w in warnings if "lb_kind" in w or "port 81" in w] == [
         ["real_server", "198.18.2.13 port 81 differs from the service port 80: direct routing cannot change the "
                         "port; real skipped"],
-        ["lb_kind", "TUN: pyvs forwards by direct routing and NAT (IPv4); virtual_server 198.18.0.101 80 skipped"],
-        ["lb_kind", "NAT: pyvs forwards by direct routing and NAT (IPv4); virtual_server 2001:db8::100 80 skipped"],
+        ["lb_kind", "NAT: pyvs forwards by direct routing, and by NAT and tunnelling to IPv4 reals; virtual_server "
+                    "2001:db8::100 80 skipped"],
     ]

@@ -17,11 +17,15 @@ from pyvs.mac import mac_bytes
 from pyvs.model import (
     HOST_MASK,
     HOST_PREFIX6,
+    TUN_CSUMS,
+    TUN_TYPES,
     Forwarding,
     IPAddress,
     Protocol,
+    Real,
     Service,
     ServiceKey,
+    Tunnel,
     sched_flag_bits,
     sched_flag_names,
 )
@@ -94,36 +98,51 @@ def conn_addresses(key: abi.ConnKey | abi.ConnKey6) -> tuple[IPAddress, IPAddres
 
 @dataclass
 class RealSlot:
-    """A slot of the reals map, what it holds, and the real's address (an IPv6 real's is in real_addrs6)."""
+    """A slot of the reals map, what it holds, and the real's address (an IPv6 real's is in real_addrs6); a tunnel
+    real's encapsulation (tunnels)."""
     slot: int
     entry: abi.RealEntry
     rip: IPAddress
+    tunnel: abi.Tunnel | None = None
+
+
+def tunnel_settings(tunnel: Tunnel) -> tuple[int, int, int]:
+    """What of a tunnel the admin sets, as the tunnels map holds it: (type, port, checksum flags)."""
+    return abi.TUN_TYPES[tunnel.type], port_to_be(tunnel.port), TUN_CSUMS.index(tunnel.csum)
+
+
+def raw_tunnel_settings(raw: abi.Tunnel) -> tuple[int, int, int]:
+    return raw.type, raw.port, raw.flags & (abi.TUN_F_CSUM | abi.TUN_F_REMCSUM)
+
+
+def tunnel_value(real: Real, hop: NextHop) -> abi.Tunnel:
+    """The tunnels entry of a tunnel real reached through `hop` (its source address, MTU, gateway)."""
+    if not hop.saddr or ":" in hop.saddr:
+        raise ValueError(f"real server {real.rip}: the director has no IPv4 source address toward it (its route "
+                         "names none): the tunnel's outer header needs one")
+    kind, port, flags = tunnel_settings(real.tunnel or Tunnel())
+    return abi.Tunnel(saddr=ip_to_be(IPv4Address(hop.saddr)), daddr=ip_to_be(IPv4Address(real.rip)), port=port,
+                      mtu=min(hop.mtu, 0xFFFF), type=kind, flags=flags | (abi.TUN_F_ROUTED if hop.gateway else 0))
+
+
+def real_from(slot: RealSlot) -> Real:
+    """The model's real of an active slot: address, port, weight, forwarding and tunnel."""
+    entry = slot.entry
+    real = Real(slot.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
+    if entry.flags & abi.REAL_FWD_MASQ:
+        real.forwarding = Forwarding.MASQ
+    if entry.flags & abi.REAL_FWD_TUNNEL:
+        real.forwarding = Forwarding.TUNNEL
+        raw = slot.tunnel or abi.Tunnel()
+        kind = TUN_TYPES[raw.type] if raw.type < len(TUN_TYPES) else "ipip"
+        flags = raw.flags & (abi.TUN_F_CSUM | abi.TUN_F_REMCSUM)
+        real.tunnel = Tunnel(kind, socket.ntohs(raw.port), TUN_CSUMS[flags if flags < len(TUN_CSUMS) else 0])
+    return real
 
 
 def real_entry(rip: IPAddress) -> abi.RealEntry:
     """A new active entry for a real at `rip`: an IPv6 one is flagged, its rip field the address folded."""
     return abi.RealEntry(rip=fold_be(rip), flags=abi.REAL_ACTIVE | (abi.REAL_IPV6 if rip.version == 6 else 0))
-
-
-FORWARDING_FLAGS = abi.REAL_FWD_MASQ  # the real flags that name its forwarding method (none: direct routing)
-
-
-def forwarding_flag(forwarding: Forwarding) -> int:
-    """The real flag of a forwarding method."""
-    return abi.REAL_FWD_MASQ if forwarding is Forwarding.MASQ else 0
-
-
-def forwarding_of(flags: int) -> Forwarding:
-    """The forwarding method a real entry's flags name."""
-    return Forwarding.MASQ if flags & abi.REAL_FWD_MASQ else Forwarding.ROUTE
-
-
-def set_forwarding(entry: abi.RealEntry, forwarding: Forwarding) -> bool:
-    """Give an entry the flag of `forwarding`; True when that changed it."""
-    flags = (entry.flags & ~FORWARDING_FLAGS) | forwarding_flag(forwarding)
-    changed = flags != entry.flags
-    entry.flags = flags
-    return changed
 
 
 def svc_value(svc: Service, index: int) -> abi.Svc:

@@ -10,8 +10,9 @@ compared without case, as keepalived does. Reading is linear in the input's size
 is held in memory at a time.
 
 Carried over: lb_algo/lvs_sched, the scheduler flags (flag-1..3, sh-port, sh-fallback, mh-port, mh-fallback),
-lb_kind/lvs_method DR and NAT (IPv4; per virtual_server and per real_server; absent: NAT, keepalived's default),
-protocol, persistence_timeout, persistence_granularity, weight, inhibit_on_failure,
+lb_kind/lvs_method DR, NAT (IPv4; absent: NAT, keepalived's default) and TUN (keepalived 2.2's `type ipip|gue|gre`,
+`port N`, `nocsum|csum|remcsum`; per virtual_server and per real_server), protocol, persistence_timeout,
+persistence_granularity, weight, inhibit_on_failure,
 sorry_server, quorum, hysteresis, alpha, virtualhost, delay_loop, connect_timeout, retry/nb_get_retry,
 delay_before_retry, connect_port, TCP_CHECK, HTTP_GET and SSL_GET (url path, status_code, digest, virtualhost,
 regex) and MISC_CHECK (misc_path as argv, misc_timeout, default delay_loop as keepalived's). Every other option
@@ -316,7 +317,8 @@ class _Converter:
         timing: dict[str, Block] = {}
         default_host: str | None = None
         method_seen = False
-        forward = "nat" if family == 4 else "dr"  # keepalived's default is NAT; pyvs's NAT is IPv4 only
+        if family == 4:
+            service["forwarding"] = "nat"  # keepalived's default; pyvs's NAT is IPv4 only
         where: dict[str, Block] = {}  # setting -> the statement it comes from
         sorry: Block | None = None
         for child in vs.children:
@@ -328,10 +330,14 @@ class _Converter:
                 method_seen = True
                 method = self.method(child, family)
                 if method is None:
-                    self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing and NAT (IPv4); "
-                                     f"virtual_server {vip} {port} skipped")
+                    self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing, and by NAT and tunnelling "
+                                     f"to IPv4 reals; virtual_server {vip} {port} skipped")
                     return None
-                forward = method
+                service.pop("tunnel", None)
+                if method["forwarding"] == "dr":
+                    service.pop("forwarding", None)
+                else:
+                    service.update(method)
             elif key == "protocol":
                 proto = self.arg(child).upper()  # keepalived compares without case (strcasecmp)
                 if proto in ("TCP", "UDP"):
@@ -378,8 +384,6 @@ class _Converter:
         if not method_seen and family == 6:
             self.warn(vs, f"{vip} {port} has no lb_kind (keepalived's default is NAT, IPv4 only in pyvs); "
                           "converted as DR")
-        if forward == "nat":
-            service["forward"] = "nat"
         if "persistence_granularity" in service and "persistence_timeout" not in service:
             self.warn(vs, "persistence_granularity without persistence_timeout has no effect; not carried over")
             del service["persistence_granularity"]
@@ -402,7 +406,8 @@ class _Converter:
         reals: list[dict[str, Any]] = []
         seen: dict[str, Block] = {}
         for rs in vs.all("real_server"):
-            real = self.real(rs, port, timing, default_host, family, forward)
+            real = self.real(rs, port, timing, default_host, family,
+                             {k: service[k] for k in ("forwarding", "tunnel") if k in service})
             if real is None:
                 continue
             if (other := seen.get(real["address"])) is not None:
@@ -446,13 +451,49 @@ class _Converter:
                              "reals are (direct routing)")
         service["sorry_server"] = sorry_ip
 
-    def method(self, block: Block, family: int) -> str | None:
-        """lb_kind/lvs_method's forward value: DR, or NAT for IPv4; None: not supported (TUN, NAT for IPv6)."""
-        kind = self.arg(block).upper()
-        return {"DR": "dr", "NAT": "nat" if family == 4 else None}.get(kind)
+    def method(self, block: Block, family: int) -> dict[str, Any] | None:
+        """lb_kind/lvs_method: dr for DR, nat for NAT, forwarding and tunnel for TUN (keepalived's
+        svr_forwarding_handler: `type`, `port`, the checksum word; its messages), None for what pyvs cannot do (NAT and
+        TUN to IPv6)."""
+        kind = self.arg(block)
+        if kind == "DR":
+            return {"forwarding": "dr"}
+        if kind not in ("TUN", "NAT"):
+            self.fail(block, f"unknown [{kind[:40]}] routing method")
+        if family != 4:
+            return None
+        if kind == "NAT":
+            return {"forwarding": "nat"}
+        tunnel: dict[str, Any] = {"type": "ipip"}
+        words = block.args[1:]
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if word in ("type", "port"):
+                if i + 1 == len(words):
+                    self.fail(block, "Missing tunnel type" if word == "type" else "Missing port for gue tunnel")
+                value = words[i + 1]
+                if word == "type" and value not in ("ipip", "gue", "gre"):
+                    self.fail(block, f"Unknown tunnel type {value[:40]}")
+                if word == "port" and (not value.isdigit() or not 1 <= int(value) <= 65535):
+                    self.fail(block, f"Invalid gue tunnel port {value[:40]}")
+                tunnel[word] = value if word == "type" else int(value)
+                i += 2
+            elif word in ("nocsum", "csum", "remcsum"):
+                tunnel["csum"] = word
+                i += 1
+            else:
+                self.fail(block, f"Invalid tunnel option {word[:40]}")
+        if (tunnel["type"] == "gue") != ("port" in tunnel):
+            self.fail(block, "gue tunnels require port, otherwise cannot have port.")
+        if tunnel["type"] == "ipip" and tunnel.get("csum", "nocsum") != "nocsum":
+            self.fail(block, "ipip tunnels do not support checksum option.")
+        if tunnel["type"] == "gre" and tunnel.get("csum") == "remcsum":
+            self.fail(block, "gre tunnels do not support remote checksum option.")
+        return {"forwarding": "tun", "tunnel": tunnel}
 
     def real(self, rs: Block, port: int, vs_timing: dict[str, Block], host: str | None,
-             family: int, forward: str) -> dict[str, Any] | None:
+             family: int, method: dict[str, Any] | None = None) -> dict[str, Any] | None:
         try:
             address = parse_address(self.arg(rs))
         except ModelError as exc:
@@ -464,27 +505,23 @@ class _Converter:
             return None
         rip = str(address)
         own = next((c for c in rs.children if c.keyword in ("lb_kind", "lvs_method")), None)
-        if own is not None:
-            method = self.method(own, family)
-            if method is None:
-                self.warn(own, f"{' '.join(own.args)}: pyvs forwards by direct routing and NAT (IPv4); real skipped")
-                return None
-            forward_here = method
-        else:
-            forward_here = forward
+        here = self.method(own, family) if own is not None else (method or {"forwarding": "dr"})
+        if here is None and own is not None:
+            self.warn(own, f"{' '.join(own.args)}: pyvs forwards by direct routing, and by NAT and tunnelling to "
+                           "IPv4 reals; real skipped")
+            return None
+        nat = (here or {}).get("forwarding") == "nat"
         real_port = self.integer(rs, 0, 65535, rs.args[1]) if len(rs.args) > 1 else port
-        if real_port != port and forward_here == "dr":
+        if real_port != port and not nat:
             self.warn(rs, f"{rip} port {real_port} differs from the service port {port}: direct routing cannot "
                           "change the port; real skipped")
             return None
-        if forward_here == "nat" and port == 0 and real_port != 0:
+        if nat and port == 0 and real_port != 0:
             self.warn(rs, f"{rip} port {real_port}: a service of every port keeps the client's port; real skipped")
             return None
         real: dict[str, Any] = {"address": rip, "weight": 1}
         if real_port != port:
             real["port"] = real_port
-        if forward_here != forward:
-            real["forward"] = forward_here
         timing = dict(vs_timing)
         checkers = []
         for child in rs.children:
@@ -492,12 +529,19 @@ class _Converter:
                 real["weight"] = self.integer(child, 0, MAX_WEIGHT)
             elif child.keyword == "inhibit_on_failure":
                 real["inhibit_on_failure"] = self.boolean(child)
+            elif child.keyword in ("lb_kind", "lvs_method"):
+                kind = self.method(child, family)
+                if kind is None:
+                    return None  # (warned above)
+                inherited = method or {"forwarding": "dr"}
+                real.pop("forwarding", None)
+                real.pop("tunnel", None)
+                if kind != inherited:  # only what differs from the virtual_server's method
+                    real.update(kind)
             elif child.keyword in TIMING:
                 timing[child.keyword] = child
             elif child.keyword in CHECKERS:
                 checkers.append(child)
-            elif child.keyword in ("lb_kind", "lvs_method"):
-                continue  # read above
             elif child.keyword in UNSUPPORTED_CHECKERS:
                 self.warn(child, "this checker is not implemented by pyvs; not carried over")
             elif child.keyword in ("notify_up", "notify_down"):

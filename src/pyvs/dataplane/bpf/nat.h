@@ -329,23 +329,27 @@ static __noinline int nat_reply_fragment(struct xdp_md *ctx, struct packet *pkt)
 /* An ICMP error to a VIP quoting a NAT connection's reply (VIP:vport -> client, as the client side saw it): the
  * director gives it to the real as the real's own packet would have been quoted, RIP:rport -> client; the outer
  * destination becomes the real. The quoted L4 checksum is left as it is (IPVS's ip_vs_nat_icmp does the same). */
-struct nat_icmp {
-	struct iphdr *outer;
-	struct icmp_hdr *icmp;
-	struct iphdr *inner;
-	__u16 *ports; /* the quoted packet's ports (its 8 bytes of L4 are in the frame) */
-};
-
-static __always_inline void nat_icmp_to_real(struct nat_icmp *q, const struct pyvs_real *real, void *data_end)
+/* `l3_off`: where the error's IPv4 header starts in the frame (icmp_to_vip checked what follows; checked again here,
+ * a function of its own so that icmp_to_vip's stack stays small: a tunnel real's transmit runs under it too). */
+static __noinline void nat_icmp_to_real(struct xdp_md *ctx, __u32 l3_off, const struct pyvs_real *real)
 {
-	struct iphdr *outer = q->outer, *inner = q->inner;
-	struct icmp_hdr *icmp = q->icmp;
-	__u16 *ports = q->ports;
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *outer, *inner;
+	struct icmp_hdr *icmp;
+	__u16 *ports, old_check, vport;
 	__u32 vip;
-	__u16 old_check, vport;
 
-	if ((void *)(outer + 1) > data_end || (void *)(icmp + 1) > data_end || (void *)(inner + 1) > data_end ||
-	    (void *)(ports + 2) > data_end)
+	if (l3_off > 64)
+		return; /* Ethernet and two VLAN tags at most */
+	outer = data + l3_off;
+	if ((void *)(outer + 1) > data_end)
+		return;
+	icmp = (void *)outer + ((outer->ihl * 4) & 0x3c);
+	inner = (void *)(icmp + 1);
+	if ((void *)(inner + 1) > data_end)
+		return;
+	ports = (void *)inner + ((inner->ihl * 4) & 0x3c);
+	if ((void *)(ports + 2) > data_end)
 		return;
 	vip = inner->saddr;
 	outer->check = csum_replace4(outer->check, outer->daddr, real->rip);

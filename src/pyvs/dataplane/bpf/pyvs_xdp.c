@@ -22,6 +22,7 @@
 #include "parse.h"
 #include "conn_state.h"
 #include "schedule.h"
+#include "sync.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define PYVS_CLOCK_TICK_NS 2500000ULL /* 2.5 ms: the clock (the coarse clock itself moves in 4 ms jiffies) and a sweep step */
@@ -277,7 +278,8 @@ static __always_inline void new_entry(struct pyvs_conn *entry, __u32 real_id, co
 /* The persistence template of a new connection (its key `tkey` in `shard`): its real while the template lives,
  * else a new pick. */
 static __always_inline __u32 *template_pick(const struct pyvs_svc *svc, const struct packet *pkt, void *shard,
-					    void *tkey, const struct pyvs_config *cfg, __u64 now, __u32 *template_real)
+					    void *tkey, const struct pyvs_config *cfg, __u64 now, __u32 *template_real,
+					    const int v6)
 {
 	struct pyvs_conn *tmpl, fresh = {};
 	struct pyvs_real *real;
@@ -309,8 +311,10 @@ static __always_inline __u32 *template_pick(const struct pyvs_svc *svc, const st
 	fresh.flags = PYVS_CONN_F_TEMPLATE;
 	if (tmpl && bpf_map_delete_elem(shard, tkey) == 0)
 		count(PYVS_CNT_CONN_DELETED);
-	if (bpf_map_update_elem(shard, tkey, &fresh, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(shard, tkey, &fresh, BPF_NOEXIST) == 0) {
 		count(PYVS_CNT_CONN_INSERTED);
+		sync_conn(cfg, tkey, &fresh, v6);
+	}
 	return slot;
 }
 
@@ -357,12 +361,12 @@ static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const 
 			return NULL;
 		*tkey = (struct pyvs_conn6_key){};
 		template_key6(tkey, svc, ckey, vport);
-		return template_pick(svc, pkt, conn_shard6(tkey, cfg), tkey, cfg, now, template_real);
+		return template_pick(svc, pkt, conn_shard6(tkey, cfg), tkey, cfg, now, template_real, 1);
 	} else {
 		struct pyvs_conn_key tkey = {};
 
 		template_key(&tkey, svc, pkt->saddr, pkt->daddr, vport, pkt->proto);
-		return template_pick(svc, pkt, conn_shard(&tkey, cfg), &tkey, cfg, now, template_real);
+		return template_pick(svc, pkt, conn_shard(&tkey, cfg), &tkey, cfg, now, template_real, 0);
 	}
 }
 
@@ -624,7 +628,8 @@ int pyvs_start_sweeper(struct xdp_md *ctx)
 /* A TCP packet of a half-open entry: still the handshake (SYN again, RST), or the client's ACK (or FIN,
  * data) that moves it to the connection table. Returns the entry the packet now belongs to. */
 static __always_inline struct pyvs_conn *half_open_step(void *half_shard, void *main_shard, void *ckey,
-						       struct pyvs_conn *half, int event, __u64 now)
+						       struct pyvs_conn *half, int event, __u64 now,
+						       const struct pyvs_config *cfg, const int v6)
 {
 	__u8 state = tcp_next_state_for(half->state, event, half->flags);
 	struct pyvs_conn fresh;
@@ -645,6 +650,7 @@ static __always_inline struct pyvs_conn *half_open_step(void *half_shard, void *
 	if (rc == 0) {
 		count(PYVS_CNT_CONN_INSERTED);
 		count(PYVS_CNT_HALF_OPEN_PROMOTED);
+		sync_conn(cfg, ckey, &fresh, v6);
 		bpf_map_delete_elem(half_shard, ckey);
 		return bpf_map_lookup_elem(main_shard, ckey);
 	}
@@ -678,6 +684,8 @@ static __always_inline int has_mac(const struct pyvs_real *real)
 {
 	return real->dmac[0] | real->dmac[1] | real->dmac[2] | real->dmac[3] | real->dmac[4] | real->dmac[5];
 }
+
+#include "tunnel.h" /* tunnel_xmit: ipvsadm -i */
 
 /* walk_ext6 over the header `l3_off` bytes into the frame: a global function, so that the verifier checks the walk
  * once, not once more for every state it leaves the connection path in. */
@@ -745,7 +753,7 @@ static __always_inline enum parse_result parse_rest6(struct xdp_md *ctx, void *d
  * connection's real with only the MACs rewritten, counted in its service's and real's packets and bytes as
  * ip_vs_in_icmp counts them; the entry's state and last_seen are left alone. No usable entry: the kernel's. */
 static __always_inline int icmp_to_conn(struct xdp_md *ctx, struct ethhdr *eth, void *ckey, __u8 proto,
-					__u16 tot_len, struct nat_icmp *q, const int v6)
+					__u16 tot_len, __u32 nat_l3_off, const int v6)
 {
 	struct pyvs_conn *conn = NULL;
 	struct pyvs_config *cfg;
@@ -775,13 +783,18 @@ static __always_inline int icmp_to_conn(struct xdp_md *ctx, struct ethhdr *eth, 
 		return pass(PYVS_CNT_PASS_ICMP_NO_CONN);
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
-	if (!v6 && q && (conn->flags & PYVS_CONN_F_MASQ))
-		nat_icmp_to_real(q, real, (void *)(long)ctx->data_end);
-	__builtin_memcpy(eth->h_dest, real->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, real->smac, ETH_ALEN);
+	if (!v6 && (conn->flags & PYVS_CONN_F_MASQ))
+		nat_icmp_to_real(ctx, nat_l3_off, real);
 	account(conn->svc_index, tot_len, 0);
 	account(PYVS_MAX_SERVICES + real_id, tot_len, 0);
 	count(PYVS_CNT_ICMP_TO_REAL);
+	if (!v6 && (real->flags & PYVS_REAL_FWD_TUNNEL)) { /* ip_vs_icmp_xmit: a tunnel real's errors go through it */
+		int action = tunnel_xmit(ctx, real_id);
+
+		return action >= 0 ? action : drop(PYVS_CNT_DROP_TOO_BIG);
+	}
+	__builtin_memcpy(eth->h_dest, real->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, real->smac, ETH_ALEN);
 	return transmit(ctx, eth, real);
 }
 
@@ -796,9 +809,9 @@ static __noinline int icmp_to_vip(struct xdp_md *ctx, struct packet *pkt, void *
 {
 	struct iphdr *iph = pkt->iph, *inner;
 	struct pyvs_conn_key ckey = {};
-	struct nat_icmp q = {};
 	struct icmp_hdr *icmp;
 	__u32 ihl_len, inner_len, tot_len;
+	__u64 l3_off;
 	__u16 *ports;
 
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
@@ -832,11 +845,9 @@ static __noinline int icmp_to_vip(struct xdp_md *ctx, struct packet *pkt, void *
 	ckey.sport = ports[1];
 	ckey.dport = ports[0];
 	ckey.proto = inner->protocol;
-	q.outer = iph;
-	q.icmp = icmp;
-	q.inner = inner;
-	q.ports = ports;
-	return icmp_to_conn(ctx, pkt->eth, &ckey, ckey.proto, tot_len, &q, 0);
+	l3_off = (void *)iph - (void *)pkt->eth; /* pkt->eth is the frame's start */
+	asm volatile("" : "+r"(l3_off));
+	return icmp_to_conn(ctx, pkt->eth, &ckey, ckey.proto, tot_len, l3_off, 0);
 }
 
 /* ICMPv6 to a VIP, as ICMP (ip_vs_in_icmp_v6): an error (destination unreachable, packet too big, time exceeded,
@@ -905,7 +916,7 @@ __noinline int pyvs_icmp6(struct xdp_md *ctx)
 	ckey.sport = ports[1];
 	ckey.dport = ports[0];
 	ckey.proto = w.next;
-	return icmp_to_conn(ctx, p->base.eth, &ckey, ckey.proto, p->base.tot_len, NULL, 1);
+	return icmp_to_conn(ctx, p->base.eth, &ckey, ckey.proto, p->base.tot_len, 0, 1);
 }
 
 /* A fragment to a VIP (Cilium's way): the first one carries the ports, which are recorded under (source,
@@ -1019,7 +1030,7 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 			half = NULL;
 		}
 		if (half) {
-			conn = half_open_step(half_shard, main_shard, ckey, half, event, now);
+			conn = half_open_step(half_shard, main_shard, ckey, half, event, now, cfg, v6);
 			if (!v6 && conn && conn != half && (conn->flags & PYVS_CONN_F_MASQ))
 				nat_promote(ckey, conn); /* its reply entry follows it */
 		}
@@ -1040,6 +1051,7 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 			if (state != conn->state) {
 				conn->state = state;
 				recount(conn, conn_class(state));
+				sync_conn(cfg, ckey, conn, v6);
 			}
 		}
 		if (conn->last_seen != now)
@@ -1084,6 +1096,8 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 			count(table == main_shard ? PYVS_CNT_CONN_INSERTED : PYVS_CNT_HALF_OPEN_NEW);
 			count(PYVS_CNT_CONN_NEW);
 			new_conn = 1;
+			if (table == main_shard)
+				sync_conn(cfg, ckey, &fresh, v6);
 		} else {
 			/* Another CPU inserted the flow first: follow its entry; else the table refused it. */
 			conn = bpf_map_lookup_elem(table, ckey);
@@ -1103,10 +1117,15 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 		return drop(PYVS_CNT_DROP_NO_MAC);
 	if (!v6 && masq && nat_forward(ctx, pkt, ckey, real, new_conn ? (table == main_shard ? 1 : 2) : 0) < 0)
 		return drop(PYVS_CNT_DROP_MALFORMED);
-	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);
-	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
 	account(svc_index, pkt->tot_len, new_conn);
 	account(PYVS_MAX_SERVICES + real_id, pkt->tot_len, new_conn);
+	if (!v6 && (real->flags & PYVS_REAL_FWD_TUNNEL)) {
+		int action = tunnel_xmit(ctx, real_id);
+
+		return action >= 0 ? action : frag_needed(ctx, -action); /* a DF packet too big for the tunnel */
+	}
+	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);
+	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
 	return transmit(ctx, pkt->eth, real);
 }
 
