@@ -9,7 +9,7 @@ from typing import Any
 from pyvs import netns
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, print_actions, print_table
 from pyvs.lab import lab
-from pyvs.lab.topology import Topology, default_topology, ecmp_topology, tun_topology, vrrp_topology
+from pyvs.lab.topology import Topology, default_topology, ecmp_topology, nat_topology, tun_topology, vrrp_topology
 
 
 def _topology(args: argparse.Namespace) -> Topology:
@@ -20,11 +20,12 @@ def _topology(args: argparse.Namespace) -> Topology:
 
     option = "" if args.prefix == "pyvs" else f" --prefix {args.prefix}"
     if getattr(args, "vrrp", False) or vrrp.recorded(args.prefix):
+        method = getattr(args, "method", None) or (lab.recorded_method(default_topology(prefix=args.prefix))
+                                                   or ("dr",))[0]
         others = [name for name, given in (("--ipv6", getattr(args, "ipv6", False) or lab.recorded_ipv6(
             default_topology(prefix=args.prefix))), ("--directors", getattr(args, "directors", None) is not None
                                                       or recorded_directors(args.prefix)),
-            ("--method tun", getattr(args, "method", None) == "tun" or (lab.recorded_method(
-                default_topology(prefix=args.prefix)) or ("dr",))[0] == "tun")) if given]
+            (f"--method {method}", method != "dr")) if given]
         if others:
             running = "" if getattr(args, "vrrp", False) and not vrrp.recorded(args.prefix) else \
                 f" (lab {args.prefix} runs with --vrrp: `pyvs lab down{option}` first)"
@@ -52,6 +53,11 @@ def _topology(args: argparse.Namespace) -> Topology:
         if ipv6 or directors > 1:
             raise UsageError("--method tun is IPv4 with one director: not with --ipv6 or --directors")
         return tun_topology(prefix=args.prefix, tun_type=tun_type)
+    if method == "nat":
+        if ipv6 or directors > 1:
+            raise UsageError("--method nat goes with one director and IPv4 only (pyvs's NAT is IPv4): not with "
+                             "--ipv6 or --directors")
+        return nat_topology(prefix=args.prefix)
     if directors == 1:
         return default_topology(prefix=args.prefix, ipv6=ipv6) if ipv6 else topo
     return ecmp_topology(prefix=args.prefix, directors=directors,

@@ -88,6 +88,7 @@ from pyvs.model import (
     parse_netmask_for,
     sched_flag_bits,
     sched_flag_names,
+    validate_real,
     validate_scheduler,
     validate_service,
     validate_tunnel,
@@ -345,7 +346,7 @@ SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persist
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
                 "inhibit_on_failure", "check", "real", "forwarding", "tunnel")
 REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check", "forwarding", "tunnel")
-FORWARDING = {"dr": Forwarding.ROUTE, "tun": Forwarding.TUNNEL}
+FORWARDING = {"dr": Forwarding.ROUTE, "nat": Forwarding.MASQ, "tun": Forwarding.TUNNEL}
 TUNNEL_KEYS = ("type", "port", "csum")
 VRRP_KEYS = ("instance", "announce_count")
 BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "local_address6", "router_id", "next_hop",
@@ -557,11 +558,11 @@ def _family_error(what: str, address: IPAddress, key: ServiceKey) -> str:
 
 
 def _method(reader: _Reader, default: tuple[Forwarding, Tunnel | None]) -> tuple[Forwarding, Tunnel | None]:
-    """`forwarding` ("dr" or "tun") and `tunnel` ({type, port, csum}) of a service or a real (a real's default: its
-    service's)."""
+    """`forwarding` ("dr", "nat" or "tun") and `tunnel` ({type, port, csum}) of a service or a real (a real's
+    default: its service's)."""
     def forwarding_of(value: Any) -> Forwarding:
         if str(value) not in FORWARDING:
-            raise ValueError(f"unknown forwarding method {value!r} (dr or tun)")
+            raise ValueError(f"unknown forwarding method {value!r} (dr, nat or tun)")
         return FORWARDING[str(value)]
 
     forwarding = reader.convert("forwarding", forwarding_of, default[0])
@@ -584,13 +585,18 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool,
     rip = reader.convert("address", lambda v: parse_address(str(v)), required=True)
     if rip.version != svc_key.family:
         reader.fail("address", f"'address': {_family_error('real server', rip, svc_key)}")
-    port = reader.integer("port", svc_key.port, 0, 65535)
-    if port != svc_key.port:
-        reader.fail("port", f"real port {port} differs from the service port {svc_key.port}: "
-                            "direct routing cannot change the port")
-    weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
-    real_check = _check(_sub(reader, "check", CHECK_KEYS, "check"), check) if "check" in reader.table else check
     forwarding, tunnel = _method(reader, method)
+    port = reader.integer("port", svc_key.port, 0, 65535)
+    if port != svc_key.port and forwarding is not Forwarding.MASQ:
+        reader.fail("port", f"real port {port} differs from the service port {svc_key.port}: "
+                            "direct routing cannot change the port (forwarding = \"nat\" can)")
+    weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
+    if forwarding is Forwarding.MASQ:
+        try:
+            validate_real(Service(svc_key), Real(rip, port, weight, forwarding))
+        except ModelError as exc:
+            reader.fail("forwarding" if "forwarding" in reader.table else "port", str(exc))
+    real_check = _check(_sub(reader, "check", CHECK_KEYS, "check"), check) if "check" in reader.table else check
     if forwarding is Forwarding.TUNNEL and rip.version != 4:
         reader.fail("forwarding", f"real server {rip}: pyvs tunnels to IPv4 real servers only")
     return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit), forwarding,
