@@ -111,6 +111,7 @@ Options:
                                       mh-fallback, mh-port, flag-1, flag-2, flag-3
   --real-server  -r server-address    server-address is host (and port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
+  --masquerading -m                   masquerading (NAT, IPv4): the real's port may differ
   --ipip         -i                   ipip encapsulation (tunneling)
   --tun-type      type                one of ipip|gue|gre,
                                       the default tunnel type is ipip.
@@ -149,8 +150,8 @@ pyvs's own options:
                                       (251 ... 131071); default: the smallest with 50 slots per real,
                                       at least 4093. -L and -S show it only when set.
 
-pyvs forwards by direct routing and tunnelling (IPv4 reals) and refuses, changing nothing,
-the ipvsadm options it does not implement: -m, -f -6 --sctp-service, --pe (no SIP parser: persistence
+pyvs forwards by direct routing, NAT (-m, IPv4) and tunnelling (IPv4 reals) and refuses, changing
+nothing, the ipvsadm options it does not implement: -f -6 --sctp-service, --pe (no SIP parser: persistence
 engines read the payload), --persistent-conn. The sync daemon is a background process per data plane
 (python -m pyvs.sync.daemon), speaking the kernel's sync protocol version 1.
 """

@@ -132,6 +132,8 @@ def real_from(slot: RealSlot) -> Real:
     real = Real(slot.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight,
                 u_threshold=slot.limits[0], l_threshold=slot.limits[1],
                 overloaded=bool(entry.flags & abi.REAL_OVERLOAD))
+    if entry.flags & abi.REAL_FWD_MASQ:
+        real.forwarding = Forwarding.MASQ
     if entry.flags & abi.REAL_FWD_TUNNEL:
         real.forwarding = Forwarding.TUNNEL
         raw = slot.tunnel or abi.Tunnel()

@@ -64,6 +64,7 @@ from pyvs.model import (
     Service,
     ServiceKey,
     Timeouts,
+    address_order,
 )
 
 log = logging.getLogger(__name__)
@@ -363,7 +364,8 @@ class Dataplane:
             digest.update(f"{svc.key.proto.label} {svc.key} {svc.scheduler} {','.join(svc.sched_flags)} "
                           f"{svc.persistent} {svc.netmask} {svc.mh_table_size}\n".encode())
             for real in svc.sorted_reals():
-                digest.update(f" {real} {real.weight} {real.last_weight}\n".encode())
+                method = "" if real.forwarding is Forwarding.ROUTE else f" {real.forwarding.option}"
+                digest.update(f" {real} {real.weight} {real.last_weight}{method}\n".encode())
             digest.update(" ".join(str(r and f"{r[0]}:{r[1]}") for r in self.read_table(svc.key)).encode() + b"\n")
         return digest.hexdigest()[:16]
 
@@ -478,6 +480,28 @@ class Dataplane:
         return {"expire_nodest_conn": bool(flags & abi.CFG_EXPIRE_NODEST_CONN),
                 "sloppy_tcp": bool(flags & abi.CFG_SLOPPY_TCP)}
 
+    def standby_vips(self) -> set[IPAddress]:
+        """The VIPs this data plane does not serve now (a VRRP backup's): their traffic goes to the kernel."""
+        return {vip for vip, value in self._vip_flags().items() if value & abi.VIP_F_STANDBY}
+
+    def set_standby(self, vips: Iterable[IPAddress], standby: bool) -> list[IPAddress]:
+        """Stop (standby) or start serving these VIPs of the rules; returns those that changed. A standby VIP is left
+        out of the pre-filter, so its packets are passed to the kernel as any other host's; its services,
+        connections and tables stay as they are (the fingerprint does not change). Exact unless a served VIP shares
+        its pre-filter slot (VIPs that fold alike: `vip ^ vip >> 16`, 65536 slots)."""
+        with self._writing():
+            flags = self._vip_flags()
+            changed = []
+            for vip in sorted(set(vips) & set(flags), key=address_order):
+                value = flags[vip] | abi.VIP_F_STANDBY if standby else flags[vip] & ~abi.VIP_F_STANDBY
+                if value != flags[vip]:
+                    flags[vip] = value
+                    libbpf.map_update(self._fds[family_map("vips", vip.version)], vip_key(vip), ctypes.c_uint32(value))
+                    changed.append(vip)
+            if changed:
+                self._write_filter(flags, flags)
+        return changed
+
     def set_pass_ticks(self, ticks: int) -> None:
         """Clock ticks (2.5 ms) per sweep pass: how often every entry is recounted (tests shorten it)."""
         if not 1 <= ticks <= 100_000:
@@ -501,9 +525,13 @@ class Dataplane:
     def _stats_at(self, index: int) -> Counters:
         values = (abi.CountersEntry * self._ncpus)()
         libbpf.map_lookup(self._fds["stats"], ctypes.c_uint32(index), values)
+        out = (abi.OutCountersEntry * self._ncpus)()
+        if "out_stats" in self._fds:  # (pins of a version before NAT, opened to migrate them, have none)
+            libbpf.map_lookup(self._fds["out_stats"], ctypes.c_uint32(index), out)
         return Counters(
             conns=sum(v.conns for v in values), inpkts=sum(v.packets for v in values),
-            inbytes=sum(v.bytes for v in values),
+            inbytes=sum(v.bytes for v in values), outpkts=sum(v.packets for v in out),
+            outbytes=sum(v.bytes for v in out),
         )
 
     def service_stats(self) -> dict[ServiceKey, Counters]:
@@ -662,6 +690,8 @@ class Dataplane:
     def _zero_stats(self, index: int) -> None:
         """Zero a service's or real's counters and its rates (ip_vs_zero_stats zeroes the estimator too)."""
         libbpf.map_update(self._fds["stats"], ctypes.c_uint32(index), (abi.CountersEntry * self._ncpus)())
+        if "out_stats" in self._fds:
+            libbpf.map_update(self._fds["out_stats"], ctypes.c_uint32(index), (abi.OutCountersEntry * self._ncpus)())
         fd = self._fds.get("estimators")
         if fd is not None:
             est = abi.Est()
@@ -738,6 +768,12 @@ class Dataplane:
                     set_bit(usage.reals, real.slot)
             plan = Plan(current, slots, rules, resolvers[0], usage, lambda slot: abi.RealEntry(), resolvers[1])
             self._carry_out(plan, rules, set(rules.services))
+            # A whole apply knows every real: the flag goes when the last NAT real has gone (a change of one
+            # service only ever sets it: telling would read every real).
+            masq = any(real.forwarding is Forwarding.MASQ for svc in rules.services.values()
+                       for real in svc.reals.values())
+            if bool(self._config().flags & abi.CFG_MASQ) != masq:
+                self._set_flag(abi.CFG_MASQ, masq)
 
     def apply_service(self, key: ServiceKey, service: Service | None) -> None:
         """Make one service as `service` says (None: delete it), touching no other service.
@@ -947,6 +983,9 @@ class Dataplane:
             return
         for slot, rip in plan.addresses6.items():  # the address first: an active entry always has one
             libbpf.map_update(self._fds["real_addrs6"], ctypes.c_uint32(slot), addr6(rip))
+        if any(plan.entries[slot].flags & abi.REAL_FWD_MASQ for slot in slots) and \
+                not self._config().flags & abi.CFG_MASQ:
+            self._set_flag(abi.CFG_MASQ, True)  # before the reals: their replies are looked for from the first packet
         for slot, tunnel in plan.tunnels.items():  # and a tunnel real's encapsulation
             libbpf.map_update(self._fds["tunnels"], ctypes.c_uint32(slot), tunnel)
         keys = (ctypes.c_uint32 * len(slots))(*slots)
@@ -982,24 +1021,41 @@ class Dataplane:
 
     def _vips(self) -> set[IPAddress]:
         """The VIPs in vips and vips6."""
-        found: set[IPAddress] = {be_to_ip(raw.value) for raw in libbpf.map_keys(self._fds["vips"], ctypes.c_uint32)}
-        found.update(addr6_ip(raw) for raw in libbpf.map_keys(self._fds["vips6"], abi.Addr6))
+        return set(self._vip_flags())
+
+    def _vip_flags(self) -> dict[IPAddress, int]:
+        """VIP -> its PYVS_VIP_F_* flags, both families."""
+        found: dict[IPAddress, int] = {}
+        for name, kind, decode in (("vips", ctypes.c_uint32, lambda raw: be_to_ip(raw.value)),
+                                   ("vips6", abi.Addr6, addr6_ip)):
+            for raw in libbpf.map_keys(self._fds[name], kind):
+                value = ctypes.c_uint32()
+                if libbpf.map_lookup(self._fds[name], raw, value):
+                    found[decode(raw)] = value.value
         return found
+
+    def _write_filter(self, flags: dict[IPAddress, int], old: Iterable[IPAddress]) -> None:
+        """The pre-filter: per slot, the VIPs there that are served (a standby VIP is not counted)."""
+        slots: dict[int, int] = {}
+        for vip, value in flags.items():
+            if not value & abi.VIP_F_STANDBY:
+                slot = vip_filter_slot(fold_be(vip))
+                slots[slot] = slots.get(slot, 0) + 1
+        for slot in {vip_filter_slot(fold_be(vip)) for vip in old} | set(slots):
+            libbpf.map_update(self._fds["vip_filter"], ctypes.c_uint32(slot), ctypes.c_uint32(slots.get(slot, 0)))
 
     def _write_vips(self, keys: Iterable[ServiceKey]) -> None:
         """The vips maps (flags per VIP, one map per family) and the pre-filter (VIPs per slot, both families) for
-        these services."""
+        these services. A VIP kept keeps its standby flag."""
+        before = self._vip_flags()
         flags: dict[IPAddress, int] = {}
         for key in keys:
-            flags[key.vip] = flags.get(key.vip, 0) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
-        old = self._vips()
+            kept = before.get(key.vip, 0) & abi.VIP_F_STANDBY
+            flags[key.vip] = flags.get(key.vip, kept) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
+        old = set(before)
         for vip, value in flags.items():
             libbpf.map_update(self._fds[family_map("vips", vip.version)], vip_key(vip), ctypes.c_uint32(value))
-        slots: dict[int, int] = {}
-        for vip in flags:
-            slots[vip_filter_slot(fold_be(vip))] = slots.get(vip_filter_slot(fold_be(vip)), 0) + 1
-        for slot in {vip_filter_slot(fold_be(vip)) for vip in old} | set(slots):
-            libbpf.map_update(self._fds["vip_filter"], ctypes.c_uint32(slot), ctypes.c_uint32(slots.get(slot, 0)))
+        self._write_filter(flags, old)
         for vip in old - set(flags):
             libbpf.map_delete(self._fds[family_map("vips", vip.version)], vip_key(vip))
         ipv6 = any(vip.version == 6 for vip in flags)

@@ -25,7 +25,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from pyvs import netns, realserver
 from pyvs.lab.state import child_env, load_state, save_state, state_dir
-from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology, ecmp_topology
+from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology, ecmp_topology, vrrp_topology
 from pyvs.links import link_index
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,8 @@ def _ensure_dnat(topo: Topology, actions: list[str]) -> None:
 
 
 def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
+    if topo.method == "nat":
+        return  # NAT reals hold no VIP: the director gives them their own address
     for node in topo.reals:
         nic = topo.ports(node.name)[0].ifname
         tunnel = topo.tun_type if topo.method == "tun" else None
@@ -232,7 +234,8 @@ def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
 def _server_argv(topo: Topology, node: Node) -> list[str]:
     return [
         sys.executable, "-m", WEBSERVER_MODULE, "--name", node.name, "--lab", topo.prefix,
-        "--port", str(topo.web_port), "--udp-port", str(topo.udp_echo_port), *(["--ipv6"] if topo.ipv6 else []),
+        "--port", str(topo.port_of(node.name)), "--udp-port", str(topo.port_of(node.name, topo.udp_echo_port)),
+        *(["--ipv6"] if topo.ipv6 else []),
     ]  # fmt: skip
 
 
@@ -289,7 +292,7 @@ def _ensure_server(topo: Topology, node: Node, actions: list[str]) -> None:
     state["servers"][node.name] = pid
     save_state(topo, state)  # recorded at once: down() must find it even if we crash
     for version in _versions(topo):
-        _wait_listening(node.netns, topo.address_of(node.name, version), topo.web_port, pid)
+        _wait_listening(node.netns, topo.address_of(node.name, version), topo.port_of(node.name), pid)
     actions.append(f"started web server in {node.netns} (pid {pid})")
 
 
@@ -393,6 +396,11 @@ def up(topo: Topology, keep_on_failure: bool = False, director: bool = True) -> 
 
             ecmp.record_directors(topo)
             actions.extend(ecmp.setup(topo))
+        elif director and topo.vrrp is not None:  # two directors, active/backup with keepalived (lab/vrrp.py)
+            from pyvs.lab import vrrp
+
+            vrrp.record(topo)
+            actions.extend(vrrp.setup(topo))
         elif module is not None:
             actions.extend(module.setup_director(topo))
     except (OSError, NetlinkError, netns.NetnsError, realserver.RealServerError, LabError) as exc:
@@ -408,10 +416,17 @@ def up(topo: Topology, keep_on_failure: bool = False, director: bool = True) -> 
 def down(topo: Topology) -> list[str]:
     """Remove the lab: director setup, server processes, namespaces, state. Never fails halfway."""
     actions: list[str] = []
-    from pyvs.lab import ecmp
+    from pyvs.lab import ecmp, vrrp
 
-    if topo.bgp is None and (count := ecmp.leftover_directors(topo.prefix)):  # brought up with --directors
+    if topo.bgp is None and topo.vrrp is None and vrrp.recorded(topo.prefix):  # brought up with --vrrp
+        topo = vrrp_topology(topo.prefix)
+    if topo.bgp is None and topo.vrrp is None and (count := ecmp.leftover_directors(topo.prefix)):  # --directors
         topo = ecmp_topology(topo.prefix, count, base=topo)
+    if topo.vrrp is not None:
+        try:
+            actions.extend(vrrp.teardown(topo))
+        except Exception as exc:  # noqa: BLE001 - teardown must go on
+            log.warning("lab: VRRP teardown failed: %s", exc)
     if topo.bgp is not None:
         try:
             actions.extend(ecmp.teardown(topo))
@@ -503,6 +518,10 @@ def status(topo: Topology, director: bool = True) -> dict[str, Any]:
         from pyvs.lab import ecmp
 
         problems += ecmp.problems(topo)
+    elif director and topo.vrrp is not None:
+        from pyvs.lab import vrrp
+
+        problems += vrrp.problems(topo)
     elif module is not None:
         problems += module.director_problems(topo)
     healthy = healthy and not problems
@@ -511,6 +530,11 @@ def status(topo: Topology, director: bool = True) -> dict[str, Any]:
         from pyvs.lab import ecmp
 
         report["processes"] = ecmp.processes(topo)
+    if topo.vrrp is not None:
+        from pyvs.lab import vrrp
+
+        report["processes"] = vrrp.processes(topo)
+        report["vip_holders"] = vrrp.holders(topo)
     return report
 
 
@@ -524,7 +548,8 @@ def _real_problems(topo: Topology) -> list[str]:
         try:
             with netns.in_netns(node.netns):
                 tunnel = topo.tun_type if topo.method == "tun" else None
-                wrong = [f.name for f in realserver.check(topo.vips, nic=nic, tunnel=tunnel) if not f.ok]
+                checks = [] if topo.method == "nat" else realserver.check(topo.vips, nic=nic, tunnel=tunnel)
+                wrong = [f.name for f in checks if not f.ok]
         except realserver.RealServerError as exc:
             wrong = [str(exc)]
         if wrong:
@@ -532,11 +557,11 @@ def _real_problems(topo: Topology) -> list[str]:
         if not netns.exists(topo.director.netns):
             continue
         for version in _versions(topo):
-            address = topo.address_of(node.name, version)
-            where = f"[{address}]:{topo.web_port}" if version == 6 else f"{address}:{topo.web_port}"
+            address, port = topo.address_of(node.name, version), topo.port_of(node.name)
+            where = f"[{address}]:{port}" if version == 6 else f"{address}:{port}"
             try:
                 with netns.in_netns(topo.director.netns):
-                    socket.create_connection((address, topo.web_port), timeout=1.0).close()
+                    socket.create_connection((address, port), timeout=1.0).close()
             except OSError as exc:
                 problems.append(f"{node.name} does not answer on {where}: {exc.strerror or exc}")
     return problems
