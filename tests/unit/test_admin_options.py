@@ -136,11 +136,6 @@ def test_refused_command_lines(argv: list[str], message: str) -> None:
             ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "--ipip"],
             "option '--ipip' (ipip) is not supported",
         ),
-        (["-A", "-f", "1"], "option '-f' (fwmark-service) is not supported"),
-        (
-            ["-A", "--sctp-service", "198.18.0.100:80"],
-            "option '--sctp-service' (sctp-service) is not supported",
-        ),
         (["-A", "-t", "198.18.0.100:80", "-o"], "option '-o' (ops) is not supported"),
         (["-A", "-t", "198.18.0.100:80", "--pe", "sip"], "option '--pe' (pe) is not supported"),
         (
@@ -158,7 +153,6 @@ def test_refused_command_lines(argv: list[str], message: str) -> None:
         (["-L", "--thresholds"], "option '--thresholds' (thresholds) is not supported"),
         (["-L", "--persistent-conn"], "option '--persistent-conn' (persistent-conn) is not supported"),
         (["-L", "--tun-info"], "option '--tun-info' (tun-info) is not supported"),
-        (["-A", "-f", "1", "-6"], "option '-f' (fwmark-service) is not supported"),
     ],
 )
 def test_unsupported_options_are_named(argv: list[str], named: str) -> None:

@@ -18,6 +18,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from pyvs.model import (
     DEFAULT_PERSISTENCE,
+    MAX_FWMARK,
     MAX_WEIGHT,
     MH_TABLE_SIZES,
     IPAddress,
@@ -26,6 +27,7 @@ from pyvs.model import (
     Protocol,
     ServiceKey,
     Timeouts,
+    fwmark_key,
     parse_address,
     parse_ipv4,
     parse_netmask_for,
@@ -186,9 +188,9 @@ _SPECS = (
     _Spec(None, "mcast-ttl", True, unsupported=_NO_DAEMON),
     _Spec(None, "sync-maxlen", True, unsupported=_NO_DAEMON),
     _Spec(None, "syncid", True, unsupported=_NO_DAEMON),
-    _Spec(None, "sctp-service", True, unsupported="pyvs balances TCP and UDP services only"),
-    _Spec("f", "fwmark-service", True, unsupported="pyvs has no firewall-mark services"),
-    _Spec("6", "ipv6", False, unsupported="-6 is for firewall-mark services, which pyvs does not have"),
+    _Spec(None, "sctp-service", True),
+    _Spec("f", "fwmark-service", True),
+    _Spec("6", "ipv6", False),
     _Spec("m", "masquerading", False, unsupported=_DR_ONLY),
     _Spec("i", "ipip", False, unsupported=_DR_ONLY),
     _Spec(None, "tun-type", True, unsupported=_DR_ONLY),
@@ -215,6 +217,8 @@ _BY_LONG = {spec.long: spec for spec in _SPECS}
 _OPTION_OF = {
     "tcp-service": "service-address",
     "udp-service": "service-address",
+    "sctp-service": "service-address",
+    "fwmark-service": "service-address",
     "real-server": "real-server",
     "gatewaying": "forwarding-method",
 }
@@ -358,6 +362,14 @@ def _mh_table_size(text: str) -> int:
     return value
 
 
+def _fwmark(text: str) -> int:
+    """ipvsadm's parse_fwmark: a decimal integer from 1 to UINT_MAX."""
+    value = _number(text)
+    if value is None or not 0 < value <= MAX_FWMARK:
+        raise UsageError(f"invalid fwmark value `{text}' specified")
+    return value
+
+
 def _timeout(text: str) -> int:
     value = _number(text)
     if value is None or not 0 <= value <= MAX_TIMEOUT:
@@ -392,6 +404,8 @@ def parse_args(argv: Sequence[str]) -> Command:
     positionals: list[str] = []
     values: dict[str, str] = {}
     proto = Protocol.TCP
+    fwmark: int | None = None
+    family = 4
     for written, spec, value in _tokens(argv):
         if spec is None:
             positionals.append(written)
@@ -403,6 +417,11 @@ def parse_args(argv: Sequence[str]) -> Command:
             continue
         if spec.long == "sort":
             continue  # the default; a no-op kept for compatibility, as in ipvsadm
+        if spec.long == "ipv6":
+            if fwmark is None:
+                raise UsageError("-6 used before -f")
+            family = 6
+            continue
         name = _OPTION_OF.get(spec.long, spec.long)
         if name in given:
             raise UsageError(f"multiple '{name}' options specified")
@@ -411,6 +430,10 @@ def parse_args(argv: Sequence[str]) -> Command:
             values[name] = value
         if spec.long == "udp-service":
             proto = Protocol.UDP
+        elif spec.long == "sctp-service":
+            proto = Protocol.SCTP
+        elif spec.long == "fwmark-service" and value is not None:
+            fwmark = _fwmark(value)
     if action is None:
         raise UsageError("no command specified", show_help=True)
     if action in (Action.HELP, Action.VERSION):
@@ -426,14 +449,17 @@ def parse_args(argv: Sequence[str]) -> Command:
         raise UsageError(f"unexpected argument {positionals[0]}")
 
     service = None
-    if "service-address" in values:
+    if fwmark is not None:
+        service = fwmark_key(fwmark, family)
+    elif "service-address" in values:
         vip, vport = _address(values["service-address"], proto, "virtual server")
         service = ServiceKey(proto, vip, vport or 0)
     real = None
     if "real-server" in values:
-        rip, _ = _address(values["real-server"], proto, "real server")
-        # Direct routing cannot change the port: ipvsadm sets the real port to the service port.
-        real = (rip, service.port if service else 0)
+        rip, rport = _address(values["real-server"], proto, "real server")
+        # Direct routing cannot change the port: ipvsadm sets the real port to the service port, except for a
+        # fwmark service, which has none (the real keeps the port given, 0 without one).
+        real = (rip, (rport or 0) if service and service.is_fwmark else service.port if service else 0)
     weight = _weight(values["weight"]) if "weight" in values else None
     persistent = None
     if "persistent" in given:
@@ -450,7 +476,8 @@ def parse_args(argv: Sequence[str]) -> Command:
     mh_table_size = _mh_table_size(values["mh-table-size"]) if "mh-table-size" in values else None
 
     _check_legality(action, given)
-    if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0 and persistent is None:
+    if (action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0
+            and not service.is_fwmark and persistent is None):
         raise UsageError("Zero port specified for non-persistent service")
     if action is Action.LIST and given & {"connection", "timeout"} and "stats" in given:
         raise UsageError("options conflicts in the list command")
