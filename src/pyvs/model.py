@@ -197,6 +197,7 @@ class Connection:
     state: str  # IPVS state name: ESTABLISHED, SYN_RECV, FIN_WAIT, CLOSE, TIME_WAIT, UDP, ...
     expires: float  # seconds left
     template: bool = False  # a persistence template (client masked, port 0)
+    svc_index: int = -1  # the data plane's service slot (a fwmark connection's service is not its VIP:port)
 
 
 @dataclass

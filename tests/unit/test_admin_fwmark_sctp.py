@@ -89,8 +89,11 @@ def test_list_prints_fwm_and_sctp_as_ipvsadm() -> None:
 
 def test_list_one_fwmark_service() -> None:
     out = format_list(Listing(fwmark_rules()), service=parse_args(["-L", "-f", "2"]).service)
-    assert out.splitlines()[2:] == ["FWM  2 rr", "  -> 198.18.1.11:0                Route   1      0          0         ",
-                                    "  -> 198.18.1.12:0                Route   2      0          0         "]
+    assert out.splitlines()[2:] == [
+        "FWM  2 rr",
+        "  -> 198.18.1.11:0                Route   1      0          0         ",
+        "  -> 198.18.1.12:0                Route   2      0          0         ",
+    ]
 
 
 def test_save_writes_f_and_sctp_and_restore_reads_them_back() -> None:

@@ -17,6 +17,7 @@ MAP_NAMES = (
     "scratch6", "calls",
 )
 PROGRAM_NAME = "pyvs_xdp"
+FWMARK_PROGRAM = "pyvs_fwm"  # tc egress: packets of firewall-mark services (bpf/fwmark.h)
 IPV6_PROGRAM = "pyvs_xdp6"  # tail-called by pyvs_xdp for IPv6 frames, through the pinned program array `calls`
 PYVS_PROGRAMS = (PROGRAM_NAME, "pyvs_pass")  # the kernel keeps the first 15 characters of a program's name
 

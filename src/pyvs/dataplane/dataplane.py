@@ -24,7 +24,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pyvs.dataplane import abi, libbpf
-from pyvs.dataplane.base import PROGRAM_NAME, PYVS_PROGRAMS, DataplaneError, Resolver, install_calls, start_sweeper
+from pyvs.dataplane.base import (
+    FWMARK_PROGRAM,
+    PROGRAM_NAME,
+    PYVS_PROGRAMS,
+    DataplaneError,
+    Resolver,
+    install_calls,
+    start_sweeper,
+)
 from pyvs.dataplane.build import object_path
 from pyvs.dataplane.codec import (
     RealSlot,
@@ -200,6 +208,10 @@ class Dataplane:
     def test_run(self, frame: bytes, repeat: int = 1) -> libbpf.TestRunResult:
         """Run the XDP program on one frame (BPF_PROG_TEST_RUN) against the live maps."""
         return libbpf.prog_test_run(self.program_fd(), frame, repeat)
+
+    def test_run_fwm(self, frame: bytes, mark: int) -> libbpf.TestRunResult:
+        """Run the fwmark program (pyvs_fwm, tc egress) on one frame carrying netfilter mark `mark`."""
+        return libbpf.prog_test_run_skb(self.program().prog_fd(FWMARK_PROGRAM), frame, mark)
 
     def _check_shards(self) -> None:
         """The connection tables' shards hold this version's keys and values (they are made by Python, not the
@@ -550,17 +562,18 @@ class Dataplane:
             result.append(Connection(
                 Protocol(key.proto), client, socket.ntohs(key.sport), vip, socket.ntohs(key.dport), real.rip,
                 socket.ntohs(real.entry.port), abi.STATE_NAMES.get(value.state, "ERR!"), left,
-                template=bool(value.flags & abi.CONN_F_TEMPLATE),
+                template=bool(value.flags & abi.CONN_F_TEMPLATE), svc_index=value.svc_index,
             ))
         return result
 
     def conn_counts(self) -> dict[tuple[ServiceKey, RealKey], tuple[int, int]]:
         """(ActiveConn, InActConn) per real, from the live connection entries."""
         counts: dict[tuple[ServiceKey, RealKey], tuple[int, int]] = {}
+        by_index, _ = self._owners()
         for conn in self.connections():
             if conn.template:
                 continue
-            key = (ServiceKey(conn.proto, conn.vip, conn.vport), (conn.rip, conn.rport))
+            key = (by_index.get(conn.svc_index, ServiceKey(conn.proto, conn.vip, conn.vport)), (conn.rip, conn.rport))
             active, inactive = counts.get(key, (0, 0))
             if conn.proto is Protocol.TCP and abi.STATES.get(conn.state) in abi.ACTIVE_STATES:
                 active += 1
@@ -919,6 +932,8 @@ class Dataplane:
         these services."""
         flags: dict[IPAddress, int] = {}
         for key in keys:
+            if key.is_fwmark:
+                continue  # a fwmark service has no VIP: its packets come marked, to any address
             flags[key.vip] = flags.get(key.vip, 0) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
         old = self._vips()
         for vip, value in flags.items():

@@ -384,6 +384,23 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ingress_ifindex: i
     return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
 
 
+SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
+SKB_MARK_OFFSET = 8  # __sk_buff.mark
+
+
+def prog_test_run_skb(prog_fd: int, data: bytes, mark: int = 0) -> TestRunResult:
+    """Run a tc program on one frame with BPF_PROG_TEST_RUN, the skb's mark set (on the loopback device)."""
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(len(data) + 512)
+    ctx = ctypes.create_string_buffer(SKB_CTX_SIZE)
+    ctypes.c_uint32.from_buffer(ctx, SKB_MARK_OFFSET).value = mark
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.cast(data_in, _vp), data_size_in=len(data),
+                       data_out=ctypes.cast(data_out, _vp), data_size_out=len(data_out),
+                       ctx_in=ctypes.cast(ctx, _vp), ctx_size_in=SKB_CTX_SIZE, repeat=1)
+    _check(_test_run(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN (tc)")
+    return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
+
+
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
 

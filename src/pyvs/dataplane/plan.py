@@ -29,10 +29,19 @@ from pyvs.dataplane.codec import (
 )
 from pyvs.dataplane.neighbours import NeighbourError
 from pyvs.mac import ZERO_MAC
-from pyvs.model import IPAddress, ModelError, Real, Rules, ServiceKey, sched_flag_bits, validate_service
+from pyvs.model import IPAddress, ModelError, Protocol, Real, Rules, ServiceKey, sched_flag_bits, validate_service
 from pyvs.schedulers import build_table
 
 log = logging.getLogger(__name__)
+
+
+def _not_forwarded_yet(key: ServiceKey) -> str | None:
+    """Why the program cannot forward a service's packets yet, or None."""
+    if key.proto is Protocol.SCTP:
+        return "SCTP services are not forwarded by the pyvs data plane yet (its SCTP state table is not built)"
+    if key.is_fwmark and key.family == 6:
+        return "IPv6 firewall-mark services are not forwarded by the pyvs data plane yet (IPv4 ones are)"
+    return None
 
 
 class Plan:
@@ -144,6 +153,9 @@ class Plan:
                 validate_service(svc)
             except ModelError as exc:
                 raise DataplaneError(str(exc)) from None
+            unsupported = _not_forwarded_yet(key)
+            if unsupported:
+                raise DataplaneError(f"service {key}: {unsupported}")
             if len(svc.reals) > abi.MAX_REALS_PER_SERVICE:
                 raise DataplaneError(f"service {svc.key}: {len(svc.reals)} real servers, more than "
                                      f"{abi.MAX_REALS_PER_SERVICE} in one service")

@@ -45,6 +45,7 @@
 #define PYVS_SVC_F_SCHED3 4
 #define PYVS_SVC_F_PERSISTENT 8
 #define PYVS_SVC_F_NO_WEIGHT 16 /* no real has a weight: no new connection, and no table walk to learn it */
+#define PYVS_SVC_F_FWMARK 64 /* a firewall-mark service: its key in services is (mark, port 0, protocol 0) */
 
 /* Real flags. */
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
@@ -114,7 +115,9 @@
 #define PYVS_CNT_PASS_VLAN_DEPTH 29 /* frames with more than two VLAN tags: passed to the kernel unparsed */
 #define PYVS_CNT_PASS_ND 30        /* ICMPv6 neighbour discovery to a VIP (NS, NA, RS, RA, redirect): the kernel's */
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
-#define PYVS_CNT_COUNT 32
+#define PYVS_CNT_FWM_SEEN 56       /* packets with a fwmark service's mark seen by pyvs_fwm (tc egress) */
+#define PYVS_CNT_DROP_FWM 57       /* marked packets pyvs_fwm cannot schedule (fragments, ICMP, other protocols) */
+#define PYVS_CNT_COUNT 58
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */

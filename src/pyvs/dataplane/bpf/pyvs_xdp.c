@@ -956,11 +956,13 @@ static __noinline int follow_fragment6(struct packet6 *p)
 	return -1;
 }
 
+#include "fwmark.h"
+
 /* The connection path of a TCP/UDP packet to a VIP, for either family: `ckey` is the packet's key in the family's
  * tables (a struct pyvs_conn_key, or pyvs_conn6_key when `v6`, a constant: each caller gets its own code), and
  * pkt->saddr/daddr what the schedulers hash (IPv6: the addresses' words xor-ed, as IPVS folds them). */
-static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg, struct packet *pkt, void *ckey,
-				     const int v6)
+static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct packet *pkt, void *ckey, const int v6,
+				     __u32 fwmark)
 {
 	struct pyvs_conn *conn, *half = NULL, fresh = {};
 	struct pyvs_sweep_stats *st;
@@ -1024,7 +1026,8 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 		if (conn->last_seen != now)
 			conn->last_seen = now;
 	} else {
-		svc = v6 ? find_service6(ckey, &vport) : find_service(pkt, &vport);
+		svc = fwmark ? find_fwmark_service(fwmark, pkt, &vport) : v6 ? find_service6(ckey, &vport)
+									 : find_service(pkt, &vport);
 		if (!svc)
 			return pass(PYVS_CNT_PASS);
 		/* IPVS's miss rules: only a SYN starts a TCP connection (any packet but RST with sloppy_tcp). */
@@ -1074,7 +1077,7 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
 	account(svc_index, pkt->tot_len, new_conn);
 	account(PYVS_MAX_SERVICES + real_id, pkt->tot_len, new_conn);
-	return transmit(ctx, pkt->eth, real);
+	return fwmark ? fwm_transmit(ctx, real) : transmit(ctx, pkt->eth, real);
 }
 
 /* An IPv6 frame: pyvs_xdp saw its EtherType and tail-called this program (PYVS_CALL_IPV6 in `calls`). Traffic that
@@ -1130,7 +1133,7 @@ int pyvs_xdp6(struct xdp_md *ctx)
 #ifdef PYVS_BENCH_NEW_FLOWS
 	p.key->saddr.w[3] ^= bpf_get_prandom_u32(); /* benchmarks only: every packet starts a new flow */
 #endif
-	return conn_path(ctx, cfg, &p.base, p.key, 1);
+	return conn_path(ctx, cfg, &p.base, p.key, 1, 0);
 }
 
 SEC("xdp")
@@ -1181,7 +1184,7 @@ int pyvs_xdp(struct xdp_md *ctx)
 	ckey.sport = pkt.sport;
 	ckey.dport = pkt.dport;
 	ckey.proto = pkt.proto;
-	return conn_path(ctx, cfg, &pkt, &ckey, 0);
+	return conn_path(ctx, cfg, &pkt, &ckey, 0, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";
