@@ -198,6 +198,7 @@ class Connection:
     expires: float  # seconds left
     template: bool = False  # a persistence template (client masked, port 0)
     svc_index: int = -1  # the data plane's service slot (a fwmark connection's service is not its VIP:port)
+    real_port: int = -1  # the real's port in its service (0 for a fwmark service's real without one); -1: rport
 
 
 @dataclass

@@ -58,6 +58,7 @@ def test_marked_syns_to_two_ports_are_balanced_by_one_service(dp: Dataplane) -> 
     assert dp.counters()["fwm_seen"] == 3 and dp.counters()["conn_new"] == 3
     conns = {(c.vip, c.vport): c for c in dp.connections()}
     assert conns[(IPv4Address(VIP_A), 443)].rip == RS2 and conns[(IPv4Address(VIP_A), 443)].state == "SYN_RECV"
+    assert conns[(IPv4Address(VIP_A), 443)].rport == 443  # a real of port 0 takes the packet's (IPVS)
     assert dp.conn_counts()[(FWM1, (RS2, 0))] == (1, 0)
 
 
