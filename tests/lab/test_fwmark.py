@@ -54,7 +54,8 @@ def chain(tmp_path: Path) -> Iterator[Path]:
         wire_chain(CLIENT, DIRECTOR, REAL, f"{PREFIX}fm", CLIENT_NET, REAL_NET,
                    lambda addr, dev: ["addr", "add", f"{addr}/24", "dev", dev])
         sh(DIRECTOR, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
-        for key in ("net.ipv4.ip_forward", "net.ipv4.conf.all.accept_local", f"net.ipv4.conf.{PREFIX}fmr0.accept_local"):
+        for key in ("net.ipv4.ip_forward", "net.ipv4.conf.all.accept_local",
+                    f"net.ipv4.conf.{PREFIX}fmr0.accept_local"):
             netns.write_sysctl(key, 1, DIRECTOR)
         for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{PREFIX}fmr0.rp_filter"):
             netns.write_sysctl(key, 0, DIRECTOR)
