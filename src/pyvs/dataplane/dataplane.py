@@ -572,7 +572,7 @@ class Dataplane:
             result.append(Connection(
                 Protocol(key.proto), client, socket.ntohs(key.sport), vip, socket.ntohs(key.dport), real.rip,
                 # a real of port 0 (a fwmark service's) takes the packet's port, as IPVS's ip_vs_schedule does
-                socket.ntohs(real.entry.port or key.dport), abi.STATE_NAMES.get(value.state, "ERR!"), left,
+                socket.ntohs(real.entry.port or key.dport), abi.STATE_LABELS.get(value.state, "ERR!"), left,
                 template=bool(value.flags & abi.CONN_F_TEMPLATE), svc_index=value.svc_index,
                 real_port=socket.ntohs(real.entry.port),
             ))
@@ -588,7 +588,7 @@ class Dataplane:
             svc = by_index.get(conn.svc_index, ServiceKey(conn.proto, conn.vip, conn.vport))
             key = (svc, (conn.rip, conn.real_port if conn.real_port >= 0 else conn.rport))
             active, inactive = counts.get(key, (0, 0))
-            if conn.proto is Protocol.TCP and abi.STATES.get(conn.state) in abi.ACTIVE_STATES:
+            if conn.proto is not Protocol.UDP and abi.STATES.get(conn.state) in abi.ACTIVE_STATES:
                 active += 1
             else:
                 inactive += 1

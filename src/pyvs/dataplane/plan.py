@@ -29,7 +29,7 @@ from pyvs.dataplane.codec import (
 )
 from pyvs.dataplane.neighbours import NeighbourError
 from pyvs.mac import ZERO_MAC
-from pyvs.model import IPAddress, ModelError, Protocol, Real, Rules, ServiceKey, sched_flag_bits, validate_service
+from pyvs.model import IPAddress, ModelError, Real, Rules, ServiceKey, sched_flag_bits, validate_service
 from pyvs.schedulers import build_table
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 def _not_forwarded_yet(key: ServiceKey) -> str | None:
     """Why the program cannot forward a service's packets yet, or None."""
-    if key.proto is Protocol.SCTP:
-        return "SCTP services are not forwarded by the pyvs data plane yet (its SCTP state table is not built)"
     if key.is_fwmark and key.family == 6:
         return "IPv6 firewall-mark services are not forwarded by the pyvs data plane yet (IPv4 ones are)"
     return None

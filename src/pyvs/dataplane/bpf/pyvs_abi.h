@@ -80,7 +80,22 @@
 #define PYVS_STATE_LISTEN 9
 #define PYVS_STATE_SYNACK 10
 #define PYVS_STATE_UDP 11
-#define PYVS_STATE_COUNT 12
+/* IPVS's SCTP states (ip_vs_proto_sctp.c, IP_VS_SCTP_S_*), in its order from 12 on. */
+#define PYVS_STATE_SCTP_NONE 12
+#define PYVS_STATE_SCTP_INIT1 13
+#define PYVS_STATE_SCTP_INIT 14
+#define PYVS_STATE_SCTP_COOKIE_SENT 15
+#define PYVS_STATE_SCTP_COOKIE_REPLIED 16
+#define PYVS_STATE_SCTP_COOKIE_WAIT 17
+#define PYVS_STATE_SCTP_COOKIE 18
+#define PYVS_STATE_SCTP_COOKIE_ECHOED 19
+#define PYVS_STATE_SCTP_ESTABLISHED 20
+#define PYVS_STATE_SCTP_SHUTDOWN_SENT 21
+#define PYVS_STATE_SCTP_SHUTDOWN_RECEIVED 22
+#define PYVS_STATE_SCTP_SHUTDOWN_ACK_SENT 23
+#define PYVS_STATE_SCTP_REJECTED 24
+#define PYVS_STATE_SCTP_CLOSED 25
+#define PYVS_STATE_COUNT 26
 
 /* Global counters (index into the counters map). */
 #define PYVS_CNT_RX 0              /* packets seen: not counted per packet, the sum of all the others */
@@ -117,7 +132,8 @@
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
 #define PYVS_CNT_FWM_SEEN 56       /* packets with a fwmark service's mark seen by pyvs_fwm (tc egress) */
 #define PYVS_CNT_DROP_FWM 57       /* marked packets pyvs_fwm cannot schedule (fragments, ICMP, other protocols) */
-#define PYVS_CNT_COUNT 58
+#define PYVS_CNT_PASS_MISS_SCTP 58 /* SCTP packet other than INIT (or ABORT) without a connection: the kernel's */
+#define PYVS_CNT_COUNT 59
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */

@@ -21,6 +21,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "conn_state.h"
+#include "sctp.h"
 #include "schedule.h"
 
 #define NSEC_PER_SEC 1000000000ULL
@@ -141,6 +142,8 @@ static __always_inline int expired(const struct pyvs_conn *conn, const struct py
 /* A SYN on a connection the client has closed starts a new one (IPVS's conn_reuse_mode). */
 static __always_inline int closed(const struct pyvs_conn *conn, int event)
 {
+	if (conn->state >= PYVS_STATE_SCTP_NONE)
+		return sctp_reopens(conn->state, event);
 	return event == EV_SYN && conn->state != PYVS_STATE_ESTABLISHED && conn->state != PYVS_STATE_SYN_RECV &&
 	       conn->state != PYVS_STATE_UDP;
 }
@@ -153,6 +156,7 @@ static __always_inline __u8 conn_class(__u8 state)
 	case PYVS_STATE_SYN_SENT:
 	case PYVS_STATE_SYN_RECV:
 	case PYVS_STATE_SYNACK:
+	case PYVS_STATE_SCTP_ESTABLISHED: /* IPVS counts an SCTP association active only when established */
 		return PYVS_COUNTED_ACTIVE;
 	default:
 		return PYVS_COUNTED_INACTIVE;
@@ -706,13 +710,17 @@ static __always_inline enum parse_result parse_rest6(struct xdp_md *ctx, void *d
 	p->l4_off = w.off;
 	if (result == PARSE_FRAGMENT)
 		return PARSE_FRAGMENT;
-	if (w.next != IPPROTO_TCP && w.next != IPPROTO_UDP)
+	if (!balanced(w.next))
 		return PARSE_OTHER_L4;
-	if (w.off > IP6_HEADERS_MAX ||
-	    w.off + (w.next == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) > w.limit)
+	if (w.off > IP6_HEADERS_MAX || w.off + l4_min_len(w.next) > w.limit)
 		return PARSE_TRUNCATED;
 	l4 = (void *)ip6h + ip6_bounded(w.off);
-	if (w.next == IPPROTO_TCP) {
+	if (w.next == IPPROTO_SCTP) {
+		if (parse_sctp(l4, data_end, &p->base) != PARSE_OK)
+			return PARSE_TRUNCATED;
+		p->key->sport = p->base.sport;
+		p->key->dport = p->base.dport;
+	} else if (w.next == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 
 		if ((void *)(th + 1) > data_end)
@@ -804,7 +812,7 @@ static __noinline int icmp_to_vip(struct xdp_md *ctx, struct packet *pkt, void *
 	inner = (void *)(icmp + 1);
 	if ((void *)(inner + 1) > data_end || inner->version != 4 || inner->ihl < 5)
 		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
-	if (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP)
+	if (!balanced(inner->protocol))
 		return pass(PYVS_CNT_PASS_ICMP); /* about the director's own ICMP, or a protocol pyvs does not balance */
 	if (inner->frag_off & bpf_htons(IP_OFFSET))
 		return pass(PYVS_CNT_PASS_ICMP_NO_CONN); /* a non-first fragment quotes no ports */
@@ -874,7 +882,7 @@ __noinline int pyvs_icmp6(struct xdp_md *ctx)
 	default:
 		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
 	}
-	if (w.next != IPPROTO_TCP && w.next != IPPROTO_UDP)
+	if (!balanced(w.next))
 		return pass(PYVS_CNT_PASS_ICMP);
 	if (w.off > IP6_HEADERS_MAX || w.off + 4 > w.limit)
 		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
@@ -978,6 +986,8 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 
 	if (pkt->proto == IPPROTO_TCP)
 		event = tcp_event(pkt->tcp_flags);
+	else if (pkt->proto == IPPROTO_SCTP)
+		event = sctp_miss_event(pkt->tcp_flags);
 	st = sweep_stats();
 	now = clock_now(st);
 	parity = st ? st->parity : 0;
@@ -1016,8 +1026,9 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 				count(PYVS_CNT_CONN_DELETED);
 			return drop(PYVS_CNT_DROP_REAL_GONE);
 		}
-		if (pkt->proto == IPPROTO_TCP && conn != half) {
-			state = tcp_next_state(conn->state, event);
+		if ((pkt->proto == IPPROTO_TCP && conn != half) || pkt->proto == IPPROTO_SCTP) {
+			state = pkt->proto == IPPROTO_SCTP ? sctp_next_state(conn->state, pkt->tcp_flags)
+							   : tcp_next_state(conn->state, event);
 			if (state != conn->state) {
 				conn->state = state;
 				recount(conn, conn_class(state));
@@ -1033,6 +1044,8 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 		/* IPVS's miss rules: only a SYN starts a TCP connection (any packet but RST with sloppy_tcp). */
 		if (event == EV_RST)
 			return pass(PYVS_CNT_PASS_MISS_RST);
+		if (pkt->proto == IPPROTO_SCTP && event != EV_SYN)
+			return pass(PYVS_CNT_PASS_MISS_SCTP);
 		if (pkt->proto == IPPROTO_TCP && event != EV_SYN && !(cfg->flags & PYVS_CFG_SLOPPY_TCP))
 			return pass(event == EV_FIN ? PYVS_CNT_PASS_MISS_FIN : PYVS_CNT_PASS_MISS_ACK);
 		if (svc->flags & PYVS_SVC_F_PERSISTENT)
@@ -1046,7 +1059,9 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 		if (!real || !(real->flags & PYVS_REAL_ACTIVE))
 			return drop(PYVS_CNT_DROP_NO_REAL);
 		svc_index = svc->index;
-		state = pkt->proto == IPPROTO_TCP ? tcp_next_state(PYVS_STATE_NONE, event) : PYVS_STATE_UDP;
+		state = pkt->proto == IPPROTO_TCP    ? tcp_next_state(PYVS_STATE_NONE, event)
+			: pkt->proto == IPPROTO_SCTP ? sctp_next_state(PYVS_STATE_SCTP_NONE, pkt->tcp_flags)
+						     : PYVS_STATE_UDP;
 		new_entry(&fresh, real_id, real, svc_index, state, parity, now);
 		if (svc->flags & PYVS_SVC_F_PERSISTENT)
 			fresh.flags = PYVS_CONN_F_PERSISTED;
