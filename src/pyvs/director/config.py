@@ -55,6 +55,7 @@ from pyvs.model import (
     DEFAULT_PERSISTENCE,
     HOST_MASK,
     HOST_PREFIX6,
+    MAX_FWMARK,
     MAX_WEIGHT,
     IPAddress,
     ModelError,
@@ -64,6 +65,7 @@ from pyvs.model import (
     Service,
     ServiceKey,
     endpoint_text,
+    fwmark_key,
     parse_address,
     parse_endpoint,
     parse_ipv4,
@@ -284,7 +286,7 @@ class _Reader:
 
 DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_timeout", "flush_on_failure", "user",
                  "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics", "page_token")
-SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
+SERVICE_KEYS = ("proto", "vip", "port", "fwmark", "ip_family", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
                 "inhibit_on_failure", "check", "real")
 REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
@@ -500,12 +502,37 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool)
     if rip.version != svc_key.family:
         reader.fail("address", f"'address': {_family_error('real server', rip, svc_key)}")
     port = reader.integer("port", svc_key.port, 0, 65535)
-    if port != svc_key.port:
+    if port != svc_key.port and not svc_key.is_fwmark:  # a fwmark service's reals keep their port (IPVS)
         reader.fail("port", f"real port {port} differs from the service port {svc_key.port}: "
                             "direct routing cannot change the port")
     weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
     real_check = _check(_sub(reader, "check", CHECK_KEYS, "check"), check) if "check" in reader.table else check
+    if svc_key.is_fwmark and not port and real_check.type in ("tcp", "http", "https") and real_check.port is None:
+        reader.fail("port", f"real {rip} of {svc_key} has no port for its {real_check.type} check: give the real a "
+                            "'port' or its check a 'port'")
     return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit))
+
+
+def _fwmark_key(reader: _Reader) -> ServiceKey:
+    """A firewall-mark service (`fwmark = N`, no vip, port or proto): its family is its reals' (IPv4 without any)."""
+    for name in ("vip", "port", "proto"):
+        if name in reader.table:
+            reader.fail(name, f"'{name}' and 'fwmark' exclude each other: a firewall-mark service takes every packet "
+                              "with its mark, whatever its address, port and protocol")
+    mark = reader.integer("fwmark", 1, 1, MAX_FWMARK)
+    family_name = reader.get("ip_family", str, None)
+    if family_name not in (None, "inet", "inet6"):
+        reader.fail("ip_family", f"'ip_family' is inet or inet6, not {family_name!r}")
+    families = {6 if family_name == "inet6" else 4} if family_name else set()
+    for item in reader.table.get("real", []):
+        try:
+            families.add(parse_address(str(item.get("address"))).version if isinstance(item, dict) else 4)
+        except ModelError:
+            continue  # reported with the real
+    if len(families) > 1:
+        reader.fail("real", f"the reals of fwmark {mark} are of both families (or not its 'ip_family'): a service is "
+                            "of one")
+    return fwmark_key(mark, families.pop() if families else 4)
 
 
 def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check_scripts: bool,
@@ -514,11 +541,18 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     reader = _Reader(path, lines, table, where, f"service #{index + 1}", SERVICE_KEYS)
     proto = reader.get("proto", str, "tcp").upper()
     if proto not in Protocol.__members__:
-        reader.fail("proto", f"unknown protocol '{proto.lower()}' (tcp or udp)")
-    vip = reader.convert("vip", lambda v: parse_address(str(v)), required=True)
-    port = reader.integer("port", 0, 0, 65535) if "port" in table else reader.get("port", int, required=True)
-    key = ServiceKey(Protocol[proto], vip, port)
-    reader.label = f"service {proto.lower()} {key}"
+        reader.fail("proto", f"unknown protocol '{proto.lower()}' (tcp, udp or sctp)")
+    if "ip_family" in table and "fwmark" not in table:
+        reader.fail("ip_family", "'ip_family' is for a fwmark service (a service by address has its VIP's family)")
+    if "fwmark" in table:
+        key = _fwmark_key(reader)
+        port = 0
+        reader.label = f"service {key}"
+    else:
+        vip = reader.convert("vip", lambda v: parse_address(str(v)), required=True)
+        port = reader.integer("port", 0, 0, 65535) if "port" in table else reader.get("port", int, required=True)
+        key = ServiceKey(Protocol[proto], vip, port)
+        reader.label = f"service {proto.lower()} {key}"
     scheduler = reader.convert("scheduler", validate_scheduler, "wrr")
     persistent = reader.convert("persistence_timeout", _persistence)
     netmask = reader.convert("persistence_granularity", lambda v: parse_netmask_for(str(v), key.family),
@@ -557,7 +591,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     sorry = reader.convert("sorry_server", lambda v: parse_endpoint(str(v), port))
     if sorry is not None and sorry[0].version != key.family:
         reader.fail("sorry_server", f"'sorry_server': {_family_error('the sorry server', sorry[0], key)}")
-    if sorry is not None and sorry[1] != port:
+    if sorry is not None and sorry[1] != port and not key.is_fwmark:
         reader.fail("sorry_server", f"sorry server port {sorry[1]} differs from the service port {port}: "
                                     "direct routing cannot change the port")
     if sorry is not None and sorry in real_keys:
@@ -642,7 +676,7 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         if svc.key in keys:
             raise ConfigError(f"{path}:{lines.of(('service', str(index)))}: service {svc.key.proto.label.lower()} "
                               f"{svc.key} is defined twice")
-        if "bgp" in data and svc.key.vip.version == 6:
+        if "bgp" in data and svc.key.vip.version == 6 and not svc.key.is_fwmark:
             raise ConfigError(f"{path}:{lines.of(('service', str(index)), 'vip')}: service "
                               f"{svc.key.proto.label.lower()} {svc.key}: [bgp] announces IPv4 VIPs only; an IPv6 "
                               f"service needs a config without [bgp]")
