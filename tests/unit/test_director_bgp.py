@@ -254,3 +254,10 @@ def test_the_dual_stack_lab_has_one_director(capsys: pytest.CaptureFixture[str])
     assert not netns.exists("pyvsu6-client") and not (STATE_ROOT / "pyvsu6").exists()  # nothing was built
     with pytest.raises(ValueError, match="IPv4 only"):
         ecmp_topology("pyvsu6", 2, base=default_topology("pyvsu6", ipv6=True))
+
+
+def test_a_fwmark_service_announces_no_address() -> None:
+    config = parse_config(SERVICES + '\n[[service]]\nfwmark = 1\ncheck = { type = "none" }\n' + BGP)
+    assert config.services[-1].key.is_fwmark
+    announced = bgp.announcement(config.services, {}, forwarding=True)
+    assert set(announced) == {IPv4Address("198.18.0.100"), IPv4Address("198.18.0.101")}
