@@ -169,8 +169,10 @@ class Dataplane:
             raise DataplaneError(f"cannot attach XDP to {ifname} in {mode} mode: {exc}") from None
         try:  # firewall-mark services: pyvs_fwm at the interface's tcx egress, and nft's rule for it
             fwmark.attach(interface_index(ifname), self.program().prog_fd(FWMARK_PROGRAM))
-        except libbpf.BpfError as exc:
-            raise DataplaneError(f"cannot attach pyvs_fwm to {ifname}'s tcx egress: {exc}") from None
+        except libbpf.BpfError as exc:  # tcx is Linux 6.6: XDP forwards all the rest without it
+            log.warning("%s: pyvs_fwm not attached at tcx egress (%s): firewall-mark services are not forwarded "
+                        "there (tcx needs Linux 6.6)", ifname, exc)
+            return
         marks = self.fwmarks()
         if marks:
             fwmark.sync(marks)
