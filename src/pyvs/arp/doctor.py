@@ -486,7 +486,12 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         if not rules.services:
             return [*findings, Finding(Status.FAIL, "director", "services", "no services: nothing to check",
                                        "pyvsadm -A -t VIP:PORT -s rr; pyvsadm -a -t VIP:PORT -r RIP:PORT -g")]
-        vips = sorted({key.vip for key in rules.services}, key=address_order)
+        unprobed = [key for key in rules.services if key.is_fwmark or key.proto is Protocol.SCTP]
+        for key in sorted(unprobed):
+            findings.append(Finding(Status.OK, "director", f"{key.proto.label if not key.is_fwmark else ''} {key}"
+                                    .strip(), "not probed: the DR-path probes are TCP and UDP to a VIP"))
+        probed = {key: svc for key, svc in rules.services.items() if key not in unprobed}
+        vips = sorted({key.vip for key in probed}, key=address_order)
         on_nics = [vip for vip in vips if interface_of(vip) not in (None, "lo")]
         dev = dev or next(filter(None, (interface_of(vip) for vip in on_nics)), None) or _reals_interface(hops)
         if dev is None:
@@ -496,7 +501,7 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         findings += _director_findings(dp, dev, [vip for vip in vips if interface_of(vip) != "lo"])[1:]
         clock_before = dp.clock()
         dp_macs: dict[IPAddress, str] = {rip: hop.dmac for (_, (rip, _)), hop in hops.items()}
-        wire, wire_macs = _wire_checks(dev, rules.services, dp_macs, vips, {4: client_ip, 6: client_ip6}, wait)
+        wire, wire_macs = _wire_checks(dev, probed, dp_macs, vips, {4: client_ip, 6: client_ip6}, wait)
         after = dp.counters()
         findings.append(_timer_finding(clock_before, dp.clock(), dev))
         findings.append(table_finding(dp.conn_table_usage()))
