@@ -4,7 +4,7 @@ its control protocol's replies, the status line and metrics."""
 from __future__ import annotations
 
 import subprocess
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 import pytest
@@ -233,27 +233,71 @@ def test_notes_name_what_breaks_a_moved_flow_and_validate_needs_bird(monkeypatch
     assert runnable_problems(config) == ["[bgp]: bird (BIRD 2, the Debian package bird2) is not installed"]
 
 
-def test_an_ipv6_service_with_bgp_is_refused_with_file_and_line() -> None:
-    text = SERVICES + '\n[[service]]\nvip = "2001:db8::100"\nport = 80\nscheduler = "mh"\n' + BGP
+SERVICE6 = '\n[[service]]\nvip = "2001:db8::100"\nport = 80\nscheduler = "mh"\n'
+
+
+def test_ipv6_vips_over_ipv4_sessions_need_an_ipv6_next_hop() -> None:
+    text = SERVICES + SERVICE6 + BGP
     with pytest.raises(ConfigError) as error:
         parse_config(text, "d.toml")
-    assert str(error.value).startswith("d.toml:23: service tcp [2001:db8::100]:80: [bgp] announces IPv4 VIPs only"), \
-        str(error.value)
-    assert parse_config(text.replace(BGP, "")).services[-1].key.vip.version == 6  # without [bgp] it is fine
+    assert str(error.value) == ("d.toml:30: [bgp]: IPv6 VIPs go to the IPv4 peer 198.18.2.1 with no next hop of their "
+                                "family: set 'next_hop6' (this director's IPv6 address)"), str(error.value)
+    spec = parse_config(text.replace("hold_time = 3", 'hold_time = 3\nnext_hop6 = "2001:db8:2::10"')).bgp
+    assert spec is not None and str(spec.next_hop6) == "2001:db8:2::10"
+    with pytest.raises(ConfigError, match=r":\d+: \[bgp\]: 'next_hop6'"):
+        parse_config(text.replace("hold_time = 3", 'hold_time = 3\nnext_hop6 = "198.18.2.10"'))
 
 
-def test_the_dual_stack_lab_has_one_director(capsys: pytest.CaptureFixture[str]) -> None:
-    from pyvs import netns
-    from pyvs.cli import main
-    from pyvs.lab.state import STATE_ROOT
-    from pyvs.lab.topology import default_topology, ecmp_topology
+def test_bird_reads_a_dual_stack_config(tmp_path: Path) -> None:
+    """IPv6 VIPs as /128 routes, a channel per family on each session (IPv4 and IPv6 peers), each family's next
+    hop where the session is of the other one; the real BIRD parses it."""
+    text = SERVICES + SERVICE6 + BGP.replace(
+        'peers = ["198.18.2.1", { address = "198.18.2.2", asn = 4200000000 }]',
+        'peers = ["198.18.2.1", { address = "2001:db8:2::1", asn = 4200000000 }]').replace(
+        "hold_time = 3", 'hold_time = 3\nnext_hop6 = "2001:db8:2::10"\nlocal_address6 = "2001:db8:2::10"')
+    config = parse_config(text)
+    spec = config.bgp
+    assert spec is not None
+    decision = bgp.announcement(config.services, {}, forwarding=True)
+    assert list(decision) == [IPv4Address("198.18.0.100"), IPv4Address("198.18.0.101"), ip_address("2001:db8::100")]
+    body = bgp.render_config(spec, list(decision), {4, 6})
+    assert "protocol static pyvs_vips6 {\n  ipv6;\n  route 2001:db8::100/128 blackhole;\n}" in body
+    assert "protocol bgp pyvs_peer_2001_db8_2__1 {" in body and "local 2001:db8:2::10 as 65001;" in body
+    assert "ipv6 { import none; export filter pyvs_export; next hop address 2001:db8:2::10; };" in body
+    assert "ipv4 { import none; export filter pyvs_export; next hop address 198.18.2.10; };" in body
+    withdrawn = bgp.render_config(spec, [], {4, 6})  # nothing announced: the same sessions and channels
+    assert "protocol static pyvs_vips6 {\n  ipv6;\n}" in withdrawn and withdrawn.count("ipv6 {") == 2
+    for number, config_text in enumerate((body, withdrawn)):
+        path = tmp_path / f"bird{number}.conf"
+        path.write_text(config_text)
+        result = subprocess.run([bgp.BIRD, "-p", "-c", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    assert "static pyvs_vips6" not in bgp.render_config(spec, [IPv4Address("198.18.0.100")])  # IPv4 only
 
-    assert main(["lab", "up", "--prefix", "pyvsu6", "--ipv6", "--directors", "2"]) == 2
-    err = capsys.readouterr().err
-    assert "pyvs: --ipv6 and --directors 2 do not go together" in err and "IPv4 only" in err, err
-    assert not netns.exists("pyvsu6-client") and not (STATE_ROOT / "pyvsu6").exists()  # nothing was built
-    with pytest.raises(ValueError, match="IPv4 only"):
-        ecmp_topology("pyvsu6", 2, base=default_topology("pyvsu6", ipv6=True))
+
+def test_an_ipv6_peer_is_named_by_its_description() -> None:
+    reply = PROTOCOLS.replace("pyvs_peer_198_18_2_2", "pyvs_peer_2001_db8_2__1").replace(
+        "     Neighbor address: 198.18.2.2", "     Description:    2001:db8:2::1\n     Neighbor address: 2001:db8:2::1")
+    assert [p.address for p in bgp.parse_peers(replies(reply))] == ["198.18.2.1", "2001:db8:2::1"]
+
+
+def test_the_dual_stack_ecmp_lab_routes_the_ipv6_vip_to_every_director() -> None:
+    from ipaddress import ip_interface, ip_network
+
+    from pyvs.lab import ecmp
+    from pyvs.lab.topology import default_topology, director_address6, ecmp_topology
+
+    topo = ecmp_topology("pyvsu6", 3, base=default_topology("pyvsu6", ipv6=True))
+    ranges = (ip_network("198.18.0.0/15"), ip_network("2001:db8::/32"))
+    for port in topo.ports():
+        assert all(any(ip_interface(cidr).ip in net for net in ranges) for cidr in port.addresses), port
+    for n, node in enumerate(topo.directors, start=1):
+        assert f"{director_address6(n)}/64" in topo.ports(node.name)[0].addresses  # the IPv6 DIP, no VIP
+        assert topo.vip6 not in " ".join(topo.ports(node.name)[0].addresses)
+        assert f'next_hop6 = "{director_address6(n)}"' in ecmp.daemon_config(topo, node)
+    assert any(r.dst == f"{topo.vip6}/128" for r in topo.gateway.routes)
+    assert "protocol kernel { ipv6 { import none; export all; }; merge paths yes; }" in ecmp.router_config(topo)
+    assert "ipv6" not in ecmp.router_config(ecmp_topology("pyvsu6", 3))  # an IPv4 lab: as before
 
 
 def test_a_fwmark_service_announces_no_address() -> None:

@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--directors", type=_directors, default=None, metavar="N",
                     help=f"1 to {MAX_DIRECTORS} directors (default 1: one director reached by ARP); 2 or more stand "
                          "behind a BGP router that spreads the flows over them (ECMP), each running `pyvs director "
-                         "run` with mh, sloppy TCP and a [bgp] session to the router; the lab's other commands "
-                         "follow the number it was brought up with")
+                         "run` with mh, sloppy TCP and a [bgp] session to the router (with --ipv6 the IPv6 VIP is "
+                         "routed to them too); the lab's other commands follow the number it was brought up with")
     add(lab_commands, "down", "lab:cmd_down", "remove the lab's namespaces, links, processes and pins", prefix)
     status = add(lab_commands, "status", "lab:cmd_status",
                  "check what the demo needs (nodes, servers, reals, XDP, the tutorial's rules); exit 1 if anything "

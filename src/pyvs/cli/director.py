@@ -61,7 +61,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         for warning in native_veth_warnings():
             if warning.startswith(f"{args.dev}:"):
                 print(f"pyvs: note: {warning}", file=sys.stderr)
-        vips = args.vip or sorted({key.vip for key in dp.read_rules().services}, key=address_order)
+        vips = args.vip or sorted({key.vip for key in dp.read_rules().services if not key.is_fwmark}, key=address_order)
     if not args.no_announce:  # VIP takeover: the gateway and switches learn this director's MAC now
         print_actions(takeover.announce(vips, args.dev), "no VIP to announce (no --vip and no services yet)")
     return 0

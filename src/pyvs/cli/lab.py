@@ -26,15 +26,10 @@ def _topology(args: argparse.Namespace) -> Topology:
     topo = default_topology(prefix=args.prefix)
     recorded_ipv6 = lab.recorded_ipv6(topo)
     ipv6 = getattr(args, "ipv6", False) or recorded_ipv6
-    if ipv6 and directors > 1:
-        running = ("" if asked is None and not recorded_ipv6 else
-                   f" (lab {args.prefix} runs {'dual-stack' if recorded_ipv6 else f'with {recorded} directors'}: "
-                   f"`pyvs lab down{option}` first)")
-        raise UsageError(f"--ipv6 and --directors {directors} do not go together: the lab with several directors "
-                         f"behind the BGP router is IPv4 only; the dual-stack lab has one director{running}")
     if directors == 1:
         return default_topology(prefix=args.prefix, ipv6=ipv6) if ipv6 else topo
-    return ecmp_topology(prefix=args.prefix, directors=directors)
+    return ecmp_topology(prefix=args.prefix, directors=directors,
+                         base=default_topology(prefix=args.prefix, ipv6=True) if ipv6 else None)
 
 
 def _prefix_option(topo: Topology) -> str:

@@ -3,9 +3,10 @@
 One BIRD per data plane, started by the daemon in its namespace, with its files in
 /run/pyvs/bgp/<pin dir name>/: bird.conf (written by the daemon, whole, each time the announcements change),
 bird.ctl (BIRD's control socket, what birdc talks to), bird.pid and bird.log. The VIPs to announce are the
-static routes of the protocol `pyvs_vips` (blackhole /32s: this BIRD has no kernel protocol, so the
-director's own routing table is never touched); an export filter lets only them out, with the communities of
-[bgp]. A change is a new file and BIRD's `configure` (soft: the sessions stay up, the peers get an UPDATE).
+static routes of the protocols `pyvs_vips` and `pyvs_vips6` (blackhole /32s and /128s: this BIRD has no
+kernel protocol, so the director's own routing table is never touched); an export filter lets only them out, with
+the communities of [bgp]. Each session has a channel per family of the config's VIPs. A change is a new file and
+BIRD's `configure` (soft: the sessions stay up, the peers get an UPDATE).
 
 BIRD runs in its own session and outlives the daemon, as the pinned maps do: a daemon that crashes leaves the
 announcements (and the forwarding) as they were, and the next one adopts the running BIRD (found through its
@@ -26,15 +27,16 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from pyvs.director.config import BgpSpec, DirectorConfig, ServiceSpec
-from pyvs.model import ServiceKey
+from pyvs.model import IPAddress, ServiceKey
 
 RUN_ROOT = Path("/run/pyvs/bgp")
 BIRD = "bird"
 STATIC = "pyvs_vips"
+STATIC6 = "pyvs_vips6"
 PEER_PREFIX = "pyvs_peer_"
 START_TIMEOUT = 5.0  # seconds for a new BIRD to open its control socket
 STOP_TIMEOUT = 5.0  # seconds for BIRD to end after `down`, before SIGKILL
@@ -51,29 +53,28 @@ def run_dir(pin_dir: Path) -> Path:
     return RUN_ROOT / pin_dir.name
 
 
-def protocol_name(peer: IPv4Address) -> str:
-    return PEER_PREFIX + str(peer).replace(".", "_")
+def protocol_name(peer: IPAddress) -> str:
+    return PEER_PREFIX + str(peer).replace(".", "_").replace(":", "_")
 
 
 # ---- what to announce ------------------------------------------------------------------------------
 
 def announcement(services: Iterable[ServiceSpec], quorum: Mapping[ServiceKey, bool],
-                 forwarding: bool) -> dict[IPv4Address, str]:
+                 forwarding: bool) -> dict[IPAddress, str]:
     """Each VIP of the config -> '' when it is to be announced, else why it is withdrawn. A VIP is announced
     while the data plane forwards and every service on it has its quorum (one whose sorry server takes over
     counts as served): a director announces only what it can serve, the others take the rest."""
-    result: dict[IPv4Address, str] = {}
+    result: dict[IPAddress, str] = {}
     for svc in services:
         if svc.key.is_fwmark:
             continue  # no address of its own: its packets come to addresses announced for other reasons
         vip = svc.key.vip
-        assert isinstance(vip, IPv4Address)  # the config refuses IPv6 VIPs with [bgp]
         result.setdefault(vip, "")
         if not forwarding:
             result[vip] = "the data plane is not forwarding (pyvs's XDP program is not attached)"
         elif not quorum.get(svc.key, True) and svc.sorry_server is None and not result[vip]:
             result[vip] = f"{svc.key.proto.label.lower()}/{svc.key} lost its quorum"
-    return dict(sorted(result.items()))
+    return dict(sorted(result.items(), key=lambda item: (item[0].version, item[0])))
 
 
 HASHING = ("mh", "sh", "dh")  # schedulers whose choice is a function of the flow and the reals alone
@@ -96,34 +97,60 @@ def _community(parts: tuple[int, ...]) -> str:
     return f"    {kind}.add(({','.join(str(p) for p in parts)}));"
 
 
-def render_config(spec: BgpSpec, vips: Iterable[IPv4Address]) -> str:
-    """BIRD 2's config: the VIPs as static routes, exported with the communities to every peer."""
+def _channels(spec: BgpSpec, peer: IPAddress, families: set[int]) -> str:
+    """A session's channels: one per family of VIPs. A route of the other family than the session's needs a next
+    hop of its own family (the config requires it); a route of the session's family goes with next hop self
+    unless next_hop/next_hop6 is set."""
+    hops = {4: spec.next_hop, 6: spec.next_hop6}
+    channels = []
+    for family in sorted(families):
+        hop = hops[family]
+        next_hop = f"next hop address {hop}" if hop else "next hop self"
+        channels.append(f"  ipv{family} {{ import none; export filter pyvs_export; {next_hop}; }};\n")
+    return "".join(channels)
+
+
+def render_config(spec: BgpSpec, vips: Iterable[IPAddress], families: Iterable[int] = (4,)) -> str:
+    """BIRD 2's config: the VIPs as static routes, exported with the communities to every peer. `families`: the
+    address families of the config's VIPs (a channel each, whether or not a VIP of it is announced now, so that
+    a withdrawal does not change the sessions)."""
+    wanted = set(families) | {vip.version for vip in vips}
     router_id = spec.router_id or spec.local_address
-    routes = "".join(f"  route {vip}/32 blackhole;\n" for vip in sorted(set(vips)))
+    announced = sorted(set(vips), key=lambda vip: (vip.version, vip))
+    routes = "".join(f"  route {vip}/32 blackhole;\n" for vip in announced if isinstance(vip, IPv4Address))
+    routes6 = "".join(f"  route {vip}/128 blackhole;\n" for vip in announced if isinstance(vip, IPv6Address))
     communities = "\n".join(_community(c) for c in spec.communities)
-    next_hop = f"next hop address {spec.next_hop}" if spec.next_hop else "next hop self"
-    local = f"local {spec.local_address} as {spec.local_asn}" if spec.local_address else f"local as {spec.local_asn}"
     keepalive = max(1, spec.hold_time // 3)
+
+    def local(peer: IPAddress) -> str:
+        source = spec.local_address if peer.version == 4 else spec.local_address6
+        return f"local {source} as {spec.local_asn}" if source else f"local as {spec.local_asn}"
+
     peers = "".join(f"""
 protocol bgp {protocol_name(peer.address)} {{
   description "{peer.address}";
-  {local};
+  {local(peer.address)};
   neighbor {peer.address} as {peer.asn};
   hold time {spec.hold_time}; keepalive time {keepalive}; connect retry time {spec.connect_retry};
   error wait time 1, 10;  # a session that failed is tried again within seconds (BIRD's default: 60 s)
   graceful restart off;   # a dead director's routes go at once, none kept as stale
-  ipv4 {{ import none; export filter pyvs_export; {next_hop}; }};
-}}
+{_channels(spec, peer.address, wanted)}}}
 """ for peer in spec.peers)
+    statics = f"""protocol static {STATIC} {{
+  ipv4;
+{routes}}}
+""" if 4 in wanted else ""
+    if 6 in wanted:
+        statics += f"""protocol static {STATIC6} {{
+  ipv6;
+{routes6}}}
+"""
     return f"""# Written by `pyvs director run`; every change of the announced VIPs writes it again.
 {f"router id {router_id};" if router_id else ""}
 timeformat protocol "%s";
 protocol device {{ }}
-protocol static {STATIC} {{
-  ipv4;
-{routes}}}
-filter pyvs_export {{
-  if proto != "{STATIC}" then reject;
+{statics}filter pyvs_export {{
+  if proto != "{STATIC}" && proto != "{STATIC6}" then reject;
 {communities}
   accept;
 }}
@@ -217,7 +244,7 @@ def parse_peers(lines: list[tuple[int, str]]) -> list[PeerState]:
             finish()
             fields = text.split(None, 5)
             current = None
-            if len(fields) >= 5 and fields[0].startswith(PEER_PREFIX):
+            if len(fields) >= 5 and fields[0].startswith(PEER_PREFIX):  # the address: from its description
                 current = {"address": fields[0][len(PEER_PREFIX):].replace("_", "."), "since": fields[4],
                            "info": fields[5].strip() if len(fields) > 5 else ""}
             continue
@@ -225,7 +252,9 @@ def parse_peers(lines: list[tuple[int, str]]) -> list[PeerState]:
             continue
         key, _, value = text.strip().partition(":")
         value = value.strip()
-        if key == "BGP state":
+        if key == "Description":
+            current["address"] = value
+        elif key == "BGP state":
             current["state"] = value
         elif key == "Last error":
             current["error"] = value
@@ -363,7 +392,13 @@ class Speaker:
     def announced(self) -> list[str]:
         """The prefixes the speaker holds to announce (its static routes)."""
         with BirdControl(self.ctl) as ctl:
-            return parse_routes(ctl.command(f"show route protocol {STATIC}"))
+            found = []
+            for protocol in (STATIC, STATIC6):
+                try:
+                    found += parse_routes(ctl.command(f"show route protocol {protocol}"))
+                except BgpError:  # no such protocol: no VIP of that family in the config
+                    pass
+            return found
 
     def wait_unexported(self, timeout: float = EXPORT_TIMEOUT) -> bool:
         """After a withdrawal: True once no session exports a route any more (BIRD sent the withdrawals)."""

@@ -26,7 +26,8 @@
     [bgp]                               # optional: announce the VIPs over BGP (active/active behind ECMP)
     local_asn = 65001
     peer_asn = 65000
-    peers = ["198.18.2.1"]              # or tables: { address = "198.18.2.2", asn = 65010 }
+    peers = ["198.18.2.1"]              # or tables: { address = "198.18.2.2", asn = 65010 }; IPv6 peers too
+    next_hop6 = "2001:db8:2::10"        # IPv6 VIPs announced over IPv4 sessions: their next hop (this director)
     hold_time = 9                       # seconds; keepalives every third of it
     communities = ["65001:80"]          # standard (ASN:VALUE) or large (ASN:A:B) communities
 
@@ -47,7 +48,7 @@ import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class BgpPeer:
-    address: IPv4Address
+    address: IPAddress  # a session over IPv4 or IPv6; it carries the VIPs of both families
     asn: int
 
 
@@ -163,6 +164,8 @@ class BgpSpec:
     local_address: IPv4Address | None = None  # source of the sessions; None: the kernel's choice
     router_id: IPv4Address | None = None  # None: local_address, else BIRD's choice (its lowest address)
     next_hop: IPv4Address | None = None  # None: the session's own address (next hop self)
+    next_hop6: IPv6Address | None = None  # IPv6 VIPs' next hop; None: next hop self (IPv6 sessions only)
+    local_address6: IPv6Address | None = None  # source of the IPv6 sessions; None: the kernel's choice
     communities: tuple[tuple[int, ...], ...] = ()  # (asn, value) standard, (asn, a, b) large
     hold_time: int = 9  # seconds; BIRD sends keepalives every third of it
     connect_retry: int = 5  # seconds between attempts to open a session
@@ -290,8 +293,8 @@ SERVICE_KEYS = ("proto", "vip", "port", "fwmark", "ip_family", "scheduler", "sch
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
                 "inhibit_on_failure", "check", "real")
 REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
-BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "router_id", "next_hop", "communities", "hold_time",
-            "connect_retry", "withdraw_wait")
+BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "local_address6", "router_id", "next_hop",
+            "next_hop6", "communities", "hold_time", "connect_retry", "withdraw_wait")
 PEER_KEYS = ("address", "asn")
 MAX_ASN = (1 << 32) - 1
 CHECK_KEYS = ("type", "interval", "timeout", "retry_interval", "rise", "fall", "port", "path", "status", "digest",
@@ -615,7 +618,14 @@ def _community(value: Any) -> tuple[int, ...]:
     return numbers
 
 
-def _bgp(reader: _Reader) -> BgpSpec:
+def parse_ipv6(text: str) -> IPv6Address:
+    address = parse_address(text)
+    if not isinstance(address, IPv6Address):
+        raise ModelError(f"'{text}' is not an IPv6 address")
+    return address
+
+
+def _bgp(reader: _Reader, families: set[int]) -> BgpSpec:
     local_asn = reader.integer("local_asn", 0, 1, MAX_ASN) if "local_asn" in reader.table else \
         reader.get("local_asn", int, required=True)
     peer_asn: int | None = reader.integer("peer_asn", 1, 1, MAX_ASN) if "peer_asn" in reader.table else None
@@ -629,7 +639,7 @@ def _bgp(reader: _Reader) -> BgpSpec:
         if not isinstance(item, dict):
             reader.fail("peers", f"peer #{number + 1} is an address or a table {{ address = ..., asn = ... }}")
         peer = _Reader(reader.path, reader.lines, item, reader.where, f"[bgp]: peer #{number + 1}", PEER_KEYS)
-        address = peer.convert("address", parse_ipv4, required=True)
+        address = peer.convert("address", parse_address, required=True)
         asn = peer.integer("asn", 1, 1, MAX_ASN) if "asn" in item else peer_asn or 0
         if not asn:
             reader.fail("peers", f"peer {address} has no ASN: set 'peer_asn' or the peer's 'asn'")
@@ -638,9 +648,17 @@ def _bgp(reader: _Reader) -> BgpSpec:
         peers.append(BgpPeer(address, asn))
     communities = reader.convert("communities", lambda v: tuple(_community(c) for c in (
         v if isinstance(v, list) else [v])), ())
+    next_hop, next_hop6 = reader.convert("next_hop", parse_ipv4), reader.convert("next_hop6", parse_ipv6)
+    # BGP gives a route the next hop of its session's family; the other family's VIPs need one set here.
+    for family, hop, key in ((6, next_hop6, "next_hop6"), (4, next_hop, "next_hop")):
+        crossing = [str(p.address) for p in peers if p.address.version != family]
+        if family in families and crossing and hop is None:
+            reader.fail("peers", f"IPv{family} VIPs go to the IPv{10 - family} peer {crossing[0]} with no next hop "
+                                 f"of their family: set '{key}' (this director's IPv{family} address)")
     return BgpSpec(
         local_asn=local_asn, peers=tuple(peers), local_address=reader.convert("local_address", parse_ipv4),
-        router_id=reader.convert("router_id", parse_ipv4), next_hop=reader.convert("next_hop", parse_ipv4),
+        router_id=reader.convert("router_id", parse_ipv4), next_hop=next_hop, next_hop6=next_hop6,
+        local_address6=reader.convert("local_address6", parse_ipv6),
         communities=communities, hold_time=reader.integer("hold_time", 9, 3, 65535),
         connect_retry=reader.integer("connect_retry", 5, 1, 65535),
         withdraw_wait=reader.number("withdraw_wait", 2.0, minimum=0.0),
@@ -676,10 +694,6 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         if svc.key in keys:
             raise ConfigError(f"{path}:{lines.of(('service', str(index)))}: service {svc.key.proto.label.lower()} "
                               f"{svc.key} is defined twice")
-        if "bgp" in data and svc.key.vip.version == 6 and not svc.key.is_fwmark:
-            raise ConfigError(f"{path}:{lines.of(('service', str(index)), 'vip')}: service "
-                              f"{svc.key.proto.label.lower()} {svc.key}: [bgp] announces IPv4 VIPs only; an IPv6 "
-                              f"service needs a config without [bgp]")
         keys.add(svc.key)
         services.append(svc)
     return DirectorConfig(
@@ -693,7 +707,8 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         expire_nodest_conn=director.get("expire_nodest_conn", bool, None),
         node_exporter_metrics=director.get("node_exporter_metrics", bool, True),
         page_token=director.convert("page_token", _token),
-        bgp=_bgp(_Reader(path, lines, top.get("bgp", dict), ("bgp",), "[bgp]", BGP_KEYS)) if "bgp" in data else None,
+        bgp=_bgp(_Reader(path, lines, top.get("bgp", dict), ("bgp",), "[bgp]", BGP_KEYS),
+                 {svc.key.vip.version for svc in services if not svc.key.is_fwmark}) if "bgp" in data else None,
     )  # fmt: skip
 
 

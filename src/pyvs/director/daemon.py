@@ -37,7 +37,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypeVar
 
@@ -273,7 +272,7 @@ class Director:
         self._dataplane_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
         # [bgp]: the BIRD of this data plane (started only with [bgp]), what it was last given and told
         self._speaker: bgp.Speaker | None = None
-        self.bgp_vips: dict[IPv4Address, str] = {}  # VIP -> '' announced, else why it is withdrawn
+        self.bgp_vips: dict[IPAddress, str] = {}  # VIP -> '' announced, else why it is withdrawn
         self.bgp_peers: list[bgp.PeerState] = []
         self.bgp_error = ""
         self._bgp_text: str | None = None  # the config BIRD runs with (None: not started or adopted yet)
@@ -668,6 +667,11 @@ class Director:
             "page_actions": bool(self.config.page_token), "bgp": self.bgp_status(),
         }  # fmt: skip
 
+    @property
+    def vip_families(self) -> set[int]:
+        """The address families of the config's VIPs: a BGP channel each."""
+        return {svc.key.vip.version for svc in self.config.services if not svc.key.is_fwmark} or {4}
+
     def bgp_status(self) -> BgpStatus | None:
         spec = self.config.bgp
         if spec is None:
@@ -889,7 +893,7 @@ class Director:
             return
         forwarding = await self.in_dataplane_thread(self._forwarding)
         decision = bgp.announcement(self.config.services, self.quorum, forwarding)
-        text = bgp.render_config(spec, [vip for vip, why in decision.items() if not why])
+        text = bgp.render_config(spec, [vip for vip, why in decision.items() if not why], self.vip_families)
         if self._bgp_text is None or self.speaker.pid is None:
             action = await asyncio.to_thread(self.speaker.start, text)
             log_event(logging.INFO, "bgp_speaker", action=action, socket=self.speaker.ctl)
@@ -909,7 +913,7 @@ class Director:
             log_event(logging.INFO, "bgp_recovered")
         self.bgp_error = ""
 
-    def _log_announcements(self, decision: dict[IPv4Address, str]) -> None:
+    def _log_announcements(self, decision: dict[IPAddress, str]) -> None:
         for vip, why in decision.items():
             if self.bgp_vips.get(vip, "not yet") == why:
                 continue
@@ -927,7 +931,7 @@ class Director:
         spec = self.config.bgp
         try:
             if spec is not None and self._bgp_text is not None:
-                await asyncio.to_thread(self.speaker.configure, bgp.render_config(spec, []))
+                await asyncio.to_thread(self.speaker.configure, bgp.render_config(spec, [], self.vip_families))
                 self._log_announcements({vip: reason for vip in self.bgp_vips})
                 sent = await asyncio.to_thread(self.speaker.wait_unexported)
                 log_event(logging.INFO, "bgp_withdrawn", sent="yes" if sent else "not confirmed",

@@ -41,9 +41,10 @@ from pyvs.lab.topology import (
     Node,
     Topology,
     director_address,
+    director_address6,
     director_names,
 )
-from pyvs.model import Rules
+from pyvs.model import Rules, Service
 
 SCHEDULER, SCHED_FLAGS = "mh", ("mh-port",)  # the same real from every director, per client address and port
 CONVERGE_TIMEOUT = 30.0  # seconds for `lab up` until the router's route has a next hop per director
@@ -70,7 +71,9 @@ def daemon_config(topo: Topology, node: Node) -> str:
     """`pyvs director run`'s config for one of the lab's directors: the lab's rules, health checks, [bgp]."""
     assert topo.bgp is not None
     number = director_names(MAX_DIRECTORS).index(node.name) + 1
-    reals = "".join(f'\n[[service.real]]\naddress = "{topo.address_of(real.name)}"\n' for real in topo.reals)
+    def reals(svc: Service) -> str:
+        return "".join(f'\n[[service.real]]\naddress = "{real.rip}"\n' for real in svc.reals.values())
+
     services = "".join(f"""
 [[service]]
 proto = "{svc.key.proto.label.lower()}"
@@ -79,7 +82,8 @@ port = {svc.key.port}
 scheduler = "{svc.scheduler}"
 scheduler_flags = {list(svc.sched_flags)!r}
 {'check = { type = "http", path = "/", interval = 1, timeout = 1, fall = 2 }' if svc.key.proto.name == "TCP" else ""}
-{reals}""".replace("'", '"') for svc in ecmp_rules(topo).sorted_services())
+{reals(svc)}""".replace("'", '"') for svc in ecmp_rules(topo).sorted_services())
+    next_hop6 = f'next_hop6 = "{director_address6(number)}"\n' if topo.ipv6 else ""
     return f"""# {node.name} of lab {topo.prefix}: written by `pyvs lab up --directors N`
 [director]
 interface = "{topo.ports(node.name)[0].ifname}"
@@ -96,26 +100,29 @@ hold_time = {topo.bgp.hold_time}
 connect_retry = 1
 withdraw_wait = 1
 communities = ["{topo.bgp.director_asn}:{topo.web_port}"]
-{services}"""
+{next_hop6}{services}"""
 
 
 def router_config(topo: Topology) -> str:
-    """The router's BIRD: a session per director, the VIP's routes merged into one ECMP route in the kernel."""
+    """The router's BIRD: a session per director, the VIP's routes merged into one ECMP route in the kernel (in a
+    dual-stack lab the IPv6 VIP's too, carried on the same sessions)."""
     assert topo.bgp is not None
     lab = topo.bgp
     peers = "".join(f"protocol bgp {bgp.protocol_name(IPv4Address(director_address(n)))} from pyvs_directors "
                     f"{{ neighbor {director_address(n)} as {lab.director_asn}; }}\n"
                     for n in range(1, len(topo.directors) + 1))
+    kernel6 = "protocol kernel { ipv6 { import none; export all; }; merge paths yes; }\n" if topo.ipv6 else ""
+    channel6 = "  ipv6 { import all; export none; };\n" if topo.ipv6 else ""
     return f"""# the router of lab {topo.prefix}: written by `pyvs lab up --directors N`
 router id {lab.router_address};
 timeformat protocol "%s";
 protocol device {{ }}
 protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths yes; }}
-template bgp pyvs_directors {{
+{kernel6}template bgp pyvs_directors {{
   local {lab.router_address} as {lab.router_asn};
   hold time {lab.hold_time}; keepalive time 1; connect retry time 1; error wait time 1, 4;
   ipv4 {{ import all; export none; }};
-}}
+{channel6}}}
 {peers}"""
 
 
@@ -246,14 +253,16 @@ def router_peers(topo: Topology) -> dict[str, bgp.PeerState]:
     return {peer.address: peer for peer in bgp.Speaker(router_dir(topo)).peers()}
 
 
-def router_next_hops(topo: Topology) -> set[str]:
-    """The next hops of the router's route to the VIP (its kernel's, as ECMP uses them)."""
+def router_next_hops(topo: Topology, version: int = 4) -> set[str]:
+    """The next hops of the router's route to the VIP of a family (its kernel's, as ECMP uses them)."""
     assert topo.bgp is not None
+    vip = topo.vip if version == 4 else topo.vip6
+    family, length = (socket.AF_INET, 32) if version == 4 else (socket.AF_INET6, 128)
     with IPRoute(netns=topo.node(topo.bgp.router).netns, flags=0) as ipr:
-        routes = ipr.get_routes(family=socket.AF_INET, table=254)  # a dump: a lookup fails when there is none
+        routes = ipr.get_routes(family=family, table=254)  # a dump: a lookup fails when there is none
         hops: set[str] = set()
         for route in routes:
-            if route.get("dst_len") != 32 or route.get("RTA_DST") != topo.vip:
+            if route.get("dst_len") != length or route.get("RTA_DST") != vip:
                 continue
             if route.get("RTA_GATEWAY"):
                 hops.add(route.get("RTA_GATEWAY"))
@@ -263,13 +272,16 @@ def router_next_hops(topo: Topology) -> set[str]:
 
 
 def wait_next_hops(topo: Topology, count: int, timeout: float) -> float:
-    """Seconds until the router's route has `count` next hops; NetnsError (lab up: LabError) after `timeout`."""
+    """Seconds until the router's route to each VIP has `count` next hops; NetnsError (lab up: LabError) after
+    `timeout`."""
     started = time.monotonic()
-    while len(router_next_hops(topo)) != count:
-        if time.monotonic() - started > timeout:
-            raise netns.NetnsError(f"the router's route to {topo.vip} has next hops "
-                                   f"{sorted(router_next_hops(topo)) or 'none'}, not {count} within {timeout:g}s")
-        time.sleep(0.05)
+    for version, vip in zip((4, 6), topo.vips, strict=False):
+        while len(router_next_hops(topo, version)) != count:
+            if time.monotonic() - started > timeout:
+                raise netns.NetnsError(f"the router's route to {vip} has next hops "
+                                       f"{sorted(router_next_hops(topo, version)) or 'none'}, not {count} within "
+                                       f"{timeout:g}s")
+            time.sleep(0.05)
     return time.monotonic() - started
 
 
@@ -398,10 +410,12 @@ def problems(topo: Topology) -> list[str]:
         if peer is None or not peer.established:
             state = f"{peer.state} {peer.last_error}".strip() if peer else "no session"
             found.append(f"the router's BGP session with {node.name} ({director_address(n)}) is {state}")
-    hops = router_next_hops(topo)
-    missing = [n.name for i, n in enumerate(topo.directors, start=1) if director_address(i) not in hops]
-    if missing:
-        found.append(f"the router does not route {topo.vip} to {', '.join(missing)}")
+    for version, vip in zip((4, 6), topo.vips, strict=False):
+        hops = router_next_hops(topo, version)
+        dip = director_address if version == 4 else director_address6
+        missing = [n.name for i, n in enumerate(topo.directors, start=1) if dip(i) not in hops]
+        if missing:
+            found.append(f"the router does not route {vip} to {', '.join(missing)}")
     return found
 
 
@@ -471,7 +485,8 @@ def record_directors(topo: Topology) -> None:
 
 # ---- what the tests and benchmarks look at -------------------------------------------------------------
 
-def flow_directors(topo: Topology, ports: set[int], window: float = 0.5) -> dict[int, list[str]]:
+def flow_directors(topo: Topology, ports: set[int], window: float = 0.5, vip: str | None = None
+                   ) -> dict[int, list[str]]:
     """Client source port -> the directors that forward packets of that TCP flow (to the VIP) now: their entry was
     refreshed within `window` seconds (read twice: its time left did not shrink), whatever its state (a flow moved
     onto an old entry of the same source port keeps that entry's state). Old entries of a source port used
@@ -481,7 +496,7 @@ def flow_directors(topo: Topology, ports: set[int], window: float = 0.5) -> dict
         for node in topo.directors:
             with netns.in_netns(node.netns), open_dataplane(pin_dir(node)) as dp:
                 for conn in dp.connections():
-                    if conn.cport in ports and str(conn.vip) == topo.vip and not conn.template:
+                    if conn.cport in ports and str(conn.vip) == (vip or topo.vip) and not conn.template:
                         found[(node.name, conn.cport)] = conn.expires
         return found
 
@@ -495,12 +510,13 @@ def flow_directors(topo: Topology, ports: set[int], window: float = 0.5) -> dict
     return result
 
 
-def scheduled(topo: Topology) -> dict[str, int]:
-    """Director -> connections its data plane scheduled to the VIP's services so far."""
+def scheduled(topo: Topology, vip: str | None = None) -> dict[str, int]:
+    """Director -> connections its data plane scheduled to the services of the VIP (`vip`, else IPv4's) so far."""
     counts = {}
     for node in topo.directors:
         with netns.in_netns(node.netns), open_dataplane(pin_dir(node)) as dp:
-            counts[node.name] = sum(c.conns for key, c in dp.service_stats().items() if str(key.vip) == topo.vip)
+            counts[node.name] = sum(c.conns for key, c in dp.service_stats().items()
+                                    if str(key.vip) == (vip or topo.vip))
     return counts
 
 

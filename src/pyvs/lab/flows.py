@@ -114,7 +114,7 @@ class Download:
     def start(self) -> Download:
         """Connect (in the caller's thread: the source port is known on return), then read in a thread."""
         with in_netns(self.netns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # the window follows the slow reader
         sock.settimeout(self.timeout)
         self.started = time.monotonic()

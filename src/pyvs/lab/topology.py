@@ -295,6 +295,8 @@ DIRECTOR_ASN = 65001
 HOLD_TIME = 3  # seconds: a director that dies silently is withdrawn by the router within this
 ROUTER_ADDRESS = "198.18.2.1"  # the router on the reals' segment
 GATEWAY_LINK, ROUTER_LINK = "198.18.4.1", "198.18.4.2"  # gateway <-> router
+ROUTER_ADDRESS6 = "2001:db8:2::1"  # a dual-stack ECMP lab: the router's IPv6 addresses
+GATEWAY_LINK6, ROUTER_LINK6 = "2001:db8:4::1", "2001:db8:4::2"
 
 
 def director_names(count: int) -> list[str]:
@@ -306,22 +308,35 @@ def director_address(number: int) -> str:
     return f"198.18.2.{10 * number}"
 
 
+def director_address6(number: int) -> str:
+    """A dual-stack lab's IPv6 DIP of director number 1, 2, ...: 2001:db8:2::10, ::20, ..."""
+    return f"2001:db8:2::{10 * number}"
+
+
 def ecmp_topology(prefix: str = "pyvs", directors: int = 3, base: Topology | None = None) -> Topology:
-    """The tutorial's lab with `directors` directors behind a BGP router instead of one reached by ARP."""
+    """The tutorial's lab with `directors` directors behind a BGP router instead of one reached by ARP; with a
+    dual-stack base (ipv6=True), the IPv6 VIP is routed to the directors the same way (MP-BGP on the IPv4
+    sessions, each director its IPv6 DIP as next hop)."""
     if not 2 <= directors <= MAX_DIRECTORS:
         raise ValueError(f"an ECMP lab has 2 to {MAX_DIRECTORS} directors, not {directors}")
     base = base or default_topology(prefix)
-    if base.ipv6:
-        raise ValueError("an ECMP lab is IPv4 only: the dual-stack lab (--ipv6) has one director")
+    ipv6 = base.ipv6
+
+    def v6(*items: Any) -> tuple[Any, ...]:
+        return items if ipv6 else ()
+
     vip = base.vip
     gateway = base.gateway
-    gateway = replace(gateway, routes=(*gateway.routes, Route(f"{vip}/32", gateway=ROUTER_LINK, dev="rtr")),
+    gateway = replace(gateway, routes=(*gateway.routes, Route(f"{vip}/32", gateway=ROUTER_LINK, dev="rtr"),
+                                       *v6(Route(f"{base.vip6}/128", gateway=ROUTER_LINK6, dev="rtr"))),
                       sysctls=(*gateway.sysctls, ("net.ipv4.conf.rtr.rp_filter", "0")))
     director = base.director
     router = Node("router", Role.ROUTER, f"{prefix}-router",
-                  routes=(Route("198.18.1.0/24", gateway=GATEWAY_LINK, dev="gw"),),
+                  routes=(Route("198.18.1.0/24", gateway=GATEWAY_LINK, dev="gw"),
+                          *v6(Route("2001:db8:1::/64", gateway=GATEWAY_LINK6, dev="gw"))),
                   sysctls=(("net.ipv4.ip_forward", "1"), ("net.ipv4.fib_multipath_hash_policy", "1"),
-                           *((f"net.ipv4.conf.{i}.rp_filter", "0") for i in ("all", "default", "gw", "seg"))))
+                           *((f"net.ipv4.conf.{i}.rp_filter", "0") for i in ("all", "default", "gw", "seg")),
+                           *v6(("net.ipv6.conf.all.forwarding", "1"), ("net.ipv6.fib_multipath_hash_policy", "1"))))
     names = director_names(directors)
     others = tuple(replace(director, name=name, netns=f"{prefix}-{name}") for name in names[1:])
     nodes: list[Node] = []
@@ -330,12 +345,17 @@ def ecmp_topology(prefix: str = "pyvs", directors: int = 3, base: Topology | Non
         if node.name == director.name:
             nodes.extend(others)
     nodes.append(router)
-    nic = replace(base.director_nic, addresses=(f"{director_address(1)}/24",))  # no VIP: it is routed here
+    def dips(number: int) -> tuple[str, ...]:
+        return (f"{director_address(number)}/24", *v6(f"{director_address6(number)}/64"))
+
+    nic = replace(base.director_nic, addresses=dips(1))  # no VIP: it is routed here
     links = [Link(nic, link.b, link.queues) if link.a == base.director_nic else link for link in base.links]
     added = [
-        Link(Port("gateway", "rtr", (f"{GATEWAY_LINK}/24",)), Port("router", "gw", (f"{ROUTER_LINK}/24",))),
-        Link(Port("router", "seg", (f"{ROUTER_ADDRESS}/24",)), Port("switch", f"{prefix}-rtr")),
-        *(Link(Port(name, "eth0", (f"{director_address(n)}/24",)), Port("switch", f"{prefix}-dir{n}"))
+        Link(Port("gateway", "rtr", (f"{GATEWAY_LINK}/24", *v6(f"{GATEWAY_LINK6}/64"))),
+             Port("router", "gw", (f"{ROUTER_LINK}/24", *v6(f"{ROUTER_LINK6}/64")))),
+        Link(Port("router", "seg", (f"{ROUTER_ADDRESS}/24", *v6(f"{ROUTER_ADDRESS6}/64"))),
+             Port("switch", f"{prefix}-rtr")),
+        *(Link(Port(name, "eth0", dips(n)), Port("switch", f"{prefix}-dir{n}"))
           for n, name in enumerate(names[1:], start=2)),
     ]
     # Locally administered MACs 02:c6:12:00:<link>:<end>, numbered after the tutorial's links.
