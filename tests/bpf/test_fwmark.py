@@ -5,13 +5,14 @@ the packet's 5-tuple (vport from the packet), and the XDP program forwards the f
 from __future__ import annotations
 
 from collections.abc import Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from pyvs.dataplane import Dataplane, DataplaneError, scratch_dataplane
+from pyvs.dataplane import Dataplane, scratch_dataplane
 from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, fwmark_key
 
 from .conftest import CLIENT_MAC, DIRECTOR_MAC, REALS, static_neighbours
@@ -20,6 +21,7 @@ TC_ACT_OK, TC_ACT_SHOT = 0, 2
 CLIENT = "198.18.1.2"
 VIP_A, VIP_B = "198.18.0.100", "198.18.0.101"
 RS1, RS2 = IPv4Address("198.18.2.11"), IPv4Address("198.18.2.12")
+RS6 = IPv6Address("2001:db8:2::11")
 FWM1 = fwmark_key(1)
 
 
@@ -41,7 +43,7 @@ def frame(l4, dst: str = VIP_A) -> bytes:  # type: ignore[no-untyped-def]
     return bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src=CLIENT, dst=dst) / l4)
 
 
-def real_of(out: bytes) -> IPv4Address:
+def real_of(out: bytes) -> IPv4Address | IPv6Address:
     return next(ip for ip, (mac, _) in REALS.items() if mac == Ether(out).dst)
 
 
@@ -102,9 +104,19 @@ def test_fwmark_service_reads_back_and_has_no_vip(dp: Dataplane) -> None:
     assert dp._vips() == set()
 
 
-def test_ipv6_fwmark_services_are_refused_until_the_program_forwards_them(dp: Dataplane) -> None:
-    before = dp.read_rules().services
-    key = fwmark_key(2, 6)
-    with pytest.raises(DataplaneError, match="IPv6 firewall-mark services are not forwarded"):
-        dp.apply(Rules({**before, key: Service(key, "rr")}))
-    assert dp.read_rules().services == before
+def test_an_ipv6_fwmark_service_is_its_family_only(dp: Dataplane) -> None:
+    fwm6 = fwmark_key(2, 6)
+    svc6 = Service(fwm6, "rr")
+    svc6.reals[(RS6, 0)] = Real(RS6, 0, 1)
+    dp.apply(Rules({**dp.read_rules().services, fwm6: svc6}))
+    packet = bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IPv6(src="2001:db8:1::2", dst="2001:db8::100")
+                   / TCP(sport=40000, dport=8443, flags="S"))
+    result = dp.test_run_fwm(packet, mark=2)
+    assert result.verdict == TC_ACT_OK and real_of(result.data) == RS6 and result.data[12:] == packet[12:]
+    (conn,) = dp.connections()
+    assert (conn.vip, conn.vport, conn.rport, conn.state) == (IPv6Address("2001:db8::100"), 8443, 8443, "SYN_RECV")
+    # Mark 2 has no IPv4 service, mark 1 no IPv6 one: such packets leave as they are.
+    v4 = frame(TCP(sport=40000, dport=80, flags="S"))
+    assert dp.test_run_fwm(v4, mark=2).data == v4
+    assert dp.test_run_fwm(packet, mark=1).data == packet
+    assert dp.fwmarks() == {(4, 1), (6, 2)}

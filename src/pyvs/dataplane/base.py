@@ -14,7 +14,7 @@ MAP_NAMES = (
     "services", "vips", "vip_filter", "svc_gens", "reals", "sched_table", "sched_state", "real_conns", "conns",
     "half_open", "stats", "counters", "config", "sweeper", "lblc_cache", "lblcr_cache", "lblcr_scratch", "sched_choice",
     "svc_reals", "slot_usage", "frags", "services6", "vips6", "conns6", "half_open6", "frags6", "real_addrs6",
-    "scratch6", "calls",
+    "scratch6", "calls", "fwm_calls",
 )
 PROGRAM_NAME = "pyvs_xdp"
 FWMARK_PROGRAM = "pyvs_fwm"  # tc egress: packets of firewall-mark services (bpf/fwmark.h)
@@ -37,3 +37,5 @@ def install_calls(program: libbpf.BpfObject) -> None:
     """Put this load's IPv6 program where pyvs_xdp tail-calls it (the array is pinned: the entry outlives this
     process; every load of one version puts an equal program there)."""
     libbpf.map_update(program.map_fd("calls"), ctypes.c_uint32(0), ctypes.c_uint32(program.prog_fd(IPV6_PROGRAM)))
+    libbpf.map_update(program.map_fd("fwm_calls"), ctypes.c_uint32(0),
+                      ctypes.c_uint32(program.prog_fd(FWMARK_PROGRAM + "6")))

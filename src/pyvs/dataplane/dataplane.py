@@ -737,9 +737,9 @@ class Dataplane:
                     vip_keys.add(key)
             self._carry_out(plan, rules, vip_keys)
 
-    def fwmarks(self) -> set[int]:
-        """The marks of the IPv4 firewall-mark services (the ones pyvs_fwm forwards)."""
-        return {key.fwmark for key in self._services() if key.is_fwmark and key.family == 4}
+    def fwmarks(self) -> set[tuple[int, int]]:
+        """(family, mark) of the firewall-mark services."""
+        return {(key.family, key.fwmark) for key in self._services() if key.is_fwmark}
 
     def _carry_out(self, plan: Plan, rules: Rules, vip_keys: set[ServiceKey] | None) -> None:
         """Write a checked plan. The slot index first lists every slot a service may use (old and

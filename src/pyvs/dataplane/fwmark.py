@@ -4,9 +4,10 @@ runs on, and the nftables rule that hands it the packets whose mark has a servic
 Netfilter sets the mark after XDP and after tc ingress (measured here: a tc ingress program never saw a mark set in
 its own device's netdev ingress hook), and a netfilter BPF program sees marks but can only accept or drop. So the
 admin marks packets in nftables' netdev ingress hook (priority below 100), and pyvs's table `netdev pyvs_fwmark`
-holds one chain at priority 100 on the same interfaces: `meta mark @marks fwd to meta iif` sends a packet whose mark
-has a service (the set `marks`) to its interface's egress, where pyvs_fwm schedules it. The table exists only while
-there are IPv4 fwmark services; it is rewritten in one nft transaction when they or the interfaces change.
+holds one chain at priority 100 on the same interfaces: `meta protocol ip meta mark @marks fwd to meta iif` sends an
+IPv4 packet whose mark has an IPv4 service (the set `marks`; IPv6: `marks6`) to its interface's egress, where pyvs_fwm
+schedules it. The table exists only while there are fwmark services; it is rewritten in one nft transaction when
+they or the interfaces change. A mark is (family, mark): IPVS keys a fwmark service by both.
 """
 
 from __future__ import annotations
@@ -74,31 +75,39 @@ def _nft(argv: list[str], text: str | None = None, check: bool = True) -> str:
     return proc.stdout
 
 
-def marks_in_table() -> set[int]:
-    """The marks of the table's set (empty when there is no table or no nft)."""
+Mark = tuple[int, int]  # (family, mark)
+SETS = {4: ("marks", "ip"), 6: ("marks6", "ip6")}  # family -> the table's set and nft's `meta protocol`
+
+
+def marks_in_table() -> set[Mark]:
+    """The marks of the table's sets (empty when there is no table or no nft)."""
     if shutil.which("nft") is None:
         return set()
-    out = _nft(["-j", "list", "set", "netdev", TABLE, "marks"], check=False)
-    if not out:
-        return set()
-    for item in json.loads(out).get("nftables", []):
-        if "set" in item:
-            return {int(e) for e in item["set"].get("elem", [])}
-    return set()
+    found: set[Mark] = set()
+    for family, (name, _) in SETS.items():
+        out = _nft(["-j", "list", "set", "netdev", TABLE, name], check=False)
+        for item in json.loads(out).get("nftables", []) if out else []:
+            if "set" in item:
+                found |= {(family, int(e)) for e in item["set"].get("elem", [])}
+    return found
 
 
-def ruleset(marks: Iterable[int], interfaces: Iterable[str]) -> str:
+def ruleset(marks: Iterable[Mark], interfaces: Iterable[str]) -> str:
     """The table's text for these marks and interfaces."""
     names = ", ".join(json.dumps(name) for name in sorted(interfaces))
-    elements = ", ".join(str(mark) for mark in sorted(marks))
-    return (f"table netdev {TABLE} {{\n"
-            f"\tset marks {{\n\t\ttype mark\n\t\telements = {{ {elements} }}\n\t}}\n"
-            f"\tchain ingress {{\n"
-            f"\t\ttype filter hook ingress devices = {{ {names} }} priority {PRIORITY}; policy accept;\n"
-            f"\t\tmeta mark @marks fwd to meta iif\n\t}}\n}}\n")
+    text = f"table netdev {TABLE} {{\n"
+    for family, (name, _) in SETS.items():
+        elements = ", ".join(str(mark) for fam, mark in sorted(marks) if fam == family)
+        listed = f"\t\telements = {{ {elements} }}\n" if elements else ""
+        text += f"\tset {name} {{\n\t\ttype mark\n{listed}\t}}\n"
+    text += (f"\tchain ingress {{\n"
+             f"\t\ttype filter hook ingress devices = {{ {names} }} priority {PRIORITY}; policy accept;\n")
+    for name, protocol in SETS.values():
+        text += f"\t\tmeta protocol {protocol} meta mark @{name} fwd to meta iif\n"
+    return text + "\t}\n}\n"
 
 
-def sync(marks: set[int] | None = None) -> None:
+def sync(marks: set[Mark] | None = None) -> None:
     """Make the table hand packets with `marks` (None: the table's own marks) to pyvs_fwm on every interface it runs
     on; no marks or no such interface: no table."""
     if marks is None:

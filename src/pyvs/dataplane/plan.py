@@ -35,13 +35,6 @@ from pyvs.schedulers import build_table
 log = logging.getLogger(__name__)
 
 
-def _not_forwarded_yet(key: ServiceKey) -> str | None:
-    """Why the program cannot forward a service's packets yet, or None."""
-    if key.is_fwmark and key.family == 6:
-        return "IPv6 firewall-mark services are not forwarded by the pyvs data plane yet (IPv4 ones are)"
-    return None
-
-
 class Plan:
     """Slots for every service and real of a rule set, decided before anything is written.
 
@@ -151,9 +144,6 @@ class Plan:
                 validate_service(svc)
             except ModelError as exc:
                 raise DataplaneError(str(exc)) from None
-            unsupported = _not_forwarded_yet(key)
-            if unsupported:
-                raise DataplaneError(f"service {key}: {unsupported}")
             if len(svc.reals) > abi.MAX_REALS_PER_SERVICE:
                 raise DataplaneError(f"service {svc.key}: {len(svc.reals)} real servers, more than "
                                      f"{abi.MAX_REALS_PER_SERVICE} in one service")

@@ -970,7 +970,7 @@ static __noinline int follow_fragment6(struct packet6 *p)
  * tables (a struct pyvs_conn_key, or pyvs_conn6_key when `v6`, a constant: each caller gets its own code), and
  * pkt->saddr/daddr what the schedulers hash (IPv6: the addresses' words xor-ed, as IPVS folds them). */
 static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct packet *pkt, void *ckey, const int v6,
-				     __u32 fwmark)
+				     const int fwmark)
 {
 	struct pyvs_conn *conn, *half = NULL, fresh = {};
 	struct pyvs_sweep_stats *st;
@@ -1037,8 +1037,8 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 		if (conn->last_seen != now)
 			conn->last_seen = now;
 	} else {
-		svc = fwmark ? find_fwmark_service(fwmark, pkt, &vport) : v6 ? find_service6(ckey, &vport)
-									 : find_service(pkt, &vport);
+		svc = fwmark ? find_fwmark_service(ctx, pkt, &vport, v6) : v6 ? find_service6(ckey, &vport)
+									  : find_service(pkt, &vport);
 		if (!svc)
 			return pass(PYVS_CNT_PASS);
 		/* IPVS's miss rules: only a SYN starts a TCP connection (any packet but RST with sloppy_tcp). */
