@@ -105,6 +105,13 @@ class ServiceKey:
     def is_fwmark(self) -> bool:
         return self.fwmark != 0
 
+    @property
+    def title(self) -> str:
+        """`TCP 198.18.0.100:80`; a firewall-mark service's `FWM 1` (`FWM 1 IPv6`), as ipvsadm -L names them."""
+        if self.fwmark:
+            return f"FWM {self.fwmark}" + (" IPv6" if self.family == 6 else "")
+        return f"{self.proto.label} {self}"
+
     def __str__(self) -> str:
         if self.fwmark:
             return f"fwmark {self.fwmark}" + (" IPv6" if self.family == 6 else "")

@@ -128,3 +128,8 @@ def test_delete_edit_and_servers_by_mark() -> None:
     assert fwmark_key(1, 6) not in rules.services and fwmark_key(1) in rules.services
     assert ServiceKey(Protocol.SCTP, IP("198.18.0.100"), 3868) in rules.services
     assert IP6("::") == fwmark_key(3, 6).vip
+
+
+def test_keys_name_themselves_as_ipvsadm_does() -> None:
+    assert fwmark_key(1).title == "FWM 1" and fwmark_key(1, 6).title == "FWM 1 IPv6"
+    assert ServiceKey(Protocol.SCTP, IP("198.18.0.100"), 3868).title == "SCTP 198.18.0.100:3868"

@@ -68,7 +68,7 @@ def _traffic(topo: Topology, say: Callable[[str], None], requests: int) -> None:
         counters = dp.counters()
     say("director data plane (XDP) per service:")
     for key, c in sorted(stats.items()):
-        say(f"  {key.proto.label} {key}: {c.conns} connections, {c.inpkts} packets in, {c.inbytes} bytes in, "
+        say(f"  {key.title}: {c.conns} connections, {c.inpkts} packets in, {c.inbytes} bytes in, "
             "0 out (replies never reach the director)")
     say(f"  forwarded with XDP_TX: {counters['tx']}, to a VIP port without a service: {counters['pass']}, "
         f"dropped: {sum(v for k, v in counters.items() if k.startswith('drop_'))}")
