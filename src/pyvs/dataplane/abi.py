@@ -60,6 +60,7 @@ SVC_F_SCHED2 = _D["PYVS_SVC_F_SCHED2"]
 SVC_F_SCHED3 = _D["PYVS_SVC_F_SCHED3"]
 SVC_F_PERSISTENT = _D["PYVS_SVC_F_PERSISTENT"]
 SVC_F_NO_WEIGHT = _D["PYVS_SVC_F_NO_WEIGHT"]
+SVC_F_FWMARK = _D["PYVS_SVC_F_FWMARK"]
 SCHEDULER_NAMES: dict[int, str] = {value: name for name, value in SCHEDULER_IDS.items()}
 
 # State number -> IPVS state name (as ipvsadm -L -c prints it).

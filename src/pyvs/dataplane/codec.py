@@ -115,6 +115,8 @@ def real_entry(rip: IPAddress) -> abi.RealEntry:
 
 def svc_value(svc: Service, index: int) -> abi.Svc:
     flags = sched_flag_bits(svc.sched_flags) | (abi.SVC_F_PERSISTENT if svc.persistent is not None else 0)
+    if svc.key.is_fwmark:
+        flags |= abi.SVC_F_FWMARK  # (the key says it too: for readers of a map dump)
     if svc.reals and not any(real.weight for real in svc.reals.values()):
         flags |= abi.SVC_F_NO_WEIGHT  # (mh's table is built from last weights: its fallback walk would find none)
     netmask = svc.netmask if isinstance(svc.netmask, int) else ip_to_be(svc.netmask)  # IPv6: a prefix length
