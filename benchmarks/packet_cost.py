@@ -12,6 +12,13 @@ the IPv6 5-tuple); their figures come after the IPv4 ones, so the IPv4 figures k
 The kernel reports the average time of one repetition; each figure is the median of --runs runs (the spread is
 printed too). Handshakes are driven by bench_handshake(6) (bpf/bare.c), which rewrites the frame and tail-calls
 the program measured; its own cost (measured around the empty program) is taken out of the handshake figures.
+
+Tunnel forwarding (--tunnels-only runs these alone, into results/packet_cost_tun.json): an established TCP segment
+(64 B and 1400 B frames) to a DR real and to tunnel reals of each type (ipip, gue, gue with its UDP checksum, gre,
+gre with its checksum), in one data plane, as a ratio to the DR path of the same run. BPF_PROG_TEST_RUN does not
+reset the frame between repetitions and an encapsulated frame is no longer for a VIP, so these figures are the
+median of --tun-samples single-repetition runs (the kernel's timer around one run of the program, the DR case
+measured the same way), less the median of as many single runs of the empty program (the timer's own cost).
 """
 
 from __future__ import annotations
@@ -28,12 +35,13 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from pyvs.dataplane import Dataplane, libbpf, scratch_dataplane
 from pyvs.dataplane.base import install_calls
 from pyvs.dataplane.build import build_object, object_path
 from pyvs.dataplane.neighbours import NextHop
-from pyvs.model import IPAddress, Protocol, Real, Rules, Service, ServiceKey
+from pyvs.model import Forwarding, IPAddress, Protocol, Real, Rules, Service, ServiceKey, Tunnel
 
 HERE = Path(__file__).parent
 VIP = IPv4Address("198.18.0.100")
@@ -215,6 +223,60 @@ TARGETS = (  # (pyvs case, reference, allowed ratio or None: printed only), at t
 )
 
 
+TUNNELS = (("DR", None), ("tun ipip", Tunnel("ipip")), ("tun gue", Tunnel("gue", 6080)),
+           ("tun gue csum", Tunnel("gue", 6080, "csum")), ("tun gre", Tunnel("gre")),
+           ("tun gre csum", Tunnel("gre", 0, "csum")))
+TUN_SIZES = (64, 1400)  # frame sizes of the established segment
+
+
+def tunnel_neighbour(rip: IPAddress) -> NextHop:
+    return NextHop(0, "02:00:00:00:00:0a", f"02:00:00:00:{rip.packed[-2]:02x}:{rip.packed[-1]:02x}", "198.18.2.10",
+                   9000)
+
+
+def tun_case(label: str, size: int) -> str:
+    return f"established TCP {size} B, {label}"
+
+
+def bench_tunnels(conns: int, samples: int) -> tuple[list[Figure], list[str]]:
+    """An established TCP segment to a DR real and to tunnel reals of each type (one VIP each, 2 reals), with
+    `conns` other connections in the table; each figure the median of `samples` single runs. Returns the figures
+    and the ratio lines (each tunnel to DR, at each size)."""
+    rules = Rules()
+    for n, (_, tunnel) in enumerate(TUNNELS):
+        key = ServiceKey(Protocol.TCP, IPv4Address(int(VIP) + n), 80)
+        svc = Service(key, "rr")
+        for r in range(2):
+            rip = IPv4Address(int(IPv4Address("198.18.4.0")) + 16 * n + 1 + r)
+            svc.reals[(rip, 80)] = Real(rip, 80, 1, Forwarding.TUNNEL if tunnel else Forwarding.ROUTE, tunnel=tunnel)
+        rules.services[key] = svc
+    figures = []
+    with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c"))) as bare:  # the timer's own cost, taken out
+        empty = bare.prog_fd("bare_empty")
+        overhead = statistics.median(libbpf.prog_test_run(empty, frame(TCP())).duration_ns for _ in range(samples))
+    with scratch_dataplane("pyvsbench-tun", tunnel_neighbour) as dp:
+        dp.apply(rules)
+        populate(dp, conns)
+        fd = dp.program_fd()
+        for n, (label, _) in enumerate(TUNNELS):
+            vip = str(IPv4Address(int(VIP) + n))
+            libbpf.prog_test_run(fd, frame(TCP(sport=41000, dport=80, flags="S"), dst=vip))
+            libbpf.prog_test_run(fd, frame(TCP(sport=41000, dport=80, flags="A"), dst=vip))
+            for size in TUN_SIZES:
+                packet = frame(TCP(sport=41000, dport=80, flags="A") / Raw(bytes(size - 54)), dst=vip)
+                first = libbpf.prog_test_run(fd, packet)
+                if first.verdict_name != "XDP_TX":
+                    raise RuntimeError(f"{label}: {first.verdict_name} instead of XDP_TX")
+                times = [libbpf.prog_test_run(fd, packet).duration_ns for _ in range(samples)]
+                figures.append(Figure(tun_case(label, size), 2, statistics.median(times) - overhead,
+                                      sorted(times)[int(0.9 * len(times))] - min(times)))
+    by_name = {f.name: f for f in figures}
+    lines = [f"{tun_case(label, size)} / {tun_case('DR', size)}: "
+             f"{by_name[tun_case(label, size)].median_ns / max(by_name[tun_case('DR', size)].median_ns, 1):.2f}x"
+             for label, _ in TUNNELS[1:] for size in TUN_SIZES]
+    return figures, lines
+
+
 def report(figures: list[Figure], largest: int) -> list[str]:
     width = max(len(f.name) for f in figures)
     lines = [f"{'case':<{width}} {'reals':>6} {'ns/packet':>10} {'spread':>8}"]
@@ -238,8 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="runs per figure; the median is kept (default 5)")
     parser.add_argument("--reals", default="2,100,1000", help="real-server counts (default 2,100,1000)")
     parser.add_argument("--conns", type=int, default=100_000, help="live connections in the table (default 1e5)")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "packet_cost.json")
+    parser.add_argument("--tun-samples", type=int, default=20_000,
+                        help="single runs per tunnel figure; the median is kept (default 2e4)")
+    parser.add_argument("--tunnels-only", action="store_true",
+                        help="only the tunnel cases (and the DR case beside them), into results/packet_cost_tun.json")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.tunnels_only:
+        return tunnels_main(args)
+    args.out = args.out or HERE / "results" / "packet_cost.json"
     counts = [int(n) for n in args.reals.split(",")]
     started = time.time()
     figures, overhead = bench_bare(args.repeat, args.new_repeat, args.runs)
@@ -249,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         figures += four
         figures6 += six
     figures += figures6  # after the IPv4 figures: theirs keep their places in the results file
-    lines = report(figures, max(counts))
+    tunnels, tun_lines = bench_tunnels(args.conns, args.tun_samples)
+    figures += tunnels  # after the IPv6 figures, for the same reason
+    lines = report(figures, max(counts)) + tun_lines
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"started": started, "repeat": args.repeat, "new_repeat": args.new_repeat,
@@ -257,4 +328,20 @@ def main(argv: list[str] | None = None) -> int:
                                     "conns": args.conns, "figures": [asdict(f) for f in figures],
                                     "summary": lines}, indent=2))
     print(f"\nwritten: {args.out}")
+    return 0
+
+
+def tunnels_main(args: argparse.Namespace) -> int:
+    started = time.time()
+    figures, ratios = bench_tunnels(args.conns, args.tun_samples)
+    width = max(len(f.name) for f in figures)
+    lines = [f"{'case':<{width}} {'ns/packet':>10} {'p90-min':>8}"]
+    lines += [f"{f.name:<{width}} {f.median_ns:>10.1f} {f.spread_ns:>8.1f}" for f in figures]
+    lines += ["", *ratios]
+    print("\n".join(lines))
+    out = args.out or HERE / "results" / "packet_cost_tun.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"started": started, "samples": args.tun_samples, "conns": args.conns,
+                               "figures": [asdict(f) for f in figures], "summary": lines}, indent=2))
+    print(f"\nwritten: {out}")
     return 0

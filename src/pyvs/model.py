@@ -49,7 +49,7 @@ MAX_FWMARK = 2**32 - 1  # ipvsadm's parse_fwmark: 1 to UINT_MAX
 
 
 class Forwarding(Enum):
-    """IPVS forwarding methods; pyvs forwards by direct routing only."""
+    """IPVS forwarding methods: direct routing (-g) and tunnelling (-i)."""
 
     ROUTE = "Route"
     MASQ = "Masq"
@@ -58,6 +58,44 @@ class Forwarding(Enum):
     @property
     def option(self) -> str:
         return {"Route": "-g", "Masq": "-m", "Tunnel": "-i"}[self.value]
+
+
+TUN_TYPES = ("ipip", "gue", "gre")  # ipvsadm --tun-type, IPVS's IP_VS_CONN_F_TUNNEL_TYPE_* order
+TUN_CSUMS = ("nocsum", "csum", "remcsum")  # --tun-nocsum|--tun-csum|--tun-remcsum, IPVS's tun_flags 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """How a tunnel real's packets are encapsulated (ipvsadm -i --tun-type ... --tun-port ... --tun-csum)."""
+
+    type: str = "ipip"
+    port: int = 0  # GUE's UDP destination port; 0 for the other types
+    csum: str = "nocsum"
+
+    def info(self) -> str:
+        """ipvsadm's TunnelInfo column (--tun-info): ipip, gue:PORT:-c|+c|r+c, gre:-c|+c."""
+        flags = {"nocsum": "-c", "csum": "+c", "remcsum": "r+c"}[self.csum]
+        if self.type == "gue":
+            return f"gue:{self.port}:{flags}"
+        return f"gre:{flags}" if self.type == "gre" else self.type
+
+
+def validate_tunnel(tunnel: Tunnel) -> Tunnel:
+    """ipvsadm's table of legal tunnel options: ipip takes none, gue needs --tun-port (and one checksum option),
+    gre takes --tun-nocsum or --tun-csum."""
+    if tunnel.type not in TUN_TYPES:
+        raise ModelError(f"illegal tunnel type '{tunnel.type}' (one of {', '.join(TUN_TYPES)})")
+    if tunnel.csum not in TUN_CSUMS:
+        raise ModelError(f"illegal tunnel checksum '{tunnel.csum}' (one of {', '.join(TUN_CSUMS)})")
+    if tunnel.type == "gue" and not 1 <= tunnel.port <= 65535:
+        raise ModelError("You need to supply the 'tun-port' option for the 'gue' tunnel type")
+    if tunnel.type != "gue" and tunnel.port:
+        raise ModelError(f"Illegal 'tun-port' option with the '{tunnel.type}' tunnel type")
+    if tunnel.type == "ipip" and tunnel.csum != "nocsum":
+        raise ModelError(f"Illegal 'tun-{tunnel.csum}' option with the 'ipip' tunnel type")
+    if tunnel.type == "gre" and tunnel.csum == "remcsum":
+        raise ModelError("Illegal 'tun-remcsum' option with the 'gre' tunnel type")
+    return tunnel
 
 
 def address_order(address: IPAddress) -> tuple[int, int]:
@@ -137,10 +175,18 @@ class Real:
     # The last non-zero weight, as the data plane keeps it (IPVS's dest->last_weight: mh builds its table
     # from it, so draining a real to 0 leaves the others' slots where they are). None: not known.
     last_weight: int | None = field(default=None, compare=False)
+    tunnel: Tunnel | None = field(default=None, compare=False)  # with Forwarding.TUNNEL (None there: ipip)
 
     @property
     def key(self) -> RealKey:
         return (self.rip, self.port)
+
+    @property
+    def method(self) -> tuple[Forwarding, Tunnel | None]:
+        """How the real is reached, normalized: (TUNNEL, its tunnel, ipip when not given) or (ROUTE, None)."""
+        if self.forwarding is Forwarding.TUNNEL:
+            return self.forwarding, self.tunnel or Tunnel()
+        return self.forwarding, None
 
     def sort_key(self) -> tuple[int, int, int, int]:
         return (self.rip.version, int(self.rip), self.port, self.weight)
@@ -226,7 +272,7 @@ class Rules:
                     svc.persistent,
                     svc.netmask,
                     svc.sched_flags,
-                    {rk: Real(r.rip, r.port, r.weight, r.forwarding) for rk, r in svc.reals.items()},
+                    {rk: Real(r.rip, r.port, r.weight, r.forwarding, tunnel=r.tunnel) for rk, r in svc.reals.items()},
                     svc.mh_table_size,
                 )
                 for key, svc in self.services.items()
@@ -387,13 +433,19 @@ def validate_real(svc: Service, real: Real) -> None:
             f"real server {real} is IPv{real.rip.version} and the service {svc.key} IPv{svc.key.family}: "
             "direct routing keeps the packet, so both must be of one family"
         )
-    if real.forwarding is not Forwarding.ROUTE:
+    if real.forwarding is Forwarding.MASQ:
         raise ModelError(
             f"forwarding method {real.forwarding.value} ({real.forwarding.option}) is not supported; "
-            "pyvs forwards by direct routing only (-g)"
+            "pyvs forwards by direct routing (-g) and tunnelling (-i)"
         )
+    if real.forwarding is Forwarding.TUNNEL:
+        validate_tunnel(real.tunnel or Tunnel())
+        if real.rip.version != 4:
+            raise ModelError(f"real server {real}: pyvs tunnels to IPv4 real servers only (IPIP, GUE, GRE over IPv4)")
+    elif real.tunnel is not None:
+        raise ModelError("Tunnel options conflict with forward method")
     if real.port != svc.key.port and not svc.key.is_fwmark:  # a fwmark service has no port (IPVS keeps the real's)
         raise ModelError(
             f"real server port {real.port} differs from the service port {svc.key.port}: "
-            "direct routing cannot change the port"
+            f"{'tunnelling' if real.forwarding is Forwarding.TUNNEL else 'direct routing'} cannot change the port"
         )

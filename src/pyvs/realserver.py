@@ -21,7 +21,7 @@ import select
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -32,6 +32,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_DEPRECATED, IFA_F_NODAD
 
 from pyvs import netns
+from pyvs.decap import DECAP_PROGRAM, KERNEL_DEVICES, KERNEL_MODULES, DecapError, choose_mode, kernel_can_decapsulate
+from pyvs.decap import attach as attach_decap
+from pyvs.decap import detach as detach_decap
+from pyvs.decap import status as decap_status
 from pyvs.links import link_index
 from pyvs.model import IPAddress, ModelError, parse_address
 
@@ -73,6 +77,7 @@ class _State:
     nd_rules: list[str] = field(default_factory=list)  # IPv6 VIPs whose NS rule up() added
     nft_table: bool = False  # up() created the nftables table (down() removes it when no rule is left)
     lo_set_up: bool = False
+    decap: dict[str, Any] = field(default_factory=dict)  # tunnel decapsulation up() set: nic, mode, device, port
 
     def empty(self) -> bool:
         """Nothing up() added is left: the rest (sysctls, lo) goes back too."""
@@ -398,12 +403,23 @@ def _refuse_misplaced(ipr: IPRoute, vip: IPAddress) -> None:
 
 
 def up(vips: str | Sequence[str], nic: str | None = None, method: str = "sysctl",
-       state_dir: Path = STATE_DIR) -> list[str]:
+       state_dir: Path = STATE_DIR, tunnel: str | None = None, tun_port: int = 0, decap: str = "auto") -> list[str]:
     """Apply the real-server configuration for the VIPs (either family); returns what was changed. `method` is
-    IPv4's ARP suppression; IPv6's is always the nftables rule."""
+    IPv4's ARP suppression; IPv6's is always the nftables rule. `tunnel` (ipip, gue with `tun_port`, gre): the
+    director tunnels to this real, and its packets are decapsulated by the kernel's modules or pyvs's XDP program
+    (`decap`: auto, kernel, xdp; see pyvs.decap)."""
     wanted = parse_vips(vips)
     if method not in METHODS:
         raise RealServerError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if tunnel is not None:
+        if any(vip.version == 6 for vip in wanted):
+            raise RealServerError("the director tunnels IPv4 only (IPIP, GUE, GRE): give IPv4 VIPs with --tunnel")
+        if tunnel == "gue" and not 1 <= tun_port <= 65535:
+            raise RealServerError("--tunnel gue needs --tun-port (the director's --tun-port)")
+        try:
+            decap = choose_mode(tunnel, decap)
+        except DecapError as exc:
+            raise RealServerError(str(exc)) from None
     v4 = [vip for vip in wanted if isinstance(vip, IPv4Address)]
     v6 = [vip for vip in wanted if isinstance(vip, IPv6Address)]
     nic = _check_nic(nic, {vip.version for vip in wanted})
@@ -446,6 +462,8 @@ def up(vips: str | Sequence[str], nic: str | None = None, method: str = "sysctl"
             for iface in ("all", nic):
                 setting, value, accepted = RP_FILTER
                 record(_set_sysctl(state, _key(iface, setting), value, accepted))
+        if tunnel is not None:
+            _decap_up(ipr, state, nic, tunnel, tun_port, decap, record)
         present = nd_rules() if v6 else {}
         for vip in v6:
             if vip not in present:
@@ -477,6 +495,52 @@ def up(vips: str | Sequence[str], nic: str | None = None, method: str = "sysctl"
                 state.vips.append(str(vip))
             record(f"added {vip}/{HOST_PREFIX[vip.version]} to lo{note}")
     return changes
+
+
+def _decap_up(ipr: IPRoute, state: _State, nic: str, tunnel: str, port: int, mode: str,
+              record: Callable[[str | None], None]) -> None:
+    """Decapsulation of the director's tunnel: the kernel's fallback device up (GUE: a fou port), or pyvs_decap on
+    the NIC for this real's address. rp_filter is off on the NIC already (the inner source is the client)."""
+    if mode == "xdp":
+        rip = IPv4Address(_primary_address(ipr, nic))
+        tunnels = tuple(sorted({tunnel, *state.decap.get("tunnels", [])} if state.decap.get("nic") == nic
+                               else {tunnel}))
+        try:
+            xdp_mode = attach_decap(nic, tunnels, rip, port or int(state.decap.get("port", 0)))
+        except (DecapError, OSError) as exc:
+            raise RealServerError(str(exc)) from None
+        state.decap = {"nic": nic, "mode": "xdp", "tunnels": list(tunnels), "port": port}
+        record(f"XDP program {DECAP_PROGRAM} attached to {nic} ({xdp_mode}): decapsulates {', '.join(tunnels)} "
+               f"to {rip}")
+        return
+    for module in KERNEL_MODULES[tunnel]:
+        netns.run_in_netns(None, ["modprobe", module], check=True)
+    device = KERNEL_DEVICES[tunnel]
+    index = link_index(device, ipr)
+    if index is None:
+        raise RealServerError(f"the {'/'.join(KERNEL_MODULES[tunnel])} module gave no {device} device")
+    if not _is_up(ipr, index):
+        ipr.link("set", index=index, state="up")
+    state.decap = {"nic": nic, "mode": "kernel", "device": device, "port": port if tunnel == "gue" else 0}
+    record(f"{device} up (the kernel's {'/'.join(KERNEL_MODULES[tunnel])} decapsulates)")
+    record(_set_sysctl(state, _key(device, "rp_filter"), 0, (0, 2)))
+    if tunnel == "gue":
+        netns.run_in_netns(None, ["ip", "fou", "add", "port", str(port), "gue"], check=False)
+        record(f"fou port {port} (GUE) added")
+
+
+def _decap_down(ipr: IPRoute, decap: dict[str, Any]) -> list[str]:
+    if decap.get("mode") == "xdp":
+        return [f"XDP program {DECAP_PROGRAM} detached from {decap['nic']}"] if detach_decap(decap["nic"]) else []
+    undone = []
+    if decap.get("port"):
+        netns.run_in_netns(None, ["ip", "fou", "del", "port", str(decap["port"])], check=False)
+        undone.append(f"fou port {decap['port']} removed")
+    index = link_index(decap.get("device", ""), ipr)
+    if index is not None:
+        ipr.link("set", index=index, state="down")
+        undone.append(f"{decap['device']} down")
+    return undone
 
 
 def down(vips: str | Sequence[str] | None = None, state_dir: Path = STATE_DIR) -> list[str]:
@@ -512,6 +576,9 @@ def down(vips: str | Sequence[str] | None = None, state_dir: Path = STATE_DIR) -
             if _delete_nd_table_if_empty():
                 undone.append(f"nft: removed table ip6 {ND_TABLE}")
             state.nft_table = False
+        if state.empty() and state.decap:
+            undone += _decap_down(ipr, state.decap)
+            state.decap = {}
         if state.empty():
             for key, value in state.sysctls.items():
                 try:
@@ -609,9 +676,36 @@ def _ipv6_findings(nic: str, vips: list[IPv6Address], probe: bool) -> list[Findi
     return findings
 
 
-def check(vips: str | Sequence[str], nic: str | None = None, probe: bool = True) -> list[Finding]:
+def _decap_findings(nic: str, tunnel: str) -> list[Finding]:
+    """Who decapsulates the director's tunnel (`tunnel`): pyvs_decap on the NIC (what it takes, what it did), or the
+    kernel's modules with their fallback device up."""
+    try:
+        found = decap_status(nic)
+    except (DecapError, OSError):
+        found = None
+    fix = f"pyvs realserver up --vip VIP --tunnel {tunnel}" + (" --tun-port PORT" if tunnel == "gue" else "")
+    if found is not None:
+        takes = ", ".join(f"gue:{found.gue_port}" if t == "gue" else t for t in found.tunnels)
+        done = ", ".join(f"{found.counters[t]} {t}" for t in found.tunnels)
+        ok = tunnel in found.tunnels
+        return [Finding("tunnel decapsulation", ok, f"XDP {DECAP_PROGRAM} ({found.mode}) for {takes} to "
+                        f"{found.addr or 'any address'}; decapsulated {done}", tunnel, None if ok else fix)]
+    if kernel_can_decapsulate(tunnel):
+        device = KERNEL_DEVICES[tunnel]
+        with IPRoute() as ipr:
+            index = link_index(device, ipr)
+            up_ = index is not None and _is_up(ipr, index)
+        return [Finding("tunnel decapsulation", up_, f"kernel {'/'.join(KERNEL_MODULES[tunnel])}: {device} "
+                        f"{'up' if up_ else 'absent or down'}", f"{device} up", None if up_ else fix)]
+    return [Finding("tunnel decapsulation", False, f"none: this kernel has no {'/'.join(KERNEL_MODULES[tunnel])} "
+                    f"module and {DECAP_PROGRAM} is not attached to {nic}", f"XDP {DECAP_PROGRAM}", fix)]
+
+
+def check(vips: str | Sequence[str], nic: str | None = None, probe: bool = True,
+          tunnel: str | None = None) -> list[Finding]:
     """Report every real-server setting for the VIPs as right or wrong, with the command that fixes it. For an
-    IPv6 VIP, `probe` sends solicitations into the NIC's receive path and reports whether the host answers."""
+    IPv6 VIP, `probe` sends solicitations into the NIC's receive path and reports whether the host answers. For a
+    tunnel real (`tunnel`), who decapsulates."""
     wanted = parse_vips(vips)
     v4 = [vip for vip in wanted if isinstance(vip, IPv4Address)]
     v6 = [vip for vip in wanted if isinstance(vip, IPv6Address)]
@@ -641,4 +735,4 @@ def check(vips: str | Sequence[str], nic: str | None = None, probe: bool = True)
         findings.append(_read_finding(nic, *RP_FILTER))
     if v6:
         findings += _ipv6_findings(nic, v6, probe)
-    return findings
+    return findings + (_decap_findings(nic, tunnel) if tunnel else [])

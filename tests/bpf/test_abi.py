@@ -37,7 +37,6 @@ def test_constants_come_from_the_header() -> None:
     assert abi.MAX_SERVICES == defines["PYVS_MAX_SERVICES"]
     assert set(abi.SCHEDULER_IDS) == set(ALL_SCHEDULERS)
     assert abi.STATE_NAMES[abi.STATES["FIN_WAIT"]] == "FIN_WAIT"
-    # Every counter within the array (each branch adds its own range; a merge makes them contiguous again).
-    assert max(abi.COUNTER_NAMES) < defines["PYVS_CNT_COUNT"] and len(set(abi.COUNTER_NAMES.values())) == len(
-        abi.COUNTER_NAMES)
+    # Helpers working side by side number their counters in ranges of their own: gaps until a merge closes them.
+    assert max(abi.COUNTER_NAMES) + 1 == defines["PYVS_CNT_COUNT"]
     assert set(abi.DEFAULT_TIMEOUTS) == set(abi.STATES)

@@ -241,6 +241,76 @@ def test_a_director_brought_back_takes_flows_and_breaks_none(lab: Topology) -> N
     assert_completed(running)  # a third of them moved to it mid-stream: same real, no reset
 
 
+NEW_REAL = "198.18.2.13"  # a second address of rs2: a real the directors' mh tables did not have
+
+
+def with_real(text: str, address: str, vip: str) -> str:
+    """A lab daemon's config with one more real in the TCP service of `vip`."""
+    blocks = text.split("\n[[service]]\n")
+    for n, block in enumerate(blocks[1:], start=1):
+        if 'proto = "tcp"' in block and f'vip = "{vip}"' in block:
+            blocks[n] = block.rstrip("\n") + f'\n\n[[service.real]]\naddress = "{address}"\n'
+    return "\n[[service]]\n".join(blocks)
+
+
+def holders(topo: Topology, ports: set[int]) -> dict[int, set[str]]:
+    """Client source port -> the directors whose connection table has an entry for it (made or synced)."""
+    found: dict[int, set[str]] = {port: set() for port in ports}
+    for node in topo.directors:
+        with netns.in_netns(node.netns), ecmp.open_dataplane(ecmp.pin_dir(node)) as dp:
+            for conn in dp.connections():
+                if conn.cport in ports and str(conn.vip) == topo.vip and not conn.template:
+                    found[conn.cport].add(node.name)
+    return found
+
+
+def test_flows_older_than_a_change_of_reals_survive_a_director_loss(lab: Topology) -> None:
+    """[sync] (role both) gives every director the connections the others made. A real is added (mh's table
+    changes on every director: a share of the flows hashes to another real now), then a director is killed: its
+    downloads move to directors that hold their entries, so they go on to the real they started on."""
+    rs2 = lab.node("rs2")
+    configs = {node.name: ecmp.config_path(lab, node) for node in lab.directors}
+    originals = {name: path.read_text() for name, path in configs.items()}
+
+    def reload_all() -> None:  # the daemons that run (the next test's fixture starts a killed one again)
+        for node in lab.directors:
+            if ecmp.daemon_pid(lab, node) is not None:
+                netns.run_in_netns(node.netns, [sys.executable, "-m", "pyvs.cli", "director", "reload",
+                                                "--pin-dir", str(ecmp.pin_dir(node))])
+
+    netns.run_in_netns(rs2.netns, ["ip", "addr", "add", f"{NEW_REAL}/24", "dev", "eth0"])
+    try:
+        running = downloads(lab, 9)
+        ports = {d.source_port for d in running}
+        wait_for(lambda: all(len(names) == DIRECTORS for names in holders(lab, ports).values()), 5,
+                 "every director holds every download's connection (sync)")
+        before = ecmp.fingerprints(lab)
+        for name, path in configs.items():
+            path.write_text(with_real(originals[name], NEW_REAL, lab.vip))
+        reload_all()
+        wait_for(lambda: len(set(ecmp.fingerprints(lab).values())) == 1
+                 and set(ecmp.fingerprints(lab).values()) != set(before.values()), 15,
+                 "every director has the new real in its table")
+        victim, theirs = victim_of(lab, running)
+        with RequestLoop(lab.client.netns, lab.public_ip, workers=3) as loop:
+            time.sleep(1)
+            killed_at = time.monotonic()
+            ecmp.kill_director(lab, victim)
+            wait_for(lambda: len(hops(lab)) == DIRECTORS - 1, HOLD + 1, "the router withdraws the victim")
+            converged = time.monotonic()
+            time.sleep(3)
+        attempts = loop.results()
+        assert not failures(attempts, since=converged), failures(attempts, since=converged)[:5]
+        assert_completed(running)
+        assert all(d.ended > killed_at + 1 for d in theirs)  # they ran across the change and the kill
+        assert {a.server for a in attempts if a.ok} == {"rs1", "rs2"}
+    finally:
+        for name, path in configs.items():
+            path.write_text(originals[name])
+        reload_all()
+        netns.run_in_netns(rs2.netns, ["ip", "addr", "del", f"{NEW_REAL}/24", "dev", "eth0"])
+
+
 def test_a_director_that_loses_its_reals_withdraws_and_announces_again(lab: Topology) -> None:
     """Its health checks fail (this director alone cannot reach the reals' port 80): the TCP service loses its
     quorum, so the VIP is withdrawn; the checks pass again and it is announced again."""

@@ -120,7 +120,8 @@ def test_usage_errors_exit_2_before_opening_the_dataplane() -> None:
     code, out, err = run(None, "-A", "-t", "198.18.0.100:80", "-m")
     assert (code, out) == (2, "")
     assert err == (
-        "pyvsadm: option '-m' (masquerading) is not supported: pyvs forwards by direct routing only\n"
+        "pyvsadm: option '-m' (masquerading) is not supported: pyvs forwards by direct routing (-g) and tunnelling "
+        "(-i), not NAT\n"
     )
     code, _, err = run(None, "--bogus")
     assert code == 2

@@ -130,11 +130,7 @@ def test_refused_command_lines(argv: list[str], message: str) -> None:
     [
         (
             ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "-m"],
-            "option '-m' (masquerading) is not supported: pyvs forwards by direct routing only",
-        ),
-        (
-            ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "--ipip"],
-            "option '--ipip' (ipip) is not supported",
+            "option '-m' (masquerading) is not supported",
         ),
         (["-A", "-t", "198.18.0.100:80", "-o"], "option '-o' (ops) is not supported"),
         (["-A", "-t", "198.18.0.100:80", "--pe", "sip"], "option '--pe' (pe) is not supported"),
@@ -146,13 +142,9 @@ def test_refused_command_lines(argv: list[str], message: str) -> None:
             ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "-y", "5"],
             "option '-y' (l-threshold) is not supported",
         ),
-        (["--start-daemon", "master"], "option '--start-daemon' (start-daemon) is not supported"),
-        (["--stop-daemon", "master"], "option '--stop-daemon' (stop-daemon) is not supported"),
-        (["-L", "--daemon"], "option '--daemon' (daemon) is not supported"),
         (["-L", "--rate"], "option '--rate' (rate) is not supported"),
         (["-L", "--thresholds"], "option '--thresholds' (thresholds) is not supported"),
         (["-L", "--persistent-conn"], "option '--persistent-conn' (persistent-conn) is not supported"),
-        (["-L", "--tun-info"], "option '--tun-info' (tun-info) is not supported"),
     ],
 )
 def test_unsupported_options_are_named(argv: list[str], named: str) -> None:

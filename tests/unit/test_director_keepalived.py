@@ -160,7 +160,8 @@ def test_every_option_not_carried_over_is_reported_with_its_line(converted: tupl
         "keepalived.conf:75: misc_path: pyvs runs the command without a shell",
         "keepalived.conf:80: DNS_CHECK: this checker is not implemented by pyvs",
         "keepalived.conf:79: real_server: 198.18.2.12 has no supported checker",
-        "keepalived.conf:88: lb_kind: NAT: pyvs forwards by direct routing only; virtual_server 198.18.0.101 80 "
+        "keepalived.conf:88: lb_kind: NAT: pyvs forwards by direct routing and tunnelling (IPv4) only; "
+        "virtual_server 198.18.0.101 80 "
         "skipped",
         "keepalived.conf:93: virtual_server: fwmark 1 has no lb_kind",
     ]

@@ -71,6 +71,8 @@ Usage:
   {PROGRAM} -L|l [virtual-service] [options]
   {PROGRAM} -Z [virtual-service]
   {PROGRAM} --set tcp tcpfin udp
+  {PROGRAM} --start-daemon {{master|backup}} [daemon-options]
+  {PROGRAM} --stop-daemon {{master|backup}}
   {PROGRAM} -h
 
 Commands:
@@ -87,6 +89,8 @@ Either long or short options are allowed.
   --list            -L|-l     list the table
   --zero            -Z        zero counters in a service or all services
   --set tcp tcpfin udp        set connection timeout values
+  --start-daemon              start connection sync daemon
+  --stop-daemon               stop connection sync daemon
   --help            -h        display this help message
   --version         -v        display the version
 
@@ -108,14 +112,31 @@ Options:
   --ipv6         -6                   fwmark entry uses IPv6
   --real-server  -r server-address    server-address is host (and port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
+  --ipip         -i                   ipip encapsulation (tunneling)
+  --tun-type      type                one of ipip|gue|gre,
+                                      the default tunnel type is ipip.
+  --tun-port      port                tunnel destination port
+  --tun-nocsum                        tunnel encapsulation without checksum
+  --tun-csum                          tunnel encapsulation with checksum
+  --tun-remcsum                       tunnel encapsulation with remote checksum
   --weight       -w weight            capacity of real server
   --connection   -c                   output of current IPVS connections
   --timeout                           output of timeout (tcp tcpfin udp)
+  --daemon                            output of daemon information
   --stats                             output of statistics information
+  --tun-info                          output of tunnel information
   --exact        -X                   expand numbers (display exact values)
   --nosort                            disable sorting output of service/server entries
   --sort                              does nothing, for backwards compatibility
   --numeric      -n                   numeric output of addresses and ports
+
+Daemon Options:
+  --syncid sid                        syncid for connection sync (default=0: a backup takes any)
+  --sync-maxlen length                Max sync message length (default=1472)
+  --mcast-interface interface         multicast interface for connection sync (default=eth0)
+  --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)
+  --mcast-port port                   UDP port (default=8848)
+  --mcast-ttl ttl                     Multicast TTL (default=1)
 
 pyvs's own options:
   --pin-dir DIR                       the data plane pinned at DIR (default: $PYVS_PIN_DIR, else
@@ -124,9 +145,10 @@ pyvs's own options:
                                       (251 ... 131071); default: the smallest with 50 slots per real,
                                       at least 4093. -L and -S show it only when set.
 
-pyvs forwards by direct routing only and refuses, changing nothing, the ipvsadm options
-it does not implement: -m -i --tun-*, --pe -o, -x -y,
---rate --thresholds --persistent-conn --tun-info, the sync daemon options.
+pyvs forwards by direct routing and tunnelling (IPv4 reals) and refuses, changing nothing,
+the ipvsadm options it does not implement: -m, --pe -o, -x -y,
+--rate --thresholds --persistent-conn. The sync daemon is a background process per data plane
+(python -m pyvs.sync.daemon), speaking the kernel's sync protocol version 1.
 """
 
 
@@ -259,7 +281,8 @@ def _list(dataplane: Dataplane, command: Command) -> str:
     else:
         listing.conn_counts = dataplane.conn_counts()
     return format_list(
-        listing, names, stats=command.stats, exact=command.exact, sort=command.sort, service=command.service
+        listing, names, stats=command.stats, exact=command.exact, sort=command.sort, service=command.service,
+        tun_info=command.tun_info
     )
 
 
@@ -286,6 +309,28 @@ def _run(dataplane: Dataplane, command: Command, stdin: TextIO) -> str:
         dataplane.zero(command.service)
     elif action is Action.SET_TIMEOUTS and command.timeouts is not None:
         dataplane.set_timeouts(merge_timeouts(dataplane.read_timeouts(), command.timeouts))
+    return ""
+
+
+def _daemon_command(command: Command, pin_dir: str | None) -> str:
+    """--start-daemon, --stop-daemon, -L --daemon: the sync daemon processes of this data plane."""
+    from pyvs.pindir import chosen_pin_dir
+    from pyvs.sync import daemon
+    from pyvs.sync.engine import SyncConfig, SyncError
+
+    where = chosen_pin_dir(pin_dir)
+    try:
+        if command.action is Action.LIST:
+            return "".join(cfg.describe() + "\n" for cfg in daemon.running(where))
+        assert command.daemon_state is not None
+        if command.action is Action.STOP_DAEMON:
+            daemon.stop(where, command.daemon_state)
+            return ""
+        cfg = SyncConfig(command.daemon_state, command.mcast_interface, command.syncid, command.sync_maxlen,
+                         command.mcast_group, command.mcast_port, command.mcast_ttl)
+        daemon.start(where, cfg)
+    except SyncError as err:
+        raise CommandError(str(err)) from None
     return ""
 
 
@@ -317,6 +362,9 @@ def main(
         stdout.write(_version())
         return EXIT_OK
     try:
+        if command.action in (Action.START_DAEMON, Action.STOP_DAEMON) or command.list_daemon:
+            stdout.write(_daemon_command(command, pin_dir))
+            return EXIT_OK
         if dataplane is not None:
             stdout.write(_run(dataplane, command, stdin))
             return EXIT_OK

@@ -11,6 +11,7 @@ from pyvs.model import (
     ALL_SCHEDULERS,
     DEFAULT_SCHEDULER,
     HOST_MASK,
+    Forwarding,
     ModelError,
     Real,
     Rules,
@@ -112,7 +113,8 @@ def _apply_server(svc: Service, command: Command) -> None:
     if command.action is Action.EDIT_SERVER and not exists:
         raise CommandError("No such destination")
     weight = DEFAULT_WEIGHT if command.weight is None else command.weight
-    real = Real(real_key[0], real_key[1], weight)
+    # As ipvsadm, -e sends the forwarding method too: left out, it is -g again.
+    real = Real(real_key[0], real_key[1], weight, command.forwarding or Forwarding.ROUTE, tunnel=command.tunnel)
     try:
         validate_real(svc, real)
     except ModelError as err:

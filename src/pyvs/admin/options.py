@@ -21,12 +21,15 @@ from pyvs.model import (
     MAX_FWMARK,
     MAX_WEIGHT,
     MH_TABLE_SIZES,
+    TUN_TYPES,
+    Forwarding,
     IPAddress,
     ModelError,
     Netmask,
     Protocol,
     ServiceKey,
     Timeouts,
+    Tunnel,
     fwmark_key,
     parse_address,
     parse_ipv4,
@@ -58,6 +61,8 @@ class Action(Enum):
     DELETE_SERVER = "delete-server"
     EDIT_SERVER = "edit-server"
     SET_TIMEOUTS = "set"
+    START_DAEMON = "start-daemon"
+    STOP_DAEMON = "stop-daemon"
     RESTORE = "restore"
     SAVE = "save"
     ZERO = "zero"
@@ -95,23 +100,32 @@ OPTION_NAMES = (
     "exact",
     "sched-flags",
     "mh-table-size",  # pyvs extension
+    "mcast-interface",
+    "daemon",
+    "syncid",
+    "mcast-group",
+    "mcast-port",
+    "mcast-ttl",
+    "sync-maxlen",
 )
 
 # ipvsadm's commands_v_options, reduced to OPTION_NAMES (one character per option):
 # '+' compulsory, 'x' illegal, '1' at most one of the '1' options, ' ' optional.
 LEGALITY = {
-    Action.ADD_SERVICE: "xx+   xxxxxxx  ",
-    Action.EDIT_SERVICE: "xx+   xxxxxxx  ",
-    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxx",
-    Action.FLUSH: "xxxxxxxxxxxxxxx",
-    Action.LIST: " 11xxxxxx1   xx",
-    Action.ADD_SERVER: "xx+xxx+  xxxxxx",
-    Action.DELETE_SERVER: "xx+xxx+xxxxxxxx",
-    Action.EDIT_SERVER: "xx+xxx+  xxxxxx",
-    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxx",
-    Action.RESTORE: "xxxxxxxxxxxxxxx",
-    Action.SAVE: " xxxxxxxxxxxxxx",
-    Action.ZERO: "xx xxxxxxxxxxxx",
+    Action.ADD_SERVICE: "xx+   xxxxxxx  " "xxxxxxx",
+    Action.EDIT_SERVICE: "xx+   xxxxxxx  " "xxxxxxx",
+    Action.DELETE_SERVICE: "xx+xxxxxxxxxxxx" "xxxxxxx",
+    Action.FLUSH: "xxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.LIST: " 11xxxxxx1   xx" "x1 xxxx",
+    Action.ADD_SERVER: "xx+xxx+  xxxxxx" "xxxxxxx",
+    Action.DELETE_SERVER: "xx+xxx+xxxxxxxx" "xxxxxxx",
+    Action.EDIT_SERVER: "xx+xxx+  xxxxxx" "xxxxxxx",
+    Action.SET_TIMEOUTS: "xxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.START_DAEMON: "xxxxxxxxxxxxxxx" " x     ",
+    Action.STOP_DAEMON: "xxxxxxxxxxxxxxx" "xx xxxx",
+    Action.RESTORE: "xxxxxxxxxxxxxxx" "xxxxxxx",
+    Action.SAVE: " xxxxxxxxxxxxxx" "xxxxxxx",
+    Action.ZERO: "xx xxxxxxxxxxxx" "xxxxxxx",
 }
 
 
@@ -128,6 +142,9 @@ class Command:
     netmask: Netmask | None = None  # -M: a netmask (IPv4 service) or a prefix length (IPv6 service)
     sched_flags: tuple[str, ...] = ()
     mh_table_size: int | None = None  # --mh-table-size (pyvs extension)
+    forwarding: Forwarding | None = None  # -g, -i; None: not given (the default, -g)
+    tunnel: Tunnel | None = None  # -i's --tun-type, --tun-port, --tun-*csum
+    tun_info: bool = False  # -L --tun-info
     timeouts: Timeouts | None = None  # --set values; 0 leaves a timeout unchanged
     numeric: bool = False
     connection: bool = False
@@ -135,6 +152,14 @@ class Command:
     stats: bool = False
     exact: bool = False
     sort: bool = True
+    daemon_state: str | None = None  # --start-daemon/--stop-daemon master|backup
+    list_daemon: bool = False  # -L --daemon
+    mcast_interface: str = ""  # --start-daemon's settings; "" and 0: the defaults
+    syncid: int = 0
+    sync_maxlen: int = 0
+    mcast_group: str = ""
+    mcast_port: int = 0
+    mcast_ttl: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,8 +172,7 @@ class _Spec:
     optional_arg: bool = False  # -p [timeout]: takes the next word when it is a number
 
 
-_DR_ONLY = "pyvs forwards by direct routing only"
-_NO_DAEMON = "pyvs has no connection sync daemon"
+_DR_ONLY = "pyvs forwards by direct routing (-g) and tunnelling (-i), not NAT"
 _NO_THRESHOLDS = "connection thresholds are not implemented by pyvs"
 _SPECS = (
     _Spec("A", "add-service", False, Action.ADD_SERVICE),
@@ -179,26 +203,26 @@ _SPECS = (
     _Spec(None, "nosort", False),
     _Spec(None, "sort", False),
     _Spec("X", "exact", False),
-    _Spec(None, "start-daemon", True, unsupported=_NO_DAEMON),
-    _Spec(None, "stop-daemon", True, unsupported=_NO_DAEMON),
-    _Spec(None, "daemon", False, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-interface", True, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-group", True, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-port", True, unsupported=_NO_DAEMON),
-    _Spec(None, "mcast-ttl", True, unsupported=_NO_DAEMON),
-    _Spec(None, "sync-maxlen", True, unsupported=_NO_DAEMON),
-    _Spec(None, "syncid", True, unsupported=_NO_DAEMON),
+    _Spec(None, "start-daemon", True, Action.START_DAEMON),
+    _Spec(None, "stop-daemon", True, Action.STOP_DAEMON),
+    _Spec(None, "daemon", False),
+    _Spec(None, "mcast-interface", True),
+    _Spec(None, "mcast-group", True),
+    _Spec(None, "mcast-port", True),
+    _Spec(None, "mcast-ttl", True),
+    _Spec(None, "sync-maxlen", True),
+    _Spec(None, "syncid", True),
     _Spec(None, "sctp-service", True),
     _Spec("f", "fwmark-service", True),
     _Spec("6", "ipv6", False),
     _Spec("m", "masquerading", False, unsupported=_DR_ONLY),
-    _Spec("i", "ipip", False, unsupported=_DR_ONLY),
-    _Spec(None, "tun-type", True, unsupported=_DR_ONLY),
-    _Spec(None, "tun-port", True, unsupported=_DR_ONLY),
-    _Spec(None, "tun-nocsum", False, unsupported=_DR_ONLY),
-    _Spec(None, "tun-csum", False, unsupported=_DR_ONLY),
-    _Spec(None, "tun-remcsum", False, unsupported=_DR_ONLY),
-    _Spec(None, "tun-info", False, unsupported=_DR_ONLY),
+    _Spec("i", "ipip", False),
+    _Spec(None, "tun-type", True),
+    _Spec(None, "tun-port", True),
+    _Spec(None, "tun-nocsum", False),
+    _Spec(None, "tun-csum", False),
+    _Spec(None, "tun-remcsum", False),
+    _Spec(None, "tun-info", False),
     _Spec("p", "persistent", False, optional_arg=True),
     _Spec("M", "netmask", True),
     _Spec(None, "pe", True, unsupported="persistence engines are not implemented by pyvs"),
@@ -221,7 +245,12 @@ _OPTION_OF = {
     "fwmark-service": "service-address",
     "real-server": "real-server",
     "gatewaying": "forwarding-method",
+    "ipip": "forwarding-method",
 }
+# ipvsadm's tunnel options (last in its optnames[]): legal with -a and -e only, --tun-info with -L only.
+TUNNEL_OPTIONS = ("tun-type", "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum")
+# ipvsadm's tunnel_types_v_options over tun-port, tun-nocsum, tun-csum, tun-remcsum.
+TUNNEL_LEGALITY = {"ipip": "xxxx", "gue": "+111", "gre": "x11x"}
 
 
 def _unsupported(spec: _Spec, written: str) -> UsageError:
@@ -377,6 +406,36 @@ def _timeout(text: str) -> int:
     return value
 
 
+DEFAULT_MCAST_INTERFACE = "eth0"  # ipvsadm's DEF_MCAST_IFN
+
+
+def _bounded(values: dict[str, str], name: str, low: int, high: int, message: str) -> int:
+    """An option's number in low..high (0 when absent), as ipvsadm's string_to_number; else `message`."""
+    if name not in values:
+        return 0
+    value = _number(values[name])
+    if value is None or not low <= value <= high:
+        raise UsageError(message)
+    return value
+
+
+def _mcast_group(text: str) -> str:
+    """--mcast-group: a multicast address of either family, as ipvsadm checks it."""
+    if ":" in text:
+        try:
+            if IPv6Address(text).is_multicast:
+                return text
+        except ValueError:
+            pass
+        raise UsageError(f"invalid IPv6 mcast-group `{text}'")
+    try:
+        if IPv4Address(text).is_multicast:
+            return text
+    except ValueError:
+        pass
+    raise UsageError(f"invalid IPv4 mcast-group `{text}'")
+
+
 def _check_legality(action: Action, given: set[str]) -> None:
     """ipvsadm's generic_opt_check, with its messages."""
     table = LEGALITY[action]
@@ -397,9 +456,49 @@ def _check_legality(action: Action, given: set[str]) -> None:
             first_exclusive = name
 
 
+def _check_tunnel(action: Action, given: set[str], values: dict[str, str]) -> Tunnel | None:
+    """ipvsadm's checks of the tunnel options (its messages): where they are legal, that they go with -i, and its
+    table of tunnel types and options. Returns the tunnel of an -a or -e with -i."""
+    for name in (*TUNNEL_OPTIONS, "tun-info"):
+        legal = action in (Action.ADD_SERVER, Action.EDIT_SERVER) if name != "tun-info" else action is Action.LIST
+        if name in given and not legal:
+            raise UsageError(f"Illegal '{name}' option with the '{action.value}' command")
+    if action not in (Action.ADD_SERVER, Action.EDIT_SERVER):
+        return None
+    tunnel_given = any(name in given for name in TUNNEL_OPTIONS)
+    if values.get("forwarding-method") != "ipip":
+        if tunnel_given:
+            raise UsageError("Tunnel options conflict with forward method")
+        return None
+    kind = values.get("tun-type", "ipip")
+    if kind not in TUN_TYPES:
+        raise UsageError("illegal tunnel type specified")
+    port = 0
+    if "tun-port" in values:
+        number = _number(values["tun-port"])
+        if number is None or not 1 <= number <= 65535:
+            raise UsageError("illegal tunnel port specified")
+        port = number
+    first_exclusive: str | None = None
+    for name, rule in zip(TUNNEL_OPTIONS[1:], TUNNEL_LEGALITY[kind], strict=True):
+        if name not in given:
+            if rule == "+":
+                raise UsageError(f"You need to supply the '{name}' option for the '{kind}' tunnel type")
+        elif rule == "x":
+            raise UsageError(f"Illegal '{name}' option with the '{kind}' tunnel type")
+        elif rule == "1":
+            if first_exclusive is not None:
+                raise UsageError(f"The option '{name}' conflicts with the '{first_exclusive}' option in the "
+                                 f"'{kind}' tunnel type")
+            first_exclusive = name
+    csum = first_exclusive[len("tun-"):] if first_exclusive else "nocsum"
+    return Tunnel(kind, port, csum)
+
+
 def parse_args(argv: Sequence[str]) -> Command:
     """Parse one ipvsadm invocation (without the program name). Raises UsageError."""
     action: Action | None = None
+    daemon_state: str | None = None
     given: set[str] = set()
     positionals: list[str] = []
     values: dict[str, str] = {}
@@ -414,6 +513,11 @@ def parse_args(argv: Sequence[str]) -> Command:
             if action is not None:
                 raise UsageError("multiple commands specified")
             action = spec.action
+            if action in (Action.START_DAEMON, Action.STOP_DAEMON):
+                if value not in ("master", "backup"):
+                    raise UsageError("illegal start-daemon parameter specified" if action is Action.START_DAEMON
+                                     else "illegal start_daemon specified")  # sic, ipvsadm's words
+                daemon_state = value
             continue
         if spec.long == "sort":
             continue  # the default; a no-op kept for compatibility, as in ipvsadm
@@ -428,6 +532,8 @@ def parse_args(argv: Sequence[str]) -> Command:
         given.add(name)
         if value is not None:
             values[name] = value
+        if name == "forwarding-method":
+            values[name] = spec.long
         if spec.long == "udp-service":
             proto = Protocol.UDP
         elif spec.long == "sctp-service":
@@ -474,12 +580,24 @@ def parse_args(argv: Sequence[str]) -> Command:
             raise UsageError(f"illegal {what} specified: {err}") from None
     sched_flags = tuple(values["sched-flags"].split(",")) if "sched-flags" in values else ()
     mh_table_size = _mh_table_size(values["mh-table-size"]) if "mh-table-size" in values else None
+    syncid = _bounded(values, "syncid", 0, 255, "illegal syncid specified")
+    mcast_port = _bounded(values, "mcast-port", 1, 65535, "illegal mcast-port specified")
+    mcast_ttl = _bounded(values, "mcast-ttl", 1, 255, "illegal mcast-ttl specified")
+    sync_maxlen = _bounded(values, "sync-maxlen", 1, 65535 - 20 - 8, "illegal sync-maxlen specified")
+    mcast_group = _mcast_group(values["mcast-group"]) if "mcast-group" in values else ""
+    mcast_interface = values.get("mcast-interface", "")[:15]  # IP_VS_IFNAME_MAXLEN - 1
+    if action is Action.START_DAEMON and not mcast_interface:
+        mcast_interface = DEFAULT_MCAST_INTERFACE
 
-    _check_legality(action, given)
+    _check_legality(action, given - {*TUNNEL_OPTIONS, "tun-info"})
+    tunnel = _check_tunnel(action, given, values)
+    forwarding = None
+    if "forwarding-method" in values:
+        forwarding = Forwarding.TUNNEL if values["forwarding-method"] == "ipip" else Forwarding.ROUTE
     if (action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0
             and not service.is_fwmark and persistent is None):
         raise UsageError("Zero port specified for non-persistent service")
-    if action is Action.LIST and given & {"connection", "timeout"} and "stats" in given:
+    if action is Action.LIST and given & {"connection", "timeout", "daemon"} and "stats" in given:
         raise UsageError("options conflicts in the list command")
     return Command(
         action,
@@ -491,6 +609,9 @@ def parse_args(argv: Sequence[str]) -> Command:
         netmask=netmask,
         sched_flags=sched_flags,
         mh_table_size=mh_table_size,
+        forwarding=forwarding,
+        tunnel=tunnel,
+        tun_info="tun-info" in given,
         timeouts=timeouts,
         numeric="numeric" in given,
         connection="connection" in given,
@@ -498,6 +619,14 @@ def parse_args(argv: Sequence[str]) -> Command:
         stats="stats" in given,
         exact="exact" in given,
         sort="nosort" not in given,
+        daemon_state=daemon_state,
+        list_daemon="daemon" in given,
+        mcast_interface=mcast_interface,
+        syncid=syncid,
+        sync_maxlen=sync_maxlen,
+        mcast_group=mcast_group,
+        mcast_port=mcast_port,
+        mcast_ttl=mcast_ttl,
     )
 
 
@@ -515,7 +644,7 @@ def parse_restore(text: str) -> list[tuple[int, Command]]:
 
 # The two line shapes `-S -n` writes, parsed without the general parser (a rule file has 1e5 of them).
 _IPV4 = r"(\d{1,3}(?:\.\d{1,3}){3})"
-_SAVED_ADD_SERVER = re.compile(rf"-a -([tu]) {_IPV4}:(\d{{1,5}}) -r {_IPV4}(?::\d{{1,5}})?(?: -g)?(?: -w (\d{{1,5}}))?")
+_SAVED_ADD_SERVER = re.compile(rf"-a -([tu]) {_IPV4}:(\d{{1,5}}) -r {_IPV4}(?::\d{{1,5}})?( -g)?(?: -w (\d{{1,5}}))?")
 _SAVED_ADD_SERVICE = re.compile(rf"-A -([tu]) {_IPV4}:(\d{{1,5}}) -s ([a-z]+)")
 _PROTOCOLS = {"t": Protocol.TCP, "u": Protocol.UDP}
 
@@ -551,12 +680,13 @@ class _SavedLines:
             match = _SAVED_ADD_SERVER.fullmatch(line)
             if match is None:
                 return None
-            proto, vip, vport, rip, weight = match.groups()
+            proto, vip, vport, rip, gatewaying, weight = match.groups()
             service, real = self._service(proto, vip, vport), self._address(rip)
             if service is None or real is None or (weight is not None and int(weight) > MAX_WEIGHT):
                 return None
             return Command(Action.ADD_SERVER, service=service, real=(real, service.port),
-                           weight=None if weight is None else int(weight))
+                           weight=None if weight is None else int(weight),
+                           forwarding=Forwarding.ROUTE if gatewaying else None)
         if line.startswith("-A "):
             match = _SAVED_ADD_SERVICE.fullmatch(line)
             if match is None:

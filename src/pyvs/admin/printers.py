@@ -17,6 +17,7 @@ from pyvs.model import (
     HOST_PREFIX6,
     Connection,
     Counters,
+    Forwarding,
     IPAddress,
     Protocol,
     Real,
@@ -25,6 +26,7 @@ from pyvs.model import (
     Service,
     ServiceKey,
     Timeouts,
+    Tunnel,
     endpoint_text,
 )
 
@@ -102,10 +104,13 @@ def format_header(conn_table_size: int) -> str:
     return f"IP Virtual Server version {IPVS_VERSION} (size={conn_table_size})\n"
 
 
-def _title(stats: bool) -> str:
+def _title(stats: bool, tun_info: bool = False) -> str:
     if stats:
         columns = " ".join(f"{name:>8}" for name in ("Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"))
         return f"{'Prot LocalAddress:Port':<33} {columns}\n  -> RemoteAddress:Port\n"
+    if tun_info:
+        return ("Prot LocalAddress:Port Scheduler Flags\n"
+                "  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn\n")
     return (
         "Prot LocalAddress:Port Scheduler Flags\n"
         "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
@@ -143,7 +148,23 @@ def _counters(counters: Counters, exact: bool) -> str:
     )
 
 
-def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, exact: bool, sort: bool) -> str:
+def tunnel_info(real: Real) -> str:
+    """ipvsadm's TunnelInfo column: the tunnel of a tunnel real, n/a for the others."""
+    if real.forwarding is not Forwarding.TUNNEL:
+        return "n/a"
+    return (real.tunnel or Tunnel()).info()
+
+
+def tunnel_options(real: Real) -> str:
+    """What -S writes after -w for a tunnel real, as ipvsadm's print_tunnel_rule."""
+    tunnel = real.tunnel or Tunnel()
+    port = f" --tun-port {tunnel.port}" if tunnel.type == "gue" else ""
+    csum = f" --tun-{tunnel.csum}" if tunnel.type != "ipip" else ""
+    return f" --tun-type {tunnel.type}{port}{csum}"
+
+
+def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, exact: bool, sort: bool,
+                   tun_info: bool = False) -> str:
     key = svc.key
     if key.is_fwmark:
         name = _fwmark_name(key, rule=False)
@@ -173,8 +194,9 @@ def _service_entry(svc: Service, listing: Listing, names: Names, stats: bool, ex
             lines.append(f"  -> {dest:<28}{_counters(counters, exact)}")
         else:
             active, inactive = listing.conn_counts.get((key, real.key), (0, 0))
+            info = f" {tunnel_info(real):<13}" if tun_info else ""
             lines.append(
-                f"  -> {dest:<28} {real.forwarding.value:<7} {real.weight:<6} {active:<10} {inactive:<10}"
+                f"  -> {dest:<28} {real.forwarding.value:<7}{info} {real.weight:<6} {active:<10} {inactive:<10}"
             )
     return "".join(line + "\n" for line in lines)
 
@@ -187,6 +209,7 @@ def format_list(
     exact: bool = False,
     sort: bool = True,
     service: ServiceKey | None = None,
+    tun_info: bool = False,
 ) -> str:
     """`-L` (all services, with the version header) or `-L -t VIP:port` (one, without it).
 
@@ -198,8 +221,8 @@ def format_list(
     else:
         chosen = _services(listing.rules, sort)
         head = format_header(listing.conn_table_size)
-    body = "".join(_service_entry(svc, listing, names, stats, exact, sort) for svc in chosen)
-    return head + _title(stats) + body
+    body = "".join(_service_entry(svc, listing, names, stats, exact, sort, tun_info) for svc in chosen)
+    return head + _title(stats, tun_info) + body
 
 
 def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> str:
@@ -223,7 +246,8 @@ def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> s
         lines.append(line)
         for real in _reals(svc, sort):
             dest = names.endpoint(real.rip, real.port, key.proto)
-            lines.append(f"-a {selector} -r {dest} {real.forwarding.option} -w {real.weight}")
+            tunnel = tunnel_options(real) if real.forwarding is Forwarding.TUNNEL else ""
+            lines.append(f"-a {selector} -r {dest} {real.forwarding.option} -w {real.weight}{tunnel}")
     return "".join(line + "\n" for line in lines)
 
 

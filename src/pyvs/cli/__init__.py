@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "behind a BGP router that spreads the flows over them (ECMP), each running `pyvs director "
                          "run` with mh, sloppy TCP and a [bgp] session to the router (with --ipv6 the IPv6 VIP is "
                          "routed to them too); the lab's other commands follow the number it was brought up with")
+    up.add_argument("--method", choices=("dr", "tun"), default=None,
+                    help="how the director forwards: dr (direct routing, the default) or tun (tunnelling, -i: every "
+                         "real decapsulates, and rs2 is routed on 198.18.6.0/24 behind a router); the lab's other "
+                         "commands follow the method it was brought up with")
+    up.add_argument("--tun-type", choices=("ipip", "gue", "gre"), default=None,
+                    help="with --method tun: the tunnel (default ipip; gue on UDP port 6080)")
     add(lab_commands, "down", "lab:cmd_down", "remove the lab's namespaces, links, processes and pins", prefix)
     status = add(lab_commands, "status", "lab:cmd_status",
                  "check what the demo needs (nodes, servers, reals, XDP, the tutorial's rules); exit 1 if anything "
@@ -218,13 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", choices=RS_METHODS, default="sysctl",
         help="IPv4's ARP suppression: sysctl (arp_ignore/arp_announce, default) or arptables rules",
     )  # fmt: skip
+    rs_up.add_argument("--tunnel", choices=("ipip", "gue", "gre"),
+                        help="the director tunnels to this real (pyvsadm -i --tun-type): decapsulate its packets")
+    rs_up.add_argument("--tun-port", type=int, default=0, help="GUE: the UDP port (the director's --tun-port)")
+    rs_up.add_argument("--decap", choices=("auto", "xdp", "kernel"), default="auto",
+                        help="who decapsulates: the kernel's ipip/fou/gre modules, or pyvs's XDP program where the "
+                             "kernel has none (auto, the default)")
     rs_down = add(rs_commands, "down", "realserver:cmd_down", "undo exactly what 'pyvs realserver up' changed")
     rs_down.add_argument("--vip", action="append", default=[],
                          help="undo only this VIP's address and rules (repeatable; the sysctls go back with the last "
                               "VIP; default: everything)")
-    add(rs_commands, "check", "realserver:cmd_check",
-        "verify the real-server settings (IPv6: with a neighbour solicitation handed to the NIC); exit 1 if any is "
-        "wrong", vip)
+    rs_check = add(rs_commands, "check", "realserver:cmd_check",
+                   "verify the real-server settings (IPv6: with a neighbour solicitation handed to the NIC; a tunnel: "
+                   "who decapsulates); exit 1 if any is wrong", vip)
+    rs_check.add_argument("--tunnel", choices=("ipip", "gue", "gre"), help="the director tunnels to this real")
     doctor_help = "verify the DR cluster from the director, on the wire; a table of findings with the fix"
     doctor_parser = add(commands, "doctor", "arp:cmd_doctor", doctor_help, pins)
     doctor_parser.add_argument("--dev", help="the director's NIC facing the reals (default: the one with the VIP)")

@@ -9,7 +9,7 @@ from typing import Any
 from pyvs import netns
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, print_actions, print_table
 from pyvs.lab import lab
-from pyvs.lab.topology import Topology, default_topology, ecmp_topology
+from pyvs.lab.topology import Topology, default_topology, ecmp_topology, tun_topology
 
 
 def _topology(args: argparse.Namespace) -> Topology:
@@ -26,6 +26,19 @@ def _topology(args: argparse.Namespace) -> Topology:
     topo = default_topology(prefix=args.prefix)
     recorded_ipv6 = lab.recorded_ipv6(topo)
     ipv6 = getattr(args, "ipv6", False) or recorded_ipv6
+    recorded_method = lab.recorded_method(topo)
+    asked_method, asked_type = getattr(args, "method", None), getattr(args, "tun_type", None)
+    method = asked_method or (recorded_method[0] if recorded_method else "dr")
+    tun_type = asked_type or (recorded_method[1] if recorded_method else "ipip")
+    if recorded_method and (method, tun_type) != recorded_method:
+        raise UsageError(f"lab {args.prefix} runs with --method {recorded_method[0]} --tun-type {recorded_method[1]}: "
+                         f"`pyvs lab down{option}` first")
+    if asked_type and method != "tun":
+        raise UsageError("--tun-type goes with --method tun")
+    if method == "tun":
+        if ipv6 or directors > 1:
+            raise UsageError("--method tun is IPv4 with one director: not with --ipv6 or --directors")
+        return tun_topology(prefix=args.prefix, tun_type=tun_type)
     if directors == 1:
         return default_topology(prefix=args.prefix, ipv6=ipv6) if ipv6 else topo
     return ecmp_topology(prefix=args.prefix, directors=directors,

@@ -9,7 +9,8 @@ from pyvs.cli.common import EXIT_FAILURE, print_actions, print_table
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    changes = realserver.up(args.vip, nic=args.dev, method=args.method)
+    changes = realserver.up(args.vip, nic=args.dev, method=args.method, tunnel=args.tunnel, tun_port=args.tun_port,
+                            decap=args.decap)
     print_actions(changes, "real server already configured, nothing changed")
     return 0
 
@@ -20,7 +21,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    findings = realserver.check(args.vip, nic=args.dev)
+    findings = realserver.check(args.vip, nic=args.dev, tunnel=args.tunnel)
     rows = [["setting", "actual", "expected", "ok", "fix"]]
     rows += [[f.name, f.actual, f.expected, "ok" if f.ok else "WRONG", f.fix_command or ""] for f in findings]
     print_table(rows)

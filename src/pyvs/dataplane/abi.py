@@ -41,10 +41,17 @@ VIP_FILTER_SIZE = _D["PYVS_VIP_FILTER_SIZE"]
 VIP_F_ANY_PORT = _D["PYVS_VIP_F_ANY_PORT"]
 REAL_ACTIVE = _D["PYVS_REAL_ACTIVE"]
 REAL_IPV6 = _D["PYVS_REAL_IPV6"]
+REAL_FWD_TUNNEL = _D["PYVS_REAL_FWD_TUNNEL"]
+TUN_F_CSUM = _D["PYVS_TUN_F_CSUM"]
+TUN_F_REMCSUM = _D["PYVS_TUN_F_REMCSUM"]
+TUN_F_ROUTED = _D["PYVS_TUN_F_ROUTED"]
+TUN_TYPES: dict[str, int] = {"ipip": _D["PYVS_TUN_IPIP"], "gue": _D["PYVS_TUN_GUE"], "gre": _D["PYVS_TUN_GRE"]}
 MAX_EXT_HEADERS = _D["PYVS_MAX_EXT_HEADERS"]
 CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
 CFG_SLOPPY_TCP = _D["PYVS_CFG_SLOPPY_TCP"]
 CFG_IPV6 = _D["PYVS_CFG_IPV6"]
+CFG_SYNC = _D["PYVS_CFG_SYNC"]
+SYNC_RING_SIZE = _D["PYVS_SYNC_RING_SIZE"]
 CONN_F_TEMPLATE = _D["PYVS_CONN_F_TEMPLATE"]
 CONN_F_PERSISTED = _D["PYVS_CONN_F_PERSISTED"]
 STATE_COUNT = _D["PYVS_STATE_COUNT"]
@@ -139,6 +146,12 @@ class RealEntry(ctypes.Structure):
                 ("last_weight", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
 
 
+class Tunnel(ctypes.Structure):
+    _fields_ = [("saddr", ctypes.c_uint32), ("daddr", ctypes.c_uint32), ("port", ctypes.c_uint16),
+                ("mtu", ctypes.c_uint16), ("type", ctypes.c_uint8), ("flags", ctypes.c_uint8),
+                ("pad", ctypes.c_uint16)]
+
+
 class ConnKey(ctypes.Structure):
     _fields_ = [("saddr", ctypes.c_uint32), ("daddr", ctypes.c_uint32), ("sport", ctypes.c_uint16),
                 ("dport", ctypes.c_uint16), ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
@@ -211,6 +224,15 @@ class Sweeper(ctypes.Structure):
     _fields_ = [("timer", ctypes.c_uint64 * 2), ("stats", SweepStats)]
 
 
+class SyncEvent(ctypes.Structure):
+    """A connection event of the ring buffer sync_events (addresses of both families in 16 bytes)."""
+
+    _fields_ = [("caddr", ctypes.c_uint32 * 4), ("vaddr", ctypes.c_uint32 * 4), ("cport", ctypes.c_uint16),
+                ("vport", ctypes.c_uint16), ("proto", ctypes.c_uint8), ("family", ctypes.c_uint8),
+                ("state", ctypes.c_uint8), ("flags", ctypes.c_uint8), ("real", ctypes.c_uint32),
+                ("gen", ctypes.c_uint32), ("timeout", ctypes.c_uint32)]
+
+
 # The connection tables (maps of maps whose shards Python creates) and the key of each.
 CONN_TABLES: dict[str, type[ctypes.Structure]] = {"conns": ConnKey, "half_open": ConnKey, "conns6": ConnKey6,
                                                   "half_open6": ConnKey6}
@@ -225,6 +247,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_frag6_ports": FragPorts6,
     "pyvs_svc": Svc,
     "pyvs_real": RealEntry,
+    "pyvs_tunnel": Tunnel,
     "pyvs_conn_key": ConnKey,
     "pyvs_conn": Conn,
     "pyvs_frag_key": FragKey,
@@ -236,6 +259,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_slot_usage": SlotUsage,
     "pyvs_sweep_stats": SweepStats,
     "sweeper": Sweeper,
+    "pyvs_sync_event": SyncEvent,
 }
 
 def fill_config_defaults(cfg: Config) -> bool:

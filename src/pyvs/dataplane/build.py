@@ -27,7 +27,7 @@ from pathlib import Path
 BPF_DIR = Path(__file__).parent / "bpf"
 SHIPPED_DIR = BPF_DIR / "prebuilt"
 CACHE_DIR = Path(os.environ.get("PYVS_CACHE_DIR", "/var/cache/pyvs"))
-PROGRAMS = {"xdp": "pyvs_xdp.c", "pass": "pyvs_pass.c"}
+PROGRAMS = {"xdp": "pyvs_xdp.c", "pass": "pyvs_pass.c", "decap": "pyvs_decap.c"}
 
 
 class BuildError(RuntimeError):

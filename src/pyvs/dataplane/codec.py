@@ -17,10 +17,15 @@ from pyvs.mac import mac_bytes
 from pyvs.model import (
     HOST_MASK,
     HOST_PREFIX6,
+    TUN_CSUMS,
+    TUN_TYPES,
+    Forwarding,
     IPAddress,
     Protocol,
+    Real,
     Service,
     ServiceKey,
+    Tunnel,
     fwmark_key,
     sched_flag_bits,
     sched_flag_names,
@@ -102,10 +107,44 @@ def conn_addresses(key: abi.ConnKey | abi.ConnKey6) -> tuple[IPAddress, IPAddres
 
 @dataclass
 class RealSlot:
-    """A slot of the reals map, what it holds, and the real's address (an IPv6 real's is in real_addrs6)."""
+    """A slot of the reals map, what it holds, and the real's address (an IPv6 real's is in real_addrs6); a tunnel
+    real's encapsulation (tunnels)."""
     slot: int
     entry: abi.RealEntry
     rip: IPAddress
+    tunnel: abi.Tunnel | None = None
+
+
+def tunnel_settings(tunnel: Tunnel) -> tuple[int, int, int]:
+    """What of a tunnel the admin sets, as the tunnels map holds it: (type, port, checksum flags)."""
+    return abi.TUN_TYPES[tunnel.type], port_to_be(tunnel.port), TUN_CSUMS.index(tunnel.csum)
+
+
+def raw_tunnel_settings(raw: abi.Tunnel) -> tuple[int, int, int]:
+    return raw.type, raw.port, raw.flags & (abi.TUN_F_CSUM | abi.TUN_F_REMCSUM)
+
+
+def tunnel_value(real: Real, hop: NextHop) -> abi.Tunnel:
+    """The tunnels entry of a tunnel real reached through `hop` (its source address, MTU, gateway)."""
+    if not hop.saddr or ":" in hop.saddr:
+        raise ValueError(f"real server {real.rip}: the director has no IPv4 source address toward it (its route "
+                         "names none): the tunnel's outer header needs one")
+    kind, port, flags = tunnel_settings(real.tunnel or Tunnel())
+    return abi.Tunnel(saddr=ip_to_be(IPv4Address(hop.saddr)), daddr=ip_to_be(IPv4Address(real.rip)), port=port,
+                      mtu=min(hop.mtu, 0xFFFF), type=kind, flags=flags | (abi.TUN_F_ROUTED if hop.gateway else 0))
+
+
+def real_from(slot: RealSlot) -> Real:
+    """The model's real of an active slot: address, port, weight, forwarding and tunnel."""
+    entry = slot.entry
+    real = Real(slot.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
+    if entry.flags & abi.REAL_FWD_TUNNEL:
+        real.forwarding = Forwarding.TUNNEL
+        raw = slot.tunnel or abi.Tunnel()
+        kind = TUN_TYPES[raw.type] if raw.type < len(TUN_TYPES) else "ipip"
+        flags = raw.flags & (abi.TUN_F_CSUM | abi.TUN_F_REMCSUM)
+        real.tunnel = Tunnel(kind, socket.ntohs(raw.port), TUN_CSUMS[flags if flags < len(TUN_CSUMS) else 0])
+    return real
 
 
 def real_entry(rip: IPAddress) -> abi.RealEntry:

@@ -43,6 +43,7 @@ from pyvs.dataplane.codec import (
     conn_addresses,
     family_map,
     fold_be,
+    real_from,
     service_from,
     service_key,
     set_bit,
@@ -54,16 +55,16 @@ from pyvs.dataplane.codec import (
     vip_filter_slot,
     vip_key,
 )
-from pyvs.dataplane.neighbours import NeighbourError, NextHop, interface_index, resolve
+from pyvs.dataplane.neighbours import NeighbourError, NextHop, interface_index, resolve, resolve_tunnel
 from pyvs.dataplane.pinmeta import MIGRATE_HINT
 from pyvs.dataplane.plan import Plan
 from pyvs.mac import ZERO_MAC, mac_bytes, mac_text
 from pyvs.model import (
     Connection,
     Counters,
+    Forwarding,
     IPAddress,
     Protocol,
-    Real,
     RealKey,
     Rules,
     Service,
@@ -80,10 +81,14 @@ CONN_TABLE_WARN_SHARE = 0.8  # a connection table this full of live entries is r
 class Dataplane:
     """One director's data plane, reached through its pinned maps."""
 
-    def __init__(self, pin_dir: Path, fds: dict[str, int], resolver: Resolver = resolve):
+    def __init__(self, pin_dir: Path, fds: dict[str, int], resolver: Resolver = resolve,
+                 tunnel_resolver: Resolver | None = None):
+        """`resolver` finds a real's next hop on the segment; `tunnel_resolver` a tunnel real's, which may be a
+        gateway (default: the kernel's routes for `resolve`, else `resolver` itself, as tests give)."""
         self.pin_dir = pin_dir
         self._fds = fds
         self._resolver = resolver
+        self._tunnel_resolver = tunnel_resolver or (resolve_tunnel if resolver is resolve else resolver)
         self._ncpus = libbpf.num_possible_cpus()
         self._shard_fds: dict[tuple[str, int], int] = {}
         self.conn_shards = self._config().conn_shards
@@ -291,7 +296,15 @@ class Dataplane:
         flags_at, gen_at = abi.RealEntry.flags.offset // 4, abi.RealEntry.gen.offset // 4
         used = [i for i, (f, g) in enumerate(zip(words[flags_at::stride], words[gen_at::stride], strict=True))
                 if (f or g) and i < count]
-        return [RealSlot(keys[i], values[i], self._rip(keys[i], values[i])) for i in used]
+        return [self._slot(keys[i], values[i]) for i in used]
+
+    def _slot(self, slot: int, entry: abi.RealEntry) -> RealSlot:
+        """A slot with its address and, for a tunnel real, its tunnels entry."""
+        tunnel = None
+        if entry.flags & abi.REAL_FWD_TUNNEL:
+            tunnel = abi.Tunnel()
+            libbpf.map_lookup(self._fds["tunnels"], ctypes.c_uint32(slot), tunnel)
+        return RealSlot(slot, entry, self._rip(slot, entry), tunnel)
 
     def read_rules(self) -> Rules:
         services = self._services()
@@ -301,7 +314,7 @@ class Dataplane:
             entry = real.entry
             key = by_index.get(entry.svc_index)
             if entry.flags & abi.REAL_ACTIVE and key is not None:
-                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
+                item = real_from(real)
                 rules.services[key].reals[item.key] = item
         return rules
 
@@ -314,7 +327,7 @@ class Dataplane:
         for real in self._service_slots(raw.index):
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE:
-                item = Real(real.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
+                item = real_from(real)
                 svc.reals[item.key] = item
         return svc
 
@@ -378,8 +391,7 @@ class Dataplane:
                 entries = [(keys[i], values[i]) for i in range(count)]
             else:
                 entries = [(slot, self._read_entry(slot)) for slot in slots[start:end]]
-            result += [RealSlot(slot, entry, self._rip(slot, entry)) for slot, entry in entries
-                       if entry.svc_index == index]
+            result += [self._slot(slot, entry) for slot, entry in entries if entry.svc_index == index]
             start = end
         return result
 
@@ -660,9 +672,9 @@ class Dataplane:
     def update(self, change: Callable[[Rules], Rules]) -> None:
         """Read the rules, change them and apply the result, with no other writer in between. The change is
         tried once before the lock to resolve its new reals there (`change` must have no side effects)."""
-        resolver = self._prefetch(lambda: change(self.read_rules()))
+        resolvers = self._prefetch(lambda: change(self.read_rules()))
         with self._writing():
-            self._apply(change(self.read_rules()), resolver)
+            self._apply(change(self.read_rules()), resolvers)
 
     def update_service(self, key: ServiceKey, change: Callable[[Service | None], Service | None]) -> None:
         """Read one service (None: absent), change it and apply the result (None: delete it), with no
@@ -671,19 +683,19 @@ class Dataplane:
         def attempt() -> Rules:
             svc = change(self.read_service(key))
             return Rules({key: svc} if svc is not None else {})
-        resolver = self._prefetch(attempt)
+        resolvers = self._prefetch(attempt)
         with self._writing():
-            self._apply_service(key, change(self.read_service(key)), resolver)
+            self._apply_service(key, change(self.read_service(key)), resolvers)
 
-    def _prefetch(self, rules: Callable[[], Rules]) -> Resolver:
-        """The resolver for a change: its new reals resolved before the lock when the change can be computed
-        now (it is computed again under the lock; a failure now is the one reported then)."""
+    def _prefetch(self, rules: Callable[[], Rules]) -> tuple[Resolver, Resolver]:
+        """The resolvers (direct, tunnel) for a change: its new reals resolved before the lock when the change can
+        be computed now (it is computed again under the lock; a failure now is the one reported then)."""
         if self._lock_depth:
-            return self._resolver  # already under the lock: nothing gained
+            return self._resolver, self._tunnel_resolver  # already under the lock: nothing gained
         try:
             return self._prefetch_hops(rules())
         except Exception:  # noqa: BLE001 - the same change under the lock raises it to the caller
-            return self._resolver
+            return self._resolver, self._tunnel_resolver
 
     def apply(self, rules: Rules) -> None:
         """Make the data plane forward exactly as `rules` say.
@@ -693,7 +705,7 @@ class Dataplane:
         """
         self._apply(rules, self._prefetch(lambda: rules))
 
-    def _apply(self, rules: Rules, resolver: Resolver) -> None:
+    def _apply(self, rules: Rules, resolvers: tuple[Resolver, Resolver]) -> None:
         with self._writing():
             current = self._services()
             slots = self._real_slots()
@@ -705,7 +717,7 @@ class Dataplane:
             for real in slots:
                 if real.entry.flags & abi.REAL_ACTIVE:
                     set_bit(usage.reals, real.slot)
-            plan = Plan(current, slots, rules, resolver, usage, lambda slot: abi.RealEntry())
+            plan = Plan(current, slots, rules, resolvers[0], usage, lambda slot: abi.RealEntry(), resolvers[1])
             self._carry_out(plan, rules, set(rules.services))
 
     def apply_service(self, key: ServiceKey, service: Service | None) -> None:
@@ -718,7 +730,7 @@ class Dataplane:
             raise ValueError(f"service {service.key} given for {key}")
         self._apply_service(key, service, self._prefetch(lambda: Rules({key: service} if service else {})))
 
-    def _apply_service(self, key: ServiceKey, service: Service | None, resolver: Resolver) -> None:
+    def _apply_service(self, key: ServiceKey, service: Service | None, resolvers: tuple[Resolver, Resolver]) -> None:
         if service is not None and service.key != key:
             raise ValueError(f"service {service.key} given for {key}")
         with self._writing():
@@ -728,7 +740,7 @@ class Dataplane:
             usage = abi.SlotUsage()
             libbpf.map_lookup(self._fds["slot_usage"], ctypes.c_uint32(0), usage)
             rules = Rules({key: service} if service is not None else {})
-            plan = Plan(current, slots, rules, resolver, usage, self._read_entry)
+            plan = Plan(current, slots, rules, resolvers[0], usage, self._read_entry, resolvers[1])
             vip_keys = None
             if bool(current) != (service is not None):  # a service comes or goes: the VIP maps follow
                 vip_keys = set(self._services())
@@ -797,6 +809,9 @@ class Dataplane:
                 if (not entry.flags & abi.REAL_ACTIVE or self._rip(real.slot, entry) != rip
                         or mac_text(entry.dmac) == mac):
                     continue
+                routed = self._slot(real.slot, entry).tunnel
+                if routed is not None and routed.flags & abi.TUN_F_ROUTED:
+                    continue  # its frames go to its gateway's MAC, not its own
                 if old_mac is not None and mac_text(entry.dmac) != old_mac:
                     continue
                 entry.dmac[:] = new
@@ -858,10 +873,12 @@ class Dataplane:
             entry = real.entry
             if entry.flags & abi.REAL_ACTIVE and not (only_missing and mac_text(entry.dmac) != ZERO_MAC):
                 wanted[real.slot] = real
-        hops: dict[IPAddress, NextHop] = {}
-        for rip in sorted({real.rip for real in wanted.values()}, key=lambda a: (a.version, int(a))):
+        hops: dict[tuple[IPAddress, bool], NextHop] = {}
+        kinds = (self._resolver, self._tunnel_resolver)
+        for rip, tunnel in sorted({(r.rip, bool(r.entry.flags & abi.REAL_FWD_TUNNEL)) for r in wanted.values()},
+                                  key=lambda a: (a[0].version, int(a[0]), a[1])):
             try:
-                hops[rip] = self._resolver(rip)
+                hops[(rip, tunnel)] = kinds[tunnel](rip)
             except NeighbourError as exc:
                 if unresolved is None:
                     log.warning("real server %s: %s", rip, exc)
@@ -870,7 +887,7 @@ class Dataplane:
         changed = 0
         with self._writing():
             for slot, seen in wanted.items():
-                hop = hops.get(seen.rip)
+                hop = hops.get((seen.rip, bool(seen.entry.flags & abi.REAL_FWD_TUNNEL)))
                 if hop is None or hop.dmac == ZERO_MAC:
                     continue
                 entry = self._read_entry(slot)
@@ -883,7 +900,7 @@ class Dataplane:
                 changed += 1
         return changed
 
-    def _prefetch_hops(self, rules: Rules) -> Resolver:
+    def _prefetch_hops(self, rules: Rules) -> tuple[Resolver, Resolver]:
         """A resolver for a plan: the next hops of the rules' new real addresses resolved now, before the
         writers' lock (ARP for a silent real takes up to a second); anything else is resolved when asked.
         For one service, new means new to it (what its plan resolves), found without reading every real."""
@@ -894,20 +911,24 @@ class Dataplane:
                     else [])
         else:
             held = self._real_slots()
-        known = {r.rip for r in held if r.entry.flags & abi.REAL_ACTIVE}
-        hops: dict[IPAddress, NextHop] = {}
+        known = {(r.rip, bool(r.entry.flags & abi.REAL_FWD_TUNNEL)) for r in held if r.entry.flags & abi.REAL_ACTIVE}
+        hops: dict[tuple[IPAddress, bool], NextHop] = {}
+        kinds = (self._resolver, self._tunnel_resolver)
         for svc in rules.services.values():
             for real in svc.reals.values():
-                if real.rip not in known and real.rip not in hops:
+                wanted = (real.rip, real.forwarding is Forwarding.TUNNEL)
+                if wanted not in known and wanted not in hops:
                     try:
-                        hops[real.rip] = self._resolver(real.rip)
+                        hops[wanted] = kinds[wanted[1]](real.rip)
                     except NeighbourError:
                         pass  # the plan asks again, and reports it, if the real is still new under the lock
 
-        def resolver(rip: IPAddress) -> NextHop:
-            hop = hops.get(rip)
-            return hop if hop is not None else self._resolver(rip)
-        return resolver
+        def prefetched(tunnel: bool) -> Resolver:
+            def resolver(rip: IPAddress) -> NextHop:
+                hop = hops.get((rip, tunnel))
+                return hop if hop is not None else kinds[tunnel](rip)
+            return resolver
+        return prefetched(False), prefetched(True)
 
     def _write_reals(self, plan: Plan) -> None:
         """The real entries of the plan that are new or changed, in one batch; a slot that served
@@ -917,6 +938,8 @@ class Dataplane:
             return
         for slot, rip in plan.addresses6.items():  # the address first: an active entry always has one
             libbpf.map_update(self._fds["real_addrs6"], ctypes.c_uint32(slot), addr6(rip))
+        for slot, tunnel in plan.tunnels.items():  # and a tunnel real's encapsulation
+            libbpf.map_update(self._fds["tunnels"], ctypes.c_uint32(slot), tunnel)
         keys = (ctypes.c_uint32 * len(slots))(*slots)
         values = (abi.RealEntry * len(slots))(*(plan.entries[slot] for slot in slots))
         for slot in slots:

@@ -452,6 +452,47 @@ def prog_run_live_frames(prog_fd: int, frame: bytes, count: int, ingress_ifindex
     _check(_test_run(prog_fd, ctypes.byref(opts)), "BPF_PROG_RUN (live frames)")
 
 
+RingBufferCallback = ctypes.CFUNCTYPE(_int, _vp, _vp, ctypes.c_size_t)
+_rb_new = _sig("ring_buffer__new", _vp, _int, RingBufferCallback, _vp, _vp)
+_rb_poll = _sig("ring_buffer__poll", _int, _vp, _int)
+_rb_consume = _sig("ring_buffer__consume", _int, _vp)
+_rb_free = _sig("ring_buffer__free", None, _vp)
+_rb_epoll_fd = _sig("ring_buffer__epoll_fd", _int, _vp)
+
+
+class RingBuffer:
+    """A consumer of a BPF ring buffer map (libbpf's ring_buffer API): `on_sample(bytes)` gets every record."""
+
+    def __init__(self, map_fd: int, on_sample: Any) -> None:
+        def callback(_ctx: int | None, data: int | None, size: int) -> int:
+            on_sample(ctypes.string_at(data, size) if data else b"")
+            return 0
+
+        self._callback = RingBufferCallback(callback)  # kept alive while libbpf holds it
+        ctypes.set_errno(0)
+        self._rb = _rb_new(map_fd, self._callback, None, None)
+        if not self._rb:
+            raise BpfError(ctypes.get_errno() or errno.EINVAL, "ring_buffer__new: cannot read the ring buffer")
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait up to `timeout_ms` for records and hand them to the callback; returns how many."""
+        rc = _rb_poll(self._rb, timeout_ms)
+        if rc < 0 and -rc == errno.EINTR:
+            return 0
+        return _check(rc, "ring_buffer__poll")
+
+    def consume(self) -> int:
+        return _check(_rb_consume(self._rb), "ring_buffer__consume")
+
+    def epoll_fd(self) -> int:
+        return _check(_rb_epoll_fd(self._rb), "ring_buffer__epoll_fd")
+
+    def close(self) -> None:
+        if self._rb:
+            _rb_free(self._rb)
+            self._rb = None
+
+
 BPF_STATS_RUN_TIME = 0
 
 

@@ -19,6 +19,7 @@ from pyvs.dataplane.codec import (
     clear_bits,
     find_run,
     port_to_be,
+    raw_tunnel_settings,
     real_entry,
     same_settings,
     set_bit,
@@ -26,10 +27,22 @@ from pyvs.dataplane.codec import (
     set_table_chunks,
     svc_value,
     table_chunks,
+    tunnel_settings,
+    tunnel_value,
 )
-from pyvs.dataplane.neighbours import NeighbourError
+from pyvs.dataplane.neighbours import NeighbourError, NextHop
 from pyvs.mac import ZERO_MAC
-from pyvs.model import IPAddress, ModelError, Real, Rules, ServiceKey, sched_flag_bits, validate_service
+from pyvs.model import (
+    Forwarding,
+    IPAddress,
+    ModelError,
+    Real,
+    Rules,
+    ServiceKey,
+    Tunnel,
+    sched_flag_bits,
+    validate_service,
+)
 from pyvs.schedulers import build_table
 
 log = logging.getLogger(__name__)
@@ -44,9 +57,14 @@ class Plan:
     """
 
     def __init__(self, current: dict[ServiceKey, abi.Svc], slots: list[RealSlot], rules: Rules,
-                 resolver: Resolver, usage: abi.SlotUsage, read_entry: Callable[[int], abi.RealEntry]):
+                 resolver: Resolver, usage: abi.SlotUsage, read_entry: Callable[[int], abi.RealEntry],
+                 tunnel_resolver: Resolver | None = None):
         self.current = current
         self.entries = {s.slot: s.entry for s in slots}
+        self._tunnels = {s.slot: s.tunnel for s in slots if s.tunnel is not None}
+        self.tunnels: dict[int, abi.Tunnel] = {}  # tunnel reals' slot -> their new tunnels entry
+        self.rehop: list[tuple[ServiceKey, Real, int]] = []  # kept reals whose forwarding or tunnel changed
+        self._resolvers = (resolver, tunnel_resolver or resolver)
         self.real_slot: dict[ServiceKey, dict[tuple[int, int], int]] = {}  # service -> (rip, port) -> real slot
         self.real_changed: dict[int, bool] = {}
         self.new_slots: set[int] = set()
@@ -56,7 +74,7 @@ class Plan:
         existing = self._existing_reals(slots)
         new_reals, last_weights = self._match_reals(rules, existing)
         sorted_reals, positions = self._build_tables(rules, last_weights)
-        self._place_new_reals(new_reals, existing, usage, resolver, read_entry)
+        self._place_new_reals(new_reals, existing, usage, read_entry)
         self._place_tables(rules, positions, usage)
         self._slot_usage(usage)
         self.tables = {
@@ -121,6 +139,10 @@ class Plan:
                         entry.weight, entry.last_weight = real.weight, last_here[rid]
                         self.real_changed[slot] = True
                         self.changed_services.add(svc.key)
+                    if self._forwarding_changed(slot, real):
+                        self.rehop.append((svc.key, real, slot))
+                        self.real_changed[slot] = True
+                        self.changed_services.add(svc.key)
                 else:
                     last_here[rid] = real.weight
                     new_reals.append((svc.key, real))
@@ -162,30 +184,58 @@ class Plan:
                 )
         return sorted_reals, positions
 
+    def _forwarding_changed(self, slot: int, real: Real) -> bool:
+        """Whether a kept real's forwarding method or tunnel settings differ from what its slot holds."""
+        tunnel = real.forwarding is Forwarding.TUNNEL
+        if bool(self.entries[slot].flags & abi.REAL_FWD_TUNNEL) != tunnel:
+            return True
+        raw = self._tunnels.get(slot)
+        try:
+            return tunnel and (raw is None or raw_tunnel_settings(raw) != tunnel_settings(real.tunnel or Tunnel()))
+        except (KeyError, ValueError):
+            return True  # invalid settings: the service's validation says so
+
+    def _hop(self, hops: dict[tuple[IPAddress, bool], NextHop], real: Real) -> NextHop:
+        """The next hop of a real, resolved once per address and kind (a tunnel real may be behind a gateway)."""
+        tunnel = real.forwarding is Forwarding.TUNNEL
+        hop = hops.get((real.rip, tunnel))
+        if hop is None:
+            try:
+                hop = hops[(real.rip, tunnel)] = self._resolvers[tunnel](real.rip)
+            except NeighbourError as exc:
+                raise DataplaneError(str(exc)) from None
+            if hop.dmac == ZERO_MAC:
+                log.warning("real server %s: MAC address %snot resolved; its packets are dropped until it is",
+                            real.rip, f"of its gateway {hop.gateway} " if hop.gateway else "")
+        return hop
+
+    def _set_forwarding(self, slot: int, entry: abi.RealEntry, real: Real, hop: NextHop) -> None:
+        """The entry's next hop and forwarding flag; a tunnel real's tunnels entry."""
+        set_hop(entry, hop)
+        entry.flags &= ~abi.REAL_FWD_TUNNEL
+        if real.forwarding is Forwarding.TUNNEL:
+            try:
+                self.tunnels[slot] = tunnel_value(real, hop)
+            except ValueError as exc:
+                raise DataplaneError(str(exc)) from None
+            entry.flags |= abi.REAL_FWD_TUNNEL
+
     def _place_new_reals(self, new_reals: list[tuple[ServiceKey, Real]], existing: dict[tuple[int, int, int], int],
-                         usage: abi.SlotUsage, resolver: Resolver, read_entry: Callable[[int], abi.RealEntry]) -> None:
+                         usage: abi.SlotUsage, read_entry: Callable[[int], abi.RealEntry]) -> None:
         """Step 4: each new real gets a free slot and an entry with its next hop (resolved once per address) and
-        the slot's next generation."""
+        the slot's next generation; a kept real whose forwarding changed gets its new next hop."""
         taken = set(existing.values())
         free_slots = (i for i in clear_bits(usage.reals, abi.MAX_REALS) if i not in taken)
-        hops: dict[IPAddress, abi.RealEntry] = {}  # rip -> an entry with its next hop, copied for each real there
+        hops: dict[tuple[IPAddress, bool], NextHop] = {}
+        for _, real, kept in self.rehop:
+            self._set_forwarding(kept, self.entries[kept], real, self._hop(hops, real))
         for key, real in new_reals:
             slot = next(free_slots, None)
             if slot is None:
                 raise DataplaneError(f"too many real servers (the data plane holds {abi.MAX_REALS})")
-            template = hops.get(real.rip)
-            if template is None:
-                try:
-                    hop = resolver(real.rip)
-                except NeighbourError as exc:
-                    raise DataplaneError(str(exc)) from None
-                template = hops[real.rip] = real_entry(real.rip)
-                set_hop(template, hop)
-                if hop.dmac == ZERO_MAC:
-                    log.warning("real server %s: MAC address not resolved; its packets are dropped until it is",
-                                real.rip)
             old_entry = self.entries.get(slot) or read_entry(slot)
-            entry = abi.RealEntry.from_buffer_copy(template)
+            entry = real_entry(real.rip)
+            self._set_forwarding(slot, entry, real, self._hop(hops, real))
             entry.port, entry.weight, entry.last_weight = port_to_be(real.port), real.weight, real.weight
             entry.svc_index = self.service_index[key]
             entry.gen = (old_entry.gen + 1) & 0xFFFFFFFF

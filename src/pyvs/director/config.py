@@ -23,6 +23,11 @@
     address = "198.18.2.11"
     weight = 1
 
+    [[service.real]]
+    address = "198.18.6.12"             # routed: tunnelled to (ipvsadm -i); forwarding may be set per service too
+    forwarding = "tun"                  # "dr" (the default) or "tun"
+    tunnel = { type = "gue", port = 6080, csum = "nocsum" }   # --tun-type, --tun-port, --tun-{nocsum,csum,remcsum}
+
     [bgp]                               # optional: announce the VIPs over BGP (active/active behind ECMP)
     local_asn = 65001
     peer_asn = 65000
@@ -30,6 +35,12 @@
     next_hop6 = "2001:db8:2::10"        # IPv6 VIPs announced over IPv4 sessions: their next hop (this director)
     hold_time = 9                       # seconds; keepalives every third of it
     communities = ["65001:80"]          # standard (ASN:VALUE) or large (ASN:A:B) communities
+
+    [sync]                              # optional: IPVS connection sync with the other directors
+    role = "both"                       # master (send), backup (receive) or both (active/active peers)
+    interface = "eth1"                  # ipvsadm --mcast-interface
+    syncid = 1                          # 0-255; a backup with 0 takes every master's messages
+    group = "224.0.0.81"                # --mcast-group; port = 8848, ttl = 1, maxlen = 0 (from the MTU) as ipvsadm
 
 A service is IPv4 or IPv6 (`vip = "2001:db8::100"`); its reals and sorry server are of its family (direct routing
 keeps the packet). Every error names the file and the line it comes from; a file with any error is refused whole.
@@ -58,13 +69,16 @@ from pyvs.model import (
     HOST_PREFIX6,
     MAX_FWMARK,
     MAX_WEIGHT,
+    Forwarding,
     IPAddress,
     ModelError,
     Netmask,
     Protocol,
+    Real,
     RealKey,
     Service,
     ServiceKey,
+    Tunnel,
     endpoint_text,
     fwmark_key,
     parse_address,
@@ -76,6 +90,7 @@ from pyvs.model import (
     sched_flag_names,
     validate_scheduler,
     validate_service,
+    validate_tunnel,
 )
 
 CHECK_TYPES = ("tcp", "http", "https", "command", "none")
@@ -120,6 +135,12 @@ class RealSpec:
     weight: int
     check: CheckSpec
     inhibit_on_failure: bool
+    forwarding: Forwarding = Forwarding.ROUTE
+    tunnel: Tunnel | None = None  # with Forwarding.TUNNEL
+
+    def real(self, weight: int) -> Real:
+        """The model's real with this weight, reached as the spec says."""
+        return Real(self.rip, self.port, weight, self.forwarding, tunnel=self.tunnel)
 
     @property
     def key(self) -> RealKey:
@@ -172,6 +193,26 @@ class BgpSpec:
     withdraw_wait: float = 2.0  # clean stop: seconds after the withdrawal is sent before the speaker stops
 
 
+SYNC_ROLES = ("master", "backup", "both")
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """[sync]: the sync daemons the director runs (pyvs/sync): their settings as ipvsadm --start-daemon takes them."""
+
+    role: str
+    interface: str
+    syncid: int = 0
+    group: str = ""  # "": 224.0.0.81
+    port: int = 0  # 0: 8848
+    ttl: int = 0  # 0: 1
+    maxlen: int = 0  # 0: from the interface's MTU, as the kernel
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return ("master", "backup") if self.role == "both" else (self.role,)
+
+
 @dataclass(frozen=True)
 class DirectorConfig:
     path: Path
@@ -189,6 +230,7 @@ class DirectorConfig:
     node_exporter_metrics: bool = True  # /metrics adds node_exporter's ipvs collector families (node_ipvs_*)
     page_token: str | None = None  # the status page's actions (drain/undrain) need it; None: read-only page
     bgp: BgpSpec | None = None  # [bgp]: the VIPs announced over BGP by a BIRD the daemon drives; None: no BGP
+    sync: SyncSpec | None = None  # [sync]: connection sync with the other directors; None: none
 
     def service(self, key: ServiceKey) -> ServiceSpec | None:
         return next((s for s in self.services if s.key == key), None)
@@ -291,11 +333,14 @@ DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_tim
                  "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics", "page_token")
 SERVICE_KEYS = ("proto", "vip", "port", "fwmark", "ip_family", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
-                "inhibit_on_failure", "check", "real")
-REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check")
+                "inhibit_on_failure", "check", "real", "forwarding", "tunnel")
+REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check", "forwarding", "tunnel")
+FORWARDING = {"dr": Forwarding.ROUTE, "tun": Forwarding.TUNNEL}
+TUNNEL_KEYS = ("type", "port", "csum")
 BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "local_address6", "router_id", "next_hop",
             "next_hop6", "communities", "hold_time", "connect_retry", "withdraw_wait")
 PEER_KEYS = ("address", "asn")
+SYNC_KEYS = ("role", "interface", "syncid", "group", "port", "ttl", "maxlen")
 MAX_ASN = (1 << 32) - 1
 CHECK_KEYS = ("type", "interval", "timeout", "retry_interval", "rise", "fall", "port", "path", "status", "digest",
               "regex", "host", "tls_verify", "command", "user")
@@ -500,7 +545,31 @@ def _family_error(what: str, address: IPAddress, key: ServiceKey) -> str:
             "packet, so both must be of one family")
 
 
-def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool) -> RealSpec:
+def _method(reader: _Reader, default: tuple[Forwarding, Tunnel | None]) -> tuple[Forwarding, Tunnel | None]:
+    """`forwarding` ("dr" or "tun") and `tunnel` ({type, port, csum}) of a service or a real (a real's default: its
+    service's)."""
+    def forwarding_of(value: Any) -> Forwarding:
+        if str(value) not in FORWARDING:
+            raise ValueError(f"unknown forwarding method {value!r} (dr or tun)")
+        return FORWARDING[str(value)]
+
+    forwarding = reader.convert("forwarding", forwarding_of, default[0])
+    if "tunnel" not in reader.table:
+        return forwarding, default[1] if forwarding is Forwarding.TUNNEL else None
+    if forwarding is not Forwarding.TUNNEL:
+        reader.fail("tunnel", "'tunnel' goes with forwarding = \"tun\" (ipvsadm: Tunnel options conflict with "
+                              "forward method)")
+    sub = _sub(reader, "tunnel", TUNNEL_KEYS, "tunnel")
+    try:
+        tunnel = validate_tunnel(Tunnel(sub.get("type", str, "ipip"), sub.get("port", int, 0),
+                                        sub.get("csum", str, "nocsum")))
+    except ModelError as exc:
+        reader.fail("tunnel", f"'tunnel': {exc}")
+    return forwarding, tunnel
+
+
+def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool,
+          method: tuple[Forwarding, Tunnel | None] = (Forwarding.ROUTE, None)) -> RealSpec:
     rip = reader.convert("address", lambda v: parse_address(str(v)), required=True)
     if rip.version != svc_key.family:
         reader.fail("address", f"'address': {_family_error('real server', rip, svc_key)}")
@@ -513,7 +582,11 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool)
     if svc_key.is_fwmark and not port and real_check.type in ("tcp", "http", "https") and real_check.port is None:
         reader.fail("port", f"real {rip} of {svc_key} has no port for its {real_check.type} check: give the real a "
                             "'port' or its check a 'port'")
-    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit))
+    forwarding, tunnel = _method(reader, method)
+    if forwarding is Forwarding.TUNNEL and rip.version != 4:
+        reader.fail("forwarding", f"real server {rip}: pyvs tunnels to IPv4 real servers only")
+    return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit), forwarding,
+                    tunnel)
 
 
 def _fwmark_key(reader: _Reader) -> ServiceKey:
@@ -576,6 +649,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     if key.proto is Protocol.UDP and check.type in ("tcp", "http", "https") and "check" not in table:
         check = CheckSpec(type="none")
     inhibit = reader.get("inhibit_on_failure", bool, False)
+    method = _method(reader, (Forwarding.ROUTE, None))
     reals_table = reader.get("real", list, [])
     reals: list[RealSpec] = []
     real_keys: set[RealKey] = set()
@@ -584,7 +658,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
         if not isinstance(item, dict):
             reader.fail("real", f"real #{number + 1} must be a table")
         real_reader = _Reader(path, lines, item, (*where, "real", str(number)), label, REAL_KEYS)
-        real = _real(real_reader, key, check, inhibit)
+        real = _real(real_reader, key, check, inhibit, method)
         if check_scripts and real.check.type == "command":
             _check_command(real_reader if "check" in item else reader, real.check)
         if real.key in real_keys:
@@ -665,6 +739,27 @@ def _bgp(reader: _Reader, families: set[int]) -> BgpSpec:
     )  # fmt: skip
 
 
+def _multicast(value: Any) -> str:
+    if not isinstance(value, str) or not parse_address(value).is_multicast:
+        raise ValueError(f"{value!r} is not a multicast address (IPVS's default: 224.0.0.81)")
+    return value
+
+
+def _sync(reader: _Reader) -> SyncSpec:
+    role = reader.get("role", str, "both")
+    if role not in SYNC_ROLES:
+        reader.fail("role", f"unknown role '{role}' (master, backup or both)")
+    interface = reader.get("interface", str, required=True)
+    if not 0 < len(interface) < 16:
+        reader.fail("interface", f"'{interface}' is not an interface name")
+    def optional(key: str, high: int) -> int:  # absent: 0, the kernel's default
+        return reader.integer(key, 0, 1, high) if key in reader.table else 0
+
+    return SyncSpec(role, interface, syncid=reader.integer("syncid", 0, 0, 255),
+                    group=reader.convert("group", _multicast, ""), port=optional("port", 65535),
+                    ttl=optional("ttl", 255), maxlen=optional("maxlen", 65535 - 28))
+
+
 def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool = False) -> DirectorConfig:
     """Parse and validate a config text; raises ConfigError naming the file and line. With check_scripts,
     every command (check, notify) must be a file only root can change."""
@@ -676,7 +771,7 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         where = f"{path}:{match.group(1)}" if match else str(path)
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     lines = _Lines(text)
-    top = _Reader(path, lines, data, (), "config", ("director", "service", "bgp"))
+    top = _Reader(path, lines, data, (), "config", ("director", "service", "bgp", "sync"))
     director = _Reader(path, lines, top.get("director", dict, {}), ("director",), "[director]", DIRECTOR_KEYS)
     mode = director.get("xdp_mode", str, "native")
     if mode not in XDP_MODES:
@@ -709,6 +804,8 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         page_token=director.convert("page_token", _token),
         bgp=_bgp(_Reader(path, lines, top.get("bgp", dict), ("bgp",), "[bgp]", BGP_KEYS),
                  {svc.key.vip.version for svc in services if not svc.key.is_fwmark}) if "bgp" in data else None,
+        sync=_sync(_Reader(path, lines, top.get("sync", dict), ("sync",), "[sync]", SYNC_KEYS))
+        if "sync" in data else None,
     )  # fmt: skip
 
 

@@ -64,6 +64,7 @@ from pyvs.director.statusdoc import (
     ServiceStatus,
     StatusDocument,
 )
+from pyvs.director.syncrun import SyncRunner
 from pyvs.model import Counters, IPAddress, Real, Rules, Service, ServiceKey, address_order, endpoint_text
 
 log = logging.getLogger("pyvs.director")
@@ -109,6 +110,11 @@ class DirectorError(RuntimeError):
     """The daemon cannot start or cannot go on; the message says why."""
 
 
+def _method_text(real: Real) -> str:
+    forwarding, tunnel = real.method
+    return f"{forwarding.value} {tunnel.info()}" if tunnel else forwarding.value
+
+
 def service_diff(current: Service | None, expected: Service | None) -> list[str]:
     """What differs between a service in the data plane and what it should be, in words."""
     if current is None:
@@ -131,6 +137,9 @@ def service_diff(current: Service | None, expected: Service | None) -> list[str]
             changes.append(f"real {real_name(key)} removed")
         elif now_real.weight != then_real.weight:
             changes.append(f"real {real_name(key)} weight {now_real.weight} (expected {then_real.weight})")
+        elif now_real.method != then_real.method:
+            changes.append(f"real {real_name(key)} forwarding {_method_text(now_real)} (expected "
+                           f"{_method_text(then_real)})")
     return changes
 
 
@@ -277,6 +286,7 @@ class Director:
         self.bgp_error = ""
         self._bgp_text: str | None = None  # the config BIRD runs with (None: not started or adopted yet)
         self._bgp_dirty = asyncio.Event()
+        self.sync = SyncRunner()  # [sync]: the connection sync engine (pyvs/sync), in a thread of its own
 
     # ---- desired state ---------------------------------------------------------------------------
 
@@ -339,9 +349,9 @@ class Director:
                     continue
                 if self.reals[target].health.up:
                     weight = 0 if target in self.drained else real.weight
-                    service.reals[real.key] = Real(real.rip, real.port, weight)
+                    service.reals[real.key] = real.real(weight)
                 elif real.inhibit_on_failure or target in quiesce:
-                    service.reals[real.key] = Real(real.rip, real.port, 0)
+                    service.reals[real.key] = real.real(0)
             rules.services[svc.key] = service
         return rules
 
@@ -665,6 +675,7 @@ class Director:
             "other_services": others, "counters": snapshot.counters, "tables": snapshot.tables,
             "switches": snapshot.switches, "node_exporter_metrics": self.config.node_exporter_metrics,
             "page_actions": bool(self.config.page_token), "bgp": self.bgp_status(),
+            "sync": self.sync.status(snapshot.counters),
         }  # fmt: skip
 
     @property
@@ -751,6 +762,7 @@ class Director:
                       status=listen_text(self.config.status_listen) if self.config.status_listen else "off")
             self.spawn("ready", self._notify_ready, restart=False)
             self.spawn("bgp", self._keep_announced)
+            self.spawn("sync", self._keep_syncing)
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
             if self.auto_attach:
@@ -788,6 +800,7 @@ class Director:
             self.server.close()
         await self.notifier.drain()
         await self._bgp_stop("the daemon stops")
+        await asyncio.to_thread(self.sync.stop)
         try:
             await self.in_dataplane_thread(self._withdraw)
         finally:
@@ -843,6 +856,12 @@ class Director:
                 full = True
             self._dirty.clear()
             await self.reconcile(full=full)
+
+    async def _keep_syncing(self) -> None:
+        """[sync]: the sync engine runs as the config says (a reload may add, change or remove the section)."""
+        while True:
+            await asyncio.to_thread(self.sync.follow, self.config.sync, self.dp.pin_dir)
+            await asyncio.sleep(1.0)
 
     # ---- BGP ---------------------------------------------------------------------------------------
 

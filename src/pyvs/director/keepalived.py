@@ -10,7 +10,8 @@ compared without case, as keepalived does. Reading is linear in the input's size
 is held in memory at a time.
 
 Carried over: lb_algo/lvs_sched, the scheduler flags (flag-1..3, sh-port, sh-fallback, mh-port, mh-fallback),
-lb_kind/lvs_method DR, protocol, persistence_timeout, persistence_granularity, weight, inhibit_on_failure,
+lb_kind/lvs_method DR and TUN (keepalived 2.2's `type ipip|gue|gre`, `port N`, `nocsum|csum|remcsum`; per
+virtual_server and per real_server), protocol, persistence_timeout, persistence_granularity, weight, inhibit_on_failure,
 sorry_server, quorum, hysteresis, alpha, virtualhost, delay_loop, connect_timeout, retry/nb_get_retry,
 delay_before_retry, connect_port, TCP_CHECK, HTTP_GET and SSL_GET (url path, status_code, digest, virtualhost,
 regex) and MISC_CHECK (misc_path as argv, misc_timeout, default delay_loop as keepalived's). Every other option
@@ -338,10 +339,16 @@ class _Converter:
                 where["scheduler"] = child
             elif key in ("lb_kind", "lvs_method"):
                 method_seen = True
-                if self.arg(child) != "DR":
-                    self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing only; "
+                method = self.method(child, family)
+                if method is None:
+                    self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing and tunnelling (IPv4) only; "
                                      f"virtual_server {name} skipped")
                     return None
+                service.pop("tunnel", None)
+                if method["forwarding"] == "tun":
+                    service.update(method)
+                else:
+                    service.pop("forwarding", None)
             elif key == "protocol":
                 proto = self.arg(child).upper()  # keepalived compares without case (strcasecmp)
                 if proto not in ("TCP", "UDP", "SCTP"):
@@ -413,7 +420,8 @@ class _Converter:
         reals: list[dict[str, Any]] = []
         seen: dict[str, Block] = {}
         for rs in vs.all("real_server"):
-            real = self.real(rs, port, timing, default_host, family, fwmark=bool(mark))
+            real = self.real(rs, port, timing, default_host, family,
+                             {k: service[k] for k in ("forwarding", "tunnel") if k in service}, fwmark=bool(mark))
             if real is None:
                 continue
             if (other := seen.get(real["address"])) is not None:
@@ -468,8 +476,46 @@ class _Converter:
                              "reals are (direct routing)")
         service["sorry_server"] = sorry_ip
 
+    def method(self, block: Block, family: int) -> dict[str, Any] | None:
+        """lb_kind/lvs_method: {} for DR, forwarding and tunnel for TUN (keepalived's svr_forwarding_handler: `type`,
+        `port`, the checksum word; its messages), None for what pyvs cannot do (NAT, TUN to IPv6)."""
+        kind = self.arg(block)
+        if kind == "DR":
+            return {"forwarding": "dr"}
+        if kind not in ("TUN", "NAT"):
+            self.fail(block, f"unknown [{kind[:40]}] routing method")
+        if kind == "NAT" or family != 4:
+            return None
+        tunnel: dict[str, Any] = {"type": "ipip"}
+        words = block.args[1:]
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if word in ("type", "port"):
+                if i + 1 == len(words):
+                    self.fail(block, "Missing tunnel type" if word == "type" else "Missing port for gue tunnel")
+                value = words[i + 1]
+                if word == "type" and value not in ("ipip", "gue", "gre"):
+                    self.fail(block, f"Unknown tunnel type {value[:40]}")
+                if word == "port" and (not value.isdigit() or not 1 <= int(value) <= 65535):
+                    self.fail(block, f"Invalid gue tunnel port {value[:40]}")
+                tunnel[word] = value if word == "type" else int(value)
+                i += 2
+            elif word in ("nocsum", "csum", "remcsum"):
+                tunnel["csum"] = word
+                i += 1
+            else:
+                self.fail(block, f"Invalid tunnel option {word[:40]}")
+        if (tunnel["type"] == "gue") != ("port" in tunnel):
+            self.fail(block, "gue tunnels require port, otherwise cannot have port.")
+        if tunnel["type"] == "ipip" and tunnel.get("csum", "nocsum") != "nocsum":
+            self.fail(block, "ipip tunnels do not support checksum option.")
+        if tunnel["type"] == "gre" and tunnel.get("csum") == "remcsum":
+            self.fail(block, "gre tunnels do not support remote checksum option.")
+        return {"forwarding": "tun", "tunnel": tunnel}
+
     def real(self, rs: Block, port: int, vs_timing: dict[str, Block], host: str | None,
-             family: int, fwmark: bool = False) -> dict[str, Any] | None:
+             family: int, method: dict[str, Any] | None = None, fwmark: bool = False) -> dict[str, Any] | None:
         try:
             address = parse_address(self.arg(rs))
         except ModelError as exc:
@@ -495,6 +541,17 @@ class _Converter:
                 real["weight"] = self.integer(child, 0, MAX_WEIGHT)
             elif child.keyword == "inhibit_on_failure":
                 real["inhibit_on_failure"] = self.boolean(child)
+            elif child.keyword in ("lb_kind", "lvs_method"):
+                own = self.method(child, family)
+                if own is None:
+                    self.warn(child, f"{' '.join(child.args)}: pyvs forwards by direct routing and tunnelling (IPv4) "
+                                     "only; real skipped")
+                    return None
+                inherited = method or {"forwarding": "dr"}
+                real.pop("forwarding", None)
+                real.pop("tunnel", None)
+                if own != inherited:  # only what differs from the virtual_server's method
+                    real.update(own)
             elif child.keyword in TIMING:
                 timing[child.keyword] = child
             elif child.keyword in CHECKERS:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pyvs.director.statusdoc import OtherService, ServiceStatus, StatusDocument, endpoint
+from pyvs.director.statusdoc import OtherService, ServiceStatus, StatusDocument, SyncStatus, endpoint
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SERVICE = ["service"]
@@ -181,8 +181,41 @@ class SnapshotCollector(Collector):
             speaker = GaugeMetricFamily("pyvs_bgp_speaker_up", "1 when the BGP speaker (BIRD) runs")
             speaker.add_metric([], int(bgp["speaker_pid"] is not None))
             yield from (session, routes, announced, speaker)
+        sync = self.status.get("sync")
+        if sync:
+            yield from sync_families(sync)
         if self.status.get("node_exporter_metrics", True):
             yield from node_ipvs_families(self.status)
+
+
+SYNC_COUNTERS = {  # stats key -> metric name (without _total) and help
+    "messages_sent": ("pyvs_sync_messages_sent", "Sync messages sent by the master"),
+    "conns_sent": ("pyvs_sync_conns_sent", "Connection entries sent by the master"),
+    "messages_received": ("pyvs_sync_messages_received", "Sync messages received by the backup"),
+    "conns_applied": ("pyvs_sync_conns_applied", "Received entries written into the connection tables"),
+}
+SYNC_ERRORS = ("malformed", "wrong_syncid", "wrong_version", "unknown_service", "unknown_real", "skipped",
+               "insert_failed", "send_errors", "events_stale")
+
+
+def sync_families(sync: SyncStatus) -> Iterator[Metric]:
+    """[sync]'s counters: messages and entries sent and received, what was refused, events lost."""
+    stats = sync["stats"]
+    for key, (name, text) in SYNC_COUNTERS.items():
+        family = CounterMetricFamily(name, text)
+        family.add_metric([], stats.get(key, 0))
+        yield family
+    errors = CounterMetricFamily("pyvs_sync_errors", "Sync messages or entries refused or lost, by kind",
+                                 labels=["kind"])
+    for kind in SYNC_ERRORS:
+        errors.add_metric([kind], stats.get(kind, 0))
+    yield errors
+    lost = CounterMetricFamily("pyvs_sync_events_lost", "Connection events lost: the ring buffer was full")
+    lost.add_metric([], sync["events_lost"])
+    yield lost
+    up = GaugeMetricFamily("pyvs_sync_up", "1 when the sync engine runs")
+    up.add_metric([], int(bool(sync["daemons"])))
+    yield up
 
 
 def render(status: StatusDocument) -> bytes:

@@ -78,7 +78,7 @@ def status_table(current: StatusDocument, previous: StatusDocument | None = None
     header = (f"pyvs director pid {current['pid']}, config {current['config']} (generation {current['generation']})"
               + ("" if current["last_reload"]["ok"] else f"; LAST RELOAD FAILED: {current['last_reload']['error']}"))
     footer = "drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
-    return [header, *lines, footer, *bgp_summary(current)]
+    return [header, *lines, footer, *bgp_summary(current), *sync_summary(current)]
 
 
 def bgp_summary(status: StatusDocument) -> list[str]:
@@ -91,6 +91,22 @@ def bgp_summary(status: StatusDocument) -> list[str]:
     speaker = f"BIRD pid {bgp['speaker_pid']}" if bgp["speaker_pid"] else "BIRD NOT RUNNING"
     return [f"bgp: AS{bgp['local_asn']}, {speaker}; sessions: {sessions}; VIPs: {vips or 'none'}"
             + (f"; error: {bgp['error']}" if bgp["error"] else "")]
+
+
+def sync_summary(status: StatusDocument) -> list[str]:
+    """One line for [sync]: what runs, what went and came, what was refused (nothing without [sync])."""
+    sync = status.get("sync")
+    if not sync:
+        return []
+    stats = sync["stats"]
+    refused = sum(stats.get(k, 0) for k in ("malformed", "wrong_syncid", "wrong_version", "unknown_service",
+                                            "unknown_real", "insert_failed"))
+    running = f"{sync['role']} on {sync['interface']}, syncid {sync['syncid']}"
+    if not sync["daemons"]:
+        return [f"sync: {running}: NOT RUNNING" + (f" ({sync['error']})" if sync["error"] else "")]
+    return [f"sync: {running}; sent {stats.get('conns_sent', 0)} conns in {stats.get('messages_sent', 0)} messages, "
+            f"received {stats.get('conns_applied', 0)} conns in {stats.get('messages_received', 0)} messages, "
+            f"refused {refused}, events lost {sync['events_lost']}"]
 
 
 def watch(url: str, interval: float, count: int | None, show: Callable[[list[str], bool], None]) -> None:

@@ -109,6 +109,18 @@ class BgpStatus(TypedDict):
     error: str  # the last failure to reach or configure BIRD ('' when none)
 
 
+class SyncStatus(TypedDict):
+    """[sync]: the connection sync engine the daemon runs (pyvs/sync)."""
+
+    role: str  # master, backup or both
+    interface: str
+    syncid: int
+    daemons: list[str]  # ipvsadm -L --daemon's lines of the running halves ([] while it does not run)
+    error: str  # why it does not run ('' when it does)
+    stats: dict[str, int]  # messages_sent, conns_sent, messages_received, conns_applied, malformed, ...
+    events_lost: int  # events the program could not write: the ring buffer was full
+
+
 class StatusDocument(TypedDict):
     pid: int
     config: str
@@ -126,3 +138,4 @@ class StatusDocument(TypedDict):
     node_exporter_metrics: bool  # [director] node_exporter_metrics: /metrics adds node_exporter's node_ipvs_* families
     page_actions: bool  # [director] page_token is set: the page offers drain/undrain
     bgp: NotRequired[BgpStatus | None]  # None: no [bgp]
+    sync: NotRequired[SyncStatus | None]  # None: no [sync]

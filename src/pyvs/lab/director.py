@@ -9,7 +9,7 @@ from pyvs.dataplane import Dataplane, DataplaneError, attach_pass_program, open_
 from pyvs.dataplane.base import PYVS_PROGRAMS
 from pyvs.dataplane.pins import bpffs_root
 from pyvs.lab.topology import Topology
-from pyvs.model import Protocol, Real, Rules, Service, ServiceKey, parse_address
+from pyvs.model import Forwarding, Protocol, Real, Rules, Service, ServiceKey, Tunnel, parse_address
 from pyvs.netns import exists, in_netns
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,10 @@ def pin_dir(topo: Topology) -> Path:
 
 
 def tutorial_rules(topo: Topology, scheduler: str = "rr") -> Rules:
-    """`-A -t VIP:80 -s rr` with every real added `-g`, and the same for each other lab service (and, in a
-    dual-stack lab, for the IPv6 VIP with the reals' IPv6 addresses)."""
+    """`-A -t VIP:80 -s rr` with every real added `-g` (the tunnel lab: `-i --tun-type ...`), and the same for each
+    other lab service (and, in a dual-stack lab, for the IPv6 VIP with the reals' IPv6 addresses)."""
+    tunnel = Tunnel(topo.tun_type, topo.tun_port) if topo.method == "tun" else None
+    forwarding = Forwarding.TUNNEL if tunnel else Forwarding.ROUTE
     rules = Rules()
     for version, vip in zip((4, 6), topo.vips, strict=False):
         for spec in topo.services:
@@ -30,7 +32,7 @@ def tutorial_rules(topo: Topology, scheduler: str = "rr") -> Rules:
             svc = Service(key, scheduler)
             for node in topo.reals:
                 rip = parse_address(topo.address_of(node.name, version))
-                svc.reals[(rip, spec.port)] = Real(rip, spec.port, 1)
+                svc.reals[(rip, spec.port)] = Real(rip, spec.port, 1, forwarding, tunnel=tunnel)
             rules.services[key] = svc
     return rules
 

@@ -11,7 +11,9 @@ The router runs BIRD (one session per director, `merge paths`: one kernel route 
 that announces the VIP) with net.ipv4.fib_multipath_hash_policy=1. The directors forward with mh hashing the
 client's address and port (`mh-port`) and sloppy TCP: whichever director a flow reaches, it picks the same real,
 so a flow that ECMP moves to another director goes on. Each director runs `pyvs director run` with a [bgp]
-section; the daemons and the router's BIRD are tracked by PID in the lab's state and stopped by `pyvs lab down`.
+section, and a [sync] section (role both) so that every director also holds the others' connections: a flow
+moved after the reals changed (mh's table with them) still reaches its real. The daemons and the router's BIRD
+are tracked by PID in the lab's state and stopped by `pyvs lab down`.
 """
 
 from __future__ import annotations
@@ -100,7 +102,12 @@ hold_time = {topo.bgp.hold_time}
 connect_retry = 1
 withdraw_wait = 1
 communities = ["{topo.bgp.director_asn}:{topo.web_port}"]
-{next_hop6}{services}"""
+{next_hop6}
+[sync]
+role = "both"
+interface = "{topo.ports(node.name)[0].ifname}"
+syncid = 1
+{services}"""
 
 
 def router_config(topo: Topology) -> str:

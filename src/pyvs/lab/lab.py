@@ -46,9 +46,20 @@ class LabError(Exception):
 
 def _record_ipv6(topo: Topology) -> None:
     state = load_state(topo)
-    if state.get("ipv6") != topo.ipv6:
+    method = None if topo.method == "dr" else f"{topo.method}:{topo.tun_type}"
+    if state.get("ipv6") != topo.ipv6 or state.get("method") != method:
         state["ipv6"] = topo.ipv6
+        state["method"] = method
         save_state(topo, state)
+
+
+def recorded_method(topo: Topology) -> tuple[str, str] | None:
+    """(method, tunnel type) the lab of this prefix was brought up with (`pyvs lab up --method tun`), None for dr."""
+    method = load_state(topo).get("method")
+    if not method:
+        return None
+    name, _, tun_type = str(method).partition(":")
+    return name, tun_type
 
 
 def recorded_ipv6(topo: Topology) -> bool:
@@ -209,8 +220,9 @@ def _ensure_dnat(topo: Topology, actions: list[str]) -> None:
 def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
     for node in topo.reals:
         nic = topo.ports(node.name)[0].ifname
+        tunnel = topo.tun_type if topo.method == "tun" else None
         with netns.in_netns(node.netns):
-            changes = realserver.up(topo.vips, nic=nic)
+            changes = realserver.up(topo.vips, nic=nic, tunnel=tunnel, tun_port=topo.tun_port)
         actions.extend(f"{node.netns}: {change}" for change in changes)
 
 
@@ -361,6 +373,7 @@ def up(topo: Topology, keep_on_failure: bool = False, director: bool = True) -> 
     """
     actions: list[str] = []
     try:
+        _record_ipv6(topo)  # first: down() of a lab that failed half-way must know its nodes (the tunnel lab's router)
         _ensure_namespaces(topo, actions)
         for link in topo.links:
             _ensure_link(topo, link, actions)
@@ -373,7 +386,6 @@ def up(topo: Topology, keep_on_failure: bool = False, director: bool = True) -> 
             _ensure_sysctls(node, actions)
         _ensure_dnat(topo, actions)
         _ensure_realservers(topo, actions)
-        _record_ipv6(topo)
         _ensure_servers(topo, actions)
         module = _director_module() if director else None
         if director and topo.bgp is not None:  # several directors behind a BGP router (lab/ecmp.py)
@@ -425,6 +437,10 @@ def down(topo: Topology) -> list[str]:
             actions.append(f"removed netns {node.netns}")
         except OSError as exc:
             log.warning("lab: cannot remove netns %s: %s", node.netns, exc)
+    router = f"{topo.prefix}-router"  # a router (tunnel lab) whose lab was not recorded as such: gone too
+    if all(node.netns != router for node in topo.nodes) and netns.exists(router):
+        netns.remove(router)
+        actions.append(f"removed netns {router}")
     shutil.rmtree(state_dir(topo), ignore_errors=True)
     for action in actions:
         log.debug("lab: %s", action)
@@ -507,7 +523,8 @@ def _real_problems(topo: Topology) -> list[str]:
         nic = topo.ports(node.name)[0].ifname
         try:
             with netns.in_netns(node.netns):
-                wrong = [f.name for f in realserver.check(topo.vips, nic=nic) if not f.ok]
+                tunnel = topo.tun_type if topo.method == "tun" else None
+                wrong = [f.name for f in realserver.check(topo.vips, nic=nic, tunnel=tunnel) if not f.ok]
         except realserver.RealServerError as exc:
             wrong = [str(exc)]
         if wrong:

@@ -132,6 +132,9 @@ class Topology:
         """The VIPs: IPv4's, and IPv6's in a dual-stack lab."""
         return (self.vip, self.vip6) if self.vip6 else (self.vip,)
     bgp: BgpLab | None = None  # None: one director on the segment, reached by ARP (the tutorial's lab)
+    method: str = "dr"  # how the director forwards to the reals: dr (-g) or tun (-i, tun_type)
+    tun_type: str = "ipip"  # tun: pyvsadm --tun-type of every real
+    tun_port: int = 0  # tun with gue: --tun-port
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -365,3 +368,54 @@ def ecmp_topology(prefix: str = "pyvs", directors: int = 3, base: Topology | Non
     lab = BgpLab(router="router", router_asn=ROUTER_ASN, director_asn=DIRECTOR_ASN, router_address=ROUTER_ADDRESS,
                  hold_time=HOLD_TIME, vip_route=f"{vip}/32 via {ROUTER_LINK}")
     return replace(base, nodes=tuple(nodes), links=tuple(links), bridge=bridge, director_nic=nic, bgp=lab)
+
+
+# ---- tunnel forwarding (`pyvs lab up --method tun`): a real routed on another subnet ---------------------------
+
+METHODS = ("dr", "tun")
+TUN_ROUTER_ADDRESS = "198.18.2.1"  # the router on the director's segment
+FAR_NET, FAR_ROUTER, FAR_RIP = "198.18.6.0/24", "198.18.6.1", "198.18.6.12"  # rs2's subnet behind the router
+GUE_PORT = 6080
+
+
+def tun_topology(prefix: str = "pyvs", tun_type: str = "ipip", base: Topology | None = None) -> Topology:
+    """The tutorial's lab with tunnel forwarding: every real decapsulates (pyvs realserver up --tunnel), and rs2 is
+    routed: on 198.18.6.0/24 behind a router on the director's segment, so the director's frames for it go to the
+    router's MAC.
+
+    client -- gateway -- switch --+ director 198.18.2.10 (VIP 198.18.0.100)
+                                  + rs1 198.18.2.11 (on the segment)
+                                  + router 198.18.2.1 -- 198.18.6.1 -- rs2 198.18.6.12
+    """
+    if tun_type not in ("ipip", "gue", "gre"):
+        raise ValueError(f"unknown tunnel type {tun_type!r} (ipip, gue or gre)")
+    base = base or default_topology(prefix)
+    if base.ipv6:
+        raise ValueError("the tunnel lab is IPv4 only: pyvs tunnels IPv4")
+    far_route = Route(FAR_NET, gateway=TUN_ROUTER_ADDRESS, dev="eth0", onlink=True)
+    nodes: list[Node] = []
+    for node in base.nodes:
+        if node.name == "rs2":
+            node = replace(node, routes=(Route("default", gateway=FAR_ROUTER, dev="eth0", onlink=True),),
+                           sysctls=(("net.ipv4.conf.all.rp_filter", "0"),))
+        elif node.role is Role.DIRECTOR:
+            node = replace(node, routes=(*node.routes, far_route))
+        elif node.role is Role.GATEWAY:
+            node = replace(node, routes=(*node.routes, Route(FAR_NET, gateway=TUN_ROUTER_ADDRESS, dev="inside",
+                                                             onlink=True)))
+        nodes.append(node)
+    nodes.append(Node("router", Role.ROUTER, f"{prefix}-router",
+                      routes=(Route("default", gateway="198.18.0.1", dev="seg", onlink=True),),
+                      sysctls=(("net.ipv4.ip_forward", "1"),
+                               *((f"net.ipv4.conf.{i}.rp_filter", "0") for i in ("all", "default", "seg", "far")))))
+    rs2_switch = f"{prefix}-rs2"
+    links = [link for link in base.links if link.a.node != "rs2"]
+    added = [
+        Link(Port("router", "seg", (f"{TUN_ROUTER_ADDRESS}/24",)), Port("switch", f"{prefix}-rtr")),
+        Link(Port("router", "far", (f"{FAR_ROUTER}/24",)), Port("rs2", "eth0", (f"{FAR_RIP}/24",))),
+    ]
+    links += [Link(replace(link.a, mac=f"02:c6:12:00:{n:02x}:01"), replace(link.b, mac=f"02:c6:12:00:{n:02x}:02"))
+              for n, link in enumerate(added, start=0x20)]
+    ports = tuple(port for port in base.bridge.ports if port != rs2_switch) + (f"{prefix}-rtr",)
+    return replace(base, nodes=tuple(nodes), links=tuple(links), bridge=replace(base.bridge, ports=ports),
+                   method="tun", tun_type=tun_type, tun_port=GUE_PORT if tun_type == "gue" else 0)

@@ -23,6 +23,7 @@
 #define PYVS_MAX_REALS_PER_SERVICE 4096
 #define PYVS_FRAG_TABLE_SIZE 8192 /* fragmented datagrams to a VIP whose first fragment was seen (LRU) */
 #define PYVS_MAX_EXT_HEADERS 6 /* IPv6 extension headers walked before the upper-layer header; more: passed */
+#define PYVS_SYNC_RING_SIZE 1048576 /* bytes of the sync_events ring buffer (~21000 events of 48 bytes) */
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
 #define PYVS_SCHED_RR 0
@@ -51,6 +52,17 @@
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
 #define PYVS_REAL_OVERLOAD 2 /* IPVS's IP_VS_DEST_F_OVERLOAD: no new connections (thresholds) */
 #define PYVS_REAL_IPV6 4 /* an IPv6 real: rip holds its address folded to 32 bits, real_addrs6 the address */
+#define PYVS_REAL_FWD_TUNNEL 16 /* ipvsadm -i: the frame is encapsulated (tunnels[slot] says how) */
+
+/* Tunnel types (struct pyvs_tunnel.type): IPVS's IP_VS_CONN_F_TUNNEL_TYPE_* numbers. */
+#define PYVS_TUN_IPIP 0
+#define PYVS_TUN_GUE 1
+#define PYVS_TUN_GRE 2
+/* Tunnel flags (struct pyvs_tunnel.flags): IPVS's IP_VS_TUNNEL_ENCAP_FLAG_* bits (0: --tun-nocsum). */
+#define PYVS_TUN_F_CSUM 1
+#define PYVS_TUN_F_REMCSUM 2
+#define PYVS_TUN_F_ROUTED 128 /* control plane only: the real is reached through a gateway (its MAC is the next hop) */
+#define PYVS_TUN_CSUM_CHUNKS 8 /* a checksum over the inner packet reads at most this many 512-byte chunks */
 
 /* Connection entry flags, and where an entry is counted. */
 #define PYVS_CONN_F_TEMPLATE 1 /* a persistence template: client (masked), port 0 */
@@ -66,6 +78,7 @@
 #define PYVS_CFG_EXPIRE_NODEST_CONN 1
 #define PYVS_CFG_SLOPPY_TCP 2 /* IPVS's sloppy_tcp: a TCP packet other than SYN may start a connection */
 #define PYVS_CFG_IPV6 4 /* there are IPv6 services: the sweeper visits the IPv6 tables too (set with the VIPs) */
+#define PYVS_CFG_SYNC 8 /* a sync master reads sync_events: new connections and state changes are written there */
 
 /* Connection states: IPVS's TCP state numbers, then one for UDP. */
 #define PYVS_STATE_NONE 0
@@ -130,6 +143,12 @@
 #define PYVS_CNT_PASS_VLAN_DEPTH 29 /* frames with more than two VLAN tags: passed to the kernel unparsed */
 #define PYVS_CNT_PASS_ND 30        /* ICMPv6 neighbour discovery to a VIP (NS, NA, RS, RA, redirect): the kernel's */
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
+#define PYVS_CNT_SYNC_EVENTS 32     /* connection events written to sync_events (PYVS_CFG_SYNC) */
+#define PYVS_CNT_SYNC_EVENTS_LOST 33 /* events not written: the ring buffer was full (the sync master is behind) */
+#define PYVS_CNT_TUN_ENCAP 44       /* frames encapsulated for a tunnel real (also counted tx or redirect) */
+#define PYVS_CNT_DROP_FRAG_NEEDED 45 /* DF packet too big for the tunnel: dropped, ICMP fragmentation needed sent back */
+#define PYVS_CNT_DROP_TOO_BIG 46    /* packet without DF too big for the tunnel (XDP cannot fragment): dropped */
+#define PYVS_CNT_DROP_ENCAP 47      /* a tunnel real without tunnel settings, or no room to encapsulate: dropped */
 #define PYVS_CNT_FWM_SEEN 56       /* packets with a fwmark service's mark seen by pyvs_fwm (tc egress) */
 #define PYVS_CNT_DROP_FWM 57       /* marked packets pyvs_fwm cannot schedule (fragments, ICMP, other protocols) */
 #define PYVS_CNT_PASS_MISS_SCTP 58 /* SCTP packet other than INIT (or ABORT) without a connection: the kernel's */
@@ -185,6 +204,17 @@ struct pyvs_real {
 	__u8 dmac[6];     /* the real's MAC; all zero when unresolved */
 	__u8 smac[6];     /* the egress interface's MAC */
 	__u16 last_weight; /* control plane only: the last non-zero weight (IPVS builds mh tables from it) */
+	__u16 pad;
+};
+
+/* How a tunnel real's frames are encapsulated (tunnels[real slot]), as ip_vs_tunnel_xmit builds them. */
+struct pyvs_tunnel {
+	__u32 saddr;  /* outer source: the director's address toward the real (network order) */
+	__u32 daddr;  /* outer destination: the real's address (network order) */
+	__u16 port;   /* GUE: the UDP destination port (network order) */
+	__u16 mtu;    /* MTU of the path to the real's next hop: larger packets do not fit once encapsulated */
+	__u8 type;    /* PYVS_TUN_* */
+	__u8 flags;   /* PYVS_TUN_F_* */
 	__u16 pad;
 };
 
@@ -302,6 +332,23 @@ struct pyvs_sweep_stats {
 	__u64 half_open6;
 	__u64 scanning_entries6;
 	__u64 scanning_half_open6;
+};
+
+/* A connection event for the sync master (ring buffer sync_events, written while PYVS_CFG_SYNC is set): a connection
+ * entered the connection table (a promoted handshake, a new UDP flow, a sloppy start), changed its TCP state, or a
+ * persistence template was made. Addresses of both families in 16 bytes (IPv4: the first word). */
+struct pyvs_sync_event {
+	__u32 caddr[4];   /* client (a template's: masked), network order */
+	__u32 vaddr[4];   /* the VIP */
+	__u16 cport;      /* network order; 0 in a template */
+	__u16 vport;      /* network order; 0 in a template of a service on every port */
+	__u8 proto;
+	__u8 family;      /* 4 or 6 */
+	__u8 state;       /* PYVS_STATE_* */
+	__u8 flags;       /* PYVS_CONN_F_* (TEMPLATE) */
+	__u32 real;       /* slot in reals */
+	__u32 gen;        /* the real's gen when the connection was scheduled */
+	__u32 timeout;    /* the entry's own timeout (seconds; templates); 0: its state's */
 };
 
 #endif

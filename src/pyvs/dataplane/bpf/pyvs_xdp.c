@@ -23,6 +23,7 @@
 #include "conn_state.h"
 #include "sctp.h"
 #include "schedule.h"
+#include "sync.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define PYVS_CLOCK_TICK_NS 2500000ULL /* 2.5 ms: the clock (the coarse clock itself moves in 4 ms jiffies) and a sweep step */
@@ -281,7 +282,8 @@ static __always_inline void new_entry(struct pyvs_conn *entry, __u32 real_id, co
 /* The persistence template of a new connection (its key `tkey` in `shard`): its real while the template lives,
  * else a new pick. */
 static __always_inline __u32 *template_pick(const struct pyvs_svc *svc, const struct packet *pkt, void *shard,
-					    void *tkey, const struct pyvs_config *cfg, __u64 now, __u32 *template_real)
+					    void *tkey, const struct pyvs_config *cfg, __u64 now, __u32 *template_real,
+					    const int v6)
 {
 	struct pyvs_conn *tmpl, fresh = {};
 	struct pyvs_real *real;
@@ -313,8 +315,10 @@ static __always_inline __u32 *template_pick(const struct pyvs_svc *svc, const st
 	fresh.flags = PYVS_CONN_F_TEMPLATE;
 	if (tmpl && bpf_map_delete_elem(shard, tkey) == 0)
 		count(PYVS_CNT_CONN_DELETED);
-	if (bpf_map_update_elem(shard, tkey, &fresh, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(shard, tkey, &fresh, BPF_NOEXIST) == 0) {
 		count(PYVS_CNT_CONN_INSERTED);
+		sync_conn(cfg, tkey, &fresh, v6);
+	}
 	return slot;
 }
 
@@ -361,12 +365,12 @@ static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const 
 			return NULL;
 		*tkey = (struct pyvs_conn6_key){};
 		template_key6(tkey, svc, ckey, vport);
-		return template_pick(svc, pkt, conn_shard6(tkey, cfg), tkey, cfg, now, template_real);
+		return template_pick(svc, pkt, conn_shard6(tkey, cfg), tkey, cfg, now, template_real, 1);
 	} else {
 		struct pyvs_conn_key tkey = {};
 
 		template_key(&tkey, svc, pkt->saddr, pkt->daddr, vport, pkt->proto);
-		return template_pick(svc, pkt, conn_shard(&tkey, cfg), &tkey, cfg, now, template_real);
+		return template_pick(svc, pkt, conn_shard(&tkey, cfg), &tkey, cfg, now, template_real, 0);
 	}
 }
 
@@ -619,7 +623,8 @@ int pyvs_start_sweeper(struct xdp_md *ctx)
 /* A TCP packet of a half-open entry: still the handshake (SYN again, RST), or the client's ACK (or FIN,
  * data) that moves it to the connection table. Returns the entry the packet now belongs to. */
 static __always_inline struct pyvs_conn *half_open_step(void *half_shard, void *main_shard, void *ckey,
-						       struct pyvs_conn *half, int event, __u64 now)
+						       struct pyvs_conn *half, int event, __u64 now,
+						       const struct pyvs_config *cfg, const int v6)
 {
 	__u8 state = tcp_next_state(half->state, event);
 	struct pyvs_conn fresh;
@@ -640,6 +645,7 @@ static __always_inline struct pyvs_conn *half_open_step(void *half_shard, void *
 	if (rc == 0) {
 		count(PYVS_CNT_CONN_INSERTED);
 		count(PYVS_CNT_HALF_OPEN_PROMOTED);
+		sync_conn(cfg, ckey, &fresh, v6);
 		bpf_map_delete_elem(half_shard, ckey);
 		return bpf_map_lookup_elem(main_shard, ckey);
 	}
@@ -673,6 +679,8 @@ static __always_inline int has_mac(const struct pyvs_real *real)
 {
 	return real->dmac[0] | real->dmac[1] | real->dmac[2] | real->dmac[3] | real->dmac[4] | real->dmac[5];
 }
+
+#include "tunnel.h" /* tunnel_xmit: ipvsadm -i */
 
 /* walk_ext6 over the header `l3_off` bytes into the frame: a global function, so that the verifier checks the walk
  * once, not once more for every state it leaves the connection path in. */
@@ -774,11 +782,16 @@ static __always_inline int icmp_to_conn(struct xdp_md *ctx, struct ethhdr *eth, 
 		return pass(PYVS_CNT_PASS_ICMP_NO_CONN);
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
-	__builtin_memcpy(eth->h_dest, real->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, real->smac, ETH_ALEN);
 	account(conn->svc_index, tot_len, 0);
 	account(PYVS_MAX_SERVICES + real_id, tot_len, 0);
 	count(PYVS_CNT_ICMP_TO_REAL);
+	if (!v6 && (real->flags & PYVS_REAL_FWD_TUNNEL)) { /* ip_vs_icmp_xmit: a tunnel real's errors go through it */
+		int action = tunnel_xmit(ctx, real_id);
+
+		return action >= 0 ? action : drop(PYVS_CNT_DROP_TOO_BIG);
+	}
+	__builtin_memcpy(eth->h_dest, real->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, real->smac, ETH_ALEN);
 	return transmit(ctx, eth, real);
 }
 
@@ -1014,7 +1027,7 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 			half = NULL;
 		}
 		if (half)
-			conn = half_open_step(half_shard, main_shard, ckey, half, event, now);
+			conn = half_open_step(half_shard, main_shard, ckey, half, event, now, cfg, v6);
 	}
 	if (conn) {
 		svc_index = conn->svc_index;
@@ -1032,6 +1045,7 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 			if (state != conn->state) {
 				conn->state = state;
 				recount(conn, conn_class(state));
+				sync_conn(cfg, ckey, conn, v6);
 			}
 		}
 		if (conn->last_seen != now)
@@ -1072,6 +1086,8 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 			count(table == main_shard ? PYVS_CNT_CONN_INSERTED : PYVS_CNT_HALF_OPEN_NEW);
 			count(PYVS_CNT_CONN_NEW);
 			new_conn = 1;
+			if (table == main_shard)
+				sync_conn(cfg, ckey, &fresh, v6);
 		} else {
 			/* Another CPU inserted the flow first: follow its entry; else the table refused it. */
 			conn = bpf_map_lookup_elem(table, ckey);
@@ -1088,10 +1104,17 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
-	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);
-	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
 	account(svc_index, pkt->tot_len, new_conn);
 	account(PYVS_MAX_SERVICES + real_id, pkt->tot_len, new_conn);
+	if (!v6 && (real->flags & PYVS_REAL_FWD_TUNNEL)) {
+		if (fwmark)
+			return drop(PYVS_CNT_DROP_ENCAP); /* pyvs_fwm does not encapsulate (yet) */
+		int action = tunnel_xmit(ctx, real_id);
+
+		return action >= 0 ? action : frag_needed(ctx, -action); /* a DF packet too big for the tunnel */
+	}
+	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);
+	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
 	return fwmark ? fwm_transmit(ctx, real) : transmit(ctx, pkt->eth, real);
 }
 
