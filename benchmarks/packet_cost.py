@@ -9,6 +9,11 @@ The references are an empty program, a bare MAC swap, a bare LRU-hash hit / miss
 same miss+insert in an LRU hash with per-CPU lists (BPF_F_NO_COMMON_LRU) and a handshake (insert, then hit) in
 it. The same cases run with IPv6 (IPv6 services beside the IPv4 ones, as many connections, references keyed by
 the IPv6 5-tuple); their figures come after the IPv4 ones, so the IPv4 figures keep their places in the results.
+NAT (ipvsadm -m): a TCP service by direct routing and one by NAT to port 8080 over the same reals, in one data plane:
+an established client packet of each, the NAT connection's reply (the real's packet, rewritten back to VIP:vport)
+and a new NAT flow's SYN beside a new DR flow's, each frame restored before every repetition by bench_restore
+(bpf/bare.c: NAT rewrites the frame; the driver's own cost, measured around the empty program, is taken out);
+`--only-nat` runs these alone (results/packet_cost_nat.json).
 The kernel reports the average time of one repetition; each figure is the median of --runs runs (the spread is
 printed too). Handshakes are driven by bench_handshake(6) (bpf/bare.c), which rewrites the frame and tail-calls
 the program measured; its own cost (measured around the empty program) is taken out of the handshake figures.
@@ -37,6 +42,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from pyvs import netns
 from pyvs.dataplane import Dataplane, libbpf, scratch_dataplane
 from pyvs.dataplane.base import install_calls
 from pyvs.dataplane.build import build_object, object_path
@@ -102,14 +108,14 @@ def client6(n: int) -> tuple[str, int]:
     return str(IPv6Address(int(IPv6Address("2001:db8:1::")) + 1 + n % 65536)), 1024 + n // 65536
 
 
-def populate(dp: Dataplane, conns: int, ipv6: bool = False) -> None:
-    """`conns` established TCP connections, as the program itself records them."""
+def populate(dp: Dataplane, conns: int, ipv6: bool = False, port: int = 80) -> None:
+    """`conns` established TCP connections to `port`, as the program itself records them."""
     fd = dp.program_fd()
     make, who = (frame6, client6) if ipv6 else (frame, client)
     for n in range(conns):
         src, sport = who(n)
-        libbpf.prog_test_run(fd, make(TCP(sport=sport, dport=80, flags="S"), src=src))
-        libbpf.prog_test_run(fd, make(TCP(sport=sport, dport=80, flags="A"), src=src))
+        libbpf.prog_test_run(fd, make(TCP(sport=sport, dport=port, flags="S"), src=src))
+        libbpf.prog_test_run(fd, make(TCP(sport=sport, dport=port, flags="A"), src=src))
 
 
 def measure_handshake(wrapper: libbpf.BpfObject, target_fd: int, packet: bytes, repeat: int, runs: int,
@@ -208,6 +214,110 @@ def bench_bare6(repeat: int, new_repeat: int, runs: int, overhead: float) -> lis
     return figures
 
 
+RESTORE_BYTES = 64  # bench_restore writes back this much of the frame (Ethernet, IPv4 and TCP headers, 10 bytes more)
+NAT_PORT, NAT_REAL_PORT = 81, 8080  # the NAT service VIP:81 -> RIP:8080, beside the DR one on port 80
+RESTORED = " (restored)"  # DR cases measured through bench_restore, as the NAT ones are
+
+
+def nat_rules(reals: int) -> Rules:
+    """rr TCP services on the VIP over the same `reals` reals: port 80 by direct routing, port 81 by NAT to 8080."""
+    rules = Rules()
+    first = IPv4Address("198.18.4.0")
+    for port, rport, method in ((80, 80, Forwarding.ROUTE), (NAT_PORT, NAT_REAL_PORT, Forwarding.MASQ)):
+        key = ServiceKey(Protocol.TCP, VIP, port)
+        svc = Service(key, "rr")
+        for n in range(reals):
+            rip = IPv4Address(int(first) + 1 + n)
+            svc.reals[(rip, rport)] = Real(rip, rport, 1, method)
+        rules.services[key] = svc
+    return rules
+
+
+def measure_restored(wrapper: libbpf.BpfObject, target_fd: int, packet: bytes, repeat: int, runs: int,
+                     overhead: float) -> tuple[float, float]:
+    """ns of `target_fd` on `packet`, restored before every repetition, less the restoring driver's own cost."""
+    if len(packet) < RESTORE_BYTES:
+        raise ValueError(f"a restored frame has {RESTORE_BYTES} bytes at least, not {len(packet)}")
+    copy = (ctypes.c_uint8 * RESTORE_BYTES)(*packet[:RESTORE_BYTES])
+    libbpf.map_update(wrapper.map_fd("restore_frame"), ctypes.c_uint32(0), copy)
+    libbpf.map_update(wrapper.map_fd("handshake_target"), ctypes.c_uint32(0), ctypes.c_uint32(target_fd))
+    median, spread = measure(wrapper.prog_fd("bench_restore"), packet, repeat, runs)
+    return median - overhead, spread
+
+
+FIB_NETNS = "pyvsbench-fib"
+SWAP_HERE = "bare MAC swap (NAT run)"
+
+
+def measure_fib(wrapper: libbpf.BpfObject, packet: bytes, repeat: int, runs: int) -> tuple[float, float]:
+    """bare_fib in a namespace of its own whose FIB routes the clients (198.19.0.0/16) to a known neighbour: what a
+    NAT reply would cost routed by bpf_fib_lookup."""
+    if netns.exists(FIB_NETNS):
+        netns.remove(FIB_NETNS)
+    netns.create(FIB_NETNS)
+    try:
+        for argv in (["ip", "link", "add", "pyvsfib0", "type", "veth", "peer", "name", "pyvsfib1"],
+                     ["ip", "link", "set", "pyvsfib1", "up"], ["ip", "link", "set", "pyvsfib0", "up"],
+                     ["ip", "link", "set", "lo", "up"], ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                     ["ip", "addr", "add", "198.18.5.1/24", "dev", "pyvsfib0"],
+                     ["ip", "neigh", "add", "198.18.5.2", "lladdr", "02:00:00:00:05:02", "dev", "pyvsfib0",
+                      "nud", "permanent"],
+                     ["ip", "route", "add", "198.19.0.0/16", "via", "198.18.5.2"]):
+            netns.run_in_netns(FIB_NETNS, argv)
+        with netns.in_netns(FIB_NETNS):
+            if libbpf.prog_test_run(wrapper.prog_fd("bare_fib"), packet).verdict_name != "XDP_TX":
+                raise RuntimeError(f"bare_fib found no route in {FIB_NETNS}")
+            return measure(wrapper.prog_fd("bare_fib"), packet, repeat, runs)
+    finally:
+        netns.remove(FIB_NETNS)
+
+
+def bench_nat(reals: int, conns: int, repeat: int, new_repeat: int, runs: int) -> list[Figure]:
+    """NAT beside direct routing in one data plane (nat_rules), every frame restored before each repetition."""
+    pad = Raw(bytes(10))  # 54 bytes of headers + 10: what bench_restore writes back
+    src, sport = client(conns // 2)
+    dr = frame(TCP(sport=sport, dport=80, flags="A") / pad, src=src)
+    nat = frame(TCP(sport=sport, dport=NAT_PORT, flags="A") / pad, src=src)
+    to_client = frame(TCP(sport=80, dport=sport, flags="A") / pad, src=str(VIP), dst=src)  # a reply's route
+    with libbpf.BpfObject(str(build_object(HERE / "bpf" / "bare.c"))) as wrapper, \
+            scratch_dataplane(f"pyvsbnat-{reals}", static_neighbour) as dp:
+        empty = measure(wrapper.prog_fd("bare_empty"), dr, repeat, runs)[0]
+        overhead = measure_restored(wrapper, wrapper.prog_fd("bare_empty"), dr, repeat, runs, 0)[0] - empty
+        figures = [Figure("restore driver", None, overhead, 0),
+                   Figure(SWAP_HERE, None, *measure(wrapper.prog_fd("bare_macswap"), dr, repeat, runs)),
+                   Figure("bare FIB lookup + MAC swap", None, *measure_fib(wrapper, to_client, repeat, runs))]
+        dp.apply(nat_rules(reals))
+        populate(dp, conns)
+        populate(dp, conns, port=NAT_PORT)
+        forwarded = Ether(libbpf.prog_test_run(dp.program_fd(), nat).data)[IP]
+        if (forwarded.dport, forwarded.src) != (NAT_REAL_PORT, src):
+            raise RuntimeError(f"the NAT service did not rewrite the client's packet: {forwarded.summary()}")
+        reply = bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:0a") /
+                      IP(src=forwarded.dst, dst=src) / TCP(sport=NAT_REAL_PORT, dport=sport, flags="A") / pad)
+        replies = dp.counters()["nat_reply"]
+        for name, packet in (("established TCP" + RESTORED, dr), ("NAT established TCP", nat),
+                             ("NAT reply TCP", reply)):
+            figures.append(Figure(name, reals, *measure_restored(wrapper, dp.program_fd(), packet, repeat, runs,
+                                                                 overhead)))
+        if dp.counters()["nat_reply"] - replies < repeat * runs:
+            raise RuntimeError("the NAT reply case did not take the reply path every repetition")
+        inner = {table: dp._shard_fd(table, 0) for table in ("conns", "half_open", "conns6", "half_open6")}  # noqa: SLF001
+        with libbpf.BpfObject(str(object_path("xdp", NEW_FLOWS)), str(dp.pin_dir),
+                              inner_map_fds={k: v for k, v in inner.items() if v is not None}) as new_flows:
+            for name, port in (("new TCP flow: SYN" + RESTORED, 80), ("NAT new TCP flow: SYN", NAT_PORT)):
+                syn = frame(TCP(sport=40000, dport=port, flags="S") / pad)
+                figures.append(Figure(name, reals, *measure_restored(wrapper, new_flows.prog_fd("pyvs_xdp"), syn,
+                                                                     new_repeat, runs, overhead)))
+    return figures
+
+
+NAT_TARGETS = (  # NAT against direct routing, both measured through bench_restore in the same run
+    ("bare FIB lookup + MAC swap", SWAP_HERE, None),
+    ("NAT established TCP", "established TCP" + RESTORED, None),
+    ("NAT reply TCP", "established TCP" + RESTORED, None),
+    ("NAT new TCP flow: SYN", "new TCP flow: SYN" + RESTORED, None),
+)
+
 TARGETS = (  # (pyvs case, reference, allowed ratio or None: printed only), at the largest real count; a reference
     # that is a pyvs case too (the IPv4 one of an IPv6 case) is taken at that count
     ("established TCP", "bare LRU hit", 1.2),
@@ -283,9 +393,12 @@ def report(figures: list[Figure], largest: int) -> list[str]:
     lines += [f"{f.name:<{width}} {f.reals or '':>6} {f.median_ns:>10.1f} {f.spread_ns:>8.1f}" for f in figures]
     lines.append("")
     by_name = {(f.name, f.reals): f for f in figures}
-    for case, reference, limit in TARGETS:
+    for case, reference, limit in (*TARGETS, *NAT_TARGETS):
+        found = by_name.get((case, largest)) or by_name.get((case, None))
+        if found is None:
+            continue  # not measured in this run (--only-nat)
         base = by_name.get((reference, largest)) or by_name[(reference, None)]
-        ratio = by_name[(case, largest)].median_ns / max(base.median_ns, 1)
+        ratio = found.median_ns / max(base.median_ns, 1)
         verdict = "(no target)" if limit is None else f"(target <= {limit}x) {'met' if ratio <= limit else 'MISSED'}"
         lines.append(f"{case} at {largest} reals / {reference}: {ratio:.2f}x {verdict}")
     return lines
@@ -304,22 +417,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="single runs per tunnel figure; the median is kept (default 2e4)")
     parser.add_argument("--tunnels-only", action="store_true",
                         help="only the tunnel cases (and the DR case beside them), into results/packet_cost_tun.json")
+    parser.add_argument("--only-nat", action="store_true",
+                        help="the NAT cases alone, at the largest real count (results/packet_cost_nat.json)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.tunnels_only:
         return tunnels_main(args)
-    args.out = args.out or HERE / "results" / "packet_cost.json"
+    args.out = args.out or HERE / "results" / ("packet_cost_nat.json" if args.only_nat else "packet_cost.json")
     counts = [int(n) for n in args.reals.split(",")]
     started = time.time()
-    figures, overhead = bench_bare(args.repeat, args.new_repeat, args.runs)
-    figures6 = bench_bare6(args.repeat, args.new_repeat, args.runs, overhead)
-    for reals in counts:
-        four, six = bench_pyvs(reals, args.conns, args.repeat, args.new_repeat, args.runs, overhead)
-        figures += four
-        figures6 += six
-    figures += figures6  # after the IPv4 figures: theirs keep their places in the results file
-    tunnels, tun_lines = bench_tunnels(args.conns, args.tun_samples)
-    figures += tunnels  # after the IPv6 figures, for the same reason
+    figures: list[Figure] = []
+    tun_lines: list[str] = []
+    if not args.only_nat:
+        figures, overhead = bench_bare(args.repeat, args.new_repeat, args.runs)
+        figures6 = bench_bare6(args.repeat, args.new_repeat, args.runs, overhead)
+        for reals in counts:
+            four, six = bench_pyvs(reals, args.conns, args.repeat, args.new_repeat, args.runs, overhead)
+            figures += four
+            figures6 += six
+        figures += figures6  # after the IPv4 figures: theirs keep their places in the results file
+        tunnels, tun_lines = bench_tunnels(args.conns, args.tun_samples)
+        figures += tunnels  # after the IPv6 figures, for the same reason
+    # Last: the figures before them keep their places in the results file.
+    figures += bench_nat(max(counts), args.conns, args.repeat, args.new_repeat, args.runs)
     lines = report(figures, max(counts)) + tun_lines
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)

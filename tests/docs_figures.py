@@ -102,7 +102,8 @@ def problems(path: Path) -> list[str]:
 def rewrite(path: Path) -> None:
     text = path.read_text()
     text = FIGURE.sub(lambda m: figure_text(m) + m.group(0)[len(m["shown"]):], text)
-    text = RESULTS_BLOCK.sub(lambda m: m.group(0).replace(m["body"], block_text(m["file"], m["body"]), 1), text)
+    text = RESULTS_BLOCK.sub(lambda m: m.group(0)[:m.start("body") - m.start()] + block_text(m["file"], m["body"])
+                             + m.group(0)[m.end("body") - m.start():], text)  # by position: a body may be empty
     path.write_text(text)
 
 

@@ -4,7 +4,10 @@
  * (BPF_F_NO_COMMON_LRU, as pyvs's half-open table). With -DPYVS_BENCH_NEW_FLOWS every packet is a new flow.
  * bench_handshake drives another program (tail call through `handshake_target`) with a TCP handshake per
  * two repetitions: a SYN from a new random source, then that source's ACK. The *6 programs are the same for IPv6
- * (the fixed header, TCP/UDP right after it, a 40-byte key). */
+ * (the fixed header, TCP/UDP right after it, a 40-byte key). bench_restore drives another program (the same tail
+ * call) on a frame whose first RESTORE_BYTES bytes it writes back from `restore_frame` first: a program that rewrites
+ * the frame (NAT) sees the same packet every repetition. bare_fib swaps the MACs after a bpf_fib_lookup of the
+ * packet's destination (what a NAT reply would cost routed by the kernel's FIB, as Katran and Cilium route). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
@@ -206,6 +209,57 @@ int bench_handshake(struct xdp_md *ctx)
 	hs->seq += 1;
 	pkt.iph->saddr = hs->saddr;
 	*flags = hs->seq & 1 ? 0x02 /* SYN */ : 0x10 /* ACK */;
+	bpf_tail_call(ctx, &handshake_target, 0);
+	return XDP_ABORTED;
+}
+
+SEC("xdp")
+int bare_fib(struct xdp_md *ctx)
+{
+	struct bpf_fib_lookup fib = {};
+	struct packet pkt = {};
+	long rc;
+
+	if (parse_packet((void *)(long)ctx->data, (void *)(long)ctx->data_end, &pkt) != PARSE_OK)
+		return XDP_PASS;
+	fib.family = 2; /* AF_INET */
+	fib.l4_protocol = pkt.proto;
+	fib.sport = pkt.sport;
+	fib.dport = pkt.dport;
+	fib.tot_len = pkt.tot_len;
+	fib.ipv4_src = pkt.saddr;
+	fib.ipv4_dst = pkt.daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return XDP_DROP; /* measured only where the lookup found a route */
+	swap_macs(pkt.eth);
+	return XDP_TX;
+}
+
+#define RESTORE_BYTES 64
+
+struct frame_copy {
+	__u8 bytes[RESTORE_BYTES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct frame_copy);
+} restore_frame SEC(".maps");
+
+SEC("xdp")
+int bench_restore(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct frame_copy *copy = bpf_map_lookup_elem(&restore_frame, &zero);
+
+	if (!copy || data + RESTORE_BYTES > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, copy->bytes, RESTORE_BYTES);
 	bpf_tail_call(ctx, &handshake_target, 0);
 	return XDP_ABORTED;
 }

@@ -49,7 +49,7 @@ MAX_FWMARK = 2**32 - 1  # ipvsadm's parse_fwmark: 1 to UINT_MAX
 
 
 class Forwarding(Enum):
-    """IPVS forwarding methods: direct routing (-g) and tunnelling (-i)."""
+    """IPVS forwarding methods: direct routing (-g), NAT (-m, IPv4) and tunnelling (-i)."""
 
     ROUTE = "Route"
     MASQ = "Masq"
@@ -171,7 +171,7 @@ class Real:
     rip: IPAddress
     port: int
     weight: int = 1
-    forwarding: Forwarding = field(default=Forwarding.ROUTE, compare=False)
+    forwarding: Forwarding = Forwarding.ROUTE
     # The last non-zero weight, as the data plane keeps it (IPVS's dest->last_weight: mh builds its table
     # from it, so draining a real to 0 leaves the others' slots where they are). None: not known.
     last_weight: int | None = field(default=None, compare=False)
@@ -434,10 +434,14 @@ def validate_real(svc: Service, real: Real) -> None:
             "direct routing keeps the packet, so both must be of one family"
         )
     if real.forwarding is Forwarding.MASQ:
-        raise ModelError(
-            f"forwarding method {real.forwarding.value} ({real.forwarding.option}) is not supported; "
-            "pyvs forwards by direct routing (-g) and tunnelling (-i)"
-        )
+        if real.tunnel is not None:
+            raise ModelError("Tunnel options conflict with forward method")
+        if real.rip.version != 4:
+            raise ModelError(f"real server {real}: masquerading (-m) is IPv4 only in pyvs so far")
+        if svc.key.port == 0 and real.port != 0:
+            raise ModelError(f"real server {real}: a service of every port (port 0) keeps the client's port; "
+                             "its masqueraded reals take port 0")
+        return  # NAT rewrites the port: VIP:80 -> RIP:8080
     if real.forwarding is Forwarding.TUNNEL:
         validate_tunnel(real.tunnel or Tunnel())
         if real.rip.version != 4:

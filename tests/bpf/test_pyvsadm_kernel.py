@@ -111,7 +111,8 @@ def test_save_clear_restore_round_trips_byte_exactly(director: Dataplane) -> Non
         "-a -t 198.18.0.100:80 -r 198.18.2.11 -g",  # duplicate real
         "-a -t 198.18.0.100:80 -r 198.18.2.13 -w 70000",  # weight out of range
         "-a -t 198.18.0.100:80 -r 198.18.9.9 -g",  # not on the director's segment
-        "-a -t 198.18.0.100:80 -r 198.18.2.13 -m",  # NAT is not supported
+        "-a -t 198.18.0.100:80 -r 198.18.2.13 -6",  # -6 is for firewall-mark services
+        "-a -t 198.18.0.100:80 -r 198.18.2.11:8080 -g",  # -g takes the service's port: a duplicate
         "-A -t 198.18.0.100:81 -s sh -b mh-port",  # a flag of another scheduler
     ],
 )

@@ -128,10 +128,6 @@ def test_refused_command_lines(argv: list[str], message: str) -> None:
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
-        (
-            ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "-m"],
-            "option '-m' (masquerading) is not supported",
-        ),
         (["-A", "-t", "198.18.0.100:80", "-o"], "option '-o' (ops) is not supported"),
         (["-A", "-t", "198.18.0.100:80", "--pe", "sip"], "option '--pe' (pe) is not supported"),
         (
@@ -208,7 +204,7 @@ def test_restore_reads_saved_lines_as_the_general_parser_does(line: str) -> None
             "-A -t 198.18.0.100:80 -s rr\n-a -t 198.18.0.100:80 -w 1\n",
             "line 2: You need to supply the 'real-server'",
         ),
-        ("\n\n-A -t 198.18.0.100:80 -m\n", "line 3: option '-m' (masquerading) is not supported"),
+        ("\n\n-A -t 198.18.0.100:80 -m\n", "line 3: Illegal 'forwarding-method' option with the 'add-service' command"),
         ("-L -n\n", "line 1: the 'list' command is not allowed in restore input"),
         ("-R\n", "line 1: the 'restore' command is not allowed"),
         ("-A -t '198.18.0.100:80\n", "line 1: No closing quotation"),

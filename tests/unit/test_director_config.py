@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pyvs.director.config import CheckSpec, ConfigError, load_config, parse_config
-from pyvs.model import Protocol
+from pyvs.model import Forwarding, Protocol
 
 GOOD = """
 [director]
@@ -274,3 +274,21 @@ def test_the_data_planes_switches_are_set_or_left_alone() -> None:
     assert config.sloppy_tcp is True and config.expire_nodest_conn is None
     with pytest.raises(ConfigError, match="sloppy_tcp"):
         parse_config(GOOD.replace('interface = "eth0"', 'interface = "eth0"\nsloppy_tcp = "yes"'), "d.toml")
+
+
+def test_forward_nat_per_service_and_per_real() -> None:
+    text = ('[[service]]\nproto = "tcp"\nvip = "198.18.0.100"\nport = 80\nforwarding = "nat"\n'
+            '[[service.real]]\naddress = "198.18.2.11"\nport = 8080\n'
+            '[[service.real]]\naddress = "198.18.2.12"\nforwarding = "dr"\n')
+    [svc] = parse_config(text).services
+    assert [(r.port, r.forwarding) for r in svc.reals] == [(8080, Forwarding.MASQ), (80, Forwarding.ROUTE)]
+    for bad, message in (
+        ('forwarding = "dr"\n[[service.real]]\naddress = "198.18.2.11"\nport = 8080\n',
+         "real port 8080 differs from the service port 80: direct routing cannot change the port"),
+        ('forwarding = "masq"\n', "unknown forwarding method 'masq' \\(dr, nat or tun\\)"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config('[[service]]\nproto = "tcp"\nvip = "198.18.0.100"\nport = 80\n' + bad)
+    with pytest.raises(ConfigError, match="IPv4 only"):
+        parse_config('[[service]]\nproto = "tcp"\nvip = "2001:db8::100"\nport = 80\nforwarding = "nat"\n'
+                     '[[service.real]]\naddress = "2001:db8:2::11"\n')

@@ -12,7 +12,7 @@ import pytest
 from pyvs.director import keepalived
 from pyvs.director.config import CheckSpec, parse_config
 from pyvs.director.keepalived import KeepalivedError, import_keepalived
-from pyvs.model import Protocol, ServiceKey, fwmark_key
+from pyvs.model import Forwarding, Protocol, ServiceKey, fwmark_key
 
 SAMPLE = """! Configuration File for keepalived
 global_defs {
@@ -131,8 +131,10 @@ def converted() -> tuple[str, list[str]]:
 def test_virtual_servers_become_services_the_config_reader_accepts(converted: tuple[str, list[str]]) -> None:
     text, _ = converted
     config = parse_config(text, "imported.toml")
-    web, tls, dns, fwm = config.services
+    web, tls, dns, nat, fwm = config.services
     assert fwm.key == fwmark_key(1) and fwm.scheduler == "rr" and not fwm.reals
+    assert [(r.rip, r.port, r.forwarding) for r in nat.reals] == [(IPv4Address("198.18.2.11"), 8080, Forwarding.MASQ)]
+    assert {r.forwarding for s in (web, tls, dns) for r in s.reals} == {Forwarding.ROUTE}
     assert (web.key.port, web.scheduler, web.quorum, web.hysteresis) == (80, "wrr", 2, 1)
     assert web.sorry_server == (IPv4Address("198.18.2.20"), 80)
     rs1, rs2 = web.reals
@@ -160,10 +162,7 @@ def test_every_option_not_carried_over_is_reported_with_its_line(converted: tupl
         "keepalived.conf:75: misc_path: pyvs runs the command without a shell",
         "keepalived.conf:80: DNS_CHECK: this checker is not implemented by pyvs",
         "keepalived.conf:79: real_server: 198.18.2.12 has no supported checker",
-        "keepalived.conf:88: lb_kind: NAT: pyvs forwards by direct routing and tunnelling (IPv4) only; "
-        "virtual_server 198.18.0.101 80 "
-        "skipped",
-        "keepalived.conf:93: virtual_server: fwmark 1 has no lb_kind",
+        "keepalived.conf:89: real_server: 198.18.2.11 has no supported checker",
     ]
     for start in expected:
         assert any(w.startswith(start) for w in warnings), (start, warnings)
@@ -176,7 +175,8 @@ def test_defaults_unsupported_scheduler_and_missing_lb_kind_are_reported() -> No
     assert 'scheduler = "wlc"' in text
     assert "check = { type = \"tcp\", interval = 60.0, timeout = 5.0, rise = 1, fall = 2, retry_interval = 1.0 }" \
         in text
-    assert any("no lb_kind (keepalived's default is NAT); converted as DR" in w for w in warnings)
+    assert 'forwarding = "nat"' in text  # keepalived's default: NAT
+    assert not any("lb_kind" in w for w in warnings)
     assert not any("lb_algo" in w for w in warnings)  # every IPVS scheduler is carried over
 
 
@@ -196,7 +196,7 @@ def test_the_command_prints_toml_on_stdout_and_warnings_on_stderr(tmp_path: Path
     result = subprocess.run([sys.executable, "-m", "pyvs.cli", "director", "import-keepalived", str(source)],
                             capture_output=True, text=True, check=True)
     assert parse_config(result.stdout).services[0].key.port == 80
-    assert result.stderr.count("pyvs: not carried over: ") == 8
+    assert result.stderr.count("pyvs: not carried over: ") == 7  # (the fwmark virtual server is converted)
 
 
 def test_fwmark_virtual_servers_and_sctp_are_converted() -> None:
@@ -224,3 +224,21 @@ def test_a_fwmark_real_without_a_port_cannot_be_checked_by_tcp() -> None:
         "  real_server 198.18.2.11 {\n    TCP_CHECK {\n    }\n  }\n}\n")
     assert parse_config(text, "imported.toml").services[0].reals[0].check.type == "none"
     assert any("has no port and its checker no connect_port" in w for w in warnings)
+
+
+def test_lb_kind_nat_per_virtual_server_and_per_real_server_and_what_stays_refused() -> None:
+    text, warnings = import_keepalived(
+        "virtual_server 198.18.0.100 80 {\n  lb_kind NAT\n"
+        "  real_server 198.18.2.11 8080 {\n  }\n"
+        "  real_server 198.18.2.12 80 {\n    lb_kind DR\n  }\n"
+        "  real_server 198.18.2.13 81 {\n    lvs_method DR\n  }\n}\n"
+        "virtual_server 2001:db8::100 80 {\n  lb_kind NAT\n}\n")
+    [svc] = parse_config(text).services
+    assert [(str(r.rip), r.port, r.forwarding) for r in svc.reals] == [
+        ("198.18.2.11", 8080, Forwarding.MASQ), ("198.18.2.12", 80, Forwarding.ROUTE)]
+    assert [w.split(": ", 2)[1:] for w in warnings if "lb_kind" in w or "port 81" in w] == [
+        ["real_server", "198.18.2.13 port 81 differs from the service port 80: direct routing cannot change the "
+                        "port; real skipped"],
+        ["lb_kind", "NAT: pyvs forwards by direct routing, and by NAT and tunnelling to IPv4 reals; virtual_server "
+                    "2001:db8::100 80 skipped"],
+    ]

@@ -41,7 +41,7 @@ def test_a_service_and_its_reals_say_how_each_real_is_reached() -> None:
 @pytest.mark.parametrize(("change", "line", "message"), [
     ('type = "gre"', 'type = "gue"', ":13: service tcp 198.18.0.100:80: real #2: 'tunnel': You need to supply the "
      "'tun-port' option for the 'gue' tunnel type"),
-    ('forwarding = "dr"', 'forwarding = "nat"', ":17: service tcp 198.18.0.100:80: real #3: 'forwarding':"),
+    ('forwarding = "dr"', 'forwarding = "masq"', ":17: service tcp 198.18.0.100:80: real #3: 'forwarding':"),
     ('forwarding = "dr"', 'forwarding = "dr"\ntunnel = { type = "ipip" }', ":18: service tcp 198.18.0.100:80: real "
      "#3: 'tunnel' goes with forwarding = \"tun\""),
     ('vip = "198.18.0.100"', 'vip = "2001:db8::100"', ""),

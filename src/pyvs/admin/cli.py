@@ -112,6 +112,7 @@ Options:
   --ipv6         -6                   fwmark entry uses IPv6
   --real-server  -r server-address    server-address is host (and port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
+  --masquerading -m                   masquerading (NAT, IPv4): the real's port may differ
   --ipip         -i                   ipip encapsulation (tunneling)
   --tun-type      type                one of ipip|gue|gre,
                                       the default tunnel type is ipip.
@@ -145,8 +146,8 @@ pyvs's own options:
                                       (251 ... 131071); default: the smallest with 50 slots per real,
                                       at least 4093. -L and -S show it only when set.
 
-pyvs forwards by direct routing and tunnelling (IPv4 reals) and refuses, changing nothing,
-the ipvsadm options it does not implement: -m, --pe -o, -x -y,
+pyvs forwards by direct routing, NAT (-m, IPv4) and tunnelling (IPv4 reals) and refuses, changing
+nothing, the ipvsadm options it does not implement: --pe -o, -x -y,
 --rate --thresholds --persistent-conn. The sync daemon is a background process per data plane
 (python -m pyvs.sync.daemon), speaking the kernel's sync protocol version 1.
 """

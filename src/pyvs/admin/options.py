@@ -136,13 +136,13 @@ class Command:
     action: Action
     service: ServiceKey | None = None
     scheduler: str | None = None
-    real: tuple[IPAddress, int] | None = None  # port already set to the service port (DR)
+    real: tuple[IPAddress, int] | None = None  # port already set to the service port (DR), or as given (-m)
     weight: int | None = None
     persistent: int | None = None  # -p timeout, None without -p
     netmask: Netmask | None = None  # -M: a netmask (IPv4 service) or a prefix length (IPv6 service)
     sched_flags: tuple[str, ...] = ()
     mh_table_size: int | None = None  # --mh-table-size (pyvs extension)
-    forwarding: Forwarding | None = None  # -g, -i; None: not given (the default, -g)
+    forwarding: Forwarding | None = None  # -g, -m, -i; None: not given (the default, -g, also for -e as ipvsadm's)
     tunnel: Tunnel | None = None  # -i's --tun-type, --tun-port, --tun-*csum
     tun_info: bool = False  # -L --tun-info
     timeouts: Timeouts | None = None  # --set values; 0 leaves a timeout unchanged
@@ -172,7 +172,6 @@ class _Spec:
     optional_arg: bool = False  # -p [timeout]: takes the next word when it is a number
 
 
-_DR_ONLY = "pyvs forwards by direct routing (-g) and tunnelling (-i), not NAT"
 _NO_THRESHOLDS = "connection thresholds are not implemented by pyvs"
 _SPECS = (
     _Spec("A", "add-service", False, Action.ADD_SERVICE),
@@ -215,7 +214,7 @@ _SPECS = (
     _Spec(None, "sctp-service", True),
     _Spec("f", "fwmark-service", True),
     _Spec("6", "ipv6", False),
-    _Spec("m", "masquerading", False, unsupported=_DR_ONLY),
+    _Spec("m", "masquerading", False),
     _Spec("i", "ipip", False),
     _Spec(None, "tun-type", True),
     _Spec(None, "tun-port", True),
@@ -245,8 +244,10 @@ _OPTION_OF = {
     "fwmark-service": "service-address",
     "real-server": "real-server",
     "gatewaying": "forwarding-method",
+    "masquerading": "forwarding-method",
     "ipip": "forwarding-method",
 }
+_FORWARDING_OF = {"gatewaying": Forwarding.ROUTE, "masquerading": Forwarding.MASQ, "ipip": Forwarding.TUNNEL}
 # ipvsadm's tunnel options (last in its optnames[]): legal with -a and -e only, --tun-info with -L only.
 TUNNEL_OPTIONS = ("tun-type", "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum")
 # ipvsadm's tunnel_types_v_options over tun-port, tun-nocsum, tun-csum, tun-remcsum.
@@ -563,9 +564,13 @@ def parse_args(argv: Sequence[str]) -> Command:
     real = None
     if "real-server" in values:
         rip, rport = _address(values["real-server"], proto, "real server")
-        # Direct routing cannot change the port: ipvsadm sets the real port to the service port, except for a
-        # fwmark service, which has none (the real keeps the port given, 0 without one).
-        real = (rip, (rport or 0) if service and service.is_fwmark else service.port if service else 0)
+        # Without a port, the service's. -a/-e by direct routing take the service's whatever was written (ipvsadm:
+        # "The destination port must be equal to the service port"); masquerading and -d take the one given.
+        vport = service.port if service else 0
+        routed = action in (Action.ADD_SERVER, Action.EDIT_SERVER) and values.get("forwarding-method") != "masquerading"
+        real = (rip, vport if rport is None or routed else rport)
+        if service and service.is_fwmark:  # no port of its own: the real keeps the one given, 0 without one (IPVS)
+            real = (rip, rport or 0)
     weight = _weight(values["weight"]) if "weight" in values else None
     persistent = None
     if "persistent" in given:
@@ -593,7 +598,7 @@ def parse_args(argv: Sequence[str]) -> Command:
     tunnel = _check_tunnel(action, given, values)
     forwarding = None
     if "forwarding-method" in values:
-        forwarding = Forwarding.TUNNEL if values["forwarding-method"] == "ipip" else Forwarding.ROUTE
+        forwarding = _FORWARDING_OF[values["forwarding-method"]]
     if (action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0
             and not service.is_fwmark and persistent is None):
         raise UsageError("Zero port specified for non-persistent service")

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from pyvs.cli.arp import DEFAULT_CLIENT_IP, DEFAULT_CLIENT_IP6, PROBE_WAIT, address_option, listen_address, pin_option
 from pyvs.cli.common import EXIT_FAILURE, EXIT_USAGE, CommandFailed, UsageError
 from pyvs.director.config import DEFAULT_LISTEN
-from pyvs.lab.topology import MAX_DIRECTORS, check_prefix, default_topology, ecmp_topology
+from pyvs.lab.topology import MAX_DIRECTORS, METHODS, check_prefix, default_topology, ecmp_topology
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
@@ -106,10 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "behind a BGP router that spreads the flows over them (ECMP), each running `pyvs director "
                          "run` with mh, sloppy TCP and a [bgp] session to the router (with --ipv6 the IPv6 VIP is "
                          "routed to them too); the lab's other commands follow the number it was brought up with")
-    up.add_argument("--method", choices=("dr", "tun"), default=None,
-                    help="how the director forwards: dr (direct routing, the default) or tun (tunnelling, -i: every "
-                         "real decapsulates, and rs2 is routed on 198.18.6.0/24 behind a router); the lab's other "
-                         "commands follow the method it was brought up with")
+    up.add_argument("--method", choices=METHODS, default=None,
+                    help="how the director forwards: dr (direct routing, the default), nat (masquerading, -m: the "
+                         "reals' default route is the director, they hold no VIP, rs2 serves on port 8080; IPv4, one "
+                         "director) or tun (tunnelling, -i: every real decapsulates, and rs2 is routed on "
+                         "198.18.6.0/24 behind a router); the lab's other commands follow the method it was brought "
+                         "up with")
     up.add_argument("--tun-type", choices=("ipip", "gue", "gre"), default=None,
                     help="with --method tun: the tunnel (default ipip; gue on UDP port 6080)")
     add(lab_commands, "down", "lab:cmd_down", "remove the lab's namespaces, links, processes and pins", prefix)

@@ -9,7 +9,7 @@ from typing import Any
 from pyvs import netns
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, print_actions, print_table
 from pyvs.lab import lab
-from pyvs.lab.topology import Topology, default_topology, ecmp_topology, tun_topology
+from pyvs.lab.topology import Topology, default_topology, ecmp_topology, nat_topology, tun_topology
 
 
 def _topology(args: argparse.Namespace) -> Topology:
@@ -39,6 +39,11 @@ def _topology(args: argparse.Namespace) -> Topology:
         if ipv6 or directors > 1:
             raise UsageError("--method tun is IPv4 with one director: not with --ipv6 or --directors")
         return tun_topology(prefix=args.prefix, tun_type=tun_type)
+    if method == "nat":
+        if ipv6 or directors > 1:
+            raise UsageError("--method nat goes with one director and IPv4 only (pyvs's NAT is IPv4): not with "
+                             "--ipv6 or --directors")
+        return nat_topology(prefix=args.prefix)
     if directors == 1:
         return default_topology(prefix=args.prefix, ipv6=ipv6) if ipv6 else topo
     return ecmp_topology(prefix=args.prefix, directors=directors,

@@ -41,6 +41,8 @@ VIP_FILTER_SIZE = _D["PYVS_VIP_FILTER_SIZE"]
 VIP_F_ANY_PORT = _D["PYVS_VIP_F_ANY_PORT"]
 REAL_ACTIVE = _D["PYVS_REAL_ACTIVE"]
 REAL_IPV6 = _D["PYVS_REAL_IPV6"]
+REAL_FWD_MASQ = _D["PYVS_REAL_FWD_MASQ"]
+NAT_TABLE_SIZE = _D["PYVS_NAT_TABLE_SIZE"]
 REAL_FWD_TUNNEL = _D["PYVS_REAL_FWD_TUNNEL"]
 TUN_F_CSUM = _D["PYVS_TUN_F_CSUM"]
 TUN_F_REMCSUM = _D["PYVS_TUN_F_REMCSUM"]
@@ -50,10 +52,12 @@ MAX_EXT_HEADERS = _D["PYVS_MAX_EXT_HEADERS"]
 CFG_EXPIRE_NODEST_CONN = _D["PYVS_CFG_EXPIRE_NODEST_CONN"]
 CFG_SLOPPY_TCP = _D["PYVS_CFG_SLOPPY_TCP"]
 CFG_IPV6 = _D["PYVS_CFG_IPV6"]
+CFG_MASQ = _D["PYVS_CFG_MASQ"]
 CFG_SYNC = _D["PYVS_CFG_SYNC"]
 SYNC_RING_SIZE = _D["PYVS_SYNC_RING_SIZE"]
 CONN_F_TEMPLATE = _D["PYVS_CONN_F_TEMPLATE"]
 CONN_F_PERSISTED = _D["PYVS_CONN_F_PERSISTED"]
+CONN_F_MASQ = _D["PYVS_CONN_F_MASQ"]
 STATE_COUNT = _D["PYVS_STATE_COUNT"]
 CNT_COUNT = _D["PYVS_CNT_COUNT"]
 
@@ -188,6 +192,19 @@ class Conn(ctypes.Structure):
                 ("parity", ctypes.c_uint8)]
 
 
+class NatReply(ctypes.Structure):
+    """nat_replies' value (its key is a ConnKey: real, client, real port, client port, protocol)."""
+
+    _fields_ = [("conn", ConnKey), ("ifindex", ctypes.c_uint32), ("dmac", ctypes.c_uint8 * 6),
+                ("smac", ctypes.c_uint8 * 6)]
+
+
+class OutCountersEntry(ctypes.Structure):
+    """out_stats' value: the replies of NAT connections (IPVS's OutPkts, OutBytes)."""
+
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
 class CountersEntry(ctypes.Structure):
     _fields_ = [("conns", ctypes.c_uint64), ("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
@@ -259,6 +276,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "pyvs_slot_usage": SlotUsage,
     "pyvs_sweep_stats": SweepStats,
     "sweeper": Sweeper,
+    "pyvs_nat_reply": NatReply,
+    "pyvs_out_counters": OutCountersEntry,
     "pyvs_sync_event": SyncEvent,
 }
 

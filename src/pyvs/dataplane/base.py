@@ -14,7 +14,7 @@ MAP_NAMES = (
     "services", "vips", "vip_filter", "svc_gens", "reals", "sched_table", "sched_state", "real_conns", "conns",
     "half_open", "stats", "counters", "config", "sweeper", "lblc_cache", "lblcr_cache", "lblcr_scratch", "sched_choice",
     "svc_reals", "slot_usage", "frags", "services6", "vips6", "conns6", "half_open6", "frags6", "real_addrs6",
-    "scratch6", "calls", "sync_events", "tunnels", "tun_scratch", "fwm_calls",
+    "scratch6", "calls", "sync_events", "tunnels", "tun_scratch", "nat_replies", "nat_half", "out_stats", "fwm_calls",
 )
 PROGRAM_NAME = "pyvs_xdp"
 FWMARK_PROGRAM = "pyvs_fwm"  # tc egress: packets of firewall-mark services (bpf/fwmark.h)

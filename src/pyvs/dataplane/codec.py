@@ -138,6 +138,8 @@ def real_from(slot: RealSlot) -> Real:
     """The model's real of an active slot: address, port, weight, forwarding and tunnel."""
     entry = slot.entry
     real = Real(slot.rip, socket.ntohs(entry.port), entry.weight, last_weight=entry.last_weight)
+    if entry.flags & abi.REAL_FWD_MASQ:
+        real.forwarding = Forwarding.MASQ
     if entry.flags & abi.REAL_FWD_TUNNEL:
         real.forwarding = Forwarding.TUNNEL
         raw = slot.tunnel or abi.Tunnel()

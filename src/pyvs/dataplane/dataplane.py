@@ -368,7 +368,8 @@ class Dataplane:
             digest.update(f"{svc.key.proto.label} {svc.key} {svc.scheduler} {','.join(svc.sched_flags)} "
                           f"{svc.persistent} {svc.netmask} {svc.mh_table_size}\n".encode())
             for real in svc.sorted_reals():
-                digest.update(f" {real} {real.weight} {real.last_weight}\n".encode())
+                method = "" if real.forwarding is Forwarding.ROUTE else f" {real.forwarding.option}"
+                digest.update(f" {real} {real.weight} {real.last_weight}{method}\n".encode())
             digest.update(" ".join(str(r and f"{r[0]}:{r[1]}") for r in self.read_table(svc.key)).encode() + b"\n")
         return digest.hexdigest()[:16]
 
@@ -506,9 +507,13 @@ class Dataplane:
     def _stats_at(self, index: int) -> Counters:
         values = (abi.CountersEntry * self._ncpus)()
         libbpf.map_lookup(self._fds["stats"], ctypes.c_uint32(index), values)
+        out = (abi.OutCountersEntry * self._ncpus)()
+        if "out_stats" in self._fds:  # (pins of a version before NAT, opened to migrate them, have none)
+            libbpf.map_lookup(self._fds["out_stats"], ctypes.c_uint32(index), out)
         return Counters(
             conns=sum(v.conns for v in values), inpkts=sum(v.packets for v in values),
-            inbytes=sum(v.bytes for v in values),
+            inbytes=sum(v.bytes for v in values), outpkts=sum(v.packets for v in out),
+            outbytes=sum(v.bytes for v in out),
         )
 
     def service_stats(self) -> dict[ServiceKey, Counters]:
@@ -648,6 +653,8 @@ class Dataplane:
 
     def _zero_stats(self, index: int) -> None:
         libbpf.map_update(self._fds["stats"], ctypes.c_uint32(index), (abi.CountersEntry * self._ncpus)())
+        if "out_stats" in self._fds:
+            libbpf.map_update(self._fds["out_stats"], ctypes.c_uint32(index), (abi.OutCountersEntry * self._ncpus)())
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -719,6 +726,12 @@ class Dataplane:
                     set_bit(usage.reals, real.slot)
             plan = Plan(current, slots, rules, resolvers[0], usage, lambda slot: abi.RealEntry(), resolvers[1])
             self._carry_out(plan, rules, set(rules.services))
+            # A whole apply knows every real: the flag goes when the last NAT real has gone (a change of one
+            # service only ever sets it: telling would read every real).
+            masq = any(real.forwarding is Forwarding.MASQ for svc in rules.services.values()
+                       for real in svc.reals.values())
+            if bool(self._config().flags & abi.CFG_MASQ) != masq:
+                self._set_flag(abi.CFG_MASQ, masq)
 
     def apply_service(self, key: ServiceKey, service: Service | None) -> None:
         """Make one service as `service` says (None: delete it), touching no other service.
@@ -938,6 +951,9 @@ class Dataplane:
             return
         for slot, rip in plan.addresses6.items():  # the address first: an active entry always has one
             libbpf.map_update(self._fds["real_addrs6"], ctypes.c_uint32(slot), addr6(rip))
+        if any(plan.entries[slot].flags & abi.REAL_FWD_MASQ for slot in slots) and \
+                not self._config().flags & abi.CFG_MASQ:
+            self._set_flag(abi.CFG_MASQ, True)  # before the reals: their replies are looked for from the first packet
         for slot, tunnel in plan.tunnels.items():  # and a tunnel real's encapsulation
             libbpf.map_update(self._fds["tunnels"], ctypes.c_uint32(slot), tunnel)
         keys = (ctypes.c_uint32 * len(slots))(*slots)

@@ -189,6 +189,8 @@ class Plan:
         tunnel = real.forwarding is Forwarding.TUNNEL
         if bool(self.entries[slot].flags & abi.REAL_FWD_TUNNEL) != tunnel:
             return True
+        if bool(self.entries[slot].flags & abi.REAL_FWD_MASQ) != (real.forwarding is Forwarding.MASQ):
+            return True  # NAT: new connections only, each keeps its own
         raw = self._tunnels.get(slot)
         try:
             return tunnel and (raw is None or raw_tunnel_settings(raw) != tunnel_settings(real.tunnel or Tunnel()))
@@ -212,7 +214,9 @@ class Plan:
     def _set_forwarding(self, slot: int, entry: abi.RealEntry, real: Real, hop: NextHop) -> None:
         """The entry's next hop and forwarding flag; a tunnel real's tunnels entry."""
         set_hop(entry, hop)
-        entry.flags &= ~abi.REAL_FWD_TUNNEL
+        entry.flags &= ~(abi.REAL_FWD_TUNNEL | abi.REAL_FWD_MASQ)
+        if real.forwarding is Forwarding.MASQ:
+            entry.flags |= abi.REAL_FWD_MASQ
         if real.forwarding is Forwarding.TUNNEL:
             try:
                 self.tunnels[slot] = tunnel_value(real, hop)

@@ -88,6 +88,7 @@ from pyvs.model import (
     parse_netmask_for,
     sched_flag_bits,
     sched_flag_names,
+    validate_real,
     validate_scheduler,
     validate_service,
     validate_tunnel,
@@ -335,7 +336,7 @@ SERVICE_KEYS = ("proto", "vip", "port", "fwmark", "ip_family", "scheduler", "sch
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
                 "inhibit_on_failure", "check", "real", "forwarding", "tunnel")
 REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check", "forwarding", "tunnel")
-FORWARDING = {"dr": Forwarding.ROUTE, "tun": Forwarding.TUNNEL}
+FORWARDING = {"dr": Forwarding.ROUTE, "nat": Forwarding.MASQ, "tun": Forwarding.TUNNEL}
 TUNNEL_KEYS = ("type", "port", "csum")
 BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "local_address6", "router_id", "next_hop",
             "next_hop6", "communities", "hold_time", "connect_retry", "withdraw_wait")
@@ -546,11 +547,11 @@ def _family_error(what: str, address: IPAddress, key: ServiceKey) -> str:
 
 
 def _method(reader: _Reader, default: tuple[Forwarding, Tunnel | None]) -> tuple[Forwarding, Tunnel | None]:
-    """`forwarding` ("dr" or "tun") and `tunnel` ({type, port, csum}) of a service or a real (a real's default: its
-    service's)."""
+    """`forwarding` ("dr", "nat" or "tun") and `tunnel` ({type, port, csum}) of a service or a real (a real's
+    default: its service's)."""
     def forwarding_of(value: Any) -> Forwarding:
         if str(value) not in FORWARDING:
-            raise ValueError(f"unknown forwarding method {value!r} (dr or tun)")
+            raise ValueError(f"unknown forwarding method {value!r} (dr, nat or tun)")
         return FORWARDING[str(value)]
 
     forwarding = reader.convert("forwarding", forwarding_of, default[0])
@@ -573,18 +574,23 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool,
     rip = reader.convert("address", lambda v: parse_address(str(v)), required=True)
     if rip.version != svc_key.family:
         reader.fail("address", f"'address': {_family_error('real server', rip, svc_key)}")
+    forwarding, tunnel = _method(reader, method)
     port = reader.integer("port", svc_key.port, 0, 65535)
-    if port != svc_key.port and not svc_key.is_fwmark:  # a fwmark service's reals keep their port (IPVS)
+    if port != svc_key.port and forwarding is not Forwarding.MASQ and not svc_key.is_fwmark:  # fwmark: the real's own
         reader.fail("port", f"real port {port} differs from the service port {svc_key.port}: "
-                            "direct routing cannot change the port")
+                            "direct routing cannot change the port (forwarding = \"nat\" can)")
     weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
+    if forwarding is Forwarding.MASQ:
+        try:
+            validate_real(Service(svc_key), Real(rip, port, weight, forwarding))
+        except ModelError as exc:
+            reader.fail("forwarding" if "forwarding" in reader.table else "port", str(exc))
     real_check = _check(_sub(reader, "check", CHECK_KEYS, "check"), check) if "check" in reader.table else check
+    if forwarding is Forwarding.TUNNEL and rip.version != 4:
+        reader.fail("forwarding", f"real server {rip}: pyvs tunnels to IPv4 real servers only")
     if svc_key.is_fwmark and not port and real_check.type in ("tcp", "http", "https") and real_check.port is None:
         reader.fail("port", f"real {rip} of {svc_key} has no port for its {real_check.type} check: give the real a "
                             "'port' or its check a 'port'")
-    forwarding, tunnel = _method(reader, method)
-    if forwarding is Forwarding.TUNNEL and rip.version != 4:
-        reader.fail("forwarding", f"real server {rip}: pyvs tunnels to IPv4 real servers only")
     return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit), forwarding,
                     tunnel)
 

@@ -10,8 +10,9 @@ compared without case, as keepalived does. Reading is linear in the input's size
 is held in memory at a time.
 
 Carried over: lb_algo/lvs_sched, the scheduler flags (flag-1..3, sh-port, sh-fallback, mh-port, mh-fallback),
-lb_kind/lvs_method DR and TUN (keepalived 2.2's `type ipip|gue|gre`, `port N`, `nocsum|csum|remcsum`; per
-virtual_server and per real_server), protocol, persistence_timeout, persistence_granularity, weight, inhibit_on_failure,
+lb_kind/lvs_method DR, NAT (IPv4; absent: NAT, keepalived's default) and TUN (keepalived 2.2's `type ipip|gue|gre`,
+`port N`, `nocsum|csum|remcsum`; per virtual_server and per real_server), protocol, persistence_timeout,
+persistence_granularity, weight, inhibit_on_failure,
 sorry_server, quorum, hysteresis, alpha, virtualhost, delay_loop, connect_timeout, retry/nb_get_retry,
 delay_before_retry, connect_port, TCP_CHECK, HTTP_GET and SSL_GET (url path, status_code, digest, virtualhost,
 regex) and MISC_CHECK (misc_path as argv, misc_timeout, default delay_loop as keepalived's). Every other option
@@ -330,6 +331,8 @@ class _Converter:
         timing: dict[str, Block] = {}
         default_host: str | None = None
         method_seen = False
+        if family == 4:
+            service["forwarding"] = "nat"  # keepalived's default; pyvs's NAT is IPv4 only
         where: dict[str, Block] = {}  # setting -> the statement it comes from
         sorry: Block | None = None
         for child in vs.children:
@@ -341,14 +344,14 @@ class _Converter:
                 method_seen = True
                 method = self.method(child, family)
                 if method is None:
-                    self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing and tunnelling (IPv4) only; "
-                                     f"virtual_server {name} skipped")
+                    self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing, and by NAT and tunnelling "
+                                     f"to IPv4 reals; virtual_server {name} skipped")
                     return None
                 service.pop("tunnel", None)
-                if method["forwarding"] == "tun":
-                    service.update(method)
-                else:
+                if method["forwarding"] == "dr":
                     service.pop("forwarding", None)
+                else:
+                    service.update(method)
             elif key == "protocol":
                 proto = self.arg(child).upper()  # keepalived compares without case (strcasecmp)
                 if proto not in ("TCP", "UDP", "SCTP"):
@@ -394,8 +397,9 @@ class _Converter:
                 self.warn(child, "use [director] notify: it runs for quorum_up/quorum_down events too")
             else:
                 self.warn(child, "not supported by pyvs; not carried over")
-        if not method_seen:
-            self.warn(vs, f"{name} has no lb_kind (keepalived's default is NAT); converted as DR")
+        if not method_seen and family == 6:
+            self.warn(vs, f"{name} has no lb_kind (keepalived's default is NAT, IPv4 only in pyvs); "
+                          "converted as DR")
         if "persistence_granularity" in service and "persistence_timeout" not in service:
             self.warn(vs, "persistence_granularity without persistence_timeout has no effect; not carried over")
             del service["persistence_granularity"]
@@ -477,15 +481,18 @@ class _Converter:
         service["sorry_server"] = sorry_ip
 
     def method(self, block: Block, family: int) -> dict[str, Any] | None:
-        """lb_kind/lvs_method: {} for DR, forwarding and tunnel for TUN (keepalived's svr_forwarding_handler: `type`,
-        `port`, the checksum word; its messages), None for what pyvs cannot do (NAT, TUN to IPv6)."""
+        """lb_kind/lvs_method: dr for DR, nat for NAT, forwarding and tunnel for TUN (keepalived's
+        svr_forwarding_handler: `type`, `port`, the checksum word; its messages), None for what pyvs cannot do (NAT and
+        TUN to IPv6)."""
         kind = self.arg(block)
         if kind == "DR":
             return {"forwarding": "dr"}
         if kind not in ("TUN", "NAT"):
             self.fail(block, f"unknown [{kind[:40]}] routing method")
-        if kind == "NAT" or family != 4:
+        if family != 4:
             return None
+        if kind == "NAT":
+            return {"forwarding": "nat"}
         tunnel: dict[str, Any] = {"type": "ipip"}
         words = block.args[1:]
         i = 0
@@ -526,14 +533,24 @@ class _Converter:
                           "keeps the packet; real skipped")
             return None
         rip = str(address)
+        own = next((c for c in rs.children if c.keyword in ("lb_kind", "lvs_method")), None)
+        here = self.method(own, family) if own is not None else (method or {"forwarding": "dr"})
+        if here is None and own is not None:
+            self.warn(own, f"{' '.join(own.args)}: pyvs forwards by direct routing, and by NAT and tunnelling to "
+                           "IPv4 reals; real skipped")
+            return None
+        nat = (here or {}).get("forwarding") == "nat"
         real_port = self.integer(rs, 0, 65535, rs.args[1]) if len(rs.args) > 1 else port
-        if real_port != port and not fwmark:
+        if real_port != port and not nat and not fwmark:
             self.warn(rs, f"{rip} port {real_port} differs from the service port {port}: direct routing cannot "
                           "change the port; real skipped")
             return None
+        if nat and port == 0 and real_port != 0:
+            self.warn(rs, f"{rip} port {real_port}: a service of every port keeps the client's port; real skipped")
+            return None
         real: dict[str, Any] = {"address": rip, "weight": 1}
-        if fwmark and real_port:
-            real["port"] = real_port  # a fwmark service's real keeps its port (its checks connect there)
+        if real_port != port:
+            real["port"] = real_port
         timing = dict(vs_timing)
         checkers = []
         for child in rs.children:
@@ -542,16 +559,14 @@ class _Converter:
             elif child.keyword == "inhibit_on_failure":
                 real["inhibit_on_failure"] = self.boolean(child)
             elif child.keyword in ("lb_kind", "lvs_method"):
-                own = self.method(child, family)
-                if own is None:
-                    self.warn(child, f"{' '.join(child.args)}: pyvs forwards by direct routing and tunnelling (IPv4) "
-                                     "only; real skipped")
-                    return None
+                kind = self.method(child, family)
+                if kind is None:
+                    return None  # (warned above)
                 inherited = method or {"forwarding": "dr"}
                 real.pop("forwarding", None)
                 real.pop("tunnel", None)
-                if own != inherited:  # only what differs from the virtual_server's method
-                    real.update(own)
+                if kind != inherited:  # only what differs from the virtual_server's method
+                    real.update(kind)
             elif child.keyword in TIMING:
                 timing[child.keyword] = child
             elif child.keyword in CHECKERS:

@@ -67,13 +67,21 @@ def _traffic(topo: Topology, say: Callable[[str], None], requests: int) -> None:
         stats = dp.service_stats()
         counters = dp.counters()
     say("director data plane (XDP) per service:")
+    nat = topo.method == "nat"
     for key, c in sorted(stats.items()):
-        say(f"  {key.title}: {c.conns} connections, {c.inpkts} packets in, {c.inbytes} bytes in, "
-            "0 out (replies never reach the director)")
+        out = (f"{c.outpkts} packets out, {c.outbytes} bytes out (the replies, rewritten to come from the VIP)" if nat
+               else "0 out (replies never reach the director)")
+        say(f"  {key.title}: {c.conns} connections, {c.inpkts} packets in, {c.inbytes} bytes in, {out}")
     say(f"  forwarded with XDP_TX: {counters['tx']}, to a VIP port without a service: {counters['pass']}, "
         f"dropped: {sum(v for k, v in counters.items() if k.startswith('drop_'))}")
     received = client_bytes.rx - before_client.rx
     sent_by_director = port.rx - before_port.rx
+    share = 100 * sent_by_director / max(received, 1)
+    if nat:
+        say(f"client received {received} bytes; the director's NIC transmitted {sent_by_director} bytes ({share:.1f}%: "
+            "the replies and the requests, both ways through the director).")
+        say("NAT: the reals answered through the director, whose XDP program gave the replies the VIP back.")
+        return
     say(f"client received {received} bytes; the director's NIC transmitted {sent_by_director} bytes "
-        f"({100 * sent_by_director / max(received, 1):.1f}%: the client's requests and ACKs only).")
+        f"({share:.1f}%: the client's requests and ACKs only).")
     say("The replies went from the real servers to the gateway directly, never through the director.")

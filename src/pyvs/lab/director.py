@@ -21,10 +21,11 @@ def pin_dir(topo: Topology) -> Path:
 
 
 def tutorial_rules(topo: Topology, scheduler: str = "rr") -> Rules:
-    """`-A -t VIP:80 -s rr` with every real added `-g` (the tunnel lab: `-i --tun-type ...`), and the same for each
-    other lab service (and, in a dual-stack lab, for the IPv6 VIP with the reals' IPv6 addresses)."""
+    """`-A -t VIP:80 -s rr` with every real added `-g` (the NAT lab: `-m`, at the real's own port; the tunnel lab:
+    `-i --tun-type ...`), and the same for each other lab service (and, in a dual-stack lab, for the IPv6 VIP with the
+    reals' IPv6 addresses)."""
     tunnel = Tunnel(topo.tun_type, topo.tun_port) if topo.method == "tun" else None
-    forwarding = Forwarding.TUNNEL if tunnel else Forwarding.ROUTE
+    forwarding = Forwarding.TUNNEL if tunnel else Forwarding.MASQ if topo.method == "nat" else Forwarding.ROUTE
     rules = Rules()
     for version, vip in zip((4, 6), topo.vips, strict=False):
         for spec in topo.services:
@@ -32,7 +33,8 @@ def tutorial_rules(topo: Topology, scheduler: str = "rr") -> Rules:
             svc = Service(key, scheduler)
             for node in topo.reals:
                 rip = parse_address(topo.address_of(node.name, version))
-                svc.reals[(rip, spec.port)] = Real(rip, spec.port, 1, forwarding, tunnel=tunnel)
+                port = topo.port_of(node.name, spec.port)
+                svc.reals[(rip, port)] = Real(rip, port, 1, forwarding, tunnel=tunnel)
             rules.services[key] = svc
     return rules
 

@@ -218,6 +218,8 @@ def _ensure_dnat(topo: Topology, actions: list[str]) -> None:
 
 
 def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
+    if topo.method == "nat":
+        return  # NAT reals hold no VIP: the director gives them their own address
     for node in topo.reals:
         nic = topo.ports(node.name)[0].ifname
         tunnel = topo.tun_type if topo.method == "tun" else None
@@ -232,7 +234,8 @@ def _ensure_realservers(topo: Topology, actions: list[str]) -> None:
 def _server_argv(topo: Topology, node: Node) -> list[str]:
     return [
         sys.executable, "-m", WEBSERVER_MODULE, "--name", node.name, "--lab", topo.prefix,
-        "--port", str(topo.web_port), "--udp-port", str(topo.udp_echo_port), *(["--ipv6"] if topo.ipv6 else []),
+        "--port", str(topo.port_of(node.name)), "--udp-port", str(topo.port_of(node.name, topo.udp_echo_port)),
+        *(["--ipv6"] if topo.ipv6 else []),
     ]  # fmt: skip
 
 
@@ -289,7 +292,7 @@ def _ensure_server(topo: Topology, node: Node, actions: list[str]) -> None:
     state["servers"][node.name] = pid
     save_state(topo, state)  # recorded at once: down() must find it even if we crash
     for version in _versions(topo):
-        _wait_listening(node.netns, topo.address_of(node.name, version), topo.web_port, pid)
+        _wait_listening(node.netns, topo.address_of(node.name, version), topo.port_of(node.name), pid)
     actions.append(f"started web server in {node.netns} (pid {pid})")
 
 
@@ -524,7 +527,8 @@ def _real_problems(topo: Topology) -> list[str]:
         try:
             with netns.in_netns(node.netns):
                 tunnel = topo.tun_type if topo.method == "tun" else None
-                wrong = [f.name for f in realserver.check(topo.vips, nic=nic, tunnel=tunnel) if not f.ok]
+                checks = [] if topo.method == "nat" else realserver.check(topo.vips, nic=nic, tunnel=tunnel)
+                wrong = [f.name for f in checks if not f.ok]
         except realserver.RealServerError as exc:
             wrong = [str(exc)]
         if wrong:
@@ -532,11 +536,11 @@ def _real_problems(topo: Topology) -> list[str]:
         if not netns.exists(topo.director.netns):
             continue
         for version in _versions(topo):
-            address = topo.address_of(node.name, version)
-            where = f"[{address}]:{topo.web_port}" if version == 6 else f"{address}:{topo.web_port}"
+            address, port = topo.address_of(node.name, version), topo.port_of(node.name)
+            where = f"[{address}]:{port}" if version == 6 else f"{address}:{port}"
             try:
                 with netns.in_netns(topo.director.netns):
-                    socket.create_connection((address, topo.web_port), timeout=1.0).close()
+                    socket.create_connection((address, port), timeout=1.0).close()
             except OSError as exc:
                 problems.append(f"{node.name} does not answer on {where}: {exc.strerror or exc}")
     return problems

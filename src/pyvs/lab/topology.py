@@ -122,6 +122,11 @@ class Topology:
     udp_echo_port: int = 80
     vip6: str | None = None  # a dual-stack lab's IPv6 VIP (bare address); None: IPv4 only
     public_ip6: str | None = None  # the gateway's client-facing IPv6 address
+    real_ports: tuple[tuple[str, int], ...] = ()  # a real's own port where it is not the service's (NAT only)
+
+    def port_of(self, real: str, port: int | None = None) -> int:
+        """The port a real serves the service on `port` (default: the web port) at: its own under NAT."""
+        return dict(self.real_ports).get(real, self.web_port if port is None else port)
 
     @property
     def ipv6(self) -> bool:
@@ -132,7 +137,7 @@ class Topology:
         """The VIPs: IPv4's, and IPv6's in a dual-stack lab."""
         return (self.vip, self.vip6) if self.vip6 else (self.vip,)
     bgp: BgpLab | None = None  # None: one director on the segment, reached by ARP (the tutorial's lab)
-    method: str = "dr"  # how the director forwards to the reals: dr (-g) or tun (-i, tun_type)
+    method: str = "dr"  # how the director forwards to the reals: dr (-g), nat (-m) or tun (-i, tun_type)
     tun_type: str = "ipip"  # tun: pyvsadm --tun-type of every real
     tun_port: int = 0  # tun with gue: --tun-port
 
@@ -290,6 +295,18 @@ def default_topology(prefix: str = "pyvs", attacker: bool = False, ipv6: bool = 
     )
 
 
+NAT_REAL_PORT = ("rs2", 8080)  # the NAT lab's port-mapped real: VIP:80 -> 198.18.2.12:8080
+
+
+def nat_topology(prefix: str = "pyvs") -> Topology:
+    """The tutorial's lab forwarding by NAT (ipvsadm -m): the reals hold no VIP, their default route is the director's
+    DIP (198.18.2.10), and rs2 serves on port 8080 (VIP:80 -> 198.18.2.12:8080, TCP and UDP)."""
+    base = default_topology(prefix)
+    via_director = Route("default", gateway="198.18.2.10", dev="eth0", onlink=True)
+    nodes = tuple(replace(node, routes=(via_director,)) if node.role is Role.REAL else node for node in base.nodes)
+    return replace(base, nodes=nodes, method="nat", real_ports=(NAT_REAL_PORT,))
+
+
 # ---- several directors behind a BGP router (`pyvs lab up --directors N`; lab/ecmp.py runs it) ----------------
 
 MAX_DIRECTORS = 4
@@ -372,7 +389,7 @@ def ecmp_topology(prefix: str = "pyvs", directors: int = 3, base: Topology | Non
 
 # ---- tunnel forwarding (`pyvs lab up --method tun`): a real routed on another subnet ---------------------------
 
-METHODS = ("dr", "tun")
+METHODS = ("dr", "nat", "tun")
 TUN_ROUTER_ADDRESS = "198.18.2.1"  # the router on the director's segment
 FAR_NET, FAR_ROUTER, FAR_RIP = "198.18.6.0/24", "198.18.6.1", "198.18.6.12"  # rs2's subnet behind the router
 GUE_PORT = 6080

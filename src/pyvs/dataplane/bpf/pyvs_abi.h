@@ -23,6 +23,7 @@
 #define PYVS_MAX_REALS_PER_SERVICE 4096
 #define PYVS_FRAG_TABLE_SIZE 8192 /* fragmented datagrams to a VIP whose first fragment was seen (LRU) */
 #define PYVS_MAX_EXT_HEADERS 6 /* IPv6 extension headers walked before the upper-layer header; more: passed */
+#define PYVS_NAT_TABLE_SIZE 262144 /* replies of NAT connections: (real, client) -> the connection (LRU) */
 #define PYVS_SYNC_RING_SIZE 1048576 /* bytes of the sync_events ring buffer (~21000 events of 48 bytes) */
 
 /* Scheduler ids (svc.sched), one per IPVS scheduler. */
@@ -52,6 +53,7 @@
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
 #define PYVS_REAL_OVERLOAD 2 /* IPVS's IP_VS_DEST_F_OVERLOAD: no new connections (thresholds) */
 #define PYVS_REAL_IPV6 4 /* an IPv6 real: rip holds its address folded to 32 bits, real_addrs6 the address */
+#define PYVS_REAL_FWD_MASQ 8 /* ipvsadm -m: NAT; the destination becomes rip:port, replies come back through pyvs */
 #define PYVS_REAL_FWD_TUNNEL 16 /* ipvsadm -i: the frame is encapsulated (tunnels[slot] says how) */
 
 /* Tunnel types (struct pyvs_tunnel.type): IPVS's IP_VS_CONN_F_TUNNEL_TYPE_* numbers. */
@@ -67,6 +69,7 @@
 /* Connection entry flags, and where an entry is counted. */
 #define PYVS_CONN_F_TEMPLATE 1 /* a persistence template: client (masked), port 0 */
 #define PYVS_CONN_F_PERSISTED 2 /* a connection placed by a template: keeps it alive (IPVS's n_control) */
+#define PYVS_CONN_F_MASQ 4 /* a NAT connection: it has an entry in nat_replies, its TCP state sees both directions */
 #define PYVS_COUNTED_NONE 0
 #define PYVS_COUNTED_ACTIVE 1
 #define PYVS_COUNTED_INACTIVE 2
@@ -79,6 +82,7 @@
 #define PYVS_CFG_SLOPPY_TCP 2 /* IPVS's sloppy_tcp: a TCP packet other than SYN may start a connection */
 #define PYVS_CFG_IPV6 4 /* there are IPv6 services: the sweeper visits the IPv6 tables too (set with the VIPs) */
 #define PYVS_CFG_SYNC 8 /* a sync master reads sync_events: new connections and state changes are written there */
+#define PYVS_CFG_MASQ 16 /* there are NAT reals: packets not to a VIP are looked up in nat_replies */
 
 /* Connection states: IPVS's TCP state numbers, then one for UDP. */
 #define PYVS_STATE_NONE 0
@@ -145,6 +149,12 @@
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
 #define PYVS_CNT_SYNC_EVENTS 32     /* connection events written to sync_events (PYVS_CFG_SYNC) */
 #define PYVS_CNT_SYNC_EVENTS_LOST 33 /* events not written: the ring buffer was full (the sync master is behind) */
+#define PYVS_CNT_NAT_FORWARD 36    /* packets to a NAT real: destination rewritten to the real's address and port */
+#define PYVS_CNT_NAT_REPLY 37      /* replies of NAT connections: source rewritten to VIP:vport, sent to the client side */
+#define PYVS_CNT_PASS_NAT_NO_CONN 38 /* a reply whose NAT connection is gone, stale or another real's: the kernel's */
+#define PYVS_CNT_PASS_NAT_TTL 39   /* a NAT reply whose TTL runs out here: the kernel's (it sends time exceeded) */
+#define PYVS_CNT_NAT_ICMP_TO_REAL 40 /* ICMP errors about a NAT connection: quoted header rewritten, sent to its real */
+#define PYVS_CNT_NAT_REPLY_FRAG 41 /* non-first fragments of NAT replies given their first fragment's ports */
 #define PYVS_CNT_TUN_ENCAP 44       /* frames encapsulated for a tunnel real (also counted tx or redirect) */
 #define PYVS_CNT_DROP_FRAG_NEEDED 45 /* DF packet too big for the tunnel: dropped, ICMP fragmentation needed sent back */
 #define PYVS_CNT_DROP_TOO_BIG 46    /* packet without DF too big for the tunnel (XDP cannot fragment): dropped */
@@ -291,6 +301,21 @@ struct pyvs_conn {
 	__u8 counted;     /* PYVS_COUNTED_*: where the entry is counted in real_conns */
 	__u8 flags;       /* PYVS_CONN_F_* */
 	__u8 parity;      /* the pass parity the entry is counted in (real_conns) */
+};
+
+/* nat_replies: a NAT connection seen from its real's side. Key: a pyvs_conn_key (real, client, real port, client
+ * port, protocol); value: the connection's key and the way back to the client, learnt from its first packet. */
+struct pyvs_nat_reply {
+	struct pyvs_conn_key conn; /* client -> VIP:vport: the connection's key in conns/half_open */
+	__u32 ifindex;             /* the interface the client's packets came in on */
+	__u8 dmac[6];              /* their source MAC: the next hop towards the client */
+	__u8 smac[6];              /* their destination MAC: this director's, on that interface */
+};
+
+/* out_stats: what IPVS counts as OutPkts/OutBytes, the replies of NAT connections (by service, then real, as stats). */
+struct pyvs_out_counters {
+	__u64 packets;
+	__u64 bytes;
 };
 
 struct pyvs_counters {

@@ -374,6 +374,8 @@ static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const 
 	}
 }
 
+#include "nat.h"
+
 /* ---- the sweeper: one shard of each table per step, a pass over all of them every pass_ticks ---- */
 
 struct sweep_ctx {
@@ -470,8 +472,15 @@ static __always_inline int sweep_entry(void *map, void *key, struct pyvs_conn *c
 
 static long sweep_one(void *map, struct pyvs_conn_key *key, struct pyvs_conn *conn, struct sweep_ctx *ctx)
 {
-	if (sweep_entry(map, key, conn, ctx) && (conn->flags & PYVS_CONN_F_PERSISTED))
-		keep_template(key, ctx->cfg, ctx->now);
+	__u32 real_id = conn->real, gen = conn->gen;
+	__u8 flags = conn->flags; /* read before the entry may go */
+
+	if (sweep_entry(map, key, conn, ctx)) {
+		if (flags & PYVS_CONN_F_PERSISTED)
+			keep_template(key, ctx->cfg, ctx->now);
+	} else if (flags & PYVS_CONN_F_MASQ) {
+		nat_forget(key, real_id, gen);
+	}
 	return 0;
 }
 
@@ -626,7 +635,7 @@ static __always_inline struct pyvs_conn *half_open_step(void *half_shard, void *
 						       struct pyvs_conn *half, int event, __u64 now,
 						       const struct pyvs_config *cfg, const int v6)
 {
-	__u8 state = tcp_next_state(half->state, event);
+	__u8 state = tcp_next_state_for(half->state, event, half->flags);
 	struct pyvs_conn fresh;
 	struct pyvs_conn *conn;
 	long rc;
@@ -752,7 +761,7 @@ static __always_inline enum parse_result parse_rest6(struct xdp_md *ctx, void *d
  * connection's real with only the MACs rewritten, counted in its service's and real's packets and bytes as
  * ip_vs_in_icmp counts them; the entry's state and last_seen are left alone. No usable entry: the kernel's. */
 static __always_inline int icmp_to_conn(struct xdp_md *ctx, struct ethhdr *eth, void *ckey, __u8 proto,
-					__u16 tot_len, const int v6)
+					__u16 tot_len, __u32 nat_l3_off, const int v6)
 {
 	struct pyvs_conn *conn = NULL;
 	struct pyvs_config *cfg;
@@ -782,6 +791,8 @@ static __always_inline int icmp_to_conn(struct xdp_md *ctx, struct ethhdr *eth, 
 		return pass(PYVS_CNT_PASS_ICMP_NO_CONN);
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
+	if (!v6 && (conn->flags & PYVS_CONN_F_MASQ))
+		nat_icmp_to_real(ctx, nat_l3_off, real);
 	account(conn->svc_index, tot_len, 0);
 	account(PYVS_MAX_SERVICES + real_id, tot_len, 0);
 	count(PYVS_CNT_ICMP_TO_REAL);
@@ -808,6 +819,7 @@ static __noinline int icmp_to_vip(struct xdp_md *ctx, struct packet *pkt, void *
 	struct pyvs_conn_key ckey = {};
 	struct icmp_hdr *icmp;
 	__u32 ihl_len, inner_len, tot_len;
+	__u64 l3_off;
 	__u16 *ports;
 
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
@@ -841,7 +853,9 @@ static __noinline int icmp_to_vip(struct xdp_md *ctx, struct packet *pkt, void *
 	ckey.sport = ports[1];
 	ckey.dport = ports[0];
 	ckey.proto = inner->protocol;
-	return icmp_to_conn(ctx, pkt->eth, &ckey, ckey.proto, tot_len, 0);
+	l3_off = (void *)iph - (void *)pkt->eth; /* pkt->eth is the frame's start */
+	asm volatile("" : "+r"(l3_off));
+	return icmp_to_conn(ctx, pkt->eth, &ckey, ckey.proto, tot_len, l3_off, 0);
 }
 
 /* ICMPv6 to a VIP, as ICMP (ip_vs_in_icmp_v6): an error (destination unreachable, packet too big, time exceeded,
@@ -910,7 +924,7 @@ __noinline int pyvs_icmp6(struct xdp_md *ctx)
 	ckey.sport = ports[1];
 	ckey.dport = ports[0];
 	ckey.proto = w.next;
-	return icmp_to_conn(ctx, p->base.eth, &ckey, ckey.proto, p->base.tot_len, 1);
+	return icmp_to_conn(ctx, p->base.eth, &ckey, ckey.proto, p->base.tot_len, 0, 1);
 }
 
 /* A fragment to a VIP (Cilium's way): the first one carries the ports, which are recorded under (source,
@@ -993,8 +1007,9 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 	__u16 vport;
 	__u64 now;
 	__u8 parity, state;
-	void *main_shard, *half_shard = NULL, *table;
-	int event = EV_ACK, new_conn = 0;
+	void *main_shard, *half_shard = NULL, *table = NULL;
+	int event = EV_ACK, new_conn = 0, action;
+	__u8 masq = 0;
 	long rc;
 
 	if (pkt->proto == IPPROTO_TCP)
@@ -1026,8 +1041,11 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 				count(PYVS_CNT_HALF_OPEN_SWEPT);
 			half = NULL;
 		}
-		if (half)
+		if (half) {
 			conn = half_open_step(half_shard, main_shard, ckey, half, event, now, cfg, v6);
+			if (!v6 && conn && conn != half && (conn->flags & PYVS_CONN_F_MASQ))
+				nat_promote(ckey, conn); /* its reply entry follows it */
+		}
 	}
 	if (conn) {
 		svc_index = conn->svc_index;
@@ -1039,9 +1057,10 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 				count(PYVS_CNT_CONN_DELETED);
 			return drop(PYVS_CNT_DROP_REAL_GONE);
 		}
+		masq = conn->flags & PYVS_CONN_F_MASQ;
 		if ((pkt->proto == IPPROTO_TCP && conn != half) || pkt->proto == IPPROTO_SCTP) {
 			state = pkt->proto == IPPROTO_SCTP ? sctp_next_state(conn->state, pkt->tcp_flags)
-							   : tcp_next_state(conn->state, event);
+							   : tcp_next_state_for(conn->state, event, conn->flags);
 			if (state != conn->state) {
 				conn->state = state;
 				recount(conn, conn_class(state));
@@ -1053,8 +1072,14 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 	} else {
 		svc = fwmark ? find_fwmark_service(ctx, pkt, &vport, v6) : v6 ? find_service6(ckey, &vport)
 									  : find_service(pkt, &vport);
-		if (!svc)
+		if (!svc) {
+			if (!v6 && !fwmark) { /* a NAT reply whose client's address shares a VIP's pre-filter slot */
+				action = nat_reply(ctx, pkt, 0);
+				if (action >= 0)
+					return action;
+			}
 			return pass(PYVS_CNT_PASS);
+		}
 		/* IPVS's miss rules: only a SYN starts a TCP connection (any packet but RST with sloppy_tcp). */
 		if (event == EV_RST)
 			return pass(PYVS_CNT_PASS_MISS_RST);
@@ -1079,6 +1104,9 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 		new_entry(&fresh, real_id, real, svc_index, state, parity, now);
 		if (svc->flags & PYVS_SVC_F_PERSISTENT)
 			fresh.flags = PYVS_CONN_F_PERSISTED;
+		if (!v6 && (real->flags & PYVS_REAL_FWD_MASQ))
+			fresh.flags |= PYVS_CONN_F_MASQ; /* the connection keeps the method it was made with, as IPVS's */
+		masq = fresh.flags & PYVS_CONN_F_MASQ;
 		table = event == EV_SYN && half_shard ? half_shard : main_shard;
 		rc = bpf_map_update_elem(table, ckey, &fresh, BPF_NOEXIST);
 		if (rc == 0) {
@@ -1093,6 +1121,7 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 			conn = bpf_map_lookup_elem(table, ckey);
 			if (conn) {
 				real_id = conn->real;
+				masq = conn->flags & PYVS_CONN_F_MASQ;
 				real = bpf_map_lookup_elem(&reals, &real_id);
 				if (!real)
 					return drop(PYVS_CNT_DROP_NO_REAL);
@@ -1104,11 +1133,13 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
+	if (fwmark && (masq || (real->flags & PYVS_REAL_FWD_TUNNEL)))
+		return drop(PYVS_CNT_DROP_FWM); /* pyvs_fwm forwards by direct routing only (yet) */
+	if (!v6 && masq && !fwmark && nat_forward(ctx, pkt, ckey, real, new_conn ? (table == main_shard ? 1 : 2) : 0) < 0)
+		return drop(PYVS_CNT_DROP_MALFORMED);
 	account(svc_index, pkt->tot_len, new_conn);
 	account(PYVS_MAX_SERVICES + real_id, pkt->tot_len, new_conn);
-	if (!v6 && (real->flags & PYVS_REAL_FWD_TUNNEL)) {
-		if (fwmark)
-			return drop(PYVS_CNT_DROP_ENCAP); /* pyvs_fwm does not encapsulate (yet) */
+	if (!v6 && !fwmark && (real->flags & PYVS_REAL_FWD_TUNNEL)) {
 		int action = tunnel_xmit(ctx, real_id);
 
 		return action >= 0 ? action : frag_needed(ctx, -action); /* a DF packet too big for the tunnel */
@@ -1190,8 +1221,10 @@ int pyvs_xdp(struct xdp_md *ctx)
 	case PARSE_OK:
 		break;
 	case PARSE_FRAGMENT:
-		if (!is_vip(pkt.daddr))
-			return XDP_PASS;
+		if (!is_vip(pkt.daddr)) {
+			action = nat_reply_fragment(ctx, &pkt);
+			return action >= 0 ? action : XDP_PASS;
+		}
 		action = follow_fragment(&pkt, data_end);
 		if (action >= 0)
 			return action;
@@ -1208,8 +1241,10 @@ int pyvs_xdp(struct xdp_md *ctx)
 	default:
 		return XDP_PASS;
 	}
-	if (!may_be_vip(pkt.daddr))
-		return XDP_PASS;
+	if (!may_be_vip(pkt.daddr)) {
+		action = nat_reply(ctx, &pkt, 0); /* a NAT real's reply, or not */
+		return action >= 0 ? action : XDP_PASS;
+	}
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return XDP_PASS;
