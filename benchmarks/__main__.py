@@ -8,7 +8,8 @@ import sys
 # Imported only when chosen: the memory the control benchmark reports is then pyvs's, not scapy's or matplotlib's.
 BENCHMARKS = {"packet": "packet_cost", "ablation": "packet_ablation", "control": "control_plane",
               "schedulers": "scheduler_cost", "sweep": "sweep", "forwarding": "forwarding", "proxies": "proxies",
-              "plot": "plot", "keepalived": "keepalived_import", "failover": "failover", "sync": "sync_cost"}
+              "plot": "plot", "keepalived": "keepalived_import", "failover": "failover", "vrrp": "vrrp_failover",
+              "sync": "sync_cost"}
 
 
 def main() -> int:

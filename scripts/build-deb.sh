@@ -83,7 +83,7 @@ Architecture: all
 Installed-Size: $SIZE
 Depends: python3 (>= 3.11), python3-prometheus-client (>= 0.16), libbpf1
 Recommends: ethtool, iptables, iproute2
-Suggests: arptables, clang, libbpf-dev, bird2
+Suggests: arptables, clang, libbpf-dev, bird2, keepalived
 Maintainer: pyvs developers <pyvs@localhost>
 Description: Linux Virtual Server for direct routing with an XDP data plane
  pyvs balances TCP and UDP services over real servers by direct routing, as

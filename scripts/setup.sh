@@ -8,7 +8,8 @@ APT_PACKAGES=(python3 python3-venv python3-pip clang llvm libbpf-dev libbpf1 lin
               groff-base man-db systemd  # man pages and units checked by tests/packaging
               debootstrap systemd-container  # the .deb installed in a clean Debian 12 root and booted (test_deb_install.py)
               chromium  # chromium: the status page's browser test (tests/lab/test_status_page.py)
-              bird2)  # BGP: the speaker `pyvs director run` drives for [bgp], and the ECMP lab's router
+              bird2  # BGP: the speaker `pyvs director run` drives for [bgp], and the ECMP lab's router
+              keepalived)  # VRRP: the active/backup lab's directors (`pyvs lab up --vrrp`, tests/lab/test_vrrp.py)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -57,7 +57,8 @@ def test_pyvsadm_page_and_completion_cover_every_option() -> None:
 
 def test_config_page_names_every_key() -> None:
     page = (MAN / "pyvs-director.toml.5").read_text().replace("\\-", "-")
-    keys = {*config.DIRECTOR_KEYS, *config.SERVICE_KEYS, *config.REAL_KEYS, *config.CHECK_KEYS, *config.BGP_KEYS}
+    keys = {*config.DIRECTOR_KEYS, *config.SERVICE_KEYS, *config.REAL_KEYS, *config.CHECK_KEYS, *config.BGP_KEYS,
+            *config.VRRP_KEYS}
     assert not {k for k in keys if f"\\fB{k}\\fR" not in page and k != "real"}
 
 

@@ -12,6 +12,8 @@ Run in the director. It reads the services and reals from the data plane, then a
 - Return path: the same SYN from a client-like address must not come back to the director.
 - The director: maps pinned, XDP attached (and how), VIPs on the NIC, reals' MACs resolved and current,
   drop counters during the check.
+- The other directors (`--peer HOST:PORT`, their daemons' status addresses): each one's fingerprint of rules and
+  tables (GET /fingerprint) must be this one's; the directors that differ are named.
 Each finding carries the exact fix. Probe connections are reset afterwards.
 """
 
@@ -380,6 +382,40 @@ def _director_findings(dp: Dataplane, dev: str, vips: list[IPAddress]) -> list[F
     return findings
 
 
+PEER_TIMEOUT = 10.0  # seconds for a peer's daemon to read its tables and answer
+
+
+def peer_fingerprint(peer: tuple[str, int], timeout: float = PEER_TIMEOUT) -> str:
+    """The fingerprint another director's daemon reports (GET /fingerprint on its status address)."""
+    import json
+    from urllib.request import urlopen
+
+    from pyvs.director.config import listen_text
+
+    with urlopen(f"http://{listen_text(peer)}/fingerprint", timeout=timeout) as response:  # noqa: S310 - http only
+        value = json.loads(response.read())["fingerprint"]
+    if not isinstance(value, str):
+        raise ValueError(f"not a fingerprint: {value!r}")
+    return value
+
+
+def agreement_finding(own: str, peers: dict[str, str | Exception]) -> Finding:
+    """One fingerprint on every director (this one and its peers, by status address), or who differs."""
+    unreachable = {name: error for name, error in peers.items() if isinstance(error, Exception)}
+    if unreachable:
+        detail = "; ".join(f"{name}: {error}" for name, error in sorted(unreachable.items()))
+        return Finding(Status.FAIL, "directors", "rules and tables", f"cannot compare: {detail}",
+                       "is `pyvs director run` running there, with status_listen reachable from here?")
+    differ = {name: value for name, value in peers.items() if value != own}
+    if not differ:
+        return Finding(Status.OK, "directors", "rules and tables",
+                       f"all {len(peers) + 1} directors show fingerprint {own}")
+    listed = ", ".join(f"{name} {value}" for name, value in sorted(differ.items()))
+    return Finding(Status.FAIL, "directors", "rules and tables",
+                   f"this director shows {own}, {len(differ)} of {len(peers)} others differ: {listed}",
+                   "compare `pyvsadm -S -n` on them: the same config (and no hand-made service) on every director")
+
+
 def _reals_interface(hops: dict[tuple[ServiceKey, RealKey], NextHop]) -> str | None:
     """The interface toward the reals (the VIPs on lo): the egress of the first real with one."""
     for hop in hops.values():
@@ -469,8 +505,10 @@ def _drop_findings(before: dict[str, int], after: dict[str, int]) -> list[Findin
 
 
 def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IPv4Address = DEFAULT_CLIENT_IP,
-        wait: float = PROBE_WAIT, client_ip6: IPv6Address = DEFAULT_CLIENT_IP6) -> list[Finding]:
-    """Every check, in the calling thread's netns (the director's)."""
+        wait: float = PROBE_WAIT, client_ip6: IPv6Address = DEFAULT_CLIENT_IP6,
+        peers: Iterable[tuple[str, int]] = ()) -> list[Finding]:
+    """Every check, in the calling thread's netns (the director's); `peers`: the other directors' status addresses,
+    whose fingerprints must be this one's."""
     path, pinned = open_pinned(pin_dir)
     if pinned is None:
         attach = f"pyvs director attach --dev {dev or 'IF'}"
@@ -480,9 +518,20 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         rules = dp.read_rules()
         before = dp.counters()
         hops = dp.real_next_hops()
+        fingerprint = dp.fingerprint()
         findings = [Finding(Status.OK, "director", "maps", f"pinned at {path}"),
-                    Finding(Status.OK, "director", "rules and tables", f"fingerprint {dp.fingerprint()}: directors "
-                            "that should forward alike (ECMP) must show the same one")]
+                    Finding(Status.OK, "director", "rules and tables", f"fingerprint {fingerprint}: directors "
+                            "that should forward alike (ECMP, VRRP) must show the same one")]
+        if peers:
+            from pyvs.director.config import listen_text
+
+            answers: dict[str, str | Exception] = {}
+            for peer in peers:
+                try:
+                    answers[listen_text(peer)] = peer_fingerprint(peer)
+                except (OSError, ValueError, KeyError) as exc:
+                    answers[listen_text(peer)] = exc
+            findings.append(agreement_finding(fingerprint, answers))
         if not rules.services:
             return [*findings, Finding(Status.FAIL, "director", "services", "no services: nothing to check",
                                        "pyvsadm -A -t VIP:PORT -s rr; pyvsadm -a -t VIP:PORT -r RIP:PORT -g")]

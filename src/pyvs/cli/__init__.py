@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "behind a BGP router that spreads the flows over them (ECMP), each running `pyvs director "
                          "run` with mh, sloppy TCP and a [bgp] session to the router (with --ipv6 the IPv6 VIP is "
                          "routed to them too); the lab's other commands follow the number it was brought up with")
+    up.add_argument("--vrrp", action="store_true",
+                    help="active/backup: two directors on the reals' segment, each running keepalived (VRRP only: "
+                         "the VIP is its virtual_ipaddress) and `pyvs director run` with [vrrp], which serves the VIP "
+                         "only where keepalived put it; the lab's other commands follow it")
     up.add_argument("--method", choices=METHODS, default=None,
                     help="how the director forwards: dr (direct routing, the default), nat (masquerading, -m: the "
                          "reals' default route is the director, they hold no VIP, rs2 serves on port 8080; IPv4, one "
@@ -249,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     f"{DEFAULT_CLIENT_IP6})")
     doctor_parser.add_argument("--wait", type=float, default=PROBE_WAIT,
                                help=f"seconds to wait for the probes' answers (default {PROBE_WAIT:g})")
+    doctor_parser.add_argument("--peer", type=listen_address, action="append", default=[], metavar="HOST:PORT",
+                               help="another director's status address (its daemon's status_listen; repeatable): "
+                                    "its fingerprint of rules and tables must be this director's, else the "
+                                    "directors that differ are named")
     doctor_parser.add_argument("--json", action="store_true", help="print the findings as JSON")
 
     watch_help = "ARP guard of the director's segment: VIP conflicts, MAC changes, floods; follows the reals' MACs"

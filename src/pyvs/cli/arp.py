@@ -30,7 +30,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         require_nic(args.dev)
     clients = {4: DEFAULT_CLIENT_IP, 6: DEFAULT_CLIENT_IP6, **{ip.version: ip for ip in args.client_ip}}
     try:
-        findings = doctor.run(args.dev, pin_dir_arg(args), clients[4], args.wait, clients[6])
+        findings = doctor.run(args.dev, pin_dir_arg(args), clients[4], args.wait, clients[6], args.peer)
     except doctor.DoctorError as exc:
         raise UsageError(str(exc)) from None
     bad = [f for f in findings if f.status is not doctor.Status.OK]

@@ -118,6 +118,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for line in table_usage_lines(usage):
             print(line)
         print("switches: " + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in switches.items()))
+        standby = sorted(dp.standby_vips(), key=address_order)
+        if standby:
+            print(f"standby (not served here, a VRRP backup's): {', '.join(map(str, standby))}")
     from pyvs.dataplane.attachment import attachment_rows
 
     # native mode on a veth: `attach` and `pyvs doctor` warn

@@ -9,15 +9,29 @@ from typing import Any
 from pyvs import netns
 from pyvs.cli.common import EXIT_FAILURE, CommandFailed, UsageError, print_actions, print_table
 from pyvs.lab import lab
-from pyvs.lab.topology import Topology, default_topology, ecmp_topology, nat_topology, tun_topology
+from pyvs.lab.topology import Topology, default_topology, ecmp_topology, nat_topology, tun_topology, vrrp_topology
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    """The lab of --prefix: dual-stack with --ipv6, with the directors of --directors N, or as it was brought up
-    (both are recorded)."""
+    """The lab of --prefix: dual-stack with --ipv6, with the directors of --directors N, the active/backup pair of
+    --vrrp, or as it was brought up (all are recorded)."""
+    from pyvs.lab import vrrp
     from pyvs.lab.ecmp import recorded_directors
 
     option = "" if args.prefix == "pyvs" else f" --prefix {args.prefix}"
+    if getattr(args, "vrrp", False) or vrrp.recorded(args.prefix):
+        method = getattr(args, "method", None) or (lab.recorded_method(default_topology(prefix=args.prefix))
+                                                   or ("dr",))[0]
+        others = [name for name, given in (("--ipv6", getattr(args, "ipv6", False) or lab.recorded_ipv6(
+            default_topology(prefix=args.prefix))), ("--directors", getattr(args, "directors", None) is not None
+                                                      or recorded_directors(args.prefix)),
+            (f"--method {method}", method != "dr")) if given]
+        if others:
+            running = "" if getattr(args, "vrrp", False) and not vrrp.recorded(args.prefix) else \
+                f" (lab {args.prefix} runs with --vrrp: `pyvs lab down{option}` first)"
+            raise UsageError(f"--vrrp and {' and '.join(others)} do not go together: the active/backup lab is two "
+                             f"IPv4 directors on the reals' segment{running}")
+        return vrrp_topology(prefix=args.prefix)
     recorded = recorded_directors(args.prefix)
     asked = getattr(args, "directors", None)
     if asked is not None and recorded is not None and asked != recorded:
@@ -84,9 +98,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, server in report["servers"].items():
         running = "running" if server["running"] else "NOT running"
         rows.append([f"{name} web", "", running, f"pid {server['pid']}"])
-    for name, pid in report.get("processes", {}).items():  # the ECMP lab's BIRDs and daemons
+    for name, pid in report.get("processes", {}).items():  # the ECMP lab's BIRDs and daemons, VRRP's keepalived
         rows.append([name, "", "running" if pid else "NOT running", f"pid {pid}" if pid else ""])
     print_table(rows)
+    if "vip_holders" in report:
+        print(f"VIP {topo.vip} held by: {', '.join(report['vip_holders']) or 'no director'}")
     for problem in report["problems"]:
         print(f"problem: {problem}")
     if report["problems"]:

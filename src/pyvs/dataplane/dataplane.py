@@ -70,6 +70,7 @@ from pyvs.model import (
     Service,
     ServiceKey,
     Timeouts,
+    address_order,
 )
 
 log = logging.getLogger(__name__)
@@ -483,6 +484,28 @@ class Dataplane:
         flags = self._config().flags
         return {"expire_nodest_conn": bool(flags & abi.CFG_EXPIRE_NODEST_CONN),
                 "sloppy_tcp": bool(flags & abi.CFG_SLOPPY_TCP)}
+
+    def standby_vips(self) -> set[IPAddress]:
+        """The VIPs this data plane does not serve now (a VRRP backup's): their traffic goes to the kernel."""
+        return {vip for vip, value in self._vip_flags().items() if value & abi.VIP_F_STANDBY}
+
+    def set_standby(self, vips: Iterable[IPAddress], standby: bool) -> list[IPAddress]:
+        """Stop (standby) or start serving these VIPs of the rules; returns those that changed. A standby VIP is left
+        out of the pre-filter, so its packets are passed to the kernel as any other host's; its services,
+        connections and tables stay as they are (the fingerprint does not change). Exact unless a served VIP shares
+        its pre-filter slot (VIPs that fold alike: `vip ^ vip >> 16`, 65536 slots)."""
+        with self._writing():
+            flags = self._vip_flags()
+            changed = []
+            for vip in sorted(set(vips) & set(flags), key=address_order):
+                value = flags[vip] | abi.VIP_F_STANDBY if standby else flags[vip] & ~abi.VIP_F_STANDBY
+                if value != flags[vip]:
+                    flags[vip] = value
+                    libbpf.map_update(self._fds[family_map("vips", vip.version)], vip_key(vip), ctypes.c_uint32(value))
+                    changed.append(vip)
+            if changed:
+                self._write_filter(flags, flags)
+        return changed
 
     def set_pass_ticks(self, ticks: int) -> None:
         """Clock ticks (2.5 ms) per sweep pass: how often every entry is recounted (tests shorten it)."""
@@ -989,26 +1012,43 @@ class Dataplane:
 
     def _vips(self) -> set[IPAddress]:
         """The VIPs in vips and vips6."""
-        found: set[IPAddress] = {be_to_ip(raw.value) for raw in libbpf.map_keys(self._fds["vips"], ctypes.c_uint32)}
-        found.update(addr6_ip(raw) for raw in libbpf.map_keys(self._fds["vips6"], abi.Addr6))
+        return set(self._vip_flags())
+
+    def _vip_flags(self) -> dict[IPAddress, int]:
+        """VIP -> its PYVS_VIP_F_* flags, both families."""
+        found: dict[IPAddress, int] = {}
+        for name, kind, decode in (("vips", ctypes.c_uint32, lambda raw: be_to_ip(raw.value)),
+                                   ("vips6", abi.Addr6, addr6_ip)):
+            for raw in libbpf.map_keys(self._fds[name], kind):
+                value = ctypes.c_uint32()
+                if libbpf.map_lookup(self._fds[name], raw, value):
+                    found[decode(raw)] = value.value
         return found
+
+    def _write_filter(self, flags: dict[IPAddress, int], old: Iterable[IPAddress]) -> None:
+        """The pre-filter: per slot, the VIPs there that are served (a standby VIP is not counted)."""
+        slots: dict[int, int] = {}
+        for vip, value in flags.items():
+            if not value & abi.VIP_F_STANDBY:
+                slot = vip_filter_slot(fold_be(vip))
+                slots[slot] = slots.get(slot, 0) + 1
+        for slot in {vip_filter_slot(fold_be(vip)) for vip in old} | set(slots):
+            libbpf.map_update(self._fds["vip_filter"], ctypes.c_uint32(slot), ctypes.c_uint32(slots.get(slot, 0)))
 
     def _write_vips(self, keys: Iterable[ServiceKey]) -> None:
         """The vips maps (flags per VIP, one map per family) and the pre-filter (VIPs per slot, both families) for
-        these services."""
+        these services. A VIP kept keeps its standby flag."""
+        before = self._vip_flags()
         flags: dict[IPAddress, int] = {}
         for key in keys:
             if key.is_fwmark:
                 continue  # a fwmark service has no VIP: its packets come marked, to any address
-            flags[key.vip] = flags.get(key.vip, 0) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
-        old = self._vips()
+            kept = before.get(key.vip, 0) & abi.VIP_F_STANDBY
+            flags[key.vip] = flags.get(key.vip, kept) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
+        old = set(before)
         for vip, value in flags.items():
             libbpf.map_update(self._fds[family_map("vips", vip.version)], vip_key(vip), ctypes.c_uint32(value))
-        slots: dict[int, int] = {}
-        for vip in flags:
-            slots[vip_filter_slot(fold_be(vip))] = slots.get(vip_filter_slot(fold_be(vip)), 0) + 1
-        for slot in {vip_filter_slot(fold_be(vip)) for vip in old} | set(slots):
-            libbpf.map_update(self._fds["vip_filter"], ctypes.c_uint32(slot), ctypes.c_uint32(slots.get(slot, 0)))
+        self._write_filter(flags, old)
         for vip in old - set(flags):
             libbpf.map_delete(self._fds[family_map("vips", vip.version)], vip_key(vip))
         ipv6 = any(vip.version == 6 for vip in flags)

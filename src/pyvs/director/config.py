@@ -36,6 +36,8 @@
     hold_time = 9                       # seconds; keepalives every third of it
     communities = ["65001:80"]          # standard (ASN:VALUE) or large (ASN:A:B) communities
 
+    [vrrp]                              # optional: active/backup; keepalived's VRRP owns the VIPs on `interface`
+    instance = "VI_1"                   # keepalived's vrrp_instance (named in the status and logs)
     [sync]                              # optional: IPVS connection sync with the other directors
     role = "both"                       # master (send), backup (receive) or both (active/active peers)
     interface = "eth1"                  # ipvsadm --mcast-interface
@@ -215,6 +217,15 @@ class SyncSpec:
 
 
 @dataclass(frozen=True)
+class VrrpSpec:
+    """[vrrp]: keepalived's VRRP moves the VIPs (its virtual_ipaddress) onto `interface`; the daemon serves a VIP while
+    it is there and leaves it to the kernel otherwise; see director/vrrp.py."""
+
+    instance: str = ""  # keepalived's vrrp_instance name, for the status and logs
+    announce_count: int = 3  # rounds of gratuitous ARP when a VIP arrives (keepalived sends its own too)
+
+
+@dataclass(frozen=True)
 class DirectorConfig:
     path: Path
     services: tuple[ServiceSpec, ...]
@@ -231,6 +242,7 @@ class DirectorConfig:
     node_exporter_metrics: bool = True  # /metrics adds node_exporter's ipvs collector families (node_ipvs_*)
     page_token: str | None = None  # the status page's actions (drain/undrain) need it; None: read-only page
     bgp: BgpSpec | None = None  # [bgp]: the VIPs announced over BGP by a BIRD the daemon drives; None: no BGP
+    vrrp: VrrpSpec | None = None  # [vrrp]: active/backup, the VIPs moved by keepalived; None: the daemon owns them
     sync: SyncSpec | None = None  # [sync]: connection sync with the other directors; None: none
 
     def service(self, key: ServiceKey) -> ServiceSpec | None:
@@ -338,6 +350,7 @@ SERVICE_KEYS = ("proto", "vip", "port", "fwmark", "ip_family", "scheduler", "sch
 REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check", "forwarding", "tunnel")
 FORWARDING = {"dr": Forwarding.ROUTE, "nat": Forwarding.MASQ, "tun": Forwarding.TUNNEL}
 TUNNEL_KEYS = ("type", "port", "csum")
+VRRP_KEYS = ("instance", "announce_count")
 BGP_KEYS = ("local_asn", "peer_asn", "peers", "local_address", "local_address6", "router_id", "next_hop",
             "next_hop6", "communities", "hold_time", "connect_retry", "withdraw_wait")
 PEER_KEYS = ("address", "asn")
@@ -777,7 +790,7 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         where = f"{path}:{match.group(1)}" if match else str(path)
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     lines = _Lines(text)
-    top = _Reader(path, lines, data, (), "config", ("director", "service", "bgp", "sync"))
+    top = _Reader(path, lines, data, (), "config", ("director", "service", "bgp", "vrrp", "sync"))
     director = _Reader(path, lines, top.get("director", dict, {}), ("director",), "[director]", DIRECTOR_KEYS)
     mode = director.get("xdp_mode", str, "native")
     if mode not in XDP_MODES:
@@ -810,9 +823,21 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         page_token=director.convert("page_token", _token),
         bgp=_bgp(_Reader(path, lines, top.get("bgp", dict), ("bgp",), "[bgp]", BGP_KEYS),
                  {svc.key.vip.version for svc in services if not svc.key.is_fwmark}) if "bgp" in data else None,
+        vrrp=_vrrp(top, director, path, lines) if "vrrp" in data else None,
         sync=_sync(_Reader(path, lines, top.get("sync", dict), ("sync",), "[sync]", SYNC_KEYS))
         if "sync" in data else None,
     )  # fmt: skip
+
+
+def _vrrp(top: _Reader, director: _Reader, path: Path, lines: _Lines) -> VrrpSpec:
+    reader = _Reader(path, lines, top.get("vrrp", dict), ("vrrp",), "[vrrp]", VRRP_KEYS)
+    if "bgp" in top.table:
+        reader.fail(None, "[vrrp] and [bgp] do not go together: the VIPs reach a director either by ARP on its "
+                          "segment (VRRP, active/backup) or by routing (BGP, active/active)")
+    if not director.table.get("interface"):
+        reader.fail(None, "[vrrp] needs [director] interface: the NIC where keepalived puts the VIPs")
+    return VrrpSpec(instance=reader.get("instance", str, ""),
+                    announce_count=reader.integer("announce_count", 3, 0, 100))
 
 
 def load_config(path: Path | str, check_scripts: bool = True) -> DirectorConfig:

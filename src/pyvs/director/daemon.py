@@ -21,6 +21,10 @@ BGP ([bgp], director/bgp.py): the daemon drives a BIRD that announces the VIPs t
 over several directors). A VIP is announced while pyvs's program is attached and every service on it has its
 quorum, withdrawn otherwise, and withdrawn first on a clean stop; the VIPs are then not taken over with ARP.
 
+VRRP ([vrrp], director/vrrp.py): keepalived owns the VIPs and moves them between two directors; the daemon serves a
+VIP while it is on its interface (gratuitous ARP when it arrives) and leaves it to the kernel otherwise (standby in
+the data plane). It never adds or removes the VIPs itself then.
+
 Drains (the status page's action, with [director] page_token): a drained real is kept with weight 0 in what the
 daemon writes (its flows go on, new ones go elsewhere) until it is undrained or the config is reloaded. It is
 the daemon's own state, not a hand edit, so the drift check keeps it instead of undoing it.
@@ -43,7 +47,7 @@ from typing import TypeVar
 from pyvs.arp import takeover
 from pyvs.dataplane import Dataplane, DataplaneError, open_dataplane
 from pyvs.dataplane.base import PYVS_PROGRAMS
-from pyvs.director import bgp, checks, sdnotify
+from pyvs.director import bgp, checks, sdnotify, vrrp
 from pyvs.director.config import (
     ConfigError,
     DirectorConfig,
@@ -63,6 +67,7 @@ from pyvs.director.statusdoc import (
     ReloadStatus,
     ServiceStatus,
     StatusDocument,
+    VrrpStatus,
 )
 from pyvs.director.syncrun import SyncRunner
 from pyvs.model import Counters, IPAddress, Real, Rules, Service, ServiceKey, address_order, endpoint_text
@@ -286,6 +291,11 @@ class Director:
         self.bgp_error = ""
         self._bgp_text: str | None = None  # the config BIRD runs with (None: not started or adopted yet)
         self._bgp_dirty = asyncio.Event()
+        # [vrrp]: which VIPs keepalived has put on the interface (VIP -> held), since when, how often it changed
+        self.vrrp_held: dict[IPAddress, bool] = {}
+        self.vrrp_since = time.time()
+        self.vrrp_transitions = 0
+        self._vrrp_wake = asyncio.Event()
         self.sync = SyncRunner()  # [sync]: the connection sync engine (pyvs/sync), in a thread of its own
 
     # ---- desired state ---------------------------------------------------------------------------
@@ -580,7 +590,8 @@ class Director:
         await self.in_dataplane_thread(self._set_switches)
         ok = await self.reconcile(full=True)
         new_vips = set(self._vips())
-        if self.config.interface and self.config.bgp is None and (new_vips != old_vips):
+        self._vrrp_wake.set()
+        if self.config.interface and self.config.bgp is None and self.config.vrrp is None and new_vips != old_vips:
             ifname = self.config.interface
             added = sorted(new_vips - old_vips, key=address_order)
             gone = sorted(old_vips - new_vips, key=address_order)
@@ -674,7 +685,7 @@ class Director:
             "last_reload": self.last_reload, "apply_error": self.apply_error, "services": services,
             "other_services": others, "counters": snapshot.counters, "tables": snapshot.tables,
             "switches": snapshot.switches, "node_exporter_metrics": self.config.node_exporter_metrics,
-            "page_actions": bool(self.config.page_token), "bgp": self.bgp_status(),
+            "page_actions": bool(self.config.page_token), "bgp": self.bgp_status(), "vrrp": self.vrrp_status(),
             "sync": self.sync.status(snapshot.counters),
         }  # fmt: skip
 
@@ -738,7 +749,8 @@ class Director:
         host, port = config.status_listen
         try:
             return await serve_status(self.status_snapshot, host, port,
-                                      PageActions(lambda: self.config.page_token, self.page_action))
+                                      PageActions(lambda: self.config.page_token, self.page_action),
+                                      lambda: self.in_dataplane_thread(self.dp.fingerprint))
         except OSError as exc:
             raise DirectorError(f"cannot listen on {listen_text((host, port))}: {exc.strerror or exc}") from None
 
@@ -762,6 +774,8 @@ class Director:
                       status=listen_text(self.config.status_listen) if self.config.status_listen else "off")
             self.spawn("ready", self._notify_ready, restart=False)
             self.spawn("bgp", self._keep_announced)
+            if self.config.vrrp is not None:
+                self.spawn("vrrp", self._follow_vrrp)
             self.spawn("sync", self._keep_syncing)
             self.spawn("keeper", self._keep_in_step)
             self.spawn("mac-resolver", self._resolve_missing_macs)
@@ -963,6 +977,73 @@ class Director:
         self._bgp_text = None
         self.bgp_peers = []
 
+    # ---- VRRP ---------------------------------------------------------------------------------------
+
+    async def _follow_vrrp(self) -> None:
+        """[vrrp]: look at the interface's VIPs whenever an address changes (netlink) and every WATCH_INTERVAL."""
+        loop = asyncio.get_running_loop()
+        events = vrrp.address_events()
+
+        def readable() -> None:
+            vrrp.drain(events)
+            self._vrrp_wake.set()
+
+        loop.add_reader(events.fileno(), readable)
+        try:
+            while True:
+                self._vrrp_wake.clear()
+                await self.in_dataplane_thread(self._vrrp_step)
+                try:
+                    async with asyncio.timeout(vrrp.WATCH_INTERVAL):
+                        await self._vrrp_wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            loop.remove_reader(events.fileno())
+            events.close()
+
+    def _vrrp_step(self) -> vrrp.Change:
+        """Data plane thread: serve the VIPs keepalived put on the interface (gratuitous ARP for those that just
+        arrived), standby for the others."""
+        spec, ifname = self.config.vrrp, self.config.interface
+        if spec is None or not ifname:
+            return vrrp.Change([], [])
+        vips = self._vips()
+        holding = vrrp.held(vips, ifname)
+        served = self.dp.set_standby(holding, False)
+        standby = self.dp.set_standby(set(vips) - holding, True)
+        changed_at = time.time()  # the data plane follows from now on
+        if served and spec.announce_count:
+            takeover.send_gratuitous(served, ifname, spec.announce_count)
+        before = vrrp.role(self.vrrp_held, {v for v, h in self.vrrp_held.items() if h}) if self.vrrp_held else ""
+        self.vrrp_held = {vip: vip in holding for vip in vips}
+        now = vrrp.role(vips, holding)
+        if before != now:
+            self.vrrp_since = changed_at
+            self.vrrp_transitions += bool(before)
+            log_event(logging.WARNING if before else logging.INFO, "vrrp_role", role=now, was=before or "none",
+                      instance=spec.instance or "-", interface=ifname,
+                      held=",".join(map(str, vrrp.sorted_vips(holding))) or "none")
+        for vip in served:
+            log_event(logging.INFO, "vrrp_serve", vip=vip, interface=ifname,
+                      action=f"gratuitous ARP x{spec.announce_count}" if spec.announce_count else "none")
+        for vip in standby:
+            log_event(logging.INFO, "vrrp_standby", vip=vip, interface=ifname, reason="not on the interface")
+        return vrrp.Change(served, standby)
+
+    def vrrp_status(self) -> VrrpStatus | None:
+        spec = self.config.vrrp
+        if spec is None:
+            return None
+        holding = {vip for vip, h in self.vrrp_held.items() if h}
+        return {
+            "instance": spec.instance, "interface": self.config.interface or "",
+            "role": vrrp.role(self.vrrp_held, holding) if self.vrrp_held else "unknown", "since": self.vrrp_since,
+            "transitions": self.vrrp_transitions,
+            "vips": [{"vip": str(vip), "held": held} for vip, held in sorted(
+                self.vrrp_held.items(), key=lambda item: address_order(item[0]))],
+        }  # fmt: skip
+
     def _set_switches(self) -> None:
         """The data plane's switches the config sets (the others are left as they are)."""
         if self.config.sloppy_tcp is not None:
@@ -991,12 +1072,23 @@ class Director:
             log_event(logging.INFO, "xdp_attached", interface=ifname, mode=self.config.xdp_mode)
         if self.config.bgp is not None:
             return  # the VIPs reach this director by routing (BGP), not by ARP on its segment
+        if self.config.vrrp is not None:
+            self._vrrp_step()  # keepalived owns the VIPs: serve those it put here, no others
+            return
         # Gratuitous ARP: the gateway and the switches learn at once that the VIPs are here.
         for action in takeover.announce(self._vips(), ifname):
             log_event(logging.INFO, "vip_takeover", interface=ifname, action=action)
 
     def _withdraw(self) -> None:
-        """On a clean stop, remove the VIPs that the takeover added (an admin-configured VIP stays)."""
+        """On a clean stop, remove the VIPs that the takeover added (an admin-configured VIP stays). With [vrrp] the
+        VIPs are keepalived's: they stay, and every VIP is served again (without a daemon nothing would serve a VIP
+        that keepalived moves here later; a backup then forwards only frames a switch floods to it)."""
+        if self.config.vrrp is not None:
+            served = self.dp.set_standby(self._vips(), False)
+            if served:
+                log_event(logging.INFO, "vrrp_standby_cleared", vips=",".join(map(str, served)),
+                          reason="the daemon stops: the data plane serves every VIP")
+            return
         if self.config.interface and self.config.bgp is None:
             for action in takeover.withdraw(self._vips(), self.config.interface):
                 log_event(logging.INFO, "vip_withdrawn", interface=self.config.interface, action=action)

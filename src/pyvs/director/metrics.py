@@ -181,6 +181,19 @@ class SnapshotCollector(Collector):
             speaker = GaugeMetricFamily("pyvs_bgp_speaker_up", "1 when the BGP speaker (BIRD) runs")
             speaker.add_metric([], int(bgp["speaker_pid"] is not None))
             yield from (session, routes, announced, speaker)
+        vrrp = self.status.get("vrrp")
+        if vrrp:
+            master = GaugeMetricFamily("pyvs_vrrp_master", "1 when this director is VRRP master (every VIP of the "
+                                       "instance on its interface), 0 otherwise", labels=["instance"])
+            master.add_metric([vrrp["instance"]], int(vrrp["role"] == "master"))
+            held = GaugeMetricFamily("pyvs_vrrp_vip_held", "1 when keepalived has put the VIP on this director's "
+                                     "interface (served here), 0 when not (standby)", labels=["instance", "vip"])
+            for entry in vrrp["vips"]:
+                held.add_metric([vrrp["instance"], entry["vip"]], int(entry["held"]))
+            transitions = CounterMetricFamily("pyvs_vrrp_transitions", "VRRP role changes seen since the daemon "
+                                              "started", labels=["instance"])
+            transitions.add_metric([vrrp["instance"]], vrrp["transitions"])
+            yield from (master, held, transitions)
         sync = self.status.get("sync")
         if sync:
             yield from sync_families(sync)

@@ -78,7 +78,7 @@ def status_table(current: StatusDocument, previous: StatusDocument | None = None
     header = (f"pyvs director pid {current['pid']}, config {current['config']} (generation {current['generation']})"
               + ("" if current["last_reload"]["ok"] else f"; LAST RELOAD FAILED: {current['last_reload']['error']}"))
     footer = "drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
-    return [header, *lines, footer, *bgp_summary(current), *sync_summary(current)]
+    return [header, *lines, footer, *bgp_summary(current), *vrrp_summary(current), *sync_summary(current)]
 
 
 def bgp_summary(status: StatusDocument) -> list[str]:
@@ -91,6 +91,16 @@ def bgp_summary(status: StatusDocument) -> list[str]:
     speaker = f"BIRD pid {bgp['speaker_pid']}" if bgp["speaker_pid"] else "BIRD NOT RUNNING"
     return [f"bgp: AS{bgp['local_asn']}, {speaker}; sessions: {sessions}; VIPs: {vips or 'none'}"
             + (f"; error: {bgp['error']}" if bgp["error"] else "")]
+
+
+def vrrp_summary(status: StatusDocument) -> list[str]:
+    """One line for [vrrp]: the role and which VIPs keepalived put here (nothing without [vrrp])."""
+    vrrp = status.get("vrrp")
+    if not vrrp:
+        return []
+    vips = ", ".join(v["vip"] + (" served" if v["held"] else " standby") for v in vrrp["vips"])
+    return [f"vrrp: {vrrp['role'].upper()} ({vrrp['instance'] or 'instance not named'} on {vrrp['interface']}, "
+            f"{vrrp['transitions']} transitions); VIPs: {vips or 'none'}"]
 
 
 def sync_summary(status: StatusDocument) -> list[str]:

@@ -1,5 +1,7 @@
 """The daemon's status endpoint: GET /status (JSON), GET /metrics (Prometheus), from one snapshot each; GET /page
-(and GET / from a browser) the live status page; POST /action/{drain,undrain} the page's optional actions.
+(and GET / from a browser) the live status page; GET /fingerprint the data plane's fingerprint of rules and tables
+(read on demand: `pyvs doctor --peer` compares directors with it); POST /action/{drain,undrain} the page's optional
+actions.
 
 The page is one static file (page/status.html: plain HTML and JavaScript, no build step, nothing fetched from
 elsewhere) that reads /status every few seconds. The actions exist only when the config sets `[director]
@@ -29,6 +31,7 @@ MAX_REQUEST = 8192
 TOKEN_HEADER = "x-pyvs-token"
 ACTIONS = ("drain", "undrain")
 Snapshot = Callable[[], Awaitable[StatusDocument]]
+Fingerprint = Callable[[], Awaitable[str]]
 # (action, service name, real "address:port", client) -> (HTTP status code, message)
 Act = Callable[[str, str, str, str], Awaitable[tuple[int, str]]]
 REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
@@ -83,11 +86,14 @@ async def act(actions: PageActions | None, path: str, headers: dict[str, str], c
     return _json(code, {"ok": code == 200, "message" if code == 200 else "error": message})
 
 
-async def answer(snapshot: Snapshot, path: str, headers: dict[str, str] | None = None) -> bytes:
+async def answer(snapshot: Snapshot, path: str, headers: dict[str, str] | None = None,
+                 fingerprint: Fingerprint | None = None) -> bytes:
     """A GET request's answer."""
     path = path.split("?", 1)[0]
     headers = headers or {}
     try:
+        if path == "/fingerprint" and fingerprint is not None:
+            return _json(200, {"fingerprint": await fingerprint()})
         if path == "/page" or path == "/" and "text/html" in headers.get("accept", ""):
             return _response("200 OK", "text/html; charset=utf-8", page_html())
         if path in ("/", "/status"):
@@ -98,7 +104,7 @@ async def answer(snapshot: Snapshot, path: str, headers: dict[str, str] | None =
     except Exception as exc:  # noqa: BLE001 - a failed read is the client's answer, not the daemon's end
         log.exception("status request %s failed", path)
         return _response("500 Internal Server Error", "text/plain", f"{exc}\n".encode())
-    return _response("404 Not Found", "text/plain", b"not found: try /status, /metrics or /page\n")
+    return _response("404 Not Found", "text/plain", b"not found: try /status, /metrics, /page or /fingerprint\n")
 
 
 def parse_head(request: bytes) -> tuple[str, str, dict[str, str]]:
@@ -113,9 +119,10 @@ def parse_head(request: bytes) -> tuple[str, str, dict[str, str]]:
     return method, path, headers
 
 
-async def serve_status(snapshot: Snapshot, host: str, port: int, actions: PageActions | None = None) -> asyncio.Server:
-    """Serve the status documents that `snapshot` makes (the daemon's, on its event loop), the page, and the
-    page's actions when `actions` is given (and a token configured)."""
+async def serve_status(snapshot: Snapshot, host: str, port: int, actions: PageActions | None = None,
+                       fingerprint: Fingerprint | None = None) -> asyncio.Server:
+    """Serve the status documents that `snapshot` makes (the daemon's, on its event loop), the page, the page's
+    actions when `actions` is given (and a token configured), and the data plane's fingerprint when given."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -125,7 +132,7 @@ async def serve_status(snapshot: Snapshot, host: str, port: int, actions: PageAc
             peer = writer.get_extra_info("peername")
             client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
             if method == "GET":
-                writer.write(await answer(snapshot, path, headers))
+                writer.write(await answer(snapshot, path, headers, fingerprint))
             elif method == "POST" and path.startswith("/action/"):
                 writer.write(await act(actions, path, headers, client))
             else:

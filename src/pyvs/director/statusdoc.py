@@ -109,6 +109,22 @@ class BgpStatus(TypedDict):
     error: str  # the last failure to reach or configure BIRD ('' when none)
 
 
+class VrrpVipStatus(TypedDict):
+    vip: str
+    held: bool  # keepalived has put it on the interface: served here
+
+
+class VrrpStatus(TypedDict):
+    """[vrrp]: the VIPs keepalived moves, as this director sees them on its interface."""
+
+    instance: str
+    interface: str
+    role: str  # master (every VIP here), backup (none), partial, unknown (not looked yet)
+    since: float  # when the role last changed (or the daemon started)
+    transitions: int
+    vips: list[VrrpVipStatus]
+
+
 class SyncStatus(TypedDict):
     """[sync]: the connection sync engine the daemon runs (pyvs/sync)."""
 
@@ -138,4 +154,5 @@ class StatusDocument(TypedDict):
     node_exporter_metrics: bool  # [director] node_exporter_metrics: /metrics adds node_exporter's node_ipvs_* families
     page_actions: bool  # [director] page_token is set: the page offers drain/undrain
     bgp: NotRequired[BgpStatus | None]  # None: no [bgp]
+    vrrp: NotRequired[VrrpStatus | None]  # None: no [vrrp]
     sync: NotRequired[SyncStatus | None]  # None: no [sync]

@@ -161,15 +161,16 @@ def daemon_pid(topo: Topology, node: Node) -> int | None:
     return next((pid for pid in running if _is_daemon(pid, config)), None)
 
 
-def start_daemon(topo: Topology, node: Node) -> int:
-    """Start `pyvs director run` in a director (no-op when it runs); returns its PID, recorded at once."""
+def start_daemon(topo: Topology, node: Node, text: str | None = None) -> int:
+    """Start `pyvs director run` in a director (no-op when it runs) with the config `text` (default: the ECMP lab's);
+    returns its PID, recorded at once."""
 
     pid = daemon_pid(topo, node)
     if pid is not None:
         return pid
     config = config_path(topo, node)
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(daemon_config(topo, node))
+    config.write_text(daemon_config(topo, node) if text is None else text)
     argv = [sys.executable, "-m", "pyvs.cli", "director", "run", "--config", str(config),
             "--pin-dir", str(pin_dir(node))]
     pid = netns.spawn_in_netns(node.netns, argv, log_path=state_dir(topo) / f"{node.name}-daemon.log",
@@ -294,8 +295,9 @@ def wait_next_hops(topo: Topology, count: int, timeout: float) -> float:
 
 # ---- build, check, remove -----------------------------------------------------------------------------------
 
-def _setup_dataplane(topo: Topology, node: Node) -> list[str]:
-    """XDP (native) on the director's NIC, a pass program on its switch port, sloppy TCP, the lab's rules."""
+def _setup_dataplane(topo: Topology, node: Node, rules: Rules | None = None, sloppy: bool = True) -> list[str]:
+    """XDP (native) on the director's NIC, a pass program on its switch port, sloppy TCP (unless not `sloppy`), the
+    lab's rules (default: the ECMP lab's). In the ECMP lab a VIP left on the NIC is removed (it is routed there)."""
     from pyvs.lab.director import _service_text
 
     actions = []
@@ -307,7 +309,7 @@ def _setup_dataplane(topo: Topology, node: Node) -> list[str]:
             actions.append(f"attached the pass-through XDP program to {topo.switch.netns}:{peer.ifname}")
     with netns.in_netns(node.netns), IPRoute() as ipr:
         index = ipr.link_lookup(ifname=nic.ifname)[0]
-        for addr in ipr.get_addr(family=socket.AF_INET, index=index):
+        for addr in ipr.get_addr(family=socket.AF_INET, index=index) if topo.bgp is not None else ():
             if addr.get_attr("IFA_ADDRESS") == topo.vip:  # left by a one-director lab: the VIP is routed here now
                 ipr.addr("del", index=index, address=topo.vip, prefixlen=addr["prefixlen"])
                 actions.append(f"removed the VIP from {node.netns}:{nic.ifname}")
@@ -320,10 +322,10 @@ def _setup_dataplane(topo: Topology, node: Node) -> list[str]:
             dp.attach(nic.ifname, found[0])
             actions.append(f"replaced the stale pyvs program on {node.netns}:{nic.ifname} (it used maps that are no "
                            "longer pinned)")
-        if not dp.switches().get("sloppy_tcp"):
-            dp.set_sloppy_tcp(True)
-            actions.append(f"sloppy TCP on in {node.netns}")
-        wanted = ecmp_rules(topo)
+        if dp.switches().get("sloppy_tcp") != sloppy:
+            dp.set_sloppy_tcp(sloppy)
+            actions.append(f"sloppy TCP {'on' if sloppy else 'off'} in {node.netns}")
+        wanted = rules or ecmp_rules(topo)
         present = dp.read_rules()
         for key in sorted(set(wanted.services) | set(present.services)):
             want = wanted.services.get(key)

@@ -25,7 +25,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from pyvs import netns, realserver
 from pyvs.lab.state import child_env, load_state, save_state, state_dir
-from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology, ecmp_topology
+from pyvs.lab.topology import Dnat, Link, Node, Port, Role, Route, Topology, ecmp_topology, vrrp_topology
 from pyvs.links import link_index
 
 log = logging.getLogger(__name__)
@@ -396,6 +396,11 @@ def up(topo: Topology, keep_on_failure: bool = False, director: bool = True) -> 
 
             ecmp.record_directors(topo)
             actions.extend(ecmp.setup(topo))
+        elif director and topo.vrrp is not None:  # two directors, active/backup with keepalived (lab/vrrp.py)
+            from pyvs.lab import vrrp
+
+            vrrp.record(topo)
+            actions.extend(vrrp.setup(topo))
         elif module is not None:
             actions.extend(module.setup_director(topo))
     except (OSError, NetlinkError, netns.NetnsError, realserver.RealServerError, LabError) as exc:
@@ -411,10 +416,17 @@ def up(topo: Topology, keep_on_failure: bool = False, director: bool = True) -> 
 def down(topo: Topology) -> list[str]:
     """Remove the lab: director setup, server processes, namespaces, state. Never fails halfway."""
     actions: list[str] = []
-    from pyvs.lab import ecmp
+    from pyvs.lab import ecmp, vrrp
 
-    if topo.bgp is None and (count := ecmp.leftover_directors(topo.prefix)):  # brought up with --directors
+    if topo.bgp is None and topo.vrrp is None and vrrp.recorded(topo.prefix):  # brought up with --vrrp
+        topo = vrrp_topology(topo.prefix)
+    if topo.bgp is None and topo.vrrp is None and (count := ecmp.leftover_directors(topo.prefix)):  # --directors
         topo = ecmp_topology(topo.prefix, count, base=topo)
+    if topo.vrrp is not None:
+        try:
+            actions.extend(vrrp.teardown(topo))
+        except Exception as exc:  # noqa: BLE001 - teardown must go on
+            log.warning("lab: VRRP teardown failed: %s", exc)
     if topo.bgp is not None:
         try:
             actions.extend(ecmp.teardown(topo))
@@ -506,6 +518,10 @@ def status(topo: Topology, director: bool = True) -> dict[str, Any]:
         from pyvs.lab import ecmp
 
         problems += ecmp.problems(topo)
+    elif director and topo.vrrp is not None:
+        from pyvs.lab import vrrp
+
+        problems += vrrp.problems(topo)
     elif module is not None:
         problems += module.director_problems(topo)
     healthy = healthy and not problems
@@ -514,6 +530,11 @@ def status(topo: Topology, director: bool = True) -> dict[str, Any]:
         from pyvs.lab import ecmp
 
         report["processes"] = ecmp.processes(topo)
+    if topo.vrrp is not None:
+        from pyvs.lab import vrrp
+
+        report["processes"] = vrrp.processes(topo)
+        report["vip_holders"] = vrrp.holders(topo)
     return report
 
 

@@ -106,6 +106,24 @@ class BgpLab:
 
 
 @dataclass(frozen=True)
+class VrrpLab:
+    """Two directors on the reals' segment, keepalived's VRRP moving the VIP between them (active/backup)."""
+
+    vrid: int
+    advert_int: float  # seconds between the master's advertisements (VRRPv3: centiseconds allowed)
+    priorities: tuple[int, ...]  # per director, in order: the first is the master
+
+    def skew(self, priority: int) -> float:
+        """VRRPv3's skew time of a backup of this priority (RFC 5798): master down = 3 x advert_int + skew."""
+        return (256 - priority) * self.advert_int / 256
+
+    @property
+    def master_down(self) -> float:
+        """Seconds without an advertisement before the backup takes over."""
+        return 3 * self.advert_int + self.skew(self.priorities[1])
+
+
+@dataclass(frozen=True)
 class Topology:
     prefix: str
     nodes: tuple[Node, ...]
@@ -140,6 +158,7 @@ class Topology:
     method: str = "dr"  # how the director forwards to the reals: dr (-g), nat (-m) or tun (-i, tun_type)
     tun_type: str = "ipip"  # tun: pyvsadm --tun-type of every real
     tun_port: int = 0  # tun with gue: --tun-port
+    vrrp: VrrpLab | None = None  # two directors, the VIP moved between them by keepalived (lab/vrrp.py)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
@@ -436,3 +455,33 @@ def tun_topology(prefix: str = "pyvs", tun_type: str = "ipip", base: Topology | 
     ports = tuple(port for port in base.bridge.ports if port != rs2_switch) + (f"{prefix}-rtr",)
     return replace(base, nodes=tuple(nodes), links=tuple(links), bridge=replace(base.bridge, ports=ports),
                    method="tun", tun_type=tun_type, tun_port=GUE_PORT if tun_type == "gue" else 0)
+
+
+# ---- two directors, active/backup with keepalived's VRRP (`pyvs lab up --vrrp`; lab/vrrp.py runs it) ------------
+
+VRRP_ID = 51
+ADVERT_INT = 0.5  # seconds: the backup takes over 1.5 s (+ skew) after the master's last advertisement
+VRRP_PRIORITIES = (250, 240)  # the backup's skew: 16/256 of advert_int
+
+
+def vrrp_topology(prefix: str = "pyvs", base: Topology | None = None) -> Topology:
+    """The tutorial's lab with two directors on the reals' segment: `director` (198.18.2.10, the master) and
+    `director2` (198.18.2.20); neither has the VIP until keepalived gives it to one of them."""
+    base = base or default_topology(prefix)
+    if base.ipv6:
+        raise ValueError("the VRRP lab is IPv4 only: the dual-stack lab (--ipv6) has one director")
+    director = base.director
+    second = replace(director, name="director2", netns=f"{prefix}-director2")
+    nodes: list[Node] = []
+    for node in base.nodes:
+        nodes.append(node)
+        if node.name == director.name:
+            nodes.append(second)
+    nic = replace(base.director_nic, addresses=(f"{director_address(1)}/24",))  # the VIP is keepalived's
+    links = [Link(nic, link.b, link.queues) if link.a == base.director_nic else link for link in base.links]
+    added = Link(Port("director2", "eth0", (f"{director_address(2)}/24",), mac="02:c6:12:00:30:01"),
+                 Port("switch", f"{prefix}-dir2", mac="02:c6:12:00:30:02"))
+    links.append(added)
+    bridge = replace(base.bridge, ports=(*base.bridge.ports, added.b.ifname))
+    lab = VrrpLab(vrid=VRRP_ID, advert_int=ADVERT_INT, priorities=VRRP_PRIORITIES)
+    return replace(base, nodes=tuple(nodes), links=tuple(links), bridge=bridge, director_nic=nic, vrrp=lab)

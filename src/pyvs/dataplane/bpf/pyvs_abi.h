@@ -76,6 +76,7 @@
 
 /* vips map values: flags of a VIP. */
 #define PYVS_VIP_F_ANY_PORT 1 /* has a service on port 0 (every port) */
+#define PYVS_VIP_F_STANDBY 2 /* a VRRP backup's VIP: left out of vip_filter, so the program passes its traffic (control plane only) */
 
 /* Config flags. */
 #define PYVS_CFG_EXPIRE_NODEST_CONN 1
