@@ -35,6 +35,7 @@ class ModelError(ValueError):
 class Protocol(IntEnum):
     TCP = 6
     UDP = 17
+    SCTP = 132
 
     @property
     def label(self) -> str:
@@ -42,7 +43,10 @@ class Protocol(IntEnum):
 
     @property
     def option(self) -> str:
-        return "-t" if self is Protocol.TCP else "-u"
+        return {Protocol.TCP: "-t", Protocol.UDP: "-u"}.get(self, "--sctp-service")
+
+
+MAX_FWMARK = 2**32 - 1  # ipvsadm's parse_fwmark: 1 to UINT_MAX
 
 
 class Forwarding(Enum):
@@ -107,20 +111,26 @@ def endpoint_text(address: IPAddress, port: int) -> str:
 
 @dataclass(frozen=True)
 class ServiceKey:
+    """A service's key: (protocol, VIP, port), or a firewall mark (`fwmark` > 0) and a family, as IPVS keys a
+    fwmark service by (af, fwmark). A fwmark key has protocol TCP (ipvsadm's "sane value, not used"), the family's
+    unspecified address as VIP (0.0.0.0 or ::: only its family counts) and port 0: use `fwmark_key`."""
+
     proto: Protocol
     vip: IPAddress
     port: int
+    fwmark: int = 0
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Keys are hashed often in large rule sets; addresses hash slowly, so do it once.
-        object.__setattr__(self, "_hash", hash((self.proto, self.vip.version, int(self.vip), self.port)))
+        object.__setattr__(self, "_hash", hash((self.proto, self.vip.version, int(self.vip), self.port, self.fwmark)))
 
     def __hash__(self) -> int:
         return self._hash
 
-    def sort_key(self) -> tuple[int, int, int, int]:
-        return (int(self.proto), self.vip.version, int(self.vip), self.port)
+    def sort_key(self) -> tuple[int, int, int, int, int]:
+        """IPVS's order (ipvs_cmp_services) puts fwmark services after the others (fwmark 0 first)."""
+        return (self.fwmark, int(self.proto), self.vip.version, int(self.vip), self.port)
 
     def __lt__(self, other: ServiceKey) -> bool:
         return self.sort_key() < other.sort_key()
@@ -130,8 +140,28 @@ class ServiceKey:
         """4 or 6."""
         return self.vip.version
 
+    @property
+    def is_fwmark(self) -> bool:
+        return self.fwmark != 0
+
+    @property
+    def title(self) -> str:
+        """`TCP 198.18.0.100:80`; a firewall-mark service's `FWM 1` (`FWM 1 IPv6`), as ipvsadm -L names them."""
+        if self.fwmark:
+            return f"FWM {self.fwmark}" + (" IPv6" if self.family == 6 else "")
+        return f"{self.proto.label} {self}"
+
     def __str__(self) -> str:
+        if self.fwmark:
+            return f"fwmark {self.fwmark}" + (" IPv6" if self.family == 6 else "")
         return endpoint_text(self.vip, self.port)
+
+
+def fwmark_key(mark: int, family: int = 4) -> ServiceKey:
+    """The key of the firewall-mark service `mark` of a family (ipvsadm -f MARK [-6])."""
+    if not 0 < mark <= MAX_FWMARK:
+        raise ModelError(f"invalid fwmark {mark}: an integer from 1 to {MAX_FWMARK}")
+    return ServiceKey(Protocol.TCP, IPv6Address(0) if family == 6 else IPv4Address(0), 0, mark)
 
 
 RealKey = tuple[IPAddress, int]  # a real within a service: (RIP, port)
@@ -184,7 +214,7 @@ class Service:
     sched_flags: tuple[str, ...] = ()
     reals: dict[RealKey, Real] = field(default_factory=dict)
     mh_table_size: int | None = None  # a pyvs extension: the mh table's size; None: chosen from the reals
-    onepacket: bool = False  # ipvsadm -o: one-packet scheduling (UDP only): every datagram scheduled, no entry kept
+    onepacket: bool = False  # ipvsadm -o: one-packet scheduling (UDP, or a fwmark service's UDP): no entry kept
 
     def __post_init__(self) -> None:
         # The default granularity follows the service's family (HOST_MASK is only IPv4's).
@@ -239,6 +269,8 @@ class Connection:
     state: str  # IPVS state name: ESTABLISHED, SYN_RECV, FIN_WAIT, CLOSE, TIME_WAIT, UDP, ...
     expires: float  # seconds left
     template: bool = False  # a persistence template (client masked, port 0)
+    svc_index: int = -1  # the data plane's service slot (a fwmark connection's service is not its VIP:port)
+    real_port: int = -1  # the real's port in its service (0 for a fwmark service's real without one); -1: rport
 
 
 @dataclass
@@ -403,7 +435,7 @@ def validate_weight(weight: int) -> int:
 
 def validate_service(svc: Service) -> None:
     validate_scheduler(svc.scheduler)
-    if svc.key.port == 0 and svc.persistent is None:
+    if svc.key.port == 0 and svc.persistent is None and not svc.key.is_fwmark:
         raise ModelError("port 0 is only valid for a persistent service (-p)")
     if svc.persistent is not None and not 1 <= svc.persistent <= 2**31 - 1:
         raise ModelError(f"persistence timeout {svc.persistent} is out of range (1-{2**31 - 1} seconds)")
@@ -411,8 +443,8 @@ def validate_service(svc: Service) -> None:
         raise ModelError(f"persistence netmask {svc.netmask} does not fit the IPv{svc.key.family} service {svc.key}")
     validate_sched_flags(svc.scheduler, svc.sched_flags)
     validate_mh_table_size(svc.scheduler, svc.mh_table_size)
-    if svc.onepacket and svc.key.proto is not Protocol.UDP:
-        raise ModelError(ONEPACKET_UDP_ONLY)
+    if svc.onepacket and svc.key.proto is not Protocol.UDP and not svc.key.is_fwmark:
+        raise ModelError(ONEPACKET_UDP_ONLY)  # a fwmark service's UDP datagrams are scheduled one by one (as IPVS)
     for real in svc.reals.values():
         validate_real(svc, real)
 
@@ -450,7 +482,7 @@ def validate_real(svc: Service, real: Real) -> None:
             raise ModelError(f"real server {real}: pyvs tunnels to IPv4 real servers only (IPIP, GUE, GRE over IPv4)")
     elif real.tunnel is not None:
         raise ModelError("Tunnel options conflict with forward method")
-    if real.port != svc.key.port:
+    if real.port != svc.key.port and not svc.key.is_fwmark:  # a fwmark service has no port (IPVS keeps the real's)
         raise ModelError(
             f"real server port {real.port} differs from the service port {svc.key.port}: "
             f"{'tunnelling' if real.forwarding is Forwarding.TUNNEL else 'direct routing'} cannot change the port"

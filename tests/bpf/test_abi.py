@@ -37,6 +37,11 @@ def test_constants_come_from_the_header() -> None:
     assert abi.MAX_SERVICES == defines["PYVS_MAX_SERVICES"]
     assert set(abi.SCHEDULER_IDS) == set(ALL_SCHEDULERS)
     assert abi.STATE_NAMES[abi.STATES["FIN_WAIT"]] == "FIN_WAIT"
-    # Helpers working side by side number their counters in ranges of their own: gaps until a merge closes them.
-    assert max(abi.COUNTER_NAMES) + 1 == defines["PYVS_CNT_COUNT"]
+    # The counters are numbered without gaps (helpers' ranges were closed by the merge): 0..PYVS_CNT_COUNT-1.
+    assert sorted(abi.COUNTER_NAMES) == list(range(defines["PYVS_CNT_COUNT"]))
+    # Flags of one field never share a bit.
+    for prefix in ("PYVS_CFG_", "PYVS_SVC_F_", "PYVS_REAL_"):
+        values = [value for name, value in defines.items() if name.startswith(prefix)]
+        assert all(v and not v & (v - 1) for v in values), prefix
+        assert len(set(values)) == len(values), prefix
     assert set(abi.DEFAULT_TIMEOUTS) == set(abi.STATES)

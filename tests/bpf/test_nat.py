@@ -6,6 +6,7 @@ NAT connection; fragments of replies; malformed packets counted."""
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from ipaddress import IPv4Address
 
@@ -282,3 +283,39 @@ def test_replies_are_looked_for_only_while_nat_reals_exist(dataplane: Dataplane)
     assert not dataplane._config().flags & abi.CFG_MASQ
     packet = reply(TCP(sport=8080, dport=40000, flags="SA"))
     assert dataplane.test_run(packet).data == packet and dataplane.counters()["pass_nat_no_conn"] == 0
+
+
+def test_a_one_packet_datagram_to_a_nat_real_is_translated_both_ways(dataplane: Dataplane) -> None:
+    """-o with a NAT real: the datagram's entry lives 1 s idle, so that the real's reply gets the VIP back."""
+    svc = nat_service(UDP80, (RS1, 8080, Forwarding.MASQ))
+    svc.onepacket = True
+    dataplane.apply(rules(svc))
+    ip = assert_checksums(dataplane.test_run(frame(UDP(sport=5353, dport=80) / Raw(b"question"))).data)
+    assert (ip.dst, ip[UDP].dport) == (str(RS1), 8080)
+    (_, _, entry), = dataplane.table_entries("conns")
+    assert entry.timeout == 1
+    result = dataplane.test_run(reply(UDP(sport=8080, dport=5353) / Raw(b"answer")))
+    ip = assert_checksums(result.data)
+    assert (ip.src, ip[UDP].sport) == (str(VIP), 80)
+    assert dataplane.counters()["nat_reply"] == 1
+
+
+def test_the_rate_estimator_counts_nat_replies_as_out(nat: Dataplane) -> None:
+    """OutPPS/OutBPS: IPVS's averages over the replies (OutPkts, OutBytes) of the service's NAT connections."""
+    nat.test_run(frame(UDP(sport=5353, dport=80) / Raw(b"question")))
+    for _ in range(10):
+        assert nat.test_run(reply(UDP(sport=8080, dport=5353) / Raw(bytes(100)))).verdict_name == "XDP_TX"
+    index = nat._services()[UDP80].index  # noqa: SLF001
+    fd = libbpf.obj_get(str(nat.pin_dir / "estimators"))
+    try:
+        est, deadline = abi.Est(), time.monotonic() + 10
+        while True:
+            libbpf.map_lookup(fd, ctypes.c_uint32(index), est)
+            if est.last_outpkts or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        os.close(fd)
+    assert (est.last_outpkts, est.last_outbytes) == (10, 10 * 128)
+    assert est.outpps > 0 and est.outbps > 0
+    assert nat.service_rates()[UDP80].outbps > 0

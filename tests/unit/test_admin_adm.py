@@ -61,6 +61,19 @@ def test_one_packet_scheduling_is_for_udp_services() -> None:
         parse_args(["-a", "-u", "198.18.0.100:53", "-r", "198.18.1.11", "-o"])
 
 
+def test_one_packet_scheduling_takes_a_fwmark_service_and_refuses_sctp() -> None:
+    """ipvsadm allows -o with -f (IPVS applies it to the service's UDP datagrams); SCTP is refused as TCP is."""
+    command = parse_args(["-A", "-f", "1", "-s", "rr", "-o"])
+    assert command.onepacket and command.service is not None and command.service.is_fwmark
+    svc = Service(command.service, "rr", onepacket=True)
+    validate_service(svc)
+    assert "-A -f 1 -s rr -o" in format_save(Rules({svc.key: svc}))
+    with pytest.raises(UsageError, match="One-Packet Scheduling is only for UDP virtual services"):
+        parse_args(["-A", "--sctp-service", "198.18.0.100:3868", "-o"])
+    with pytest.raises(ModelError, match="One-Packet"):
+        validate_service(Service(ServiceKey(Protocol.SCTP, IP("198.18.0.100"), 3868), "rr", onepacket=True))
+
+
 def test_rate_and_thresholds_are_list_options() -> None:
     command = parse_args(["-L", "-n", "--rate", "--exact"])
     assert (command.action, command.rate, command.exact) == (Action.LIST, True, True)

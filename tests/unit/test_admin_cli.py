@@ -119,9 +119,7 @@ def test_help_and_version_need_no_dataplane() -> None:
 def test_usage_errors_exit_2_before_opening_the_dataplane() -> None:
     code, out, err = run(None, "-A", "-t", "198.18.0.100:80", "-6")
     assert (code, out) == (2, "")
-    assert err == (
-        "pyvsadm: option '-6' (ipv6) is not supported: -6 is for firewall-mark services, which pyvs does not have\n"
-    )
+    assert err == "pyvsadm: -6 used before -f\n"  # ipvsadm's words: -6 goes with a fwmark service
     code, _, err = run(None, "--bogus")
     assert code == 2
     assert err.endswith("Try `pyvsadm -h' or 'pyvsadm --help' for more information.\n")

@@ -142,7 +142,7 @@ def test_restore_adds_to_the_current_rules() -> None:
         (
             "-A -u 198.18.0.100:53 -s rr\n\n# x\n-a -u 198.18.0.100:53 -r 198.18.1.1 -6\n",
             UsageError,
-            "line 4: option '-6'",
+            "line 4: -6 used before -f",
         ),
         (
             "-C\n-A -t 198.18.0.100:81 -s wlcx\n",

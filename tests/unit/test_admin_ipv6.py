@@ -61,8 +61,8 @@ def test_netmask_of_an_ipv6_service_is_a_prefix_length() -> None:
          "illegal ipv6 netmask specified: invalid IPv6 netmask '255.255.255.0': give a prefix length (1-128)"),
         (["-A", "-t", "[2001:db8::100]:80", "-p", "-M", "129"], "illegal ipv6 netmask specified"),
         (["-A", "-t", "[::ffff:198.18.0.100]:80"], "an IPv4-mapped IPv6 address"),
-        (["-A", "-f", "1", "-6"], "option '-f' (fwmark-service) is not supported"),
-        (["-L", "-6"], "-6 is for firewall-mark services, which pyvs does not have"),
+        (["-L", "-6"], "-6 used before -f"),
+        (["-A", "-6", "-f", "1"], "-6 used before -f"),
     ],
 )
 def test_refused_ipv6_command_lines(argv: list[str], message: str) -> None:

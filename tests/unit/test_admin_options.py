@@ -128,19 +128,9 @@ def test_refused_command_lines(argv: list[str], message: str) -> None:
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
-        (
-            ["-a", "-t", "198.18.0.100:80", "-r", "198.18.1.1", "-6"],
-            "option '-6' (ipv6) is not supported: -6 is for firewall-mark services",
-        ),
-        (["-A", "-f", "1"], "option '-f' (fwmark-service) is not supported"),
-        (
-            ["-A", "--sctp-service", "198.18.0.100:80"],
-            "option '--sctp-service' (sctp-service) is not supported",
-        ),
         (["-A", "-t", "198.18.0.100:80", "--pe", "sip"], "option '--pe' (pe) is not supported"),
         (["-A", "-u", "198.18.0.100:5060", "--pe", "sip"], "it has no SIP parser"),
         (["-L", "--persistent-conn"], "option '--persistent-conn' (persistent-conn) is not supported"),
-        (["-A", "-f", "1", "-6"], "option '-f' (fwmark-service) is not supported"),
     ],
 )
 def test_unsupported_options_are_named(argv: list[str], named: str) -> None:

@@ -298,3 +298,10 @@ def test_the_dual_stack_ecmp_lab_routes_the_ipv6_vip_to_every_director() -> None
     assert any(r.dst == f"{topo.vip6}/128" for r in topo.gateway.routes)
     assert "protocol kernel { ipv6 { import none; export all; }; merge paths yes; }" in ecmp.router_config(topo)
     assert "ipv6" not in ecmp.router_config(ecmp_topology("pyvsu6", 3))  # an IPv4 lab: as before
+
+
+def test_a_fwmark_service_announces_no_address() -> None:
+    config = parse_config(SERVICES + '\n[[service]]\nfwmark = 1\ncheck = { type = "none" }\n' + BGP)
+    assert config.services[-1].key.is_fwmark
+    announced = bgp.announcement(config.services, {}, forwarding=True)
+    assert set(announced) == {IPv4Address("198.18.0.100"), IPv4Address("198.18.0.101")}

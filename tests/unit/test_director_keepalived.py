@@ -12,7 +12,7 @@ import pytest
 from pyvs.director import keepalived
 from pyvs.director.config import CheckSpec, parse_config
 from pyvs.director.keepalived import KeepalivedError, import_keepalived
-from pyvs.model import Forwarding
+from pyvs.model import Forwarding, Protocol, ServiceKey, fwmark_key
 
 SAMPLE = """! Configuration File for keepalived
 global_defs {
@@ -131,7 +131,8 @@ def converted() -> tuple[str, list[str]]:
 def test_virtual_servers_become_services_the_config_reader_accepts(converted: tuple[str, list[str]]) -> None:
     text, _ = converted
     config = parse_config(text, "imported.toml")
-    web, tls, dns, nat = config.services
+    web, tls, dns, nat, fwm = config.services
+    assert fwm.key == fwmark_key(1) and fwm.scheduler == "rr" and not fwm.reals
     assert [(r.rip, r.port, r.forwarding) for r in nat.reals] == [(IPv4Address("198.18.2.11"), 8080, Forwarding.MASQ)]
     assert {r.forwarding for s in (web, tls, dns) for r in s.reals} == {Forwarding.ROUTE}
     assert (web.key.port, web.scheduler, web.quorum, web.hysteresis) == (80, "wrr", 2, 1)
@@ -162,7 +163,6 @@ def test_every_option_not_carried_over_is_reported_with_its_line(converted: tupl
         "keepalived.conf:80: DNS_CHECK: this checker is not implemented by pyvs",
         "keepalived.conf:79: real_server: 198.18.2.12 has no supported checker",
         "keepalived.conf:89: real_server: 198.18.2.11 has no supported checker",
-        "keepalived.conf:93: virtual_server: 'fwmark 1' skipped",
     ]
     for start in expected:
         assert any(w.startswith(start) for w in warnings), (start, warnings)
@@ -196,7 +196,34 @@ def test_the_command_prints_toml_on_stdout_and_warnings_on_stderr(tmp_path: Path
     result = subprocess.run([sys.executable, "-m", "pyvs.cli", "director", "import-keepalived", str(source)],
                             capture_output=True, text=True, check=True)
     assert parse_config(result.stdout).services[0].key.port == 80
-    assert result.stderr.count("pyvs: not carried over: ") == 8
+    assert result.stderr.count("pyvs: not carried over: ") == 7  # (the fwmark virtual server is converted)
+
+
+def test_fwmark_virtual_servers_and_sctp_are_converted() -> None:
+    text, warnings = import_keepalived(
+        "virtual_server fwmark 7 {\n  lb_algo sh\n  lb_kind DR\n  protocol TCP\n"
+        "  real_server 2001:db8:2::11 443 {\n    TCP_CHECK {\n    }\n  }\n"
+        "  real_server 2001:db8:2::12 {\n    weight 2\n  }\n}\n"
+        "virtual_server fwmark 8 {\n  lb_kind DR\n  ip_family inet6\n}\n"
+        "virtual_server 198.18.0.100 3868 {\n  lb_kind DR\n  protocol SCTP\n"
+        "  real_server 198.18.2.11 3868 {\n  }\n}\n")
+    config = parse_config(text, "imported.toml")
+    fwm7, fwm8, diameter = config.services
+    assert fwm7.key == fwmark_key(7, 6) and fwm7.scheduler == "sh"  # the family of its reals
+    assert [(str(r.rip), r.port, r.weight) for r in fwm7.reals] == [("2001:db8:2::11", 443, 1),
+                                                                    ("2001:db8:2::12", 0, 2)]
+    assert fwm7.reals[0].check.type == "tcp" and fwm7.reals[0].check.port is None  # it connects to the real's 443
+    assert fwm8.key == fwmark_key(8, 6)  # ip_family
+    assert diameter.key == ServiceKey(Protocol.SCTP, IPv4Address("198.18.0.100"), 3868)
+    assert any("protocol: TCP: a fwmark service takes the packets with its mark" in w for w in warnings)
+
+
+def test_a_fwmark_real_without_a_port_cannot_be_checked_by_tcp() -> None:
+    text, warnings = import_keepalived(
+        "virtual_server fwmark 7 {\n  lb_kind DR\n"
+        "  real_server 198.18.2.11 {\n    TCP_CHECK {\n    }\n  }\n}\n")
+    assert parse_config(text, "imported.toml").services[0].reals[0].check.type == "none"
+    assert any("has no port and its checker no connect_port" in w for w in warnings)
 
 
 def test_ops_and_thresholds_are_carried_over() -> None:

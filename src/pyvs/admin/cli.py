@@ -100,7 +100,10 @@ Either long or short options are allowed.
 virtual-service:
   --tcp-service|-t  service-address   service-address is host[:port]
   --udp-service|-u  service-address   service-address is host[:port]
+  --sctp-service    service-address   service-address is host[:port]
                                       (IPv6: [address]:port, e.g. [2001:db8::100]:80)
+  --fwmark-service|-f fwmark          fwmark is an integer greater than zero (packets with
+                                      that netfilter mark, set in nftables' netdev ingress)
 
 Options:
   --scheduler    -s scheduler         one of {"|".join(SUPPORTED_SCHEDULERS)},
@@ -109,6 +112,7 @@ Options:
   --netmask      -M netmask           persistent granularity mask (IPv6: a prefix length, default 128)
   --sched-flags  -b flags             scheduler flags, comma-separated: sh-fallback, sh-port,
                                       mh-fallback, mh-port, flag-1, flag-2, flag-3
+  --ipv6         -6                   fwmark entry uses IPv6
   --real-server  -r server-address    server-address is host (and port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
   --masquerading -m                   masquerading (NAT, IPv4): the real's port may differ
@@ -151,8 +155,8 @@ pyvs's own options:
                                       at least 4093. -L and -S show it only when set.
 
 pyvs forwards by direct routing, NAT (-m, IPv4) and tunnelling (IPv4 reals) and refuses, changing
-nothing, the ipvsadm options it does not implement: -f -6 --sctp-service, --pe (no SIP parser: persistence
-engines read the payload), --persistent-conn. The sync daemon is a background process per data plane
+nothing, the ipvsadm options it does not implement: --pe (no SIP parser: persistence engines read the
+payload), --persistent-conn. The sync daemon is a background process per data plane
 (python -m pyvs.sync.daemon), speaking the kernel's sync protocol version 1.
 """
 

@@ -18,6 +18,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from pyvs.model import (
     DEFAULT_PERSISTENCE,
+    MAX_FWMARK,
     MAX_THRESHOLD,
     MAX_WEIGHT,
     MH_TABLE_SIZES,
@@ -31,6 +32,7 @@ from pyvs.model import (
     ServiceKey,
     Timeouts,
     Tunnel,
+    fwmark_key,
     parse_address,
     parse_ipv4,
     parse_netmask_for,
@@ -222,9 +224,9 @@ _SPECS = (
     _Spec(None, "mcast-ttl", True),
     _Spec(None, "sync-maxlen", True),
     _Spec(None, "syncid", True),
-    _Spec(None, "sctp-service", True, unsupported="pyvs balances TCP and UDP services only"),
-    _Spec("f", "fwmark-service", True, unsupported="pyvs has no firewall-mark services"),
-    _Spec("6", "ipv6", False, unsupported="-6 is for firewall-mark services, which pyvs does not have"),
+    _Spec(None, "sctp-service", True),
+    _Spec("f", "fwmark-service", True),
+    _Spec("6", "ipv6", False),
     _Spec("m", "masquerading", False),
     _Spec("i", "ipip", False),
     _Spec(None, "tun-type", True),
@@ -251,6 +253,8 @@ _BY_LONG = {spec.long: spec for spec in _SPECS}
 _OPTION_OF = {
     "tcp-service": "service-address",
     "udp-service": "service-address",
+    "sctp-service": "service-address",
+    "fwmark-service": "service-address",
     "real-server": "real-server",
     "gatewaying": "forwarding-method",
     "masquerading": "forwarding-method",
@@ -408,6 +412,14 @@ def _threshold(text: str, which: str) -> int:
     return value
 
 
+def _fwmark(text: str) -> int:
+    """ipvsadm's parse_fwmark: a decimal integer from 1 to UINT_MAX."""
+    value = _number(text)
+    if value is None or not 0 < value <= MAX_FWMARK:
+        raise UsageError(f"invalid fwmark value `{text}' specified")
+    return value
+
+
 def _timeout(text: str) -> int:
     value = _number(text)
     if value is None or not 0 <= value <= MAX_TIMEOUT:
@@ -512,6 +524,8 @@ def parse_args(argv: Sequence[str]) -> Command:
     positionals: list[str] = []
     values: dict[str, str] = {}
     proto = Protocol.TCP
+    fwmark: int | None = None
+    family = 4
     for written, spec, value in _tokens(argv):
         if spec is None:
             positionals.append(written)
@@ -528,6 +542,11 @@ def parse_args(argv: Sequence[str]) -> Command:
             continue
         if spec.long == "sort":
             continue  # the default; a no-op kept for compatibility, as in ipvsadm
+        if spec.long == "ipv6":
+            if fwmark is None:
+                raise UsageError("-6 used before -f")
+            family = 6
+            continue
         name = _OPTION_OF.get(spec.long, spec.long)
         if name in given:
             raise UsageError(f"multiple '{name}' options specified")
@@ -538,6 +557,10 @@ def parse_args(argv: Sequence[str]) -> Command:
             values[name] = spec.long
         if spec.long == "udp-service":
             proto = Protocol.UDP
+        elif spec.long == "sctp-service":
+            proto = Protocol.SCTP
+        elif spec.long == "fwmark-service" and value is not None:
+            fwmark = _fwmark(value)
     if action is None:
         raise UsageError("no command specified", show_help=True)
     if action in (Action.HELP, Action.VERSION):
@@ -553,7 +576,9 @@ def parse_args(argv: Sequence[str]) -> Command:
         raise UsageError(f"unexpected argument {positionals[0]}")
 
     service = None
-    if "service-address" in values:
+    if fwmark is not None:
+        service = fwmark_key(fwmark, family)
+    elif "service-address" in values:
         vip, vport = _address(values["service-address"], proto, "virtual server")
         service = ServiceKey(proto, vip, vport or 0)
     real = None
@@ -564,6 +589,8 @@ def parse_args(argv: Sequence[str]) -> Command:
         vport = service.port if service else 0
         routed = action in (Action.ADD_SERVER, Action.EDIT_SERVER) and values.get("forwarding-method") != "masquerading"
         real = (rip, vport if rport is None or routed else rport)
+        if service and service.is_fwmark:  # no port of its own: the real keeps the one given, 0 without one (IPVS)
+            real = (rip, rport or 0)
     weight = _weight(values["weight"]) if "weight" in values else None
     persistent = None
     if "persistent" in given:
@@ -594,10 +621,11 @@ def parse_args(argv: Sequence[str]) -> Command:
     forwarding = None
     if "forwarding-method" in values:
         forwarding = _FORWARDING_OF[values["forwarding-method"]]
-    if action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0 and persistent is None:
+    if (action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and service and service.port == 0
+            and not service.is_fwmark and persistent is None):
         raise UsageError("Zero port specified for non-persistent service")
     if (action in (Action.ADD_SERVICE, Action.EDIT_SERVICE) and "ops" in given and service
-            and service.proto is not Protocol.UDP):
+            and not service.is_fwmark and service.proto is not Protocol.UDP):
         raise UsageError(ONEPACKET_UDP_ONLY)
     if (action is Action.LIST and given & {"connection", "timeout", "daemon"}
             and given & {"stats", "rate", "thresholds"}):

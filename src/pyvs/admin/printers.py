@@ -134,10 +134,18 @@ def _title(mode: str, tun_info: bool = False) -> str:
 
 
 def _services(rules: Rules, sort: bool) -> list[Service]:
-    """ipvsadm's order (ipvs_cmp_services): IPv4 services before IPv6 ones, then protocol, address, port."""
+    """ipvsadm's order (ipvs_cmp_services): fwmark (services by address first), IPv4 services before IPv6 ones, then
+    protocol, address, port."""
     if not sort:
         return list(rules.services.values())
-    return sorted(rules.services.values(), key=lambda svc: (svc.key.family, svc.key.sort_key()))
+    return sorted(rules.services.values(), key=lambda svc: (svc.key.fwmark, svc.key.family, svc.key.sort_key()))
+
+
+def _fwmark_name(key: ServiceKey, rule: bool) -> str:
+    """print_service_entry's name of a fwmark service: `FWM  1` (`FWM  1 IPv6`), `-f 1` (`-f 1 -6`) in -S."""
+    if rule:
+        return f"-f {key.fwmark}" + (" -6" if key.family == 6 else "")
+    return f"FWM  {key.fwmark}" + (" IPv6" if key.family == 6 else "")
 
 
 def _mask(svc: Service) -> str | None:
@@ -179,9 +187,12 @@ def tunnel_options(real: Real) -> str:
 def _service_entry(svc: Service, listing: Listing, names: Names, mode: str, exact: bool, sort: bool,
                    tun_info: bool = False) -> str:
     key = svc.key
-    name = f"{key.proto.label:<4} {names.endpoint(key.vip, key.port, key.proto)}"
-    if key.family == 4:
-        name = name[:33]
+    if key.is_fwmark:
+        name = _fwmark_name(key, rule=False)
+    else:
+        name = f"{key.proto.label:<4} {names.endpoint(key.vip, key.port, key.proto)}"
+        if key.family == 4:
+            name = name[:33]
     if mode == STATS:
         lines = [f"{name:<33}{_counters(listing.service_stats.get(key, Counters()), exact)}"]
     elif mode == RATE:
@@ -255,7 +266,10 @@ def format_save(rules: Rules, names: Names = NUMERIC, *, sort: bool = True) -> s
     lines = []
     for svc in _services(rules, sort):
         key = svc.key
-        selector = f"{key.proto.option} {names.endpoint(key.vip, key.port, key.proto)}"
+        if key.is_fwmark:
+            selector = _fwmark_name(key, rule=True)
+        else:
+            selector = f"{key.proto.option} {names.endpoint(key.vip, key.port, key.proto)}"
         line = f"-A {selector} -s {svc.scheduler}"
         if svc.persistent is not None:
             line += f" -p {svc.persistent}"

@@ -144,7 +144,7 @@ def _proto(key: ServiceKey) -> str:
 def dr_path_finding(probe: RealProbe) -> Finding:
     """The verdict on one real's DR path for one service, with the fix."""
     key, vip, port, proto = probe.key, probe.key.vip, probe.key.port, _proto(probe.key)
-    subject = f"{probe.rip} {key.proto.label} {key}"
+    subject = f"{probe.rip} {key.title}"
     listen = f"0.0.0.0:{port}" if vip.version == 4 else f"[::]:{port}"
     listen_fix = f"on {probe.rip}: start the service listening on {proto} {listen} (or {key})"
     tables = "iptables" if vip.version == 4 else "ip6tables"
@@ -535,7 +535,12 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         if not rules.services:
             return [*findings, Finding(Status.FAIL, "director", "services", "no services: nothing to check",
                                        "pyvsadm -A -t VIP:PORT -s rr; pyvsadm -a -t VIP:PORT -r RIP:PORT -g")]
-        vips = sorted({key.vip for key in rules.services}, key=address_order)
+        unprobed = [key for key in rules.services if key.is_fwmark or key.proto is Protocol.SCTP]
+        for key in sorted(unprobed):
+            findings.append(Finding(Status.OK, "director", key.title,
+                                    "not probed: the DR-path probes are TCP and UDP to a VIP"))
+        probed = {key: svc for key, svc in rules.services.items() if key not in unprobed}
+        vips = sorted({key.vip for key in probed}, key=address_order)
         on_nics = [vip for vip in vips if interface_of(vip) not in (None, "lo")]
         dev = dev or next(filter(None, (interface_of(vip) for vip in on_nics)), None) or _reals_interface(hops)
         if dev is None:
@@ -545,7 +550,7 @@ def run(dev: str | None = None, pin_dir: str | Path | None = None, client_ip: IP
         findings += _director_findings(dp, dev, [vip for vip in vips if interface_of(vip) != "lo"])[1:]
         clock_before = dp.clock()
         dp_macs: dict[IPAddress, str] = {rip: hop.dmac for (_, (rip, _)), hop in hops.items()}
-        wire, wire_macs = _wire_checks(dev, rules.services, dp_macs, vips, {4: client_ip, 6: client_ip6}, wait)
+        wire, wire_macs = _wire_checks(dev, probed, dp_macs, vips, {4: client_ip, 6: client_ip6}, wait)
         after = dp.counters()
         findings.append(_timer_finding(clock_before, dp.clock(), dev))
         findings.append(table_finding(dp.conn_table_usage()))
@@ -663,7 +668,7 @@ def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IP
         findings += ownership_findings(vip, director_mac, claims, names)
     for row in rows:
         if row.mac is not None and row.vip is None:
-            findings.append(Finding(Status.FAIL, "dr-path", f"{row.rip} {row.svc.key.proto.label} {row.svc.key}",
+            findings.append(Finding(Status.FAIL, "dr-path", f"{row.rip} {row.svc.key.title}",
                                     f"{dev} has no IPv{row.rip.version} address besides the VIPs to probe from",
                                     f"ip addr add DIP/PREFIX dev {dev} (the director's own address on the reals' net)"))
             continue
@@ -680,7 +685,7 @@ def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IP
 
 def _return_path_finding(key: ServiceKey, rip: IPAddress, client_ip: IPAddress, director_mac: str,
                          answer: Answer, gateway: str) -> Finding:
-    subject = f"{rip} {key.proto.label} {key}"
+    subject = f"{rip} {key.title}"
     came_back = answer.tcp(TCP_SYN | TCP_ACK)
     if came_back is not None and came_back.eth_dst == director_mac:
         route = "ip route" if rip.version == 4 else "ip -6 route"

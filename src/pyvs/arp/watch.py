@@ -345,9 +345,10 @@ class Watcher:
             return
         rules = self.dp.read_rules()
         if self._fixed_vips is None:
-            self.guard.vips = {key.vip for key in rules.services if isinstance(key.vip, IPv4Address)}
-        self.ipv6_vips = sorted({key.vip for key in rules.services if isinstance(key.vip, IPv6Address)},
-                                key=address_order)
+            self.guard.vips = {key.vip for key in rules.services  # (a fwmark service has no VIP)
+                               if isinstance(key.vip, IPv4Address) and not key.is_fwmark}
+        self.ipv6_vips = sorted({key.vip for key in rules.services
+                                 if isinstance(key.vip, IPv6Address) and not key.is_fwmark}, key=address_order)
         self.guard.reals = {rip: hop.dmac for (_, (rip, _)), hop in self.dp.real_next_hops().items()
                             if isinstance(rip, IPv4Address)}
 

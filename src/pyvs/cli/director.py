@@ -61,7 +61,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         for warning in native_veth_warnings():
             if warning.startswith(f"{args.dev}:"):
                 print(f"pyvs: note: {warning}", file=sys.stderr)
-        vips = args.vip or sorted({key.vip for key in dp.read_rules().services}, key=address_order)
+        vips = args.vip or sorted({key.vip for key in dp.read_rules().services if not key.is_fwmark}, key=address_order)
     if not args.no_announce:  # VIP takeover: the gateway and switches learn this director's MAC now
         print_actions(takeover.announce(vips, args.dev), "no VIP to announce (no --vip and no services yet)")
     return 0
@@ -126,10 +126,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     # native mode on a veth: `attach` and `pyvs doctor` warn
     print_table(attachment_rows(dp.pin_dir, ipv6))
     rows = [["service", "real", "mac", "via ifindex"]]
-    rows += [[f"{key.proto.label} {key}", endpoint_text(rip, port), hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
+    rows += [[key.title, endpoint_text(rip, port), hop.dmac if hop.dmac != ZERO_MAC else "UNRESOLVED",
               str(hop.ifindex)] for (key, (rip, port)), hop in sorted(hops.items())]
     print_table(rows)
-    print_table([["service", "owner"], *([f"{key.proto.label} {key}", owner] for key, owner in owners)])
+    print_table([["service", "owner"], *([key.title, owner] for key, owner in owners)])
     print_table([["counter", "value"], *([name, str(value)] for name, value in counters.items())])
     bgp_lines(dp.pin_dir)
     return 0

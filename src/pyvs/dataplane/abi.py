@@ -75,6 +75,7 @@ SVC_F_SCHED3 = _D["PYVS_SVC_F_SCHED3"]
 SVC_F_PERSISTENT = _D["PYVS_SVC_F_PERSISTENT"]
 SVC_F_NO_WEIGHT = _D["PYVS_SVC_F_NO_WEIGHT"]
 SVC_F_ONEPACKET = _D["PYVS_SVC_F_ONEPACKET"]
+SVC_F_FWMARK = _D["PYVS_SVC_F_FWMARK"]
 SCHEDULER_NAMES: dict[int, str] = {value: name for name, value in SCHEDULER_IDS.items()}
 
 # State number -> IPVS state name (as ipvsadm -L -c prints it).
@@ -84,8 +85,19 @@ STATE_NAMES: dict[int, str] = {
     if name.startswith("PYVS_STATE_") and name != "PYVS_STATE_COUNT"
 }
 STATES: dict[str, int] = {name: value for value, name in STATE_NAMES.items()}
-# IPVS counts these TCP states in ActiveConn, every other one in InActConn.
-ACTIVE_STATES = frozenset(STATES[n] for n in ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "SYNACK"))
+# IPVS counts these TCP states (and SCTP's ESTABLISHED) in ActiveConn, every other one in InActConn.
+ACTIVE_STATES = frozenset(STATES[n] for n in ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "SYNACK", "SCTP_ESTABLISHED"))
+# The SCTP states as IPVS names them (sctp_state_name_table), which ipvsadm -L -c prints.
+SCTP_STATE_LABELS = {
+    "NONE": "NONE", "INIT1": "INIT1", "INIT": "INIT", "COOKIE_SENT": "C-SENT", "COOKIE_REPLIED": "C-REPLIED",
+    "COOKIE_WAIT": "C-WAIT", "COOKIE": "COOKIE", "COOKIE_ECHOED": "C-ECHOED", "ESTABLISHED": "ESTABLISHED",
+    "SHUTDOWN_SENT": "S-SENT", "SHUTDOWN_RECEIVED": "S-RECEIVED", "SHUTDOWN_ACK_SENT": "S-ACK-SENT",
+    "REJECTED": "REJECTED", "CLOSED": "CLOSED",
+}
+# State number -> the name ipvsadm -L -c shows (an SCTP state's without the SCTP_ prefix of pyvs's constant).
+STATE_LABELS: dict[int, str] = {
+    value: SCTP_STATE_LABELS[name[5:]] if name.startswith("SCTP_") else name for value, name in STATE_NAMES.items()
+}
 
 # Counter number -> name, e.g. 8 -> "drop_no_real".
 COUNTER_NAMES: dict[int, str] = {
@@ -312,4 +324,9 @@ def fill_config_defaults(cfg: Config) -> bool:
 DEFAULT_TIMEOUTS: dict[str, int] = {
     "NONE": 2, "ESTABLISHED": 900, "SYN_SENT": 120, "SYN_RECV": 60, "FIN_WAIT": 120, "TIME_WAIT": 120,
     "CLOSE": 10, "CLOSE_WAIT": 60, "LAST_ACK": 30, "LISTEN": 120, "SYNACK": 120, "UDP": 300,
+    # ip_vs_proto_sctp.c's sctp_timeouts: IP_VS_SCTP_MAX_RTO is 61 s, INIT1 and REJECTED 4 s, ESTABLISHED 15 min
+    "SCTP_NONE": 2, "SCTP_INIT1": 4, "SCTP_INIT": 61, "SCTP_COOKIE_SENT": 61, "SCTP_COOKIE_REPLIED": 61,
+    "SCTP_COOKIE_WAIT": 61, "SCTP_COOKIE": 61, "SCTP_COOKIE_ECHOED": 61, "SCTP_ESTABLISHED": 900,
+    "SCTP_SHUTDOWN_SENT": 61, "SCTP_SHUTDOWN_RECEIVED": 61, "SCTP_SHUTDOWN_ACK_SENT": 61, "SCTP_REJECTED": 4,
+    "SCTP_CLOSED": 61,
 }

@@ -26,6 +26,7 @@ from pyvs.model import (
     Service,
     ServiceKey,
     Tunnel,
+    fwmark_key,
     sched_flag_bits,
     sched_flag_names,
 )
@@ -74,12 +75,20 @@ def family_map(name: str, family: int) -> str:
 
 
 def svc_key(key: ServiceKey) -> abi.SvcKey | abi.SvcKey6:
+    """A service's key in services/services6; a fwmark service's is (mark, port 0, protocol 0): no TCP, UDP or SCTP
+    service has protocol 0, and the program looks a marked packet's service up by that key (bpf/fwmark.h)."""
+    if key.is_fwmark:
+        if key.family == 6:
+            return abi.SvcKey6(vip=abi.Addr6(w=(key.fwmark, 0, 0, 0)), port=0, proto=0)
+        return abi.SvcKey(vip=key.fwmark, port=0, proto=0)
     if isinstance(key.vip, IPv6Address):
         return abi.SvcKey6(vip=addr6(key.vip), port=port_to_be(key.port), proto=int(key.proto))
     return abi.SvcKey(vip=ip_to_be(key.vip), port=port_to_be(key.port), proto=int(key.proto))
 
 
 def service_key(raw: abi.SvcKey | abi.SvcKey6) -> ServiceKey:
+    if raw.proto == 0:
+        return fwmark_key(raw.vip.w[0], 6) if isinstance(raw, abi.SvcKey6) else fwmark_key(raw.vip)
     vip = addr6_ip(raw.vip) if isinstance(raw, abi.SvcKey6) else be_to_ip(raw.vip)
     return ServiceKey(Protocol(raw.proto), vip, socket.ntohs(raw.port))
 
@@ -152,6 +161,8 @@ def svc_value(svc: Service, index: int) -> abi.Svc:
     flags = sched_flag_bits(svc.sched_flags) | (abi.SVC_F_PERSISTENT if svc.persistent is not None else 0)
     if svc.onepacket:
         flags |= abi.SVC_F_ONEPACKET
+    if svc.key.is_fwmark:
+        flags |= abi.SVC_F_FWMARK  # (the key says it too: for readers of a map dump)
     if svc.reals and not any(real.weight for real in svc.reals.values()):
         flags |= abi.SVC_F_NO_WEIGHT  # (mh's table is built from last weights: its fallback walk would find none)
     netmask = svc.netmask if isinstance(svc.netmask, int) else ip_to_be(svc.netmask)  # IPv6: a prefix length

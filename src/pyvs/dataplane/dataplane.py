@@ -23,8 +23,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pyvs.dataplane import abi, libbpf
-from pyvs.dataplane.base import PROGRAM_NAME, PYVS_PROGRAMS, DataplaneError, Resolver, install_calls, start_sweeper
+from pyvs.dataplane import abi, fwmark, libbpf
+from pyvs.dataplane.base import (
+    FWMARK_PROGRAM,
+    PROGRAM_NAME,
+    PYVS_PROGRAMS,
+    DataplaneError,
+    Resolver,
+    install_calls,
+    start_sweeper,
+)
 from pyvs.dataplane.build import object_path
 from pyvs.dataplane.codec import (
     RealSlot,
@@ -167,6 +175,15 @@ class Dataplane:
             libbpf.xdp_attach(interface_index(ifname), self.program_fd(), flags)
         except (libbpf.BpfError, NeighbourError) as exc:
             raise DataplaneError(f"cannot attach XDP to {ifname} in {mode} mode: {exc}") from None
+        try:  # firewall-mark services: pyvs_fwm at the interface's tcx egress, and nft's rule for it
+            fwmark.attach(interface_index(ifname), self.program().prog_fd(FWMARK_PROGRAM))
+        except libbpf.BpfError as exc:  # tcx is Linux 6.6: XDP forwards all the rest without it
+            log.warning("%s: pyvs_fwm not attached at tcx egress (%s): firewall-mark services are not forwarded "
+                        "there (tcx needs Linux 6.6)", ifname, exc)
+            return
+        marks = self.fwmarks()
+        if marks:
+            fwmark.sync(marks)
 
     @staticmethod
     def xdp_mode(ifname: str) -> tuple[str, int] | None:
@@ -203,11 +220,18 @@ class Dataplane:
                 log.warning("%s runs the XDP program %s (id %d), not pyvs's: left attached", ifname, name, prog_id)
                 return name or "(unnamed)"
             libbpf.xdp_detach(ifindex, flags)
+        if fwmark.attached_ids(ifindex):
+            fwmark.detach(ifindex)
+            fwmark.sync()
         return None
 
     def test_run(self, frame: bytes, repeat: int = 1) -> libbpf.TestRunResult:
         """Run the XDP program on one frame (BPF_PROG_TEST_RUN) against the live maps."""
         return libbpf.prog_test_run(self.program_fd(), frame, repeat)
+
+    def test_run_fwm(self, frame: bytes, mark: int) -> libbpf.TestRunResult:
+        """Run the fwmark program (pyvs_fwm, tc egress) on one frame carrying netfilter mark `mark`."""
+        return libbpf.prog_test_run_skb(self.program().prog_fd(FWMARK_PROGRAM), frame, mark)
 
     def _check_shards(self) -> None:
         """The connection tables' shards hold this version's keys and values (they are made by Python, not the
@@ -630,20 +654,24 @@ class Dataplane:
             client, vip = conn_addresses(key)
             result.append(Connection(
                 Protocol(key.proto), client, socket.ntohs(key.sport), vip, socket.ntohs(key.dport), real.rip,
-                socket.ntohs(real.entry.port), abi.STATE_NAMES.get(value.state, "ERR!"), left,
-                template=bool(value.flags & abi.CONN_F_TEMPLATE),
+                # a real of port 0 (a fwmark service's) takes the packet's port, as IPVS's ip_vs_schedule does
+                socket.ntohs(real.entry.port or key.dport), abi.STATE_LABELS.get(value.state, "ERR!"), left,
+                template=bool(value.flags & abi.CONN_F_TEMPLATE), svc_index=value.svc_index,
+                real_port=socket.ntohs(real.entry.port),
             ))
         return result
 
     def conn_counts(self) -> dict[tuple[ServiceKey, RealKey], tuple[int, int]]:
         """(ActiveConn, InActConn) per real, from the live connection entries."""
         counts: dict[tuple[ServiceKey, RealKey], tuple[int, int]] = {}
+        by_index, _ = self._owners()
         for conn in self.connections():
             if conn.template:
                 continue
-            key = (ServiceKey(conn.proto, conn.vip, conn.vport), (conn.rip, conn.rport))
+            svc = by_index.get(conn.svc_index, ServiceKey(conn.proto, conn.vip, conn.vport))
+            key = (svc, (conn.rip, conn.real_port if conn.real_port >= 0 else conn.rport))
             active, inactive = counts.get(key, (0, 0))
-            if conn.proto is Protocol.TCP and abi.STATES.get(conn.state) in abi.ACTIVE_STATES:
+            if conn.proto is not Protocol.UDP and abi.STATES.get(conn.state) in abi.ACTIVE_STATES:
                 active += 1
             else:
                 inactive += 1
@@ -804,9 +832,21 @@ class Dataplane:
                     vip_keys.add(key)
             self._carry_out(plan, rules, vip_keys)
 
+    def fwmarks(self) -> set[tuple[int, int]]:
+        """(family, mark) of the firewall-mark services."""
+        return {(key.family, key.fwmark) for key in self._services() if key.is_fwmark}
+
     def _carry_out(self, plan: Plan, rules: Rules, vip_keys: set[ServiceKey] | None) -> None:
         """Write a checked plan. The slot index first lists every slot a service may use (old and
         new), then the maps the program reads change, then the index keeps only what is left."""
+        fwmark_changed = any(key.is_fwmark for key in (*plan.changed_services, *plan.removed_services))
+        if fwmark_changed and any(key.is_fwmark for key in rules.services):
+            fwmark.need_nft()
+        self._write_plan(plan, rules, vip_keys)
+        if fwmark_changed:
+            fwmark.sync(self.fwmarks())
+
+    def _write_plan(self, plan: Plan, rules: Rules, vip_keys: set[ServiceKey] | None) -> None:
         for key in plan.changed_services:
             self._write_svc_reals(plan.service_index[key], plan.slots_of(key) + plan.freed_of(key))
         libbpf.map_update(self._fds["slot_usage"], ctypes.c_uint32(0), plan.usage_during)
@@ -1050,6 +1090,8 @@ class Dataplane:
         before = self._vip_flags()
         flags: dict[IPAddress, int] = {}
         for key in keys:
+            if key.is_fwmark:
+                continue  # a fwmark service has no VIP: its packets come marked, to any address
             kept = before.get(key.vip, 0) & abi.VIP_F_STANDBY
             flags[key.vip] = flags.get(key.vip, kept) | (abi.VIP_F_ANY_PORT if key.port == 0 else 0)
         old = set(before)

@@ -94,6 +94,10 @@ _update_batch = _sig("bpf_map_update_batch", _int, _int, _vp, _vp, ctypes.POINTE
 _xdp_attach = _sig("bpf_xdp_attach", _int, _int, _int, _u32, _vp)
 _xdp_detach = _sig("bpf_xdp_detach", _int, _int, _u32, _vp)
 _xdp_query_id = _sig("bpf_xdp_query_id", _int, _int, _int, ctypes.POINTER(_u32))
+_prog_attach = _sig("bpf_prog_attach", _int, _int, _int, _int, _u32)
+_prog_detach2 = _sig("bpf_prog_detach2", _int, _int, _int, _int)
+_prog_query = _sig("bpf_prog_query", _int, _int, _int, _u32, ctypes.POINTER(_u32), ctypes.POINTER(_u32),
+                   ctypes.POINTER(_u32))
 _test_run = _sig("bpf_prog_test_run_opts", _int, _int, ctypes.POINTER(TestRunOpts))
 _num_cpus = _sig("libbpf_num_possible_cpus", _int)
 _obj_info = _sig("bpf_obj_get_info_by_fd", _int, _int, _vp, ctypes.POINTER(_u32))
@@ -217,6 +221,14 @@ def prog_name(prog_id: int) -> str:
         return info.name.decode(errors="replace")
     finally:
         os.close(fd)
+
+def prog_id(prog_fd: int) -> int:
+    """The id of a loaded program by its fd."""
+    info = ProgInfo()
+    size = _u32(ctypes.sizeof(info))
+    _check(_obj_info(prog_fd, ctypes.byref(info), ctypes.byref(size)), "program info")
+    return int(info.id)
+
 
 def prog_map_ids(prog_id: int) -> list[int]:
     """The ids of the maps a loaded BPF program uses ([] when it is gone)."""
@@ -355,6 +367,31 @@ def xdp_query_id(ifindex: int, flags: int) -> int:
     return prog_id.value
 
 
+BPF_TCX_EGRESS = 47  # enum bpf_attach_type (Linux 6.6); older UAPI headers do not name it
+
+
+def tcx_attach(ifindex: int, prog_fd: int) -> None:
+    """Attach a tc program at `ifindex`'s tcx egress hook (BPF_PROG_ATTACH: it stays after this process)."""
+    _check(_prog_attach(prog_fd, ifindex, BPF_TCX_EGRESS, 0), f"attach tcx egress to ifindex {ifindex}")
+
+
+def tcx_prog_ids(ifindex: int) -> list[int]:
+    """The programs at `ifindex`'s tcx egress hook."""
+    ids = (_u32 * 64)()
+    count, flags = _u32(64), _u32(0)
+    _check(_prog_query(ifindex, BPF_TCX_EGRESS, 0, ctypes.byref(flags), ids, ctypes.byref(count)),
+           f"query tcx egress of ifindex {ifindex}")
+    return list(ids[: count.value])
+
+
+def tcx_detach(ifindex: int, prog_id: int) -> None:
+    fd = _check(_prog_get_fd_by_id(prog_id), f"fd of program id {prog_id}")
+    try:
+        _check(_prog_detach2(fd, ifindex, BPF_TCX_EGRESS), f"detach tcx egress from ifindex {ifindex}")
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class TestRunResult:
     verdict: int
@@ -381,6 +418,23 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ingress_ifindex: i
         opts.ctx_in = ctypes.cast(ctypes.byref(ctx), _vp)
         opts.ctx_size_in = ctypes.sizeof(ctx)
     _check(_test_run(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
+
+
+SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
+SKB_MARK_OFFSET = 8  # __sk_buff.mark
+
+
+def prog_test_run_skb(prog_fd: int, data: bytes, mark: int = 0) -> TestRunResult:
+    """Run a tc program on one frame with BPF_PROG_TEST_RUN, the skb's mark set (on the loopback device)."""
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(len(data) + 512)
+    ctx = ctypes.create_string_buffer(SKB_CTX_SIZE)
+    ctypes.c_uint32.from_buffer(ctx, SKB_MARK_OFFSET).value = mark
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.cast(data_in, _vp), data_size_in=len(data),
+                       data_out=ctypes.cast(data_out, _vp), data_size_out=len(data_out),
+                       ctx_in=ctypes.cast(ctx, _vp), ctx_size_in=SKB_CTX_SIZE, repeat=1)
+    _check(_test_run(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN (tc)")
     return TestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
 
 

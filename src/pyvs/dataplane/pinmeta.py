@@ -22,7 +22,7 @@ from pyvs.dataplane import abi, libbpf
 from pyvs.netns import netns_cookie
 
 META_NAME = "pyvs_meta"
-ABI_HEADERS = ("pyvs_abi.h", "maps.h", "sched_maps.h", "sync.h", "tunnel.h", "adm_maps.h")
+ABI_HEADERS = ("pyvs_abi.h", "maps.h", "sched_maps.h", "sync.h", "tunnel.h", "fwmark.h", "adm_maps.h")  # with maps
 BPF_MAP_TYPE_ARRAY = 2
 MIGRATE_HINT = "run `pyvs director migrate` (keeps the rules; or `pyvs director detach --remove-rules` to start empty)"
 

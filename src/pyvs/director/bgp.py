@@ -66,6 +66,8 @@ def announcement(services: Iterable[ServiceSpec], quorum: Mapping[ServiceKey, bo
     counts as served): a director announces only what it can serve, the others take the rest."""
     result: dict[IPAddress, str] = {}
     for svc in services:
+        if svc.key.is_fwmark:
+            continue  # no address of its own: its packets come to addresses announced for other reasons
         vip = svc.key.vip
         result.setdefault(vip, "")
         if not forwarding:

@@ -73,6 +73,7 @@ from pyvs.model import (
     DEFAULT_PERSISTENCE,
     HOST_MASK,
     HOST_PREFIX6,
+    MAX_FWMARK,
     MAX_THRESHOLD,
     MAX_WEIGHT,
     Forwarding,
@@ -86,6 +87,7 @@ from pyvs.model import (
     ServiceKey,
     Tunnel,
     endpoint_text,
+    fwmark_key,
     parse_address,
     parse_endpoint,
     parse_ipv4,
@@ -351,7 +353,7 @@ class _Reader:
 
 DIRECTOR_KEYS = ("interface", "xdp_mode", "status_listen", "notify", "notify_timeout", "flush_on_failure", "user",
                  "drift_check", "sloppy_tcp", "expire_nodest_conn", "node_exporter_metrics", "page_token")
-SERVICE_KEYS = ("proto", "vip", "port", "scheduler", "scheduler_flags", "persistence_timeout",
+SERVICE_KEYS = ("proto", "vip", "port", "fwmark", "ip_family", "scheduler", "scheduler_flags", "persistence_timeout",
                 "persistence_granularity", "mh_table_size", "sorry_server", "quorum", "hysteresis", "alpha",
                 "inhibit_on_failure", "check", "real", "forwarding", "tunnel", "ops")
 REAL_KEYS = ("address", "port", "weight", "inhibit_on_failure", "check", "forwarding", "tunnel", "uthreshold",
@@ -597,7 +599,7 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool,
         reader.fail("address", f"'address': {_family_error('real server', rip, svc_key)}")
     forwarding, tunnel = _method(reader, method)
     port = reader.integer("port", svc_key.port, 0, 65535)
-    if port != svc_key.port and forwarding is not Forwarding.MASQ:
+    if port != svc_key.port and forwarding is not Forwarding.MASQ and not svc_key.is_fwmark:  # fwmark: the real's own
         reader.fail("port", f"real port {port} differs from the service port {svc_key.port}: "
                             "direct routing cannot change the port (forwarding = \"nat\" can)")
     weight = reader.integer("weight", 1, 0, MAX_WEIGHT)
@@ -611,8 +613,33 @@ def _real(reader: _Reader, svc_key: ServiceKey, check: CheckSpec, inhibit: bool,
         reader.fail("forwarding", f"real server {rip}: pyvs tunnels to IPv4 real servers only")
     upper = reader.integer("uthreshold", 0, 0, MAX_THRESHOLD)
     lower = reader.integer("lthreshold", 0, 0, MAX_THRESHOLD)
+    if svc_key.is_fwmark and not port and real_check.type in ("tcp", "http", "https") and real_check.port is None:
+        reader.fail("port", f"real {rip} of {svc_key} has no port for its {real_check.type} check: give the real a "
+                            "'port' or its check a 'port'")
     return RealSpec(rip, port, weight, real_check, reader.get("inhibit_on_failure", bool, inhibit), forwarding,
                     tunnel, upper, lower)
+
+
+def _fwmark_key(reader: _Reader) -> ServiceKey:
+    """A firewall-mark service (`fwmark = N`, no vip, port or proto): its family is its reals' (IPv4 without any)."""
+    for name in ("vip", "port", "proto"):
+        if name in reader.table:
+            reader.fail(name, f"'{name}' and 'fwmark' exclude each other: a firewall-mark service takes every packet "
+                              "with its mark, whatever its address, port and protocol")
+    mark = reader.integer("fwmark", 1, 1, MAX_FWMARK)
+    family_name = reader.get("ip_family", str, None)
+    if family_name not in (None, "inet", "inet6"):
+        reader.fail("ip_family", f"'ip_family' is inet or inet6, not {family_name!r}")
+    families = {6 if family_name == "inet6" else 4} if family_name else set()
+    for item in reader.table.get("real", []):
+        try:
+            families.add(parse_address(str(item.get("address"))).version if isinstance(item, dict) else 4)
+        except ModelError:
+            continue  # reported with the real
+    if len(families) > 1:
+        reader.fail("real", f"the reals of fwmark {mark} are of both families (or not its 'ip_family'): a service is "
+                            "of one")
+    return fwmark_key(mark, families.pop() if families else 4)
 
 
 def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check_scripts: bool,
@@ -621,11 +648,18 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     reader = _Reader(path, lines, table, where, f"service #{index + 1}", SERVICE_KEYS)
     proto = reader.get("proto", str, "tcp").upper()
     if proto not in Protocol.__members__:
-        reader.fail("proto", f"unknown protocol '{proto.lower()}' (tcp or udp)")
-    vip = reader.convert("vip", lambda v: parse_address(str(v)), required=True)
-    port = reader.integer("port", 0, 0, 65535) if "port" in table else reader.get("port", int, required=True)
-    key = ServiceKey(Protocol[proto], vip, port)
-    reader.label = f"service {proto.lower()} {key}"
+        reader.fail("proto", f"unknown protocol '{proto.lower()}' (tcp, udp or sctp)")
+    if "ip_family" in table and "fwmark" not in table:
+        reader.fail("ip_family", "'ip_family' is for a fwmark service (a service by address has its VIP's family)")
+    if "fwmark" in table:
+        key = _fwmark_key(reader)
+        port = 0
+        reader.label = f"service {key}"
+    else:
+        vip = reader.convert("vip", lambda v: parse_address(str(v)), required=True)
+        port = reader.integer("port", 0, 0, 65535) if "port" in table else reader.get("port", int, required=True)
+        key = ServiceKey(Protocol[proto], vip, port)
+        reader.label = f"service {proto.lower()} {key}"
     scheduler = reader.convert("scheduler", validate_scheduler, "wrr")
     persistent = reader.convert("persistence_timeout", _persistence)
     netmask = reader.convert("persistence_granularity", lambda v: parse_netmask_for(str(v), key.family),
@@ -668,7 +702,7 @@ def _service(path: Path, lines: _Lines, table: dict[str, Any], index: int, check
     sorry = reader.convert("sorry_server", lambda v: parse_endpoint(str(v), port))
     if sorry is not None and sorry[0].version != key.family:
         reader.fail("sorry_server", f"'sorry_server': {_family_error('the sorry server', sorry[0], key)}")
-    if sorry is not None and sorry[1] != port:
+    if sorry is not None and sorry[1] != port and not key.is_fwmark:
         reader.fail("sorry_server", f"sorry server port {sorry[1]} differs from the service port {port}: "
                                     "direct routing cannot change the port")
     if sorry is not None and sorry in real_keys:
@@ -803,7 +837,7 @@ def parse_config(text: str, path: Path | str = "<config>", check_scripts: bool =
         node_exporter_metrics=director.get("node_exporter_metrics", bool, True),
         page_token=director.convert("page_token", _token),
         bgp=_bgp(_Reader(path, lines, top.get("bgp", dict), ("bgp",), "[bgp]", BGP_KEYS),
-                 {svc.key.vip.version for svc in services}) if "bgp" in data else None,
+                 {svc.key.vip.version for svc in services if not svc.key.is_fwmark}) if "bgp" in data else None,
         vrrp=_vrrp(top, director, path, lines) if "vrrp" in data else None,
         sync=_sync(_Reader(path, lines, top.get("sync", dict), ("sync",), "[sync]", SYNC_KEYS))
         if "sync" in data else None,

@@ -96,7 +96,15 @@ def log_event(level: int, event: str, **fields: object) -> None:
 
 
 def service_name(key: ServiceKey) -> str:
+    """`tcp/198.18.0.100:80`; a firewall-mark service's `fwm/1` (`fwm6/1` for IPv6)."""
+    if key.is_fwmark:
+        return f"fwm{'6' if key.family == 6 else ''}/{key.fwmark}"
     return f"{key.proto.label.lower()}/{key}"
+
+
+def _identity(key: ServiceKey) -> tuple[str, str]:
+    """A service's proto and vip in the status document: a fwmark service's are "fwm" and ""."""
+    return ("fwm", "") if key.is_fwmark else (key.proto.label.lower(), str(key.vip))
 
 
 def real_name(key: RealKey) -> str:
@@ -605,7 +613,7 @@ class Director:
             for action in takeover.announce(added, ifname):
                 log_event(logging.INFO, "vip_takeover", interface=ifname, action=action)
         if gone:
-            used = {key.vip for key in self.dp.read_rules().services}
+            used = {key.vip for key in self.dp.read_rules().services if not key.is_fwmark}
             for vip in sorted(set(gone) & used, key=address_order):
                 log_event(logging.INFO, "vip_kept", interface=ifname, vip=vip,
                           reason="a service not in the config still uses it")
@@ -651,7 +659,8 @@ class Director:
                     "bytes": counters.inbytes if counters else 0,
                 })  # fmt: skip
             services.append({
-                "proto": svc.key.proto.label.lower(), "vip": str(svc.key.vip), "port": svc.key.port,
+                "proto": _identity(svc.key)[0], "vip": _identity(svc.key)[1], "port": svc.key.port,
+                "fwmark": svc.key.fwmark,
                 "name": service_name(svc.key), "scheduler": svc.scheduler, "owner": "daemon",
                 "persistence_timeout": svc.persistent, "sched_flags": list(svc.sched_flags),
                 "quorum": self.quorum.get(svc.key, True),
@@ -666,7 +675,8 @@ class Director:
                 continue
             counted = service_stats.get(other.key)
             others.append({
-                "proto": other.key.proto.label.lower(), "vip": str(other.key.vip), "port": other.key.port,
+                "proto": _identity(other.key)[0], "vip": _identity(other.key)[1], "port": other.key.port,
+                "fwmark": other.key.fwmark,
                 "name": service_name(other.key), "scheduler": other.scheduler, "owner": "other",
                 "reals": [{"address": str(r.rip), "port": r.port, "weight": r.weight, "overloaded": r.overloaded,
                            "active": conns.get((other.key, r.key), (0, 0))[0],
@@ -687,7 +697,7 @@ class Director:
     @property
     def vip_families(self) -> set[int]:
         """The address families of the config's VIPs: a BGP channel each."""
-        return {svc.key.vip.version for svc in self.config.services} or {4}
+        return {svc.key.vip.version for svc in self.config.services if not svc.key.is_fwmark} or {4}
 
     def bgp_status(self) -> BgpStatus | None:
         spec = self.config.bgp
@@ -1089,7 +1099,7 @@ class Director:
                 log_event(logging.INFO, "vip_withdrawn", interface=self.config.interface, action=action)
 
     def _vips(self) -> list[IPAddress]:
-        return sorted({svc.key.vip for svc in self.config.services}, key=address_order)
+        return sorted({svc.key.vip for svc in self.config.services if not svc.key.is_fwmark}, key=address_order)
 
 
 def run_daemon(config_path: Path | str, pin_dir: Path | str | None = None) -> None:

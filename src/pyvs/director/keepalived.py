@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 from pyvs.director.config import _digest, _regex, _status_ranges
 from pyvs.model import (
+    MAX_FWMARK,
     MAX_THRESHOLD,
     MAX_WEIGHT,
     SCHED_FLAG_BITS,
@@ -40,6 +41,7 @@ from pyvs.model import (
     Protocol,
     Service,
     ServiceKey,
+    fwmark_key,
     parse_address,
     parse_netmask_for,
     validate_service,
@@ -304,17 +306,29 @@ class _Converter:
         return None
 
     def service(self, vs: Block) -> dict[str, Any] | None:
-        if not vs.args or vs.args[0] in ("fwmark", "group"):
-            self.warn(vs, f"'{' '.join(vs.args)}' skipped: only 'virtual_server IP PORT' is supported")
+        if not vs.args or vs.args[0] == "group":
+            self.warn(vs, f"'{' '.join(vs.args)}' skipped: only 'virtual_server IP PORT' and 'virtual_server "
+                          "fwmark N' are supported")
             return None
-        try:
-            vip_address = parse_address(vs.args[0])
-        except ModelError as exc:
-            self.warn(vs, f"'{' '.join(vs.args)[:80]}' skipped: {exc}")
-            return None
-        vip, family = str(vip_address), vip_address.version
-        port = self.integer(vs, 0, 65535, vs.args[1]) if len(vs.args) > 1 else 0
-        service: dict[str, Any] = {"proto": "tcp", "vip": vip, "port": port, "scheduler": "wlc"}
+        mark = 0
+        if vs.args[0] == "fwmark":
+            mark = self.integer(vs, 1, MAX_FWMARK, vs.args[1] if len(vs.args) > 1 else "")
+            family = self.fwmark_family(vs)
+            vip, port = "", 0
+            name = f"fwmark {mark}"
+            service: dict[str, Any] = {"fwmark": mark, "scheduler": "wlc"}
+            if family == 6:
+                service["ip_family"] = "inet6"
+        else:
+            try:
+                vip_address = parse_address(vs.args[0])
+            except ModelError as exc:
+                self.warn(vs, f"'{' '.join(vs.args)[:80]}' skipped: {exc}")
+                return None
+            vip, family = str(vip_address), vip_address.version
+            port = self.integer(vs, 0, 65535, vs.args[1]) if len(vs.args) > 1 else 0
+            name = f"{vip} {port}"
+            service = {"proto": "tcp", "vip": vip, "port": port, "scheduler": "wlc"}
         timing: dict[str, Block] = {}
         default_host: str | None = None
         method_seen = False
@@ -332,7 +346,7 @@ class _Converter:
                 method = self.method(child, family)
                 if method is None:
                     self.warn(child, f"{' '.join(args)}: pyvs forwards by direct routing, and by NAT and tunnelling "
-                                     f"to IPv4 reals; virtual_server {vip} {port} skipped")
+                                     f"to IPv4 reals; virtual_server {name} skipped")
                     return None
                 service.pop("tunnel", None)
                 if method["forwarding"] == "dr":
@@ -341,13 +355,15 @@ class _Converter:
                     service.update(method)
             elif key == "protocol":
                 proto = self.arg(child).upper()  # keepalived compares without case (strcasecmp)
-                if proto in ("TCP", "UDP"):
-                    service["proto"] = proto.lower()
-                elif proto == "SCTP":
-                    self.warn(child, f"{args[0]}: only TCP and UDP; virtual_server {vip} {port} skipped")
-                    return None
-                else:
+                if proto not in ("TCP", "UDP", "SCTP"):
                     self.warn(child, f"unknown protocol {args[0][:40]}: ignored, as keepalived does")
+                elif mark:
+                    self.warn(child, f"{args[0]}: a fwmark service takes the packets with its mark whatever their "
+                                     "protocol; not carried over")
+                else:
+                    service["proto"] = proto.lower()
+            elif key == "ip_family" and mark:
+                continue  # read by fwmark_family
             elif key in TIMING:
                 timing[key] = child
             elif key == "inhibit_on_failure":
@@ -387,15 +403,16 @@ class _Converter:
             else:
                 self.warn(child, "not supported by pyvs; not carried over")
         if not method_seen and family == 6:
-            self.warn(vs, f"{vip} {port} has no lb_kind (keepalived's default is NAT, IPv4 only in pyvs); "
+            self.warn(vs, f"{name} has no lb_kind (keepalived's default is NAT, IPv4 only in pyvs); "
                           "converted as DR")
-        if service.get("ops") and service["proto"] != "udp":
+        if service.get("ops") and not mark and service["proto"] != "udp":
             self.warn(where["ops"], "ops (one-packet scheduling) is for UDP services only; not carried over")
             del service["ops"]
         if "persistence_granularity" in service and "persistence_timeout" not in service:
             self.warn(vs, "persistence_granularity without persistence_timeout has no effect; not carried over")
             del service["persistence_granularity"]
-        svc_key = ServiceKey(Protocol[service["proto"].upper()], vip_address, port)
+        svc_key = fwmark_key(mark, family) if mark else ServiceKey(Protocol[service["proto"].upper()], vip_address,
+                                                                   port)
         settings = Service(svc_key, service["scheduler"], service.get("persistence_timeout"),
                            sched_flags=tuple(service.get("scheduler_flags", ())), onepacket=service.get("ops", False))
         if "persistence_granularity" in service:
@@ -407,24 +424,25 @@ class _Converter:
             culprit = (where.get("scheduler_flags") if "flag" in text else where.get("persistence_timeout")
                        if "persistence" in text else where.get("scheduler") if "scheduler" in text else None)
             self.fail(culprit or vs, text)
-        identity = (service["proto"], vip, port)
+        identity = (service.get("proto", "fwm"), str(svc_key), port)
         if (first := self.services.get(identity)) is not None:
-            self.fail(vs, f"{service['proto']} {vip}:{port} is defined twice (first at {first[0]}:{first[1]})")
+            self.fail(vs, f"{svc_key.proto.label.lower() if not mark else ''} {svc_key} is defined twice "
+                          f"(first at {first[0]}:{first[1]})".lstrip())
         self.services[identity] = (vs.file, vs.line)
         reals: list[dict[str, Any]] = []
         seen: dict[str, Block] = {}
         for rs in vs.all("real_server"):
             real = self.real(rs, port, timing, default_host, family,
-                             {k: service[k] for k in ("forwarding", "tunnel") if k in service})
+                             {k: service[k] for k in ("forwarding", "tunnel") if k in service}, fwmark=bool(mark))
             if real is None:
                 continue
             if (other := seen.get(real["address"])) is not None:
-                self.fail(rs, f"{real['address']} {port} is listed twice in virtual_server {vip} {port} "
+                self.fail(rs, f"{real['address']} {port} is listed twice in virtual_server {name} "
                               f"(first at {other.file}:{other.line})")
             seen[real["address"]] = rs
             reals.append(real)
         if sorry is not None:
-            self.sorry(sorry, service, seen)
+            self.sorry(sorry, service, seen, family)
         checks = [r.pop("check") for r in reals]
         if checks and all(c == checks[0] for c in checks):
             service["check"] = checks[0]
@@ -434,10 +452,21 @@ class _Converter:
         service["real"] = reals
         return service
 
-    def sorry(self, block: Block, service: dict[str, Any], reals: dict[str, Block]) -> None:
+    def fwmark_family(self, vs: Block) -> int:
+        """A fwmark virtual server's family: its `ip_family`, else its first real's (keepalived), else IPv4."""
+        for child in vs.children:
+            if child.keyword == "ip_family" and child.args:
+                return 6 if child.args[0] == "inet6" else 4
+        for rs in vs.all("real_server"):
+            try:
+                return parse_address(rs.args[0]).version if rs.args else 4
+            except ModelError:
+                continue
+        return 4
+
+    def sorry(self, block: Block, service: dict[str, Any], reals: dict[str, Block], family: int) -> None:
         address = self.arg(block)
-        port = service["port"]
-        family = parse_address(service["vip"]).version
+        port = service.get("port", 0)
         try:
             sorry_address = parse_address(address)
         except ModelError:
@@ -448,7 +477,7 @@ class _Converter:
                              f"IPv{family}: direct routing keeps the packet, so the sorry server must be IPv{family}")
         sorry_ip = str(sorry_address)
         sorry_port = self.integer(block, 0, 65535, block.args[1]) if len(block.args) > 1 else port
-        if sorry_port != port:
+        if sorry_port != port and "fwmark" not in service:
             self.warn(block, f"port {sorry_port} differs from the service port {port}: "
                              "direct routing cannot change the port; not carried over")
             return
@@ -501,7 +530,7 @@ class _Converter:
         return {"forwarding": "tun", "tunnel": tunnel}
 
     def real(self, rs: Block, port: int, vs_timing: dict[str, Block], host: str | None,
-             family: int, method: dict[str, Any] | None = None) -> dict[str, Any] | None:
+             family: int, method: dict[str, Any] | None = None, fwmark: bool = False) -> dict[str, Any] | None:
         try:
             address = parse_address(self.arg(rs))
         except ModelError as exc:
@@ -520,7 +549,7 @@ class _Converter:
             return None
         nat = (here or {}).get("forwarding") == "nat"
         real_port = self.integer(rs, 0, 65535, rs.args[1]) if len(rs.args) > 1 else port
-        if real_port != port and not nat:
+        if real_port != port and not nat and not fwmark:
             self.warn(rs, f"{rip} port {real_port} differs from the service port {port}: direct routing cannot "
                           "change the port; real skipped")
             return None
@@ -563,6 +592,10 @@ class _Converter:
         real["check"] = self.check(checkers[0], timing, host) if checkers else {"type": "none"}
         if not checkers:
             self.warn(rs, f"{rip} has no supported checker: it is never checked (always up)")
+        elif fwmark and not real_port and real["check"]["type"] != "command" and "port" not in real["check"]:
+            self.warn(checkers[0], f"{rip} of a fwmark service has no port and its checker no connect_port: "
+                                   "it is never checked (always up)")
+            real["check"] = {"type": "none"}
         return real
 
     def check(self, checker: Block, timing: dict[str, Block], host: str | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pyvs.director.statusdoc import StatusDocument, SyncStatus, endpoint
+from pyvs.director.statusdoc import OtherService, ServiceStatus, StatusDocument, SyncStatus, endpoint
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SERVICE = ["service"]
@@ -31,7 +31,9 @@ def node_ipvs_families(status: StatusDocument) -> list[Metric]:
     services; with direct routing nothing comes back through the director: outgoing stays 0). A backend is a real
     in the data plane (a sorry server too while it takes the traffic, as keepalived adds it to IPVS); a real that
     health checks took out is not listed, as in /proc/net/ip_vs. Label values as node_exporter writes them: the
-    protocol in capitals ("TCP", "UDP"), ports in decimal, local_mark "" (no fwmark services), addresses bare (an
+    protocol in capitals ("TCP", "UDP", "SCTP"; "FWM" for a firewall-mark service, with local_address "<nil>",
+    local_port 0 and local_mark the mark in 8 hex digits, as procfs reads /proc/net/ip_vs), ports in decimal, local_mark
+    "" for the others, addresses bare (an
     IPv6 one compressed, without brackets: Go's net.IP.String()).
     """
     services, others = status["services"], status.get("other_services", [])
@@ -39,9 +41,12 @@ def node_ipvs_families(status: StatusDocument) -> list[Metric]:
               for name in ("conns", "packets", "bytes")}
     backends: dict[tuple[str, ...], list[int]] = {}  # node_exporter sums rows with the same labels; so do we
 
-    def backend(proto: str, vip: str, port: int, address: str, rport: int, active: int, inactive: int,
+    def backend(svc: ServiceStatus | OtherService, address: str, rport: int, active: int, inactive: int,
                 weight: int) -> None:
-        labels = (vip, str(port), address, str(rport), proto.upper(), "")
+        if svc.get("fwmark"):  # procfs reads /proc/net/ip_vs's "FWM  %08X" line: no address (Go prints "<nil>")
+            labels = ("<nil>", "0", address, str(rport), "FWM", f"{svc['fwmark']:08X}")
+        else:
+            labels = (svc["vip"], str(svc["port"]), address, str(rport), svc["proto"].upper(), "")
         counts = backends.setdefault(labels, [0, 0, 0])
         counts[0] += active
         counts[1] += inactive
@@ -50,12 +55,11 @@ def node_ipvs_families(status: StatusDocument) -> list[Metric]:
     for svc in services:
         for real in svc["reals"]:
             if real["weight"] is not None:
-                backend(svc["proto"], svc["vip"], svc["port"], real["address"], real["port"], real["active"],
-                        real["inactive"], real["weight"])
+                backend(svc, real["address"], real["port"], real["active"], real["inactive"], real["weight"])
     for other in others:
         for oreal in other["reals"]:
-            backend(other["proto"], other["vip"], other["port"], oreal["address"], oreal["port"],
-                    oreal.get("active", 0), oreal.get("inactive", 0), oreal["weight"])
+            backend(other, oreal["address"], oreal["port"], oreal.get("active", 0), oreal.get("inactive", 0),
+                    oreal["weight"])
     families: list[Metric] = []
     for name, help_text, value in (
         ("node_ipvs_connections_total", "The total number of connections made.", totals["conns"]),

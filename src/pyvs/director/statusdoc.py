@@ -43,9 +43,10 @@ class RealStatus(TypedDict):
 
 
 class ServiceStatus(TypedDict):
-    proto: str
+    proto: str  # tcp, udp, sctp; fwm for a firewall-mark service (vip "", port 0)
     vip: str
     port: int
+    fwmark: int  # 0 but for a firewall-mark service
     name: str
     scheduler: str
     owner: str
@@ -74,6 +75,7 @@ class OtherService(TypedDict):
     proto: str
     vip: str
     port: int
+    fwmark: int
     name: str
     scheduler: str
     owner: str

@@ -71,7 +71,7 @@ def _traffic(topo: Topology, say: Callable[[str], None], requests: int) -> None:
     for key, c in sorted(stats.items()):
         out = (f"{c.outpkts} packets out, {c.outbytes} bytes out (the replies, rewritten to come from the VIP)" if nat
                else "0 out (replies never reach the director)")
-        say(f"  {key.proto.label} {key}: {c.conns} connections, {c.inpkts} packets in, {c.inbytes} bytes in, {out}")
+        say(f"  {key.title}: {c.conns} connections, {c.inpkts} packets in, {c.inbytes} bytes in, {out}")
     say(f"  forwarded with XDP_TX: {counters['tx']}, to a VIP port without a service: {counters['pass']}, "
         f"dropped: {sum(v for k, v in counters.items() if k.startswith('drop_'))}")
     received = client_bytes.rx - before_client.rx

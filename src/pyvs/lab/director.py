@@ -68,7 +68,7 @@ def _rule_problems(dp: Dataplane, topo: Topology) -> dict[ServiceKey, str]:
 
 
 def _label(key: ServiceKey) -> str:
-    return f"{key.proto.label} {key}"
+    return key.title
 
 
 def setup_director(topo: Topology, mode: str = "native") -> list[str]:

@@ -331,7 +331,7 @@ def _setup_dataplane(topo: Topology, node: Node, rules: Rules | None = None, slo
             want = wanted.services.get(key)
             if _service_text(present.services.get(key)) != _service_text(want):
                 dp.apply_service(key, want)
-                actions.append(f"{'wrote' if want else 'removed'} service {key.proto.label} {key} in {node.netns}")
+                actions.append(f"{'wrote' if want else 'removed'} service {key.title} in {node.netns}")
     return actions
 
 
@@ -394,7 +394,7 @@ def problems(topo: Topology) -> list[str]:
                     present = dp.read_rules()
                     for key in sorted(set(wanted.services) | set(present.services)):
                         if _service_text(present.services.get(key)) != _service_text(wanted.services.get(key)):
-                            found.append(f"{node.name}: service {key.proto.label} {key} is not the lab's")
+                            found.append(f"{node.name}: service {key.title} is not the lab's")
         except (OSError, ValueError, DataplaneError) as exc:
             found.append(f"{node.name}: {exc}")
         if daemon_pid(topo, node) is None:

@@ -11,6 +11,7 @@
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include "pyvs_abi.h"
+#include "sctp.h"
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
@@ -80,7 +81,33 @@ static __always_inline int is_vlan(__be16 proto)
 	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
 }
 
-/* The ports of a TCP/UDP packet whose IPv4 header is sound and whole (not a non-first fragment). */
+/* The protocols pyvs balances: TCP, UDP, SCTP. */
+static __always_inline int balanced(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+/* The L4 header a packet must hold: TCP's, UDP's, SCTP's common header and first chunk header. */
+static __always_inline __u32 l4_min_len(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? sizeof(struct tcphdr) : proto == IPPROTO_SCTP ? sizeof(struct sctp_head)
+										     : sizeof(struct udphdr);
+}
+
+/* An SCTP packet: its ports, and its event (sctp.h) in tcp_flags. */
+static __always_inline enum parse_result parse_sctp(void *l4, void *data_end, struct packet *pkt)
+{
+	struct sctp_head *sh = l4;
+
+	if ((void *)(sh + 1) > data_end)
+		return PARSE_TRUNCATED;
+	pkt->sport = sh->source;
+	pkt->dport = sh->dest;
+	pkt->tcp_flags = sctp_packet_event(sh, data_end);
+	return PARSE_OK;
+}
+
+/* The ports of a TCP/UDP/SCTP packet whose IPv4 header is sound and whole (not a non-first fragment). */
 static __always_inline enum parse_result parse_ports(struct iphdr *iph, void *data_end, struct packet *pkt)
 {
 	__u32 ihl_len;
@@ -92,8 +119,10 @@ static __always_inline enum parse_result parse_ports(struct iphdr *iph, void *da
 	ihl_len = iph->ihl * 4;
 	l4 = (void *)iph + ihl_len;
 	/* The total length must hold the headers it claims (a shorter one is malformed, not short data). */
-	if (pkt->tot_len < ihl_len + (iph->protocol == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)))
+	if (pkt->tot_len < ihl_len + l4_min_len(iph->protocol))
 		return PARSE_TRUNCATED;
+	if (iph->protocol == IPPROTO_SCTP)
+		return parse_sctp(l4, data_end, pkt);
 	if (iph->protocol == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 
@@ -159,7 +188,7 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 	pkt->proto = iph->protocol;
 	if (iph->version != 4 || iph->ihl < 5)
 		return PARSE_TRUNCATED;
-	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
+	if (!balanced(iph->protocol))
 		return PARSE_OTHER_L4; /* ICMP among them: the caller tells it by pkt->proto, off the TCP/UDP path */
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return PARSE_FRAGMENT;

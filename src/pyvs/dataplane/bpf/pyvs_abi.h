@@ -48,7 +48,8 @@
 #define PYVS_SVC_F_SCHED3 4
 #define PYVS_SVC_F_PERSISTENT 8
 #define PYVS_SVC_F_NO_WEIGHT 16 /* no real has a weight: no new connection, and no table walk to learn it */
-#define PYVS_SVC_F_ONEPACKET 32 /* ipvsadm -o: every UDP datagram is scheduled, no connection entry is kept */
+#define PYVS_SVC_F_ONEPACKET 32 /* ipvsadm -o: every UDP datagram (UDP or fwmark service) scheduled, no entry kept */
+#define PYVS_SVC_F_FWMARK 64 /* a firewall-mark service: its key in services is (mark, port 0, protocol 0) */
 
 /* Real flags. */
 #define PYVS_REAL_ACTIVE 1 /* the slot holds a real; cleared when the real is deleted */
@@ -99,7 +100,22 @@
 #define PYVS_STATE_LISTEN 9
 #define PYVS_STATE_SYNACK 10
 #define PYVS_STATE_UDP 11
-#define PYVS_STATE_COUNT 12
+/* IPVS's SCTP states (ip_vs_proto_sctp.c, IP_VS_SCTP_S_*), in its order from 12 on. */
+#define PYVS_STATE_SCTP_NONE 12
+#define PYVS_STATE_SCTP_INIT1 13
+#define PYVS_STATE_SCTP_INIT 14
+#define PYVS_STATE_SCTP_COOKIE_SENT 15
+#define PYVS_STATE_SCTP_COOKIE_REPLIED 16
+#define PYVS_STATE_SCTP_COOKIE_WAIT 17
+#define PYVS_STATE_SCTP_COOKIE 18
+#define PYVS_STATE_SCTP_COOKIE_ECHOED 19
+#define PYVS_STATE_SCTP_ESTABLISHED 20
+#define PYVS_STATE_SCTP_SHUTDOWN_SENT 21
+#define PYVS_STATE_SCTP_SHUTDOWN_RECEIVED 22
+#define PYVS_STATE_SCTP_SHUTDOWN_ACK_SENT 23
+#define PYVS_STATE_SCTP_REJECTED 24
+#define PYVS_STATE_SCTP_CLOSED 25
+#define PYVS_STATE_COUNT 26
 
 /* Global counters (index into the counters map). */
 #define PYVS_CNT_RX 0              /* packets seen: not counted per packet, the sum of all the others */
@@ -136,20 +152,23 @@
 #define PYVS_CNT_PASS_EXT_DEPTH 31 /* IPv6 to a VIP with more than PYVS_MAX_EXT_HEADERS extension headers: the kernel's */
 #define PYVS_CNT_SYNC_EVENTS 32     /* connection events written to sync_events (PYVS_CFG_SYNC) */
 #define PYVS_CNT_SYNC_EVENTS_LOST 33 /* events not written: the ring buffer was full (the sync master is behind) */
-#define PYVS_CNT_NAT_FORWARD 36    /* packets to a NAT real: destination rewritten to the real's address and port */
-#define PYVS_CNT_NAT_REPLY 37      /* replies of NAT connections: source rewritten to VIP:vport, sent to the client side */
-#define PYVS_CNT_PASS_NAT_NO_CONN 38 /* a reply whose NAT connection is gone, stale or another real's: the kernel's */
-#define PYVS_CNT_PASS_NAT_TTL 39   /* a NAT reply whose TTL runs out here: the kernel's (it sends time exceeded) */
-#define PYVS_CNT_NAT_ICMP_TO_REAL 40 /* ICMP errors about a NAT connection: quoted header rewritten, sent to its real */
-#define PYVS_CNT_NAT_REPLY_FRAG 41 /* non-first fragments of NAT replies given their first fragment's ports */
-#define PYVS_CNT_TUN_ENCAP 44       /* frames encapsulated for a tunnel real (also counted tx or redirect) */
-#define PYVS_CNT_DROP_FRAG_NEEDED 45 /* DF packet too big for the tunnel: dropped, ICMP fragmentation needed sent back */
-#define PYVS_CNT_DROP_TOO_BIG 46    /* packet without DF too big for the tunnel (XDP cannot fragment): dropped */
-#define PYVS_CNT_DROP_ENCAP 47      /* a tunnel real without tunnel settings, or no room to encapsulate: dropped */
-#define PYVS_CNT_ONEPACKET 52     /* UDP datagrams of a one-packet (-o) service scheduled without an entry */
-#define PYVS_CNT_OVERLOAD_SET 53  /* a real reached its upper connection threshold (-x): OVERLOAD set */
-#define PYVS_CNT_OVERLOAD_CLEARED 54 /* a real's connections fell below its lower threshold (-y): OVERLOAD cleared */
-#define PYVS_CNT_COUNT 55
+#define PYVS_CNT_NAT_FORWARD 34    /* packets to a NAT real: destination rewritten to the real's address and port */
+#define PYVS_CNT_NAT_REPLY 35      /* replies of NAT connections: source rewritten to VIP:vport, sent to the client side */
+#define PYVS_CNT_PASS_NAT_NO_CONN 36 /* a reply whose NAT connection is gone, stale or another real's: the kernel's */
+#define PYVS_CNT_PASS_NAT_TTL 37   /* a NAT reply whose TTL runs out here: the kernel's (it sends time exceeded) */
+#define PYVS_CNT_NAT_ICMP_TO_REAL 38 /* ICMP errors about a NAT connection: quoted header rewritten, sent to its real */
+#define PYVS_CNT_NAT_REPLY_FRAG 39 /* non-first fragments of NAT replies given their first fragment's ports */
+#define PYVS_CNT_TUN_ENCAP 40       /* frames encapsulated for a tunnel real (also counted tx or redirect) */
+#define PYVS_CNT_DROP_FRAG_NEEDED 41 /* DF packet too big for the tunnel: dropped, ICMP fragmentation needed sent back */
+#define PYVS_CNT_DROP_TOO_BIG 42    /* packet without DF too big for the tunnel (XDP cannot fragment): dropped */
+#define PYVS_CNT_DROP_ENCAP 43      /* a tunnel real without tunnel settings, or no room to encapsulate: dropped */
+#define PYVS_CNT_ONEPACKET 44     /* UDP datagrams of a one-packet (-o) service scheduled without an entry */
+#define PYVS_CNT_OVERLOAD_SET 45  /* a real reached its upper connection threshold (-x): OVERLOAD set */
+#define PYVS_CNT_OVERLOAD_CLEARED 46 /* a real's connections fell below its lower threshold (-y): OVERLOAD cleared */
+#define PYVS_CNT_FWM_SEEN 47       /* packets with a fwmark service's mark seen by pyvs_fwm (tc egress) */
+#define PYVS_CNT_DROP_FWM 48       /* marked packets pyvs_fwm cannot schedule (fragments, ICMP, other protocols) */
+#define PYVS_CNT_PASS_MISS_SCTP 49 /* SCTP packet other than INIT (or ABORT) without a connection: the kernel's */
+#define PYVS_CNT_COUNT 50
 
 struct pyvs_svc_key {
 	__u32 vip;   /* network order */

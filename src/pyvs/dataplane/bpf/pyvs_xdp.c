@@ -21,6 +21,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "conn_state.h"
+#include "sctp.h"
 #include "schedule.h"
 #include "sync.h"
 
@@ -47,7 +48,7 @@ static __always_inline int drop(__u32 id)
 	return XDP_DROP;
 }
 
-#include "adm.h" /* thresholds, one-packet scheduling, the rate estimator: after count(), which it uses */
+#include "adm.h" /* thresholds and one-packet scheduling: after count(), which it uses */
 
 static __always_inline void account(__u32 index, __u64 bytes, int new_conn)
 {
@@ -144,6 +145,8 @@ static __always_inline int expired(const struct pyvs_conn *conn, const struct py
 /* A SYN on a connection the client has closed starts a new one (IPVS's conn_reuse_mode). */
 static __always_inline int closed(const struct pyvs_conn *conn, int event)
 {
+	if (conn->state >= PYVS_STATE_SCTP_NONE)
+		return sctp_reopens(conn->state, event);
 	return event == EV_SYN && conn->state != PYVS_STATE_ESTABLISHED && conn->state != PYVS_STATE_SYN_RECV &&
 	       conn->state != PYVS_STATE_UDP;
 }
@@ -156,6 +159,7 @@ static __always_inline __u8 conn_class(__u8 state)
 	case PYVS_STATE_SYN_SENT:
 	case PYVS_STATE_SYN_RECV:
 	case PYVS_STATE_SYNACK:
+	case PYVS_STATE_SCTP_ESTABLISHED: /* IPVS counts an SCTP association active only when established */
 		return PYVS_COUNTED_ACTIVE;
 	default:
 		return PYVS_COUNTED_INACTIVE;
@@ -373,6 +377,7 @@ static __always_inline __u32 *persistent_pick(const struct pyvs_svc *svc, const 
 }
 
 #include "nat.h"
+#include "adm_est.h" /* the rate estimator: reads nat.h's out_stats */
 
 /* ---- the sweeper: one shard of each table per step, a pass over all of them every pass_ticks ---- */
 
@@ -730,13 +735,17 @@ static __always_inline enum parse_result parse_rest6(struct xdp_md *ctx, void *d
 	p->l4_off = w.off;
 	if (result == PARSE_FRAGMENT)
 		return PARSE_FRAGMENT;
-	if (w.next != IPPROTO_TCP && w.next != IPPROTO_UDP)
+	if (!balanced(w.next))
 		return PARSE_OTHER_L4;
-	if (w.off > IP6_HEADERS_MAX ||
-	    w.off + (w.next == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) > w.limit)
+	if (w.off > IP6_HEADERS_MAX || w.off + l4_min_len(w.next) > w.limit)
 		return PARSE_TRUNCATED;
 	l4 = (void *)ip6h + ip6_bounded(w.off);
-	if (w.next == IPPROTO_TCP) {
+	if (w.next == IPPROTO_SCTP) {
+		if (parse_sctp(l4, data_end, &p->base) != PARSE_OK)
+			return PARSE_TRUNCATED;
+		p->key->sport = p->base.sport;
+		p->key->dport = p->base.dport;
+	} else if (w.next == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 
 		if ((void *)(th + 1) > data_end)
@@ -836,7 +845,7 @@ static __noinline int icmp_to_vip(struct xdp_md *ctx, struct packet *pkt, void *
 	inner = (void *)(icmp + 1);
 	if ((void *)(inner + 1) > data_end || inner->version != 4 || inner->ihl < 5)
 		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
-	if (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP)
+	if (!balanced(inner->protocol))
 		return pass(PYVS_CNT_PASS_ICMP); /* about the director's own ICMP, or a protocol pyvs does not balance */
 	if (inner->frag_off & bpf_htons(IP_OFFSET))
 		return pass(PYVS_CNT_PASS_ICMP_NO_CONN); /* a non-first fragment quotes no ports */
@@ -908,7 +917,7 @@ __noinline int pyvs_icmp6(struct xdp_md *ctx)
 	default:
 		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
 	}
-	if (w.next != IPPROTO_TCP && w.next != IPPROTO_UDP)
+	if (!balanced(w.next))
 		return pass(PYVS_CNT_PASS_ICMP);
 	if (w.off > IP6_HEADERS_MAX || w.off + 4 > w.limit)
 		return drop(PYVS_CNT_DROP_ICMP_MALFORMED);
@@ -998,11 +1007,13 @@ static __always_inline int onepacket_fragment(const struct packet *pkt, const in
 	return (pkt->iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
 }
 
+#include "fwmark.h"
+
 /* The connection path of a TCP/UDP packet to a VIP, for either family: `ckey` is the packet's key in the family's
  * tables (a struct pyvs_conn_key, or pyvs_conn6_key when `v6`, a constant: each caller gets its own code), and
  * pkt->saddr/daddr what the schedulers hash (IPv6: the addresses' words xor-ed, as IPVS folds them). */
-static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg, struct packet *pkt, void *ckey,
-				     const int v6)
+static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct packet *pkt, void *ckey, const int v6,
+				     const int fwmark)
 {
 	struct pyvs_conn *conn, *half = NULL, fresh = {};
 	struct pyvs_sweep_stats *st;
@@ -1019,6 +1030,8 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 
 	if (pkt->proto == IPPROTO_TCP)
 		event = tcp_event(pkt->tcp_flags);
+	else if (pkt->proto == IPPROTO_SCTP)
+		event = sctp_miss_event(pkt->tcp_flags);
 	st = sweep_stats();
 	now = clock_now(st);
 	parity = st ? st->parity : 0;
@@ -1065,8 +1078,9 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 			return drop(PYVS_CNT_DROP_REAL_GONE);
 		}
 		masq = conn->flags & PYVS_CONN_F_MASQ;
-		if (pkt->proto == IPPROTO_TCP && conn != half) {
-			state = tcp_next_state_for(conn->state, event, conn->flags);
+		if ((pkt->proto == IPPROTO_TCP && conn != half) || pkt->proto == IPPROTO_SCTP) {
+			state = pkt->proto == IPPROTO_SCTP ? sctp_next_state(conn->state, pkt->tcp_flags)
+							   : tcp_next_state_for(conn->state, event, conn->flags);
 			if (state != conn->state) {
 				conn->state = state;
 				recount(conn, conn_class(state));
@@ -1076,9 +1090,10 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 		if (conn->last_seen != now)
 			conn->last_seen = now;
 	} else {
-		svc = v6 ? find_service6(ckey, &vport) : find_service(pkt, &vport);
+		svc = fwmark ? find_fwmark_service(ctx, pkt, &vport, v6) : v6 ? find_service6(ckey, &vport)
+									  : find_service(pkt, &vport);
 		if (!svc) {
-			if (!v6) { /* a NAT reply whose client's address shares a VIP's pre-filter slot */
+			if (!v6 && !fwmark) { /* a NAT reply whose client's address shares a VIP's pre-filter slot */
 				action = nat_reply(ctx, pkt, 0);
 				if (action >= 0)
 					return action;
@@ -1088,6 +1103,8 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 		/* IPVS's miss rules: only a SYN starts a TCP connection (any packet but RST with sloppy_tcp). */
 		if (event == EV_RST)
 			return pass(PYVS_CNT_PASS_MISS_RST);
+		if (pkt->proto == IPPROTO_SCTP && event != EV_SYN)
+			return pass(PYVS_CNT_PASS_MISS_SCTP);
 		if (pkt->proto == IPPROTO_TCP && event != EV_SYN && !(cfg->flags & PYVS_CFG_SLOPPY_TCP))
 			return pass(event == EV_FIN ? PYVS_CNT_PASS_MISS_FIN : PYVS_CNT_PASS_MISS_ACK);
 		if (svc->flags & PYVS_SVC_F_PERSISTENT)
@@ -1103,9 +1120,9 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 		svc_index = svc->index;
 		if ((svc->flags & PYVS_SVC_F_ONEPACKET) && pkt->proto == IPPROTO_UDP) {
 			/* ipvsadm -o: IPVS binds a one-packet connection and expires it after the packet; here no
-			 * entry at all, the counts do not move. A fragmented datagram keeps an entry (below) for 1 s
-			 * idle, so that its other fragments follow its first one. */
-			if (!onepacket_fragment(pkt, v6)) {
+			 * entry at all, the counts do not move. A fragmented datagram, or one to a NAT real (its reply
+			 * needs the entry), keeps an entry (below) for 1 s idle. A fwmark service's UDP too, as IPVS. */
+			if (!onepacket_fragment(pkt, v6) && !(real->flags & PYVS_REAL_FWD_MASQ)) {
 				count(PYVS_CNT_ONEPACKET);
 				count(PYVS_CNT_CONN_NEW);
 				new_conn = 1;
@@ -1113,7 +1130,9 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 			}
 			fresh.timeout = 1;
 		}
-		state = pkt->proto == IPPROTO_TCP ? tcp_next_state(PYVS_STATE_NONE, event) : PYVS_STATE_UDP;
+		state = pkt->proto == IPPROTO_TCP    ? tcp_next_state(PYVS_STATE_NONE, event)
+			: pkt->proto == IPPROTO_SCTP ? sctp_next_state(PYVS_STATE_SCTP_NONE, pkt->tcp_flags)
+						     : PYVS_STATE_UDP;
 		new_entry(&fresh, real_id, real, svc_index, state, parity, now);
 		if (svc->flags & PYVS_SVC_F_PERSISTENT)
 			fresh.flags = PYVS_CONN_F_PERSISTED;
@@ -1148,18 +1167,20 @@ static __always_inline int conn_path(struct xdp_md *ctx, struct pyvs_config *cfg
 forward:
 	if (!has_mac(real))
 		return drop(PYVS_CNT_DROP_NO_MAC);
-	if (!v6 && masq && nat_forward(ctx, pkt, ckey, real, new_conn ? (table == main_shard ? 1 : 2) : 0) < 0)
+	if (fwmark && (masq || (real->flags & PYVS_REAL_FWD_TUNNEL)))
+		return drop(PYVS_CNT_DROP_FWM); /* pyvs_fwm forwards by direct routing only (yet) */
+	if (!v6 && masq && !fwmark && nat_forward(ctx, pkt, ckey, real, new_conn ? (table == main_shard ? 1 : 2) : 0) < 0)
 		return drop(PYVS_CNT_DROP_MALFORMED);
 	account(svc_index, pkt->tot_len, new_conn);
 	account(PYVS_MAX_SERVICES + real_id, pkt->tot_len, new_conn);
-	if (!v6 && (real->flags & PYVS_REAL_FWD_TUNNEL)) {
+	if (!v6 && !fwmark && (real->flags & PYVS_REAL_FWD_TUNNEL)) {
 		int action = tunnel_xmit(ctx, real_id);
 
 		return action >= 0 ? action : frag_needed(ctx, -action); /* a DF packet too big for the tunnel */
 	}
 	__builtin_memcpy(pkt->eth->h_dest, real->dmac, ETH_ALEN);
 	__builtin_memcpy(pkt->eth->h_source, real->smac, ETH_ALEN);
-	return transmit(ctx, pkt->eth, real);
+	return fwmark ? fwm_transmit(ctx, real) : transmit(ctx, pkt->eth, real);
 }
 
 /* An IPv6 frame: pyvs_xdp saw its EtherType and tail-called this program (PYVS_CALL_IPV6 in `calls`). Traffic that
@@ -1215,7 +1236,7 @@ int pyvs_xdp6(struct xdp_md *ctx)
 #ifdef PYVS_BENCH_NEW_FLOWS
 	p.key->saddr.w[3] ^= bpf_get_prandom_u32(); /* benchmarks only: every packet starts a new flow */
 #endif
-	return conn_path(ctx, cfg, &p.base, p.key, 1);
+	return conn_path(ctx, cfg, &p.base, p.key, 1, 0);
 }
 
 SEC("xdp")
@@ -1270,7 +1291,7 @@ int pyvs_xdp(struct xdp_md *ctx)
 	ckey.sport = pkt.sport;
 	ckey.dport = pkt.dport;
 	ckey.proto = pkt.proto;
-	return conn_path(ctx, cfg, &pkt, &ckey, 0);
+	return conn_path(ctx, cfg, &pkt, &ckey, 0, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";
