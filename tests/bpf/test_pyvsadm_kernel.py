@@ -97,6 +97,11 @@ def test_save_clear_restore_round_trips_byte_exactly(director: Dataplane) -> Non
     assert pyvsadm(director, "-L -n")[1].count("\n") == 3
     assert pyvsadm(director, "-R", stdin=saved)[0] == 0
     assert pyvsadm(director, "-S -n")[1] == saved
+    listing = pyvsadm(director, "-L -n")[1]
+    for row in ("  -> 198.18.2.12:8080             Masq    2", "  -> 198.18.2.12:443              Tunnel  1",
+                "SCTP 198.18.0.100:3868 sh (sh-port)", "FWM  1 rr persistent 300 mask 255.255.255.0",
+                "FWM  2 IPv6 wrr", "UDP  198.18.0.100:53 rr persistent 60 ops"):
+        assert row in listing, (row, listing)
 
 
 @pytest.mark.parametrize(
@@ -149,6 +154,11 @@ def test_persistent_service_with_mask_and_flags_lists_and_saves_as_ipvsadm(direc
     assert pyvsadm(director, "-C")[0] == 0
     assert pyvsadm(director, "-R", stdin=saved)[0] == 0
     assert pyvsadm(director, "-S -n")[1] == saved
+    listing = pyvsadm(director, "-L -n")[1]
+    for row in ("  -> 198.18.2.12:8080             Masq    2", "  -> 198.18.2.12:443              Tunnel  1",
+                "SCTP 198.18.0.100:3868 sh (sh-port)", "FWM  1 rr persistent 300 mask 255.255.255.0",
+                "FWM  2 IPv6 wrr", "UDP  198.18.0.100:53 rr persistent 60 ops"):
+        assert row in listing, (row, listing)
 
 
 def test_ipv6_rules_program_the_maps_and_a_packet_is_forwarded(director: Dataplane) -> None:
@@ -199,6 +209,11 @@ def test_ipv6_save_restore_edit_and_a_mixed_family_refusal(director: Dataplane) 
     assert pyvsadm(director, "-S -n")[1] == before
     assert pyvsadm(director, "-C")[0] == 0 and pyvsadm(director, "-R", stdin=saved)[0] == 0
     assert pyvsadm(director, "-S -n")[1] == saved
+    listing = pyvsadm(director, "-L -n")[1]
+    for row in ("  -> 198.18.2.12:8080             Masq    2", "  -> 198.18.2.12:443              Tunnel  1",
+                "SCTP 198.18.0.100:3868 sh (sh-port)", "FWM  1 rr persistent 300 mask 255.255.255.0",
+                "FWM  2 IPv6 wrr", "UDP  198.18.0.100:53 rr persistent 60 ops"):
+        assert row in listing, (row, listing)
     assert pyvsadm(director, "-E -t [2001:db8::100]:443 -s rr")[0] == 0
     assert pyvsadm(director, "-e -t [2001:db8::100]:443 -r [2001:db8:2::11]:443 -w 5")[0] == 0
     listing = pyvsadm(director, "-L -n -t [2001:db8::100]:443")[1]
@@ -249,3 +264,39 @@ def test_rate_and_exact_stats_list_every_service(director: Dataplane) -> None:
     assert stats[3] == "TCP  198.18.0.100:80                     0        0        0        0        0"
     code, _, err = pyvsadm(director, "-A -u 198.18.0.100:5060 -p --pe sip")
     assert code == 2 and "no SIP parser" in err
+
+
+EVERY_OPTION_RULES = """\
+-A -t 198.18.0.100:80 -s wlc
+-a -t 198.18.0.100:80 -r 198.18.2.11:80 -g -w 1 -x 100 -y 80
+-a -t 198.18.0.100:80 -r 198.18.2.12:8080 -m -w 2
+-A -t 198.18.0.100:443 -s mh -b mh-port --mh-table-size 65521
+-a -t 198.18.0.100:443 -r 198.18.2.11:443 -i -w 1 --tun-type gue --tun-port 6080 --tun-csum
+-a -t 198.18.0.100:443 -r 198.18.2.12:443 -i -w 1 --tun-type ipip
+-A -u 198.18.0.100:53 -s rr -p 60 -o
+-a -u 198.18.0.100:53 -r 198.18.2.11:53 -g -w 1
+-A --sctp-service 198.18.0.100:3868 -s sh -b sh-port
+-a --sctp-service 198.18.0.100:3868 -r 198.18.2.11:3868 -g -w 1
+-A -u [2001:db8::100]:53 -s mh -p 300 -M 64 -o -b mh-fallback,mh-port
+-a -u [2001:db8::100]:53 -r [2001:db8:2::11]:53 -g -w 3 -x 7 -y 2
+-A -f 1 -s rr -p 300 -M 255.255.255.0
+-a -f 1 -r 198.18.2.11:0 -g -w 1
+-A -f 2 -6 -s wrr
+-a -f 2 -6 -r [2001:db8:2::11]:0 -g -w 1
+"""
+
+
+def test_a_rule_file_with_every_option_round_trips(director: Dataplane) -> None:
+    """-R then -S -n, -C, -R again: the same text, with every forwarding method, service kind and option."""
+    code, _, err = pyvsadm(director, "-R", stdin=EVERY_OPTION_RULES)
+    assert code == 0, err
+    saved = pyvsadm(director, "-S -n")[1]
+    assert saved == EVERY_OPTION_RULES
+    assert pyvsadm(director, "-C")[0] == 0
+    assert pyvsadm(director, "-R", stdin=saved)[0] == 0
+    assert pyvsadm(director, "-S -n")[1] == saved
+    listing = pyvsadm(director, "-L -n")[1]
+    for row in ("  -> 198.18.2.12:8080             Masq    2", "  -> 198.18.2.12:443              Tunnel  1",
+                "SCTP 198.18.0.100:3868 sh (sh-port)", "FWM  1 rr persistent 300 mask 255.255.255.0",
+                "FWM  2 IPv6 wrr", "UDP  198.18.0.100:53 rr persistent 60 ops"):
+        assert row in listing, (row, listing)
