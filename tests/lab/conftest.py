@@ -16,6 +16,18 @@ from pyvs.lab.topology import Topology, default_topology
 LAB_PREFIX = os.environ.get("PYVS_TEST_LAB_PREFIX", "pyvst")
 
 
+def lab_up(topo: Topology) -> Iterator[Topology]:
+    """A module's own lab: whatever an earlier run left is taken down, then the lab is brought up, yielded and always
+    taken down (also at exit, if the run is interrupted). For a fixture: `yield from lab_up(topo)`."""
+    atexit.register(lab_api.down, topo)
+    lab_api.down(topo)
+    try:
+        lab_api.up(topo)
+        yield topo
+    finally:
+        lab_api.down(topo)
+
+
 @pytest.fixture(scope="session")
 def lab_topology() -> Topology:
     return default_topology(prefix=LAB_PREFIX)

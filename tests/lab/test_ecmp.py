@@ -5,7 +5,6 @@ downloads from the client while directors are killed, cut off, stopped, detached
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from pyvs.lab import lab as lab_api
 from pyvs.lab.flows import Attempt, Download, RequestLoop
 from pyvs.lab.topology import HOLD_TIME, Node, Topology, director_address, ecmp_topology
 
-from .conftest import LAB_PREFIX
+from .conftest import LAB_PREFIX, lab_up
 
 DIRECTORS = 3
 HOLD = HOLD_TIME
@@ -38,13 +37,7 @@ RATE = 300_000
 def ecmp_lab() -> Iterator[Topology]:
     """Three directors behind the router, up for this module and always torn down."""
     topo = ecmp_topology(prefix=f"{LAB_PREFIX}e", directors=DIRECTORS)
-    atexit.register(lab_api.down, topo)
-    lab_api.down(topo)
-    try:
-        lab_api.up(topo)
-        yield topo
-    finally:
-        lab_api.down(topo)
+    yield from lab_up(topo)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and withdraws a killed director, whose downloads go on through the other to the 
 
 from __future__ import annotations
 
-import atexit
 import json
 import time
 from collections.abc import Iterator
@@ -12,11 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from pyvs.lab import ecmp
-from pyvs.lab import lab as lab_api
 from pyvs.lab.flows import Download, RequestLoop
 from pyvs.lab.topology import HOLD_TIME, Topology, default_topology, director_address6, ecmp_topology
 
-from .conftest import LAB_PREFIX
+from .conftest import LAB_PREFIX, lab_up
 from .test_ecmp import DOWNLOAD_SIZE, RATE, assert_completed, failures, status, wait_for
 
 DIRECTORS = 2
@@ -26,13 +24,7 @@ DIRECTORS = 2
 def lab6() -> Iterator[Topology]:
     prefix = f"{LAB_PREFIX}e6"
     topo = ecmp_topology(prefix=prefix, directors=DIRECTORS, base=default_topology(prefix, ipv6=True))
-    atexit.register(lab_api.down, topo)
-    lab_api.down(topo)
-    try:
-        lab_api.up(topo)
-        yield topo
-    finally:
-        lab_api.down(topo)
+    yield from lab_up(topo)
 
 
 def test_the_ipv6_vip_is_announced_by_every_director_and_flows_spread(lab6: Topology) -> None:

@@ -4,31 +4,24 @@ the client through the gateway; the replies pass the director (XDP rewrites them
 
 from __future__ import annotations
 
-import atexit
 import sys
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
-from pyvs.lab import lab as lab_api
 from pyvs.lab.director import open_director
 from pyvs.lab.topology import Topology, nat_topology
 from pyvs.lab.traffic import director_port_bytes, http_get, udp_ask
 from pyvs.netns import in_netns, run_in_netns
 
-from .conftest import LAB_PREFIX
+from .conftest import LAB_PREFIX, lab_up
 
 
 @pytest.fixture(scope="module")
 def nat_lab() -> Iterator[Topology]:
     topo = nat_topology(prefix=f"{LAB_PREFIX}n")
-    atexit.register(lab_api.down, topo)
-    try:
-        lab_api.up(topo)
-        yield topo
-    finally:
-        lab_api.down(topo)
+    yield from lab_up(topo)
 
 
 def pyvsadm(topo: Topology, *args: str) -> str:

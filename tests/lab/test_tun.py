@@ -5,7 +5,6 @@ tunnel (ICMP fragmentation needed from the director)."""
 
 from __future__ import annotations
 
-import atexit
 import http.client
 import sys
 from collections import Counter
@@ -20,18 +19,13 @@ from pyvs.lab.topology import FAR_RIP, GUE_PORT, Topology, tun_topology
 from pyvs.lab.traffic import director_port_bytes, http_get, udp_ask
 from pyvs.netns import in_netns, run_in_netns
 
-from .conftest import LAB_PREFIX
+from .conftest import LAB_PREFIX, lab_up
 
 
 @pytest.fixture(scope="module")
 def tun_lab() -> Iterator[Topology]:
     topo = tun_topology(prefix=f"{LAB_PREFIX}t")
-    atexit.register(lab_api.down, topo)
-    try:
-        lab_api.up(topo)
-        yield topo
-    finally:
-        lab_api.down(topo)
+    yield from lab_up(topo)
 
 
 def pyvsadm(topo: Topology, *args: str) -> str:

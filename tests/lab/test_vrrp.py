@@ -8,7 +8,6 @@ it ([sync] in both daemons) they complete."""
 
 from __future__ import annotations
 
-import atexit
 import json
 import re
 import sys
@@ -25,7 +24,7 @@ from pyvs.lab import lab as lab_api
 from pyvs.lab.flows import Attempt, Download, RequestLoop
 from pyvs.lab.topology import Node, Topology, vrrp_topology
 
-from .conftest import LAB_PREFIX
+from .conftest import LAB_PREFIX, lab_up
 
 DOWNLOAD_SIZE = 3 << 20  # bytes, read at RATE: each download lasts ~10 s
 RATE = 300_000
@@ -36,13 +35,7 @@ TAKEOVER_SLACK = 0.3  # seconds beyond VRRP's master-down interval: keepalived's
 def vrrp_lab() -> Iterator[Topology]:
     """The active/backup pair, up for this module and always torn down."""
     topo = vrrp_topology(prefix=f"{LAB_PREFIX}r")
-    atexit.register(lab_api.down, topo)
-    lab_api.down(topo)
-    try:
-        lab_api.up(topo)
-        yield topo
-    finally:
-        lab_api.down(topo)
+    yield from lab_up(topo)
 
 
 @pytest.fixture

@@ -69,22 +69,31 @@ def ecmp_rules(topo: Topology) -> Rules:
     return rules
 
 
-def daemon_config(topo: Topology, node: Node) -> str:
-    """`pyvs director run`'s config for one of the lab's directors: the lab's rules, health checks, [bgp]."""
-    assert topo.bgp is not None
-    number = director_names(MAX_DIRECTORS).index(node.name) + 1
+def services_config(rules: Rules) -> str:
+    """The [[service]] tables of a lab director's daemon config: each service of `rules` with its reals, an HTTP
+    check on TCP ones."""
     def reals(svc: Service) -> str:
         return "".join(f'\n[[service.real]]\naddress = "{real.rip}"\n' for real in svc.reals.values())
 
-    services = "".join(f"""
+    def flags(svc: Service) -> str:
+        return f"scheduler_flags = {list(svc.sched_flags)!r}\n".replace("'", '"') if svc.sched_flags else ""
+
+    check = 'check = { type = "http", path = "/", interval = 1, timeout = 1, fall = 2 }'
+    return "".join(f"""
 [[service]]
 proto = "{svc.key.proto.label.lower()}"
 vip = "{svc.key.vip}"
 port = {svc.key.port}
 scheduler = "{svc.scheduler}"
-scheduler_flags = {list(svc.sched_flags)!r}
-{'check = { type = "http", path = "/", interval = 1, timeout = 1, fall = 2 }' if svc.key.proto.name == "TCP" else ""}
-{reals(svc)}""".replace("'", '"') for svc in ecmp_rules(topo).sorted_services())
+{flags(svc)}{check if svc.key.proto.name == "TCP" else ""}
+{reals(svc)}""" for svc in rules.sorted_services())
+
+
+def daemon_config(topo: Topology, node: Node) -> str:
+    """`pyvs director run`'s config for one of the lab's directors: the lab's rules, health checks, [bgp]."""
+    assert topo.bgp is not None
+    number = director_names(MAX_DIRECTORS).index(node.name) + 1
+    services = services_config(ecmp_rules(topo))
     next_hop6 = f'next_hop6 = "{director_address6(number)}"\n' if topo.ipv6 else ""
     return f"""# {node.name} of lab {topo.prefix}: written by `pyvs lab up --directors N`
 [director]

@@ -83,15 +83,7 @@ vrrp_instance {INSTANCE} {{
 def daemon_config(topo: Topology, node: Node, sync: str = "") -> str:
     """`pyvs director run`'s config for a director of the VRRP lab: the lab's rules (rr), health checks, [vrrp];
     `sync` is a [sync] section to add (connection sync between the two)."""
-    reals = "".join(f'\n[[service.real]]\naddress = "{topo.address_of(real.name)}"\n' for real in topo.reals)
-    services = "".join(f"""
-[[service]]
-proto = "{svc.key.proto.label.lower()}"
-vip = "{svc.key.vip}"
-port = {svc.key.port}
-scheduler = "{svc.scheduler}"
-{'check = { type = "http", path = "/", interval = 1, timeout = 1, fall = 2 }' if svc.key.proto.name == "TCP" else ""}
-{reals}""" for svc in rules(topo).sorted_services())
+    services = ecmp.services_config(rules(topo))
     return f"""# {node.name} of lab {topo.prefix}: written by `pyvs lab up --vrrp`
 [director]
 interface = "{topo.ports(node.name)[0].ifname}"
