@@ -97,11 +97,6 @@ def test_save_clear_restore_round_trips_byte_exactly(director: Dataplane) -> Non
     assert pyvsadm(director, "-L -n")[1].count("\n") == 3
     assert pyvsadm(director, "-R", stdin=saved)[0] == 0
     assert pyvsadm(director, "-S -n")[1] == saved
-    listing = pyvsadm(director, "-L -n")[1]
-    for row in ("  -> 198.18.2.12:8080             Masq    2", "  -> 198.18.2.12:443              Tunnel  1",
-                "SCTP 198.18.0.100:3868 sh (sh-port)", "FWM  1 rr persistent 300 mask 255.255.255.0",
-                "FWM  2 IPv6 wrr", "UDP  198.18.0.100:53 rr persistent 60 ops"):
-        assert row in listing, (row, listing)
 
 
 @pytest.mark.parametrize(
@@ -154,11 +149,6 @@ def test_persistent_service_with_mask_and_flags_lists_and_saves_as_ipvsadm(direc
     assert pyvsadm(director, "-C")[0] == 0
     assert pyvsadm(director, "-R", stdin=saved)[0] == 0
     assert pyvsadm(director, "-S -n")[1] == saved
-    listing = pyvsadm(director, "-L -n")[1]
-    for row in ("  -> 198.18.2.12:8080             Masq    2", "  -> 198.18.2.12:443              Tunnel  1",
-                "SCTP 198.18.0.100:3868 sh (sh-port)", "FWM  1 rr persistent 300 mask 255.255.255.0",
-                "FWM  2 IPv6 wrr", "UDP  198.18.0.100:53 rr persistent 60 ops"):
-        assert row in listing, (row, listing)
 
 
 def test_ipv6_rules_program_the_maps_and_a_packet_is_forwarded(director: Dataplane) -> None:
@@ -209,11 +199,6 @@ def test_ipv6_save_restore_edit_and_a_mixed_family_refusal(director: Dataplane) 
     assert pyvsadm(director, "-S -n")[1] == before
     assert pyvsadm(director, "-C")[0] == 0 and pyvsadm(director, "-R", stdin=saved)[0] == 0
     assert pyvsadm(director, "-S -n")[1] == saved
-    listing = pyvsadm(director, "-L -n")[1]
-    for row in ("  -> 198.18.2.12:8080             Masq    2", "  -> 198.18.2.12:443              Tunnel  1",
-                "SCTP 198.18.0.100:3868 sh (sh-port)", "FWM  1 rr persistent 300 mask 255.255.255.0",
-                "FWM  2 IPv6 wrr", "UDP  198.18.0.100:53 rr persistent 60 ops"):
-        assert row in listing, (row, listing)
     assert pyvsadm(director, "-E -t [2001:db8::100]:443 -s rr")[0] == 0
     assert pyvsadm(director, "-e -t [2001:db8::100]:443 -r [2001:db8:2::11]:443 -w 5")[0] == 0
     listing = pyvsadm(director, "-L -n -t [2001:db8::100]:443")[1]
