@@ -325,22 +325,35 @@ def rs1_mac_in_the_data_plane(topo: Topology) -> set[str]:
 @pytest.mark.parametrize("follow", [False, True], ids=["report-only", "follow-real-macs"])
 def test_a_forged_arp_reply_for_rs1_does_not_move_its_flows(attacked: Topology, follow: bool) -> None:
     rs1, attacker = mac_of(attacked, "rs1"), mac_of(attacked, "attacker")
+    director = attacked.director.netns
     assert rs1_mac_in_the_data_plane(attacked) == {rs1}
-    with arpwatch(attacked, *(["--follow-real-macs"] if follow else [])) as watch:
-        forge_real_reply(attacked, "198.18.2.11")
-        claim = watch.expect("real_mac_change", ip="198.18.2.11", mac=attacker)
-        if follow:
-            rejected = watch.expect("real_mac_rejected", ip="198.18.2.11", mac=attacker)
-            assert "still answers" in rejected["detail"]
-        else:
-            assert "not followed" in claim["detail"]
-            time.sleep(1.0)
-        after = rs1_mac_in_the_data_plane(attacked)
-        served = Counter(http_get(attacked.client.netns, attacked.public_ip, timeout=3).server for _ in range(4))
-        summary = watch.stop()
+    # the director knows rs1, and for longer than the kernel's ARP lock time (1 s), so a reply may move it
+    run_in_netns(director, ["ip", "neigh", "replace", "198.18.2.11", "lladdr", rs1, "dev", "eth0", "nud", "reachable"])
+    time.sleep(1.2)
+    try:
+        with arpwatch(attacked, *(["--follow-real-macs"] if follow else [])) as watch:
+            forge_real_reply(attacked, "198.18.2.11")
+            claim = watch.expect("real_mac_change", ip="198.18.2.11", mac=attacker)
+            if follow:
+                rejected = watch.expect("real_mac_rejected", ip="198.18.2.11", mac=attacker)
+                assert "still answers" in rejected["detail"]
+            else:
+                assert "not followed" in claim["detail"]
+                time.sleep(1.0)
+            after = rs1_mac_in_the_data_plane(attacked)
+            kernel_entry = neighbour(director, "eth0", "198.18.2.11")[0]
+            served = Counter(http_get(attacked.client.netns, attacked.public_ip, timeout=3).server for _ in range(4))
+            summary = watch.stop()
+    finally:  # the kernel took the forged reply: a later resolve in this lab must not find the attacker
+        run_in_netns(director, ["ip", "neigh", "del", "198.18.2.11", "dev", "eth0"], check=False)
     assert after == {rs1} and served == {"rs1": 2, "rs2": 2}
     assert not any(e["event"] == "real_mac_verified" for e in watch.seen)
     assert summary["counters"].get("real_mac_updates", 0) == 0
+    if follow:  # the rejected claim is undone in the director's own neighbour table too
+        assert kernel_entry == rs1 and "neighbour entry is back at" in rejected["detail"]
+        assert summary["counters"]["neighbour_restored"] == 1
+    else:  # report only: nothing is done (the guard's next probe answered by rs1 may heal the entry)
+        assert "neighbour_restored" not in summary["counters"]
 
 
 # -- VIP takeover -----------------------------------------------------------------------------------------

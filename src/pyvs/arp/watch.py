@@ -11,7 +11,8 @@ talks. It reports structured events:
   would send the real's flows to the forger). With --follow-real-macs the claim is verified: a unicast ARP probe
   goes to the old MAC and to the new one; when within `verify_time` the new MAC answers and the old one does not,
   real_mac_verified is reported and the data plane follows (Dataplane.set_real_mac, only entries still at the old
-  MAC); otherwise real_mac_rejected says why;
+  MAC); otherwise real_mac_rejected says why, and the director's own neighbour entry, if the claim moved it, is
+  put back at the kept MAC (the kernel takes an unasked ARP reply; a later resolve would take the forger);
 - pinned_mac_violation: a pinned address is claimed by another MAC (the pin holds);
 - flip_flop: an address changed MAC `flip_count` times within `flip_window` seconds;
 - garp_flood: more than `garp_limit` gratuitous ARPs from one address within a second;
@@ -69,6 +70,7 @@ from pyvs.model import IPAddress, address_order
 log = logging.getLogger(__name__)
 
 NUD_PERMANENT = ndmsg.NUD_PERMANENT
+NUD_REACHABLE = ndmsg.NUD_REACHABLE
 REANNOUNCE_AFTER = (0.0, 0.5, 1.0)  # seconds after a contest
 REANNOUNCE_GAP = 0.2  # never two announcements closer than this
 RULES_REFRESH = 2.0
@@ -382,10 +384,25 @@ class Watcher:
             entries = f"{changed} data plane entr{'y' if changed == 1 else 'ies'}"
             event = Event(event.event, event.ip, event.mac, event.time, event.old_mac, event.role,
                           f"{event.detail}: {entries} now at {event.mac}")
+        if event.event == "real_mac_rejected" and event.old_mac and self._restore_neighbour(event):
+            event = Event(event.event, event.ip, event.mac, event.time, event.old_mac, event.role,
+                          f"{event.detail}; the director's neighbour entry is back at {event.old_mac}")
         self.emit(event)
         if self.defend and event.event in DEFENDED:
             self._announce_at = sorted({*self._announce_at, *(now + d for d in REANNOUNCE_AFTER)})
             self._announce(sock, now)
+
+    def _restore_neighbour(self, event: Event) -> bool:
+        """After a rejected claim: the kernel's neighbour entry for the real, if the claim's ARP moved it to the
+        rejected MAC, is put back at the MAC the data plane keeps (else a later resolve, by pyvsadm or a reload,
+        would take the forged MAC). Returns whether it was changed."""
+        ip, ifindex = IPv4Address(event.ip), interface_index(self.ifname)
+        if _neighbours(ifindex).get(ip, ("", 0))[0] != event.mac:
+            return False
+        with IPRoute() as ipr:
+            ipr.neigh("replace", dst=event.ip, lladdr=event.old_mac, ifindex=ifindex, state=NUD_REACHABLE)
+        self.guard.counters["neighbour_restored"] += 1
+        return True
 
     def run(self, duration: float | None = None) -> Counter[str]:
         """Watch until `duration` seconds have passed (None: until interrupted); returns the counters."""
@@ -440,8 +457,9 @@ class GuardCollector(Collector):
         frames.add_metric([], counters.pop("arp_frames", 0))
         yield frames
         actions = CounterMetricFamily("pyvs_arp_actions", "What the guard did: probes sent, VIPs announced, "
-                                      "real MACs updated in the data plane", labels=["action"])
-        for action in ("probes_sent", "vip_announced", "real_mac_updates"):
+                                      "real MACs updated in the data plane, the director's neighbour entries "
+                                      "put back after a rejected claim", labels=["action"])
+        for action in ("probes_sent", "vip_announced", "real_mac_updates", "neighbour_restored"):
             actions.add_metric([action], counters.pop(action, 0))
         yield actions
         events = CounterMetricFamily("pyvs_arp_events", "Events the guard reported, by kind", labels=["event"])
