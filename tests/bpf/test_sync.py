@@ -11,12 +11,21 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
+from scapy.layers.sctp import SCTP, SCTPChunkCookieEcho, SCTPChunkData, SCTPChunkInit
 from scapy.packet import Raw
 
 from pyvs.dataplane import Dataplane, abi, libbpf, scratch_dataplane
 from pyvs.dataplane.synctable import SyncTable, set_sync, sync_events_fd
-from pyvs.model import Protocol, Real, Rules, Service, ServiceKey
-from pyvs.sync.codec import CONN_F_INACTIVE, CONN_F_TEMPLATE, decode_message, encode_message
+from pyvs.model import Forwarding, Protocol, Real, Rules, Service, ServiceKey, fwmark_key
+from pyvs.sync.codec import (
+    CONN_F_DROUTE,
+    CONN_F_FWD_MASK,
+    CONN_F_INACTIVE,
+    CONN_F_MASQ,
+    CONN_F_TEMPLATE,
+    decode_message,
+    encode_message,
+)
 from pyvs.sync.engine import SyncStats, apply_conn, conn_of_event
 
 from .conftest import CLIENT_MAC, DIRECTOR_MAC, REALS, static_neighbours
@@ -29,6 +38,7 @@ RS6 = [IPv6Address(f"2001:db8:2::{n}") for n in (11, 12, 13)]
 TCP80 = ServiceKey(Protocol.TCP, VIP, 80)
 UDP53 = ServiceKey(Protocol.UDP, VIP, 53)
 TCP6 = ServiceKey(Protocol.TCP, VIP6, 80)
+TC_ACT_SHOT = 2
 
 
 def service(key: ServiceKey, reals: list, scheduler: str = "rr", persistent: int | None = None) -> Service:  # type: ignore[type-arg]
@@ -230,3 +240,85 @@ def test_the_master_sends_again_the_connections_that_saw_packets_since_its_last_
     finally:
         engine.close()
     assert not master.counters()["sync_events_lost"]
+
+
+# -- what each kind of connection carries: SCTP's states, a NAT real's method, a firewall mark -------------------
+
+SCTP3868 = ServiceKey(Protocol.SCTP, VIP, 3868)
+FWM1 = fwmark_key(1)
+IP_VS_SCTP_S_INIT1, IP_VS_SCTP_S_ESTABLISHED = 1, 8  # include/net/ip_vs.h, enum ip_vs_sctp_states
+
+
+def sctp(*chunks, sport: int = 40000, tag: int = 0) -> bytes:  # type: ignore[no-untyped-def]
+    body = SCTP(sport=sport, dport=3868, tag=tag)
+    for chunk in chunks:
+        body = body / chunk
+    return bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src=CLIENT, dst=str(VIP)) / body)
+
+
+def both(pair: tuple[Dataplane, Dataplane], *services: Service) -> None:
+    for dp in pair:
+        dp.apply(Rules({svc.key: svc for svc in services}))
+
+
+def test_sctp_associations_are_synced_in_ipvs_state_numbers(pair: tuple[Dataplane, Dataplane]) -> None:
+    master, backup = pair
+    both(pair, service(SCTP3868, RS[:2]))
+    set_sync(master, True)
+    assert real_of(master.test_run(sctp(SCTPChunkInit(init_tag=7))).data) == RS[0]
+    assert real_of(master.test_run(sctp(SCTPChunkCookieEcho(cookie=b"c" * 16), tag=7)).data) == RS[0]
+    table = SyncTable(master)
+    conns = [c for c in (conn_of_event(ev, table) for ev in events(master)) if c is not None]
+    assert [(c.state, bool(c.flags & CONN_F_INACTIVE)) for c in conns] == [
+        (IP_VS_SCTP_S_INIT1, True), (IP_VS_SCTP_S_ESTABLISHED, False)]
+    decoded = decode_message(encode_message(conns, 7), 7)
+    assert decoded.skipped == 0  # IPVS would take both (a state below IP_VS_SCTP_S_LAST)
+    stats = SyncStats()
+    for conn in decoded.conns:
+        apply_conn(conn, SyncTable(backup), stats)
+    assert stats.conns_applied == 2
+    assert [(c.proto, c.state, c.rip) for c in backup.connections()] == [(Protocol.SCTP, "ESTABLISHED", RS[0])]
+    data = sctp(SCTPChunkData(data=b"hello"), tag=7)
+    assert backup.test_run(data).verdict_name == "XDP_TX" and real_of(backup.test_run(data).data) == RS[0]
+
+
+def test_a_nat_connection_is_sent_as_masq_and_a_backup_skips_it(pair: tuple[Dataplane, Dataplane]) -> None:
+    master, backup = pair
+    nat = Service(TCP80, "rr")
+    nat.reals[(RS[0], 8080)] = Real(RS[0], 8080, 1, Forwarding.MASQ)
+    both(pair, nat)
+    set_sync(master, True)
+    master.test_run(tcp("S"))
+    master.test_run(tcp("A"))
+    table = SyncTable(master)
+    [conn] = [c for c in (conn_of_event(ev, table) for ev in events(master)) if c is not None]
+    assert conn.flags & CONN_F_FWD_MASK == CONN_F_MASQ and (conn.daddr, conn.dport) == (RS[0], 8080)
+    stats = SyncStats()
+    apply_conn(conn, SyncTable(backup), stats)
+    assert stats.masq_skipped == 1 and stats.conns_applied == 0 and backup.connections() == []
+
+
+def test_a_firewall_mark_connection_carries_its_mark_and_the_backup_forwards_it(
+        pair: tuple[Dataplane, Dataplane]) -> None:
+    master, backup = pair
+    fwm = Service(FWM1, "rr")
+    for rip in RS[:2]:
+        fwm.reals[(rip, 0)] = Real(rip, 0, 1)
+    both(pair, fwm)
+    set_sync(master, True)
+    chosen = {}
+    for sport in (40000, 40001):  # rr: one connection to each real
+        master.test_run_fwm(tcp("S", sport), mark=1)
+        chosen[sport] = real_of(master.test_run_fwm(tcp("A", sport), mark=1).data)
+    assert set(chosen.values()) == set(RS[:2])
+    table = SyncTable(master)
+    conns = [c for c in (conn_of_event(ev, table) for ev in events(master)) if c is not None]
+    assert [(c.fwmark, c.flags & CONN_F_FWD_MASK) for c in conns] == [(1, CONN_F_DROUTE)] * 2
+    marked = tcp("PA", 40001, payload=b"data")
+    assert backup.test_run_fwm(marked, mark=1).verdict == TC_ACT_SHOT  # not the backup's connection yet
+    stats = SyncStats()
+    for conn in decode_message(encode_message(conns, 7), 7).conns:
+        apply_conn(conn, SyncTable(backup), stats)
+    assert stats.conns_applied == 2
+    for sport, real in chosen.items():
+        assert real_of(backup.test_run_fwm(tcp("PA", sport, payload=b"data"), mark=1).data) == real

@@ -122,3 +122,11 @@ def test_batches_fill_messages_up_to_maxlen_and_255_entries() -> None:
     assert [len(b) for b in batches(conns, 65000)] == [255, 255, 90]
     for batch in batches(conns, 1472):
         assert len(encode_message(batch, 0)) <= 1472
+
+
+def test_sctp_has_ipvs_fourteen_states() -> None:
+    """IP_VS_SCTP_S_CLOSED (13) is read, IP_VS_SCTP_S_LAST (14) is beyond (include/net/ip_vs.h)."""
+    closed, beyond = (SyncConn(132, IPv4Address("198.18.1.2"), 40000 + state, IPv4Address("198.18.0.100"), 3868,
+                               IPv4Address("198.18.2.11"), 3868, state) for state in (13, 14))
+    decoded = decode_message(encode_message([closed, beyond], 0))
+    assert decoded.conns == [closed] and decoded.skipped == 1

@@ -82,22 +82,25 @@ class SyncTable:
         self._services: dict[ServiceKey, abi.Svc] = {}
         self._reals: dict[tuple[int, IPAddress, int], RealRef] = {}
         self._slots: dict[int, tuple[int, IPAddress, int]] = {}
-        self._tunnels: set[int] = set()  # slots of tunnel reals (ipvsadm -i)
+        self._real_flags: dict[int, int] = {}  # slot -> the real's flags (its forwarding method)
+        self._fwmarks: dict[int, int] = {}  # slot -> the firewall mark of its service (0: an address service)
         self._timeouts: list[int] = []
 
     def _read(self) -> None:
         self._services = self.dp._services()
+        marks = {svc.index: key.fwmark for key, svc in self._services.items() if key.fwmark}
         self._reals = {}
         self._slots = {}
-        self._tunnels = set()
+        self._real_flags = {}
+        self._fwmarks = {}
         for real in self.dp._real_slots():
             e = real.entry
             if e.flags & abi.REAL_ACTIVE:
                 port = socket.ntohs(e.port)
                 self._reals[(e.svc_index, real.rip, port)] = RealRef(real.slot, e.gen, e.svc_index)
                 self._slots[real.slot] = (e.gen, real.rip, port)
-                if e.flags & abi.REAL_FWD_TUNNEL:
-                    self._tunnels.add(real.slot)
+                self._real_flags[real.slot] = e.flags
+                self._fwmarks[real.slot] = marks.get(e.svc_index, 0)
         self._timeouts = list(self.dp._config().timeouts)
         self._read_at = time.monotonic()
 
@@ -118,9 +121,13 @@ class SyncTable:
             found = self._slots.get(slot)
         return None if found is None or found[0] != gen else (found[1], found[2])
 
-    def tunnelled(self, slot: int) -> bool:
-        """Whether the real in `slot` is reached by tunnelling (as real_of last read it)."""
-        return slot in self._tunnels
+    def real_flags(self, slot: int) -> int:
+        """The flags of the real in `slot` (its forwarding method among them), as real_of last read it."""
+        return self._real_flags.get(slot, 0)
+
+    def fwmark(self, slot: int) -> int:
+        """The firewall mark of the service of the real in `slot` (0: an address service), as real_of read it."""
+        return self._fwmarks.get(slot, 0)
 
     def service(self, key: ServiceKey) -> abi.Svc | None:
         self._fresh()

@@ -47,7 +47,7 @@ CONN_F_BACKUP_MASK = CONN_F_FWD_MASK | CONN_F_NOOUTPUT | CONN_F_INACTIVE | CONN_
 
 IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP = 6, 17, 132
 # Number of states per protocol (IP_VS_TCP_S_LAST, IP_VS_UDP_S_LAST, IP_VS_SCTP_S_LAST): a state beyond is refused.
-PROTO_STATES = {IPPROTO_TCP: 11, IPPROTO_UDP: 1, IPPROTO_SCTP: 10}
+PROTO_STATES = {IPPROTO_TCP: 11, IPPROTO_UDP: 1, IPPROTO_SCTP: 14}
 HEADER_V0_SIZE = 4  # struct ip_vs_sync_mesg_v0: shorter than this, no message at all
 
 

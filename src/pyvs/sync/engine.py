@@ -18,16 +18,18 @@ from typing import Any
 from pyvs.dataplane import abi, libbpf
 from pyvs.dataplane.dataplane import Dataplane
 from pyvs.dataplane.synctable import SyncTable, event_addresses, set_sync, sync_events_fd
-from pyvs.model import Protocol, ServiceKey
+from pyvs.model import Protocol, ServiceKey, fwmark_key
 from pyvs.sync.codec import (
     CONN_F_DROUTE,
     CONN_F_FWD_MASK,
     CONN_F_INACTIVE,
+    CONN_F_MASQ,
     CONN_F_TEMPLATE,
     CONN_F_TUNNEL,
     DEFAULT_GROUP,
     DEFAULT_PORT,
     DEFAULT_TTL,
+    IPPROTO_SCTP,
     IPPROTO_TCP,
     IPPROTO_UDP,
     SyncConn,
@@ -40,6 +42,7 @@ from pyvs.sync.codec import (
 log = logging.getLogger(__name__)
 
 STATES = ("master", "backup")
+SCTP_NONE = abi.STATES["SCTP_NONE"]
 FLUSH_DELAY = 0.02  # seconds an event waits for others to share its message (IPVS: IPVS_SYNC_SEND_DELAY, 20 ms)
 REFRESH_PERIOD = 120.0  # seconds between re-sends of the connections that saw packets since (below UDP's 300 s)
 REFRESH_MARGIN_NS = 20_000_000  # the program stamps entries with the coarse clock of its last tick: a little behind
@@ -123,6 +126,7 @@ class SyncStats:
     wrong_version: int = 0
     unknown_service: int = 0
     unknown_real: int = 0
+    masq_skipped: int = 0  # NAT connections (IPVS syncs them; a pyvs backup does not apply them)
     skipped: int = 0  # entries the protocol says to skip (unknown protocol, state, mandatory option)
     insert_failed: int = 0
     extra: dict[str, int] = field(default_factory=dict)
@@ -196,14 +200,31 @@ def conn_of_event(ev: abi.SyncEvent, table: SyncTable) -> SyncConn | None:
     template = bool(ev.flags & abi.CONN_F_TEMPLATE)
     timeouts = table.timeouts()
     state = ev.state if ev.state < len(timeouts) else abi.STATES["CLOSE"]
-    flags = CONN_F_TUNNEL if table.tunnelled(ev.real) else CONN_F_DROUTE
+    real_flags = table.real_flags(ev.real)
+    flags = CONN_F_MASQ if real_flags & abi.REAL_FWD_MASQ else \
+        CONN_F_TUNNEL if real_flags & abi.REAL_FWD_TUNNEL else CONN_F_DROUTE
     if template:
         flags |= CONN_F_TEMPLATE
-    elif ev.proto != IPPROTO_TCP or state not in abi.ACTIVE_STATES:
+    elif state not in abi.ACTIVE_STATES:
         flags |= CONN_F_INACTIVE
-    wire_state = 0 if template or ev.proto == IPPROTO_UDP else state  # IPVS's UDP state is NORMAL (0)
     return SyncConn(ev.proto, caddr, socket.ntohs(ev.cport), vaddr, socket.ntohs(ev.vport), real[0], real[1],
-                    wire_state, flags, 0, ev.timeout or timeouts[state])
+                    0 if template else wire_state(ev.proto, state), flags, table.fwmark(ev.real),
+                    ev.timeout or timeouts[state])
+
+
+def wire_state(proto: int, state: int) -> int:
+    """A connection's state as IPVS numbers it for its protocol: TCP's are pyvs's, UDP's is NORMAL (0), SCTP's
+    count from IP_VS_SCTP_S_NONE (pyvs numbers them after TCP's and UDP's, in IPVS's order)."""
+    if proto == IPPROTO_UDP:
+        return 0
+    return state - SCTP_NONE if proto == IPPROTO_SCTP else state
+
+
+def local_state(proto: int, state: int) -> int:
+    """The pyvs state of a received entry's state (wire_state's inverse)."""
+    if proto == IPPROTO_UDP:
+        return abi.STATES["UDP"]
+    return state + SCTP_NONE if proto == IPPROTO_SCTP else state
 
 
 def event_of_entry(key: abi.ConnKey | abi.ConnKey6, value: abi.Conn) -> abi.SyncEvent:
@@ -223,24 +244,24 @@ def event_of_entry(key: abi.ConnKey | abi.ConnKey6, value: abi.Conn) -> abi.Sync
 def apply_conn(conn: SyncConn, table: SyncTable, stats: SyncStats) -> None:
     """Write one received entry into this director's tables (counted in `stats` when it cannot be)."""
     stats.conns_received += 1
-    if conn.fwmark or conn.protocol not in (IPPROTO_TCP, IPPROTO_UDP) or \
-            (conn.flags & CONN_F_FWD_MASK) not in (CONN_F_DROUTE, CONN_F_TUNNEL):
-        stats.unknown_service += 1  # pyvs has no firewall-mark or SCTP services, nor NAT
+    method = conn.flags & CONN_F_FWD_MASK
+    if method == CONN_F_MASQ:
+        stats.masq_skipped += 1  # a NAT connection's replies need a reply entry a backup cannot learn from sync
+        return
+    if conn.protocol not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP) or method not in (CONN_F_DROUTE, CONN_F_TUNNEL):
+        stats.unknown_service += 1  # a localnode or bypass entry: pyvs has no such services
         return
     if type(conn.caddr) is not type(conn.daddr):
         stats.unknown_real += 1
         return
-    key = ServiceKey(Protocol(conn.protocol), conn.vaddr, conn.vport)
+    family = 6 if isinstance(conn.daddr, IPv6Address) else 4
+    key = fwmark_key(conn.fwmark, family) if conn.fwmark else ServiceKey(Protocol(conn.protocol), conn.vaddr,
+                                                                          conn.vport)
     where = table.place(key, conn.template, conn.daddr, conn.dport)
     if isinstance(where, str):
         setattr(stats, where, getattr(stats, where) + 1)
         return
-    if conn.template:
-        state = abi.STATES["NONE"]
-    elif conn.protocol == IPPROTO_UDP:
-        state = abi.STATES["UDP"]
-    else:
-        state = conn.state
+    state = abi.STATES["NONE"] if conn.template else local_state(conn.protocol, conn.state)
     if table.write(conn.caddr, conn.cport, conn.vaddr, conn.vport, conn.protocol, state, conn.template,
                    conn.timeout, where):
         stats.conns_applied += 1
