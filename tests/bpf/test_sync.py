@@ -15,6 +15,7 @@ from scapy.layers.sctp import SCTP, SCTPChunkCookieEcho, SCTPChunkData, SCTPChun
 from scapy.packet import Raw
 
 from pyvs.dataplane import Dataplane, abi, libbpf, scratch_dataplane
+from pyvs.dataplane.neighbours import NextHop
 from pyvs.dataplane.synctable import SyncTable, set_sync, sync_events_fd
 from pyvs.model import Forwarding, Protocol, Real, Rules, Service, ServiceKey, fwmark_key
 from pyvs.sync.codec import (
@@ -282,7 +283,8 @@ def test_sctp_associations_are_synced_in_ipvs_state_numbers(pair: tuple[Dataplan
     assert backup.test_run(data).verdict_name == "XDP_TX" and real_of(backup.test_run(data).data) == RS[0]
 
 
-def test_a_nat_connection_is_sent_as_masq_and_a_backup_skips_it(pair: tuple[Dataplane, Dataplane]) -> None:
+def test_a_nat_connection_is_sent_as_masq_and_the_backup_forwards_it_and_its_replies(
+        pair: tuple[Dataplane, Dataplane]) -> None:
     master, backup = pair
     nat = Service(TCP80, "rr")
     nat.reals[(RS[0], 8080)] = Real(RS[0], 8080, 1, Forwarding.MASQ)
@@ -293,9 +295,22 @@ def test_a_nat_connection_is_sent_as_masq_and_a_backup_skips_it(pair: tuple[Data
     table = SyncTable(master)
     [conn] = [c for c in (conn_of_event(ev, table) for ev in events(master)) if c is not None]
     assert conn.flags & CONN_F_FWD_MASK == CONN_F_MASQ and (conn.daddr, conn.dport) == (RS[0], 8080)
+    reply = bytes(Ether(src=REALS[RS[0]][0], dst=DIRECTOR_MAC) / IP(src=str(RS[0]), dst=CLIENT)
+                  / TCP(sport=8080, dport=40000, flags="A"))
+    assert backup.test_run(reply).verdict_name == "XDP_PASS"  # no reply entry: the kernel's (untranslated)
+    # The backup's way back to the client: its route's next hop (here the test's, on ifindex 1).
     stats = SyncStats()
-    apply_conn(conn, SyncTable(backup), stats)
-    assert stats.masq_skipped == 1 and stats.conns_applied == 0 and backup.connections() == []
+    apply_conn(conn, SyncTable(backup, client_resolver=lambda ip: NextHop(1, DIRECTOR_MAC, CLIENT_MAC)), stats)
+    assert stats.conns_applied == 1
+    forwarded = backup.test_run(tcp("PA", payload=b"data"))
+    assert forwarded.verdict_name == "XDP_TX"
+    ip = Ether(forwarded.data)[IP]
+    assert (Ether(forwarded.data).dst, ip.dst, ip[TCP].dport) == (REALS[RS[0]][0], str(RS[0]), 8080)
+    back = backup.test_run(reply)
+    assert back.verdict_name == "XDP_TX" and Ether(back.data).dst == CLIENT_MAC
+    ip = Ether(back.data)[IP]
+    assert (ip.src, ip.dst, ip[TCP].sport, ip[TCP].dport) == (str(VIP), CLIENT, 80, 40000)
+    assert backup.counters()["nat_reply"] == 1
 
 
 def test_a_firewall_mark_connection_carries_its_mark_and_the_backup_forwards_it(

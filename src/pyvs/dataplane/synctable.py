@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from pyvs.dataplane import abi, libbpf
-from pyvs.dataplane.codec import addr6, ip_to_be
+from pyvs.dataplane.base import Resolver
+from pyvs.dataplane.codec import addr6, be_to_ip, ip_to_be
 from pyvs.dataplane.dataplane import CLOCK_MONOTONIC_COARSE, Dataplane
+from pyvs.dataplane.neighbours import NeighbourError, NextHop
+from pyvs.mac import ZERO_MAC, mac_bytes
 from pyvs.model import IPAddress, ServiceKey
 
 NSEC = 1_000_000_000
@@ -73,11 +76,15 @@ class Placement:
 
 
 class SyncTable:
-    """Reads the rules once in a while to place received entries: (service, real address and port) -> slots."""
+    """Reads the rules once in a while to place received entries: (service, real address and port) -> slots.
+    `client_resolver` finds the way back to a NAT connection's client (default: the data plane's resolver of routed
+    next hops, the kernel's route and neighbour entry)."""
 
-    def __init__(self, dp: Dataplane, refresh: float = 1.0) -> None:
+    def __init__(self, dp: Dataplane, refresh: float = 1.0, client_resolver: Resolver | None = None) -> None:
         self.dp = dp
         self.refresh = refresh
+        self._client_resolver = client_resolver or dp._tunnel_resolver
+        self._clients: dict[IPAddress, NextHop | None] = {}  # next hops toward clients, forgotten at each read
         self._read_at = -1e9
         self._services: dict[ServiceKey, abi.Svc] = {}
         self._reals: dict[tuple[int, IPAddress, int], RealRef] = {}
@@ -102,6 +109,7 @@ class SyncTable:
                 self._real_flags[real.slot] = e.flags
                 self._fwmarks[real.slot] = marks.get(e.svc_index, 0)
         self._timeouts = list(self.dp._config().timeouts)
+        self._clients = {}
         self._read_at = time.monotonic()
 
     def _fresh(self, force: bool = False) -> None:
@@ -155,6 +163,34 @@ class SyncTable:
         libbpf.map_lookup(self.dp._fds["svc_gens"], ctypes.c_uint32(svc.index), gen)
         return Placement(svc.index, gen.value, bool(svc.flags & abi.SVC_F_PERSISTENT), svc.persist_timeout, real)
 
+    def _write_nat_reply(self, key: abi.ConnKey, slot: int) -> bool:
+        """The reply entry of a NAT connection `key` given to the real in `slot`, as the program's nat_remember
+        makes it, with the way back to the client from this director's routes (the program learns it from the
+        client's first packet, which a backup never saw). False when the client cannot be reached."""
+        client = be_to_ip(key.saddr)
+        if client not in self._clients:  # (a failure is kept too: resolving waits up to a second)
+            try:
+                found: NextHop | None = self._client_resolver(client)
+            except NeighbourError:
+                found = None
+            self._clients[client] = found if found is not None and found.dmac != ZERO_MAC else None
+        hop = self._clients[client]
+        if hop is None:
+            return False
+        entry = abi.RealEntry()
+        if not libbpf.map_lookup(self.dp._fds["reals"], ctypes.c_uint32(slot), entry):
+            return False
+        rkey = abi.ConnKey(saddr=entry.rip, daddr=key.saddr, sport=entry.port or key.dport, dport=key.sport,
+                           proto=key.proto)
+        reply = abi.NatReply(conn=key, ifindex=hop.ifindex)
+        reply.dmac[:] = list(mac_bytes(hop.dmac))
+        reply.smac[:] = list(mac_bytes(hop.smac))
+        try:
+            libbpf.map_update(self.dp._fds["nat_replies"], rkey, reply)
+        except OSError:
+            return False
+        return True
+
     def write(self, caddr: IPAddress, cport: int, vaddr: IPAddress, vport: int, proto: int, state: int,
               template: bool, timeout: int, where: Placement) -> bool:
         """Write one entry as the program makes it (a template, or a connection in `state` of the connection
@@ -178,13 +214,16 @@ class SyncTable:
         parity = dp.sweep_stats().parity
         value = abi.Conn(last_seen=now, real=where.real.slot, gen=where.real.gen, svc_index=where.svc_index,
                          svc_gen=where.svc_gen, state=state, parity=parity)
+        masq = not template and bool(self.real_flags(where.real.slot) & abi.REAL_FWD_MASQ)  # (IPv4 only)
+        if masq and (not isinstance(key, abi.ConnKey) or not self._write_nat_reply(key, where.real.slot)):
+            return False
         timeouts = self.timeouts()
         if template:
             value.flags = abi.CONN_F_TEMPLATE
             value.timeout = timeout or where.persist_timeout
         else:
             value.counted = 1 if state in abi.ACTIVE_STATES else 2  # PYVS_COUNTED_ACTIVE / INACTIVE
-            value.flags = abi.CONN_F_PERSISTED if where.persistent else 0
+            value.flags = (abi.CONN_F_PERSISTED if where.persistent else 0) | (abi.CONN_F_MASQ if masq else 0)
             own = timeouts[state] if state < len(timeouts) else 0
             if timeout and timeout < own:
                 value.last_seen = now - (own - timeout) * NSEC  # expires when the master's entry would

@@ -211,8 +211,8 @@ SYNC_COUNTERS = {  # stats key -> metric name (without _total) and help
     "messages_received": ("pyvs_sync_messages_received", "Sync messages received by the backup"),
     "conns_applied": ("pyvs_sync_conns_applied", "Received entries written into the connection tables"),
 }
-SYNC_ERRORS = ("malformed", "wrong_syncid", "wrong_version", "unknown_service", "unknown_real", "masq_skipped",
-               "skipped", "insert_failed", "send_errors", "events_stale")
+SYNC_ERRORS = ("malformed", "wrong_syncid", "wrong_version", "unknown_service", "unknown_real", "skipped",
+               "insert_failed", "send_errors", "events_stale")
 
 
 def sync_families(sync: SyncStatus) -> Iterator[Metric]:

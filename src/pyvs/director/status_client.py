@@ -112,7 +112,7 @@ def sync_summary(status: StatusDocument) -> list[str]:
         return []
     stats = sync["stats"]
     refused = sum(stats.get(k, 0) for k in ("malformed", "wrong_syncid", "wrong_version", "unknown_service",
-                                            "unknown_real", "masq_skipped", "insert_failed"))
+                                            "unknown_real", "insert_failed"))
     running = f"{sync['role']} on {sync['interface']}, syncid {sync['syncid']}"
     if not sync["daemons"]:
         return [f"sync: {running}: NOT RUNNING" + (f" ({sync['error']})" if sync["error"] else "")]

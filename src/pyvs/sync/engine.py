@@ -126,7 +126,6 @@ class SyncStats:
     wrong_version: int = 0
     unknown_service: int = 0
     unknown_real: int = 0
-    masq_skipped: int = 0  # NAT connections (IPVS syncs them; a pyvs backup does not apply them)
     skipped: int = 0  # entries the protocol says to skip (unknown protocol, state, mandatory option)
     insert_failed: int = 0
     extra: dict[str, int] = field(default_factory=dict)
@@ -244,11 +243,8 @@ def event_of_entry(key: abi.ConnKey | abi.ConnKey6, value: abi.Conn) -> abi.Sync
 def apply_conn(conn: SyncConn, table: SyncTable, stats: SyncStats) -> None:
     """Write one received entry into this director's tables (counted in `stats` when it cannot be)."""
     stats.conns_received += 1
-    method = conn.flags & CONN_F_FWD_MASK
-    if method == CONN_F_MASQ:
-        stats.masq_skipped += 1  # a NAT connection's replies need a reply entry a backup cannot learn from sync
-        return
-    if conn.protocol not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP) or method not in (CONN_F_DROUTE, CONN_F_TUNNEL):
+    if conn.protocol not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP) or \
+            conn.flags & CONN_F_FWD_MASK not in (CONN_F_DROUTE, CONN_F_TUNNEL, CONN_F_MASQ):
         stats.unknown_service += 1  # a localnode or bypass entry: pyvs has no such services
         return
     if type(conn.caddr) is not type(conn.daddr):
