@@ -44,6 +44,25 @@ def lab(lab_topology: Topology) -> Iterator[Topology]:
         lab_api.down(lab_topology)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_lab_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module that used the session's lab must leave it as the tutorial made it. Checked after the module with
+    `pyvs lab status`'s problems (rules, the reals' MACs in the data plane and in the director's neighbour table,
+    the real servers); what differs is repaired by `lab up` and reported as the module's error, so that one
+    module's leftovers do not fail the tests of the next ones."""
+    yield
+    if not any("lab" in item.fixturenames for item in request.session.items if item.module is request.module):
+        return
+    topo: Topology = request.getfixturevalue("lab_topology")
+    if not netns.exists(topo.director.netns):
+        return
+    problems = lab_api.status(topo)["problems"]
+    if problems:
+        repaired = lab_api.up(topo)
+        pytest.fail(f"{request.module.__name__} left the session's lab changed: {'; '.join(problems)} "
+                    f"(repaired: {'; '.join(repaired)})")
+
+
 @pytest.fixture(scope="session")
 def lab6_hosts() -> Iterator[Topology]:
     """The dual-stack lab (`pyvs lab up --ipv6`, prefix LAB_PREFIX + "6") without the director's data plane: hosts,

@@ -97,3 +97,29 @@ def test_demo_explains_a_failure_in_one_line_with_the_fix(lab: Topology) -> None
     assert err.startswith(f"pyvs: the demo's traffic failed: GET http://{lab.public_ip}/ #1 from the client: ")
     assert err.endswith(f"see `pyvs lab status --prefix {lab.prefix}`, and `pyvs lab up --prefix {lab.prefix}` "
                         "repairs the lab\n")
+
+
+def test_a_real_sent_to_a_wrong_mac_is_found_and_repaired(lab: Topology) -> None:
+    prefix = ["--prefix", lab.prefix]
+    rs1, forged = "198.18.2.11", "02:c6:12:00:99:01"
+    rs1_mac = lab.port("rs1", "eth0").mac
+    try:
+        # What a forged ARP reply leaves: the kernel's entry at the forger; a resolve then takes it.
+        netns.run_in_netns(lab.director.netns, ["ip", "neigh", "replace", rs1, "lladdr", forged, "dev", "eth0",
+                                                "nud", "reachable"])
+        netns.run_in_netns(lab.director.netns, [sys.executable, "-m", "pyvs.cli", "director", "resolve"])
+        code, out, _ = pyvs("lab", "status", *prefix)
+        assert code == 1, out
+        problems = [line for line in out.splitlines() if line.startswith("problem: ")]
+        assert f"problem: the data plane sends {rs1}'s flows to {forged}, not to its NIC" in problems, out
+        assert f"problem: the director's neighbour entry for {rs1} is at {forged}, not its NIC's MAC" in problems
+
+        code, out, err = pyvs("lab", "up", *prefix)
+        assert code == 0, err
+        assert f"put the director's neighbour entry for {rs1} back at {rs1_mac} (was {forged})" in out, out
+        assert f"pointed the data plane's entries for {rs1} back at {rs1_mac} (was {forged})" in out, out
+        assert pyvs("lab", "status", *prefix)[0] == 0
+        code, out, err = pyvs("lab", "demo", *prefix)
+        assert code == 0 and "split: rs1 5, rs2 5" in out, err
+    finally:
+        lab_api.up(lab)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import socket
+from ipaddress import IPv4Address
 from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ndmsg import NUD_REACHABLE
 
 from pyvs.dataplane import Dataplane, DataplaneError, attach_pass_program, open_dataplane, remove_pins
 from pyvs.dataplane.base import PYVS_PROGRAMS
@@ -67,6 +72,47 @@ def _rule_problems(dp: Dataplane, topo: Topology) -> dict[ServiceKey, str]:
     return problems
 
 
+def _real_macs(topo: Topology) -> dict[IPv4Address, str]:
+    """Each real's IPv4 address and the MAC the lab gave its NIC."""
+    macs = {}
+    for node in topo.reals:
+        port = topo.ports(node.name)[0]
+        if port.mac is not None:
+            macs[IPv4Address(topo.address_of(node.name))] = port.mac
+    return macs
+
+
+def _neighbour_problems(topo: Topology) -> dict[IPv4Address, str]:
+    """Reals the director's kernel knows at another MAC than theirs (a forged ARP reply the kernel took): the
+    next resolve, by pyvsadm or a reload, would send their flows there. Real -> the wrong MAC. In the director's
+    namespace."""
+    macs = _real_macs(topo)
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=topo.director_nic.ifname)
+        entries = ipr.get_neighbours(family=socket.AF_INET, ifindex=index[0]) if index else []
+    wrong = {}
+    for entry in entries:
+        ip, mac = IPv4Address(entry.get_attr("NDA_DST")), entry.get_attr("NDA_LLADDR")
+        if ip in macs and mac and mac != macs[ip]:
+            wrong[ip] = str(mac)
+    return wrong
+
+
+def _data_plane_mac_problems(dp: Dataplane, topo: Topology) -> dict[IPv4Address, str]:
+    """On-link reals the data plane sends to another MAC than theirs: real -> that MAC (a tunnel real's next hop
+    may be a router: not compared)."""
+    macs = _real_macs(topo)
+    wanted = tutorial_rules(topo)
+    wrong = {}
+    for (key, (rip, port)), hop in dp.real_next_hops().items():
+        real = wanted.services[key].reals.get((rip, port)) if key in wanted.services else None
+        if real is None or real.forwarding is Forwarding.TUNNEL or not isinstance(rip, IPv4Address):
+            continue
+        if rip in macs and hop.dmac != macs[rip]:
+            wrong[rip] = hop.dmac
+    return wrong
+
+
 def _label(key: ServiceKey) -> str:
     return key.title
 
@@ -96,6 +142,17 @@ def setup_director(topo: Topology, mode: str = "native") -> list[str]:
                 dp.apply_service(key, wanted.services.get(key))
                 done = "removed" if key not in wanted.services else "restored"
                 actions.append(f"{done} service {_label(key)} ({problem}) in {topo.director.netns}")
+            macs = _real_macs(topo)
+            wrong_neighbours = _neighbour_problems(topo)
+            if wrong_neighbours:
+                with IPRoute() as ipr:
+                    index = ipr.link_lookup(ifname=nic)[0]
+                    for rip, mac in sorted(wrong_neighbours.items()):
+                        ipr.neigh("replace", dst=str(rip), lladdr=macs[rip], ifindex=index, state=NUD_REACHABLE)
+                        actions.append(f"put the director's neighbour entry for {rip} back at {macs[rip]} (was {mac})")
+            for rip, mac in sorted(_data_plane_mac_problems(dp, topo).items()):
+                dp.set_real_mac(rip, macs[rip], old_mac=mac)
+                actions.append(f"pointed the data plane's entries for {rip} back at {macs[rip]} (was {mac})")
     log.info("lab: director %s forwards with XDP (%s) on %s", topo.director.netns, mode, nic)
     return actions
 
@@ -124,6 +181,10 @@ def director_problems(topo: Topology) -> list[str]:
                                     f"are no longer pinned at {pin_dir(topo)}: the rules do not reach it")
                 for key, problem in sorted(_rule_problems(dp, topo).items()):
                     problems.append(f"service {_label(key)}: {problem}")
+                for rip, mac in sorted(_data_plane_mac_problems(dp, topo).items()):
+                    problems.append(f"the data plane sends {rip}'s flows to {mac}, not to its NIC")
+            for rip, mac in sorted(_neighbour_problems(topo).items()):
+                problems.append(f"the director's neighbour entry for {rip} is at {mac}, not its NIC's MAC")
     except (OSError, ValueError, DataplaneError) as exc:
         problems.append(f"director: {exc}")
     return problems
