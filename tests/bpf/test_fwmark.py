@@ -138,3 +138,17 @@ def test_one_packet_scheduling_takes_a_fwmark_services_udp_datagrams(dp: Datapla
     ack = frame(TCP(sport=40000, dport=80, flags="A"))
     assert real_of(dp.test_run_fwm(ack, mark=1).data) == first
     assert len(dp.connections()) == 1 and dp.counters()["onepacket"] == 4
+
+
+def test_a_clients_connections_to_every_port_of_the_mark_share_one_persistence_template(dp: Dataplane) -> None:
+    svc = fwmark_service(FWM1, RS1, RS2)
+    svc.persistent = 60
+    dp.apply(Rules({FWM1: svc}))
+    reals = [real_of(dp.test_run_fwm(frame(TCP(sport=40000 + n, dport=dport, flags="S")), mark=1).data)
+             for n, dport in enumerate((80, 443, 443, 80))]
+    assert reals == [reals[0]] * 4  # http and https of one client: one real, as `-f 1 -p` is used for
+    other_client = bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src="198.18.1.3", dst=VIP_A)
+                         / TCP(sport=40100, dport=443, flags="S"))
+    assert real_of(dp.test_run_fwm(other_client, mark=1).data) != reals[0]  # rr: the next client, the next real
+    [template] = [c for c in dp.connections() if c.template and str(c.client) == CLIENT]
+    assert template.vport == 0 and template.rip == reals[0]

@@ -1107,8 +1107,8 @@ static __always_inline int conn_path(void *ctx, struct pyvs_config *cfg, struct 
 			return pass(PYVS_CNT_PASS_MISS_SCTP);
 		if (pkt->proto == IPPROTO_TCP && event != EV_SYN && !(cfg->flags & PYVS_CFG_SLOPPY_TCP))
 			return pass(event == EV_FIN ? PYVS_CNT_PASS_MISS_FIN : PYVS_CNT_PASS_MISS_ACK);
-		if (svc->flags & PYVS_SVC_F_PERSISTENT)
-			slot = persistent_pick(svc, pkt, ckey, vport, cfg, now, &template_real, v6);
+		if (svc->flags & PYVS_SVC_F_PERSISTENT) /* a mark's template: one for every port of the address */
+			slot = persistent_pick(svc, pkt, ckey, fwmark ? 0 : vport, cfg, now, &template_real, v6);
 		else
 			slot = pick_real(svc, pkt);
 		if (!slot)
