@@ -4,12 +4,14 @@ the client through the gateway; the replies pass the director (XDP rewrites them
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
+from pyvs.lab import lab as lab_api
 from pyvs.lab.director import open_director
 from pyvs.lab.topology import Topology, nat_topology
 from pyvs.lab.traffic import director_port_bytes, http_get, udp_ask
@@ -88,3 +90,40 @@ def test_pyvsadm_lists_masq_saves_m_and_shows_the_connections(nat_lab: Topology)
         run_in_netns(nat_lab.director.netns, [sys.executable, "-m", "pyvs.admin.cli", "-R"], input=saved)
     assert pyvsadm(nat_lab, "-S", "-n") == saved
     assert http_get(nat_lab.client.netns, nat_lab.public_ip).server in ("rs1", "rs2")
+
+
+def doctor(topo: Topology) -> tuple[int, dict[tuple[str, str], dict[str, str]]]:
+    """`pyvs doctor --json` in the director: exit code, findings by (check, subject)."""
+    proc = run_in_netns(topo.director.netns, [sys.executable, "-m", "pyvs.cli", "doctor", "--json"], check=False)
+    return proc.returncode, {(f["check"], f["subject"]): f for f in json.loads(proc.stdout)}
+
+
+def test_doctor_probes_nat_reals_at_their_own_port_and_checks_their_route_through_the_director(
+        nat_lab: Topology) -> None:
+    code, found = doctor(nat_lab)
+    assert code == 0 and not [f for f in found.values() if f["status"] != "ok"], found
+    assert "SYN-ACK from 198.18.2.12:8080" in found[("nat-path", "198.18.2.12 TCP 198.18.0.100:80")]["detail"]
+    assert not [key for key in found if key[0] == "dr-path"]  # no advice to put the VIP on lo
+    rs1 = nat_lab.node("rs1").netns
+    try:  # rs1 answers clients by another router, and its web server stops
+        run_in_netns(rs1, ["ip", "route", "replace", "default", "via", "198.18.2.1", "dev", "eth0", "onlink"])
+        lab_api.stop_web_server(nat_lab, "rs1")
+        code, found = doctor(nat_lab)
+    finally:
+        run_in_netns(rs1, ["ip", "route", "replace", "default", "via", "198.18.2.10", "dev", "eth0", "onlink"])
+        lab_api.start_web_server(nat_lab, "rs1")
+    assert code == 1
+    tcp = found[("nat-path", "198.18.2.11 TCP 198.18.0.100:80")]
+    assert tcp["status"] == "FAIL" and "nothing listens on tcp 198.18.2.11:80 (RST)" in tcp["detail"]
+    udp = found[("nat-path", "198.18.2.11 UDP 198.18.0.100:80")]  # the lab's server answers both
+    assert udp["status"] == "FAIL" and "nothing listens on udp 198.18.2.11:80 (port unreachable)" in udp["detail"]
+    assert found[("nat-path", "198.18.2.12 TCP 198.18.0.100:80")]["status"] == "ok"
+    rs2 = nat_lab.node("rs2").netns
+    try:  # rs2 listens, but routes its replies elsewhere
+        run_in_netns(rs2, ["ip", "route", "replace", "default", "via", "198.18.2.1", "dev", "eth0", "onlink"])
+        code, found = doctor(nat_lab)
+    finally:
+        run_in_netns(rs2, ["ip", "route", "replace", "default", "via", "198.18.2.10", "dev", "eth0", "onlink"])
+    back = found[("return-path", "198.18.2.12 TCP 198.18.0.100:80")]
+    assert back["status"] == "FAIL" and back["fix"] == "on 198.18.2.12: ip route replace default via 198.18.2.10 " \
+        "(the director)"

@@ -6,6 +6,7 @@ tunnel (ICMP fragmentation needed from the director)."""
 from __future__ import annotations
 
 import http.client
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -121,3 +122,12 @@ def test_realserver_check_says_who_decapsulates(tun_lab: Topology) -> None:
         findings = {f.name: f for f in realserver.check(tun_lab.vips, nic="eth0", tunnel="ipip")}
     decap = findings["tunnel decapsulation"]
     assert decap.ok and "XDP pyvs_decap" in decap.actual and FAR_RIP in decap.actual
+
+
+def test_doctor_leaves_tunnel_reals_to_realserver_check_and_finds_nothing_wrong(tun_lab: Topology) -> None:
+    proc = run_in_netns(tun_lab.director.netns, [sys.executable, "-m", "pyvs.cli", "doctor", "--json"], check=False)
+    found = json.loads(proc.stdout)
+    assert proc.returncode == 0 and not [f for f in found if f["status"] != "ok"], found
+    tunnel = {f["subject"] for f in found if f["check"] == "tunnel"}
+    assert tunnel == {f"{rip} {proto} 198.18.0.100:80" for rip in ("198.18.2.11", FAR_RIP) for proto in ("TCP", "UDP")}
+    assert not [f for f in found if f["check"] == "dr-path"]  # no DR probe, which a tunnel real cannot answer

@@ -61,7 +61,7 @@ from pyvs.arp.packets import (
 from pyvs.arp.watch import open_pinned
 from pyvs.dataplane import Dataplane
 from pyvs.dataplane.neighbours import ZERO_MAC, NextHop
-from pyvs.model import IPAddress, Protocol, RealKey, Service, ServiceKey, address_order
+from pyvs.model import Forwarding, IPAddress, Protocol, RealKey, Service, ServiceKey, address_order
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Status(StrEnum):
 @dataclass(frozen=True)
 class Finding:
     status: Status
-    check: str  # director, arp, dr-path, return-path
+    check: str  # director, arp, nd, dr-path, nat-path, return-path, tunnel
     subject: str
     detail: str
     fix: str = ""
@@ -585,6 +585,7 @@ class _RealProbes:
     rip: IPAddress
     rport: int
     mac: str | None
+    nat: bool = False  # a NAT real: probed at RIP:port only (it holds no VIP)
     vip: _Probe | None = None
     ping: _Probe | None = None
     rip_port: _Probe | None = None
@@ -619,6 +620,7 @@ def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IP
     addresses = _all_addresses(dev)
     rng = random.Random()
     rows: list[_RealProbes] = []
+    tunnelled: list[tuple[Service, IPAddress, str]] = []  # tunnel reals: service, address, tunnel type
     capture = _Capture(dev)
     try:
         for frame in _who_has_frames([*vips, *dp_macs], director_mac, addresses, set(vips), dp_macs):
@@ -632,17 +634,25 @@ def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IP
         for _, svc in sorted(services.items()):  # a stable order: TCP before UDP, by address
             proto = IPPROTO_TCP if svc.key.proto is Protocol.TCP else IPPROTO_UDP
             for rip, rport in sorted(svc.reals, key=lambda key: (address_order(key[0]), key[1])):
+                real = svc.reals[(rip, rport)]
+                forwarding = real.forwarding
+                if forwarding is Forwarding.TUNNEL:  # a plain frame to its MAC tells nothing about it
+                    tunnelled.append((svc, rip, real.tunnel.type if real.tunnel else "ipip"))
+                    continue
                 known = dp_macs.get(rip, ZERO_MAC)
-                row = _RealProbes(svc, rip, rport, wire_macs.get(rip) or (known if known != ZERO_MAC else None))
+                row = _RealProbes(svc, rip, rport, wire_macs.get(rip) or (known if known != ZERO_MAC else None),
+                                  nat=forwarding is Forwarding.MASQ)
                 rows.append(row)
                 dip = _director_address(addresses, set(vips), rip)
                 if row.mac is None or dip is None:
                     continue
-                row.vip = _new_probe(rng, row.mac, dip, svc.key.vip, proto, svc.key.port)
-                row.ping = _new_probe(rng, row.mac, dip, svc.key.vip, ECHO, 0)
                 row.rip_port = _new_probe(rng, row.mac, dip, rip, proto, rport)
-                if proto == IPPROTO_TCP:
-                    row.back = _new_probe(rng, row.mac, client_ips[rip.version], svc.key.vip, proto, svc.key.port)
+                if not row.nat:
+                    row.vip = _new_probe(rng, row.mac, dip, svc.key.vip, proto, svc.key.port)
+                    row.ping = _new_probe(rng, row.mac, dip, svc.key.vip, ECHO, 0)
+                if proto == IPPROTO_TCP:  # NAT: the client's packet as the director rewrote it, to the real
+                    dst, dport = (rip, rport) if row.nat else (svc.key.vip, svc.key.port)
+                    row.back = _new_probe(rng, row.mac, client_ips[rip.version], dst, proto, dport)
                 for probe in row.sent():
                     capture.send(probe.frame(director_mac))
         capture.collect(wait)
@@ -667,20 +677,74 @@ def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IP
             continue
         findings += ownership_findings(vip, director_mac, claims, names)
     for row in rows:
-        if row.mac is not None and row.vip is None:
-            findings.append(Finding(Status.FAIL, "dr-path", f"{row.rip} {row.svc.key.title}",
+        if row.mac is not None and row.rip_port is None:
+            findings.append(Finding(Status.FAIL, "nat-path" if row.nat else "dr-path", f"{row.rip} {row.svc.key.title}",
                                     f"{dev} has no IPv{row.rip.version} address besides the VIPs to probe from",
                                     f"ip addr add DIP/PREFIX dev {dev} (the director's own address on the reals' net)"))
             continue
         observed = RealProbe(row.svc.key, row.rip, row.rport, row.mac, row.rip in wire_macs,
                              *(p.answer if p else Answer() for p in (row.vip, row.ping, row.rip_port)))
-        verdict = dr_path_finding(observed)
+        verdict = nat_path_finding(observed) if row.nat else dr_path_finding(observed)
         findings.append(verdict)
         if row.back is not None and verdict.status is Status.OK:
+            if row.nat:
+                dip = _director_address(addresses, set(vips), row.rip)
+                findings.append(_nat_return_finding(row.svc.key, row.rip, row.back.src, director_mac,
+                                                    row.back.answer, str(dip)))
+                continue
             gateway = _default_gateway(row.rip.version) or "ROUTER"
             findings.append(_return_path_finding(row.svc.key, row.rip, row.back.src, director_mac, row.back.answer,
                                                  gateway))
+    for svc, rip, tun_type in tunnelled:
+        findings.append(Finding(Status.OK, "tunnel", f"{rip} {svc.key.title}",
+                                f"not probed: a tunnel real; on {rip}, pyvs realserver check --vip {svc.key.vip} "
+                                f"--tunnel {tun_type} verifies that it takes the VIP out of the tunnel"))
     return findings, wire_macs
+
+
+def nat_path_finding(probe: RealProbe) -> Finding:
+    """The verdict on a NAT real (ipvsadm -m) for one service: it must answer on its own address and port (the
+    director rewrites the VIP to them); it holds no VIP."""
+    key, proto, where = probe.key, _proto(probe.key), f"{probe.rip}:{probe.rport}"
+    subject = f"{probe.rip} {key.title}"
+    listen_fix = f"on {probe.rip}: start the service listening on {proto} {where}"
+    if probe.mac is None:
+        return Finding(Status.FAIL, "nat-path", subject, f"{probe.rip} has no MAC: it does not answer "
+                       f"{_asking(probe.rip.version)}",
+                       f"bring {probe.rip} up on the director's segment, then: pyvs director resolve")
+    answer = probe.rip_port
+    if key.proto is Protocol.TCP:
+        if answer.tcp(TCP_SYN | TCP_ACK) is not None:
+            return Finding(Status.OK, "nat-path", subject, f"SYN-ACK from {where}: the service listens")
+        if answer.tcp(TCP_RST) is not None:
+            return Finding(Status.FAIL, "nat-path", subject, f"nothing listens on {proto} {where} (RST)", listen_fix)
+    else:
+        if answer.udp() is not None:
+            return Finding(Status.OK, "nat-path", subject, f"answer from {where}")
+        if answer.unreachable() == "port":
+            return Finding(Status.FAIL, "nat-path", subject, f"nothing listens on {proto} {where} (port unreachable)",
+                           listen_fix)
+    if answer.unreachable() == "admin":
+        return Finding(Status.FAIL, "nat-path", subject, f"a firewall on {probe.rip} rejects {proto} to {where}",
+                       f"on {probe.rip}: allow {proto} to port {probe.rport}")
+    status = Status.WARN if key.proto is Protocol.UDP else Status.FAIL
+    return Finding(status, "nat-path", subject, f"{where} is silent (a firewall, the service down"
+                   + (", or a service that ignores the probe)" if status is Status.WARN else ")"),
+                   f"on {probe.rip}: start the service on {where} and allow it through its firewall")
+
+
+def _nat_return_finding(key: ServiceKey, rip: IPAddress, client_ip: IPAddress, director_mac: str,
+                        answer: Answer, dip: str) -> Finding:
+    """NAT needs the replies to clients back through the director (it gives them the VIP as source again)."""
+    subject = f"{rip} {key.title}"
+    came_back = answer.tcp(TCP_SYN | TCP_ACK)
+    if came_back is not None and came_back.eth_dst == director_mac:
+        return Finding(Status.OK, "return-path", subject,
+                       f"replies to clients ({client_ip}) come back through the director, as NAT needs")
+    return Finding(Status.FAIL, "return-path", subject,
+                   f"replies to clients ({client_ip}) do not come back through the director: they leave with "
+                   f"{rip} as source, which no client asked",
+                   f"on {rip}: ip route replace default via {dip} (the director)")
 
 
 def _return_path_finding(key: ServiceKey, rip: IPAddress, client_ip: IPAddress, director_mac: str,

@@ -244,13 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "verify the real-server settings (IPv6: with a neighbour solicitation handed to the NIC; a tunnel: "
                    "who decapsulates); exit 1 if any is wrong", vip)
     rs_check.add_argument("--tunnel", choices=("ipip", "gue", "gre"), help="the director tunnels to this real")
-    doctor_help = "verify the DR cluster from the director, on the wire; a table of findings with the fix"
+    doctor_help = ("verify the cluster from the director, on the wire (DR reals: the VIP path; NAT reals: their "
+                   "port and the route back through the director); a table of findings with the fix")
     doctor_parser = add(commands, "doctor", "arp:cmd_doctor", doctor_help, pins)
     doctor_parser.add_argument("--dev", help="the director's NIC facing the reals (default: the one with the VIP)")
     doctor_parser.add_argument("--client-ip", type=address_option, action="append", default=[],
                                help="source of the return-path probe, an address the reals reach through their "
-                                    f"router (repeatable, one per family; default {DEFAULT_CLIENT_IP} and "
-                                    f"{DEFAULT_CLIENT_IP6})")
+                                    "router, or a NAT real through the director (repeatable, one per family; "
+                                    f"default {DEFAULT_CLIENT_IP} and {DEFAULT_CLIENT_IP6})")
     doctor_parser.add_argument("--wait", type=float, default=PROBE_WAIT,
                                help=f"seconds to wait for the probes' answers (default {PROBE_WAIT:g})")
     doctor_parser.add_argument("--peer", type=listen_address, action="append", default=[], metavar="HOST:PORT",
