@@ -45,7 +45,7 @@ def lab(lab_topology: Topology) -> Iterator[Topology]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def shared_lab_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+def shared_lab_left_as_found(request: pytest.FixtureRequest, lab_topology: Topology) -> Iterator[None]:
     """A module that used the session's lab must leave it as the tutorial made it. Checked after the module with
     `pyvs lab status`'s problems (rules, the reals' MACs in the data plane and in the director's neighbour table,
     the real servers); what differs is repaired by `lab up` and reported as the module's error, so that one
@@ -53,12 +53,11 @@ def shared_lab_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if not any("lab" in item.fixturenames for item in request.session.items if item.module is request.module):
         return
-    topo: Topology = request.getfixturevalue("lab_topology")
-    if not netns.exists(topo.director.netns):
+    if not netns.exists(lab_topology.director.netns):
         return
-    problems = lab_api.status(topo)["problems"]
+    problems = lab_api.status(lab_topology)["problems"]
     if problems:
-        repaired = lab_api.up(topo)
+        repaired = lab_api.up(lab_topology)
         pytest.fail(f"{request.module.__name__} left the session's lab changed: {'; '.join(problems)} "
                     f"(repaired: {'; '.join(repaired)})")
 

@@ -687,14 +687,10 @@ def _wire_checks(dev: str, services: dict[ServiceKey, Service], dp_macs: dict[IP
         verdict = nat_path_finding(observed) if row.nat else dr_path_finding(observed)
         findings.append(verdict)
         if row.back is not None and verdict.status is Status.OK:
-            if row.nat:
-                dip = _director_address(addresses, set(vips), row.rip)
-                findings.append(_nat_return_finding(row.svc.key, row.rip, row.back.src, director_mac,
-                                                    row.back.answer, str(dip)))
-                continue
-            gateway = _default_gateway(row.rip.version) or "ROUTER"
+            gateway = str(_director_address(addresses, set(vips), row.rip)) if row.nat else \
+                _default_gateway(row.rip.version) or "ROUTER"
             findings.append(_return_path_finding(row.svc.key, row.rip, row.back.src, director_mac, row.back.answer,
-                                                 gateway))
+                                                 gateway, row.nat))
     for svc, rip, tun_type in tunnelled:
         findings.append(Finding(Status.OK, "tunnel", f"{rip} {svc.key.title}",
                                 f"not probed: a tunnel real; on {rip}, pyvs realserver check --vip {svc.key.vip} "
@@ -733,26 +729,23 @@ def nat_path_finding(probe: RealProbe) -> Finding:
                    f"on {probe.rip}: start the service on {where} and allow it through its firewall")
 
 
-def _nat_return_finding(key: ServiceKey, rip: IPAddress, client_ip: IPAddress, director_mac: str,
-                        answer: Answer, dip: str) -> Finding:
-    """NAT needs the replies to clients back through the director (it gives them the VIP as source again)."""
-    subject = f"{rip} {key.title}"
-    came_back = answer.tcp(TCP_SYN | TCP_ACK)
-    if came_back is not None and came_back.eth_dst == director_mac:
-        return Finding(Status.OK, "return-path", subject,
-                       f"replies to clients ({client_ip}) come back through the director, as NAT needs")
-    return Finding(Status.FAIL, "return-path", subject,
-                   f"replies to clients ({client_ip}) do not come back through the director: they leave with "
-                   f"{rip} as source, which no client asked",
-                   f"on {rip}: ip route replace default via {dip} (the director)")
-
-
 def _return_path_finding(key: ServiceKey, rip: IPAddress, client_ip: IPAddress, director_mac: str,
-                         answer: Answer, gateway: str) -> Finding:
+                         answer: Answer, gateway: str, nat: bool = False) -> Finding:
+    """Where a real's replies to clients go: DR wants the real's own router; NAT wants the director (`gateway` is
+    then the director's address), which gives them the VIP as source again."""
     subject = f"{rip} {key.title}"
     came_back = answer.tcp(TCP_SYN | TCP_ACK)
-    if came_back is not None and came_back.eth_dst == director_mac:
-        route = "ip route" if rip.version == 4 else "ip -6 route"
+    through_director = came_back is not None and came_back.eth_dst == director_mac
+    route = "ip route" if rip.version == 4 else "ip -6 route"
+    if nat:
+        if through_director:
+            return Finding(Status.OK, "return-path", subject,
+                           f"replies to clients ({client_ip}) come back through the director, as NAT needs")
+        return Finding(Status.FAIL, "return-path", subject,
+                       f"replies to clients ({client_ip}) do not come back through the director: they leave with "
+                       f"{rip} as source, which no client asked",
+                       f"on {rip}: {route} replace default via {gateway} (the director)")
+    if through_director:
         return Finding(Status.WARN, "return-path", subject,
                        f"replies to clients ({client_ip}) come back through the director: DR works only by accident",
                        f"on {rip}: {route} replace default via {gateway} (the router, not the director)")
